@@ -1,0 +1,112 @@
+"""dmp: multiprocessing that reaches past one machine.
+
+``import dmp as multiprocessing`` runs unchanged on one host; point it at a
+manager daemon (``address=``, ``dmp.connect()`` or ``DMP_ADDRESS``) and the
+same Pool, Process, Queue and Manager code runs on the cluster's worker nodes.
+Everything not listed in ``__all__`` is internal.
+"""
+
+from __future__ import annotations
+
+import logging as _logging
+import multiprocessing as _mp
+
+from dmp import _config
+from dmp.errors import (
+    AuthenticationError,
+    BufferTooShort,
+    ManagerUnavailableError,
+    ProcessError,
+    RemoteError,
+    TimeoutError,
+    WorkerLostError,
+)
+from dmp.executor import Executor
+from dmp.pool import Pool
+from dmp.process import Process, active_children, current_process, parent_process
+
+__version__ = "0.1.0"
+
+# Library code never configures logging; only the CLI does.
+_logging.getLogger("dmp").addHandler(_logging.NullHandler())
+
+_fork = _mp.get_context("fork")
+
+# Local-mode primitives are the standard library's fork-context objects, so
+# they behave exactly as in multiprocessing (cluster mode hosts them on the
+# manager instead).
+Queue = _fork.Queue
+JoinableQueue = _fork.JoinableQueue
+SimpleQueue = _fork.SimpleQueue
+Pipe = _fork.Pipe
+Lock = _fork.Lock
+RLock = _fork.RLock
+Semaphore = _fork.Semaphore
+BoundedSemaphore = _fork.BoundedSemaphore
+Event = _fork.Event
+Condition = _fork.Condition
+Barrier = _fork.Barrier
+Value = _fork.Value
+Array = _fork.Array
+RawValue = _fork.RawValue
+RawArray = _fork.RawArray
+
+
+def cpu_count() -> int:
+    """Number of CPUs on this host (as multiprocessing.cpu_count)."""
+    return _mp.cpu_count()
+
+
+def connect(address: object, authkey: bytes | str | None = None) -> None:
+    """Make ``address`` the default cluster for the rest of this process.
+
+    Raises:
+        ValueError: ``address`` is not a valid dmp address.
+    """
+    from dmp.transport import normalize_address
+
+    _config.set_default(normalize_address(address), _config.authkey_from(authkey))
+
+
+def freeze_support() -> None:
+    """No-op, as on every platform but frozen Windows executables."""
+
+
+def get_start_method(allow_none: bool = False) -> str:
+    return "fork"
+
+
+__all__ = [
+    "Array",
+    "AuthenticationError",
+    "Barrier",
+    "BoundedSemaphore",
+    "BufferTooShort",
+    "Condition",
+    "Event",
+    "Executor",
+    "JoinableQueue",
+    "Lock",
+    "ManagerUnavailableError",
+    "Pipe",
+    "Pool",
+    "Process",
+    "ProcessError",
+    "Queue",
+    "RLock",
+    "RawArray",
+    "RawValue",
+    "RemoteError",
+    "Semaphore",
+    "SimpleQueue",
+    "TimeoutError",
+    "Value",
+    "WorkerLostError",
+    "active_children",
+    "connect",
+    "cpu_count",
+    "current_process",
+    "freeze_support",
+    "get_start_method",
+    "parent_process",
+]

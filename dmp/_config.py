@@ -1,0 +1,72 @@
+"""All configuration in one typed place; the only module that reads os.environ.
+
+Precedence: explicit argument > ``dmp.connect()`` > ``DMP_*`` environment >
+daemon config > built-in default.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+ENV_ADDRESS = "DMP_ADDRESS"
+ENV_AUTHKEY = "DMP_AUTHKEY"
+
+# Seconds a client waits for a manager to answer before ManagerUnavailableError.
+CONNECT_TIMEOUT_S = 10.0
+# Default number of reruns of a task whose worker process died.
+MAX_RETRIES = 3
+# Tasks a client keeps submitted but unfinished before its feeder waits:
+# enough to keep every worker's prefetch full, little enough that a
+# 10-million-item generator is never pulled into memory.
+MAX_OUTSTANDING_TASKS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where work goes: ``address`` None means local mode."""
+
+    address: str | None
+    authkey: bytes | None
+
+
+_lock = threading.Lock()
+_connected: Target | None = None
+
+
+def set_default(address: str, authkey: bytes | None) -> None:
+    global _connected
+    with _lock:
+        _connected = Target(address, authkey)
+
+
+def authkey_from(value: bytes | str | None) -> bytes | None:
+    if value is None:
+        env = os.environ.get(ENV_AUTHKEY)
+        return env.encode() if env else None
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    raise TypeError(f"authkey must be bytes or str, not {type(value).__name__}")
+
+
+def resolve(address: object = None, authkey: bytes | str | None = None) -> Target:
+    """The target for a new Pool/Process/Executor/Manager."""
+    from dmp.transport import normalize_address
+
+    if address is not None:
+        return Target(normalize_address(address), authkey_from(authkey))
+    with _lock:
+        connected = _connected
+    if connected is not None:
+        return Target(connected.address, authkey_from(authkey) if authkey is not None else connected.authkey)
+    env = os.environ.get(ENV_ADDRESS)
+    if env:
+        return Target(normalize_address(env), authkey_from(authkey))
+    return Target(None, authkey_from(authkey))
+
+
+def cpu_count() -> int:
+    return os.cpu_count() or 1

@@ -1,0 +1,85 @@
+"""Local mode's engine: the manager reactor embedded in this process.
+
+    Pool --Session--> LocalLink --> Manager (reactor thread) --ipc://--> workers
+                                       ^-- sentinel fds of the forked workers
+
+Workers are forked from the thread that creates the engine (so globals set
+before the pool exists are visible, as with multiprocessing's fork start
+method); replacements are forked by the reactor thread. Everything else,
+scheduling, retries and results, is the cluster's manager code.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import uuid
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from dmp import session as session_mod
+from dmp.errors import ProcessError
+from dmp.supervisor import Supervisor
+
+_live: weakref.WeakSet[LocalEngine] = weakref.WeakSet()
+
+
+class LocalEngine:
+    def __init__(
+        self,
+        *,
+        processes: int,
+        initializer: Callable[..., Any] | None,
+        initargs: tuple[Any, ...],
+        max_tasks: int,
+    ) -> None:
+        from dmp_server.manager import Manager
+
+        endpoint = f"ipc://@dmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.supervisor = Supervisor(
+            address=endpoint,
+            node="local",
+            count=processes,
+            initializer=initializer,
+            initargs=initargs,
+            max_tasks=max_tasks,
+        )
+        self.manager = Manager(bind=[endpoint], supervisor=self.supervisor)
+        self.session = session_mod.Session()
+        self.session.link = session_mod.LocalLink(self.manager, self.session)
+        self.supervisor.start()
+        self._thread = threading.Thread(target=self._run, name="dmp-engine", daemon=True)
+        self._stopped = threading.Event()
+        self._thread.start()
+        _live.add(self)
+
+    def _run(self) -> None:
+        try:
+            self.manager.run()
+        finally:
+            self._stopped.set()
+            self.session.fail_all(ProcessError("the pool's engine stopped before the task finished"))
+
+    @property
+    def processes(self) -> list[Any]:
+        return [h.process for h in self.supervisor.handles.values()]
+
+    def stop(self, *, kill: bool, timeout: float = 10.0) -> None:
+        """Stop the reactor, then end and reap the workers. Idempotent."""
+        self.supervisor.respawn = False
+        self.manager.stop()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        self.supervisor.stop(kill=kill, timeout=timeout)
+        _live.discard(self)
+
+
+@atexit.register
+def _stop_all() -> None:
+    for engine in list(_live):
+        try:
+            engine.stop(kill=True, timeout=1.0)
+        except Exception:
+            pass

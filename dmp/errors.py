@@ -1,0 +1,117 @@
+"""The exception tree users see, with bases they already catch.
+
+    Exception
+     +-- multiprocessing.ProcessError
+     |    +-- dmp.ProcessError                  (same class)
+     |    |    +-- BufferTooShort                (same class as multiprocessing's)
+     |    |    +-- AuthenticationError           (same class as multiprocessing's)
+     |    |    +-- TimeoutError                  (same class as multiprocessing's)
+     |    |    +-- WorkerLostError               a task's process died past its retries
+     |    |    +-- ManagerUnavailableError       no manager answered in time
+     |    |    +-- ProtocolError                 a peer spoke a wrong version or garbage
+     |    |    +-- MessageTooLargeError          a message exceeded the size limit
+     +-- RemoteTraceback                         the ``__cause__`` of a task's exception
+
+A task's own exception is re-raised with its own type; its remote traceback
+hangs off ``__cause__`` as a :class:`RemoteTraceback`, as in
+``concurrent.futures``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+
+ProcessError = multiprocessing.ProcessError
+BufferTooShort = multiprocessing.BufferTooShort
+AuthenticationError = multiprocessing.AuthenticationError
+TimeoutError = multiprocessing.TimeoutError
+
+__all__ = [
+    "AuthenticationError",
+    "BufferTooShort",
+    "ManagerUnavailableError",
+    "MessageTooLargeError",
+    "ProcessError",
+    "ProtocolError",
+    "RemoteError",
+    "RemoteTraceback",
+    "TimeoutError",
+    "WorkerLostError",
+]
+
+
+class WorkerLostError(ProcessError):
+    """The process running a task died and the task cannot be retried.
+
+    Carries the node name, the pid and the exit code (negative for a signal)
+    of the last process that died running it.
+    """
+
+    def __init__(
+        self, message: str, *, node: str = "", pid: int = 0, exitcode: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.node = node
+        self.pid = pid
+        self.exitcode = exitcode
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_worker_lost, (str(self), self.node, self.pid, self.exitcode))
+
+
+def _rebuild_worker_lost(message: str, node: str, pid: int, exitcode: int | None) -> WorkerLostError:
+    return WorkerLostError(message, node=node, pid=pid, exitcode=exitcode)
+
+
+class ManagerUnavailableError(ProcessError):
+    """No manager answered at an address within the connect timeout, or the
+    manager went away while work was in flight."""
+
+
+class ProtocolError(ProcessError):
+    """A peer sent something that is not a dmp message of this version."""
+
+
+class MessageTooLargeError(ProcessError):
+    """A message was larger than the manager's configured maximum."""
+
+
+class RemoteTraceback(Exception):
+    """The formatted traceback of an exception raised in another process."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+class RemoteError(Exception):
+    """Stands in for a task's exception that could not be pickled back.
+
+    Names the original type and message; the remote traceback is its
+    ``__cause__``.
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (RemoteError, (self.type_name, self.message))
+
+
+def signal_name(exitcode: int | None) -> str:
+    """Describe an exit code the way a person reads it: 'signal SIGKILL', 'exit code 3'."""
+    import signal
+
+    if exitcode is None:
+        return "unknown exit"
+    if exitcode < 0:
+        try:
+            return f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"

@@ -1,0 +1,409 @@
+"""``dmp.Pool``: multiprocessing's Pool API on the dmp engine.
+
+    caller --apply_async--> pickle --> session.submit (the pool's apply job)
+    caller --map/imap--> Feeder thread: chunk, pickle, submit with credit
+    link thread --results--> ApplyResult / MapResult / IMapIterator
+
+The feeder pulls from the caller's iterable only as fast as credit allows
+(``MAX_OUTSTANDING_TASKS``), so a huge generator is never held in memory.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from dmp import _config, runners, serialization
+from dmp.errors import ProcessError
+from dmp.protocol import Status
+from dmp.results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+
+RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
+
+# Tasks pickled before they are handed to the engine in one message; a batch
+# also goes out once its first task has waited FEED_FLUSH_S.
+FEED_BATCH = 64
+FEED_FLUSH_S = 0.0005
+
+
+class _ApplySink:
+    """The pool's one long-lived apply job: task id -> ApplyResult."""
+
+    def __init__(self) -> None:
+        self.results: dict[int, ApplyResult] = {}
+
+    def on_result(self, task_id: int, status: Status, frames: list[Any], info: str) -> bool:
+        result = self.results.pop(task_id, None)
+        if result is not None:
+            result.on_result(task_id, status, frames, info)
+        return False
+
+    def on_failure(self, exc: BaseException) -> None:
+        results, self.results = self.results, {}
+        for result in results.values():
+            result.on_failure(exc)
+
+
+class _Credit:
+    """Counts tasks submitted and not yet finished; the feeder waits on it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.outstanding = 0
+        self.cond = threading.Condition(threading.Lock())
+
+    def take(self, n: int, alive: Callable[[], bool]) -> bool:
+        with self.cond:
+            while self.outstanding > 0 and self.outstanding + n > self.limit:
+                if not alive():
+                    return False
+                self.cond.wait(0.5)
+            self.outstanding += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self.cond:
+            self.outstanding -= n
+            self.cond.notify()
+
+
+class _CountingSink:
+    """Wraps a sink to return credit as each task finishes."""
+
+    __slots__ = ("credit", "sink")
+
+    def __init__(self, sink: Any, credit: _Credit) -> None:
+        self.sink = sink
+        self.credit = credit
+
+    def on_result(self, task_id: int, status: Status, frames: list[Any], info: str) -> bool:
+        if status != Status.CANCELLED:
+            self.credit.give(1)
+        return bool(self.sink.on_result(task_id, status, frames, info))
+
+    def on_failure(self, exc: BaseException) -> None:
+        self.sink.on_failure(exc)
+
+
+class Pool:
+    """A pool of worker processes, local (forked) or on a dmp cluster."""
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Iterable[Any] = (),
+        maxtasksperchild: int | None = None,
+        context: Any = None,
+        *,
+        address: object = None,
+        authkey: bytes | str | None = None,
+        max_retries: int = _config.MAX_RETRIES,
+    ) -> None:
+        self._state = RUN
+        if processes is not None and processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if maxtasksperchild is not None and (not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError("max_retries must be a non-negative int")
+        target = _config.resolve(address, authkey)
+        if target.address is not None:
+            raise NotImplementedError("cluster mode Pool is not available yet")
+        self._processes = processes or _config.cpu_count()
+        self._max_retries = max_retries
+        self._by_value = target.address is not None
+        from dmp.engine import LocalEngine
+
+        self._engine = LocalEngine(
+            processes=self._processes,
+            initializer=initializer,
+            initargs=tuple(initargs),
+            max_tasks=maxtasksperchild or 0,
+        )
+        self._session = self._engine.session
+        self._credit = _Credit(_config.MAX_OUTSTANDING_TASKS)
+        self._pending: set[Any] = set()
+        self._pending_cond = threading.Condition(threading.Lock())
+        self._ids = itertools.count()
+        self._apply = _ApplySink()
+        self._apply_job = self._session.new_job(self._apply, [], max_retries)
+        self._feed: collections.deque[tuple[int, Any, Iterator[Any]]] = collections.deque()
+        self._feed_cond = threading.Condition(threading.Lock())
+        self._feeding = False
+        self._feeder = threading.Thread(target=self._feed_loop, name="dmp-feeder", daemon=True)
+        self._feeder.start()
+
+    # --- bookkeeping -------------------------------------------------------------------
+
+    @property
+    def _pool(self) -> list[Any]:
+        """The worker process objects (multiprocessing exposes this too)."""
+        return self._engine.processes
+
+    def _check_running(self) -> None:
+        if self._state != RUN:
+            raise ValueError("Pool not running")
+
+    def _track(self, result: Any) -> None:
+        with self._pending_cond:
+            self._pending.add(result)
+
+    def _job_done(self, result: Any) -> None:
+        with self._pending_cond:
+            self._pending.discard(result)
+            if not self._pending:
+                self._pending_cond.notify_all()
+
+    # --- apply ---------------------------------------------------------------------------
+
+    def apply(self, func: Callable[..., Any], args: tuple[Any, ...] = (), kwds: dict[str, Any] = {}) -> Any:  # noqa: B006 (multiprocessing's signature)
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...] = (),
+        kwds: dict[str, Any] = {},  # noqa: B006 (multiprocessing's signature)
+        callback: Callable[[Any], Any] | None = None,
+        error_callback: Callable[[BaseException], Any] | None = None,
+    ) -> ApplyResult:
+        self._check_running()
+        result = ApplyResult(self, callback, error_callback)
+        try:
+            frames = serialization.dumps((func, tuple(args), dict(kwds)), by_value=self._by_value)
+        except Exception as exc:
+            result.on_failure(exc)
+            return result
+        task_id = next(self._ids)
+        self._track(result)
+        self._apply.results[task_id] = result
+        self._session.submit(self._apply_job, [(task_id, frames)])
+        return result
+
+    # --- map family ------------------------------------------------------------------------
+
+    def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None) -> list[Any]:
+        return self._map_async(func, iterable, chunksize, None, None, star=False).get()  # type: ignore[no-any-return]
+
+    def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: int | None = None) -> list[Any]:
+        return self._map_async(func, iterable, chunksize, None, None, star=True).get()  # type: ignore[no-any-return]
+
+    def map_async(
+        self,
+        func: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        chunksize: int | None = None,
+        callback: Callable[[Any], Any] | None = None,
+        error_callback: Callable[[BaseException], Any] | None = None,
+    ) -> MapResult:
+        return self._map_async(func, iterable, chunksize, callback, error_callback, star=False)
+
+    def starmap_async(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        callback: Callable[[Any], Any] | None = None,
+        error_callback: Callable[[BaseException], Any] | None = None,
+    ) -> MapResult:
+        return self._map_async(func, iterable, chunksize, callback, error_callback, star=True)
+
+    def _map_async(self, func: Any, iterable: Iterable[Any], chunksize: int | None, callback: Any, error_callback: Any, *, star: bool) -> MapResult:
+        self._check_running()
+        items = iterable if hasattr(iterable, "__len__") else list(iterable)
+        length = len(items)  # type: ignore[arg-type]
+        if chunksize is None:
+            chunksize = self._default_chunksize(length)
+        if chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+        result = MapResult(self, chunksize, length, callback, error_callback)
+        if length:
+            self._start_job(func, star, result, _chunks(items, chunksize))
+        return result
+
+    def _default_chunksize(self, length: int) -> int:
+        # multiprocessing's heuristic: about four chunks per worker.
+        chunksize, extra = divmod(length, self._processes * 4)
+        return chunksize + 1 if extra else max(chunksize, 1)
+
+    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1) -> Iterator[Any]:
+        return self._imap(IMapIterator, func, iterable, chunksize)
+
+    def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1) -> Iterator[Any]:
+        return self._imap(IMapUnorderedIterator, func, iterable, chunksize)
+
+    def _imap(self, cls: type[IMapIterator], func: Any, iterable: Iterable[Any], chunksize: int) -> Iterator[Any]:
+        self._check_running()
+        if chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+        it = cls(self)
+        self._start_job(func, False, it, _chunks(iterable, chunksize))
+        if chunksize == 1:
+            return _Unwrap(it)
+        return (item for chunk in it for item in chunk)
+
+    def _start_job(self, func: Any, star: bool, sink: Any, chunks: Iterator[tuple[int, list[Any]]]) -> None:
+        self._track(sink)
+        try:
+            runner = serialization.dumps(runners.MapChunk(func, star), by_value=self._by_value)
+        except Exception as exc:
+            sink.on_failure(exc)
+            self._job_done(sink)
+            return
+        job = self._session.new_job(_CountingSink(sink, self._credit), runner, self._max_retries)
+        with self._feed_cond:
+            self._feed.append((job, sink, chunks))
+            self._feeding = True
+            self._feed_cond.notify()
+
+    # --- the feeder thread ----------------------------------------------------------------
+
+    def _feed_loop(self) -> None:
+        while True:
+            with self._feed_cond:
+                while not self._feed:
+                    self._feeding = False
+                    self._feed_cond.notify_all()
+                    if self._state == TERMINATE or (self._state == CLOSE and not self._feed):
+                        if self._state != RUN:
+                            return
+                    self._feed_cond.wait(0.5)
+                job, sink, chunks = self._feed[0]
+            try:
+                self._feed_one(job, sink, chunks)
+            finally:
+                with self._feed_cond:
+                    self._feed.popleft()
+
+    def _feed_one(self, job: int, sink: Any, chunks: Iterator[tuple[int, list[Any]]]) -> None:
+        alive = lambda: self._state != TERMINATE  # noqa: E731
+        batch: list[tuple[int, list[Any]]] = []
+        started = 0.0
+        count = 0
+        by_value = self._by_value
+        try:
+            for task_id, chunk in chunks:
+                count = task_id + 1
+                try:
+                    frames = serialization.dumps(chunk, by_value=by_value)
+                except Exception as exc:
+                    self._credit.take(1, alive)
+                    self._credit.give(1)
+                    sink.fail_chunk(task_id, exc)
+                    continue
+                if not batch:
+                    started = time.monotonic()
+                batch.append((task_id, frames))
+                if len(batch) >= FEED_BATCH or time.monotonic() - started >= FEED_FLUSH_S:
+                    if not self._send(job, batch, alive):
+                        return
+                    batch = []
+        except Exception as exc:  # the caller's iterable raised: that item fails
+            if batch and not self._send(job, batch, alive):
+                return
+            batch = []
+            sink.fail_chunk(count, exc)
+            count += 1
+        if batch and not self._send(job, batch, alive):
+            return
+        if hasattr(sink, "set_length"):
+            sink.set_length(count)
+        self._session.end_job(job)
+
+    def _send(self, job: int, batch: list[tuple[int, list[Any]]], alive: Callable[[], bool]) -> bool:
+        if not self._credit.take(len(batch), alive):
+            return False
+        try:
+            self._session.submit(job, batch)
+        except BaseException:
+            self._credit.give(len(batch))
+            raise
+        return True
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._state == RUN:
+            self._state = CLOSE
+            with self._feed_cond:
+                self._feed_cond.notify_all()
+
+    def terminate(self) -> None:
+        if self._state == TERMINATE:
+            return
+        self._state = TERMINATE
+        with self._feed_cond:
+            self._feed_cond.notify_all()
+        self._engine.stop(kill=True)
+        self._session.fail_all(ProcessError("the pool was terminated before the task finished"))
+        with self._pending_cond:
+            self._pending.clear()
+            self._pending_cond.notify_all()
+
+    def join(self) -> None:
+        if self._state == RUN:
+            raise ValueError("Pool is still running")
+        if self._state == CLOSE:
+            self._feeder.join()
+            with self._pending_cond:
+                while self._pending:
+                    self._pending_cond.wait(0.5)
+            self._engine.stop(kill=False)
+            self._session.fail_all(ProcessError("the pool was closed"))
+
+    def __enter__(self) -> Pool:
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.terminate()
+
+    def __reduce__(self) -> Any:
+        raise NotImplementedError("pool objects cannot be passed between processes or pickled")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__qualname__} state={self._state} pool_size={self._processes}>"
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", TERMINATE) != TERMINATE and getattr(self, "_engine", None) is not None:
+            try:
+                self.terminate()
+            except Exception:
+                pass
+
+
+class _Unwrap:
+    """imap with chunksize 1: each task's result is a one-item list."""
+
+    __slots__ = ("it",)
+
+    def __init__(self, it: IMapIterator) -> None:
+        self.it = it
+
+    def __iter__(self) -> _Unwrap:
+        return self
+
+    def next(self, timeout: float | None = None) -> Any:
+        return self.it.next(timeout)[0]
+
+    __next__ = next
+
+
+def _chunks(iterable: Iterable[Any], size: int) -> Iterator[tuple[int, list[Any]]]:
+    it = iter(iterable)
+    if size == 1:
+        for i, x in enumerate(it):
+            yield i, [x]
+        return
+    for i in itertools.count():
+        chunk = list(itertools.islice(it, size))
+        if not chunk:
+            return
+        yield i, chunk

@@ -1,0 +1,346 @@
+"""Every message dmp peers exchange, in one place (docs/protocol.md is its table).
+
+A message on the wire is a ZeroMQ multipart message:
+
+    [routing id]        added and removed by ROUTER sockets only
+    signature           HMAC-SHA256 over header and payload frames; empty without authkey
+    header              msgpack array: [PROTOCOL_VERSION, type code, field, field, ...]
+    payload frame ...   opaque bytes (cloudpickle data and out-of-band buffers)
+
+The header carries only plain data (ints, floats, strings, bytes, lists) and is
+decoded with strict size limits; payload frames are never looked into by the
+manager. Batches (``Dispatch``, ``Results``, ``Submit``) carry a list of item
+arrays and say how many payload frames belong to each item, in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import hmac
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import msgpack
+
+from dmp.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+
+# Header decoding limits: a hostile peer must not make the decoder allocate
+# much. Real headers are small (a Dispatch of 1024 tasks is ~20 KiB).
+MAX_HEADER_BYTES = 4 * 1024 * 1024
+_UNPACK_LIMITS = dict(
+    max_str_len=1024 * 1024,
+    max_bin_len=1024 * 1024,
+    max_array_len=1_000_000,
+    max_map_len=100_000,
+    max_ext_len=0,
+)
+
+
+class Role(enum.StrEnum):
+    CLIENT = "client"
+    NODE = "node"
+    WORKER = "worker"
+    STATUS = "status"
+
+
+class Status(enum.IntEnum):
+    """Outcome of one task, in ``Results`` items."""
+
+    OK = 0  # payload: the pickled return value
+    RAISED = 1  # payload: the pickled (exception, traceback text)
+    LOST = 2  # no payload; info names node, pid and exit code
+    CANCELLED = 3  # no payload; the job was cancelled
+
+
+class ErrorCode(enum.StrEnum):
+    VERSION = "version"
+    UNKNOWN_PEER = "unknown-peer"
+    BAD_MESSAGE = "bad-message"
+    AUTH = "auth"
+    TOO_LARGE = "too-large"
+    UNKNOWN_JOB = "unknown-job"
+    REFUSED = "refused"
+    SHUTDOWN = "shutdown"
+
+
+class Message:
+    """Base of all message types. Subclasses are slotted dataclasses."""
+
+    TYPE: ClassVar[int]
+
+    def fields(self) -> list[Any]:
+        return [getattr(self, f.name) for f in dataclasses.fields(self)]  # type: ignore[arg-type]
+
+
+_REGISTRY: dict[int, type[Message]] = {}
+_FIELD_COUNT: dict[int, int] = {}
+
+
+_M = TypeVar("_M", bound=type[Message])
+
+
+def message(code: int) -> Callable[[_M], _M]:
+    """Class decorator (above ``@dataclass``): register a message type under ``code``."""
+
+    def wrap(cls: _M) -> _M:
+        if code in _REGISTRY:
+            raise RuntimeError(f"message code {code} used twice")
+        cls.TYPE = code
+        _REGISTRY[code] = cls
+        _FIELD_COUNT[code] = len(dataclasses.fields(cls))  # type: ignore[arg-type]
+        return cls
+
+    return wrap
+
+
+def message_types() -> dict[str, type[Message]]:
+    """Name -> class for every registered message type (docs test uses it)."""
+    return {cls.__name__: cls for cls in _REGISTRY.values()}
+
+
+# --- session and liveness ----------------------------------------------------
+
+
+@message(1)
+@dataclass(slots=True)
+class Hello(Message):
+    """A peer introduces itself. Reply: Welcome, or Error."""
+
+    role: str
+    name: str
+    host: str
+    pid: int
+    slots: int = 0  # workers: 1; nodes: their worker count
+    node: str = ""  # workers: the node they belong to
+    max_tasks: int = 0  # workers: tasks before they exit (0 = no limit)
+    version: str = ""
+
+
+@message(2)
+@dataclass(slots=True)
+class Welcome(Message):
+    """The manager accepts a Hello."""
+
+    peer_id: str
+    version: str
+    heartbeat_s: float
+
+
+@message(3)
+@dataclass(slots=True)
+class Heartbeat(Message):
+    """Liveness; either direction."""
+
+
+@message(4)
+@dataclass(slots=True)
+class Bye(Message):
+    """The sender is leaving (or telling the peer to go)."""
+
+    reason: str = ""
+
+
+@message(5)
+@dataclass(slots=True)
+class Error(Message):
+    """Something the peer sent was refused. ``ref`` names the job or request."""
+
+    code: str
+    text: str
+    ref: int = 0
+
+
+# --- tasks -------------------------------------------------------------------
+
+
+@message(10)
+@dataclass(slots=True)
+class DefineJob(Message):
+    """Client -> manager: a job's runner (payload frames; may be none).
+
+    Every task of the job runs as ``runner(task)``; without a runner, the task
+    is itself a callable. ``max_retries`` bounds reruns after worker deaths.
+    """
+
+    job: int
+    nframes: int
+    max_retries: int = 3
+
+
+@message(11)
+@dataclass(slots=True)
+class Submit(Message):
+    """Client -> manager: tasks of a job. ``tasks`` = [[task id, nframes], ...]."""
+
+    job: int
+    tasks: list[list[int]] = field(default_factory=list)
+
+
+@message(12)
+@dataclass(slots=True)
+class EndJob(Message):
+    """Client -> manager: no more tasks for this job; forget it when done."""
+
+    job: int
+
+
+@message(13)
+@dataclass(slots=True)
+class CancelJob(Message):
+    """Client -> manager: drop the job's queued tasks and abort running ones."""
+
+    job: int
+
+
+@message(14)
+@dataclass(slots=True)
+class Dispatch(Message):
+    """Manager -> worker: job runners it lacks, then tasks to run, in order.
+
+    ``jobs`` = [[job key, nframes], ...]; ``tasks`` = [[task key, job key,
+    attempt, nframes], ...].
+    """
+
+    jobs: list[list[int]] = field(default_factory=list)
+    tasks: list[list[int]] = field(default_factory=list)
+
+
+@message(15)
+@dataclass(slots=True)
+class Results(Message):
+    """Outcomes, batched. Worker -> manager items: [task key, attempt, status,
+    nframes, run seconds, info]; manager -> client items: [job, task id,
+    status, nframes, 0.0, info]."""
+
+    items: list[list[Any]] = field(default_factory=list)
+
+
+@message(16)
+@dataclass(slots=True)
+class ForgetJobs(Message):
+    """Manager -> worker: drop these job runners from the cache."""
+
+    jobs: list[int] = field(default_factory=list)
+
+
+@message(17)
+@dataclass(slots=True)
+class Output(Message):
+    """Worker -> manager -> client: a line a task printed. ``stream`` is
+    'stdout' or 'stderr'; ``origin`` names node and pid."""
+
+    job: int
+    task: int
+    stream: str
+    text: str
+    origin: str = ""
+
+
+# --- nodes and status --------------------------------------------------------
+
+
+@message(20)
+@dataclass(slots=True)
+class WorkerExited(Message):
+    """Node -> manager: a worker process ended. ``running`` is the task key it
+    was running (-1 for none), read from the worker's shared slot."""
+
+    worker: str
+    pid: int
+    exitcode: int
+    running: int = -1
+
+
+@message(21)
+@dataclass(slots=True)
+class StatusRequest(Message):
+    """Anyone -> manager: ask for the cluster status."""
+
+
+@message(22)
+@dataclass(slots=True)
+class StatusReply(Message):
+    """Manager -> asker: the status object of ``dmp status --json``."""
+
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+# --- wire encoding -----------------------------------------------------------
+
+
+def encode(msg: Message) -> bytes:
+    """The msgpack header frame for ``msg``."""
+    out: bytes = msgpack.packb([PROTOCOL_VERSION, msg.TYPE, *msg.fields()], use_bin_type=True)
+    return out
+
+
+def decode(header: bytes | memoryview) -> Message:
+    """Parse a header frame.
+
+    Raises:
+        ProtocolError: not msgpack, wrong version, unknown type or wrong fields.
+    """
+    if len(header) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(header)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        obj = msgpack.unpackb(header, raw=False, strict_map_key=True, **_UNPACK_LIMITS)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"header is not valid msgpack: {exc}") from None
+    if not isinstance(obj, list) or len(obj) < 2:
+        raise ProtocolError("header is not a [version, type, ...] array")
+    version, code = obj[0], obj[1]
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"peer speaks dmp protocol version {version!r}, this side speaks {PROTOCOL_VERSION}"
+        )
+    cls = _REGISTRY.get(code) if isinstance(code, int) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {code!r}")
+    args = obj[2:]
+    if len(args) > _FIELD_COUNT[code]:
+        raise ProtocolError(f"{cls.__name__} has {len(args)} fields, expected {_FIELD_COUNT[code]}")
+    try:
+        return cls(*args)
+    except TypeError as exc:
+        raise ProtocolError(f"malformed {cls.__name__}: {exc}") from None
+
+
+# --- signing -----------------------------------------------------------------
+
+
+class Signer:
+    """HMAC-SHA256 over the header and payload frames; a no-op without a key."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: bytes | None) -> None:
+        self.key = key or None
+
+    def sign(self, frames: Sequence[bytes | memoryview | Any]) -> bytes:
+        if self.key is None:
+            return b""
+        mac = hmac.new(self.key, digestmod=hashlib.sha256)
+        for frame in frames:
+            mac.update(frame)
+        return mac.digest()
+
+    def verify(self, signature: bytes | memoryview, frames: Sequence[Any]) -> bool:
+        if self.key is None:
+            return True
+        return hmac.compare_digest(bytes(signature), self.sign(frames))
+
+
+def count_frames(items: Sequence[Sequence[Any]], index: int) -> int:
+    """Sum of the nframes column ``index`` of batch items, validated."""
+    total = 0
+    for item in items:
+        n = item[index]
+        if not isinstance(n, int) or n < 0:
+            raise ProtocolError(f"bad frame count {n!r}")
+        total += n
+    return total

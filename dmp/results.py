@@ -1,0 +1,217 @@
+"""What ``Pool`` methods return: ApplyResult, MapResult and the imap iterators.
+
+Each is also a session sink: the link's thread hands it task outcomes
+(``on_result``), it decodes them and wakes whoever waits. Semantics follow
+``multiprocessing.pool``: a map fails with its first exception once every
+chunk is back, callbacks run on the result thread, imap raises an item's
+exception at that item's place.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from dmp import serialization
+from dmp.errors import ProcessError, TimeoutError, WorkerLostError
+from dmp.protocol import Status
+
+
+def decode(status: Status, frames: list[Any], info: str) -> tuple[bool, Any]:
+    """(success, value or exception) for one task outcome."""
+    try:
+        if status == Status.OK:
+            return True, serialization.loads(frames)
+        if status == Status.RAISED:
+            return False, serialization.load_exception(frames)
+    except Exception as exc:  # unpickling a result can fail on this side too
+        return False, exc
+    if status == Status.LOST:
+        return False, WorkerLostError(info)
+    return False, ProcessError(info or "task cancelled")
+
+
+class _Waitable:
+    def __init__(self, pool: Any, callback: Callable[[Any], Any] | None, error_callback: Callable[[BaseException], Any] | None) -> None:
+        self._pool = pool
+        self._event = threading.Event()
+        self._callback = callback
+        self._error_callback = error_callback
+        self._success = True
+        self._value: Any = None
+
+    def ready(self) -> bool:
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._success
+
+    def wait(self, timeout: float | None = None) -> None:
+        self._event.wait(timeout)
+
+    def get(self, timeout: float | None = None) -> Any:
+        self.wait(timeout)
+        if not self.ready():
+            raise TimeoutError
+        if self._success:
+            return self._value
+        raise self._value
+
+    def _complete(self) -> None:
+        if self._success:
+            if self._callback is not None:
+                self._callback(self._value)
+        elif self._error_callback is not None:
+            self._error_callback(self._value)
+        self._event.set()
+        if self._pool is not None:
+            self._pool._job_done(self)
+            self._pool = None
+
+    def on_failure(self, exc: BaseException) -> None:
+        if not self._event.is_set():
+            self._success, self._value = False, exc
+            self._complete()
+
+    __class_getitem__ = classmethod(lambda cls, item: cls)
+
+
+class ApplyResult(_Waitable):
+    """One ``apply_async`` call; ``task_id`` identifies it in the pool's apply job."""
+
+    def on_result(self, task_id: int, status: Status, frames: list[Any], info: str) -> bool:
+        self._success, self._value = decode(status, frames, info)
+        self._complete()
+        return True
+
+
+AsyncResult = ApplyResult
+
+
+class MapResult(_Waitable):
+    """A whole ``map_async``: chunks land in their slice of the result list."""
+
+    def __init__(self, pool: Any, chunksize: int, length: int, callback: Any, error_callback: Any) -> None:
+        super().__init__(pool, callback, error_callback)
+        self._chunksize = chunksize
+        self._value = [None] * length
+        self._left = -(-length // chunksize) if length else 0
+        if self._left == 0:
+            self._complete()
+
+    def on_result(self, task_id: int, status: Status, frames: list[Any], info: str) -> bool:
+        if status == Status.CANCELLED:
+            return False
+        return self._set_chunk(task_id, *decode(status, frames, info))
+
+    def fail_chunk(self, task_id: int, exc: BaseException) -> None:
+        """A chunk that never left this process (its arguments did not pickle)."""
+        self._set_chunk(task_id, False, exc)
+
+    def _set_chunk(self, task_id: int, ok: bool, value: Any) -> bool:
+        self._left -= 1
+        if ok and self._success:
+            c = self._chunksize
+            self._value[task_id * c : (task_id + 1) * c] = value
+        elif not ok and self._success:
+            self._success, self._value = False, value
+        if self._left == 0:
+            self._complete()
+            return True
+        return False
+
+
+class IMapIterator:
+    """Ordered results of ``imap``; ``next(timeout)`` as in multiprocessing."""
+
+    def __init__(self, pool: Any, chunked: bool = False) -> None:
+        self._pool = pool
+        self._cond = threading.Condition(threading.Lock())
+        self._items: collections.deque[tuple[bool, Any]] = collections.deque()
+        self._unsorted: dict[int, tuple[bool, Any]] = {}
+        self._index = 0
+        self._length: int | None = None
+        self._chunked = chunked
+        self._received = 0
+        self._failure: BaseException | None = None
+
+    def __iter__(self) -> IMapIterator:
+        return self
+
+    def next(self, timeout: float | None = None) -> Any:
+        with self._cond:
+            while not self._items:
+                if self._length is not None and self._index == self._length:
+                    self._pool = None
+                    raise StopIteration from None
+                if self._failure is not None:
+                    raise self._failure
+                if not self._cond.wait(timeout) and not self._items:
+                    if self._length is not None and self._index == self._length:
+                        raise StopIteration from None
+                    raise TimeoutError from None
+            ok, value = self._items.popleft()
+        if ok:
+            return value
+        raise value
+
+    __next__ = next
+
+    # --- producer side --------------------------------------------------------------
+
+    def _put(self, task_id: int, ok: bool, value: Any) -> None:
+        with self._cond:
+            self._received += 1
+            self._place(task_id, ok, value)
+            self._cond.notify()
+
+    def _place(self, task_id: int, ok: bool, value: Any) -> None:
+        if task_id == self._index:
+            self._items.append((ok, value))
+            self._index += 1
+            while self._index in self._unsorted:
+                self._items.append(self._unsorted.pop(self._index))
+                self._index += 1
+        else:
+            self._unsorted[task_id] = (ok, value)
+
+    def set_length(self, length: int) -> None:
+        """The feeder knows how many tasks there are; wake a reader waiting past the end."""
+        with self._cond:
+            self._length = length
+            self._cond.notify_all()
+        self._check_done()
+
+    def _check_done(self) -> bool:
+        done = self._length is not None and self._received >= self._length
+        if done and self._pool is not None:
+            self._pool._job_done(self)
+        return done
+
+    def on_result(self, task_id: int, status: Status, frames: list[Any], info: str) -> bool:
+        if status == Status.CANCELLED:
+            return False
+        ok, value = decode(status, frames, info)
+        self._put(task_id, ok, value)
+        return self._check_done()
+
+    def fail_chunk(self, task_id: int, exc: BaseException) -> None:
+        self._put(task_id, False, exc)
+        self._check_done()
+
+    def on_failure(self, exc: BaseException) -> None:
+        with self._cond:
+            self._failure = exc
+            self._cond.notify_all()
+
+
+class IMapUnorderedIterator(IMapIterator):
+    """Results of ``imap_unordered`` in the order they arrive."""
+
+    def _place(self, task_id: int, ok: bool, value: Any) -> None:
+        self._items.append((ok, value))
+        self._index += 1

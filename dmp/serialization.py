@@ -1,0 +1,143 @@
+"""Payload frames: cloudpickle at protocol 5 with large buffers out of band.
+
+``dumps(obj)`` returns ``[pickle, buffer, buffer, ...]``: numpy arrays, and
+bytes, bytearray and memoryview objects of at least ``OOB_THRESHOLD`` bytes
+near the top of the object, travel as their own ZeroMQ frames instead of
+being copied into the pickle. ``loads(frames)`` reverses it; numpy arrays are
+rebuilt on the received frame without a copy.
+
+Local mode pickles by reference first (the workers are forked, so they can
+import everything the parent could) and falls back to cloudpickle for what
+plain pickle refuses (lambdas, closures); cluster mode always uses
+cloudpickle so that ``__main__`` travels by value.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import traceback
+from typing import Any
+
+import cloudpickle
+
+from dmp.errors import RemoteError, RemoteTraceback
+
+# Below this many bytes a buffer is cheaper to copy into the pickle than to
+# send as its own frame (a frame costs a few microseconds of bookkeeping).
+OOB_THRESHOLD = 64 * 1024
+
+
+def _rebuild_bytes(buf: Any) -> bytes:
+    return bytes(buf)
+
+
+def _rebuild_bytearray(buf: Any) -> bytearray:
+    return bytearray(buf)
+
+
+def _rebuild_memoryview(buf: Any) -> memoryview:
+    return memoryview(buf)
+
+
+class _OOB:
+    """Wraps a large bytes-like object so that protocol 5 sends it out of band."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        obj = self.obj
+        if isinstance(obj, bytes):
+            return (_rebuild_bytes, (pickle.PickleBuffer(obj),))
+        if isinstance(obj, bytearray):
+            return (_rebuild_bytearray, (pickle.PickleBuffer(obj),))
+        return (_rebuild_memoryview, (pickle.PickleBuffer(obj),))
+
+
+_BYTESLIKE = (bytes, bytearray, memoryview)
+
+
+def _wrap_large(obj: Any, depth: int = 2) -> Any:
+    """Wrap large bytes-like objects at the top levels of tuples and lists."""
+    if isinstance(obj, _BYTESLIKE):
+        if isinstance(obj, memoryview) and not obj.contiguous:
+            return obj
+        return _OOB(obj) if len(obj) * getattr(obj, "itemsize", 1) >= OOB_THRESHOLD else obj
+    if depth and type(obj) in (tuple, list):
+        wrapped = [_wrap_large(x, depth - 1) for x in obj]
+        if any(a is not b for a, b in zip(wrapped, obj)):
+            return type(obj)(wrapped)
+    if depth and type(obj) is dict:
+        if any(isinstance(v, _BYTESLIKE) for v in obj.values()):
+            return {k: _wrap_large(v, depth - 1) for k, v in obj.items()}
+    return obj
+
+
+def _pickle(obj: Any, by_value: bool) -> list[Any]:
+    buffers: list[Any] = []
+
+    def take(buf: pickle.PickleBuffer) -> bool:
+        # False means "out of band": the buffer becomes its own frame.
+        if buf.raw().nbytes >= OOB_THRESHOLD:
+            buffers.append(buf.raw())
+            return False
+        return True
+
+    if not by_value:
+        try:
+            return [pickle.dumps(obj, protocol=5, buffer_callback=take), *buffers]
+        except (pickle.PicklingError, AttributeError, TypeError):
+            buffers.clear()
+    data = _cloud_dumps(obj, take)
+    return [data, *buffers]
+
+
+def _cloud_dumps(obj: Any, take: Any) -> bytes:
+    out = io.BytesIO()
+    cloudpickle.CloudPickler(out, protocol=5, buffer_callback=take).dump(obj)
+    return out.getvalue()
+
+
+def dumps(obj: Any, *, by_value: bool = True) -> list[Any]:
+    """Pickle ``obj`` into frames.
+
+    Raises:
+        Exception: whatever pickling raised (PicklingError, TypeError, ...).
+    """
+    return _pickle(_wrap_large(obj), by_value)
+
+
+def loads(frames: list[Any]) -> Any:
+    """Unpickle frames made by :func:`dumps`. Only ever call on authenticated data."""
+    return pickle.loads(frames[0], buffers=frames[1:])
+
+
+# --- exceptions --------------------------------------------------------------
+
+
+def dump_exception(exc: BaseException, *, by_value: bool = True) -> list[Any]:
+    """Pickle an exception with its formatted traceback; degrade to RemoteError."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tb = f'\n"""\n{tb}"""'
+    exc.__traceback__ = None
+    try:
+        frames = dumps((exc, tb), by_value=by_value)
+        pickle.loads(frames[0], buffers=frames[1:])  # must also load on the far side
+        return frames
+    except Exception:
+        stand_in = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc))
+        return dumps((stand_in, tb), by_value=by_value)
+
+
+def load_exception(frames: list[Any]) -> BaseException:
+    """Rebuild an exception; its remote traceback becomes ``__cause__``."""
+    try:
+        exc, tb = loads(frames)
+    except Exception as err:
+        exc, tb = RemoteError(type(err).__name__, f"could not unpickle the task's exception: {err}"), ""
+    if tb:
+        exc.__cause__ = RemoteTraceback(tb)
+    return exc  # type: ignore[no-any-return]

@@ -1,0 +1,118 @@
+"""The client session: jobs out, results back, whichever link carries them.
+
+    user thread --new_job/submit--> link.post(msg, frames)
+        local link:  the embedded manager's inbox (same process)
+        remote link: the session's I/O thread and a DEALER socket (cluster)
+    link thread --on_message(Results)--> sink.on_result(task, status, frames, info)
+
+A sink is the object that turns outcomes into what the user waits on
+(AsyncResult, IMapIterator, Future). Sinks run on the link's thread, so
+they must be quick and must not block.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import Any, Protocol
+
+from dmp import protocol
+from dmp.errors import ProcessError
+from dmp.protocol import Status
+
+
+class Sink(Protocol):
+    def on_result(self, task_id: int, status: Status, frames: list[Any], info: str) -> bool:
+        """One task's outcome; return True when the job needs nothing more."""
+        ...
+
+    def on_failure(self, exc: BaseException) -> None:
+        """The whole job failed (session lost, job refused)."""
+        ...
+
+
+class Link(Protocol):
+    def post(self, msg: protocol.Message, frames: list[Any]) -> None: ...
+    def close(self) -> None: ...
+
+
+class Session:
+    """Tracks this client's jobs; thread-safe for callers, sinks run on the link."""
+
+    def __init__(self) -> None:
+        self.link: Link | None = None
+        self.sinks: dict[int, Sink] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self.closed: BaseException | None = None
+
+    def new_job(self, sink: Sink, runner: list[Any], max_retries: int) -> int:
+        with self._lock:
+            if self.closed is not None:
+                raise self.closed
+            job = next(self._ids)
+            self.sinks[job] = sink
+        self._post(protocol.DefineJob(job, len(runner), max_retries), runner)
+        return job
+
+    def submit(self, job: int, tasks: list[tuple[int, list[Any]]]) -> None:
+        items = [[task_id, len(frames)] for task_id, frames in tasks]
+        frames = [f for _, fr in tasks for f in fr]
+        self._post(protocol.Submit(job, items), frames)
+
+    def end_job(self, job: int) -> None:
+        self._post(protocol.EndJob(job), [])
+
+    def cancel_job(self, job: int) -> None:
+        self._post(protocol.CancelJob(job), [])
+
+    def _post(self, msg: protocol.Message, frames: list[Any]) -> None:
+        if self.closed is not None:
+            raise self.closed
+        assert self.link is not None
+        self.link.post(msg, frames)
+
+    # --- called on the link's thread -------------------------------------------------
+
+    def on_message(self, msg: protocol.Message, frames: list[Any]) -> None:
+        if isinstance(msg, protocol.Results):
+            sinks = self.sinks
+            pos = 0
+            for job, task_id, status, nframes, _run_s, info in msg.items:
+                payload = frames[pos : pos + nframes]
+                pos += nframes
+                sink = sinks.get(job)
+                if sink is not None and sink.on_result(task_id, Status(status), payload, info):
+                    sinks.pop(job, None)
+        elif isinstance(msg, protocol.Error):
+            sink = self.sinks.pop(msg.ref, None)
+            if sink is not None:
+                sink.on_failure(ProcessError(f"the manager refused job {msg.ref}: {msg.text}"))
+
+    def fail_all(self, exc: BaseException) -> None:
+        """The session is over: every job still waiting fails with ``exc``."""
+        with self._lock:
+            if self.closed is None:
+                self.closed = exc
+            sinks, self.sinks = self.sinks, {}
+        for sink in sinks.values():
+            try:
+                sink.on_failure(exc)
+            except Exception:  # a user callback failing must not stop the others
+                pass
+
+
+class LocalLink:
+    """Posts into an embedded manager running in this process."""
+
+    __slots__ = ("manager", "peer")
+
+    def __init__(self, manager: Any, session: Session) -> None:
+        self.manager = manager
+        self.peer = manager.attach_local(session)
+
+    def post(self, msg: protocol.Message, frames: list[Any]) -> None:
+        self.manager.post(self.peer, msg, frames)
+
+    def close(self) -> None:
+        pass

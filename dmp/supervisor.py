@@ -1,0 +1,155 @@
+"""Forks worker processes, watches their sentinels, reports how they ended.
+
+Used by the local engine (workers forked from the user's process, so globals
+set before the pool exists are visible) and by the worker node daemon. The
+owner polls :meth:`sentinels` in its reactor; a readable sentinel is a death
+to :meth:`reap`, which says which task the worker was running at the time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dmp import worker as worker_mod
+
+_fork = multiprocessing.get_context("fork")
+_pool_counter = itertools.count(1)
+
+
+@dataclass(slots=True)
+class Exited:
+    worker: str
+    pid: int
+    exitcode: int
+    running: int  # task key it was running, -1 for none
+
+
+@dataclass(slots=True)
+class _Handle:
+    worker_id: str
+    process: Any
+    slot: Any
+
+
+class Supervisor:
+    """Keeps ``count`` worker processes alive until told to stop."""
+
+    def __init__(
+        self,
+        *,
+        address: str,
+        node: str,
+        count: int,
+        key: bytes | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks: int = 0,
+        by_value: bool = False,
+        heartbeat: bool = False,
+        name_prefix: str = "ForkPoolWorker",
+    ) -> None:
+        self.address = address
+        self.node = node
+        self.count = count
+        self.key = key
+        self.initializer = initializer
+        self.initargs = initargs
+        self.max_tasks = max_tasks
+        self.by_value = by_value
+        self.heartbeat = heartbeat
+        self.name_prefix = name_prefix
+        self.handles: dict[int, _Handle] = {}  # sentinel fd -> handle
+        self.by_id: dict[str, _Handle] = {}
+        self._serial = itertools.count(1)
+        self._tag = f"{os.getpid()}-{next(_pool_counter)}"
+        self.respawn = True
+
+    def start(self) -> None:
+        """Fork the initial workers (from the calling thread)."""
+        for _ in range(self.count):
+            self.spawn()
+
+    def spawn(self) -> str:
+        n = next(self._serial)
+        worker_id = f"{self.node}/{self._tag}-{n}"
+        slot = worker_mod.new_slot()
+        cfg = worker_mod.WorkerConfig(
+            address=self.address,
+            worker_id=worker_id,
+            node=self.node,
+            key=self.key,
+            initializer=self.initializer,
+            initargs=self.initargs,
+            max_tasks=self.max_tasks,
+            by_value=self.by_value,
+            heartbeat=self.heartbeat,
+            slot=slot,
+        )
+        proc = _fork.Process(
+            target=worker_mod.worker_main,
+            args=(cfg,),
+            name=f"{self.name_prefix}-{n}",
+            daemon=True,
+        )
+        proc.start()
+        handle = _Handle(worker_id, proc, slot)
+        self.handles[proc.sentinel] = handle
+        self.by_id[worker_id] = handle
+        return worker_id
+
+    def sentinels(self) -> list[int]:
+        return list(self.handles)
+
+    def reap(self, fd: int) -> Exited | None:
+        """The worker behind sentinel ``fd`` ended: collect it and say how."""
+        handle = self.handles.pop(fd, None)
+        if handle is None:
+            return None
+        self.by_id.pop(handle.worker_id, None)
+        proc = handle.process
+        proc.join(1.0)
+        exitcode = proc.exitcode if proc.exitcode is not None else -signal.SIGKILL
+        running = worker_mod.read_slot(handle.slot)
+        handle.slot.close()
+        pid = proc.pid or 0
+        try:
+            proc.close()
+        except ValueError:
+            pass
+        return Exited(handle.worker_id, pid, exitcode, running)
+
+    def pid_of(self, worker_id: str) -> int:
+        handle = self.by_id.get(worker_id)
+        return handle.process.pid if handle else 0
+
+    def kill(self, worker_id: str) -> None:
+        handle = self.by_id.get(worker_id)
+        if handle is not None and handle.process.pid:
+            try:
+                os.kill(handle.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, *, kill: bool, timeout: float = 5.0) -> None:
+        """End every worker: SIGTERM (or SIGKILL), then reap all of them."""
+        self.respawn = False
+        sig = signal.SIGKILL if kill else signal.SIGTERM
+        for handle in list(self.handles.values()):
+            pid = handle.process.pid
+            if pid and handle.process.exitcode is None:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        for fd, handle in list(self.handles.items()):
+            handle.process.join(timeout)
+            if handle.process.exitcode is None:
+                os.kill(handle.process.pid, signal.SIGKILL)
+                handle.process.join(timeout)
+            self.reap(fd)

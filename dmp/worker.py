@@ -1,0 +1,239 @@
+"""The worker process: receive tasks, run them, send results or exceptions.
+
+    manager --Dispatch(jobs, tasks)--> [runner cache] [task queue]
+        run one task -> pickle result (or exception) -> batch
+    manager <--Results(batch)-- flushed when the queue runs dry, or every
+        FLUSH_SECONDS / FLUSH_ITEMS while it is busy
+
+Before each task the worker writes the task key into a small shared-memory
+slot its supervisor reads, so that when the process dies the supervisor knows
+exactly which task killed it (the others queued here are requeued uncharged).
+"""
+
+from __future__ import annotations
+
+import collections
+import mmap
+import os
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable
+from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
+from typing import Any
+
+import zmq
+
+from dmp import protocol, runners, serialization, transport
+from dmp.errors import ProtocolError
+
+# Results wait at most this long (or this many) in the worker before being
+# sent, while more tasks are queued; an idle worker sends at once. Batching
+# turns 100k tiny results into ~1k messages; the delay bounds added latency.
+FLUSH_SECONDS = 0.001
+FLUSH_ITEMS = 128
+# An idle worker wakes this often to check its parent and to heartbeat.
+IDLE_POLL_SECONDS = 1.0
+
+SLOT_SIZE = 16
+_SLOT = struct.Struct("<qq")
+
+
+def new_slot() -> mmap.mmap:
+    """Shared memory (inherited across fork) holding the running task key."""
+    slot = mmap.mmap(-1, SLOT_SIZE)
+    _SLOT.pack_into(slot, 0, -1, 0)
+    return slot
+
+
+def read_slot(slot: mmap.mmap) -> int:
+    key, _attempt = _SLOT.unpack_from(slot, 0)
+    return int(key)
+
+
+class WorkerConfig:
+    """Everything a worker process needs, inherited through fork."""
+
+    def __init__(
+        self,
+        *,
+        address: str,
+        worker_id: str,
+        node: str,
+        key: bytes | None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks: int = 0,
+        by_value: bool = False,
+        heartbeat: bool = False,
+        slot: mmap.mmap | None = None,
+    ) -> None:
+        self.address = address
+        self.worker_id = worker_id
+        self.node = node
+        self.key = key
+        self.initializer = initializer
+        self.initargs = initargs
+        self.max_tasks = max_tasks
+        self.by_value = by_value
+        self.heartbeat = heartbeat
+        self.slot = slot
+
+
+def worker_main(cfg: WorkerConfig) -> None:
+    """Entry point of a forked worker process; returns when it should exit."""
+    transport.forget_context_after_fork()
+    if cfg.initializer is not None:
+        cfg.initializer(*cfg.initargs)
+    Worker(cfg).run()
+
+
+class Worker:
+    def __init__(self, cfg: WorkerConfig) -> None:
+        self.cfg = cfg
+        self.parent = os.getppid()
+        sock = transport.make_socket(zmq.DEALER, identity=cfg.worker_id.encode())
+        sock.connect(cfg.address)
+        self.chan = transport.Channel(sock, cfg.key)
+        self.runners: dict[int, Any] = {}
+        self.queue: collections.deque[tuple[int, int, int, list[Any]]] = collections.deque()
+        self.out_items: list[list[Any]] = []
+        self.out_frames: list[Any] = []
+        self.first_unflushed = 0.0
+        self.done = 0
+        self.stopping = False
+
+    def hello(self) -> None:
+        self.chan.send(
+            protocol.Hello(
+                role=protocol.Role.WORKER,
+                name=self.cfg.worker_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                slots=1,
+                node=self.cfg.node,
+                max_tasks=self.cfg.max_tasks,
+            )
+        )
+
+    def run(self) -> None:
+        self.hello()
+        sock = self.chan.sock
+        max_tasks = self.cfg.max_tasks
+        try:
+            while not self.stopping:
+                if not self.queue:
+                    self.flush()
+                    if max_tasks and self.done >= max_tasks:
+                        return
+                    if not sock.poll(int(IDLE_POLL_SECONDS * 1000)):
+                        self.idle()
+                        continue
+                while sock.poll(0):
+                    self.receive()
+                if self.queue:
+                    self.run_one()
+                    if self.out_items and (
+                        len(self.out_items) >= FLUSH_ITEMS
+                        or time.monotonic() - self.first_unflushed >= FLUSH_SECONDS
+                    ):
+                        self.flush()
+        finally:
+            self.flush()
+            self.chan.close()
+
+    def idle(self) -> None:
+        if os.getppid() != self.parent:
+            self.stopping = True  # our supervisor is gone
+        elif self.cfg.heartbeat:
+            self.chan.send(protocol.Heartbeat())
+
+    def receive(self) -> None:
+        try:
+            _, msg, frames = self.chan.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        except transport.Refused:
+            return  # not from our manager (or garbled); nothing to act on
+        if isinstance(msg, protocol.Dispatch):
+            pos = 0
+            for job_key, nframes in msg.jobs:
+                self.runners[job_key] = _LazyRunner(frames[pos : pos + nframes])
+                pos += nframes
+            for key, job_key, attempt, nframes in msg.tasks:
+                self.queue.append((key, job_key, attempt, frames[pos : pos + nframes]))
+                pos += nframes
+        elif isinstance(msg, protocol.ForgetJobs):
+            gone = set(msg.jobs)
+            for job_key in gone:
+                self.runners.pop(job_key, None)
+            if any(t[1] in gone for t in self.queue):
+                self.queue = collections.deque(t for t in self.queue if t[1] not in gone)
+        elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.UNKNOWN_PEER:
+            self.hello()  # the manager restarted and forgot us
+        elif isinstance(msg, protocol.Bye):
+            self.stopping = True
+
+    def run_one(self) -> None:
+        key, job_key, attempt, frames = self.queue.popleft()
+        slot = self.cfg.slot
+        if slot is not None:
+            _SLOT.pack_into(slot, 0, key, attempt)
+        t0 = time.perf_counter()
+        by_value = self.cfg.by_value
+        status = protocol.Status.OK
+        info = ""
+        try:
+            runner = self.runners.get(job_key)
+            if runner is None:
+                raise ProtocolError(f"task {key} names job {job_key} that this worker was never sent")
+            task = serialization.loads(frames)
+            fn = runner.get()
+            result = fn(task) if fn is not None else runners.call(task)
+        except BaseException as exc:  # a task's SystemExit is its result, not our exit
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            status = protocol.Status.RAISED
+            payload = serialization.dump_exception(exc, by_value=by_value)
+        else:
+            try:
+                payload = serialization.dumps(result, by_value=by_value)
+            except Exception as exc:
+                status = protocol.Status.RAISED
+                wrapped = MaybeEncodingError(exc, result)
+                payload = serialization.dump_exception(wrapped, by_value=by_value)
+        run_s = time.perf_counter() - t0
+        if slot is not None:
+            _SLOT.pack_into(slot, 0, -1, 0)
+        self.done += 1
+        if not self.out_items:
+            self.first_unflushed = time.monotonic()
+        self.out_items.append([key, attempt, int(status), len(payload), run_s, info])
+        self.out_frames.extend(payload)
+
+    def flush(self) -> None:
+        if not self.out_items:
+            return
+        items, frames = self.out_items, self.out_frames
+        self.out_items, self.out_frames = [], []
+        self.chan.send(protocol.Results(items), frames)
+        sys.stdout.flush() if sys.stdout else None
+
+
+class _LazyRunner:
+    """A job's runner, unpickled at first use (a failure fails each task)."""
+
+    __slots__ = ("frames", "value")
+
+    _UNSET: Any = object()
+
+    def __init__(self, frames: list[Any]) -> None:
+        self.frames = frames
+        self.value: Any = _LazyRunner._UNSET
+
+    def get(self) -> Any:
+        if self.value is _LazyRunner._UNSET:
+            self.value = serialization.loads(self.frames) if self.frames else None
+            self.frames = []
+        return self.value

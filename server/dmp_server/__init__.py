@@ -1,0 +1,6 @@
+"""The dmp manager daemon (installed as ``dmp_server``; internal, not public API).
+
+``manager.Manager`` is a single-threaded reactor around the task scheduler
+(``scheduler``). ``dmp manager`` runs it as a daemon; dmp's local mode runs
+the same reactor embedded in the user's process. Nothing here unpickles.
+"""

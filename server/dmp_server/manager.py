@@ -1,0 +1,384 @@
+"""The manager reactor: one thread, one zmq.Poller, no locks.
+
+    clients --(ROUTER)--> decode + verify --> Scheduler --> commands --> route
+    workers --(ROUTER)-->      "          --> Scheduler -->    "     -->   "
+    nodes   --(ROUTER)--> WorkerExited / Heartbeat
+    local client (embedded mode) --> inbox deque + eventfd --> same handlers
+    local supervisor (embedded mode) --> sentinel fds --> worker deaths
+
+Each loop: poll until the next timer, drain every ready source, run due
+timers (peer expiry). The same class runs as the ``dmp manager`` daemon and
+embedded in a user's process for local mode; payloads are never unpickled.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import zmq
+
+from dmp import protocol, transport
+from dmp.protocol import ErrorCode, Role
+from dmp_server.scheduler import Command, Kill, Scheduler, Send
+
+log = logging.getLogger("dmp.manager")
+
+VERSION = "0.1.0"
+HEARTBEAT_S = 1.0
+# A remote peer silent for this many heartbeats is declared gone.
+LIVENESS = 5
+# Messages drained from the socket per loop turn before timers get a look in.
+DRAIN_BATCH = 512
+
+
+class LocalClient(Protocol):
+    """An in-process client session (embedded mode)."""
+
+    def on_message(self, msg: protocol.Message, frames: list[Any]) -> None: ...
+
+
+class LocalSupervisor(Protocol):
+    """Embedded mode's worker supervisor (see dmp.supervisor.Supervisor)."""
+
+    respawn: bool
+
+    def sentinels(self) -> list[int]: ...
+    def reap(self, fd: int) -> Any: ...
+    def spawn(self) -> str: ...
+    def kill(self, worker_id: str) -> None: ...
+
+
+@dataclass(slots=True, eq=False)
+class Peer:
+    id: str
+    ident: bytes | None
+    role: str
+    name: str
+    host: str
+    pid: int
+    node: str
+    slots: int
+    last_seen: float
+    since: float
+
+
+class Manager:
+    """The reactor. Construct, then :meth:`run` (blocks) in the owning thread."""
+
+    def __init__(
+        self,
+        *,
+        bind: list[str],
+        key: bytes | None = None,
+        supervisor: LocalSupervisor | None = None,
+        heartbeat_s: float = HEARTBEAT_S,
+    ) -> None:
+        self.key = key
+        self.chan = transport.Channel(transport.make_socket(zmq.ROUTER), key)
+        self.endpoints: list[str] = []
+        for endpoint in bind:
+            self.chan.sock.bind(endpoint)
+            self.endpoints.append(self.chan.sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        self.scheduler = Scheduler()
+        self.supervisor = supervisor
+        self.heartbeat_s = heartbeat_s
+        self.peers: dict[str, Peer] = {}
+        self.locals: dict[str, LocalClient] = {}
+        self.inbox: collections.deque[tuple[str, protocol.Message, list[Any]]] = collections.deque()
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._stopping = False
+        self._on_idle: list[Callable[[], None]] = []
+        self.started = time.time()
+        self._n_local = 0
+
+    # --- thread-safe entry points ------------------------------------------------
+
+    def attach_local(self, client: LocalClient) -> str:
+        """Register an in-process client; call before :meth:`run` or via post."""
+        self._n_local += 1
+        peer = f"local-{self._n_local}"
+        self.locals[peer] = client
+        self.scheduler.add_client(peer)
+        return peer
+
+    def post(self, peer: str, msg: protocol.Message, frames: list[Any]) -> None:
+        """From any thread: a message from in-process client ``peer``."""
+        self.inbox.append((peer, msg, frames))
+        os.eventfd_write(self._wake_fd, 1)
+
+    def stop(self) -> None:
+        """From any thread: make :meth:`run` return soon."""
+        self._stopping = True
+        os.eventfd_write(self._wake_fd, 1)
+
+    # --- the loop ------------------------------------------------------------------
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        sock = self.chan.sock
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_fd, zmq.POLLIN)
+        watched: set[int] = set()
+        next_tick = time.monotonic() + self.heartbeat_s
+        try:
+            while not self._stopping:
+                if self.supervisor is not None:
+                    fds = set(self.supervisor.sentinels())
+                    for fd in fds - watched:
+                        poller.register(fd, zmq.POLLIN)
+                    for fd in watched - fds:
+                        poller.unregister(fd)
+                    watched = fds
+                timeout = max(0.0, next_tick - time.monotonic())
+                ready = dict(poller.poll(int(timeout * 1000) + 1))
+                if sock in ready:
+                    self._drain_socket()
+                if self._wake_fd in ready:
+                    try:
+                        os.eventfd_read(self._wake_fd)
+                    except BlockingIOError:
+                        pass
+                if self.inbox:
+                    self._drain_inbox()
+                for fd in watched.intersection(ready):
+                    self._worker_died(fd)
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + self.heartbeat_s
+                    self._tick(now)
+        finally:
+            self._shutdown_peers()
+            self.chan.close()
+            os.close(self._wake_fd)
+
+    def _drain_socket(self) -> None:
+        for _ in range(DRAIN_BATCH):
+            try:
+                ident, msg, frames = self.chan.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except transport.Refused as refused:
+                self._refuse(refused)
+                continue
+            assert ident is not None
+            self._handle_remote(ident, msg, frames)
+
+    def _drain_inbox(self) -> None:
+        inbox = self.inbox
+        while inbox:
+            peer, msg, frames = inbox.popleft()
+            self._handle_client(peer, msg, frames)
+
+    # --- handlers ----------------------------------------------------------------------
+
+    def _refuse(self, refused: transport.Refused) -> None:
+        log.warning("refused a message from %s: %s", _show(refused.ident), refused.error)
+        if refused.ident is None:
+            return
+        code = ErrorCode.AUTH if "signature" in str(refused.error) else ErrorCode.BAD_MESSAGE
+        if "version" in str(refused.error):
+            code = ErrorCode.VERSION
+        self._send_raw(refused.ident, protocol.Error(code, str(refused.error)))
+
+    def _handle_remote(self, ident: bytes, msg: protocol.Message, frames: list[Any]) -> None:
+        peer_id = ident.hex()
+        peer = self.peers.get(peer_id)
+        if isinstance(msg, protocol.Hello):
+            self._hello(ident, peer_id, msg)
+            return
+        if peer is None:
+            if not isinstance(msg, protocol.Bye):
+                self._send_raw(ident, protocol.Error(ErrorCode.UNKNOWN_PEER, "say Hello first"))
+            return
+        peer.last_seen = time.monotonic()
+        if peer.role == Role.WORKER:
+            if isinstance(msg, protocol.Results):
+                self._carry_out(self.scheduler.results(peer_id, msg.items, frames))
+            elif isinstance(msg, protocol.Bye):
+                self._forget(peer_id)
+            elif not isinstance(msg, protocol.Heartbeat):
+                self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"workers may not send {type(msg).__name__}"))
+        elif peer.role == Role.CLIENT:
+            self._handle_client(peer_id, msg, frames)
+        elif peer.role == Role.NODE:
+            if isinstance(msg, protocol.WorkerExited):
+                self._worker_exit(self._worker_peer(msg.worker), msg.exitcode, msg.running)
+            elif isinstance(msg, protocol.Bye):
+                self._forget(peer_id)
+        elif isinstance(msg, protocol.StatusRequest):
+            self._send(peer_id, protocol.StatusReply(self.status()), [])
+
+    def _hello(self, ident: bytes, peer_id: str, msg: protocol.Hello) -> None:
+        if msg.role not in (Role.CLIENT, Role.WORKER, Role.NODE, Role.STATUS):
+            self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"unknown role {msg.role!r}"))
+            return
+        if peer_id in self.peers:
+            self._forget(peer_id)  # a reconnect under the same identity: start clean
+        now = time.monotonic()
+        self.peers[peer_id] = Peer(
+            peer_id, ident, msg.role, msg.name, msg.host, msg.pid, msg.node, msg.slots, now, now
+        )
+        self._send_raw(ident, protocol.Welcome(peer_id, VERSION, self.heartbeat_s))
+        if msg.role == Role.WORKER:
+            self._carry_out(self.scheduler.add_worker(peer_id, msg.node, msg.pid, msg.max_tasks))
+        elif msg.role == Role.CLIENT:
+            self.scheduler.add_client(peer_id)
+        log.info("%s %s joined (pid %s on %s)", msg.role, msg.name or peer_id, msg.pid, msg.host)
+
+    def _handle_client(self, peer: str, msg: protocol.Message, frames: list[Any]) -> None:
+        sched = self.scheduler
+        if isinstance(msg, protocol.Submit):
+            if protocol.count_frames(msg.tasks, 1) != len(frames):
+                self._send(peer, protocol.Error(ErrorCode.BAD_MESSAGE, "frame count mismatch", msg.job), [])
+                return
+            tasks = []
+            pos = 0
+            for task_id, n in msg.tasks:
+                tasks.append((task_id, frames[pos : pos + n]))
+                pos += n
+            self._carry_out(sched.submit(peer, msg.job, tasks))
+        elif isinstance(msg, protocol.DefineJob):
+            self._carry_out(sched.define_job(peer, msg.job, frames, msg.max_retries))
+        elif isinstance(msg, protocol.EndJob):
+            self._carry_out(sched.end_job(peer, msg.job))
+        elif isinstance(msg, protocol.CancelJob):
+            self._carry_out(sched.cancel_job(peer, msg.job))
+        elif isinstance(msg, protocol.StatusRequest):
+            self._send(peer, protocol.StatusReply(self.status()), [])
+        elif isinstance(msg, protocol.Bye):
+            self._forget(peer)
+        elif not isinstance(msg, protocol.Heartbeat):
+            self._send(peer, protocol.Error(ErrorCode.BAD_MESSAGE, f"clients may not send {type(msg).__name__}"), [])
+
+    # --- worker deaths -------------------------------------------------------------------
+
+    def _worker_died(self, fd: int) -> None:
+        assert self.supervisor is not None
+        exited = self.supervisor.reap(fd)
+        if exited is None:
+            return
+        peer_id = self._worker_peer(exited.worker)
+        if exited.exitcode != 0:
+            log.warning("worker %s (pid %d) died: exit %d", exited.worker, exited.pid, exited.exitcode)
+        self._worker_exit(peer_id, exited.exitcode, exited.running)
+        if self.supervisor.respawn and not self._stopping:
+            self.supervisor.spawn()
+
+    def _worker_exit(self, peer_id: str, exitcode: int, running: int) -> None:
+        self.peers.pop(peer_id, None)
+        self._carry_out(self.scheduler.remove_worker(peer_id, exitcode, running))
+
+    @staticmethod
+    def _worker_peer(worker_id: str) -> str:
+        return worker_id.encode().hex()
+
+    # --- peers going away ----------------------------------------------------------------------
+
+    def _forget(self, peer_id: str) -> None:
+        peer = self.peers.pop(peer_id, None)
+        if peer is None and peer_id not in self.locals:
+            return
+        role = peer.role if peer else Role.CLIENT
+        if role == Role.WORKER:
+            self._carry_out(self.scheduler.remove_worker(peer_id, None))
+        elif role == Role.CLIENT:
+            self._carry_out(self.scheduler.remove_client(peer_id))
+        elif role == Role.NODE:
+            for worker in [w for w in self.scheduler.workers.values() if w.node == (peer.name if peer else "")]:
+                self.peers.pop(worker.peer, None)
+                self._carry_out(self.scheduler.remove_worker(worker.peer, None))
+
+    def _tick(self, now: float) -> None:
+        deadline = now - self.heartbeat_s * LIVENESS
+        for peer in list(self.peers.values()):
+            if peer.role in (Role.CLIENT, Role.NODE) and peer.last_seen < deadline:
+                log.warning("%s %s went silent; dropping it", peer.role, peer.name or peer.id)
+                self._forget(peer.id)
+            elif peer.role in (Role.CLIENT, Role.NODE) and peer.ident is not None:
+                self._send_raw(peer.ident, protocol.Heartbeat())
+
+    def _shutdown_peers(self) -> None:
+        for peer in list(self.peers.values()):
+            if peer.ident is not None:
+                self._send_raw(peer.ident, protocol.Bye("manager shutting down"))
+
+    # --- output --------------------------------------------------------------------------
+
+    def _carry_out(self, cmds: list[Command]) -> None:
+        for cmd in cmds:
+            if isinstance(cmd, Send):
+                self._send(cmd.to, cmd.msg, cmd.frames)
+            elif isinstance(cmd, Kill):
+                if self.supervisor is not None:
+                    self.supervisor.kill(_worker_id(cmd.worker))
+
+    def _send(self, peer_id: str, msg: protocol.Message, frames: list[Any]) -> None:
+        local = self.locals.get(peer_id)
+        if local is not None:
+            local.on_message(msg, frames)
+            return
+        known = self.peers.get(peer_id)
+        ident = known.ident if known is not None else bytes.fromhex(peer_id)
+        if ident is not None:
+            self._send_raw(ident, msg, frames)
+
+    def _send_raw(self, ident: bytes, msg: protocol.Message, frames: list[Any] = ()) -> None:  # type: ignore[assignment]
+        try:
+            self.chan.send(msg, frames, to=ident, flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            # EHOSTUNREACH: the peer is gone; EAGAIN: it stopped reading. Either
+            # way this message cannot go now; liveness checks will drop the peer.
+            log.debug("could not send %s to %s: %s", type(msg).__name__, _show(ident), exc)
+
+    # --- status -----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        sched = self.scheduler
+        nodes: dict[str, dict[str, Any]] = {}
+        for peer in self.peers.values():
+            if peer.role == Role.NODE:
+                nodes[peer.name] = {
+                    "name": peer.name, "host": peer.host, "slots": 0, "busy": 0,
+                    "tasks_done": 0, "last_heartbeat_s": round(now - peer.last_seen, 3),
+                }
+        for w in sched.workers.values():
+            node = nodes.setdefault(w.node, {
+                "name": w.node, "host": "", "slots": 0, "busy": 0, "tasks_done": 0, "last_heartbeat_s": 0.0,
+            })
+            node["slots"] += 1
+            node["busy"] += 1 if w.assigned else 0
+            node["tasks_done"] += w.done
+        clients = []
+        for c in sched.clients.values():
+            cpeer = self.peers.get(c.peer)
+            clients.append({"id": c.peer, "host": cpeer.host if cpeer else "local", "queued": c.queued, "running": c.running})
+        return {
+            "manager": {
+                "address": self.endpoints[0] if self.endpoints else "",
+                "version": VERSION,
+                "uptime_s": round(time.time() - self.started, 1),
+            },
+            "slots": len(sched.workers),
+            "busy": sched.busy_workers(),
+            "queued": sched.queued(),
+            "nodes": list(nodes.values()),
+            "clients": clients,
+        }
+
+
+def _worker_id(peer_id: str) -> str:
+    try:
+        return bytes.fromhex(peer_id).decode()
+    except (ValueError, UnicodeDecodeError):
+        return peer_id
+
+
+def _show(ident: bytes | None) -> str:
+    return ident.hex() if ident else "?"

@@ -1,0 +1,370 @@
+"""The task scheduler: a state machine with no I/O.
+
+Events come in as method calls (a client submits, a worker reports results,
+a worker dies); each returns the commands to carry out (messages to send,
+workers to kill). The manager's reactor and the local engine both drive it,
+which is what makes local mode and cluster mode one engine.
+
+    client --DefineJob/Submit--> [job queues, per client] --round robin-->
+        [worker credit] --Dispatch--> worker --Results--> [match attempt]
+        --Results--> client
+
+Payload frames pass through untouched: this module never unpickles.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from dmp import protocol
+from dmp.errors import signal_name
+from dmp.protocol import Status
+
+# How much work (in seconds of task run time) to keep queued at each worker so
+# it never waits for the next Dispatch; a dispatch round trip costs ~0.1 ms, so
+# 2 ms of queued work hides it even for microsecond tasks, while long tasks get
+# one at a time and are never stuck behind a busy worker.
+PREFETCH_SECONDS = 0.002
+MAX_IN_FLIGHT = 256
+# Smoothing of the task duration estimate (exponentially weighted mean).
+EWMA_ALPHA = 0.2
+
+
+@dataclass(slots=True)
+class Send:
+    """Command: send ``msg`` with payload ``frames`` to peer ``to``."""
+
+    to: str
+    msg: protocol.Message
+    frames: list[Any] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Kill:
+    """Command: kill worker ``worker`` (its task was cancelled)."""
+
+    worker: str
+
+
+Command = Send | Kill
+
+
+@dataclass(slots=True, eq=False)
+class Task:
+    key: int
+    job: Job
+    task_id: int
+    frames: list[Any]
+    attempt: int = 0
+    worker: str = ""
+    last_loss: str = ""
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    key: int
+    client: str
+    job_id: int
+    runner: list[Any]
+    max_retries: int
+    pending: deque[Task] = field(default_factory=deque)
+    outstanding: int = 0
+    ended: bool = False
+    holders: set[str] = field(default_factory=set)  # workers that cached the runner
+
+
+@dataclass(slots=True, eq=False)
+class Client:
+    peer: str
+    jobs: dict[int, Job] = field(default_factory=dict)
+    active: deque[Job] = field(default_factory=deque)  # jobs with pending tasks, FIFO
+    queued: int = 0
+    running: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class Worker:
+    peer: str
+    node: str
+    pid: int
+    tasks_left: int  # before it exits by itself (maxtasksperchild); -1: no limit
+    assigned: dict[int, Task] = field(default_factory=dict)  # in dispatch order
+    done: int = 0
+
+
+class Scheduler:
+    """Queues tasks per client, spreads them over worker credit fairly."""
+
+    def __init__(self) -> None:
+        self.clients: dict[str, Client] = {}
+        self.workers: dict[str, Worker] = {}
+        self.tasks: dict[int, Task] = {}
+        self._ready: deque[Client] = deque()  # clients with pending tasks, round robin
+        self._next_task = 1
+        self._next_job = 1
+        self.est_run_s: float | None = None
+        self.tasks_done = 0
+
+    # --- peers ------------------------------------------------------------
+
+    def add_client(self, peer: str) -> None:
+        self.clients.setdefault(peer, Client(peer))
+
+    def remove_client(self, peer: str) -> list[Command]:
+        """A client left or died: drop its queued work, kill what it runs."""
+        client = self.clients.pop(peer, None)
+        if client is None:
+            return []
+        cmds: list[Command] = []
+        for job in list(client.jobs.values()):
+            cmds += self._cancel(client, job, notify=False)
+        if client in self._ready:
+            self._ready.remove(client)
+        return cmds
+
+    def add_worker(self, peer: str, node: str, pid: int, max_tasks: int) -> list[Command]:
+        self.workers[peer] = Worker(peer, node, pid, max_tasks if max_tasks > 0 else -1)
+        return self.schedule()
+
+    def remove_worker(self, peer: str, exitcode: int | None, running: int = -1) -> list[Command]:
+        """A worker died or vanished. The task it was running (``running``,
+        or its oldest one when unknown) is charged an attempt; the rest of its
+        queue goes back untouched."""
+        worker = self.workers.pop(peer, None)
+        if worker is None:
+            return []
+        assigned = list(worker.assigned.values())
+        if running < 0 and assigned:
+            running = assigned[0].key
+        cmds: list[Command] = []
+        # Requeue in reverse so the original order is kept at the queue front.
+        for task in reversed(assigned):
+            task.worker = ""
+            job = task.job
+            client = self.clients.get(job.client)
+            if client is not None:
+                client.running -= 1
+            if task.key == running:
+                task.attempt += 1
+                task.last_loss = (
+                    f"worker process pid {worker.pid} on node {worker.node!r} died "
+                    f"({signal_name(exitcode)}) while running this task"
+                )
+                if task.attempt > job.max_retries:
+                    cmds += self._finish(
+                        task, Status.LOST, [], f"{task.last_loss}; gave up after {task.attempt} attempts"
+                    )
+                    continue
+            self._requeue(task)
+        for client in self.clients.values():
+            for job in client.jobs.values():
+                job.holders.discard(peer)
+        return cmds + self.schedule()
+
+    # --- client requests ------------------------------------------------------
+
+    def define_job(self, peer: str, job_id: int, runner: list[Any], max_retries: int) -> list[Command]:
+        client = self.clients[peer]
+        if job_id in client.jobs:
+            return [Send(peer, protocol.Error(protocol.ErrorCode.BAD_MESSAGE, f"job {job_id} defined twice", job_id))]
+        client.jobs[job_id] = Job(self._next_job, peer, job_id, runner, max(0, max_retries))
+        self._next_job += 1
+        return []
+
+    def submit(self, peer: str, job_id: int, tasks: list[tuple[int, list[Any]]]) -> list[Command]:
+        client = self.clients[peer]
+        job = client.jobs.get(job_id)
+        if job is None:
+            return [Send(peer, protocol.Error(protocol.ErrorCode.UNKNOWN_JOB, f"unknown job {job_id}", job_id))]
+        was_idle = not job.pending
+        for task_id, frames in tasks:
+            task = Task(self._next_task, job, task_id, frames)
+            self._next_task += 1
+            self.tasks[task.key] = task
+            job.pending.append(task)
+        job.outstanding += len(tasks)
+        client.queued += len(tasks)
+        if was_idle and job.pending:
+            self._activate(client, job)
+        return self.schedule()
+
+    def end_job(self, peer: str, job_id: int) -> list[Command]:
+        client = self.clients.get(peer)
+        job = client.jobs.get(job_id) if client else None
+        if client is None or job is None:
+            return []
+        job.ended = True
+        return self._maybe_forget(client, job)
+
+    def cancel_job(self, peer: str, job_id: int) -> list[Command]:
+        client = self.clients.get(peer)
+        job = client.jobs.get(job_id) if client else None
+        if client is None or job is None:
+            return []
+        return self._cancel(client, job, notify=True)
+
+    # --- worker reports ------------------------------------------------------------
+
+    def results(self, peer: str, items: list[list[Any]], frames: list[Any]) -> list[Command]:
+        """Outcomes from a worker; stale ones (lost incarnation, old attempt) are dropped."""
+        worker = self.workers.get(peer)
+        if worker is None:
+            return []
+        out: dict[str, tuple[list[list[Any]], list[Any]]] = {}
+        pos = 0
+        cmds: list[Command] = []
+        run_total = 0.0
+        for key, attempt, status, nframes, run_s, info in items:
+            payload = frames[pos : pos + nframes]
+            pos += nframes
+            task = worker.assigned.pop(key, None)
+            if task is None or task.attempt != attempt:
+                continue  # late result of a task that was given to someone else
+            worker.done += 1
+            self.tasks_done += 1
+            run_total += float(run_s)
+            client = self.clients.get(task.job.client)
+            if client is not None:
+                client.running -= 1
+            self.tasks.pop(key, None)
+            job = task.job
+            job.outstanding -= 1
+            if client is not None and job.job_id in client.jobs:
+                batch = out.setdefault(client.peer, ([], []))
+                batch[0].append([job.job_id, task.task_id, status, nframes, 0.0, info])
+                batch[1].extend(payload)
+                cmds += self._maybe_forget(client, job)
+        if items:
+            mean = run_total / len(items)
+            est = self.est_run_s
+            self.est_run_s = mean if est is None else est + EWMA_ALPHA * (mean - est)
+        sends: list[Command] = [Send(to, protocol.Results(its), frs) for to, (its, frs) in out.items()]
+        return sends + cmds + self.schedule()
+
+    # --- scheduling ------------------------------------------------------------------
+
+    def credit(self, worker: Worker) -> int:
+        est = self.est_run_s
+        limit = 1 if est is None else max(1, min(MAX_IN_FLIGHT, math.ceil(PREFETCH_SECONDS / max(est, 1e-7))))
+        free = limit - len(worker.assigned)
+        if worker.tasks_left >= 0:
+            free = min(free, worker.tasks_left)
+        return free
+
+    def schedule(self) -> list[Command]:
+        """Give idle credit work, one task per client in turn."""
+        if not self._ready:
+            return []
+        cmds: list[Command] = []
+        for worker in self.workers.values():
+            free = self.credit(worker)
+            if free <= 0:
+                continue
+            jobs: list[list[int]] = []
+            job_frames: list[Any] = []
+            items: list[list[int]] = []
+            frames: list[Any] = []
+            while free > 0 and self._ready:
+                client = self._ready[0]
+                job = client.active[0]
+                task = job.pending.popleft()
+                if not job.pending:
+                    client.active.popleft()
+                if not client.active:
+                    self._ready.popleft()
+                elif len(self._ready) > 1:
+                    self._ready.rotate(-1)
+                if worker.peer not in job.holders:
+                    job.holders.add(worker.peer)
+                    jobs.append([job.key, len(job.runner)])
+                    job_frames.extend(job.runner)
+                task.worker = worker.peer
+                worker.assigned[task.key] = task
+                if worker.tasks_left > 0:
+                    worker.tasks_left -= 1
+                client.queued -= 1
+                client.running += 1
+                items.append([task.key, job.key, task.attempt, len(task.frames)])
+                frames.extend(task.frames)
+                free -= 1
+            if items:
+                cmds.append(Send(worker.peer, protocol.Dispatch(jobs, items), job_frames + frames))
+            if not self._ready:
+                break
+        return cmds
+
+    # --- internals ---------------------------------------------------------------
+
+    def _activate(self, client: Client, job: Job) -> None:
+        client.active.append(job)
+        if len(client.active) == 1:
+            self._ready.append(client)
+
+    def _requeue(self, task: Task) -> None:
+        job = task.job
+        client = self.clients.get(job.client)
+        if client is None or job.job_id not in client.jobs:
+            self.tasks.pop(task.key, None)
+            return
+        if not job.pending:
+            job.pending.appendleft(task)
+            client.active.appendleft(job)
+            if len(client.active) == 1:
+                self._ready.appendleft(client)
+        else:
+            job.pending.appendleft(task)
+        client.queued += 1
+
+    def _finish(self, task: Task, status: Status, frames: list[Any], info: str) -> list[Command]:
+        self.tasks.pop(task.key, None)
+        job = task.job
+        job.outstanding -= 1
+        client = self.clients.get(job.client)
+        if client is None or job.job_id not in client.jobs:
+            return []
+        msg = protocol.Results([[job.job_id, task.task_id, int(status), len(frames), 0.0, info]])
+        return [Send(client.peer, msg, frames), *self._maybe_forget(client, job)]
+
+    def _maybe_forget(self, client: Client, job: Job) -> list[Command]:
+        if not (job.ended and job.outstanding <= 0):
+            return []
+        return self._drop(client, job)
+
+    def _drop(self, client: Client, job: Job) -> list[Command]:
+        client.jobs.pop(job.job_id, None)
+        return [Send(w, protocol.ForgetJobs([job.key])) for w in job.holders if w in self.workers]
+
+    def _cancel(self, client: Client, job: Job, *, notify: bool) -> list[Command]:
+        cmds: list[Command] = []
+        for task in job.pending:
+            self.tasks.pop(task.key, None)
+        client.queued -= len(job.pending)
+        job.pending.clear()
+        if job in client.active:
+            client.active.remove(job)
+            if not client.active and client in self._ready:
+                self._ready.remove(client)
+        for worker in self.workers.values():
+            doomed = [t for t in worker.assigned.values() if t.job is job]
+            if not doomed:
+                continue
+            for t in doomed:
+                del worker.assigned[t.key]
+                self.tasks.pop(t.key, None)
+                client.running -= 1
+            cmds.append(Kill(worker.peer))
+        cmds += self._drop(client, job)
+        if notify:
+            cmds.append(Send(client.peer, protocol.Results([[job.job_id, -1, int(Status.CANCELLED), 0, 0.0, "cancelled"]])))
+        return cmds + self.schedule()
+
+    # --- status ----------------------------------------------------------------
+
+    def busy_workers(self) -> int:
+        return sum(1 for w in self.workers.values() if w.assigned)
+
+    def queued(self) -> int:
+        return sum(c.queued for c in self.clients.values())

@@ -1,0 +1,320 @@
+"""The benchmarks and the rows they fill, in table order.
+
+Each ``measure_*`` gets a loaded contender and the run's Config and
+returns one dict of row values per repetition. Pools and managers are
+created outside the timed region (except in pool_startup, which times
+exactly that), warmed up first, and always terminated. Results are
+checked after the timed region: a wrong answer is an error, not a number.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from tests.bench import tasks
+from tests.bench.contenders import Contender, NotAvailable
+from tests.bench.framework import (
+    Benchmark,
+    Config,
+    Direction,
+    Kind,
+    RepValues,
+    Row,
+    Stopwatch,
+    percentile,
+    repeat,
+)
+
+MiB = 1 << 20
+
+
+class WrongResult(RuntimeError):
+    """A contender returned something other than the right answer."""
+
+
+@contextmanager
+def open_pool(contender: Contender, config: Config) -> Iterator[Any]:
+    pool = contender.pool(config.processes)
+    try:
+        yield pool
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+@contextmanager
+def open_manager(contender: Contender) -> Iterator[Any]:
+    manager = contender.manager()
+    try:
+        yield manager
+    finally:
+        manager.shutdown()
+
+
+# --- (1), (2) tiny-task throughput ------------------------------------------------
+
+
+def map_tiny(
+    row: str, chunksize: int | None, quick_n: int
+) -> Callable[[Contender, Config], list[RepValues]]:
+    def measure(contender: Contender, config: Config) -> list[RepValues]:
+        n = config.size(100_000, quick_n)
+        items = list(range(n))
+        expected = [x * x for x in items]
+        with open_pool(contender, config) as pool:
+            # Warm-up: every worker started and has run the function once.
+            pool.map(tasks.square, range(100), chunksize=chunksize)
+
+            def once() -> RepValues:
+                with Stopwatch() as sw:
+                    out = pool.map(tasks.square, items, chunksize=chunksize)
+                if out != expected:
+                    raise WrongResult(
+                        f"map returned {len(out)} results, not the {n} squares in order"
+                    )
+                return {row: n / sw.seconds}
+
+            return repeat(config, MAP_TINY_MIN_REPS if chunksize is None else 1, once)
+
+    return measure
+
+
+#: The default-chunksize map of 100k takes ~20 ms: more repetitions steady it.
+MAP_TINY_MIN_REPS = 7
+
+
+# --- (3) apply_async round trip ------------------------------------------------------
+
+
+def measure_apply_rtt(contender: Contender, config: Config) -> list[RepValues]:
+    n = config.size(2000, 200)
+    with open_pool(contender, config) as pool:
+        for i in range(config.size(200, 20)):
+            pool.apply_async(tasks.square, (i,)).get()
+
+        def once() -> RepValues:
+            samples = []
+            results = []
+            clock = time.perf_counter
+            for i in range(n):
+                t0 = clock()
+                results.append(pool.apply_async(tasks.square, (i,)).get())
+                samples.append(clock() - t0)
+            if results != [i * i for i in range(n)]:
+                raise WrongResult("apply_async(square, (i,)).get() did not return i*i")
+            samples.sort()
+            return {
+                "apply_rtt_p50": percentile(samples, 50) * 1e6,
+                "apply_rtt_p99": percentile(samples, 99) * 1e6,
+            }
+
+        return repeat(config, 1, once)
+
+
+# --- (4) numpy payloads both ways -------------------------------------------------------
+
+
+def measure_numpy_payload(contender: Contender, config: Config) -> list[RepValues]:
+    try:
+        import numpy as np
+    except ImportError as exc:
+        raise NotAvailable(f"numpy is not installed: {exc}") from exc
+    count, nbytes = 8, config.size(16 * MiB, 1 * MiB)
+    rng = np.random.default_rng(12345)
+    # Random bytes, so that no compression anywhere can shrink the payload.
+    arrays = [rng.integers(0, 256, nbytes, dtype=np.uint8) for _ in range(count)]
+    with open_pool(contender, config) as pool:
+        pool.map(tasks.identity, [a[:4096] for a in arrays[:2]], chunksize=1)
+
+        def once() -> RepValues:
+            with Stopwatch() as sw:
+                out = pool.map(tasks.identity, arrays, chunksize=1)
+            if len(out) != count or not all(np.array_equal(a, b) for a, b in zip(arrays, out)):
+                raise WrongResult("the arrays did not come back unchanged")
+            del out
+            # Bytes counted: every array's data once to a worker and once back.
+            return {"numpy_payload": 2 * count * nbytes / 1e6 / sw.seconds}
+
+        return repeat(config, 1, once)
+
+
+# --- (5) Pool(2) creation to first result -----------------------------------------------
+
+
+def measure_pool_startup(contender: Contender, config: Config) -> list[RepValues]:
+    starts = config.size(10, 3)
+
+    def one_start() -> float:
+        t0 = time.perf_counter()
+        pool = contender.pool(config.processes)
+        try:
+            if pool.apply(tasks.square, (7,)) != 49:
+                raise WrongResult("apply(square, (7,)) did not return 49")
+            return time.perf_counter() - t0
+        finally:
+            # Teardown is not timed: terminate() cost is not start-up cost.
+            pool.terminate()
+            pool.join()
+
+    one_start()  # warm-up: first-time imports and caches
+
+    def once() -> RepValues:
+        return {"pool_startup": statistics.median(one_start() for _ in range(starts)) * 1e3}
+
+    return repeat(config, 1, once)
+
+
+# --- (6) manager round trips --------------------------------------------------------------
+
+
+def measure_manager_dict(contender: Contender, config: Config) -> list[RepValues]:
+    n = config.size(2000, 200)
+    with open_manager(contender) as manager:
+        d = manager.dict()
+        for i in range(50):
+            d[i % 16] = i
+            d[i % 16]
+
+        def once() -> RepValues:
+            samples: list[float] = []
+            clock = time.perf_counter
+            for i in range(n):
+                key = i % 64
+                t0 = clock()
+                d[key] = i
+                t1 = clock()
+                got = d[key]
+                t2 = clock()
+                samples += (t1 - t0, t2 - t1)
+                if got != i:
+                    raise WrongResult(f"d[{key}] = {i} then d[{key}] gave {got!r}")
+            return {"manager_dict_rtt": statistics.median(samples) * 1e6}
+
+        return repeat(config, 1, once)
+
+
+def measure_manager_queue(contender: Contender, config: Config) -> list[RepValues]:
+    n = config.size(5000, 500)
+    with open_manager(contender) as manager:
+        q = manager.Queue()
+        for i in range(50):
+            q.put(i)
+            q.get()
+
+        def once() -> RepValues:
+            with Stopwatch() as sw:
+                for i in range(n):
+                    q.put(i)
+                got = [q.get() for _ in range(n)]
+            if got != list(range(n)):
+                raise WrongResult("the managed queue did not give back the items in order")
+            return {"manager_queue_tput": n / sw.seconds}
+
+        return repeat(config, 1, once)
+
+
+# --- the table ----------------------------------------------------------------------------
+
+HIGHER, LOWER = Direction.HIGHER, Direction.LOWER
+
+BENCHMARKS: tuple[Benchmark, ...] = (
+    Benchmark(
+        "map_tiny",
+        Kind.POOL,
+        (Row("map_tiny", "tasks/s", HIGHER, "pool.map(x*x) over 100k ints, default chunksize"),),
+        map_tiny("map_tiny", None, quick_n=10_000),
+    ),
+    Benchmark(
+        "map_tiny_chunk1",
+        Kind.POOL,
+        (
+            Row(
+                "map_tiny_chunk1",
+                "tasks/s",
+                HIGHER,
+                "pool.map(x*x) over 100k ints, chunksize=1",
+                target=1.5,
+            ),
+        ),
+        map_tiny("map_tiny_chunk1", 1, quick_n=5_000),
+    ),
+    Benchmark(
+        "apply_rtt",
+        Kind.POOL,
+        (
+            Row(
+                "apply_rtt_p50",
+                "µs",
+                LOWER,
+                "apply_async(x*x).get(), 2000 sequential round trips: median",
+            ),
+            Row(
+                "apply_rtt_p99",
+                "µs",
+                LOWER,
+                "apply_async(x*x).get(), 2000 sequential round trips: 99th percentile",
+            ),
+        ),
+        measure_apply_rtt,
+    ),
+    Benchmark(
+        "numpy_payload",
+        Kind.POOL,
+        (
+            Row(
+                "numpy_payload",
+                "MB/s",
+                HIGHER,
+                "pool.map(identity, 8 x 16 MiB uint8 arrays, chunksize=1); bytes out + back",
+                target=3.0,
+            ),
+        ),
+        measure_numpy_payload,
+    ),
+    Benchmark(
+        "pool_startup",
+        Kind.POOL,
+        (
+            Row(
+                "pool_startup",
+                "ms",
+                LOWER,
+                "Pool(2) created to first apply() result, median of 10 starts",
+            ),
+        ),
+        measure_pool_startup,
+    ),
+    Benchmark(
+        "manager_dict",
+        Kind.MANAGER,
+        (
+            Row(
+                "manager_dict_rtt",
+                "µs",
+                LOWER,
+                "managed dict: d[k] = v and d[k], median per operation",
+            ),
+        ),
+        measure_manager_dict,
+    ),
+    Benchmark(
+        "manager_queue",
+        Kind.MANAGER,
+        (
+            Row(
+                "manager_queue_tput",
+                "items/s",
+                HIGHER,
+                "managed Queue: put 5000 items then get them back",
+            ),
+        ),
+        measure_manager_queue,
+    ),
+)
+
+ROWS: tuple[Row, ...] = tuple(row for bench in BENCHMARKS for row in bench.rows)
+BY_NAME: dict[str, Benchmark] = {bench.name: bench for bench in BENCHMARKS}

@@ -1,0 +1,320 @@
+"""Contenders: the libraries a benchmark runs against, each a table column.
+
+A contender offers a pool face (``pool(processes)`` returning something
+with ``map``, ``apply``, ``apply_async(...).get()``, ``terminate``,
+``join``) and/or a manager face (``manager()`` returning a started
+manager with ``dict()``, ``Queue()`` and ``shutdown()``). A face it lacks,
+or a library that does not import, raises ``NotAvailable`` and the table
+shows "n/a" with the reason.
+
+Adding a contender: subclass ``Contender``, implement ``setup`` and the
+faces it has, and add it to ``CONTENDERS``. ``default = False`` keeps it
+out of a run unless named with ``--contenders``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import Executor, Future
+from pathlib import Path
+from typing import Any
+
+from tests.bench.framework import Config
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class NotAvailable(Exception):
+    """The contender cannot run this benchmark (not installed, API missing)."""
+
+
+class Contender:
+    #: Column heading; also the name ``--contenders`` takes.
+    name = "?"
+    #: The column the ratios divide by (exactly one contender).
+    baseline = False
+    #: Part of a run unless ``--contenders`` says otherwise.
+    default = False
+
+    def setup(self, config: Config) -> None:
+        """Imports the library and starts anything shared by the benchmark.
+
+        Raises:
+            NotAvailable: the library cannot be used here.
+        """
+
+    def teardown(self) -> None:
+        """Stops what ``setup`` started."""
+
+    def pool(self, processes: int) -> Any:
+        raise NotAvailable(f"{self.name} has no pool")
+
+    def manager(self) -> Any:
+        raise NotAvailable(f"{self.name} has no manager")
+
+
+# --- the two default columns -------------------------------------------------
+
+
+class Multiprocessing(Contender):
+    """The standard library with the fork start method: the baseline."""
+
+    name = "multiprocessing"
+    baseline = True
+    default = True
+
+    def setup(self, config: Config) -> None:
+        import multiprocessing
+
+        self._ctx = multiprocessing.get_context("fork")
+
+    def pool(self, processes: int) -> Any:
+        return self._ctx.Pool(processes)
+
+    def manager(self) -> Any:
+        # ctx.Manager() is a started multiprocessing.managers.SyncManager.
+        return self._ctx.Manager()
+
+
+def import_dmp() -> Any:
+    """dmp, or NotAvailable saying why not."""
+    try:
+        import dmp
+    except Exception as exc:
+        raise NotAvailable(f"import dmp failed: {type(exc).__name__}: {exc}") from exc
+    if getattr(dmp, "__file__", None) is None:
+        # Without dmp/__init__.py, ``import dmp`` is an empty namespace package.
+        raise NotAvailable("dmp/__init__.py does not exist yet (namespace package)")
+    return dmp
+
+
+def dmp_attr(dmp: Any, name: str) -> Any:
+    try:
+        return getattr(dmp, name)
+    except AttributeError as exc:
+        raise NotAvailable(f"dmp.{name} does not exist yet") from exc
+
+
+class DmpLocal(Contender):
+    """dmp in local mode: ``dmp.Pool`` and ``dmp.Manager()`` with no address."""
+
+    name = "dmp"
+    default = True
+
+    def setup(self, config: Config) -> None:
+        self._dmp = import_dmp()
+
+    def pool(self, processes: int) -> Any:
+        return dmp_attr(self._dmp, "Pool")(processes)
+
+    def manager(self) -> Any:
+        return dmp_attr(self._dmp, "Manager")()
+
+
+# --- extension contenders, off by default --------------------------------------
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class DmpCluster(Contender):
+    """dmp in cluster mode on loopback: a manager daemon and one worker node
+    with ``processes`` worker processes, started once per benchmark. Their
+    start-up is not timed (pool_startup measures ``Pool(address=...)``
+    against daemons already running, as a cluster user sees it)."""
+
+    name = "dmp-cluster"
+    #: Seconds to wait for the worker node to show up in ``dmp status``.
+    READY_TIMEOUT_S = 30.0
+
+    def setup(self, config: Config) -> None:
+        self._dmp = import_dmp()
+        dmp_attr(self._dmp, "Pool")
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._address = f"tcp://127.0.0.1:{_free_loopback_port()}"
+        cmd = [sys.executable, "-m", "dmp"]
+        self._procs.append(self._spawn([*cmd, "manager", "--bind", self._address]))
+        self._procs.append(
+            self._spawn([*cmd, "worker", self._address, "--processes", str(config.processes)])
+        )
+        self._wait_ready(config.processes, cmd)
+
+    def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            argv,
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def _wait_ready(self, slots: int, cmd: list[str]) -> None:
+        import json
+
+        deadline = time.monotonic() + self.READY_TIMEOUT_S
+        last = ""
+        while time.monotonic() < deadline:
+            for proc in self._procs:
+                if proc.poll() is not None:
+                    argv = " ".join(str(a) for a in proc.args[3:])  # type: ignore[index]
+                    raise NotAvailable(f"`dmp {argv}` exited with code {proc.returncode}")
+            res = subprocess.run(
+                [*cmd, "status", self._address, "--json"], capture_output=True, timeout=10
+            )
+            last = res.stderr.decode(errors="replace").strip()[-200:]
+            if res.returncode == 0:
+                with contextlib.suppress(ValueError):
+                    if int(json.loads(res.stdout).get("slots", 0)) >= slots:
+                        return
+            time.sleep(0.2)
+        raise NotAvailable(
+            f"cluster on {self._address} not ready after {self.READY_TIMEOUT_S:.0f}s: {last}"
+        )
+
+    def teardown(self) -> None:
+        for proc in reversed(getattr(self, "_procs", [])):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def pool(self, processes: int) -> Any:
+        return self._dmp.Pool(processes, address=self._address)
+
+    def manager(self) -> Any:
+        return dmp_attr(self._dmp, "Manager")(address=self._address)
+
+
+def default_chunksize(n: int, processes: int) -> int:
+    """The chunksize ``multiprocessing.Pool.map`` picks when given none."""
+    chunksize, extra = divmod(n, processes * 4)
+    return chunksize + 1 if extra else max(chunksize, 1)
+
+
+class _FutureResult:
+    """The AsyncResult face of a concurrent.futures.Future."""
+
+    def __init__(self, future: Future[Any]) -> None:
+        self._future = future
+
+    def get(self, timeout: float | None = None) -> Any:
+        return self._future.result(timeout)
+
+
+class ExecutorPool:
+    """A ``multiprocessing.Pool`` face over a concurrent.futures Executor,
+    for contenders that only have an executor. ``map`` with no chunksize
+    uses the Pool's default chunksize so the rows compare like with like."""
+
+    def __init__(self, executor: Executor, processes: int) -> None:
+        self._executor = executor
+        self._processes = processes
+
+    def map(self, func: Any, iterable: Any, chunksize: int | None = None) -> list[Any]:
+        items = list(iterable)
+        if chunksize is None:
+            chunksize = default_chunksize(len(items), self._processes)
+        return list(self._executor.map(func, items, chunksize=chunksize))
+
+    def apply_async(self, func: Any, args: tuple[Any, ...] = ()) -> _FutureResult:
+        return _FutureResult(self._executor.submit(func, *args))
+
+    def apply(self, func: Any, args: tuple[Any, ...] = ()) -> Any:
+        return self.apply_async(func, args).get()
+
+    def terminate(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def join(self) -> None:
+        pass
+
+
+class Loky(Contender):
+    name = "loky"
+
+    def setup(self, config: Config) -> None:
+        try:
+            import loky
+        except ImportError as exc:
+            raise NotAvailable(f"loky is not installed: {exc}") from exc
+        self._loky = loky
+
+    def pool(self, processes: int) -> Any:
+        # A fresh executor each time, not get_reusable_executor(): the
+        # start-up row must pay for the workers it starts.
+        return ExecutorPool(self._loky.ProcessPoolExecutor(max_workers=processes), processes)
+
+
+class _DaskPool(ExecutorPool):
+    def __init__(self, client: Any, processes: int) -> None:
+        super().__init__(client.get_executor(pure=False), processes)
+        self._client = client
+
+    def map(self, func: Any, iterable: Any, chunksize: int | None = None) -> list[Any]:
+        # Dask has no chunking: one task per item whatever chunksize says.
+        return list(self._client.gather(self._client.map(func, list(iterable), pure=False)))
+
+    def terminate(self) -> None:
+        cluster = self._client.cluster
+        self._client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+class Dask(Contender):
+    name = "dask"
+
+    def setup(self, config: Config) -> None:
+        try:
+            import distributed
+        except ImportError as exc:
+            raise NotAvailable(f"dask.distributed is not installed: {exc}") from exc
+        self._distributed = distributed
+
+    def pool(self, processes: int) -> Any:
+        client = self._distributed.Client(
+            n_workers=processes, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        return _DaskPool(client, processes)
+
+
+class Ray(Contender):
+    name = "ray"
+
+    def setup(self, config: Config) -> None:
+        try:
+            import ray
+            from ray.util.multiprocessing import Pool
+        except ImportError as exc:
+            raise NotAvailable(f"ray is not installed: {exc}") from exc
+        self._ray, self._pool_cls = ray, Pool
+        ray.init(num_cpus=config.processes, include_dashboard=False, log_to_driver=False)
+
+    def teardown(self) -> None:
+        if hasattr(self, "_ray"):
+            self._ray.shutdown()
+
+    def pool(self, processes: int) -> Any:
+        return self._pool_cls(processes)
+
+
+#: Every contender, in column order; the baseline comes first.
+CONTENDERS: dict[str, type[Contender]] = {
+    cls.name: cls for cls in (Multiprocessing, DmpLocal, DmpCluster, Loky, Dask, Ray)
+}
+BASELINE = next(name for name, cls in CONTENDERS.items() if cls.baseline)
+#: The contender the ratio and target columns are about.
+CANDIDATE = DmpLocal.name

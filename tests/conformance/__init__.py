@@ -1,0 +1,1 @@
+"""Conformance tests: one body, run against multiprocessing and dmp."""
