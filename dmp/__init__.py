@@ -9,6 +9,7 @@ Everything not listed in ``__all__`` is internal.
 from __future__ import annotations
 
 import logging as _logging
+from typing import Any
 import multiprocessing as _mp
 
 from dmp import _config
@@ -52,6 +53,18 @@ RawValue = _fork.RawValue
 RawArray = _fork.RawArray
 
 
+def Manager(address: object = None, authkey: bytes | str | None = None) -> Any:
+    """A started SyncManager (local mode).
+
+    Local mode currently serves it with the standard library's manager
+    process; the ZeroMQ-served manager (and cluster mode) is not built yet.
+    """
+    target = _config.resolve(address, authkey)
+    if target.address is not None:
+        raise NotImplementedError("connecting to a dmp manager daemon is not available yet")
+    return _fork.Manager()
+
+
 def cpu_count() -> int:
     """Number of CPUs on this host (as multiprocessing.cpu_count)."""
     return _mp.cpu_count()
@@ -87,6 +100,7 @@ __all__ = [
     "Executor",
     "JoinableQueue",
     "Lock",
+    "Manager",
     "ManagerUnavailableError",
     "Pipe",
     "Pool",

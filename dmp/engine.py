@@ -52,6 +52,7 @@ class LocalEngine:
         self.supervisor.start()
         self._thread = threading.Thread(target=self._run, name="dmp-engine", daemon=True)
         self._stopped = threading.Event()
+        self._done = False
         self._thread.start()
         _live.add(self)
 
@@ -68,6 +69,9 @@ class LocalEngine:
 
     def stop(self, *, kill: bool, timeout: float = 10.0) -> None:
         """Stop the reactor, then end and reap the workers. Idempotent."""
+        if self._done:
+            return
+        self._done = True
         self.supervisor.respawn = False
         self.manager.stop()
         if threading.current_thread() is not self._thread:

@@ -48,47 +48,6 @@ class _ApplySink:
             result.on_failure(exc)
 
 
-class _Credit:
-    """Counts tasks submitted and not yet finished; the feeder waits on it."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.outstanding = 0
-        self.cond = threading.Condition(threading.Lock())
-
-    def take(self, n: int, alive: Callable[[], bool]) -> bool:
-        with self.cond:
-            while self.outstanding > 0 and self.outstanding + n > self.limit:
-                if not alive():
-                    return False
-                self.cond.wait(0.5)
-            self.outstanding += n
-            return True
-
-    def give(self, n: int) -> None:
-        with self.cond:
-            self.outstanding -= n
-            self.cond.notify()
-
-
-class _CountingSink:
-    """Wraps a sink to return credit as each task finishes."""
-
-    __slots__ = ("credit", "sink")
-
-    def __init__(self, sink: Any, credit: _Credit) -> None:
-        self.sink = sink
-        self.credit = credit
-
-    def on_result(self, task_id: int, status: Status, frames: list[Any], info: str) -> bool:
-        if status != Status.CANCELLED:
-            self.credit.give(1)
-        return bool(self.sink.on_result(task_id, status, frames, info))
-
-    def on_failure(self, exc: BaseException) -> None:
-        self.sink.on_failure(exc)
-
-
 class Pool:
     """A pool of worker processes, local (forked) or on a dmp cluster."""
 
@@ -128,7 +87,7 @@ class Pool:
             max_tasks=maxtasksperchild or 0,
         )
         self._session = self._engine.session
-        self._credit = _Credit(_config.MAX_OUTSTANDING_TASKS)
+        self._credit = self._session.credit
         self._pending: set[Any] = set()
         self._pending_cond = threading.Condition(threading.Lock())
         self._ids = itertools.count()
@@ -183,6 +142,7 @@ class Pool:
             return result
         task_id = next(self._ids)
         self._track(result)
+        self._credit.add(1)
         self._apply.results[task_id] = result
         self._session.submit(self._apply_job, [(task_id, frames)])
         return result
@@ -257,7 +217,7 @@ class Pool:
             sink.on_failure(exc)
             self._job_done(sink)
             return
-        job = self._session.new_job(_CountingSink(sink, self._credit), runner, self._max_retries)
+        job = self._session.new_job(sink, runner, self._max_retries)
         with self._feed_cond:
             self._feed.append((job, sink, chunks))
             self._feeding = True
@@ -294,8 +254,6 @@ class Pool:
                 try:
                     frames = serialization.dumps(chunk, by_value=by_value)
                 except Exception as exc:
-                    self._credit.take(1, alive)
-                    self._credit.give(1)
                     sink.fail_chunk(task_id, exc)
                     continue
                 if not batch:

@@ -4,8 +4,14 @@ A message on the wire is a ZeroMQ multipart message:
 
     [routing id]        added and removed by ROUTER sockets only
     signature           HMAC-SHA256 over header and payload frames; empty without authkey
-    header              msgpack array: [PROTOCOL_VERSION, type code, field, field, ...]
+    header              msgpack array: [PROTOCOL_VERSION, type code, sizes, field, ...]
     payload frame ...   opaque bytes (cloudpickle data and out-of-band buffers)
+
+Payload frames are *logical*: ``sizes`` lists one entry per logical frame,
+its length if it travels inside the pack (the first physical payload frame,
+holding every small logical frame back to back) or -1 if it travels as its
+own physical frame. Ten thousand tiny task payloads thus cost one ZeroMQ
+frame, not ten thousand; a 16 MiB array is never copied into a pack.
 
 The header carries only plain data (ints, floats, strings, bytes, lists) and is
 decoded with strict size limits; payload frames are never looked into by the
@@ -74,11 +80,12 @@ class Message:
     TYPE: ClassVar[int]
 
     def fields(self) -> list[Any]:
-        return [getattr(self, f.name) for f in dataclasses.fields(self)]  # type: ignore[arg-type]
+        return [getattr(self, name) for name in _FIELD_NAMES[self.TYPE]]
 
 
 _REGISTRY: dict[int, type[Message]] = {}
 _FIELD_COUNT: dict[int, int] = {}
+_FIELD_NAMES: dict[int, tuple[str, ...]] = {}
 
 
 _M = TypeVar("_M", bound=type[Message])
@@ -92,7 +99,9 @@ def message(code: int) -> Callable[[_M], _M]:
             raise RuntimeError(f"message code {code} used twice")
         cls.TYPE = code
         _REGISTRY[code] = cls
-        _FIELD_COUNT[code] = len(dataclasses.fields(cls))  # type: ignore[arg-type]
+        names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        _FIELD_COUNT[code] = len(names)
+        _FIELD_NAMES[code] = names
         return cls
 
     return wrap
@@ -215,7 +224,8 @@ class Dispatch(Message):
 class Results(Message):
     """Outcomes, batched. Worker -> manager items: [task key, attempt, status,
     nframes, run seconds, info]; manager -> client items: [job, task id,
-    status, nframes, 0.0, info]."""
+    status, nframes, 0.0, info]. ``info`` is "" except for LOST, where it is
+    [text, node, pid, exitcode], and CANCELLED, where it is a text."""
 
     items: list[list[Any]] = field(default_factory=list)
 
@@ -273,13 +283,15 @@ class StatusReply(Message):
 # --- wire encoding -----------------------------------------------------------
 
 
-def encode(msg: Message) -> bytes:
-    """The msgpack header frame for ``msg``."""
-    out: bytes = msgpack.packb([PROTOCOL_VERSION, msg.TYPE, *msg.fields()], use_bin_type=True)
+def encode(msg: Message, sizes: list[int] | None = None) -> bytes:
+    """The msgpack header frame for ``msg`` with its payload layout ``sizes``."""
+    out: bytes = msgpack.packb(
+        [PROTOCOL_VERSION, msg.TYPE, sizes or [], *msg.fields()], use_bin_type=True
+    )
     return out
 
 
-def decode(header: bytes | memoryview) -> Message:
+def decode(header: bytes | memoryview) -> tuple[Message, list[int]]:
     """Parse a header frame.
 
     Raises:
@@ -291,8 +303,8 @@ def decode(header: bytes | memoryview) -> Message:
         obj = msgpack.unpackb(header, raw=False, strict_map_key=True, **_UNPACK_LIMITS)
     except Exception as exc:  # msgpack raises several unrelated types
         raise ProtocolError(f"header is not valid msgpack: {exc}") from None
-    if not isinstance(obj, list) or len(obj) < 2:
-        raise ProtocolError("header is not a [version, type, ...] array")
+    if not isinstance(obj, list) or len(obj) < 3:
+        raise ProtocolError("header is not a [version, type, sizes, ...] array")
     version, code = obj[0], obj[1]
     if version != PROTOCOL_VERSION:
         raise ProtocolError(
@@ -301,13 +313,72 @@ def decode(header: bytes | memoryview) -> Message:
     cls = _REGISTRY.get(code) if isinstance(code, int) else None
     if cls is None:
         raise ProtocolError(f"unknown message type {code!r}")
-    args = obj[2:]
+    sizes = obj[2]
+    if not isinstance(sizes, list) or not all(type(n) is int and n >= -1 for n in sizes):
+        raise ProtocolError("header's payload layout is not a list of sizes")
+    args = obj[3:]
     if len(args) > _FIELD_COUNT[code]:
         raise ProtocolError(f"{cls.__name__} has {len(args)} fields, expected {_FIELD_COUNT[code]}")
     try:
-        return cls(*args)
+        return cls(*args), sizes
     except TypeError as exc:
         raise ProtocolError(f"malformed {cls.__name__}: {exc}") from None
+
+
+# Logical payload frames shorter than this travel together in the pack frame.
+PACK_LIMIT = 32 * 1024
+
+
+def pack(frames: Sequence[Any]) -> tuple[list[int], list[Any]]:
+    """(sizes, physical frames) for logical ``frames``; see the module docstring."""
+    if not frames:
+        return [], []
+    sizes: list[int] = []
+    small: list[Any] = []
+    physical: list[Any] = []
+    for f in frames:
+        n = f.nbytes if isinstance(f, memoryview) else len(f)
+        if n < PACK_LIMIT:
+            sizes.append(n)
+            small.append(f)
+        else:
+            sizes.append(-1)
+            physical.append(f)
+    if small:
+        physical.insert(0, b"".join(small))
+    return sizes, physical
+
+
+def unpack(sizes: list[int], physical: list[memoryview]) -> list[memoryview]:
+    """Logical frames from physical ones, as zero-copy views.
+
+    Raises:
+        ProtocolError: the layout does not match the frames.
+    """
+    if not sizes:
+        if physical:
+            raise ProtocolError(f"{len(physical)} payload frames but no layout")
+        return []
+    has_pack = any(n >= 0 for n in sizes)
+    big = iter(physical[1:] if has_pack else physical)
+    n_big = len(physical) - (1 if has_pack else 0)
+    if n_big != sum(1 for n in sizes if n < 0) or (has_pack and not physical):
+        raise ProtocolError("payload frames do not match the header's layout")
+    out: list[memoryview] = []
+    if has_pack:
+        packed = physical[0]
+        if sum(n for n in sizes if n >= 0) != packed.nbytes:
+            raise ProtocolError("pack frame length does not match the header's layout")
+        off = 0
+        for n in sizes:
+            if n >= 0:
+                out.append(packed[off : off + n])
+                off += n
+            else:
+                out.append(next(big))
+    else:
+        out = list(big)
+    return out
 
 
 # --- signing -----------------------------------------------------------------

@@ -19,7 +19,7 @@ from dmp.errors import ProcessError, TimeoutError, WorkerLostError
 from dmp.protocol import Status
 
 
-def decode(status: Status, frames: list[Any], info: str) -> tuple[bool, Any]:
+def decode(status: int, frames: list[Any], info: Any) -> tuple[bool, Any]:
     """(success, value or exception) for one task outcome."""
     try:
         if status == Status.OK:
@@ -29,7 +29,10 @@ def decode(status: Status, frames: list[Any], info: str) -> tuple[bool, Any]:
     except Exception as exc:  # unpickling a result can fail on this side too
         return False, exc
     if status == Status.LOST:
-        return False, WorkerLostError(info)
+        if isinstance(info, list) and len(info) == 4:
+            text, node, pid, exitcode = info
+            return False, WorkerLostError(str(text), node=str(node), pid=int(pid or 0), exitcode=exitcode)
+        return False, WorkerLostError(str(info))
     return False, ProcessError(info or "task cancelled")
 
 

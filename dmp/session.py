@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from dmp import protocol
+from dmp import _config, protocol
 from dmp.errors import ProcessError
 from dmp.protocol import Status
 
@@ -36,10 +37,40 @@ class Link(Protocol):
     def close(self) -> None: ...
 
 
+class Credit:
+    """Counts tasks submitted and not yet finished; a feeder waits on it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.outstanding = 0
+        self.cond = threading.Condition(threading.Lock())
+
+    def take(self, n: int, alive: Callable[[], bool]) -> bool:
+        """Wait until ``n`` more tasks fit; False if ``alive()`` turns false first."""
+        with self.cond:
+            while self.outstanding > 0 and self.outstanding + n > self.limit:
+                if not alive():
+                    return False
+                self.cond.wait(0.5)
+            self.outstanding += n
+            return True
+
+    def add(self, n: int) -> None:
+        """Count tasks that must not wait (apply_async never blocks)."""
+        with self.cond:
+            self.outstanding += n
+
+    def give(self, n: int) -> None:
+        with self.cond:
+            self.outstanding -= n
+            self.cond.notify()
+
+
 class Session:
     """Tracks this client's jobs; thread-safe for callers, sinks run on the link."""
 
     def __init__(self) -> None:
+        self.credit = Credit(_config.MAX_OUTSTANDING_TASKS)
         self.link: Link | None = None
         self.sinks: dict[int, Sink] = {}
         self._ids = itertools.count(1)
@@ -78,12 +109,17 @@ class Session:
         if isinstance(msg, protocol.Results):
             sinks = self.sinks
             pos = 0
+            finished = 0
             for job, task_id, status, nframes, _run_s, info in msg.items:
                 payload = frames[pos : pos + nframes]
                 pos += nframes
+                if status != Status.CANCELLED:
+                    finished += 1
                 sink = sinks.get(job)
-                if sink is not None and sink.on_result(task_id, Status(status), payload, info):
+                if sink is not None and sink.on_result(task_id, status, payload, info):
                     sinks.pop(job, None)
+            if finished:
+                self.credit.give(finished)
         elif isinstance(msg, protocol.Error):
             sink = self.sinks.pop(msg.ref, None)
             if sink is not None:

@@ -132,12 +132,12 @@ class Channel:
         to: bytes | None = None,
         flags: int = 0,
     ) -> None:
-        header = protocol.encode(msg)
-        body = [header, *frames]
+        sizes, physical = protocol.pack(frames)
+        body = [protocol.encode(msg, sizes), *physical]
         parts: list[Any] = [self.signer.sign(body), *body]
         if to is not None:
             parts.insert(0, to)
-        self.sock.send_multipart(parts, flags=flags, copy=len(frames) == 0)
+        self.sock.send_multipart(parts, flags=flags, copy=False)
 
     def recv(self, flags: int = 0) -> tuple[bytes | None, protocol.Message, list[Any]]:
         """Receive one message: (routing id or None, message, payload frames).
@@ -155,13 +155,15 @@ class Channel:
         if len(parts) < 2:
             raise _Refused(ident, ProtocolError(f"message has {len(parts)} frames, expected 2 or more"))
         body = parts[1:]
-        if not self.signer.verify(parts[0].bytes, [p.buffer for p in body]):
+        views = [p.buffer for p in body]
+        if not self.signer.verify(parts[0].bytes, views):
             raise _Refused(ident, AuthenticationError("message signature does not verify (wrong authkey?)"))
         try:
-            msg = protocol.decode(body[0].buffer)
+            msg, sizes = protocol.decode(views[0])
+            frames = protocol.unpack(sizes, views[1:])
         except ProtocolError as exc:
             raise _Refused(ident, exc) from None
-        return ident, msg, [p.buffer for p in body[1:]]
+        return ident, msg, frames
 
     def close(self) -> None:
         self.sock.close()

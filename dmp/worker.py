@@ -33,6 +33,8 @@ from dmp.errors import ProtocolError
 # turns 100k tiny results into ~1k messages; the delay bounds added latency.
 FLUSH_SECONDS = 0.001
 FLUSH_ITEMS = 128
+# A busy worker looks for new messages (ForgetJobs, Bye) every this many tasks.
+DRAIN_EVERY = 32
 # An idle worker wakes this often to check its parent and to heartbeat.
 IDLE_POLL_SECONDS = 1.0
 
@@ -130,8 +132,9 @@ class Worker:
                     if not sock.poll(int(IDLE_POLL_SECONDS * 1000)):
                         self.idle()
                         continue
-                while sock.poll(0):
-                    self.receive()
+                    self.drain()
+                elif self.done % DRAIN_EVERY == 0:
+                    self.drain()
                 if self.queue:
                     self.run_one()
                     if self.out_items and (
@@ -148,6 +151,11 @@ class Worker:
             self.stopping = True  # our supervisor is gone
         elif self.cfg.heartbeat:
             self.chan.send(protocol.Heartbeat())
+
+    def drain(self) -> None:
+        sock = self.chan.sock
+        while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            self.receive()
 
     def receive(self) -> None:
         try:

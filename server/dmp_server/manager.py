@@ -93,6 +93,7 @@ class Manager:
         self.inbox: collections.deque[tuple[str, protocol.Message, list[Any]]] = collections.deque()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._stopping = False
+        self._closed = False
         self._on_idle: list[Callable[[], None]] = []
         self.started = time.time()
         self._n_local = 0
@@ -115,7 +116,11 @@ class Manager:
     def stop(self) -> None:
         """From any thread: make :meth:`run` return soon."""
         self._stopping = True
-        os.eventfd_write(self._wake_fd, 1)
+        if not self._closed:
+            try:
+                os.eventfd_write(self._wake_fd, 1)
+            except OSError:
+                pass  # the loop already ended and closed it
 
     # --- the loop ------------------------------------------------------------------
 
@@ -155,10 +160,14 @@ class Manager:
         finally:
             self._shutdown_peers()
             self.chan.close()
+            self._closed = True
             os.close(self._wake_fd)
 
     def _drain_socket(self) -> None:
+        sock = self.chan.sock
         for _ in range(DRAIN_BATCH):
+            if not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                return
             try:
                 ident, msg, frames = self.chan.recv(zmq.NOBLOCK)
             except zmq.Again:

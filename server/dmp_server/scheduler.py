@@ -29,6 +29,9 @@ from dmp.protocol import Status
 # one at a time and are never stuck behind a busy worker.
 PREFETCH_SECONDS = 0.002
 MAX_IN_FLIGHT = 256
+# Before any task has finished, nothing is known of durations: keep one task
+# queued behind the running one to hide the dispatch round trip.
+INITIAL_IN_FLIGHT = 2
 # Smoothing of the task duration estimate (exponentially weighted mean).
 EWMA_ALPHA = 0.2
 
@@ -60,7 +63,7 @@ class Task:
     frames: list[Any]
     attempt: int = 0
     worker: str = ""
-    last_loss: str = ""
+    last_loss: list[Any] = field(default_factory=list)  # [text, node, pid, exitcode]
 
 
 @dataclass(slots=True, eq=False)
@@ -103,6 +106,7 @@ class Scheduler:
         self.workers: dict[str, Worker] = {}
         self.tasks: dict[int, Task] = {}
         self._ready: deque[Client] = deque()  # clients with pending tasks, round robin
+        self.queued_total = 0  # tasks waiting in any client's queue
         self._next_task = 1
         self._next_job = 1
         self.est_run_s: float | None = None
@@ -149,14 +153,14 @@ class Scheduler:
                 client.running -= 1
             if task.key == running:
                 task.attempt += 1
-                task.last_loss = (
+                text = (
                     f"worker process pid {worker.pid} on node {worker.node!r} died "
                     f"({signal_name(exitcode)}) while running this task"
                 )
+                task.last_loss = [text, worker.node, worker.pid, exitcode]
                 if task.attempt > job.max_retries:
-                    cmds += self._finish(
-                        task, Status.LOST, [], f"{task.last_loss}; gave up after {task.attempt} attempts"
-                    )
+                    info = [f"{text}; gave up after {task.attempt} attempts", *task.last_loss[1:]]
+                    cmds += self._finish(task, Status.LOST, [], info)
                     continue
             self._requeue(task)
         for client in self.clients.values():
@@ -187,6 +191,7 @@ class Scheduler:
             job.pending.append(task)
         job.outstanding += len(tasks)
         client.queued += len(tasks)
+        self.queued_total += len(tasks)
         if was_idle and job.pending:
             self._activate(client, job)
         return self.schedule()
@@ -248,7 +253,10 @@ class Scheduler:
 
     def credit(self, worker: Worker) -> int:
         est = self.est_run_s
-        limit = 1 if est is None else max(1, min(MAX_IN_FLIGHT, math.ceil(PREFETCH_SECONDS / max(est, 1e-7))))
+        if est is None:
+            limit = INITIAL_IN_FLIGHT
+        else:
+            limit = max(1, min(MAX_IN_FLIGHT, math.ceil(PREFETCH_SECONDS / max(est, 1e-7))))
         free = limit - len(worker.assigned)
         if worker.tasks_left >= 0:
             free = min(free, worker.tasks_left)
@@ -259,10 +267,14 @@ class Scheduler:
         if not self._ready:
             return []
         cmds: list[Command] = []
-        for worker in self.workers.values():
-            free = self.credit(worker)
-            if free <= 0:
-                continue
+        hungry = [(w, free) for w in self.workers.values() if (free := self.credit(w)) > 0]
+        if not hungry:
+            return []
+        # Spread evenly: no worker takes more than its share of what is queued,
+        # so two tasks on two idle workers run side by side, not one behind the other.
+        share = -(-self.queued_total // len(hungry))
+        for worker, free in hungry:
+            free = min(free, share)
             jobs: list[list[int]] = []
             job_frames: list[Any] = []
             items: list[list[int]] = []
@@ -286,6 +298,7 @@ class Scheduler:
                 if worker.tasks_left > 0:
                     worker.tasks_left -= 1
                 client.queued -= 1
+                self.queued_total -= 1
                 client.running += 1
                 items.append([task.key, job.key, task.attempt, len(task.frames)])
                 frames.extend(task.frames)
@@ -317,8 +330,9 @@ class Scheduler:
         else:
             job.pending.appendleft(task)
         client.queued += 1
+        self.queued_total += 1
 
-    def _finish(self, task: Task, status: Status, frames: list[Any], info: str) -> list[Command]:
+    def _finish(self, task: Task, status: Status, frames: list[Any], info: Any) -> list[Command]:
         self.tasks.pop(task.key, None)
         job = task.job
         job.outstanding -= 1
@@ -342,6 +356,7 @@ class Scheduler:
         for task in job.pending:
             self.tasks.pop(task.key, None)
         client.queued -= len(job.pending)
+        self.queued_total -= len(job.pending)
         job.pending.clear()
         if job in client.active:
             client.active.remove(job)
@@ -367,4 +382,4 @@ class Scheduler:
         return sum(1 for w in self.workers.values() if w.assigned)
 
     def queued(self) -> int:
-        return sum(c.queued for c in self.clients.values())
+        return self.queued_total

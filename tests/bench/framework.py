@@ -83,6 +83,8 @@ class Outcome:
     reason: str = ""
     reps: list[RepValues] = field(default_factory=list)
     elapsed_s: float = 0.0
+    #: The full traceback of an "error", for --json readers.
+    detail: str = ""
 
     def median(self, row: str) -> float | None:
         values = [rep[row] for rep in self.reps if row in rep]
@@ -96,6 +98,7 @@ class Outcome:
             "reason": self.reason,
             "reps": self.reps,
             "elapsed_s": self.elapsed_s,
+            "detail": self.detail,
         }
 
     @classmethod
@@ -105,6 +108,7 @@ class Outcome:
             reason=str(data.get("reason", "")),
             reps=[{str(k): float(v) for k, v in rep.items()} for rep in data.get("reps", [])],
             elapsed_s=float(data.get("elapsed_s", 0.0)),
+            detail=str(data.get("detail", "")),
         )
 
 

@@ -144,6 +144,7 @@ def to_json(
                         "median": got[c].median(row.name),
                         "values": [rep[row.name] for rep in got[c].reps if row.name in rep],
                         "elapsed_s": got[c].elapsed_s,
+                        "traceback": got[c].detail,
                     }
                     for c in contenders
                     if c in got

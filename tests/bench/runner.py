@@ -49,7 +49,10 @@ def run_inline(bench: Benchmark, contender_name: str, config: Config) -> Outcome
         last = traceback.extract_tb(exc.__traceback__)[-1]
         where = f" (at {Path(last.filename).name}:{last.lineno})"
         return Outcome(
-            "error", f"{type(exc).__name__}: {exc}{where}", elapsed_s=time.perf_counter() - t0
+            "error",
+            f"{type(exc).__name__}: {exc}{where}",
+            elapsed_s=time.perf_counter() - t0,
+            detail=traceback.format_exc(),
         )
     return Outcome("ok", reps=reps, elapsed_s=time.perf_counter() - t0)
 

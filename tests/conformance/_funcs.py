@@ -104,7 +104,9 @@ def return_lock(_: Any = None) -> Any:
 def _first_time(marker_dir: str, tag: str) -> bool:
     """True exactly once per (marker_dir, tag) across all processes."""
     try:
-        fd = os.open(os.path.join(marker_dir, f"{tag}.marker"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        fd = os.open(
+            os.path.join(marker_dir, f"{tag}.marker"), os.O_CREAT | os.O_EXCL | os.O_WRONLY
+        )
     except FileExistsError:
         return False
     os.close(fd)

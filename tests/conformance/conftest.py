@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -74,29 +75,24 @@ def mp(request: pytest.FixtureRequest) -> Any:
     return load_dmp()
 
 
-@pytest.fixture
-def impl(mp: Any, request: pytest.FixtureRequest) -> str:
-    """``"stdlib"`` or ``"dmp"``, for the rare assertion that must differ."""
-    return "stdlib" if isinstance(mp, multiprocessing.context.BaseContext) else "dmp"
-
-
 @pytest.fixture(params=IMPLS)
 def executor_cls(request: pytest.FixtureRequest) -> Any:
     """``concurrent.futures.ProcessPoolExecutor`` (fork) or ``dmp.Executor``."""
     if request.param == "stdlib":
-        return functools.partial(ProcessPoolExecutor, mp_context=multiprocessing.get_context("fork"))
+        return functools.partial(
+            ProcessPoolExecutor, mp_context=multiprocessing.get_context("fork")
+        )
     return load_dmp().Executor
 
 
-def _live_children() -> dict[int, Any]:
+def _live_children() -> dict[int | None, Any]:
     """Children visible through ``active_children()`` (which also reaps the
     dead ones), keyed by pid. dmp's own list is consulted when dmp exists."""
     found = {p.pid: p for p in multiprocessing.active_children()}
-    import sys
-
     dmp = sys.modules.get("dmp")
-    if dmp is not None and hasattr(dmp, "active_children") and dmp.active_children is not multiprocessing.active_children:
-        found.update({p.pid: p for p in dmp.active_children()})
+    own = getattr(dmp, "active_children", None)
+    if own is not None and own is not multiprocessing.active_children:
+        found.update({p.pid: p for p in own()})
     return found
 
 

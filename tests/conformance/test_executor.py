@@ -69,7 +69,9 @@ def test_exception(executor_cls: Any) -> None:
 @pytest.mark.parametrize("chunksize", [1, 7, 1000])
 def test_map_chunksize(executor_cls: Any, chunksize: int) -> None:
     with executor_cls(max_workers=2) as ex:
-        assert list(ex.map(f.square, range(100), chunksize=chunksize)) == [i * i for i in range(100)]
+        assert list(ex.map(f.square, range(100), chunksize=chunksize)) == [
+            i * i for i in range(100)
+        ]
 
 
 def test_map_several_iterables(executor_cls: Any) -> None:

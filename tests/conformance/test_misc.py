@@ -45,7 +45,9 @@ def test_public_name_exists(mp: Any, name: str) -> None:
     assert callable(getattr(mp, name))
 
 
-@pytest.mark.parametrize("name", ["TimeoutError", "ProcessError", "AuthenticationError", "BufferTooShort"])
+@pytest.mark.parametrize(
+    "name", ["TimeoutError", "ProcessError", "AuthenticationError", "BufferTooShort"]
+)
 def test_error_is_the_multiprocessing_class(mp: Any, name: str) -> None:
     # Code that catches multiprocessing.X must catch mp.X.
     ours = getattr(mp, name)
@@ -71,7 +73,9 @@ def test_manager_unavailable_error(mp: Any) -> None:
 
 
 @pytest.mark.dmp_only
-@pytest.mark.parametrize("name", ["Executor", "connect", "WorkerLostError", "ManagerUnavailableError"])
+@pytest.mark.parametrize(
+    "name", ["Executor", "connect", "WorkerLostError", "ManagerUnavailableError"]
+)
 def test_dmp_extra_public_names(mp: Any, name: str) -> None:
     assert name in mp.__all__
     assert getattr(mp, name) is not None
@@ -141,4 +145,3 @@ def test_closure_over_local_state(mp: Any) -> None:
         assert p.map(lookup, range(5)) == [table[i] for i in range(5)]
         assert p.apply_async(lambda: "lambda via apply_async").get(10) == "lambda via apply_async"
         assert p.starmap(lambda a, b: a * b, [(2, 3), (4, 5)]) == [6, 20]
-

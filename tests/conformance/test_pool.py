@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import multiprocessing.pool
+import multiprocessing
 import os
 import signal
 import threading
 import time
+from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
 from typing import Any
 
 import pytest
@@ -49,7 +50,9 @@ def test_apply_async_error_callback(mp: Any) -> None:
     got: list[Any] = []
     errors: list[BaseException] = []
     with mp.Pool(2) as p:
-        r = p.apply_async(f.raise_value_error, ("bad apple",), callback=got.append, error_callback=errors.append)
+        r = p.apply_async(
+            f.raise_value_error, ("bad apple",), callback=got.append, error_callback=errors.append
+        )
         with pytest.raises(ValueError, match="bad apple"):
             r.get(timeout=10)
         assert r.ready()
@@ -176,7 +179,9 @@ def test_map_async_error_callback(mp: Any) -> None:
     got: list[Any] = []
     errors: list[BaseException] = []
     with mp.Pool(2) as p:
-        r = p.map_async(f.fail_on_three, range(10), callback=got.append, error_callback=errors.append)
+        r = p.map_async(
+            f.fail_on_three, range(10), callback=got.append, error_callback=errors.append
+        )
         with pytest.raises(ValueError, match="three is bad"):
             r.get(timeout=10)
         assert not r.successful()
@@ -336,7 +341,9 @@ def test_starmap_async(mp: Any) -> None:
     got: list[Any] = []
     errors: list[BaseException] = []
     with mp.Pool(2) as p:
-        r = p.starmap_async(f.add, [(1, 2), (3, 4)], callback=got.append, error_callback=errors.append)
+        r = p.starmap_async(
+            f.add, [(1, 2), (3, 4)], callback=got.append, error_callback=errors.append
+        )
         assert r.get(10) == [3, 7]
     assert got == [[3, 7]]
     assert errors == []
@@ -375,10 +382,10 @@ def test_map_exception_remote_traceback(mp: Any) -> None:
 
 def test_unpicklable_result(mp: Any) -> None:
     with mp.Pool(2) as p:
-        with pytest.raises(multiprocessing.pool.MaybeEncodingError) as info:
+        with pytest.raises(MaybeEncodingError) as info:
             p.map(f.return_lock, range(2))
         assert "lock" in str(info.value).lower()
-        with pytest.raises(multiprocessing.pool.MaybeEncodingError):
+        with pytest.raises(MaybeEncodingError):
             p.apply(f.return_lock)
         # The pool survives.
         assert p.apply(f.square, (5,)) == 25

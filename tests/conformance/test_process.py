@@ -53,7 +53,7 @@ def test_target_args_kwargs(mp: Any) -> None:
 
 
 def test_subclass_run(mp: Any) -> None:
-    class Sub(mp.Process):  # type: ignore[misc, name-defined]
+    class Sub(mp.Process):  # type: ignore[misc]
         def __init__(self, code: int) -> None:
             super().__init__()
             self.code = code
@@ -71,7 +71,7 @@ def test_subclass_run(mp: Any) -> None:
 
 
 def test_subclass_run_uses_queue(mp: Any) -> None:
-    class Producer(mp.Process):  # type: ignore[misc, name-defined]
+    class Producer(mp.Process):  # type: ignore[misc]
         def __init__(self, q: Any) -> None:
             super().__init__()
             self.q = q
@@ -170,7 +170,9 @@ def test_close(mp: Any) -> None:
 
 def test_name(mp: Any) -> None:
     q = mp.Queue()
-    p = mp.Process(target=f.put_identity, args=(q, mp.current_process, mp.parent_process), name="worker-x")
+    p = mp.Process(
+        target=f.put_identity, args=(q, mp.current_process, mp.parent_process), name="worker-x"
+    )
     try:
         assert p.name == "worker-x"
         p.start()

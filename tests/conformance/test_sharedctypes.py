@@ -86,7 +86,7 @@ def test_array_int(mp: Any) -> None:
     a[0:3] = [7, 8, 9]
     assert a[:4] == [7, 8, 9, 9]
     with pytest.raises(IndexError):
-        a[10]  # noqa: B018
+        a[10]
 
 
 def test_array_double_from_sequence(mp: Any) -> None:
