@@ -9,8 +9,8 @@ Everything not listed in ``__all__`` is internal.
 from __future__ import annotations
 
 import logging as _logging
-from typing import Any
 import multiprocessing as _mp
+from typing import Any
 
 from dmp import _config
 from dmp.errors import (
