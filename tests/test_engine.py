@@ -1,0 +1,115 @@
+"""The embedded manager reactor under bad input: clear errors, no harm done."""
+
+from __future__ import annotations
+
+import os
+
+import msgpack
+import pytest
+import zmq
+
+import dmp
+from dmp import protocol
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+@pytest.fixture
+def pool():
+    p = dmp.Pool(2)
+    try:
+        yield p
+    finally:
+        p.terminate()
+
+
+@pytest.fixture
+def raw(pool):
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 5000)
+    sock.connect(pool._engine.manager.endpoints[0])
+    try:
+        yield sock
+    finally:
+        sock.close()
+        ctx.term()
+
+
+def reply(sock) -> protocol.Message:
+    parts = sock.recv_multipart()
+    msg, _ = protocol.decode(parts[1])
+    return msg
+
+
+@pytest.mark.timeout(30)
+def test_other_protocol_version_gets_a_clear_error(pool, raw) -> None:
+    header = msgpack.packb([protocol.PROTOCOL_VERSION + 1, protocol.Hello.TYPE, [], "client", "x", "h", 1])
+    raw.send_multipart([b"", header])
+    msg = reply(raw)
+    assert isinstance(msg, protocol.Error)
+    assert msg.code == protocol.ErrorCode.VERSION
+    assert str(protocol.PROTOCOL_VERSION + 1) in msg.text and str(protocol.PROTOCOL_VERSION) in msg.text
+    assert pool.map(square, range(10)) == [x * x for x in range(10)]
+
+
+@pytest.mark.timeout(30)
+def test_garbage_frames_are_refused_and_the_pool_keeps_working(pool, raw) -> None:
+    garbage = [
+        [os.urandom(64)],
+        [b"", os.urandom(100)],
+        [b"", msgpack.packb({"not": "a list"})],
+        [b"", msgpack.packb([protocol.PROTOCOL_VERSION, 999, []])],
+        [b"", msgpack.packb([protocol.PROTOCOL_VERSION, protocol.Submit.TYPE, [5, 5], 1, [[0, 2]]])],
+    ]
+    for parts in garbage:
+        raw.send_multipart(parts)
+        msg = reply(raw)
+        assert isinstance(msg, protocol.Error), parts
+        assert msg.code in (protocol.ErrorCode.BAD_MESSAGE, protocol.ErrorCode.VERSION)
+    assert pool.map(square, range(100)) == [x * x for x in range(100)]
+
+
+@pytest.mark.timeout(30)
+def test_unknown_peer_is_told_to_say_hello(pool, raw) -> None:
+    raw.send_multipart([b"", protocol.encode(protocol.Submit(1, []))])
+    msg = reply(raw)
+    assert isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.UNKNOWN_PEER
+    assert pool.apply(square, (7,)) == 49
+
+
+@pytest.mark.timeout(60)
+def test_huge_generator_is_not_pulled_into_memory(pool) -> None:
+    pulled = 0
+
+    def gen():
+        nonlocal pulled
+        for i in range(10_000_000):
+            pulled += 1
+            yield i
+
+    it = pool.imap(square, gen(), chunksize=10)
+    for i, value in enumerate(it):
+        assert value == i * i
+        if i == 1000:
+            break
+    # Credit bounds what the feeder pulls ahead of the consumer.
+    assert pulled < 1000 + 10 * (dmp._config.MAX_OUTSTANDING_TASKS + 64) + 10
+    assert pulled < 10_000_000
+
+
+@pytest.mark.timeout(60)
+def test_worker_segfault_is_retried_then_reported(pool) -> None:
+    def crash() -> None:
+        import ctypes
+
+        ctypes.string_at(0)
+
+    with pytest.raises(dmp.WorkerLostError) as info:
+        pool.apply(crash)
+    assert info.value.exitcode == -11
+    assert "SIGSEGV" in str(info.value)
+    assert pool.apply(square, (3,)) == 9
