@@ -189,6 +189,10 @@ class Worker:
         if slot is not None:
             _SLOT.pack_into(slot, 0, key, attempt)
         t0 = time.perf_counter()
+        if not self.out_items:
+            # The batch's age counts from the start of its first task, so a
+            # long task's result is sent as soon as it is done.
+            self.first_unflushed = time.monotonic()
         by_value = self.cfg.by_value
         status = protocol.Status.OK
         info = ""
@@ -215,8 +219,6 @@ class Worker:
         if slot is not None:
             _SLOT.pack_into(slot, 0, -1, 0)
         self.done += 1
-        if not self.out_items:
-            self.first_unflushed = time.monotonic()
         self.out_items.append([key, attempt, int(status), len(payload), run_s, info])
         self.out_frames.extend(payload)
 
