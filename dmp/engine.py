@@ -80,6 +80,25 @@ class LocalEngine:
         _live.discard(self)
 
 
+class ClusterEngine:
+    """Cluster mode: the session talks to a manager daemon over a RemoteLink."""
+
+    def __init__(self, *, address: str, authkey: bytes | None) -> None:
+        from dmp.remote import RemoteLink
+
+        self.session = session_mod.Session()
+        self.link = RemoteLink(self.session, address, authkey)
+        self.session.link = self.link
+        welcome = self.link.welcome
+        self.slots = welcome.slots if welcome is not None else 0
+        self.processes: list[Any] = []
+        _live.add(self)  # type: ignore[arg-type]
+
+    def stop(self, *, kill: bool, timeout: float = 10.0) -> None:
+        self.link.close()
+        _live.discard(self)  # type: ignore[arg-type]
+
+
 @atexit.register
 def _stop_all() -> None:
     for engine in list(_live):

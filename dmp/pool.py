@@ -73,19 +73,26 @@ class Pool:
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError("max_retries must be a non-negative int")
         target = _config.resolve(address, authkey)
-        if target.address is not None:
-            raise NotImplementedError("cluster mode Pool is not available yet")
-        self._processes = processes or _config.cpu_count()
         self._max_retries = max_retries
         self._by_value = target.address is not None
-        from dmp.engine import LocalEngine
+        from dmp.engine import ClusterEngine, LocalEngine
 
-        self._engine = LocalEngine(
-            processes=self._processes,
-            initializer=initializer,
-            initargs=tuple(initargs),
-            max_tasks=maxtasksperchild or 0,
-        )
+        self._engine: Any
+        if target.address is not None:
+            if initializer is not None or maxtasksperchild is not None:
+                raise NotImplementedError("initializer and maxtasksperchild are not available in cluster mode yet")
+            self._engine = ClusterEngine(address=target.address, authkey=target.authkey)
+            self._processes = processes or max(1, self._engine.slots)
+            if processes is not None:
+                self._engine.session.credit.limit = processes  # caps the tasks in flight
+        else:
+            self._processes = processes or _config.cpu_count()
+            self._engine = LocalEngine(
+                processes=self._processes,
+                initializer=initializer,
+                initargs=tuple(initargs),
+                max_tasks=maxtasksperchild or 0,
+            )
         self._session = self._engine.session
         self._credit = self._session.credit
         self._pending: set[Any] = set()
@@ -104,7 +111,7 @@ class Pool:
     @property
     def _pool(self) -> list[Any]:
         """The worker process objects (multiprocessing exposes this too)."""
-        return self._engine.processes
+        return list(self._engine.processes)
 
     def _check_running(self) -> None:
         if self._state != RUN:

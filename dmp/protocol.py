@@ -138,6 +138,7 @@ class Welcome(Message):
     peer_id: str
     version: str
     heartbeat_s: float
+    slots: int = 0  # worker slots in the cluster now
 
 
 @message(3)

@@ -233,7 +233,7 @@ class Manager:
         self.peers[peer_id] = Peer(
             peer_id, ident, msg.role, msg.name, msg.host, msg.pid, msg.node, msg.slots, now, now
         )
-        self._send_raw(ident, protocol.Welcome(peer_id, VERSION, self.heartbeat_s))
+        self._send_raw(ident, protocol.Welcome(peer_id, VERSION, self.heartbeat_s, len(self.scheduler.workers)))
         if msg.role == Role.WORKER:
             self._carry_out(self.scheduler.add_worker(peer_id, msg.node, msg.pid, msg.max_tasks))
         elif msg.role == Role.CLIENT:
@@ -306,7 +306,7 @@ class Manager:
     def _tick(self, now: float) -> None:
         deadline = now - self.heartbeat_s * LIVENESS
         for peer in list(self.peers.values()):
-            if peer.role in (Role.CLIENT, Role.NODE) and peer.last_seen < deadline:
+            if peer.role in (Role.CLIENT, Role.NODE, Role.STATUS) and peer.last_seen < deadline:
                 log.warning("%s %s went silent; dropping it", peer.role, peer.name or peer.id)
                 self._forget(peer.id)
             elif peer.role in (Role.CLIENT, Role.NODE) and peer.ident is not None:

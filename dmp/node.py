@@ -1,0 +1,116 @@
+"""The worker node daemon (``dmp worker``): keeps N worker processes joined to a manager.
+
+    node --Hello(node)/Heartbeat/WorkerExited--> manager
+    node --fork--> worker processes --Hello(worker)/Results--> manager (directly)
+    worker sentinel readable -> reap -> WorkerExited(running task) -> respawn
+
+The node never carries task data: workers talk to the manager themselves, so
+a node is only liveness and supervision. When the manager goes away the
+sockets reconnect by themselves and node and workers say Hello again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+import zmq
+
+from dmp import protocol, transport
+from dmp.supervisor import Supervisor
+
+log = logging.getLogger("dmp.node")
+
+HEARTBEAT_S = 1.0
+LIVENESS = 5
+
+
+class Node:
+    def __init__(self, address: str, *, processes: int, name: str, key: bytes | None) -> None:
+        self.address = address
+        self.name = name
+        self.key = key
+        self.supervisor = Supervisor(
+            address=address, node=name, count=processes, key=key, by_value=True,
+            heartbeat=True, name_prefix="dmp-worker",
+        )
+        self._stop = False
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop = True
+
+    def run(self) -> None:
+        # Fork the workers before this process has a live ZeroMQ context.
+        self.supervisor.start()
+        sock = transport.make_socket(zmq.DEALER)
+        chan = transport.Channel(sock, self.key)
+        sock.connect(self.address)
+        hello = protocol.Hello(protocol.Role.NODE, self.name, socket.gethostname(), os.getpid(), self.supervisor.count)
+        chan.send(hello)
+        log.info("node %s started %d workers for %s", self.name, self.supervisor.count, self.address)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        watched: set[int] = set()
+        last_heard = time.monotonic()
+        next_beat = last_heard + HEARTBEAT_S
+        joined = False
+        try:
+            while not self._stop:
+                fds = set(self.supervisor.sentinels())
+                for fd in fds - watched:
+                    poller.register(fd, zmq.POLLIN)
+                for fd in watched - fds:
+                    poller.unregister(fd)
+                watched = fds
+                ready = dict(poller.poll(int(max(0.0, next_beat - time.monotonic()) * 1000) + 1))
+                if sock in ready:
+                    while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                        try:
+                            _, msg, _frames = chan.recv(zmq.NOBLOCK)
+                        except transport.Refused as refused:
+                            log.error("refused a message from the manager: %s", refused.error)
+                            continue
+                        last_heard = time.monotonic()
+                        if isinstance(msg, protocol.Welcome):
+                            if not joined:
+                                log.info("joined manager %s", self.address)
+                            joined = True
+                        elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.UNKNOWN_PEER:
+                            chan.send(hello)
+                        elif isinstance(msg, protocol.Error):
+                            log.error("manager refused: %s", msg.text)
+                        elif isinstance(msg, protocol.Bye):
+                            log.warning("manager said bye (%s); waiting for it to come back", msg.reason)
+                            joined = False
+                for fd in watched.intersection(ready):
+                    exited = self.supervisor.reap(fd)
+                    if exited is None:
+                        continue
+                    log.warning("worker pid %d exited (%d)", exited.pid, exited.exitcode)
+                    chan.send(protocol.WorkerExited(exited.worker, exited.pid, exited.exitcode, exited.running))
+                    if not self._stop:
+                        self.supervisor.spawn()
+                now = time.monotonic()
+                if now >= next_beat:
+                    next_beat = now + HEARTBEAT_S
+                    if now - last_heard > HEARTBEAT_S * LIVENESS:
+                        chan.send(hello)  # the manager may have restarted: introduce ourselves again
+                        last_heard = now
+                    else:
+                        chan.send(protocol.Heartbeat())
+        finally:
+            log.info("node %s stopping", self.name)
+            self.supervisor.stop(kill=False, timeout=5.0)
+            chan.send(protocol.Bye("node stopping"))
+            chan.close()
+
+
+def run_node(address: str, *, processes: int, name: str, key: bytes | None) -> None:
+    node = Node(address, processes=processes, name=name, key=key)
+    signal.signal(signal.SIGTERM, node.request_stop)
+    signal.signal(signal.SIGINT, node.request_stop)
+    node.run()

@@ -1,0 +1,124 @@
+"""Cluster mode on loopback: a real manager daemon and two worker node daemons."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import cloudpickle
+import pytest
+
+import dmp
+
+from .conftest import free_port, start_cluster
+
+pytestmark = pytest.mark.timeout(90)
+
+# This module is not installed on the nodes: send its functions by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def where(x: int) -> tuple[int, str, int]:
+    import os
+    import socket
+
+    return x * x, socket.gethostname(), os.getpid()
+
+
+def test_pool_map_spreads_over_both_nodes(cluster) -> None:
+    with dmp.Pool(address=cluster.address) as pool:
+        results = pool.map(where, range(200), chunksize=1)
+    assert [r[0] for r in results] == [x * x for x in range(200)]
+    assert len({r[2] for r in results}) >= 3  # pids on both nodes (2 workers each)
+    status = cluster.wait_slots(4)
+    done = {n["name"]: n["tasks_done"] for n in status["nodes"]}
+    assert set(done) == {"node1", "node2"} and all(v > 0 for v in done.values()), done
+
+
+def test_lambda_closure_and_exception_travel(cluster) -> None:
+    k = 10
+    with dmp.Pool(address=cluster.address) as pool:
+        assert pool.map(lambda x: x + k, [1, 2, 3]) == [11, 12, 13]
+        assert sorted(pool.imap_unordered(lambda x: -x, range(5))) == [-4, -3, -2, -1, 0]
+        with pytest.raises(ZeroDivisionError) as info:
+            pool.apply(lambda: 1 / 0)
+        assert "ZeroDivisionError" in str(info.value.__cause__)
+
+
+def test_unchanged_stdlib_script_runs_under_dmp_address(cluster, tmp_path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent("""
+        import os
+        import dmp as multiprocessing
+
+        def f(x):
+            return x * x, os.getpid()
+
+        if __name__ == "__main__":
+            with multiprocessing.Pool() as p:
+                out = p.map(f, range(20))
+            print([v for v, _ in out])
+            print("parent", os.getpid(), "workers", sorted({pid for _, pid in out}))
+    """))
+    env = dict(cluster.env, DMP_ADDRESS=cluster.address)
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == str([x * x for x in range(20)])
+    parent = int(lines[1].split()[1])
+    assert str(parent) not in lines[1].split("workers", 1)[1]
+
+
+def test_two_clients_share_the_cluster(cluster) -> None:
+    with dmp.Pool(address=cluster.address) as a, dmp.Pool(address=cluster.address) as b:
+        ra = a.map_async(where, range(300), chunksize=1)
+        rb = b.map_async(where, range(50), chunksize=1)
+        assert [r[0] for r in rb.get(60)] == [x * x for x in range(50)]
+        assert [r[0] for r in ra.get(60)] == [x * x for x in range(300)]
+
+
+def test_worker_node_killed_mid_map_completes_on_the_other(cluster) -> None:
+    import time
+
+    def slow(x: int) -> int:
+        time.sleep(0.02)
+        return x
+
+    with dmp.Pool(address=cluster.address) as pool:
+        result = pool.map_async(slow, range(200), chunksize=1)
+        time.sleep(0.5)
+        victim = cluster.procs[1]  # node1
+        victim.kill()
+        assert sorted(result.get(60)) == list(range(200))
+
+
+def test_no_manager_raises_manager_unavailable() -> None:
+    with pytest.raises(dmp.ManagerUnavailableError):
+        from dmp.remote import RemoteLink
+        from dmp.session import Session
+
+        RemoteLink(Session(), f"tcp://127.0.0.1:{free_port()}", None, timeout=1.0)
+
+
+def test_wrong_authkey_is_refused_and_the_manager_keeps_serving() -> None:
+    c = start_cluster(nodes=1, authkey=b"right key")
+    try:
+        with pytest.raises((dmp.AuthenticationError, dmp.ManagerUnavailableError)):
+            dmp.Pool(address=c.address, authkey=b"wrong key")
+        with dmp.Pool(address=c.address, authkey=b"right key") as pool:
+            assert pool.map(where, range(10))[3][0] == 9
+    finally:
+        c.stop()
+
+
+def test_manager_refuses_a_public_bind_without_authkey() -> None:
+    env = dict(os.environ)
+    env.pop("DMP_AUTHKEY", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "dmp", "manager", "--bind", f"tcp://0.0.0.0:{free_port()}"],
+        env=env, capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 2
+    assert "authkey" in out.stderr and "--authkey-file" in out.stderr
