@@ -307,11 +307,11 @@ def decode(header: bytes | memoryview) -> tuple[Message, list[int]]:
     if not isinstance(obj, list) or len(obj) < 3:
         raise ProtocolError("header is not a [version, type, sizes, ...] array")
     version, code = obj[0], obj[1]
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError(
             f"peer speaks dmp protocol version {version!r}, this side speaks {PROTOCOL_VERSION}"
         )
-    cls = _REGISTRY.get(code) if isinstance(code, int) else None
+    cls = _REGISTRY.get(code) if type(code) is int else None
     if cls is None:
         raise ProtocolError(f"unknown message type {code!r}")
     sizes = obj[2]
@@ -398,6 +398,10 @@ class Signer:
             return b""
         mac = hmac.new(self.key, digestmod=hashlib.sha256)
         for frame in frames:
+            # Each frame's length goes in first, so bytes cannot be moved
+            # across a frame boundary without breaking the signature.
+            n = frame.nbytes if isinstance(frame, memoryview) else len(frame)
+            mac.update(n.to_bytes(8, "little"))
             mac.update(frame)
         return mac.digest()
 
@@ -409,10 +413,14 @@ class Signer:
 
 def count_frames(items: Sequence[Sequence[Any]], index: int) -> int:
     """Sum of the nframes column ``index`` of batch items, validated."""
+    if not isinstance(items, list):
+        raise ProtocolError(f"batch items must be a list, not {type(items).__name__}")
     total = 0
     for item in items:
+        if not isinstance(item, list) or len(item) <= index:
+            raise ProtocolError(f"malformed batch item {item!r}")
         n = item[index]
-        if not isinstance(n, int) or n < 0:
+        if type(n) is not int or n < 0:
             raise ProtocolError(f"bad frame count {n!r}")
         total += n
     return total

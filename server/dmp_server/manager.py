@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import zmq
 
 from dmp import protocol, transport
+from dmp.errors import ProtocolError
 from dmp.protocol import ErrorCode, Role
 from dmp_server.scheduler import Command, Kill, Scheduler, Send
 
@@ -176,7 +177,11 @@ class Manager:
                 self._refuse(refused)
                 continue
             assert ident is not None
-            self._handle_remote(ident, msg, frames)
+            try:
+                self._handle_remote(ident, msg, frames)
+            except Exception as exc:  # one bad peer must never stop the daemon
+                log.warning("bad %s from %s: %r", type(msg).__name__, _show(ident), exc)
+                self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"malformed {type(msg).__name__}: {exc}"))
 
     def _drain_inbox(self) -> None:
         inbox = self.inbox
@@ -208,6 +213,8 @@ class Manager:
         peer.last_seen = time.monotonic()
         if peer.role == Role.WORKER:
             if isinstance(msg, protocol.Results):
+                if protocol.count_frames(msg.items, 3) != len(frames) or any(len(i) != 6 for i in msg.items):
+                    raise ProtocolError("Results items do not match their frames")
                 self._carry_out(self.scheduler.results(peer_id, msg.items, frames))
             elif isinstance(msg, protocol.Bye):
                 self._forget(peer_id)
@@ -243,7 +250,7 @@ class Manager:
     def _handle_client(self, peer: str, msg: protocol.Message, frames: list[Any]) -> None:
         sched = self.scheduler
         if isinstance(msg, protocol.Submit):
-            if protocol.count_frames(msg.tasks, 1) != len(frames):
+            if protocol.count_frames(msg.tasks, 1) != len(frames) or any(len(t) != 2 for t in msg.tasks):
                 self._send(peer, protocol.Error(ErrorCode.BAD_MESSAGE, "frame count mismatch", msg.job), [])
                 return
             tasks = []
@@ -272,6 +279,8 @@ class Manager:
         exited = self.supervisor.reap(fd)
         if exited is None:
             return
+        # Results it sent just before exiting may still be in the socket.
+        self._drain_socket()
         peer_id = self._worker_peer(exited.worker)
         if exited.exitcode != 0:
             log.warning("worker %s (pid %d) died: exit %d", exited.worker, exited.pid, exited.exitcode)

@@ -96,6 +96,7 @@ class Worker:
     tasks_left: int  # before it exits by itself (maxtasksperchild); -1: no limit
     assigned: dict[int, Task] = field(default_factory=dict)  # in dispatch order
     done: int = 0
+    doomed: bool = False  # told to die: gets no more work
 
 
 class Scheduler:
@@ -122,27 +123,29 @@ class Scheduler:
         client = self.clients.pop(peer, None)
         if client is None:
             return []
+        if client in self._ready:
+            self._ready.remove(client)
+        client.active.clear()
         cmds: list[Command] = []
         for job in list(client.jobs.values()):
             cmds += self._cancel(client, job, notify=False)
-        if client in self._ready:
-            self._ready.remove(client)
         return cmds
 
     def add_worker(self, peer: str, node: str, pid: int, max_tasks: int) -> list[Command]:
         self.workers[peer] = Worker(peer, node, pid, max_tasks if max_tasks > 0 else -1)
         return self.schedule()
 
-    def remove_worker(self, peer: str, exitcode: int | None, running: int = -1) -> list[Command]:
-        """A worker died or vanished. The task it was running (``running``,
-        or its oldest one when unknown) is charged an attempt; the rest of its
-        queue goes back untouched."""
+    def remove_worker(self, peer: str, exitcode: int | None, running: int | None = None) -> list[Command]:
+        """A worker died or vanished. The task it was running (``running``;
+        -1 means it was between tasks; None means unknown, and then its oldest
+        task is blamed) is charged an attempt; the rest of its queue goes back
+        untouched."""
         worker = self.workers.pop(peer, None)
         if worker is None:
             return []
         assigned = list(worker.assigned.values())
-        if running < 0 and assigned:
-            running = assigned[0].key
+        if running is None:
+            running = assigned[0].key if assigned else -1
         cmds: list[Command] = []
         # Requeue in reverse so the original order is kept at the queue front.
         for task in reversed(assigned):
@@ -225,9 +228,10 @@ class Scheduler:
         for key, attempt, status, nframes, run_s, info in items:
             payload = frames[pos : pos + nframes]
             pos += nframes
-            task = worker.assigned.pop(key, None)
+            task = worker.assigned.get(key)
             if task is None or task.attempt != attempt:
                 continue  # late result of a task that was given to someone else
+            del worker.assigned[key]
             worker.done += 1
             self.tasks_done += 1
             run_total += float(run_s)
@@ -252,6 +256,8 @@ class Scheduler:
     # --- scheduling ------------------------------------------------------------------
 
     def credit(self, worker: Worker) -> int:
+        if worker.doomed:
+            return 0
         est = self.est_run_s
         if est is None:
             limit = INITIAL_IN_FLIGHT
@@ -270,6 +276,7 @@ class Scheduler:
         hungry = [(w, free) for w in self.workers.values() if (free := self.credit(w)) > 0]
         if not hungry:
             return []
+        hungry.sort(key=lambda wf: len(wf[0].assigned))  # idle workers first
         # Spread evenly: no worker takes more than its share of what is queued,
         # so two tasks on two idle workers run side by side, not one behind the other.
         share = -(-self.queued_total // len(hungry))
@@ -370,6 +377,7 @@ class Scheduler:
                 del worker.assigned[t.key]
                 self.tasks.pop(t.key, None)
                 client.running -= 1
+            worker.doomed = True
             cmds.append(Kill(worker.peer))
         cmds += self._drop(client, job)
         if notify:

@@ -1,0 +1,189 @@
+"""dmp.serialization: cloudpickle frames with out-of-band buffers, exceptions."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dmp.errors import RemoteError, RemoteTraceback
+from dmp.serialization import OOB_THRESHOLD, dump_exception, dumps, load_exception, loads
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _wire(frames: list[Any]) -> list[Any]:
+    """What the far side gets: each frame as its own buffer (no shared objects)."""
+    return [bytearray(memoryview(f).cast("B")) for f in frames]
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        None,
+        0,
+        -(2**70),
+        3.5,
+        "text ✓",
+        b"bytes",
+        [1, [2, (3, {"k": {4, 5}})]],
+        {"a": 1, ("t", 2): frozenset({1})},
+        range(5),
+        Exception("plain"),
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("by_value", [True, False])
+def test_plain_data_round_trips(obj: Any, by_value: bool) -> None:
+    frames = dumps(obj, by_value=by_value)
+    got = loads(_wire(frames))
+    if isinstance(obj, Exception):
+        assert type(got) is type(obj) and got.args == obj.args
+    else:
+        assert got == obj and type(got) is type(obj)
+
+
+def test_small_objects_make_exactly_one_frame() -> None:
+    for obj in (1, "x" * 100, b"y" * (OOB_THRESHOLD - 1), list(range(1000)), {"k": b"v" * 100}):
+        assert len(dumps(obj)) == 1, obj
+
+
+def test_lambda_and_closure_travel_by_value() -> None:
+    base = 10
+
+    def make_adder(n: int) -> Any:
+        return lambda x: x + n + base
+
+    add = make_adder(5)
+    frames = dumps(add, by_value=True)
+    got = loads(_wire(frames))
+    assert got(1) == 16
+    assert loads(_wire(dumps(lambda: "hi", by_value=True)))() == "hi"
+
+
+def test_lambda_falls_back_to_cloudpickle_by_reference_mode() -> None:
+    square = lambda x: x * x  # noqa: E731
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        pickle.dumps(square)
+    assert loads(_wire(dumps(square, by_value=False)))(7) == 49
+
+
+def test_numpy_array_travels_out_of_band() -> None:
+    arr = np.arange(1024 * 1024 // 8, dtype=np.float64).reshape(512, -1)  # 1 MiB
+    frames = dumps(arr)
+    assert len(frames) > 1
+    assert sum(memoryview(f).nbytes for f in frames[1:]) >= arr.nbytes
+    assert len(frames[0]) < 4096  # the pickle itself holds no copy of the data
+    got = loads(_wire(frames))
+    assert isinstance(got, np.ndarray)
+    assert got.dtype == arr.dtype and got.shape == arr.shape
+    np.testing.assert_array_equal(got, arr)
+    assert got.flags.writeable
+    got[0, 0] = -1.0
+    assert arr[0, 0] == 0.0  # the received array does not alias the sender's
+
+
+def test_numpy_array_inside_a_tuple_goes_out_of_band() -> None:
+    arr = np.ones(OOB_THRESHOLD, dtype=np.uint8)
+    frames = dumps(("args", arr, 3))
+    assert len(frames) == 2
+    name, got, n = loads(_wire(frames))
+    assert name == "args" and n == 3
+    np.testing.assert_array_equal(got, arr)
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+@pytest.mark.parametrize("by_value", [True, False])
+def test_large_bytes_go_out_of_band_and_keep_their_type(kind: type, by_value: bool) -> None:
+    data = kind(bytes(range(256)) * (OOB_THRESHOLD // 256 + 1))
+    for obj in (data, (1, data), [data, "x"], {"payload": data}):
+        frames = dumps(obj, by_value=by_value)
+        assert len(frames) == 2, type(obj)
+        assert memoryview(frames[1]).nbytes == len(data)
+        got = loads(_wire(frames))
+        inner = got if isinstance(obj, kind) else got[1] if isinstance(obj, tuple) else (
+            got[0] if isinstance(obj, list) else got["payload"]
+        )
+        assert type(inner) is kind
+        assert inner == data
+
+
+def test_large_memoryview_goes_out_of_band() -> None:
+    data = memoryview(b"m" * OOB_THRESHOLD)
+    frames = dumps(data)
+    assert len(frames) == 2
+    got = loads(_wire(frames))
+    assert bytes(got) == bytes(data)
+
+
+# --- exceptions --------------------------------------------------------------------
+
+
+def raise_value_error_here() -> None:
+    raise ValueError("the task failed: 42")
+
+
+def test_exception_keeps_type_message_and_remote_traceback() -> None:
+    try:
+        raise_value_error_here()
+    except ValueError as exc:
+        frames = dump_exception(exc)
+    got = load_exception(_wire(frames))
+    assert type(got) is ValueError
+    assert str(got) == "the task failed: 42"
+    assert isinstance(got.__cause__, RemoteTraceback)
+    assert "raise_value_error_here" in str(got.__cause__)
+    assert "ValueError: the task failed: 42" in got.__cause__.tb
+
+
+class Unpicklable(Exception):
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg)
+        self.lock = __import__("threading").Lock()
+
+
+class NeedsTwoArgs(Exception):
+    """Pickles fine but cannot be rebuilt: __init__ wants two args, args holds one."""
+
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(f"{a}/{b}")
+
+
+def raise_unpicklable() -> None:
+    raise Unpicklable("holds a lock")
+
+
+@pytest.mark.parametrize(
+    ("make", "type_name", "text"),
+    [
+        (lambda: Unpicklable("holds a lock"), "Unpicklable", "holds a lock"),
+        (lambda: NeedsTwoArgs("x", "y"), "NeedsTwoArgs", "x/y"),
+    ],
+    ids=["pickling-fails", "unpickling-fails"],
+)
+def test_unpicklable_exception_degrades_to_remote_error(make: Any, type_name: str, text: str) -> None:
+    try:
+        raise make()
+    except Exception as exc:
+        frames = dump_exception(exc)
+    got = load_exception(_wire(frames))
+    assert type(got) is RemoteError
+    assert got.type_name.endswith(type_name)
+    assert text in str(got)
+    assert isinstance(got.__cause__, RemoteTraceback)
+
+
+def test_remote_traceback_names_the_raising_function_after_degrading() -> None:
+    try:
+        raise_unpicklable()
+    except Unpicklable as exc:
+        got = load_exception(_wire(dump_exception(exc)))
+    assert "raise_unpicklable" in str(got.__cause__)
+
+
+def test_load_exception_of_garbage_gives_remote_error() -> None:
+    got = load_exception([b"not a pickle"])
+    assert isinstance(got, RemoteError)
+    assert "could not unpickle" in str(got)

@@ -1,0 +1,84 @@
+"""Nothing under server/ can unpickle: the manager routes user payloads untouched."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SERVER = Path(__file__).resolve().parents[2] / "server"
+FORBIDDEN = {"pickle", "cPickle", "_pickle", "cloudpickle", "dill", "marshal", "dmp.serialization"}
+
+
+def _imports(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, dotted module) for every import, including ``from dmp import serialization``."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.append((node.lineno, node.module))
+            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, (ast.Name, ast.Attribute))
+            and (node.func.id if isinstance(node.func, ast.Name) else node.func.attr)
+            in ("__import__", "import_module")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            found.append((node.lineno, node.args[0].value))
+    return found
+
+
+def forbidden_imports(source: str, filename: str = "<src>") -> list[str]:
+    bad = []
+    for line, module in _imports(ast.parse(source, filename)):
+        if any(module == f or module.startswith(f + ".") for f in FORBIDDEN):
+            bad.append(f"{filename}:{line}: imports {module}")
+    return bad
+
+
+def _server_files() -> list[Path]:
+    return sorted(SERVER.rglob("*.py"))
+
+
+def test_there_is_server_code_to_check() -> None:
+    names = {p.name for p in _server_files()}
+    assert {"manager.py", "scheduler.py"} <= names
+
+
+@pytest.mark.parametrize("path", _server_files(), ids=lambda p: str(p.relative_to(SERVER)))
+def test_server_module_imports_no_unpickler(path: Path) -> None:
+    assert forbidden_imports(path.read_text(), str(path)) == []
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import pickle",
+        "import os, cloudpickle",
+        "import dill as d",
+        "from marshal import loads",
+        "from pickle import loads as l",
+        "import dmp.serialization",
+        "from dmp import serialization",
+        "from dmp.serialization import loads",
+        "def f():\n    import pickle\n",
+        "try:\n    import cPickle\nexcept ImportError:\n    pass\n",
+        "__import__('pickle')",
+        "importlib.import_module('cloudpickle')",
+    ],
+)
+def test_checker_catches_every_form(source: str) -> None:
+    assert forbidden_imports(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["import pickletools_not", "from dmp import protocol", "import msgpack", "from . import pickle_free"],
+)
+def test_checker_allows_innocent_imports(source: str) -> None:
+    assert forbidden_imports(source) == []
