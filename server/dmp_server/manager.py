@@ -26,6 +26,7 @@ import zmq
 from dmp import protocol, transport
 from dmp.errors import ProtocolError
 from dmp.protocol import ErrorCode, Role
+from dmp_server import objects
 from dmp_server.scheduler import Command, Kill, Scheduler, Send
 
 log = logging.getLogger("dmp.manager")
@@ -87,6 +88,7 @@ class Manager:
             self.chan.sock.bind(endpoint)
             self.endpoints.append(self.chan.sock.getsockopt_string(zmq.LAST_ENDPOINT))
         self.scheduler = Scheduler()
+        self.objects = objects.ObjectServer()
         self.supervisor = supervisor
         self.heartbeat_s = heartbeat_s
         self.peers: dict[str, Peer] = {}
@@ -141,7 +143,11 @@ class Manager:
                     for fd in watched - fds:
                         poller.unregister(fd)
                     watched = fds
-                timeout = max(0.0, next_tick - time.monotonic())
+                wake_at = next_tick
+                deadline = self.objects.next_deadline()
+                if deadline is not None and deadline < wake_at:
+                    wake_at = deadline
+                timeout = max(0.0, wake_at - time.monotonic())
                 ready = dict(poller.poll(int(timeout * 1000) + 1))
                 if sock in ready:
                     self._drain_socket()
@@ -155,6 +161,8 @@ class Manager:
                 for fd in watched.intersection(ready):
                     self._worker_died(fd)
                 now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    self._carry_out(self.objects.tick(now))
                 if now >= next_tick:
                     next_tick = now + self.heartbeat_s
                     self._tick(now)
@@ -249,7 +257,9 @@ class Manager:
 
     def _handle_client(self, peer: str, msg: protocol.Message, frames: list[Any]) -> None:
         sched = self.scheduler
-        if isinstance(msg, protocol.Submit):
+        if isinstance(msg, objects.MESSAGES):
+            self._carry_out(self.objects.handle(peer, msg, frames, time.monotonic()))
+        elif isinstance(msg, protocol.Submit):
             if protocol.count_frames(msg.tasks, 1) != len(frames) or any(len(t) != 2 for t in msg.tasks):
                 self._send(peer, protocol.Error(ErrorCode.BAD_MESSAGE, "frame count mismatch", msg.job), [])
                 return
@@ -307,6 +317,7 @@ class Manager:
             self._carry_out(self.scheduler.remove_worker(peer_id, None))
         elif role == Role.CLIENT:
             self._carry_out(self.scheduler.remove_client(peer_id))
+            self._carry_out(self.objects.peer_gone(peer_id))
         elif role == Role.NODE:
             for worker in [w for w in self.scheduler.workers.values() if w.node == (peer.name if peer else "")]:
                 self.peers.pop(worker.peer, None)
