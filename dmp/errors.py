@@ -11,6 +11,8 @@
      |    |    +-- ProtocolError                 a peer spoke a wrong version or garbage
      |    |    +-- MessageTooLargeError          a message exceeded the size limit
      +-- RemoteTraceback                         the ``__cause__`` of a task's exception
+     +-- multiprocessing.pool.MaybeEncodingError
+          +-- RemoteError                        a task's exception that could not be pickled
 
 A task's own exception is re-raised with its own type; its remote traceback
 hangs off ``__cause__`` as a :class:`RemoteTraceback`, as in
@@ -20,6 +22,7 @@ hangs off ``__cause__`` as a :class:`RemoteTraceback`, as in
 from __future__ import annotations
 
 import multiprocessing
+from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
 
 ProcessError = multiprocessing.ProcessError
 BufferTooShort = multiprocessing.BufferTooShort
@@ -87,17 +90,26 @@ class RemoteTraceback(Exception):
         return self.tb
 
 
-class RemoteError(Exception):
+class RemoteError(MaybeEncodingError):  # type: ignore[misc]
     """Stands in for a task's exception that could not be pickled back.
 
     Names the original type and message; the remote traceback is its
-    ``__cause__``.
+    ``__cause__``. It is a ``multiprocessing.pool.MaybeEncodingError``, which
+    is what the standard library raises in that case.
     """
 
     def __init__(self, type_name: str, message: str) -> None:
-        super().__init__(f"{type_name}: {message}")
+        Exception.__init__(self, f"{type_name}: {message}")
+        self.exc = type_name
+        self.value = message
         self.type_name = type_name
         self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"<RemoteError: {self}>"
 
     def __reduce__(self) -> tuple[object, ...]:
         return (RemoteError, (self.type_name, self.message))

@@ -36,7 +36,7 @@ class Node:
         self.key = key
         self.supervisor = Supervisor(
             address=address, node=name, count=processes, key=key, by_value=True,
-            heartbeat=True, name_prefix="dmp-worker",
+            heartbeat=True, forward_output=True, name_prefix="dmp-worker",
         )
         self._stop = False
 
@@ -103,9 +103,12 @@ class Node:
                     else:
                         chan.send(protocol.Heartbeat())
         finally:
+            # Bye first: the manager requeues what our workers hold on other
+            # nodes; then the workers are stopped (their late results are
+            # dropped by the manager, never delivered twice).
             log.info("node %s stopping", self.name)
-            self.supervisor.stop(kill=False, timeout=5.0)
             chan.send(protocol.Bye("node stopping"))
+            self.supervisor.stop(kill=False, timeout=5.0)
             chan.close()
 
 

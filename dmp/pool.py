@@ -62,6 +62,7 @@ class Pool:
         address: object = None,
         authkey: bytes | str | None = None,
         max_retries: int = _config.MAX_RETRIES,
+        modules: Iterable[Any] = (),
     ) -> None:
         self._state = RUN
         if processes is not None and processes < 1:
@@ -73,14 +74,18 @@ class Pool:
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError("max_retries must be a non-negative int")
         target = _config.resolve(address, authkey)
+        _send_by_value(modules)
         self._max_retries = max_retries
         self._by_value = target.address is not None
         from dmp.engine import ClusterEngine, LocalEngine
 
         self._engine: Any
+        self._init: runners.PoolInit | None = None
         if target.address is not None:
             if initializer is not None or maxtasksperchild is not None:
-                raise NotImplementedError("initializer and maxtasksperchild are not available in cluster mode yet")
+                import uuid
+
+                self._init = runners.PoolInit(uuid.uuid4().hex, initializer, tuple(initargs), maxtasksperchild or 0)
             self._engine = ClusterEngine(address=target.address, authkey=target.authkey)
             self._processes = processes or max(1, self._engine.slots)
             if processes is not None:
@@ -99,7 +104,8 @@ class Pool:
         self._pending_cond = threading.Condition(threading.Lock())
         self._ids = itertools.count()
         self._apply = _ApplySink()
-        self._apply_job = self._session.new_job(self._apply, [], max_retries)
+        apply_runner = serialization.dumps(runners.Apply(self._init), by_value=True) if self._init else []
+        self._apply_job = self._session.new_job(self._apply, apply_runner, max_retries)
         self._feed: collections.deque[tuple[int, Any, Iterator[Any]]] = collections.deque()
         self._feed_cond = threading.Condition(threading.Lock())
         self._feeding = False
@@ -196,8 +202,13 @@ class Pool:
         return result
 
     def _default_chunksize(self, length: int) -> int:
-        # multiprocessing's heuristic: about four chunks per worker.
-        chunksize, extra = divmod(length, self._processes * 4)
+        # Local: multiprocessing's heuristic, about four chunks per worker.
+        # Cluster: eight per slot. Nodes differ in speed and a straggling
+        # chunk holds up the whole map, so smaller chunks balance better; the
+        # scheduler's prefetch credit already hides the network round trip
+        # that makes multiprocessing favour big chunks.
+        per_slot = 8 if self._by_value else 4
+        chunksize, extra = divmod(length, self._processes * per_slot)
         return chunksize + 1 if extra else max(chunksize, 1)
 
     def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1) -> Iterator[Any]:
@@ -210,16 +221,16 @@ class Pool:
         self._check_running()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        it = cls(self)
+        it = cls(self, self._credit)
         self._start_job(func, False, it, _chunks(iterable, chunksize))
         if chunksize == 1:
-            return _Unwrap(it)
-        return (item for chunk in it for item in chunk)
+            return _Results(it, unwrap=True)
+        return (item for chunk in _Results(it, unwrap=False) for item in chunk)
 
     def _start_job(self, func: Any, star: bool, sink: Any, chunks: Iterator[tuple[int, list[Any]]]) -> None:
         self._track(sink)
         try:
-            runner = serialization.dumps(runners.MapChunk(func, star), by_value=self._by_value)
+            runner = serialization.dumps(runners.MapChunk(func, star, self._init), by_value=self._by_value)
         except Exception as exc:
             sink.on_failure(exc)
             self._job_done(sink)
@@ -245,42 +256,56 @@ class Pool:
                 job, sink, chunks = self._feed[0]
             try:
                 self._feed_one(job, sink, chunks)
+            except Exception as exc:  # the feeder must outlive any one job
+                if self._state == RUN:
+                    sink.on_failure(exc)
             finally:
                 with self._feed_cond:
                     self._feed.popleft()
 
     def _feed_one(self, job: int, sink: Any, chunks: Iterator[tuple[int, list[Any]]]) -> None:
-        alive = lambda: self._state != TERMINATE  # noqa: E731
+        alive = lambda: self._state != TERMINATE and not getattr(sink, "_abandoned", False)  # noqa: E731
         batch: list[tuple[int, list[Any]]] = []
         started = 0.0
-        count = 0
+        handed = 0  # tasks sent or failed here: what the sink will hear about
+        next_id = 0
         by_value = self._by_value
         try:
             for task_id, chunk in chunks:
-                count = task_id + 1
+                next_id = task_id + 1
                 try:
                     frames = serialization.dumps(chunk, by_value=by_value)
                 except Exception as exc:
-                    sink.fail_chunk(task_id, exc)
+                    self._fail_chunk(sink, task_id, exc)
+                    handed += 1
                     continue
                 if not batch:
                     started = time.monotonic()
                 batch.append((task_id, frames))
                 if len(batch) >= FEED_BATCH or time.monotonic() - started >= FEED_FLUSH_S:
                     if not self._send(job, batch, alive):
-                        return
+                        break
+                    handed += len(batch)
                     batch = []
+            else:
+                if batch and self._send(job, batch, alive):
+                    handed += len(batch)
         except Exception as exc:  # the caller's iterable raised: that item fails
-            if batch and not self._send(job, batch, alive):
-                return
-            batch = []
-            sink.fail_chunk(count, exc)
-            count += 1
-        if batch and not self._send(job, batch, alive):
+            if batch and self._send(job, batch, alive):
+                handed += len(batch)
+            self._fail_chunk(sink, next_id, exc)
+            handed += 1
+        if self._state == TERMINATE:
             return
         if hasattr(sink, "set_length"):
-            sink.set_length(count)
+            sink.set_length(handed)
         self._session.end_job(job)
+
+    def _fail_chunk(self, sink: Any, task_id: int, exc: BaseException) -> None:
+        """A chunk that never left (its items did not pickle, or the iterable raised)."""
+        if getattr(sink, "holds_credit", False):
+            self._credit.add(1)  # given back when the caller consumes the failure
+        sink.fail_chunk(task_id, exc)
 
     def _send(self, job: int, batch: list[tuple[int, list[Any]]], alive: Callable[[], bool]) -> bool:
         if not self._credit.take(len(batch), alive):
@@ -344,21 +369,52 @@ class Pool:
                 pass
 
 
-class _Unwrap:
-    """imap with chunksize 1: each task's result is a one-item list."""
+def _send_by_value(modules: Iterable[Any]) -> None:
+    """Pickle these modules' functions and classes by value (for nodes that lack them)."""
+    import importlib
+    import types
 
-    __slots__ = ("it",)
+    import cloudpickle
 
-    def __init__(self, it: IMapIterator) -> None:
+    for module in modules:
+        if isinstance(module, str):
+            module = importlib.import_module(module)
+        if not isinstance(module, types.ModuleType):
+            raise TypeError(f"modules= takes modules or module names, not {module!r}")
+        cloudpickle.register_pickle_by_value(module)
+
+
+class _Results:
+    """What imap returns: the caller's handle on an IMapIterator.
+
+    Each task's result is a chunk (a list); with chunksize 1 it is unwrapped.
+    When the caller drops this handle before the end, the iterator is
+    abandoned so that the pool's feeder neither waits for nor feeds it.
+    """
+
+    __slots__ = ("done", "it", "unwrap")
+
+    def __init__(self, it: IMapIterator, *, unwrap: bool) -> None:
         self.it = it
+        self.unwrap = unwrap
+        self.done = False
 
-    def __iter__(self) -> _Unwrap:
+    def __iter__(self) -> _Results:
         return self
 
     def next(self, timeout: float | None = None) -> Any:
-        return self.it.next(timeout)[0]
+        try:
+            chunk = self.it.next(timeout)
+        except StopIteration:
+            self.done = True
+            raise
+        return chunk[0] if self.unwrap else chunk
 
     __next__ = next
+
+    def __del__(self) -> None:
+        if not self.done:
+            self.it.abandon()
 
 
 def _chunks(iterable: Iterable[Any], size: int) -> Iterator[tuple[int, list[Any]]]:

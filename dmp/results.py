@@ -129,16 +129,26 @@ class MapResult(_Waitable):
 
 
 class IMapIterator:
-    """Ordered results of ``imap``; ``next(timeout)`` as in multiprocessing."""
+    """Ordered results of ``imap``; ``next(timeout)`` as in multiprocessing.
 
-    def __init__(self, pool: Any, chunked: bool = False) -> None:
+    Backpressure: a task's credit is given back when the caller *consumes*
+    its result, not when it arrives, so a slow consumer slows the feeder
+    instead of piling results up. An iterator the caller drops is
+    :meth:`abandon`-ed: its buffered and future results give credit back at
+    once and its feeding stops.
+    """
+
+    holds_credit = True
+
+    def __init__(self, pool: Any, credit: Any = None) -> None:
         self._pool = pool
+        self._credit = credit
+        self._abandoned = False
         self._cond = threading.Condition(threading.Lock())
         self._items: collections.deque[tuple[bool, Any]] = collections.deque()
         self._unsorted: dict[int, tuple[bool, Any]] = {}
         self._index = 0
         self._length: int | None = None
-        self._chunked = chunked
         self._received = 0
         self._failure: BaseException | None = None
 
@@ -158,17 +168,35 @@ class IMapIterator:
                         raise StopIteration from None
                     raise TimeoutError from None
             ok, value = self._items.popleft()
+        if self._credit is not None:
+            self._credit.give(1)
         if ok:
             return value
         raise value
 
     __next__ = next
 
+    def abandon(self) -> None:
+        """The caller dropped us: give back what we hold and stop asking for more."""
+        with self._cond:
+            if self._abandoned:
+                return
+            self._abandoned = True
+            held = len(self._items) + len(self._unsorted)
+            self._items.clear()
+            self._unsorted.clear()
+        if held and self._credit is not None:
+            self._credit.give(held)
+
     # --- producer side --------------------------------------------------------------
 
     def _put(self, task_id: int, ok: bool, value: Any) -> None:
         with self._cond:
             self._received += 1
+            if self._abandoned:
+                if self._credit is not None:
+                    self._credit.give(1)
+                return
             self._place(task_id, ok, value)
             self._cond.notify()
 

@@ -1,8 +1,13 @@
 """What a worker calls for each task: the job's runner applied to the task.
 
-A job with no runner has tasks that are ``(func, args, kwds)`` triples
-(``apply``); a map job's runner is a :class:`MapChunk` whose tasks are
-lists of items. Runners pickle by value together with the user's function.
+A map job's runner is a :class:`MapChunk` whose tasks are lists of items; an
+apply job's runner is :class:`Apply`, whose tasks are ``(func, args, kwds)``
+triples. Runners pickle by value together with the user's function.
+
+In cluster mode a worker serves many pools, so a pool's ``initializer`` and
+``maxtasksperchild`` travel with its runners (:class:`PoolInit`): the
+initializer runs the first time a worker meets that pool, and a worker that
+has run ``maxtasksperchild`` of the pool's tasks retires after the current one.
 """
 
 from __future__ import annotations
@@ -10,26 +15,91 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+# Pools (by uid) this worker process has initialized, and tasks run per pool.
+_initialized: set[str] = set()
+_counts: dict[str, int] = {}
+# Set when this worker should exit after the current task (maxtasksperchild).
+retire = False
+
+
+class PoolInit:
+    """A cluster pool's initializer and maxtasksperchild, applied per worker."""
+
+    __slots__ = ("initargs", "initializer", "max_tasks", "uid")
+
+    def __init__(self, uid: str, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...], max_tasks: int) -> None:
+        self.uid = uid
+        self.initializer = initializer
+        self.initargs = initargs
+        self.max_tasks = max_tasks
+
+    def before(self) -> None:
+        if self.uid not in _initialized:
+            if self.initializer is not None:
+                self.initializer(*self.initargs)
+            _initialized.add(self.uid)
+
+    def after(self) -> None:
+        global retire
+        if self.max_tasks:
+            n = _counts.get(self.uid, 0) + 1
+            _counts[self.uid] = n
+            if n >= self.max_tasks:
+                retire = True
+
+    def __reduce__(self) -> Any:
+        return (PoolInit, (self.uid, self.initializer, self.initargs, self.max_tasks))
+
 
 def call(task: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:
     func, args, kwds = task
     return func(*args, **kwds)
 
 
+class Apply:
+    """Runs ``func(*args, **kwds)`` tasks, within a cluster pool's init."""
+
+    __slots__ = ("init",)
+
+    def __init__(self, init: PoolInit | None = None) -> None:
+        self.init = init
+
+    def __call__(self, task: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:
+        init = self.init
+        if init is None:
+            return call(task)
+        init.before()
+        try:
+            return call(task)
+        finally:
+            init.after()
+
+    def __reduce__(self) -> Any:
+        return (Apply, (self.init,))
+
+
 class MapChunk:
     """Runs ``func`` over one chunk of a map's items (``star``: items are arg tuples)."""
 
-    __slots__ = ("func", "star")
+    __slots__ = ("func", "init", "star")
 
-    def __init__(self, func: Callable[..., Any], star: bool) -> None:
+    def __init__(self, func: Callable[..., Any], star: bool, init: PoolInit | None = None) -> None:
         self.func = func
         self.star = star
+        self.init = init
 
     def __call__(self, items: list[Any]) -> list[Any]:
-        func = self.func
-        if self.star:
-            return [func(*args) for args in items]
-        return [func(x) for x in items]
+        init = self.init
+        if init is not None:
+            init.before()
+        try:
+            func = self.func
+            if self.star:
+                return [func(*args) for args in items]
+            return [func(x) for x in items]
+        finally:
+            if init is not None:
+                init.after()
 
     def __reduce__(self) -> Any:
-        return (MapChunk, (self.func, self.star))
+        return (MapChunk, (self.func, self.star, self.init))

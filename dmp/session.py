@@ -13,6 +13,7 @@ they must be quick and must not block.
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -113,13 +114,19 @@ class Session:
             for job, task_id, status, nframes, _run_s, info in msg.items:
                 payload = frames[pos : pos + nframes]
                 pos += nframes
-                if status != Status.CANCELLED:
-                    finished += 1
                 sink = sinks.get(job)
+                if status != Status.CANCELLED and not getattr(sink, "holds_credit", False):
+                    finished += 1
                 if sink is not None and sink.on_result(task_id, status, payload, info):
                     sinks.pop(job, None)
             if finished:
                 self.credit.give(finished)
+        elif isinstance(msg, protocol.Output):
+            stream = sys.stderr if msg.stream == "stderr" else sys.stdout
+            if stream is not None:
+                prefix = f"({msg.origin}) "
+                stream.write("".join(prefix + line + "\n" for line in msg.text.split("\n")))
+                stream.flush()
         elif isinstance(msg, protocol.Error):
             sink = self.sinks.pop(msg.ref, None)
             if sink is not None:

@@ -12,6 +12,7 @@ import itertools
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,7 @@ class Supervisor:
         max_tasks: int = 0,
         by_value: bool = False,
         heartbeat: bool = False,
+        forward_output: bool = False,
         name_prefix: str = "ForkPoolWorker",
     ) -> None:
         self.address = address
@@ -63,6 +65,7 @@ class Supervisor:
         self.max_tasks = max_tasks
         self.by_value = by_value
         self.heartbeat = heartbeat
+        self.forward_output = forward_output
         self.name_prefix = name_prefix
         self.handles: dict[int, _Handle] = {}  # sentinel fd -> handle
         self.by_id: dict[str, _Handle] = {}
@@ -90,6 +93,7 @@ class Supervisor:
             by_value=self.by_value,
             heartbeat=self.heartbeat,
             slot=slot,
+            forward_output=self.forward_output,
         )
         proc = _fork.Process(
             target=worker_mod.worker_main,
@@ -147,9 +151,10 @@ class Supervisor:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
+        deadline = time.monotonic() + timeout  # one deadline for all, not one each
         for fd, handle in list(self.handles.items()):
-            handle.process.join(timeout)
+            handle.process.join(max(0.0, deadline - time.monotonic()))
             if handle.process.exitcode is None:
                 os.kill(handle.process.pid, signal.SIGKILL)
-                handle.process.join(timeout)
+                handle.process.join(5.0)
             self.reap(fd)

@@ -105,6 +105,9 @@ def make_socket(kind: int, *, identity: bytes | None = None) -> zmq.Socket[Any]:
     sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
     if identity is not None:
         sock.setsockopt(zmq.ROUTING_ID, identity)
+    # Reconnect after a lost peer with exponential backoff, 100 ms up to 5 s.
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
     if kind == zmq.ROUTER:
         # Fail loudly instead of silently dropping a message to an unknown peer.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)

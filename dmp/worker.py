@@ -13,8 +13,10 @@ exactly which task killed it (the others queued here are requeued uncharged).
 from __future__ import annotations
 
 import collections
+import io
 import mmap
 import os
+import signal
 import socket
 import struct
 import sys
@@ -70,6 +72,7 @@ class WorkerConfig:
         by_value: bool = False,
         heartbeat: bool = False,
         slot: mmap.mmap | None = None,
+        forward_output: bool = False,
     ) -> None:
         self.address = address
         self.worker_id = worker_id
@@ -81,14 +84,22 @@ class WorkerConfig:
         self.by_value = by_value
         self.heartbeat = heartbeat
         self.slot = slot
+        self.forward_output = forward_output
 
 
 def worker_main(cfg: WorkerConfig) -> None:
     """Entry point of a forked worker process; returns when it should exit."""
     transport.forget_context_after_fork()
+    # The parent's handlers (a node's graceful-stop handler, say) are not ours:
+    # SIGTERM ends a worker at once.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if cfg.initializer is not None:
         cfg.initializer(*cfg.initargs)
-    Worker(cfg).run()
+    worker = Worker(cfg)
+    if cfg.forward_output:
+        sys.stdout = _Forward(worker, "stdout")
+        sys.stderr = _Forward(worker, "stderr")
+    worker.run()
 
 
 class Worker:
@@ -105,6 +116,8 @@ class Worker:
         self.first_unflushed = 0.0
         self.done = 0
         self.stopping = False
+        self.current = -1  # key of the task running now
+        self.origin = f"{cfg.node} pid={os.getpid()}"
 
     def hello(self) -> None:
         self.chan.send(
@@ -185,6 +198,7 @@ class Worker:
 
     def run_one(self) -> None:
         key, job_key, attempt, frames = self.queue.popleft()
+        self.current = key
         slot = self.cfg.slot
         if slot is not None:
             _SLOT.pack_into(slot, 0, key, attempt)
@@ -206,6 +220,8 @@ class Worker:
         except BaseException as exc:  # a task's SystemExit is its result, not our exit
             if isinstance(exc, KeyboardInterrupt):
                 raise
+            if isinstance(exc, ImportError) and self.cfg.by_value:
+                exc = _name_the_node(exc, self.cfg.node)
             status = protocol.Status.RAISED
             payload = serialization.dump_exception(exc, by_value=by_value)
         else:
@@ -216,8 +232,14 @@ class Worker:
                 wrapped = MaybeEncodingError(exc, result)
                 payload = serialization.dump_exception(wrapped, by_value=by_value)
         run_s = time.perf_counter() - t0
+        if self.cfg.forward_output:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        self.current = -1
         if slot is not None:
             _SLOT.pack_into(slot, 0, -1, 0)
+        if runners.retire:
+            self.stopping = True  # maxtasksperchild of a cluster pool: a fresh process next
         self.done += 1
         self.out_items.append([key, attempt, int(status), len(payload), run_s, info])
         self.out_frames.extend(payload)
@@ -228,7 +250,48 @@ class Worker:
         items, frames = self.out_items, self.out_frames
         self.out_items, self.out_frames = [], []
         self.chan.send(protocol.Results(items), frames)
-        sys.stdout.flush() if sys.stdout else None
+        if sys.stdout is not None:
+            sys.stdout.flush()
+
+    def output(self, stream: str, text: str) -> None:
+        """Lines a task printed go to the client that submitted it."""
+        self.chan.send(protocol.Output(0, self.current, stream, text, self.origin))
+
+
+class _Forward(io.TextIOBase):
+    """sys.stdout/sys.stderr of a cluster worker: whole lines become Output messages."""
+
+    def __init__(self, worker: Worker, stream: str) -> None:
+        self.worker = worker
+        self.stream = stream
+        self.buf = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.buf += text
+        if "\n" in text:
+            head, _, self.buf = self.buf.rpartition("\n")
+            self.worker.output(self.stream, head)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.buf:
+            text, self.buf = self.buf, ""
+            self.worker.output(self.stream, text)
+
+
+def _name_the_node(exc: ImportError, node: str) -> ImportError:
+    """Same exception type, with a message naming the module and the node."""
+    text = (
+        f"{exc} (on worker node {node!r}, pid {os.getpid()}: install the module there, "
+        "or send it by value with Pool(..., modules=[...]))"
+    )
+    try:
+        return type(exc)(text, name=exc.name, path=exc.path)
+    except TypeError:
+        return ImportError(text, name=exc.name)
 
 
 class _LazyRunner:

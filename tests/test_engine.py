@@ -113,3 +113,18 @@ def test_worker_segfault_is_retried_then_reported(pool) -> None:
     assert info.value.exitcode == -11
     assert "SIGSEGV" in str(info.value)
     assert pool.apply(square, (3,)) == 9
+
+
+@pytest.mark.timeout(60)
+def test_abandoned_imap_over_an_endless_generator_frees_the_pool(pool) -> None:
+    import itertools
+
+    it = pool.imap(square, itertools.count(), chunksize=3)
+    assert [next(it) for _ in range(5)] == [0, 1, 4, 9, 16]
+    del it  # abandoned: its feeding stops and its credit comes back
+    assert pool.map(square, range(50)) == [x * x for x in range(50)]
+    unordered = pool.imap_unordered(square, itertools.count())
+    assert next(unordered) >= 0
+    del unordered
+    pool.close()
+    pool.join()  # nothing left waiting on the abandoned iterators

@@ -224,6 +224,8 @@ class Manager:
                 if protocol.count_frames(msg.items, 3) != len(frames) or any(len(i) != 6 for i in msg.items):
                     raise ProtocolError("Results items do not match their frames")
                 self._carry_out(self.scheduler.results(peer_id, msg.items, frames))
+            elif isinstance(msg, protocol.Output):
+                self._forward_output(msg)
             elif isinstance(msg, protocol.Bye):
                 self._forget(peer_id)
             elif not isinstance(msg, protocol.Heartbeat):
@@ -281,6 +283,15 @@ class Manager:
             self._forget(peer)
         elif not isinstance(msg, protocol.Heartbeat):
             self._send(peer, protocol.Error(ErrorCode.BAD_MESSAGE, f"clients may not send {type(msg).__name__}"), [])
+
+    def _forward_output(self, msg: protocol.Output) -> None:
+        task = self.scheduler.tasks.get(msg.task)
+        if task is None:
+            log.info("output from %s outside any task: %s", msg.origin, msg.text[:200])
+            return
+        job = task.job
+        out = protocol.Output(job.job_id, task.task_id, msg.stream, msg.text, msg.origin)
+        self._send(job.client, out, [])
 
     # --- worker deaths -------------------------------------------------------------------
 

@@ -290,3 +290,38 @@ def fill_shared(d: Any, lst: Any, ns: Any) -> None:
     d["child"] = True
     lst.append(3)
     ns.x = ns.x + 1
+
+
+class CarriesLock(Exception):
+    """An exception whose payload cannot be pickled."""
+
+
+def raise_with_lock(_: Any = None) -> None:
+    raise CarriesLock("holding a lock", threading.Lock())
+
+
+class BadInit(Exception):
+    """Pickles fine, but unpickling calls BadInit(msg) and fails."""
+
+    def __init__(self, msg: str, code: int) -> None:
+        super().__init__(msg)
+        self.code = code
+
+
+def raise_bad_init(_: Any = None) -> None:
+    raise BadInit("cannot be rebuilt", 7)
+
+
+def big_bytes(n: int) -> bytes:
+    return b"x" * n
+
+
+def print_lines(text: str) -> None:
+    print(text, flush=False)
+    print(text + "-err", file=sys.stderr)
+
+
+def pool_in_child(mp: Any, q: Any) -> None:
+    """Uses a Pool from inside a (non-daemon) child process."""
+    with mp.Pool(2) as p:
+        q.put(p.map(square, range(10)))

@@ -404,6 +404,49 @@ def test_unpicklable_argument(mp: Any) -> None:
         assert p.map(f.square, [2, 3]) == [4, 9]
 
 
+def test_unpicklable_exception(mp: Any) -> None:
+    with mp.Pool(2) as p:
+        with pytest.raises(MaybeEncodingError):
+            p.apply(f.raise_with_lock)
+        assert p.apply(f.square, (3,)) == 9
+
+
+@pytest.mark.dmp_only
+def test_exception_that_cannot_be_rebuilt(mp: Any) -> None:
+    # stdlib's result-handler thread dies unpickling it and the call hangs
+    # forever; dmp reports a clear error and keeps the pool working.
+    with mp.Pool(2) as p:
+        t0 = time.monotonic()
+        with pytest.raises(Exception) as info:
+            p.apply(f.raise_bad_init)
+        assert time.monotonic() - t0 < 20
+        assert "cannot be rebuilt" in str(info.value) or "BadInit" in repr(info.value)
+        assert p.apply(f.square, (3,)) == 9
+
+
+def test_large_result(mp: Any) -> None:
+    n = 20 * 1024 * 1024
+    with mp.Pool(2) as p:
+        assert p.apply(f.big_bytes, (n,)) == b"x" * n
+        assert [len(b) for b in p.map(f.big_bytes, [10, n // 4, 0])] == [10, n // 4, 0]
+
+
+def test_get_twice_returns_the_same(mp: Any) -> None:
+    with mp.Pool(2) as p:
+        r = p.apply_async(f.identity, ([1, 2],))
+        assert r.get(10) == [1, 2]
+        assert r.get(10) == [1, 2]
+        e = p.apply_async(f.raise_value_error, ("again",))
+        for _ in range(2):
+            with pytest.raises(ValueError, match="again"):
+                e.get(10)
+
+
+def test_default_processes(mp: Any) -> None:
+    with mp.Pool() as p:
+        assert p.map(f.square, range(10)) == [i * i for i in range(10)]
+
+
 # --- lifecycle ------------------------------------------------------------------------
 
 
@@ -478,6 +521,43 @@ def test_context_manager_exit_terminates(mp: Any) -> None:
     p.join()
 
 
+def _long_gen(n: int) -> Any:
+    yield from range(n)
+
+
+@pytest.mark.parametrize("how", ["imap", "imap_unordered", "map_async"])
+def test_terminate_while_feeding_raises_nothing_in_background(mp: Any, how: str) -> None:
+    # Leaving the pool while its input is still being fed must stop the
+    # feeding quietly: no exception may escape in a background thread.
+    errors: list[str] = []
+    old_hook = threading.excepthook
+
+    def hook(args: Any) -> None:
+        errors.append(
+            f"{args.thread.name if args.thread else '?'}: {args.exc_type.__name__}: {args.exc_value}"
+        )
+
+    threading.excepthook = hook
+    before = set(threading.enumerate())
+    try:
+        with mp.Pool(2) as p:
+            if how == "map_async":
+                p.map_async(f.square, _long_gen(200_000), chunksize=1)
+                time.sleep(0.2)
+            else:
+                it = getattr(p, how)(f.square, _long_gen(200_000), chunksize=1)
+                next(it)
+        p.join()
+        # Give the threads the pool started a moment to finish, so an error
+        # they raise lands here and not in a later test.
+        deadline = time.monotonic() + 3
+        for t in set(threading.enumerate()) - before:
+            t.join(max(0.0, deadline - time.monotonic()))
+    finally:
+        threading.excepthook = old_hook
+    assert errors == []
+
+
 def test_context_manager_returns_pool(mp: Any) -> None:
     p = mp.Pool(2)
     with p as q:
@@ -498,6 +578,40 @@ def test_processes_must_be_positive(mp: Any) -> None:
         mp.Pool(0)
 
 
+def test_two_pools_at_once(mp: Any) -> None:
+    with mp.Pool(2) as p1, mp.Pool(2) as p2:
+        r1 = p1.map_async(f.square, range(50))
+        r2 = p2.starmap_async(f.add, [(i, 1) for i in range(50)])
+        assert r1.get(10) == [i * i for i in range(50)]
+        assert r2.get(10) == [i + 1 for i in range(50)]
+        assert set(p1.map(f.getpid, range(4))).isdisjoint(p2.map(f.getpid, range(4)))
+
+
+def test_pool_used_after_other_pool_closed(mp: Any) -> None:
+    with mp.Pool(2) as p:
+        assert p.apply(f.square, (2,)) == 4
+    with mp.Pool(2) as p:
+        assert p.apply(f.square, (3,)) == 9
+
+
+def test_pool_inside_child_process(mp: Any) -> None:
+    # A forked child builds its own pool (and, for dmp, its own engine).
+    with mp.Pool(2) as p:
+        assert p.apply(f.square, (2,)) == 4  # the parent's engine is live
+        q = mp.Queue()
+        child = mp.Process(target=f.pool_in_child, args=(mp, q))
+        child.start()
+        try:
+            assert q.get(timeout=20) == [i * i for i in range(10)]
+            child.join(10)
+            assert child.exitcode == 0
+        finally:
+            if child.is_alive():
+                child.kill()
+            child.join(5)
+        assert p.apply(f.square, (3,)) == 9  # and still is
+
+
 # --- worker lifetime, initializer, globals -----------------------------------------------
 
 
@@ -506,6 +620,14 @@ def test_maxtasksperchild(mp: Any) -> None:
         pids = [p.apply_async(f.getpid).get(10) for _ in range(5)]
     # Each worker exits after one task, so every task ran in a fresh process.
     assert len(set(pids)) == 5
+
+
+def test_maxtasksperchild_many_in_flight(mp: Any) -> None:
+    # Retiring workers race with new assignments: none may be lost.
+    with mp.Pool(2, maxtasksperchild=1) as p:
+        results = [p.apply_async(f.getpid) for _ in range(30)]
+        pids = [r.get(20) for r in results]
+    assert len(set(pids)) == 30
 
 
 def test_maxtasksperchild_map(mp: Any) -> None:

@@ -297,6 +297,19 @@ def test_is_alive_lifecycle(mp: Any) -> None:
         _reap(p)
 
 
+def test_child_output_reaches_parent(mp: Any, capfd: Any) -> None:
+    p = mp.Process(target=f.print_lines, args=("hello from the child",))
+    try:
+        p.start()
+        p.join(10)
+        assert p.exitcode == 0
+    finally:
+        _reap(p)
+    out, err = capfd.readouterr()
+    assert "hello from the child" in out
+    assert "hello from the child-err" in err
+
+
 def test_cpu_count(mp: Any) -> None:
     assert mp.cpu_count() == os.cpu_count()
 
