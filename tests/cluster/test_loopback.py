@@ -122,3 +122,66 @@ def test_manager_refuses_a_public_bind_without_authkey() -> None:
     )
     assert out.returncode == 2
     assert "authkey" in out.stderr and "--authkey-file" in out.stderr
+
+
+def shout(x: int) -> int:
+    print(f"task {x} says hi")
+    return x
+
+
+def test_task_output_reaches_the_client_prefixed_with_node_and_pid(cluster, capfd) -> None:
+    with dmp.Pool(address=cluster.address) as pool:
+        assert pool.map(shout, range(3)) == [0, 1, 2]
+    out = capfd.readouterr().out
+    for x in range(3):
+        line = next(ln for ln in out.splitlines() if ln.endswith(f"task {x} says hi"))
+        assert line.startswith("(node") and "pid=" in line
+
+
+_seen_init: list[str] = []
+
+
+def remember(token: str) -> None:
+    _seen_init.append(token)
+
+
+def initialized() -> list[str]:
+    return list(_seen_init)
+
+
+def pid(_: object = None) -> int:
+    return os.getpid()
+
+
+def test_initializer_and_maxtasksperchild_on_nodes(cluster) -> None:
+    with dmp.Pool(address=cluster.address, initializer=remember, initargs=("tok",)) as pool:
+        assert all(seen == ["tok"] for seen in pool.map(lambda _: initialized(), range(20), chunksize=1))
+    with dmp.Pool(address=cluster.address, maxtasksperchild=1) as pool:
+        pids = pool.map(pid, range(12), chunksize=1)
+    assert len(set(pids)) == 12  # every task ran in a fresh worker process
+
+
+def test_missing_module_error_names_module_and_node(cluster) -> None:
+    with dmp.Pool(address=cluster.address) as pool, pytest.raises(ModuleNotFoundError) as info:
+        pool.apply(lambda: __import__("surely_not_installed_here"))
+    assert "surely_not_installed_here" in str(info.value) and "node" in str(info.value)
+
+
+def test_nodes_rejoin_a_restarted_manager(cluster) -> None:
+    manager = cluster.procs[0]
+    manager.terminate()
+    manager.wait(10)
+    cluster.procs[0] = cluster.spawn("manager", "--bind", cluster.address)
+    cluster.wait_slots(4, timeout=30)  # the nodes came back by themselves
+    with dmp.Pool(address=cluster.address) as pool:
+        assert pool.map(where, range(10))[9][0] == 81
+
+
+def test_in_flight_work_fails_fast_when_the_manager_goes_away(cluster) -> None:
+    import time
+
+    with dmp.Pool(address=cluster.address) as pool:
+        result = pool.apply_async(time.sleep, (30,))
+        cluster.procs[0].terminate()
+        with pytest.raises(dmp.ManagerUnavailableError):
+            result.get(20)
