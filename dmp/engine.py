@@ -99,6 +99,20 @@ class ClusterEngine:
         _live.discard(self)  # type: ignore[arg-type]
 
 
+_shared: dict[tuple[str, bytes | None], ClusterEngine] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_cluster(address: str, authkey: bytes | None) -> ClusterEngine:
+    """One session per manager for this process's remote Processes (and proxies)."""
+    with _shared_lock:
+        engine = _shared.get((address, authkey))
+        if engine is None or engine.session.closed is not None:
+            engine = ClusterEngine(address=address, authkey=authkey)
+            _shared[(address, authkey)] = engine
+        return engine
+
+
 @atexit.register
 def _stop_all() -> None:
     for engine in list(_live):

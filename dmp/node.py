@@ -79,6 +79,8 @@ class Node:
                             if not joined:
                                 log.info("joined manager %s", self.address)
                             joined = True
+                        elif isinstance(msg, protocol.SignalWorker):
+                            self.signal_worker(msg)
                         elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.UNKNOWN_PEER:
                             chan.send(hello)
                         elif isinstance(msg, protocol.Error):
@@ -110,6 +112,17 @@ class Node:
             chan.send(protocol.Bye("node stopping"))
             self.supervisor.stop(kill=False, timeout=5.0)
             chan.close()
+
+
+    def signal_worker(self, msg: protocol.SignalWorker) -> None:
+        """Only ever signal our own worker processes, never an arbitrary pid."""
+        if self.supervisor.pid_of(msg.worker) != msg.pid or msg.pid <= 0:
+            log.warning("ignoring a signal for unknown worker %s pid %s", msg.worker, msg.pid)
+            return
+        try:
+            os.kill(msg.pid, msg.signum)
+        except (ProcessLookupError, ValueError, OSError) as exc:
+            log.warning("could not signal pid %d: %s", msg.pid, exc)
 
 
 def run_node(address: str, *, processes: int, name: str, key: bytes | None) -> None:

@@ -1,19 +1,36 @@
-"""``dmp.Process``: multiprocessing's Process, forked locally.
+"""``dmp.Process``: multiprocessing's Process, forked locally or run on a node.
 
-In local mode this is the standard library's fork-started process (same pid,
-sentinel, exitcode and ``current_process`` semantics). Cluster mode, where the
-target runs on a worker node, builds on the same class.
+Local mode is the standard library's fork-started process (same pid,
+sentinel, exitcode and ``current_process`` semantics). In cluster mode
+``start()`` sends the process object (cloudpickle, by value) to the manager
+as a one-task job; a worker announces it (pid), runs ``run()``, retires, and
+the exit code comes back. ``_ClusterPopen`` stands in for multiprocessing's
+Popen object, so join/is_alive/exitcode/terminate/kill/sentinel keep their
+standard meaning.
+
+    start() -> DefineJob(RunProcess) + Submit -> manager -> worker
+    worker --TaskStarted(pid)--> client        worker --Output--> client's stdout
+    worker --Results(exit code)--> client      (or LOST: the signal's exit code)
+    terminate()/kill() -> SignalJob -> manager -> node -> os.kill(worker pid)
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from dmp import _config
+from dmp import _config, runners, serialization
+from dmp.protocol import Status
 
 _ForkProcess: Any = multiprocessing.get_context("fork").Process
+
+# How long start() waits for a worker to pick the process up (to know its pid)
+# before returning; a busy cluster may run it later.
+START_WAIT_S = 5.0
 
 
 class Process(_ForkProcess):  # type: ignore[misc]
@@ -31,10 +48,94 @@ class Process(_ForkProcess):  # type: ignore[misc]
         address: object = None,
     ) -> None:
         super().__init__(group, target, name, tuple(args), dict(kwargs or {}), daemon=daemon)
-        target_ = _config.resolve(address)
-        if target_.address is not None:
-            raise NotImplementedError("cluster mode Process is not available yet")
-        self._dmp_address = target_.address
+        self._dmp_target = _config.resolve(address)
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        target = getattr(process_obj, "_dmp_target", None)
+        if target is not None and target.address is not None:
+            return _ClusterPopen(process_obj, target)
+        return _ForkProcess._Popen(process_obj)
+
+
+class _ClusterPopen:
+    """multiprocessing's Popen interface for a process running on a worker node."""
+
+    method = "dmp-cluster"
+
+    def __init__(self, process_obj: Any, target: _config.Target) -> None:
+        from dmp.engine import shared_cluster
+
+        self.returncode: int | None = None
+        self.pid: int | None = None
+        self.node = ""
+        self._started = threading.Event()
+        self._done = threading.Event()
+        self.sentinel, self._write_end = os.pipe()
+        engine = shared_cluster(target.address or "", target.authkey)
+        self._session = engine.session
+        runner = serialization.dumps(runners.RunProcess.of(process_obj), by_value=True)
+        self._job = self._session.new_job(self, runner, 0)
+        self._session.credit.add(1)
+        self._session.submit(self._job, [(0, serialization.dumps(None, by_value=True))])
+        self._session.end_job(self._job)
+        self._started.wait(START_WAIT_S)
+
+    # --- session sink ------------------------------------------------------
+
+    def on_started(self, pid: int, node: str) -> None:
+        self.pid, self.node = pid, node
+        self._started.set()
+
+    def on_result(self, task_id: int, status: int, frames: list[Any], info: Any) -> bool:
+        if status == Status.OK:
+            code = serialization.loads(frames)
+            self._finish(code if isinstance(code, int) else 1)
+        elif status == Status.LOST and isinstance(info, list) and len(info) == 4:
+            self.pid = self.pid or int(info[2] or 0) or None
+            self._finish(int(info[3]) if info[3] is not None else -signal.SIGKILL)
+        else:
+            self._finish(1)
+        return True
+
+    def on_failure(self, exc: BaseException) -> None:
+        # The manager went away: the process's fate is unknown; report it dead.
+        self._finish(-signal.SIGKILL)
+
+    def _finish(self, code: int) -> None:
+        if self._done.is_set():
+            return
+        self.returncode = code
+        self._started.set()
+        self._done.set()
+        os.close(self._write_end)  # the sentinel becomes readable
+
+    # --- Popen interface -----------------------------------------------------
+
+    def poll(self, flag: int = os.WNOHANG) -> int | None:
+        if flag != os.WNOHANG:
+            self._done.wait()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        self._done.wait(timeout)
+        return self.returncode
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
+        if not self._done.is_set():
+            self._session.signal_job(self._job, signum)
+
+    def close(self) -> None:
+        try:
+            os.close(self.sentinel)
+        except OSError:
+            pass
 
 
 current_process = multiprocessing.current_process

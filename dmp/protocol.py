@@ -252,7 +252,40 @@ class Output(Message):
     origin: str = ""
 
 
+@message(18)
+@dataclass(slots=True)
+class TaskStarted(Message):
+    """Worker -> manager -> client: a remote Process's task began (its pid).
+    Worker side: ``job`` is 0 and ``task`` the task key; client side: job and task id."""
+
+    job: int
+    task: int
+    pid: int
+    node: str = ""
+
+
+@message(19)
+@dataclass(slots=True)
+class SignalJob(Message):
+    """Client -> manager: send ``signum`` to the processes running this job's tasks
+    (``Process.terminate``/``kill`` in cluster mode)."""
+
+    job: int
+    signum: int
+
+
 # --- nodes and status --------------------------------------------------------
+
+
+@message(23)
+@dataclass(slots=True)
+class SignalWorker(Message):
+    """Manager -> node: send ``signum`` to worker process ``worker`` (its pid)."""
+
+    worker: str
+    pid: int
+    signum: int
+
 
 
 @message(20)
@@ -279,6 +312,124 @@ class StatusReply(Message):
     """Manager -> asker: the status object of ``dmp status --json``."""
 
     status: dict[str, Any] = field(default_factory=dict)
+
+
+# --- shared objects ----------------------------------------------------------
+#
+#   client --ObjCreate/ObjCall--> manager: ObjectServer
+#       reactor kinds (Queue, Lock, ...): a state machine answers, or parks the
+#       request until the change it waits for (or its deadline) comes
+#       host kind (dict, list, Namespace, registered types):
+#           manager --HostCall--> object host --HostReply--> manager
+#   manager --ObjReply--> client
+#
+# ``timeout`` in ObjCall: -1.0 waits forever, 0.0 does not wait, else seconds.
+
+
+class ObjStatus(enum.IntEnum):
+    """Outcome of one shared-object request, in ``ObjReply.status``."""
+
+    OK = 0  # value (plain data) and/or payload (the pickled result)
+    RAISED = 1  # payload: the pickled (exception, traceback text) from the object host
+    FAILED = 2  # value: [exception name, text] from the manager (Empty, Full, ...)
+
+
+@message(30)
+@dataclass(slots=True)
+class ObjCreate(Message):
+    """Client -> manager: make a shared object. Reply: ObjReply with its ``oid``.
+
+    ``kind`` is a reactor kind ("Queue", "Lock", ...) with plain constructor
+    ``args``, or "host" (payload: the pickled (callable or None, args, kwargs,
+    exposed, method_to_typeid) for the object host, ``typeid`` its name).
+    """
+
+    ref: int
+    kind: str
+    typeid: str = ""
+    args: list[Any] = field(default_factory=list)
+
+
+@message(31)
+@dataclass(slots=True)
+class ObjCall(Message):
+    """Client -> manager: call ``method`` of object ``oid``. Reply: ObjReply.
+
+    ``thread`` identifies the calling thread (lock ownership); payload: the
+    item, value or raw bytes of a reactor kind, or the pickled (args, kwargs)
+    of a host kind.
+    """
+
+    ref: int
+    oid: int
+    method: str
+    args: list[Any] = field(default_factory=list)
+    timeout: float = -1.0
+    thread: int = 0
+
+
+@message(32)
+@dataclass(slots=True)
+class ObjReply(Message):
+    """Manager -> client: the outcome of request ``ref`` (an ``ObjStatus``).
+    ``oid`` is non-zero when the request made a new object."""
+
+    ref: int
+    status: int
+    value: Any = None
+    oid: int = 0
+
+
+@message(33)
+@dataclass(slots=True)
+class ObjRelease(Message):
+    """Client -> manager: this peer holds these objects no more. No reply."""
+
+    oids: list[int] = field(default_factory=list)
+
+
+@message(34)
+@dataclass(slots=True)
+class HostReady(Message):
+    """Object host -> manager: this peer runs the host kinds from now on."""
+
+    pid: int = 0
+
+
+@message(35)
+@dataclass(slots=True)
+class HostCall(Message):
+    """Manager -> object host: call ``method`` of ``oid`` ("__create__" with
+    ``typeid`` to make one). ``tag`` is fresh: the reply's key, and the id of
+    the object the call makes, if it makes one. Payload: the client's, untouched."""
+
+    tag: int
+    oid: int
+    method: str
+    typeid: str = ""
+
+
+@message(36)
+@dataclass(slots=True)
+class HostReply(Message):
+    """Object host -> manager: outcome of ``tag`` (an ``ObjStatus``). ``made``
+    names the typeid of the object made under id ``tag`` (``value``: its
+    exposed methods); ``retain`` lists the objects whose proxies the host
+    unpickled and keeps."""
+
+    tag: int
+    status: int
+    value: Any = None
+    made: str = ""
+    retain: list[int] = field(default_factory=list)
+
+
+@message(37)
+@dataclass(slots=True)
+class HostDrop(Message):
+    """Manager -> object host: forget these objects (nobody holds them)."""
+
+    oids: list[int] = field(default_factory=list)
 
 
 # --- wire encoding -----------------------------------------------------------

@@ -103,3 +103,58 @@ class MapChunk:
 
     def __reduce__(self) -> Any:
         return (MapChunk, (self.func, self.star, self.init))
+
+
+# Attributes of a multiprocessing Process that belong to the parent's side.
+_PARENT_ONLY = frozenset({"_config", "_popen", "_parent_pid", "_parent_name", "_identity", "_closed"})
+
+
+class RunProcess:
+    """Runs a (cluster-mode) ``dmp.Process``'s ``run()`` on a worker; returns its exit code.
+
+    The worker announces the task (its pid) before running it and retires
+    afterwards, so the next task gets a fresh process, as a Process would.
+    """
+
+    announce = True
+
+    def __init__(self, cls: Any, state: dict[str, Any]) -> None:
+        self.cls = cls
+        self.state = state
+
+    @classmethod
+    def of(cls, process: Any) -> RunProcess:
+        state = {k: v for k, v in vars(process).items() if k not in _PARENT_ONLY}
+        return cls(type(process), state)
+
+    def __call__(self, _task: Any) -> int:
+        import sys
+        import traceback
+
+        global retire
+        retire = True
+        obj = self.cls.__new__(self.cls)
+        obj.__dict__.update(self.state)
+        obj._config = {}
+        try:
+            obj.run()
+            code = 0
+        except SystemExit as exc:
+            if exc.code is None:
+                code = 0
+            elif isinstance(exc.code, int):
+                code = exc.code
+            else:
+                print(exc.code, file=sys.stderr)
+                code = 1
+        except BaseException:
+            print(f"Process {self.state.get('_name', '?')}:", file=sys.stderr)
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        return code
+
+    def __reduce__(self) -> Any:
+        return (RunProcess, (self.cls, self.state))

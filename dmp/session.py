@@ -98,6 +98,9 @@ class Session:
     def cancel_job(self, job: int) -> None:
         self._post(protocol.CancelJob(job), [])
 
+    def signal_job(self, job: int, signum: int) -> None:
+        self._post(protocol.SignalJob(job, signum), [])
+
     def _post(self, msg: protocol.Message, frames: list[Any]) -> None:
         if self.closed is not None:
             raise self.closed
@@ -121,6 +124,10 @@ class Session:
                     sinks.pop(job, None)
             if finished:
                 self.credit.give(finished)
+        elif isinstance(msg, protocol.TaskStarted):
+            started = getattr(self.sinks.get(msg.job), "on_started", None)
+            if started is not None:
+                started(msg.pid, msg.node)
         elif isinstance(msg, protocol.Output):
             stream = sys.stderr if msg.stream == "stderr" else sys.stdout
             if stream is not None:

@@ -157,6 +157,9 @@ class Worker:
                         self.flush()
         finally:
             self.flush()
+            # Said on the socket the results went out on, so the manager knows
+            # every result is in before it hears of the exit from our supervisor.
+            self.chan.send(protocol.Bye("worker exiting"))
             self.chan.close()
 
     def idle(self) -> None:
@@ -216,6 +219,8 @@ class Worker:
                 raise ProtocolError(f"task {key} names job {job_key} that this worker was never sent")
             task = serialization.loads(frames)
             fn = runner.get()
+            if getattr(fn, "announce", False):
+                self.chan.send(protocol.TaskStarted(0, key, os.getpid(), self.cfg.node))
             result = fn(task) if fn is not None else runners.call(task)
         except BaseException as exc:  # a task's SystemExit is its result, not our exit
             if isinstance(exc, KeyboardInterrupt):

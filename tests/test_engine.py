@@ -128,3 +128,22 @@ def test_abandoned_imap_over_an_endless_generator_frees_the_pool(pool) -> None:
     del unordered
     pool.close()
     pool.join()  # nothing left waiting on the abandoned iterators
+
+
+def exit_zero(marker: str) -> int:
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(0)
+    return 7
+
+
+@pytest.mark.timeout(60)
+def test_os_exit_zero_mid_task_is_a_death_not_a_clean_exit(pool, tmp_path) -> None:
+    assert pool.apply(exit_zero, (str(tmp_path / "m"),)) == 7
+
+    def always_exit_zero() -> None:
+        os._exit(0)
+
+    with pytest.raises(dmp.WorkerLostError) as info:
+        pool.apply(always_exit_zero)
+    assert info.value.exitcode == 0

@@ -35,6 +35,8 @@ VERSION = "0.1.0"
 HEARTBEAT_S = 1.0
 # A remote peer silent for this many heartbeats is declared gone.
 LIVENESS = 5
+# How long a cleanly exited worker's Bye may lag its supervisor's report.
+EXIT_GRACE_S = 2.0
 # Messages drained from the socket per loop turn before timers get a look in.
 DRAIN_BATCH = 512
 
@@ -97,6 +99,7 @@ class Manager:
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._stopping = False
         self._closed = False
+        self._exiting: dict[str, float] = {}  # workers that exited cleanly, awaiting their Bye
         self._on_idle: list[Callable[[], None]] = []
         self.started = time.time()
         self._n_local = 0
@@ -226,6 +229,8 @@ class Manager:
                 self._carry_out(self.scheduler.results(peer_id, msg.items, frames))
             elif isinstance(msg, protocol.Output):
                 self._forward_output(msg)
+            elif isinstance(msg, protocol.TaskStarted):
+                self._forward_started(msg)
             elif isinstance(msg, protocol.Bye):
                 self._forget(peer_id)
             elif not isinstance(msg, protocol.Heartbeat):
@@ -277,12 +282,32 @@ class Manager:
             self._carry_out(sched.end_job(peer, msg.job))
         elif isinstance(msg, protocol.CancelJob):
             self._carry_out(sched.cancel_job(peer, msg.job))
+        elif isinstance(msg, protocol.SignalJob):
+            self._signal_job(peer, msg.job, msg.signum)
         elif isinstance(msg, protocol.StatusRequest):
             self._send(peer, protocol.StatusReply(self.status()), [])
         elif isinstance(msg, protocol.Bye):
             self._forget(peer)
         elif not isinstance(msg, protocol.Heartbeat):
             self._send(peer, protocol.Error(ErrorCode.BAD_MESSAGE, f"clients may not send {type(msg).__name__}"), [])
+
+    def _forward_started(self, msg: protocol.TaskStarted) -> None:
+        task = self.scheduler.tasks.get(msg.task)
+        if task is not None:
+            job = task.job
+            self._send(job.client, protocol.TaskStarted(job.job_id, task.task_id, msg.pid, msg.node), [])
+
+    def _signal_job(self, peer: str, job_id: int, signum: int) -> None:
+        """Process.terminate/kill in cluster mode: signal the workers running the job."""
+        nodes = {p.name: p for p in self.peers.values() if p.role == Role.NODE}
+        for worker in self.scheduler.workers.values():
+            if any(t.job.client == peer and t.job.job_id == job_id for t in worker.assigned.values()):
+                node = nodes.get(worker.node)
+                if node is not None and node.ident is not None:
+                    msg = protocol.SignalWorker(_worker_id(worker.peer), worker.pid, signum)
+                    self._send_raw(node.ident, msg)
+                elif self.supervisor is not None:
+                    self.supervisor.kill(_worker_id(worker.peer))
 
     def _forward_output(self, msg: protocol.Output) -> None:
         task = self.scheduler.tasks.get(msg.task)
@@ -310,6 +335,12 @@ class Manager:
             self.supervisor.spawn()
 
     def _worker_exit(self, peer_id: str, exitcode: int, running: int) -> None:
+        if exitcode == 0 and running < 0 and peer_id in self.scheduler.workers:
+            # A clean exit: the worker said Bye after its last results, on its
+            # own socket, which may still be in flight. Wait for it a little,
+            # or its finished tasks would be run twice.
+            self._exiting[peer_id] = time.monotonic() + EXIT_GRACE_S
+            return
         self.peers.pop(peer_id, None)
         self._carry_out(self.scheduler.remove_worker(peer_id, exitcode, running))
 
@@ -325,7 +356,9 @@ class Manager:
             return
         role = peer.role if peer else Role.CLIENT
         if role == Role.WORKER:
-            self._carry_out(self.scheduler.remove_worker(peer_id, None))
+            # A worker's Bye comes after its last results: nothing is running.
+            self._exiting.pop(peer_id, None)
+            self._carry_out(self.scheduler.remove_worker(peer_id, 0, -1))
         elif role == Role.CLIENT:
             self._carry_out(self.scheduler.remove_client(peer_id))
             self._carry_out(self.objects.peer_gone(peer_id))
@@ -335,6 +368,11 @@ class Manager:
                 self._carry_out(self.scheduler.remove_worker(worker.peer, None))
 
     def _tick(self, now: float) -> None:
+        for peer_id, until in list(self._exiting.items()):
+            if until <= now:
+                del self._exiting[peer_id]
+                self.peers.pop(peer_id, None)
+                self._carry_out(self.scheduler.remove_worker(peer_id, 0, -1))
         deadline = now - self.heartbeat_s * LIVENESS
         for peer in list(self.peers.values()):
             if peer.role in (Role.CLIENT, Role.NODE, Role.STATUS) and peer.last_seen < deadline:

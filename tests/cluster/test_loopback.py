@@ -185,3 +185,47 @@ def test_in_flight_work_fails_fast_when_the_manager_goes_away(cluster) -> None:
         cluster.procs[0].terminate()
         with pytest.raises(dmp.ManagerUnavailableError):
             result.get(20)
+
+
+def greet_and_exit(name: str) -> None:
+    import sys
+
+    print("hello", name)
+    sys.exit(3)
+
+
+def test_remote_process_runs_on_a_node(cluster, capfd) -> None:
+    import signal
+    import time
+    from multiprocessing.connection import wait
+
+    p = dmp.Process(target=greet_and_exit, args=("bob",), address=cluster.address)
+    p.start()
+    assert p.pid is not None and p.pid != os.getpid()
+    p.join(30)
+    assert p.exitcode == 3 and not p.is_alive()
+    lines = [ln for ln in capfd.readouterr().out.splitlines() if ln.endswith("hello bob")]
+    assert len(lines) == 1 and f"pid={p.pid}" in lines[0]  # ran once, output forwarded
+
+    class Sleeper(dmp.Process):
+        def run(self) -> None:
+            time.sleep(30)
+
+    s = Sleeper(address=cluster.address)
+    s.start()
+    assert s.is_alive()
+    s.terminate()
+    s.join(20)
+    assert s.exitcode == -signal.SIGTERM
+
+    k = dmp.Process(target=time.sleep, args=(30,), address=cluster.address)
+    k.start()
+    k.kill()
+    assert wait([k.sentinel], 20) == [k.sentinel]
+    assert k.exitcode == -signal.SIGKILL
+
+    e = dmp.Process(target=lambda: 1 / 0, address=cluster.address)
+    e.start()
+    e.join(20)
+    assert e.exitcode == 1
+    assert "ZeroDivisionError" in capfd.readouterr().err
