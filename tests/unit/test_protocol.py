@@ -43,7 +43,23 @@ SAMPLES: dict[str, protocol.Message] = {
     "WorkerExited": protocol.WorkerExited("w-1", 4242, -9, 100),
     "StatusRequest": protocol.StatusRequest(),
     "StatusReply": protocol.StatusReply({"slots": 8, "nodes": [{"name": "a", "busy": 1}]}),
+    "TaskStarted": protocol.TaskStarted(3, 1, 4242, "node-a"),
+    "SignalJob": protocol.SignalJob(3, 15),
+    "SignalWorker": protocol.SignalWorker("node-a/1-1", 4242, 9),
 }
+
+
+# --- shared objects (issue 3) ---
+SAMPLES.update({
+    "ObjCreate": protocol.ObjCreate(1, "Queue", "Queue", [10]),
+    "ObjCall": protocol.ObjCall(2, 5, "get", [], 0.5, 140234),
+    "ObjReply": protocol.ObjReply(2, protocol.ObjStatus.FAILED, ["Empty", ""], 0),
+    "ObjRelease": protocol.ObjRelease([5, 6]),
+    "HostReady": protocol.HostReady(4242),
+    "HostCall": protocol.HostCall(9, 5, "__getitem__", ""),
+    "HostReply": protocol.HostReply(9, protocol.ObjStatus.OK, ["dict", ["get"]], "dict", [7]),
+    "HostDrop": protocol.HostDrop([5]),
+})
 
 
 def _header(*parts: Any) -> bytes:
@@ -320,6 +336,8 @@ _BY_TYPE: dict[Any, st.SearchStrategy[Any]] = {
     list[list[int]]: st.lists(st.lists(_int, max_size=5), max_size=8),
     list[list[Any]]: st.lists(st.lists(_plain, max_size=6), max_size=6),
     dict[str, Any]: st.dictionaries(st.text(max_size=10), _plain, max_size=6),
+    list[Any]: st.lists(_plain, max_size=6),  # shared objects
+    Any: _plain,
 }
 
 
