@@ -23,6 +23,16 @@ MAX_RETRIES = 3
 MAX_OUTSTANDING_TASKS = 4096
 
 
+# Manager limits (dmp manager --max-message-mb / --max-clients). A message is
+# every frame of one ZeroMQ message; 1 GiB lets a big array through while a
+# runaway client cannot make the daemon allocate without bound.
+MAX_MESSAGE_BYTES = 1 << 30
+MAX_CLIENTS = 1024
+# Tasks one client may have queued in the manager; honest clients stay far
+# below it (their credit is MAX_OUTSTANDING_TASKS), a flood is refused.
+MAX_QUEUED_PER_CLIENT = 1_000_000
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """Where work goes: ``address`` None means local mode."""

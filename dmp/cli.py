@@ -52,7 +52,9 @@ def cmd_manager(args: argparse.Namespace) -> int:
         )
         return 2
     _logging()
-    manager = Manager(bind=[bind], key=key)
+    manager = Manager(
+        bind=[bind], key=key, max_message=int(args.max_message_mb * 1024 * 1024), max_clients=args.max_clients
+    )
     signal.signal(signal.SIGTERM, lambda *_: manager.stop())
     signal.signal(signal.SIGINT, lambda *_: manager.stop())
     logging.getLogger("dmp.manager").info("manager listening on %s", ", ".join(manager.endpoints))
@@ -125,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("manager", help="run the manager daemon in the foreground")
     p.add_argument("--bind", default=DEFAULT_BIND, help=f"ZeroMQ endpoint to bind (default {DEFAULT_BIND})")
     p.add_argument("--authkey-file", help="file holding the shared secret (else DMP_AUTHKEY)")
+    p.add_argument("--max-message-mb", type=float, default=_config.MAX_MESSAGE_BYTES / 2**20,
+                   help="largest message accepted, in MiB (default %(default)g)")
+    p.add_argument("--max-clients", type=int, default=_config.MAX_CLIENTS,
+                   help="most clients connected at once (default %(default)d)")
     p.set_defaults(func=cmd_manager)
     p = sub.add_parser("worker", help="run a worker node joined to a manager")
     p.add_argument("address", help="the manager, tcp://HOST:PORT")

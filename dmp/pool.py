@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from dmp import _config, runners, serialization
-from dmp.errors import ProcessError
+from dmp.errors import MessageTooLargeError, ProcessError
 from dmp.protocol import Status
 from dmp.results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
 
@@ -157,7 +157,12 @@ class Pool:
         self._track(result)
         self._credit.add(1)
         self._apply.results[task_id] = result
-        self._session.submit(self._apply_job, [(task_id, frames)])
+        try:
+            self._session.submit(self._apply_job, [(task_id, frames)])
+        except MessageTooLargeError as exc:
+            self._apply.results.pop(task_id, None)
+            self._credit.give(1)
+            result.on_failure(exc)
         return result
 
     # --- map family ------------------------------------------------------------------------
@@ -283,15 +288,15 @@ class Pool:
                     started = time.monotonic()
                 batch.append((task_id, frames))
                 if len(batch) >= FEED_BATCH or time.monotonic() - started >= FEED_FLUSH_S:
-                    if not self._send(job, batch, alive):
+                    if not self._send(job, batch, alive, sink):
                         break
                     handed += len(batch)
                     batch = []
             else:
-                if batch and self._send(job, batch, alive):
+                if batch and self._send(job, batch, alive, sink):
                     handed += len(batch)
         except Exception as exc:  # the caller's iterable raised: that item fails
-            if batch and self._send(job, batch, alive):
+            if batch and self._send(job, batch, alive, sink):
                 handed += len(batch)
             self._fail_chunk(sink, next_id, exc)
             handed += 1
@@ -307,11 +312,18 @@ class Pool:
             self._credit.add(1)  # given back when the caller consumes the failure
         sink.fail_chunk(task_id, exc)
 
-    def _send(self, job: int, batch: list[tuple[int, list[Any]]], alive: Callable[[], bool]) -> bool:
+    def _send(self, job: int, batch: list[tuple[int, list[Any]]], alive: Callable[[], bool], sink: Any = None) -> bool:
         if not self._credit.take(len(batch), alive):
             return False
         try:
             self._session.submit(job, batch)
+        except MessageTooLargeError as exc:
+            self._credit.give(len(batch))
+            if len(batch) == 1:  # this task alone is too big: it fails, the rest go on
+                self._fail_chunk(sink, batch[0][0], exc)
+                return True
+            half = len(batch) // 2
+            return self._send(job, batch[:half], alive, sink) and self._send(job, batch[half:], alive, sink)
         except BaseException:
             self._credit.give(len(batch))
             raise

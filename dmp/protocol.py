@@ -139,6 +139,8 @@ class Welcome(Message):
     version: str
     heartbeat_s: float
     slots: int = 0  # worker slots in the cluster now
+    max_message: int = 0  # bytes; larger messages are refused (0: no limit)
+    nonce: bytes = b""  # with an authkey: the session every later message is signed in
 
 
 @message(3)
@@ -544,10 +546,11 @@ class Signer:
     def __init__(self, key: bytes | None) -> None:
         self.key = key or None
 
-    def sign(self, frames: Sequence[bytes | memoryview | Any]) -> bytes:
+    def sign(self, frames: Sequence[bytes | memoryview | Any], context: bytes = b"") -> bytes:
+        """MAC of ``context`` (session nonce and counter) and the frames."""
         if self.key is None:
             return b""
-        mac = hmac.new(self.key, digestmod=hashlib.sha256)
+        mac = hmac.new(self.key, context, digestmod=hashlib.sha256)
         for frame in frames:
             # Each frame's length goes in first, so bytes cannot be moved
             # across a frame boundary without breaking the signature.
@@ -556,10 +559,10 @@ class Signer:
             mac.update(frame)
         return mac.digest()
 
-    def verify(self, signature: bytes | memoryview, frames: Sequence[Any]) -> bool:
+    def verify(self, signature: bytes | memoryview, frames: Sequence[Any], context: bytes = b"") -> bool:
         if self.key is None:
             return True
-        return hmac.compare_digest(bytes(signature), self.sign(frames))
+        return hmac.compare_digest(bytes(signature), self.sign(frames, context))
 
 
 def count_frames(items: Sequence[Sequence[Any]], index: int) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 import zmq
 
 from dmp import _config, protocol, transport
-from dmp.errors import AuthenticationError, ManagerUnavailableError
+from dmp.errors import AuthenticationError, ManagerUnavailableError, MessageTooLargeError
 
 HEARTBEAT_S = 1.0
 LIVENESS = 5
@@ -52,6 +52,19 @@ class RemoteLink:
             raise self._error
 
     def post(self, msg: protocol.Message, frames: list[Any]) -> None:
+        """Queue a message for the I/O thread.
+
+        Raises:
+            MessageTooLargeError: its payload exceeds the manager's limit.
+        """
+        limit = self.welcome.max_message if self.welcome is not None else 0
+        if limit and frames:
+            size = sum(f.nbytes if isinstance(f, memoryview) else len(f) for f in frames)
+            if size > limit:
+                raise MessageTooLargeError(
+                    f"a {type(msg).__name__} of {size} bytes exceeds the manager's limit of {limit} "
+                    "bytes (dmp manager --max-message-mb)"
+                )
         self.outbox.append((msg, frames))
         self._poke()
 
@@ -131,6 +144,8 @@ class RemoteLink:
             return ManagerUnavailableError(f"the dmp manager at {self.address} went away: {msg.reason}")
         elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.AUTH:
             return AuthenticationError(f"the dmp manager at {self.address} refused our authkey")
+        elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.REFUSED and not self._ready.is_set():
+            return ManagerUnavailableError(f"the dmp manager at {self.address} refused this client: {msg.text}")
         elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.VERSION:
             return ManagerUnavailableError(f"the dmp manager at {self.address}: {msg.text}")
         elif not isinstance(msg, protocol.Heartbeat):

@@ -114,18 +114,63 @@ def make_socket(kind: int, *, identity: bytes | None = None) -> zmq.Socket[Any]:
     return sock
 
 
+# Messages that may travel outside a session (signed with an empty nonce).
+_SESSIONLESS = (protocol.Hello, protocol.Welcome, protocol.Error)
+NONCE_BYTES = 16
+
+
+class _Session:
+    """One authenticated conversation: its nonce and a counter each way."""
+
+    __slots__ = ("nonce", "seen", "sent")
+
+    def __init__(self, nonce: bytes) -> None:
+        self.nonce = nonce
+        self.sent = 0
+        self.seen = 0
+
+
 class Channel:
     """A socket that speaks dmp messages. Not thread-safe: one owner thread.
 
     ``routed`` channels (ROUTER) carry the peer's routing id as the first frame.
+
+    With a key, every message carries ``counter (8 bytes) + HMAC-SHA256``
+    over the session nonce, the counter and every frame with its length.
+    Hello, Welcome and Error travel outside a session (empty nonce, counter
+    0); the manager's Welcome carries a fresh nonce that signs everything
+    after it, and each side accepts only increasing counters. A message
+    captured from one session is therefore refused in any other, and
+    refused again in its own. A DEALER holds back what it sends after Hello
+    until the Welcome arrives.
     """
 
-    __slots__ = ("routed", "signer", "sock")
+    __slots__ = ("_held", "routed", "sessions", "signer", "sock")
 
     def __init__(self, sock: zmq.Socket[Any], key: bytes | None) -> None:
         self.sock = sock
         self.signer = protocol.Signer(key)
         self.routed = sock.type == zmq.ROUTER
+        self.sessions: dict[bytes | None, _Session] = {}
+        self._held: list[tuple[protocol.Message, Sequence[Any], int]] = []
+
+    # --- sessions (manager side) --------------------------------------------------
+
+    def open_session(self, ident: bytes) -> bytes:
+        """A fresh nonce for peer ``ident``; put it in the Welcome."""
+        if self.signer.key is None:
+            return b""
+        nonce = os.urandom(NONCE_BYTES)
+        self.sessions[ident] = _Session(nonce)
+        return nonce
+
+    def close_session(self, ident: bytes) -> None:
+        self.sessions.pop(ident, None)
+
+    def has_session(self, ident: bytes | None) -> bool:
+        return ident in self.sessions
+
+    # --- messages -----------------------------------------------------------------------
 
     def send(
         self,
@@ -137,7 +182,23 @@ class Channel:
     ) -> None:
         sizes, physical = protocol.pack(frames)
         body = [protocol.encode(msg, sizes), *physical]
-        parts: list[Any] = [self.signer.sign(body), *body]
+        if self.signer.key is None:
+            sig = b""
+        else:
+            session = self.sessions.get(to)
+            if isinstance(msg, _SESSIONLESS) or session is None:
+                if not self.routed and isinstance(msg, protocol.Hello):
+                    self.sessions.pop(None, None)  # a new session starts with the Welcome
+                elif not self.routed and not isinstance(msg, _SESSIONLESS):
+                    self._held.append((msg, frames, flags))
+                    return
+                nonce, counter = b"", 0
+            else:
+                session.sent += 1
+                nonce, counter = session.nonce, session.sent
+            count = counter.to_bytes(8, "little")
+            sig = count + self.signer.sign(body, nonce + count)
+        parts: list[Any] = [sig, *body]
         if to is not None:
             parts.insert(0, to)
         self.sock.send_multipart(parts, flags=flags, copy=False)
@@ -147,8 +208,7 @@ class Channel:
 
         Raises:
             zmq.Again: with NOBLOCK and nothing to read.
-            ProtocolError: garbage; the raw parts were consumed.
-            AuthenticationError: the signature did not verify.
+            Refused: garbage, a bad signature, a replay; the raw parts were consumed.
         """
         parts = self.sock.recv_multipart(flags, copy=False)
         ident: bytes | None = None
@@ -159,14 +219,46 @@ class Channel:
             raise _Refused(ident, ProtocolError(f"message has {len(parts)} frames, expected 2 or more"))
         body = parts[1:]
         views = [p.buffer for p in body]
-        if not self.signer.verify(parts[0].bytes, views):
-            raise _Refused(ident, AuthenticationError("message signature does not verify (wrong authkey?)"))
+        sessionless = False
+        if self.signer.key is not None:
+            sessionless = self._verify(ident, parts[0].bytes, views)
         try:
             msg, sizes = protocol.decode(views[0])
             frames = protocol.unpack(sizes, views[1:])
         except ProtocolError as exc:
             raise _Refused(ident, exc) from None
+        if sessionless:
+            if not isinstance(msg, _SESSIONLESS):
+                raise _Refused(ident, AuthenticationError("message is not part of an authenticated session"))
+            if not self.routed and isinstance(msg, protocol.Welcome):
+                self._welcomed(msg.nonce)
         return ident, msg, frames
+
+    def _verify(self, ident: bytes | None, raw: bytes, views: list[Any]) -> bool:
+        """Check the signature; True if the message came outside any session."""
+        if len(raw) != 8 + 32:
+            raise _Refused(ident, AuthenticationError("message is not signed (does the peer have the authkey?)"))
+        count = raw[:8]
+        counter = int.from_bytes(count, "little")
+        session = self.sessions.get(ident)
+        if session is not None and counter > session.seen:
+            if self.signer.verify(raw[8:], views, session.nonce + count):
+                session.seen = counter
+                return False
+        if counter == 0 and self.signer.verify(raw[8:], views, count):
+            return True
+        raise _Refused(
+            ident,
+            AuthenticationError("message signature does not verify (wrong authkey, or a replayed or stale message)"),
+        )
+
+    def _welcomed(self, nonce: bytes) -> None:
+        if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES:
+            return
+        self.sessions[None] = _Session(nonce)
+        held, self._held = self._held, []
+        for msg, frames, flags in held:
+            self.send(msg, frames, flags=flags)
 
     def close(self) -> None:
         self.sock.close()

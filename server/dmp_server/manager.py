@@ -206,10 +206,20 @@ class Manager:
         log.warning("refused a message from %s: %s", _show(refused.ident), refused.error)
         if refused.ident is None:
             return
-        code = ErrorCode.AUTH if "signature" in str(refused.error) else ErrorCode.BAD_MESSAGE
-        if "version" in str(refused.error):
+        error = refused.error
+        if isinstance(error, AuthenticationError):
+            if self.chan.has_session(refused.ident):
+                code = ErrorCode.AUTH
+            else:
+                # No session: a peer with the right key that we forgot (we
+                # restarted) can verify this Error and says Hello again; one
+                # with a wrong key cannot, and reports AuthenticationError.
+                code = ErrorCode.UNKNOWN_PEER
+        elif "version" in str(error):
             code = ErrorCode.VERSION
-        self._send_raw(refused.ident, protocol.Error(code, str(refused.error)))
+        else:
+            code = ErrorCode.BAD_MESSAGE
+        self._send_raw(refused.ident, protocol.Error(code, str(error)))
 
     def _handle_remote(self, ident: bytes, msg: protocol.Message, frames: list[Any]) -> None:
         peer_id = ident.hex()
@@ -251,11 +261,17 @@ class Manager:
             return
         if peer_id in self.peers:
             self._forget(peer_id)  # a reconnect under the same identity: start clean
+        if msg.role == Role.CLIENT and sum(1 for p in self.peers.values() if p.role == Role.CLIENT) >= self.max_clients:
+            log.warning("refused client %s from %s: at the limit of %d clients", msg.name, msg.host, self.max_clients)
+            self._send_raw(ident, protocol.Error(ErrorCode.REFUSED, f"the manager is at its limit of {self.max_clients} clients"))
+            return
         now = time.monotonic()
         self.peers[peer_id] = Peer(
             peer_id, ident, msg.role, msg.name, msg.host, msg.pid, msg.node, msg.slots, now, now
         )
-        self._send_raw(ident, protocol.Welcome(peer_id, VERSION, self.heartbeat_s, len(self.scheduler.workers)))
+        nonce = self.chan.open_session(ident)
+        welcome = protocol.Welcome(peer_id, VERSION, self.heartbeat_s, len(self.scheduler.workers), self.max_message, nonce)
+        self._send_raw(ident, welcome)
         if msg.role == Role.WORKER:
             self._carry_out(self.scheduler.add_worker(peer_id, msg.node, msg.pid, msg.max_tasks))
         elif msg.role == Role.CLIENT:
@@ -269,6 +285,11 @@ class Manager:
         elif isinstance(msg, protocol.Submit):
             if protocol.count_frames(msg.tasks, 1) != len(frames) or any(len(t) != 2 for t in msg.tasks):
                 self._send(peer, protocol.Error(ErrorCode.BAD_MESSAGE, "frame count mismatch", msg.job), [])
+                return
+            client = sched.clients.get(peer)
+            if client is not None and client.queued + len(msg.tasks) > self.max_queued:
+                text = f"the manager holds {client.queued} queued tasks of this client, its limit is {self.max_queued}"
+                self._send(peer, protocol.Error(ErrorCode.REFUSED, text, msg.job), [])
                 return
             tasks = []
             pos = 0
@@ -352,6 +373,8 @@ class Manager:
 
     def _forget(self, peer_id: str) -> None:
         peer = self.peers.pop(peer_id, None)
+        if peer is not None and peer.ident is not None:
+            self.chan.close_session(peer.ident)
         if peer is None and peer_id not in self.locals:
             return
         role = peer.role if peer else Role.CLIENT

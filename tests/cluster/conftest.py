@@ -62,7 +62,7 @@ class Cluster:
                 proc.wait(5)
 
 
-def start_cluster(nodes: int = 2, authkey: bytes | None = None) -> Cluster:
+def start_cluster(nodes: int = 2, authkey: bytes | None = None, manager_args: tuple[str, ...] = ()) -> Cluster:
     address = f"tcp://127.0.0.1:{free_port()}"
     env = dict(os.environ)
     env.pop("DMP_ADDRESS", None)
@@ -71,7 +71,7 @@ def start_cluster(nodes: int = 2, authkey: bytes | None = None) -> Cluster:
     else:
         env.pop("DMP_AUTHKEY", None)
     cluster = Cluster(address, authkey, env=env)
-    cluster.spawn("manager", "--bind", address)
+    cluster.spawn("manager", "--bind", address, *manager_args)
     for i in range(nodes):
         cluster.worker(f"node{i + 1}")
     cluster.wait_slots(2 * nodes)

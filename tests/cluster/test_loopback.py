@@ -229,3 +229,77 @@ def test_remote_process_runs_on_a_node(cluster, capfd) -> None:
     e.join(20)
     assert e.exitcode == 1
     assert "ZeroDivisionError" in capfd.readouterr().err
+
+
+def size_of(b: bytes) -> int:
+    return len(b)
+
+
+def test_limits_give_clear_errors_and_spare_everyone_else() -> None:
+    c = start_cluster(nodes=1, manager_args=("--max-message-mb", "1", "--max-clients", "1"))
+    try:
+        with dmp.Pool(address=c.address) as pool:
+            with pytest.raises(dmp.errors.MessageTooLargeError, match="limit"):
+                pool.apply(size_of, (b"x" * (2 << 20),))
+            with pytest.raises(dmp.errors.MessageTooLargeError):
+                pool.map(size_of, [b"a", b"x" * (2 << 20), b"bc"], chunksize=1)
+            assert pool.map(size_of, [b"a", b"bc"] * 50) == [1, 2] * 50  # the pool goes on
+            with pytest.raises(dmp.ManagerUnavailableError, match="limit of 1 clients"):
+                dmp.Pool(address=c.address)
+        with dmp.Pool(address=c.address) as pool:  # the slot is free again
+            assert pool.apply(size_of, (b"abc",)) == 3
+    finally:
+        c.stop()
+
+
+def test_replayed_and_forged_messages_are_refused() -> None:
+    import zmq
+
+    from dmp import protocol, transport
+
+    key = b"replay key"
+    c = start_cluster(nodes=1, authkey=key)
+    try:
+        def connect() -> transport.Channel:
+            sock = transport.make_socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVTIMEO, 5000)
+            sock.connect(c.address)
+            return transport.Channel(sock, key)
+
+        def reply_to(sock: zmq.Socket, parts: list[bytes]) -> protocol.Message:
+            sock.send_multipart(parts)
+            msg, _ = protocol.decode(sock.recv_multipart()[1])
+            return msg
+
+        legit = connect()
+        legit.send(protocol.Hello(protocol.Role.CLIENT, "legit", "h", 1))
+        _, welcome, _ = legit.recv()
+        assert isinstance(welcome, protocol.Welcome) and len(welcome.nonce) == 16
+        # Capture what the legitimate client sends: a StatusRequest in its session.
+        captured: list[bytes] = []
+        real_send = legit.sock.send_multipart
+        legit.sock.send_multipart = lambda parts, **kw: (captured.extend(bytes(p) for p in parts), real_send(parts, **kw))[1]  # type: ignore[method-assign]
+        legit.send(protocol.StatusRequest())
+        legit.sock.send_multipart = real_send  # type: ignore[method-assign]
+        _, status, _ = legit.recv()
+        assert isinstance(status, protocol.StatusReply)
+        # Replayed on the same connection: the counter is old.
+        again = reply_to(legit.sock, captured)
+        assert isinstance(again, protocol.Error) and again.code == protocol.ErrorCode.AUTH
+        # Replayed from another connection: the session nonce is not its.
+        other = connect()
+        moved = reply_to(other.sock, captured)
+        assert isinstance(moved, protocol.Error) and moved.code == protocol.ErrorCode.UNKNOWN_PEER
+        # Forged with a wrong key: refused, and the daemon serves the rightful.
+        forged = transport.Channel(other.sock, b"wrong key")
+        forged.send(protocol.Hello(protocol.Role.CLIENT, "forger", "h", 2))
+        assert other.sock.poll(5000)
+        refused, _ = protocol.decode(other.sock.recv_multipart()[1])
+        assert isinstance(refused, protocol.Error)
+        with dmp.Pool(address=c.address, authkey=key) as pool:
+            assert pool.map(where, range(5))[4][0] == 16
+        legit.close()
+        other.close()
+    finally:
+        c.stop()

@@ -330,6 +330,7 @@ _plain = st.recursive(
 _int = st.integers(-(2**63), 2**63 - 1)
 _BY_TYPE: dict[Any, st.SearchStrategy[Any]] = {
     str: st.text(max_size=40),
+    bytes: st.binary(max_size=32),
     int: _int,
     float: st.floats(allow_nan=False),
     list[int]: st.lists(_int, max_size=8),
