@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import zmq
 
 from dmp import protocol, transport
-from dmp.errors import ProtocolError
+from dmp.errors import AuthenticationError, ProtocolError
 from dmp.protocol import ErrorCode, Role
 from dmp_server import objects
 from dmp_server.scheduler import Command, Kill, Scheduler, Send
