@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import zmq
 
-from dmp import protocol, transport
+from dmp import _config, protocol, transport
 from dmp.errors import AuthenticationError, ProtocolError
 from dmp.protocol import ErrorCode, Role
 from dmp_server import objects
@@ -82,9 +82,20 @@ class Manager:
         key: bytes | None = None,
         supervisor: LocalSupervisor | None = None,
         heartbeat_s: float = HEARTBEAT_S,
+        max_message: int = _config.MAX_MESSAGE_BYTES,
+        max_clients: int = _config.MAX_CLIENTS,
+        max_queued: int = _config.MAX_QUEUED_PER_CLIENT,
     ) -> None:
         self.key = key
-        self.chan = transport.Channel(transport.make_socket(zmq.ROUTER), key)
+        self.max_message = max_message
+        self.max_clients = max_clients
+        self.max_queued = max_queued
+        router = transport.make_socket(zmq.ROUTER)
+        # A frame over the limit makes ZeroMQ drop that peer's connection
+        # before the bytes are ever buffered; honest clients check first and
+        # get MessageTooLargeError instead.
+        router.setsockopt(zmq.MAXMSGSIZE, max_message)
+        self.chan = transport.Channel(router, key)
         self.endpoints: list[str] = []
         for endpoint in bind:
             self.chan.sock.bind(endpoint)
