@@ -52,8 +52,12 @@ def cmd_manager(args: argparse.Namespace) -> int:
         )
         return 2
     _logging()
+    if args.heartbeat_s <= 0:
+        print("dmp manager: --heartbeat-s must be positive", file=sys.stderr)
+        return 2
     manager = Manager(
-        bind=[bind], key=key, max_message=int(args.max_message_mb * 1024 * 1024), max_clients=args.max_clients
+        bind=[bind], key=key, max_message=int(args.max_message_mb * 1024 * 1024), max_clients=args.max_clients,
+        heartbeat_s=args.heartbeat_s,
     )
     signal.signal(signal.SIGTERM, lambda *_: manager.stop())
     signal.signal(signal.SIGINT, lambda *_: manager.stop())
@@ -113,8 +117,12 @@ def fetch_status(address: str, key: bytes | None, timeout: float) -> dict[str, A
         while (left := deadline - time.monotonic()) > 0:
             if not sock.poll(int(left * 1000) + 1):
                 break
-            _, msg, _ = chan.recv()
+            try:
+                _, msg, _ = chan.recv()
+            except transport.Refused as refused:
+                raise SystemExit(f"dmp status: the manager at {address} refused us: {refused.error}") from None
             if isinstance(msg, protocol.StatusReply):
+                chan.send(protocol.Bye("status done"))
                 return msg.status
         return None
     finally:
@@ -131,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="largest message accepted, in MiB (default %(default)g)")
     p.add_argument("--max-clients", type=int, default=_config.MAX_CLIENTS,
                    help="most clients connected at once (default %(default)d)")
+    p.add_argument("--heartbeat-s", type=float, default=1.0,
+                   help="heartbeat interval; a peer silent for 5 beats is declared lost (default %(default)g)")
     p.set_defaults(func=cmd_manager)
     p = sub.add_parser("worker", help="run a worker node joined to a manager")
     p.add_argument("address", help="the manager, tcp://HOST:PORT")

@@ -56,7 +56,8 @@ class Node:
         poller.register(sock, zmq.POLLIN)
         watched: set[int] = set()
         last_heard = time.monotonic()
-        next_beat = last_heard + HEARTBEAT_S
+        beat = HEARTBEAT_S  # until the manager's Welcome says otherwise
+        next_beat = last_heard + beat
         joined = False
         try:
             while not self._stop:
@@ -76,6 +77,7 @@ class Node:
                             continue
                         last_heard = time.monotonic()
                         if isinstance(msg, protocol.Welcome):
+                            beat = msg.heartbeat_s if msg.heartbeat_s > 0 else HEARTBEAT_S
                             if not joined:
                                 log.info("joined manager %s", self.address)
                             joined = True
@@ -98,8 +100,8 @@ class Node:
                         self.supervisor.spawn()
                 now = time.monotonic()
                 if now >= next_beat:
-                    next_beat = now + HEARTBEAT_S
-                    if now - last_heard > HEARTBEAT_S * LIVENESS:
+                    next_beat = now + beat
+                    if now - last_heard > beat * LIVENESS:
                         chan.send(hello)  # the manager may have restarted: introduce ourselves again
                         last_heard = now
                     else:

@@ -93,6 +93,7 @@ class RemoteLink:
         chan.send(hello)
         last_heard = time.monotonic()
         next_beat = last_heard + HEARTBEAT_S
+        self.beat = HEARTBEAT_S
         failure: BaseException | None = None
         try:
             while True:
@@ -122,9 +123,9 @@ class RemoteLink:
                         break
                 now = time.monotonic()
                 if now >= next_beat:
-                    next_beat = now + HEARTBEAT_S
+                    next_beat = now + self.beat
                     chan.send(protocol.Heartbeat())
-                    if now - last_heard > HEARTBEAT_S * LIVENESS:
+                    if now - last_heard > self.beat * LIVENESS:
                         failure = ManagerUnavailableError(f"the dmp manager at {self.address} stopped answering")
                         break
         finally:
@@ -139,6 +140,8 @@ class RemoteLink:
     def _handle(self, msg: protocol.Message, frames: list[Any]) -> BaseException | None:
         if isinstance(msg, protocol.Welcome):
             self.welcome = msg
+            if msg.heartbeat_s > 0:
+                self.beat = msg.heartbeat_s
             self._ready.set()
         elif isinstance(msg, protocol.Bye):
             return ManagerUnavailableError(f"the dmp manager at {self.address} went away: {msg.reason}")

@@ -145,7 +145,7 @@ class Channel:
     until the Welcome arrives.
     """
 
-    __slots__ = ("_held", "routed", "sessions", "signer", "sock")
+    __slots__ = ("_held", "peer_address", "routed", "sessions", "signer", "sock")
 
     def __init__(self, sock: zmq.Socket[Any], key: bytes | None) -> None:
         self.sock = sock
@@ -153,6 +153,7 @@ class Channel:
         self.routed = sock.type == zmq.ROUTER
         self.sessions: dict[bytes | None, _Session] = {}
         self._held: list[tuple[protocol.Message, Sequence[Any], int]] = []
+        self.peer_address = ""  # IP of the sender of the last Hello received
 
     # --- sessions (manager side) --------------------------------------------------
 
@@ -227,6 +228,11 @@ class Channel:
             frames = protocol.unpack(sizes, views[1:])
         except ProtocolError as exc:
             raise _Refused(ident, exc) from None
+        if isinstance(msg, protocol.Hello):
+            try:
+                self.peer_address = str(body[0].get("Peer-Address") or "")
+            except (zmq.ZMQError, AttributeError):
+                self.peer_address = ""
         if sessionless:
             if not isinstance(msg, _SESSIONLESS):
                 raise _Refused(ident, AuthenticationError("message is not part of an authenticated session"))

@@ -93,6 +93,8 @@ def worker_main(cfg: WorkerConfig) -> None:
     # The parent's handlers (a node's graceful-stop handler, say) are not ours:
     # SIGTERM ends a worker at once.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if cfg.heartbeat:
+        _die_with_parent()
     if cfg.initializer is not None:
         cfg.initializer(*cfg.initargs)
     worker = Worker(cfg)
@@ -117,6 +119,7 @@ class Worker:
         self.done = 0
         self.stopping = False
         self.current = -1  # key of the task running now
+        self.joined = False
         self.origin = f"{cfg.node} pid={os.getpid()}"
 
     def hello(self) -> None:
@@ -165,6 +168,8 @@ class Worker:
     def idle(self) -> None:
         if os.getppid() != self.parent:
             self.stopping = True  # our supervisor is gone
+        elif not self.joined:
+            self.hello()  # refused (our node had not joined yet) or unanswered: try again
         elif self.cfg.heartbeat:
             self.chan.send(protocol.Heartbeat())
 
@@ -194,8 +199,13 @@ class Worker:
                 self.runners.pop(job_key, None)
             if any(t[1] in gone for t in self.queue):
                 self.queue = collections.deque(t for t in self.queue if t[1] not in gone)
+        elif isinstance(msg, protocol.Welcome):
+            self.joined = True
         elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.UNKNOWN_PEER:
+            self.joined = False
             self.hello()  # the manager restarted and forgot us
+        elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.REFUSED:
+            self.joined = False  # say Hello again at the next idle tick
         elif isinstance(msg, protocol.Bye):
             self.stopping = True
 
@@ -245,6 +255,8 @@ class Worker:
             _SLOT.pack_into(slot, 0, -1, 0)
         if runners.retire:
             self.stopping = True  # maxtasksperchild of a cluster pool: a fresh process next
+        if self.cfg.heartbeat and os.getppid() != self.parent:
+            self.stopping = True  # our node died while we ran: an orphan must not go on
         self.done += 1
         self.out_items.append([key, attempt, int(status), len(payload), run_s, info])
         self.out_frames.extend(payload)
@@ -261,6 +273,23 @@ class Worker:
     def output(self, stream: str, text: str) -> None:
         """Lines a task printed go to the client that submitted it."""
         self.chan.send(protocol.Output(0, self.current, stream, text, self.origin))
+
+
+def _die_with_parent() -> None:
+    """Node workers get SIGKILL when their node dies (Linux PR_SET_PDEATHSIG).
+
+    Safe for node workers: the node forks them from its main thread, which
+    lives as long as the node. (Local pools are forked from any user thread,
+    so they rely on the parent-pid check instead.)
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 class _Forward(io.TextIOBase):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -272,14 +273,20 @@ class Manager:
             return
         if peer_id in self.peers:
             self._forget(peer_id)  # a reconnect under the same identity: start clean
+        if msg.role == Role.WORKER and self.supervisor is None and not any(
+            p.role == Role.NODE and p.name == msg.node for p in self.peers.values()
+        ):
+            # A worker of a node we do not know: its node is not (yet, or no
+            # longer) joined. An orphan of a dead node must not become a slot.
+            self._send_raw(ident, protocol.Error(ErrorCode.REFUSED, f"node {msg.node!r} has not joined"))
+            return
         if msg.role == Role.CLIENT and sum(1 for p in self.peers.values() if p.role == Role.CLIENT) >= self.max_clients:
             log.warning("refused client %s from %s: at the limit of %d clients", msg.name, msg.host, self.max_clients)
             self._send_raw(ident, protocol.Error(ErrorCode.REFUSED, f"the manager is at its limit of {self.max_clients} clients"))
             return
         now = time.monotonic()
-        self.peers[peer_id] = Peer(
-            peer_id, ident, msg.role, msg.name, msg.host, msg.pid, msg.node, msg.slots, now, now
-        )
+        host = self.chan.peer_address or msg.host
+        self.peers[peer_id] = Peer(peer_id, ident, msg.role, msg.name, host, msg.pid, msg.node, msg.slots, now, now)
         nonce = self.chan.open_session(ident)
         welcome = protocol.Welcome(peer_id, VERSION, self.heartbeat_s, len(self.scheduler.workers), self.max_message, nonce)
         self._send_raw(ident, welcome)
@@ -287,7 +294,7 @@ class Manager:
             self._carry_out(self.scheduler.add_worker(peer_id, msg.node, msg.pid, msg.max_tasks))
         elif msg.role == Role.CLIENT:
             self.scheduler.add_client(peer_id)
-        log.info("%s %s joined (pid %s on %s)", msg.role, msg.name or peer_id, msg.pid, msg.host)
+        log.info("%s %s joined (pid %s on %s)", msg.role, msg.name or peer_id, msg.pid, host)
 
     def _handle_client(self, peer: str, msg: protocol.Message, frames: list[Any]) -> None:
         sched = self.scheduler
@@ -331,15 +338,19 @@ class Manager:
 
     def _signal_job(self, peer: str, job_id: int, signum: int) -> None:
         """Process.terminate/kill in cluster mode: signal the workers running the job."""
-        nodes = {p.name: p for p in self.peers.values() if p.role == Role.NODE}
-        for worker in self.scheduler.workers.values():
+        for worker in list(self.scheduler.workers.values()):
             if any(t.job.client == peer and t.job.job_id == job_id for t in worker.assigned.values()):
-                node = nodes.get(worker.node)
-                if node is not None and node.ident is not None:
-                    msg = protocol.SignalWorker(_worker_id(worker.peer), worker.pid, signum)
-                    self._send_raw(node.ident, msg)
-                elif self.supervisor is not None:
-                    self.supervisor.kill(_worker_id(worker.peer))
+                self._kill_worker(worker.peer, signum)
+
+    def _kill_worker(self, peer_id: str, signum: int) -> None:
+        """Signal a worker process: ourselves in local mode, through its node otherwise."""
+        if self.supervisor is not None:
+            self.supervisor.kill(_worker_id(peer_id))
+            return
+        worker = self.scheduler.workers.get(peer_id)
+        node = next((p for p in self.peers.values() if p.role == Role.NODE and worker and p.name == worker.node), None)
+        if worker is not None and node is not None and node.ident is not None:
+            self._send_raw(node.ident, protocol.SignalWorker(_worker_id(peer_id), worker.pid, signum))
 
     def _forward_output(self, msg: protocol.Output) -> None:
         task = self.scheduler.tasks.get(msg.task)
@@ -427,8 +438,7 @@ class Manager:
             if isinstance(cmd, Send):
                 self._send(cmd.to, cmd.msg, cmd.frames)
             elif isinstance(cmd, Kill):
-                if self.supervisor is not None:
-                    self.supervisor.kill(_worker_id(cmd.worker))
+                self._kill_worker(cmd.worker, signal.SIGKILL)
 
     def _send(self, peer_id: str, msg: protocol.Message, frames: list[Any]) -> None:
         local = self.locals.get(peer_id)
