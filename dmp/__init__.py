@@ -54,15 +54,25 @@ RawArray = _fork.RawArray
 
 
 def Manager(address: object = None, authkey: bytes | str | None = None) -> Any:
-    """A started SyncManager (local mode).
+    """A started (local) or connected (cluster) :class:`dmp.managers.SyncManager`.
 
-    Local mode currently serves it with the standard library's manager
-    process; the ZeroMQ-served manager (and cluster mode) is not built yet.
+    With no address (argument, ``dmp.connect()`` or ``DMP_ADDRESS``) a manager
+    process is forked for this process, as ``multiprocessing.Manager()`` does;
+    with one, the manager is the daemon at that address.
+
+    Raises:
+        ManagerUnavailableError: no manager answered at the address.
+        AuthenticationError: the manager refused the authkey.
     """
+    from dmp.managers import SyncManager
+
     target = _config.resolve(address, authkey)
-    if target.address is not None:
-        raise NotImplementedError("connecting to a dmp manager daemon is not available yet")
-    return _fork.Manager()
+    manager = SyncManager(address=target.address, authkey=target.authkey)
+    if target.address is None:
+        manager.start()
+    else:
+        manager.connect()
+    return manager
 
 
 def cpu_count() -> int:

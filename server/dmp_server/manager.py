@@ -27,7 +27,7 @@ import zmq
 from dmp import _config, protocol, transport
 from dmp.errors import AuthenticationError, ProtocolError
 from dmp.protocol import ErrorCode, Role
-from dmp_server import objects
+from dmp_server import hostproc, objects
 from dmp_server.scheduler import Command, Kill, Scheduler, Send
 
 log = logging.getLogger("dmp.manager")
@@ -102,7 +102,9 @@ class Manager:
             self.chan.sock.bind(endpoint)
             self.endpoints.append(self.chan.sock.getsockopt_string(zmq.LAST_ENDPOINT))
         self.scheduler = Scheduler()
-        self.objects = objects.ObjectServer()
+        # Shared objects; a dict, list or registered type starts the object host beside us.
+        launcher = hostproc.SubprocessLauncher(self.endpoints[0], key) if self.endpoints else None
+        self.objects = objects.ObjectServer(launcher)
         self.supervisor = supervisor
         self.heartbeat_s = heartbeat_s
         self.peers: dict[str, Peer] = {}

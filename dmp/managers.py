@@ -1,0 +1,409 @@
+"""``multiprocessing.managers`` on the dmp manager: BaseManager, SyncManager, Server.
+
+    BaseManager.start() --fork--> manager process: the dmp_server reactor
+        (ipc:// by default, or the address given); on first need it forks the
+        object host, which inherits this process's registered callables
+    BaseManager.connect() / dmp.Manager(address=...) --> a running manager:
+        a `dmp manager` daemon, another start()-ed manager, or serve_forever()
+    manager.Queue() / Lock() / Event() ... --ObjCreate(kind)--> reactor state machine
+    manager.dict() / list() / Namespace() / Pool() / registered typeid
+        --ObjCreate("host")--> object host; the callable travels with cloudpickle
+        when the host may not have it (a daemon that never saw the user's code)
+    proxy.method() --ObjCall--> (see dmp.proxies)
+"""
+
+from __future__ import annotations
+
+import array
+import enum
+import multiprocessing
+import os
+import signal
+import threading
+import uuid
+import weakref
+from dataclasses import dataclass
+from multiprocessing.managers import Namespace
+from typing import Any
+
+from dmp import _config, objhost, protocol, proxies, serialization, transport
+from dmp.errors import ManagerUnavailableError, ProcessError
+from dmp.proxies import (
+    AcquirerProxy,
+    ArrayProxy,
+    AutoProxy,
+    BarrierProxy,
+    BaseProxy,
+    ConditionProxy,
+    DictProxy,
+    EventProxy,
+    IteratorProxy,
+    JoinableQueueProxy,
+    ListProxy,
+    LockProxy,
+    MakeProxyType,
+    NamespaceProxy,
+    PoolProxy,
+    QueueProxy,
+    SemaphoreProxy,
+    Token,
+    ValueProxy,
+)
+
+__all__ = [
+    "AutoProxy",
+    "BaseManager",
+    "BaseProxy",
+    "MakeProxyType",
+    "Namespace",
+    "Server",
+    "SyncManager",
+    "Token",
+]
+
+_fork = multiprocessing.get_context("fork")
+# Seconds start() waits for the forked manager process to say where it listens.
+START_TIMEOUT_S = 30.0
+# Typeids every object host knows itself: their callables never travel.
+_HOST_BUILTINS = frozenset({"dict", "list", "Namespace", "Pool", "Iterator", "AsyncResult"})
+
+
+class State(enum.Enum):
+    INITIAL = 0
+    STARTED = 1
+    SHUTDOWN = 2
+
+
+class ReactorKind:
+    """A typeid the manager serves itself; turns constructor arguments into plain data."""
+
+    def __init__(self, kind: str, encode: Any) -> None:
+        self.kind = kind
+        self.encode = encode  # (*args, **kwds) -> (plain args, payload frames, token info)
+
+    def __repr__(self) -> str:
+        return f"<dmp reactor kind {self.kind}>"
+
+
+def _no_args() -> tuple[list[Any], list[Any], Any]:
+    return [], [], None
+
+
+def _queue(maxsize: int = 0) -> tuple[list[Any], list[Any], Any]:
+    return [int(maxsize)], [], None
+
+
+def _semaphore(value: int = 1) -> tuple[list[Any], list[Any], Any]:
+    if value < 0:
+        raise ValueError("semaphore initial value must be >= 0")
+    return [int(value)], [], None
+
+
+def _condition(lock: Any = None) -> tuple[list[Any], list[Any], Any]:
+    if lock is not None:
+        raise TypeError("a managed Condition has its own lock in dmp; lock= is not supported")
+    return [], [], None
+
+
+def _barrier(parties: int, action: Any = None, timeout: float | None = None) -> tuple[list[Any], list[Any], Any]:
+    if action is not None:
+        raise TypeError("a managed Barrier cannot run an action in dmp (user code never runs in the manager)")
+    return [int(parties), timeout], [], None
+
+
+def _value(typecode: str, value: Any, lock: Any = True) -> tuple[list[Any], list[Any], Any]:
+    return [typecode], serialization.dumps(value), typecode
+
+
+def _array(typecode: str, sequence: Any, lock: Any = True) -> tuple[list[Any], list[Any], Any]:
+    return [typecode], [array.array(typecode, sequence).tobytes()], typecode
+
+
+@dataclass(frozen=True)
+class Registration:
+    callable: Any
+    exposed: tuple[str, ...] | None
+    method_to_typeid: dict[str, str] | None
+    proxytype: Any
+    create_method: bool = True
+
+
+class Server:
+    """What ``get_server()`` returns: ``serve_forever()`` runs the manager in this process."""
+
+    def __init__(self, registry: dict[str, Registration], address: str, authkey: bytes | None) -> None:
+        self.registry = registry
+        self.address = address
+        self.authkey = authkey
+        self._manager: Any = None
+
+    def serve_forever(self) -> None:
+        """Serve until SIGINT or SIGTERM (or :meth:`stop` from another thread).
+
+        Raises:
+            ValueError: a non-loopback address without an authkey.
+        """
+        manager = _make_manager(self.registry, self.address, self.authkey)
+        self._manager = manager
+        self.address = manager.endpoints[0]
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: manager.stop())
+        try:
+            manager.run()
+        finally:
+            manager.objects.launcher.stop()
+
+    def stop(self) -> None:
+        if self._manager is not None:
+            self._manager.stop()
+
+
+def _make_manager(registry: dict[str, Registration], address: str, key: bytes | None) -> Any:
+    from dmp_server.manager import Manager
+
+    if key is None and not transport.is_loopback(address):
+        raise ValueError(
+            f"refusing to serve {address} without an authkey: anyone who can reach it could run "
+            "code in the object host. Pass authkey=..., set DMP_AUTHKEY, or bind to 127.0.0.1."
+        )
+    manager = Manager(bind=[address], key=key)
+    manager.objects.launcher = objhost.ForkLauncher(manager.endpoints[0], key, registry)
+    return manager
+
+
+def _run_server(registry: dict[str, Registration], address: str, key: bytes | None, writer: Any,
+                initializer: Any, initargs: tuple[Any, ...]) -> None:
+    """The body of the manager process that start() forks."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the user's process, as in multiprocessing
+    transport.forget_context_after_fork()
+    if initializer is not None:
+        initializer(*initargs)
+    try:
+        manager = _make_manager(registry, address, key)
+    except Exception as exc:
+        writer.send(("error", f"{type(exc).__name__}: {exc}"))
+        writer.close()
+        return
+    signal.signal(signal.SIGTERM, lambda *_: manager.stop())
+    writer.send(("ok", manager.endpoints[0]))
+    writer.close()
+    try:
+        manager.run()
+    finally:
+        manager.objects.launcher.stop()
+
+
+def _finalize_manager(process: Any, address: str, creator: int, timeout: float) -> None:
+    if os.getpid() != creator:
+        return  # a forked child must not stop its parent's manager
+    proxies.forget(address)
+    if process.exitcode is None:
+        try:
+            os.kill(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        process.join(timeout)
+        if process.exitcode is None:
+            process.kill()
+            process.join(timeout)
+
+
+class BaseManager:
+    """Serve or reach shared objects: ``start()`` a manager process, or ``connect()`` to one.
+
+    ``address`` is a ``(host, port)`` tuple or a ZeroMQ endpoint (``tcp://host:port``,
+    ``ipc://path``); ``authkey`` defaults to ``DMP_AUTHKEY``, and start() without
+    either address or key makes a random key, as multiprocessing does.
+    """
+
+    _registry: dict[str, Registration] = {}
+
+    def __init__(self, address: Any = None, authkey: bytes | str | None = None, serializer: str = "pickle",
+                 ctx: Any = None, *, shutdown_timeout: float = 1.0) -> None:
+        self._address = _bind_address(address) if address is not None else None
+        self._authkey = _config.authkey_from(authkey)
+        self._serializer = serializer
+        self._state = State.INITIAL
+        self._process: Any = None
+        self._finalizer: Any = None
+        self._shutdown_timeout = shutdown_timeout
+
+    @property
+    def address(self) -> str | None:
+        return self._address
+
+    def get_server(self) -> Server:
+        if self._state != State.INITIAL:
+            raise ProcessError(f"manager is {self._state.name.lower()}, cannot get_server()")
+        if self._address is None:
+            raise ValueError("get_server() needs an address to serve on")
+        return Server(self._registry, self._address, self._authkey)
+
+    def connect(self) -> None:
+        """Connect to a running manager at ``address``.
+
+        Raises:
+            ManagerUnavailableError: nothing answered within the connect timeout.
+            AuthenticationError: the manager refused our authkey.
+        """
+        if self._address is None:
+            raise ValueError("connect() needs an address")
+        address = _connect_address(self._address)
+        proxies.remember_key(address, self._authkey)
+        proxies.connection(address, self._authkey)
+        self._address = address
+        self._state = State.STARTED
+
+    def start(self, initializer: Any = None, initargs: Any = ()) -> None:
+        """Fork a manager process serving this manager's registered types.
+
+        Raises:
+            ProcessError: already started or shut down.
+            ManagerUnavailableError: the manager process did not come up.
+        """
+        if self._state == State.STARTED:
+            raise ProcessError("Already started server")
+        if self._state == State.SHUTDOWN:
+            raise ProcessError("Manager has shut down")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        address = self._address or f"ipc://@dmp-manager-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        key = self._authkey
+        if key is None and self._address is None:
+            key = os.urandom(32)  # only this process and its children know it
+        reader, writer = _fork.Pipe(duplex=False)
+        process = _fork.Process(
+            target=_run_server, args=(self._registry, address, key, writer, initializer, tuple(initargs)),
+            name=f"{type(self).__name__}-manager",
+        )
+        process.start()
+        writer.close()
+        if not reader.poll(START_TIMEOUT_S):
+            process.kill()
+            process.join(5)
+            raise ManagerUnavailableError(f"the manager process did not start within {START_TIMEOUT_S:g} s")
+        status, value = reader.recv()
+        reader.close()
+        if status != "ok":
+            process.join(5)
+            raise ValueError(f"the manager process could not serve {address}: {value}")
+        self._address, self._authkey, self._process = value, key, process
+        proxies.remember_key(value, key)
+        self._state = State.STARTED
+        self._finalizer = weakref.finalize(
+            self, _finalize_manager, process, value, os.getpid(), self._shutdown_timeout
+        )
+
+    def shutdown(self) -> None:
+        """Stop the manager process this manager started (a connected one only lets go)."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self._state = State.SHUTDOWN
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._process is not None:
+            self._process.join(timeout)
+
+    def __enter__(self) -> BaseManager:
+        if self._state == State.INITIAL:
+            self.start()
+        elif self._state == State.SHUTDOWN:
+            raise ProcessError("Unable to start server: manager has shut down")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    def _create(self, typeid: str, /, *args: Any, **kwds: Any) -> tuple[Token, Any]:
+        if self._state != State.STARTED:
+            raise ProcessError("the manager is not started or connected")
+        assert self._address is not None
+        conn = proxies.connection(self._address, self._authkey)
+        reg = self._registry[typeid]
+        if isinstance(reg.callable, ReactorKind):
+            plain, frames, info = reg.callable.encode(*args, **kwds)
+            msg = protocol.ObjCreate(0, reg.callable.kind, typeid, plain)
+        else:
+            shipped = None if typeid in _HOST_BUILTINS else reg.callable
+            to_typeid = reg.method_to_typeid
+            try:
+                frames = serialization.dumps((shipped, args, kwds, reg.exposed, to_typeid))
+            except Exception:  # the host may know the callable itself (it was forked from us)
+                frames = serialization.dumps((None, args, kwds, reg.exposed, to_typeid))
+            msg, info = protocol.ObjCreate(0, "host", typeid), None
+        reply, out = conn.request(msg, frames)
+        if reply.status == protocol.ObjStatus.RAISED:
+            raise serialization.load_exception(out)
+        if reply.status != protocol.ObjStatus.OK:
+            name, text = reply.value
+            raise proxies._ERRORS.get(name, RuntimeError)(text)
+        exposed = reply.value[1] if isinstance(reply.value, list) and len(reply.value) == 2 else reg.exposed
+        return Token(typeid, self._address, reply.oid, info), exposed
+
+    @classmethod
+    def register(cls, typeid: str, callable: Any = None, proxytype: Any = None, exposed: Any = None,
+                 method_to_typeid: dict[str, str] | None = None, create_method: bool = True) -> None:
+        """Register a type (or callable) under ``typeid``, as ``multiprocessing.managers``."""
+        if "_registry" not in cls.__dict__:
+            cls._registry = cls._registry.copy()
+        if proxytype is None:
+            proxytype = AutoProxy
+        exposed = exposed or getattr(proxytype, "_exposed_", None)
+        method_to_typeid = method_to_typeid or getattr(proxytype, "_method_to_typeid_", None)
+        if method_to_typeid:
+            for key, value in method_to_typeid.items():
+                if type(key) is not str or type(value) is not str:
+                    raise TypeError(f"method_to_typeid must map str to str, not {key!r}: {value!r}")
+        cls._registry[typeid] = Registration(
+            callable, tuple(exposed) if exposed is not None else None, method_to_typeid, proxytype, create_method
+        )
+        proxies.PROXY_TYPES[typeid] = proxytype
+        if create_method:
+
+            def temp(self: BaseManager, /, *args: Any, **kwds: Any) -> Any:
+                token, exp = self._create(typeid, *args, **kwds)
+                return proxytype(token, self._serializer, manager=self, authkey=self._authkey, exposed=exp)
+
+            temp.__name__ = typeid
+            setattr(cls, typeid, temp)
+
+
+def _bind_address(address: Any) -> str:
+    # ("", port) means every interface, as in multiprocessing.
+    if isinstance(address, tuple) and len(address) == 2 and address[0] == "":
+        return f"tcp://0.0.0.0:{int(address[1])}"
+    return transport.normalize_address(address)
+
+
+def _connect_address(address: str) -> str:
+    return address.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:")
+
+
+class SyncManager(BaseManager):
+    """A BaseManager with every type id of ``multiprocessing.managers.SyncManager``."""
+
+
+def _pool(*args: Any, **kwds: Any) -> Any:
+    from dmp.pool import Pool
+
+    return Pool(*args, **kwds)
+
+
+SyncManager.register("Queue", ReactorKind("Queue", _queue), QueueProxy)
+SyncManager.register("JoinableQueue", ReactorKind("JoinableQueue", _queue), JoinableQueueProxy)
+SyncManager.register("Event", ReactorKind("Event", _no_args), EventProxy)
+SyncManager.register("Lock", ReactorKind("Lock", _no_args), LockProxy)
+SyncManager.register("RLock", ReactorKind("RLock", _no_args), AcquirerProxy)
+SyncManager.register("Semaphore", ReactorKind("Semaphore", _semaphore), SemaphoreProxy)
+SyncManager.register("BoundedSemaphore", ReactorKind("BoundedSemaphore", _semaphore), SemaphoreProxy)
+SyncManager.register("Condition", ReactorKind("Condition", _condition), ConditionProxy)
+SyncManager.register("Barrier", ReactorKind("Barrier", _barrier), BarrierProxy)
+SyncManager.register("Value", ReactorKind("Value", _value), ValueProxy)
+SyncManager.register("Array", ReactorKind("Array", _array), ArrayProxy)
+SyncManager.register("Pool", _pool, PoolProxy)
+SyncManager.register("list", list, ListProxy)
+SyncManager.register("dict", dict, DictProxy)
+SyncManager.register("Namespace", Namespace, NamespaceProxy)
+SyncManager.register("Iterator", proxytype=IteratorProxy, create_method=False)
+SyncManager.register("AsyncResult", create_method=False)

@@ -1,0 +1,239 @@
+"""The object host: the process beside the manager that runs dict, list, Namespace,
+Pool and every ``BaseManager.register``-ed type (internal).
+
+    manager --HostCall(tag, oid, method)--> host I/O thread
+        dict / list / Namespace: run inline (microseconds, never block)
+        anything else: a worker thread (user code may block; others go on)
+    host --HostReply(tag, status, value, made, retain)--> manager --> client
+
+The daemon never unpickles; this process does, and only what the manager
+forwarded from authenticated peers. It exits when the manager says Bye, goes
+silent, or its lifeline fd (a pipe from whoever started it) reaches EOF.
+Started two ways: ``python -m dmp.objhost ENDPOINT`` by the daemon (key on
+stdin, stdin is the lifeline), or forked by :class:`ForkLauncher` from a
+``BaseManager.start()`` / ``serve_forever()`` process, so it sees the user's
+registered callables and globals.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+import zmq
+
+from dmp import protocol, proxies, serialization, transport
+from dmp.protocol import ObjStatus
+
+HEARTBEAT_S = 1.0
+LIVENESS = 5
+# Worker threads for calls that may block (registered types, Pool): as many
+# blocking calls as this can be in progress at once, as with the standard
+# library's thread per connection, but bounded.
+MAX_THREADS = 64
+INLINE_TYPES = frozenset({"dict", "list", "Namespace"})
+
+
+def public_methods(obj: Any) -> list[str]:
+    return [name for name in dir(obj) if name[0] != "_" and callable(getattr(obj, name, None))]
+
+
+class Host:
+    def __init__(self, endpoint: str, key: bytes | None, registry: dict[str, Any], lifeline: int | None) -> None:
+        self.endpoint = endpoint
+        self.key = key
+        self.registry = registry
+        self.lifeline = lifeline
+        self.objs: dict[int, tuple[Any, frozenset[str], dict[str, str], bool]] = {}
+        self.outbox: collections.deque[tuple[protocol.Message, list[Any]]] = collections.deque()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.pool = concurrent.futures.ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="dmp-host")
+        proxies.remember_key(endpoint, key)
+
+    def run(self) -> None:
+        sock = transport.make_socket(zmq.DEALER)
+        chan = transport.Channel(sock, self.key)
+        sock.connect(self.endpoint)
+        pid = os.getpid()
+        chan.send(protocol.Hello(protocol.Role.CLIENT, "objhost", socket.gethostname(), pid))
+        chan.send(protocol.HostReady(pid))
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake, zmq.POLLIN)
+        if self.lifeline is not None:
+            poller.register(self.lifeline, zmq.POLLIN)
+        last_heard = time.monotonic()
+        next_beat = last_heard + HEARTBEAT_S
+        try:
+            while True:
+                while self.outbox:
+                    msg, frames = self.outbox.popleft()
+                    chan.send(msg, frames)
+                ready = dict(poller.poll(int(max(0.0, next_beat - time.monotonic()) * 1000) + 1))
+                if self.lifeline is not None and self.lifeline in ready:
+                    if not os.read(self.lifeline, 4096):
+                        return  # whoever started us is gone
+                if self._wake in ready:
+                    try:
+                        os.eventfd_read(self._wake)
+                    except BlockingIOError:
+                        pass
+                while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                    try:
+                        _, msg, frames = chan.recv(zmq.NOBLOCK)
+                    except transport.Refused:
+                        continue
+                    last_heard = time.monotonic()
+                    if isinstance(msg, protocol.HostCall):
+                        self.receive(msg, frames)
+                    elif isinstance(msg, protocol.HostDrop):
+                        for oid in msg.oids:
+                            self.objs.pop(oid, None)
+                    elif isinstance(msg, protocol.Bye):
+                        return
+                    elif isinstance(msg, protocol.Error) and msg.code in (protocol.ErrorCode.AUTH, protocol.ErrorCode.REFUSED):
+                        print(f"dmp object host: the manager refused us: {msg.text}", file=sys.stderr)
+                        return
+                    elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.UNKNOWN_PEER:
+                        return  # the manager restarted: our objects are gone with it
+                now = time.monotonic()
+                if now >= next_beat:
+                    next_beat = now + HEARTBEAT_S
+                    chan.send(protocol.Heartbeat())
+                    if now - last_heard > HEARTBEAT_S * LIVENESS:
+                        return
+        finally:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            chan.close()
+
+    def receive(self, msg: protocol.HostCall, frames: list[Any]) -> None:
+        entry = self.objs.get(msg.oid)
+        inline = msg.typeid in INLINE_TYPES if msg.method == "__create__" else entry is not None and entry[3]
+        if inline:
+            self.outbox.append(self.execute(msg, frames))
+        else:
+            frames = [bytes(f) for f in frames]  # zmq may reuse the buffers
+            self.pool.submit(self._threaded, msg, frames)
+
+    def _threaded(self, msg: protocol.HostCall, frames: list[Any]) -> None:
+        self.outbox.append(self.execute(msg, frames))
+        os.eventfd_write(self._wake, 1)
+
+    def execute(self, msg: protocol.HostCall, frames: list[Any]) -> tuple[protocol.Message, list[Any]]:
+        """Run one call; every outcome, even a failure to pickle it, becomes a HostReply."""
+        retain: list[int] = []
+        try:
+            with proxies.collecting(retain):
+                if msg.method == "__create__":
+                    return self._create(msg, frames, retain)
+                entry = self.objs.get(msg.oid)
+                if entry is None:
+                    raise ReferenceError(f"the object host holds no object {msg.oid}")
+                obj, exposed, to_typeid, _ = entry
+                args, kwds = serialization.loads(frames)
+                if msg.method == "#GETVALUE":
+                    result = obj
+                elif msg.method not in exposed:
+                    raise AttributeError(f"method {msg.method!r} of {type(obj)!r} object is not in exposed={sorted(exposed)!r}")
+                else:
+                    result = getattr(obj, msg.method)(*args, **kwds)
+            typeid = to_typeid.get(msg.method)
+            if typeid:
+                return self._made(msg.tag, typeid, result, None, None, retain)
+            return protocol.HostReply(msg.tag, ObjStatus.OK, None, "", retain), serialization.dumps(result)
+        except BaseException as exc:
+            return protocol.HostReply(msg.tag, ObjStatus.RAISED, None, "", retain), serialization.dump_exception(exc)
+
+    def _create(self, msg: protocol.HostCall, frames: list[Any], retain: list[int]) -> tuple[protocol.Message, list[Any]]:
+        shipped, args, kwds, exposed, to_typeid = serialization.loads(frames)
+        reg = self.registry.get(msg.typeid)
+        if reg is not None and reg.callable is not None:
+            func, exposed, to_typeid = reg.callable, reg.exposed or exposed, reg.method_to_typeid or to_typeid
+        elif shipped is not None:
+            func = shipped
+        else:
+            raise KeyError(f"typeid {msg.typeid!r} is not registered with a callable on the manager's side")
+        return self._made(msg.tag, msg.typeid, func(*args, **kwds), exposed, to_typeid, retain)
+
+    def _made(
+        self, tag: int, typeid: str, obj: Any, exposed: Any, to_typeid: Any, retain: list[int]
+    ) -> tuple[protocol.Message, list[Any]]:
+        reg = self.registry.get(typeid)
+        if exposed is None and reg is not None:
+            exposed, to_typeid = reg.exposed, reg.method_to_typeid
+        names = list(exposed) if exposed is not None else public_methods(obj)
+        self.objs[tag] = (obj, frozenset(names), dict(to_typeid or {}), typeid in INLINE_TYPES)
+        return protocol.HostReply(tag, ObjStatus.OK, [typeid, names], typeid, retain), []
+
+
+def serve(endpoint: str, key: bytes | None, registry: dict[str, Any], lifeline: int | None) -> None:
+    Host(endpoint, key, registry, lifeline).run()
+
+
+class ForkLauncher:
+    """Forks the host from this process (it inherits the registry and globals).
+
+    A pipe is the host's lifeline: this side holds the write end, so the host
+    sees EOF and exits when this process ends, however it ends.
+    """
+
+    def __init__(self, endpoint: str, key: bytes | None, registry: dict[str, Any]) -> None:
+        self.endpoint = endpoint
+        self.key = key
+        self.registry = registry
+        self.proc: Any = None
+        self._lifeline = -1
+
+    def start(self) -> None:
+        import multiprocessing
+
+        self.stop()
+        r, w = os.pipe()
+        proc = multiprocessing.get_context("fork").Process(
+            target=_forked_host, args=(self.endpoint, self.key, self.registry, r, w), name="dmp-objhost", daemon=True
+        )
+        proc.start()
+        os.close(r)
+        self.proc, self._lifeline = proc, w
+
+    def exitcode(self) -> int | None:
+        return None if self.proc is None else self.proc.exitcode
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if self._lifeline >= 0:
+            os.close(self._lifeline)
+            self._lifeline = -1
+        if proc is not None:
+            proc.join(2.0)
+            if proc.exitcode is None:
+                proc.kill()
+                proc.join(2.0)
+
+
+def _forked_host(endpoint: str, key: bytes | None, registry: dict[str, Any], r: int, w: int) -> None:
+    os.close(w)
+    transport.forget_context_after_fork()
+    serve(endpoint, key, registry, r)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m dmp.objhost ENDPOINT  (authkey as hex on stdin)", file=sys.stderr)
+        return 2
+    line = sys.stdin.buffer.readline().strip()
+    key = bytes.fromhex(line.decode()) if line else None
+    from dmp.managers import SyncManager
+
+    serve(args[0], key, SyncManager._registry, sys.stdin.fileno())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
