@@ -33,22 +33,24 @@ _logging.getLogger("dmp").addHandler(_logging.NullHandler())
 
 _fork = _mp.get_context("fork")
 
-# Local-mode primitives are the standard library's fork-context objects, so
-# they behave exactly as in multiprocessing (cluster mode hosts them on the
-# manager instead).
-Queue = _fork.Queue
-JoinableQueue = _fork.JoinableQueue
-SimpleQueue = _fork.SimpleQueue
-Pipe = _fork.Pipe
-Lock = _fork.Lock
-RLock = _fork.RLock
-Semaphore = _fork.Semaphore
-BoundedSemaphore = _fork.BoundedSemaphore
-Event = _fork.Event
-Condition = _fork.Condition
-Barrier = _fork.Barrier
-Value = _fork.Value
-Array = _fork.Array
+# Queue, Lock, Value, ...: the standard library's fork-context objects in
+# local mode, proxies of objects hosted by the manager in cluster mode.
+from dmp.primitives import (  # noqa: E402
+    Array,
+    Barrier,
+    BoundedSemaphore,
+    Condition,
+    Event,
+    JoinableQueue,
+    Lock,
+    Pipe,
+    Queue,
+    RLock,
+    Semaphore,
+    SimpleQueue,
+    Value,
+)
+
 RawValue = _fork.RawValue
 RawArray = _fork.RawArray
 

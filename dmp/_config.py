@@ -43,6 +43,13 @@ class Target:
 
 _lock = threading.Lock()
 _connected: Target | None = None
+_known_keys: dict[str, bytes | None] = {}  # address -> key this process was given for it
+
+
+def remember_key(address: str, key: bytes | None) -> None:
+    """A daemon's worker knows its manager's key; proxies it unpickles use it too."""
+    with _lock:
+        _known_keys[address] = key
 
 
 def set_default(address: str, authkey: bytes | None) -> None:
@@ -67,7 +74,10 @@ def resolve(address: object = None, authkey: bytes | str | None = None) -> Targe
     from dmp.transport import normalize_address
 
     if address is not None:
-        return Target(normalize_address(address), authkey_from(authkey))
+        endpoint = normalize_address(address)
+        if authkey is None and endpoint in _known_keys:
+            return Target(endpoint, _known_keys[endpoint])
+        return Target(endpoint, authkey_from(authkey))
     with _lock:
         connected = _connected
     if connected is not None:

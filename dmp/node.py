@@ -114,6 +114,7 @@ class Node:
             chan.send(protocol.Bye("node stopping"))
             self.supervisor.stop(kill=False, timeout=5.0)
             chan.close()
+            transport.context().term()  # deliver the Bye (bounded by LINGER_MS)
 
 
     def signal_worker(self, msg: protocol.SignalWorker) -> None:

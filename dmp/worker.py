@@ -27,7 +27,7 @@ from typing import Any
 
 import zmq
 
-from dmp import protocol, runners, serialization, transport
+from dmp import _config, protocol, runners, serialization, transport
 from dmp.errors import ProtocolError
 
 # Results wait at most this long (or this many) in the worker before being
@@ -95,13 +95,19 @@ def worker_main(cfg: WorkerConfig) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if cfg.heartbeat:
         _die_with_parent()
+        _config.remember_key(cfg.address, cfg.key)  # for proxies our tasks unpickle
     if cfg.initializer is not None:
         cfg.initializer(*cfg.initargs)
     worker = Worker(cfg)
     if cfg.forward_output:
         sys.stdout = _Forward(worker, "stdout")
         sys.stderr = _Forward(worker, "stderr")
-    worker.run()
+    try:
+        worker.run()
+    finally:
+        # The process ends with os._exit: without this, the last Results and
+        # the Bye could die unsent in ZeroMQ's queue (bounded by LINGER_MS).
+        transport.context().term()
 
 
 class Worker:

@@ -303,3 +303,29 @@ def test_replayed_and_forged_messages_are_refused() -> None:
         other.close()
     finally:
         c.stop()
+
+
+def put_square(q, lock, counter, n: int) -> None:
+    for i in range(n):
+        q.put(i * i)
+    with lock:
+        counter.value += n
+
+
+def test_queue_lock_value_between_a_client_and_remote_processes(cluster, monkeypatch) -> None:
+    monkeypatch.setenv("DMP_ADDRESS", cluster.address)
+    q = dmp.Queue()
+    lock = dmp.Lock()
+    counter = dmp.Value("i", 0)
+    procs = [dmp.Process(target=put_square, args=(q, lock, counter, 20)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    got = sorted(q.get(timeout=20) for _ in range(60))
+    for p in procs:
+        p.join(20)
+        assert p.exitcode == 0
+    assert got == sorted([i * i for i in range(20)] * 3)
+    assert counter.value == 60
+    a, b = dmp.Pipe()
+    a.send({"hello": 1})
+    assert b.poll(5) and b.recv() == {"hello": 1}

@@ -481,11 +481,11 @@ def test_remote_process_output_reaches_the_client_host(shared_cluster: NetCluste
     assert f"({node} pid=" in out.stderr and "to stderr t1" in out.stderr
 
 
-@pytest.mark.xfail(reason="cluster-mode Process / Queue not built yet", strict=False)
 @pytest.mark.timeout(40)
 def test_managed_queue_between_client_and_node_hosts(shared_cluster: NetCluster) -> None:
     c = shared_cluster
-    script = c.script("queue.py", """
+    # Not "queue.py": a script of that name would shadow the standard library's queue.
+    script = c.script("managed_queue.py", """
         import os
         import dmp
 

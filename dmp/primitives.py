@@ -1,0 +1,145 @@
+"""Top-level Queue, Lock, Event, Value, ... in both modes.
+
+No address anywhere: the standard library's fork-context objects, which
+behave exactly as in multiprocessing. With an address (``dmp.connect()`` or
+``DMP_ADDRESS``): the same names make objects hosted by that manager and
+return proxies, which pickle, so ``q = dmp.Queue();
+dmp.Process(target=f, args=(q,)).start()`` works in both modes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from typing import Any
+
+from dmp import _config
+
+_fork = multiprocessing.get_context("fork")
+_managers: dict[tuple[str, bytes | None], Any] = {}
+_lock = threading.Lock()
+
+
+def _cluster() -> Any:
+    """The connected SyncManager of the configured cluster, or None in local mode."""
+    target = _config.resolve()
+    if target.address is None:
+        return None
+    with _lock:
+        manager = _managers.get((target.address, target.authkey))
+        if manager is None:
+            from dmp.managers import SyncManager
+
+            manager = SyncManager(address=target.address, authkey=target.authkey)
+            manager.connect()
+            _managers[(target.address, target.authkey)] = manager
+        return manager
+
+
+def Queue(maxsize: int = 0) -> Any:
+    m = _cluster()
+    return _fork.Queue(maxsize) if m is None else m.Queue(maxsize)
+
+
+def JoinableQueue(maxsize: int = 0) -> Any:
+    m = _cluster()
+    return _fork.JoinableQueue(maxsize) if m is None else m.JoinableQueue(maxsize)
+
+
+def SimpleQueue() -> Any:
+    m = _cluster()
+    return _fork.SimpleQueue() if m is None else m.Queue()
+
+
+def Lock() -> Any:
+    m = _cluster()
+    return _fork.Lock() if m is None else m.Lock()
+
+
+def RLock() -> Any:
+    m = _cluster()
+    return _fork.RLock() if m is None else m.RLock()
+
+
+def Semaphore(value: int = 1) -> Any:
+    m = _cluster()
+    return _fork.Semaphore(value) if m is None else m.Semaphore(value)
+
+
+def BoundedSemaphore(value: int = 1) -> Any:
+    m = _cluster()
+    return _fork.BoundedSemaphore(value) if m is None else m.BoundedSemaphore(value)
+
+
+def Event() -> Any:
+    m = _cluster()
+    return _fork.Event() if m is None else m.Event()
+
+
+def Condition(lock: Any = None) -> Any:
+    m = _cluster()
+    return _fork.Condition(lock) if m is None else m.Condition()
+
+
+def Barrier(parties: int, action: Any = None, timeout: float | None = None) -> Any:
+    m = _cluster()
+    return _fork.Barrier(parties, action, timeout) if m is None else m.Barrier(parties, action, timeout)
+
+
+def Value(typecode_or_type: Any, *args: Any, lock: Any = True) -> Any:
+    m = _cluster()
+    return _fork.Value(typecode_or_type, *args, lock=lock) if m is None else m.Value(typecode_or_type, *args)
+
+
+def Array(typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) -> Any:
+    m = _cluster()
+    if m is None:
+        return _fork.Array(typecode_or_type, size_or_initializer, lock=lock)
+    return m.Array(typecode_or_type, size_or_initializer)
+
+
+def Pipe(duplex: bool = True) -> tuple[Any, Any]:
+    """Two connected ends; in cluster mode, built on two managed queues."""
+    m = _cluster()
+    if m is None:
+        return _fork.Pipe(duplex)
+    a, b = m.Queue(), m.Queue()
+    if duplex:
+        return _QueueConnection(a, b), _QueueConnection(b, a)
+    return _QueueConnection(a, None), _QueueConnection(None, a)
+
+
+class _QueueConnection:
+    """A Pipe end over managed queues: send/recv/poll/close (picklable)."""
+
+    def __init__(self, inbox: Any, outbox: Any) -> None:
+        self._inbox = inbox
+        self._outbox = outbox
+        self.closed = False
+
+    def send(self, obj: Any) -> None:
+        if self._outbox is None:
+            raise OSError("connection is read-only")
+        self._outbox.put(obj)
+
+    def recv(self) -> Any:
+        if self._inbox is None:
+            raise OSError("connection is write-only")
+        return self._inbox.get()
+
+    send_bytes = send
+    recv_bytes = recv
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        if self._inbox is None:
+            raise OSError("connection is write-only")
+        end = None if timeout is None else time.monotonic() + timeout
+        while self._inbox.empty():
+            if end is not None and time.monotonic() >= end:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def close(self) -> None:
+        self.closed = True
