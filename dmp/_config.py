@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 ENV_ADDRESS = "DMP_ADDRESS"
 ENV_AUTHKEY = "DMP_AUTHKEY"
+ENV_CURVE = "DMP_CURVE"
 
 # Seconds a client waits for a manager to answer before ManagerUnavailableError.
 CONNECT_TIMEOUT_S = 10.0
@@ -86,6 +87,16 @@ def resolve(address: object = None, authkey: bytes | str | None = None) -> Targe
     if env:
         return Target(normalize_address(env), authkey_from(authkey))
     return Target(None, authkey_from(authkey))
+
+
+def curve_dir(value: str | None = None) -> str | None:
+    """Directory of the manager's CURVE key files (--curve, else DMP_CURVE), or None."""
+    return value or os.environ.get(ENV_CURVE) or None
+
+
+def export_curve(directory: str) -> None:
+    """Daemons hand their --curve setting to the processes they start."""
+    os.environ[ENV_CURVE] = directory
 
 
 def cpu_count() -> int:

@@ -51,10 +51,13 @@ def cmd_manager(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    _logging()
     if args.heartbeat_s <= 0:
         print("dmp manager: --heartbeat-s must be positive", file=sys.stderr)
         return 2
+    transport.use_curve(args.curve, server=True)
+    _logging()
+    if transport.curve_enabled():
+        logging.getLogger("dmp.manager").info("CURVE encryption on (keys in %s)", args.curve or "DMP_CURVE")
     manager = Manager(
         bind=[bind], key=key, max_message=int(args.max_message_mb * 1024 * 1024), max_clients=args.max_clients,
         heartbeat_s=args.heartbeat_s,
@@ -77,12 +80,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 2
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"
     key = _authkey(args.authkey_file)
+    transport.use_curve(args.curve)
     _logging()
     run_node(address, processes=processes, name=name, key=key)
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    transport.use_curve(args.curve)
     status = fetch_status(transport.normalize_address(args.address), _authkey(args.authkey_file), args.timeout)
     if status is None:
         print(f"dmp status: no dmp manager answered at {args.address} within {args.timeout:g} s", file=sys.stderr)
@@ -154,6 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--authkey-file", help="file holding the shared secret (else DMP_AUTHKEY)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the manager")
     p.set_defaults(func=cmd_status)
+    for name in ("manager", "worker", "status"):
+        sub.choices[name].add_argument(
+            "--curve", metavar="DIR",
+            help="encrypt with ZeroMQ CURVE using the key files in DIR (else DMP_CURVE); "
+            "the manager creates server.key/server.key_secret there if missing, "
+            "workers and clients need server.key",
+        )
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

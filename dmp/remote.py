@@ -42,6 +42,7 @@ class RemoteLink:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self.welcome: protocol.Welcome | None = None
+        transport.curve_enabled()  # bad DMP_CURVE keys: ValueError here, not in our thread
         self._thread = threading.Thread(target=self._run, name="dmp-link", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):

@@ -98,8 +98,74 @@ def forget_context_after_fork() -> None:
     _ctx_pid = 0
 
 
+class Curve:
+    """CURVE keys: the manager's key pair (server) or its public key (everyone else).
+
+    Files are zmq.auth certificates in one directory: ``server.key`` (public)
+    and ``server.key_secret`` (the manager's only). Clients and workers make a
+    throwaway key pair per socket: CURVE encrypts; the authkey authenticates.
+    """
+
+    def __init__(self, directory: str, *, server: bool) -> None:
+        import zmq.auth
+
+        secret_file = os.path.join(directory, "server.key_secret")
+        public_file = os.path.join(directory, "server.key")
+        if server and not os.path.exists(secret_file):
+            os.makedirs(directory, exist_ok=True)
+            zmq.auth.create_certificates(directory, "server")
+        try:
+            public, secret = zmq.auth.load_certificate(secret_file if server else public_file)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read CURVE keys in {directory}: {exc}") from None
+        self.public = public
+        self.secret = secret if server else None
+
+    def apply(self, sock: zmq.Socket[Any]) -> None:
+        if sock.type == zmq.ROUTER:
+            if self.secret is None:
+                raise ValueError("a CURVE server needs server.key_secret")
+            sock.curve_secretkey = self.secret
+            sock.curve_publickey = self.public
+            sock.curve_server = True
+        else:
+            public, secret = zmq.curve_keypair()
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
+            sock.curve_serverkey = self.public
+
+
+_curve: Curve | None = None
+_curve_checked = False
+
+
+def use_curve(directory: str | None, *, server: bool = False) -> None:
+    """Encrypt every socket this process makes from now on (None: only if DMP_CURVE)."""
+    global _curve, _curve_checked
+    from dmp import _config
+
+    found = _config.curve_dir(directory)
+    _curve = Curve(found, server=server) if found else None
+    _curve_checked = True
+    if found:
+        _config.export_curve(found)
+
+
+def curve_enabled() -> bool:
+    return _curve_settings() is not None
+
+
+def _curve_settings() -> Curve | None:
+    if not _curve_checked:
+        use_curve(None)
+    return _curve
+
+
 def make_socket(kind: int, *, identity: bytes | None = None) -> zmq.Socket[Any]:
     sock: zmq.Socket[Any] = context().socket(kind)
+    curve = _curve_settings()
+    if curve is not None and kind in (zmq.ROUTER, zmq.DEALER):
+        curve.apply(sock)
     sock.setsockopt(zmq.LINGER, LINGER_MS)
     sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
     sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)

@@ -329,3 +329,41 @@ def test_queue_lock_value_between_a_client_and_remote_processes(cluster, monkeyp
     a, b = dmp.Pipe()
     a.send({"hello": 1})
     assert b.poll(5) and b.recv() == {"hello": 1}
+
+
+def test_curve_encryption_end_to_end(tmp_path) -> None:
+    keys = tmp_path / "keys"
+    c = start_cluster(nodes=0, authkey=b"curve and key", manager_args=("--curve", str(keys)))
+    try:
+        import time
+
+        deadline = time.monotonic() + 20
+        while not (keys / "server.key_secret").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (keys / "server.key").exists() and (keys / "server.key_secret").exists()
+        c.spawn("worker", c.address, "--processes", "2", "--name", "enc", "--curve", str(keys))
+        script = tmp_path / "client.py"
+        script.write_text(textwrap.dedent(f"""
+            import dmp
+            with dmp.Pool(address={c.address!r}) as p:
+                print(p.map(abs, [-1, -2, 3]))
+        """))
+        env = dict(c.env, DMP_CURVE=str(keys), DMP_AUTHKEY="curve and key")
+        out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "[1, 2, 3]"
+        # Without the server's public key, the CURVE handshake never completes.
+        env.pop("DMP_CURVE")
+        script.write_text(textwrap.dedent(f"""
+            import dmp
+            from dmp.remote import RemoteLink
+            from dmp.session import Session
+            try:
+                RemoteLink(Session(), {c.address!r}, b"curve and key", timeout=2.0)
+            except dmp.ManagerUnavailableError:
+                print("refused")
+        """))
+        out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+        assert out.stdout.strip() == "refused", out.stderr
+    finally:
+        c.stop()
