@@ -273,6 +273,7 @@ class Pool:
         batch: list[tuple[int, list[Any]]] = []
         started = 0.0
         handed = 0  # tasks sent or failed here: what the sink will hear about
+        batch_max = min(FEED_BATCH, self._credit.limit)  # Pool(k) in a cluster: k in flight
         next_id = 0
         by_value = self._by_value
         try:
@@ -287,7 +288,7 @@ class Pool:
                 if not batch:
                     started = time.monotonic()
                 batch.append((task_id, frames))
-                if len(batch) >= FEED_BATCH or time.monotonic() - started >= FEED_FLUSH_S:
+                if len(batch) >= batch_max or time.monotonic() - started >= FEED_FLUSH_S:
                     if not self._send(job, batch, alive, sink):
                         break
                     handed += len(batch)

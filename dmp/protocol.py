@@ -86,6 +86,25 @@ class Message:
 _REGISTRY: dict[int, type[Message]] = {}
 _FIELD_COUNT: dict[int, int] = {}
 _FIELD_NAMES: dict[int, tuple[str, ...]] = {}
+_FIELD_TYPES: dict[int, tuple[type | tuple[type, ...] | None, ...]] = {}
+
+
+def _wire_type(annotation: Any) -> type | tuple[type, ...] | None:
+    """What a field must decode as (None: anything msgpack makes)."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    if text == "str":
+        return str
+    if text == "int":
+        return int
+    if text == "float":
+        return (int, float)
+    if text == "bytes":
+        return bytes
+    if text.startswith("list"):
+        return list
+    if text.startswith("dict"):
+        return dict
+    return None
 
 
 _M = TypeVar("_M", bound=type[Message])
@@ -102,6 +121,7 @@ def message(code: int) -> Callable[[_M], _M]:
         names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
         _FIELD_COUNT[code] = len(names)
         _FIELD_NAMES[code] = names
+        _FIELD_TYPES[code] = tuple(_wire_type(f.type) for f in dataclasses.fields(cls))  # type: ignore[arg-type]
         return cls
 
     return wrap
@@ -473,10 +493,21 @@ def decode(header: bytes | memoryview) -> tuple[Message, list[int]]:
     args = obj[3:]
     if len(args) > _FIELD_COUNT[code]:
         raise ProtocolError(f"{cls.__name__} has {len(args)} fields, expected {_FIELD_COUNT[code]}")
+    for value, expected, name in zip(args, _FIELD_TYPES[code], _FIELD_NAMES[code]):
+        # Field types are checked here, once, so that no handler ever meets
+        # a list where it expects a name (bool is an int to Python: refuse it).
+        if expected is not None and (not isinstance(value, expected) or (expected is int and type(value) is bool)):
+            raise ProtocolError(f"{cls.__name__}.{name} must be {_type_name(expected)}, not {type(value).__name__}")
     try:
         return cls(*args), sizes
     except TypeError as exc:
         raise ProtocolError(f"malformed {cls.__name__}: {exc}") from None
+
+
+def _type_name(expected: type | tuple[type, ...]) -> str:
+    if isinstance(expected, tuple):
+        return " or ".join(t.__name__ for t in expected)
+    return expected.__name__
 
 
 # Logical payload frames shorter than this travel together in the pack frame.

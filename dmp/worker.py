@@ -28,13 +28,15 @@ from typing import Any
 import zmq
 
 from dmp import _config, protocol, runners, serialization, transport
-from dmp.errors import ProtocolError
+from dmp.errors import MessageTooLargeError, ProtocolError
 
 # Results wait at most this long (or this many) in the worker before being
 # sent, while more tasks are queued; an idle worker sends at once. Batching
 # turns 100k tiny results into ~1k messages; the delay bounds added latency.
 FLUSH_SECONDS = 0.001
 FLUSH_ITEMS = 128
+# Room left in a Results message for its header and signature.
+RESULT_HEADROOM = 64 * 1024
 # A busy worker looks for new messages (ForgetJobs, Bye) every this many tasks.
 DRAIN_EVERY = 32
 # An idle worker wakes this often to check its parent and to heartbeat.
@@ -126,6 +128,8 @@ class Worker:
         self.stopping = False
         self.current = -1  # key of the task running now
         self.joined = False
+        self.max_message = 0  # the manager's limit, from its Welcome
+        self.out_bytes = 0
         self.origin = f"{cfg.node} pid={os.getpid()}"
 
     def hello(self) -> None:
@@ -207,6 +211,7 @@ class Worker:
                 self.queue = collections.deque(t for t in self.queue if t[1] not in gone)
         elif isinstance(msg, protocol.Welcome):
             self.joined = True
+            self.max_message = msg.max_message
         elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.UNKNOWN_PEER:
             self.joined = False
             self.hello()  # the manager restarted and forgot us
@@ -253,6 +258,20 @@ class Worker:
                 wrapped = MaybeEncodingError(exc, result)
                 payload = serialization.dump_exception(wrapped, by_value=by_value)
         run_s = time.perf_counter() - t0
+        size = sum(f.nbytes if isinstance(f, memoryview) else len(f) for f in payload)
+        limit = self.max_message - RESULT_HEADROOM
+        if self.max_message and size > limit:
+            status = protocol.Status.RAISED
+            payload = serialization.dump_exception(
+                MessageTooLargeError(
+                    f"the task's result of {size} bytes exceeds the manager's message limit of "
+                    f"{self.max_message} bytes (dmp manager --max-message-mb)"
+                ),
+                by_value=by_value,
+            )
+            size = sum(len(f) for f in payload)
+        if self.out_items and self.max_message and self.out_bytes + size > limit:
+            self.flush()  # keep each Results message under the limit
         if self.cfg.forward_output:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -266,12 +285,14 @@ class Worker:
         self.done += 1
         self.out_items.append([key, attempt, int(status), len(payload), run_s, info])
         self.out_frames.extend(payload)
+        self.out_bytes += size
 
     def flush(self) -> None:
         if not self.out_items:
             return
         items, frames = self.out_items, self.out_frames
         self.out_items, self.out_frames = [], []
+        self.out_bytes = 0
         self.chan.send(protocol.Results(items), frames)
         if sys.stdout is not None:
             sys.stdout.flush()
