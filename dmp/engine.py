@@ -22,6 +22,7 @@ from typing import Any
 from dmp import session as session_mod
 from dmp.errors import ProcessError
 from dmp.supervisor import Supervisor
+from dmp.worker import WorkerConfig
 
 _live: weakref.WeakSet[LocalEngine] = weakref.WeakSet()
 
@@ -38,14 +39,10 @@ class LocalEngine:
         from dmp_server.manager import Manager
 
         endpoint = f"ipc://@dmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        self.supervisor = Supervisor(
-            address=endpoint,
-            node="local",
-            count=processes,
-            initializer=initializer,
-            initargs=initargs,
-            max_tasks=max_tasks,
+        template = WorkerConfig(
+            address=endpoint, node="local", initializer=initializer, initargs=initargs, max_tasks=max_tasks
         )
+        self.supervisor = Supervisor(template, count=processes)
         self.manager = Manager(bind=[endpoint], supervisor=self.supervisor)
         self.session = session_mod.Session()
         self.session.link = session_mod.LocalLink(self.manager, self.session)

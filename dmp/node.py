@@ -22,6 +22,7 @@ import zmq
 
 from dmp import protocol, transport
 from dmp.supervisor import Supervisor
+from dmp.worker import WorkerConfig
 
 log = logging.getLogger("dmp.node")
 
@@ -34,10 +35,10 @@ class Node:
         self.address = address
         self.name = name
         self.key = key
-        self.supervisor = Supervisor(
-            address=address, node=name, count=processes, key=key, by_value=True,
-            heartbeat=True, forward_output=True, name_prefix="dmp-worker",
+        template = WorkerConfig(
+            address=address, node=name, key=key, by_value=True, heartbeat=True, forward_output=True
         )
+        self.supervisor = Supervisor(template, count=processes, name_prefix="dmp-worker")
         self._stop = False
 
     def request_stop(self, *_: Any) -> None:
@@ -61,12 +62,7 @@ class Node:
         joined = False
         try:
             while not self._stop:
-                fds = set(self.supervisor.sentinels())
-                for fd in fds - watched:
-                    poller.register(fd, zmq.POLLIN)
-                for fd in watched - fds:
-                    poller.unregister(fd)
-                watched = fds
+                watched = self.supervisor.watch(poller, watched)
                 ready = dict(poller.poll(int(max(0.0, next_beat - time.monotonic()) * 1000) + 1))
                 if sock in ready:
                     while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:

@@ -8,12 +8,13 @@ to :meth:`reap`, which says which task the worker was running at the time.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import multiprocessing
 import os
+import select
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,31 +42,10 @@ class _Handle:
 class Supervisor:
     """Keeps ``count`` worker processes alive until told to stop."""
 
-    def __init__(
-        self,
-        *,
-        address: str,
-        node: str,
-        count: int,
-        key: bytes | None = None,
-        initializer: Callable[..., Any] | None = None,
-        initargs: tuple[Any, ...] = (),
-        max_tasks: int = 0,
-        by_value: bool = False,
-        heartbeat: bool = False,
-        forward_output: bool = False,
-        name_prefix: str = "ForkPoolWorker",
-    ) -> None:
-        self.address = address
-        self.node = node
+    def __init__(self, template: worker_mod.WorkerConfig, *, count: int, name_prefix: str = "ForkPoolWorker") -> None:
+        self.template = template
+        self.node = template.node
         self.count = count
-        self.key = key
-        self.initializer = initializer
-        self.initargs = initargs
-        self.max_tasks = max_tasks
-        self.by_value = by_value
-        self.heartbeat = heartbeat
-        self.forward_output = forward_output
         self.name_prefix = name_prefix
         self.handles: dict[int, _Handle] = {}  # sentinel fd -> handle
         self.by_id: dict[str, _Handle] = {}
@@ -82,19 +62,7 @@ class Supervisor:
         n = next(self._serial)
         worker_id = f"{self.node}/{self._tag}-{n}"
         slot = worker_mod.new_slot()
-        cfg = worker_mod.WorkerConfig(
-            address=self.address,
-            worker_id=worker_id,
-            node=self.node,
-            key=self.key,
-            initializer=self.initializer,
-            initargs=self.initargs,
-            max_tasks=self.max_tasks,
-            by_value=self.by_value,
-            heartbeat=self.heartbeat,
-            slot=slot,
-            forward_output=self.forward_output,
-        )
+        cfg = dataclasses.replace(self.template, worker_id=worker_id, slot=slot)
         proc = _fork.Process(
             target=worker_mod.worker_main,
             args=(cfg,),
@@ -106,6 +74,15 @@ class Supervisor:
         self.handles[proc.sentinel] = handle
         self.by_id[worker_id] = handle
         return worker_id
+
+    def watch(self, poller: Any, watched: set[int]) -> set[int]:
+        """Bring ``poller``'s registered sentinels up to date; returns the new set."""
+        fds = set(self.handles)
+        for fd in fds - watched:
+            poller.register(fd, select.POLLIN)  # the same bit as zmq.POLLIN
+        for fd in watched - fds:
+            poller.unregister(fd)
+        return fds
 
     def sentinels(self) -> list[int]:
         return list(self.handles)

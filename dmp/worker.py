@@ -22,6 +22,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
 from typing import Any
 
@@ -58,35 +59,25 @@ def read_slot(slot: mmap.mmap) -> int:
     return int(key)
 
 
+@dataclass(slots=True)
 class WorkerConfig:
-    """Everything a worker process needs, inherited through fork."""
+    """Everything a worker process needs, inherited through fork.
 
-    def __init__(
-        self,
-        *,
-        address: str,
-        worker_id: str,
-        node: str,
-        key: bytes | None,
-        initializer: Callable[..., Any] | None = None,
-        initargs: tuple[Any, ...] = (),
-        max_tasks: int = 0,
-        by_value: bool = False,
-        heartbeat: bool = False,
-        slot: mmap.mmap | None = None,
-        forward_output: bool = False,
-    ) -> None:
-        self.address = address
-        self.worker_id = worker_id
-        self.node = node
-        self.key = key
-        self.initializer = initializer
-        self.initargs = initargs
-        self.max_tasks = max_tasks
-        self.by_value = by_value
-        self.heartbeat = heartbeat
-        self.slot = slot
-        self.forward_output = forward_output
+    A supervisor holds one as the template for all its workers; each worker
+    gets a copy with its own ``worker_id`` and shared-memory ``slot``.
+    """
+
+    address: str
+    node: str
+    key: bytes | None = None
+    initializer: Callable[..., Any] | None = None
+    initargs: tuple[Any, ...] = ()
+    max_tasks: int = 0
+    by_value: bool = False  # cloudpickle results by value (cluster: nodes lack __main__)
+    heartbeat: bool = False  # a node's worker: heartbeat, die with the node
+    forward_output: bool = False  # send what tasks print to their client
+    worker_id: str = ""
+    slot: mmap.mmap | None = None
 
 
 def worker_main(cfg: WorkerConfig) -> None:

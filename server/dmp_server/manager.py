@@ -54,6 +54,7 @@ class LocalSupervisor(Protocol):
     respawn: bool
 
     def sentinels(self) -> list[int]: ...
+    def watch(self, poller: Any, watched: set[int]) -> set[int]: ...
     def reap(self, fd: int) -> Any: ...
     def spawn(self) -> str: ...
     def kill(self, worker_id: str) -> None: ...
@@ -154,12 +155,7 @@ class Manager:
         try:
             while not self._stopping:
                 if self.supervisor is not None:
-                    fds = set(self.supervisor.sentinels())
-                    for fd in fds - watched:
-                        poller.register(fd, zmq.POLLIN)
-                    for fd in watched - fds:
-                        poller.unregister(fd)
-                    watched = fds
+                    watched = self.supervisor.watch(poller, watched)
                 wake_at = next_tick
                 deadline = self.objects.next_deadline()
                 if deadline is not None and deadline < wake_at:
