@@ -80,11 +80,11 @@ class LocalEngine:
 class ClusterEngine:
     """Cluster mode: the session talks to a manager daemon over a RemoteLink."""
 
-    def __init__(self, *, address: str, authkey: bytes | None) -> None:
+    def __init__(self, *, address: str, authkey: bytes | None, max_workers: int = 0) -> None:
         from dmp.remote import RemoteLink
 
         self.session = session_mod.Session()
-        self.link = RemoteLink(self.session, address, authkey)
+        self.link = RemoteLink(self.session, address, authkey, max_workers=max_workers)
         self.session.link = self.link
         welcome = self.link.welcome
         self.slots = welcome.slots if welcome is not None else 0

@@ -86,10 +86,9 @@ class Pool:
                 import uuid
 
                 self._init = runners.PoolInit(uuid.uuid4().hex, initializer, tuple(initargs), maxtasksperchild or 0)
-            self._engine = ClusterEngine(address=target.address, authkey=target.authkey)
+            # Pool(k): the manager runs this pool's tasks on at most k workers at once.
+            self._engine = ClusterEngine(address=target.address, authkey=target.authkey, max_workers=processes or 0)
             self._processes = processes or max(1, self._engine.slots)
-            if processes is not None:
-                self._engine.session.credit.limit = processes  # caps the tasks in flight
         else:
             self._processes = processes or _config.cpu_count()
             self._engine = LocalEngine(
@@ -273,7 +272,6 @@ class Pool:
         batch: list[tuple[int, list[Any]]] = []
         started = 0.0
         handed = 0  # tasks sent or failed here: what the sink will hear about
-        batch_max = min(FEED_BATCH, self._credit.limit)  # Pool(k) in a cluster: k in flight
         next_id = 0
         by_value = self._by_value
         try:
@@ -288,7 +286,7 @@ class Pool:
                 if not batch:
                     started = time.monotonic()
                 batch.append((task_id, frames))
-                if len(batch) >= batch_max or time.monotonic() - started >= FEED_FLUSH_S:
+                if len(batch) >= FEED_BATCH or time.monotonic() - started >= FEED_FLUSH_S:
                     if not self._send(job, batch, alive, sink):
                         break
                     handed += len(batch)

@@ -32,8 +32,12 @@ class RemoteLink:
         AuthenticationError: the manager refused our signature.
     """
 
-    def __init__(self, session: Any, address: str, key: bytes | None, timeout: float = _config.CONNECT_TIMEOUT_S) -> None:
+    def __init__(
+        self, session: Any, address: str, key: bytes | None, timeout: float = _config.CONNECT_TIMEOUT_S,
+        *, max_workers: int = 0,
+    ) -> None:
         self.session = session
+        self.max_workers = max_workers
         self.address = address
         self.key = key
         self.outbox: collections.deque[tuple[protocol.Message, list[Any]]] = collections.deque()
@@ -90,7 +94,9 @@ class RemoteLink:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake, zmq.POLLIN)
-        hello = protocol.Hello(protocol.Role.CLIENT, f"client-{os.getpid()}", socket.gethostname(), os.getpid())
+        hello = protocol.Hello(
+            protocol.Role.CLIENT, f"client-{os.getpid()}", socket.gethostname(), os.getpid(), self.max_workers
+        )
         chan.send(hello)
         last_heard = time.monotonic()
         next_beat = last_heard + HEARTBEAT_S

@@ -291,7 +291,7 @@ class Manager:
         if msg.role == Role.WORKER:
             self._carry_out(self.scheduler.add_worker(peer_id, msg.node, msg.pid, msg.max_tasks))
         elif msg.role == Role.CLIENT:
-            self.scheduler.add_client(peer_id)
+            self.scheduler.add_client(peer_id, msg.slots)  # a client's slots: Pool(k)
         log.info("%s %s joined (pid %s on %s)", msg.role, msg.name or peer_id, msg.pid, host)
 
     def _handle_client(self, peer: str, msg: protocol.Message, frames: list[Any]) -> None:
@@ -478,7 +478,10 @@ class Manager:
         clients = []
         for c in sched.clients.values():
             cpeer = self.peers.get(c.peer)
-            clients.append({"id": c.peer, "host": cpeer.host if cpeer else "local", "queued": c.queued, "running": c.running})
+            clients.append({
+                "id": c.peer, "host": cpeer.host if cpeer else "local", "queued": c.queued,
+                "running": c.running, "workers": len(c.on), "max_workers": c.max_workers,
+            })
         return {
             "manager": {
                 "address": self.endpoints[0] if self.endpoints else "",

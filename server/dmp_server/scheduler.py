@@ -86,6 +86,8 @@ class Client:
     active: deque[Job] = field(default_factory=deque)  # jobs with pending tasks, FIFO
     queued: int = 0
     running: int = 0
+    max_workers: int = 0  # Pool(k) in a cluster: at most k workers at once (0: no cap)
+    on: dict[str, int] = field(default_factory=dict)  # worker -> this client's tasks there
 
 
 @dataclass(slots=True, eq=False)
@@ -115,8 +117,8 @@ class Scheduler:
 
     # --- peers ------------------------------------------------------------
 
-    def add_client(self, peer: str) -> None:
-        self.clients.setdefault(peer, Client(peer))
+    def add_client(self, peer: str, max_workers: int = 0) -> None:
+        self.clients.setdefault(peer, Client(peer, max_workers=max(0, max_workers)))
 
     def remove_client(self, peer: str) -> list[Command]:
         """A client left or died: drop its queued work, kill what it runs."""
@@ -153,7 +155,7 @@ class Scheduler:
             job = task.job
             client = self.clients.get(job.client)
             if client is not None:
-                client.running -= 1
+                self._release(client, peer)
             if task.key == running:
                 task.attempt += 1
                 text = (
@@ -237,7 +239,7 @@ class Scheduler:
             run_total += float(run_s)
             client = self.clients.get(task.job.client)
             if client is not None:
-                client.running -= 1
+                self._release(client, peer)
             self.tasks.pop(key, None)
             job = task.job
             job.outstanding -= 1
@@ -287,6 +289,8 @@ class Scheduler:
             items: list[list[int]] = []
             frames: list[Any] = []
             while free > 0 and self._ready:
+                if not self._pick(worker):
+                    break  # every waiting client is at its cap of workers
                 client = self._ready[0]
                 job = client.active[0]
                 task = job.pending.popleft()
@@ -307,6 +311,7 @@ class Scheduler:
                 client.queued -= 1
                 self.queued_total -= 1
                 client.running += 1
+                client.on[worker.peer] = client.on.get(worker.peer, 0) + 1
                 items.append([task.key, job.key, task.attempt, len(task.frames)])
                 frames.extend(task.frames)
                 free -= 1
@@ -317,6 +322,25 @@ class Scheduler:
         return cmds
 
     # --- internals ---------------------------------------------------------------
+
+    def _pick(self, worker: Worker) -> bool:
+        """Rotate the ready clients until the first may use ``worker``; False if none may."""
+        ready = self._ready
+        for _ in range(len(ready)):
+            c = ready[0]
+            if not c.max_workers or worker.peer in c.on or len(c.on) < c.max_workers:
+                return True
+            ready.rotate(-1)
+        return False
+
+    def _release(self, client: Client, worker: str) -> None:
+        """One of ``client``'s tasks left ``worker`` (done, lost or cancelled)."""
+        client.running -= 1
+        n = client.on.get(worker, 0) - 1
+        if n > 0:
+            client.on[worker] = n
+        else:
+            client.on.pop(worker, None)
 
     def _activate(self, client: Client, job: Job) -> None:
         client.active.append(job)
@@ -376,7 +400,7 @@ class Scheduler:
             for t in doomed:
                 del worker.assigned[t.key]
                 self.tasks.pop(t.key, None)
-                client.running -= 1
+                self._release(client, worker.peer)
             worker.doomed = True
             cmds.append(Kill(worker.peer))
         cmds += self._drop(client, job)

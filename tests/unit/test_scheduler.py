@@ -681,3 +681,25 @@ def test_counters_stay_consistent_through_churn(h: Harness) -> None:
     assert h.s.queued() == 0 and h.s.busy_workers() == 0
     assert h.s.clients["A"].running == h.s.clients["B"].running == 0
     assert not h.s.tasks
+
+
+def test_max_workers_caps_a_clients_parallelism_not_its_prefetch() -> None:
+    from dmp_server.scheduler import Scheduler, Send
+
+    from dmp import protocol as P
+
+    s = Scheduler()
+    s.add_client("A", max_workers=2)
+    for w in ("w1", "w2", "w3", "w4"):
+        s.add_worker(w, "n", 1, 0)
+    s.define_job("A", 1, [], 3)
+    cmds = s.submit("A", 1, [(i, [b"x"]) for i in range(20)])
+    used = {c.to for c in cmds if isinstance(c, Send) and isinstance(c.msg, P.Dispatch)}
+    assert len(used) == 2  # Pool(2): two workers, however many are idle
+    assert s.clients["A"].running == 4  # each holds one running and one prefetched
+    # Another client, uncapped, gets the idle workers at once.
+    s.add_client("B")
+    s.define_job("B", 1, [], 3)
+    cmds = s.submit("B", 1, [(i, [b"y"]) for i in range(4)])
+    used_b = {c.to for c in cmds if isinstance(c, Send) and isinstance(c.msg, P.Dispatch)}
+    assert used_b and used_b.isdisjoint(used)
