@@ -60,7 +60,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
         logging.getLogger("dmp.manager").info("CURVE encryption on (keys in %s)", args.curve or "DMP_CURVE")
     manager = Manager(
         bind=[bind], key=key, max_message=int(args.max_message_mb * 1024 * 1024), max_clients=args.max_clients,
-        heartbeat_s=args.heartbeat_s,
+        max_queued=args.max_queued, heartbeat_s=args.heartbeat_s,
     )
     signal.signal(signal.SIGTERM, lambda *_: manager.stop())
     signal.signal(signal.SIGINT, lambda *_: manager.stop())
@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="largest message accepted, in MiB (default %(default)g)")
     p.add_argument("--max-clients", type=int, default=_config.MAX_CLIENTS,
                    help="most clients connected at once (default %(default)d)")
+    p.add_argument("--max-queued", type=int, default=_config.MAX_QUEUED_PER_CLIENT,
+                   help="most tasks one client may have queued in the manager (default %(default)d)")
     p.add_argument("--heartbeat-s", type=float, default=1.0,
                    help="heartbeat interval; a peer silent for 5 beats is declared lost (default %(default)g)")
     p.set_defaults(func=cmd_manager)

@@ -367,3 +367,28 @@ def test_curve_encryption_end_to_end(tmp_path) -> None:
         assert out.stdout.strip() == "refused", out.stderr
     finally:
         c.stop()
+
+
+def test_executor_on_the_cluster(cluster) -> None:
+    with dmp.Executor(address=cluster.address) as ex:
+        assert ex.submit(where, 7).result(30)[0] == 49
+        assert [r[0] for r in ex.map(where, range(10), chunksize=3)] == [x * x for x in range(10)]
+        with pytest.raises(ZeroDivisionError):
+            ex.submit(lambda: 1 / 0).result(30)
+
+
+def test_a_module_the_nodes_lack_travels_by_value(cluster, tmp_path, monkeypatch) -> None:
+    import importlib
+
+    (tmp_path / "only_here_mod.py").write_text("def triple(x):\n    return 3 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("only_here_mod")
+    try:
+        with dmp.Pool(address=cluster.address) as pool, pytest.raises(ModuleNotFoundError) as info:
+            pool.map(mod.triple, [1, 2])
+        assert "only_here_mod" in str(info.value) and "node" in str(info.value)
+        with dmp.Pool(address=cluster.address, modules=["only_here_mod"]) as pool:
+            assert pool.map(mod.triple, [1, 2, 3]) == [3, 6, 9]
+    finally:
+        cloudpickle.unregister_pickle_by_value(mod)
+        sys.modules.pop("only_here_mod", None)
