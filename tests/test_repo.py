@@ -42,3 +42,36 @@ def test_quickstart_prints_the_seed_results() -> None:
     assert "cluster map: " + str([x * x for x in range(40)]) in out
     assert "node-a ran" in out and "node-b ran" in out
     assert "manager and worker nodes shut down" in out
+
+
+@pytest.mark.timeout(90)
+def test_readme_remote_manager_example_runs_as_written(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    text = (ROOT / "README.md").read_text()
+    blocks = dict(re.findall(r"<!-- remote-manager: (\w+) -->\n```python\n(.+?)```", text, flags=re.S))
+    assert set(blocks) == {"server", "put", "get"}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    scripts = {}
+    for name, code in blocks.items():
+        assert "50000" in code
+        scripts[name] = tmp_path / f"{name}.py"
+        scripts[name].write_text(code.replace("50000", str(port)))
+    server = subprocess.Popen([sys.executable, str(scripts["server"])], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            put = subprocess.run([sys.executable, str(scripts["put"])], capture_output=True, text=True, timeout=60)
+            if put.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)  # the server may still be starting
+        assert put.returncode == 0, put.stderr
+        got = subprocess.run([sys.executable, str(scripts["get"])], capture_output=True, text=True, timeout=60)
+        assert got.returncode == 0, got.stderr
+        assert got.stdout.strip() == "hello"
+    finally:
+        server.terminate()
+        server.wait(10)
