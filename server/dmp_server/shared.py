@@ -91,6 +91,13 @@ def _live(reqs: Iterable[Request]) -> list[Request]:
     return [r for r in reqs if not r.done]
 
 
+def _abandon(requests: Iterable[Request], peer: str) -> None:
+    """Parked requests of a peer that left: nobody waits for them any more."""
+    for req in requests:
+        if req.peer == peer:
+            req.done = True
+
+
 class Shared:
     """Base of the reactor kinds."""
 
@@ -181,9 +188,7 @@ class Queue(Shared):
         out.fail(req, "Empty" if req.method == "get" else "Full", "")
 
     def peer_gone(self, peer: str, out: Out) -> None:
-        for req in (*self.getters, *self.putters):
-            if req.peer == peer:
-                req.done = True
+        _abandon((*self.getters, *self.putters), peer)
 
 
 class JoinableQueue(Queue):
@@ -217,9 +222,7 @@ class JoinableQueue(Queue):
 
     def peer_gone(self, peer: str, out: Out) -> None:
         super().peer_gone(peer, out)
-        for req in self.joiners:
-            if req.peer == peer:
-                req.done = True
+        _abandon(self.joiners, peer)
 
 
 # --- locks ---------------------------------------------------------------------------
@@ -283,9 +286,7 @@ class Lock(Shared):
         out.ok(req, False)
 
     def peer_gone(self, peer: str, out: Out) -> None:
-        for req in self.waiters:
-            if req.peer == peer:
-                req.done = True
+        _abandon(self.waiters, peer)
         if self.owner is not None and self.owner[0] == peer:
             out.notes.append(f"{self.KIND} held by departed client {peer} (thread {self.owner[1]}) released")
             self.owner, self.count = None, 0
@@ -355,9 +356,7 @@ class Condition(RLock):
             self._grant(out)
 
     def peer_gone(self, peer: str, out: Out) -> None:
-        for req in self.sleepers:
-            if req.peer == peer:
-                req.done = True
+        _abandon(self.sleepers, peer)
         super().peer_gone(peer, out)
 
 
@@ -406,9 +405,7 @@ class Semaphore(Shared):
     def peer_gone(self, peer: str, out: Out) -> None:
         # Counts are not owned (another peer may release what this one took),
         # so only the departed peer's parked acquires go.
-        for req in self.waiters:
-            if req.peer == peer:
-                req.done = True
+        _abandon(self.waiters, peer)
 
 
 class BoundedSemaphore(Semaphore):
@@ -456,9 +453,7 @@ class Event(Shared):
         out.ok(req, False)
 
     def peer_gone(self, peer: str, out: Out) -> None:
-        for req in self.waiters:
-            if req.peer == peer:
-                req.done = True
+        _abandon(self.waiters, peer)
 
 
 class Barrier(Shared):
@@ -520,9 +515,7 @@ class Barrier(Shared):
     def peer_gone(self, peer: str, out: Out) -> None:
         # A party that left can never arrive: the others would wait forever.
         if any(r.peer == peer for r in self.waiting):
-            for req in self.waiting:
-                if req.peer == peer:
-                    req.done = True
+            _abandon(self.waiting, peer)
             out.notes.append(f"Barrier broken: a waiting client ({peer}) left")
             self._break(out)
 
