@@ -18,7 +18,6 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -115,7 +114,6 @@ class Manager:
         self._stopping = False
         self._closed = False
         self._exiting: dict[str, float] = {}  # workers that exited cleanly, awaiting their Bye
-        self._on_idle: list[Callable[[], None]] = []
         self.started = time.time()
         self._n_local = 0
 
