@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-queued", type=int, default=_config.MAX_QUEUED_PER_CLIENT,
                    help="most tasks one client may have queued in the manager (default %(default)d)")
     p.add_argument("--heartbeat-s", type=float, default=1.0,
-                   help="heartbeat interval; a peer silent for 5 beats is declared lost (default %(default)g)")
+                   help="heartbeat interval; a peer silent for 4 beats is declared lost, within 5 beats (default %(default)g)")
     p.set_defaults(func=cmd_manager)
     p = sub.add_parser("worker", help="run a worker node joined to a manager")
     p.add_argument("address", help="the manager, tcp://HOST:PORT")

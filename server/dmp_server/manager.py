@@ -33,8 +33,10 @@ log = logging.getLogger("dmp.manager")
 
 VERSION = "0.1.0"
 HEARTBEAT_S = 1.0
-# A remote peer silent for this many heartbeats is declared gone.
-LIVENESS = 5
+# A remote peer silent for more than this many heartbeats is declared gone.
+# Expiry is checked once a beat, so with the default 1 s beat a node that
+# vanishes is declared lost 4 to 5 s after its last heartbeat: at most 5 s.
+LIVENESS = 4
 # How long a cleanly exited worker's Bye may lag its supervisor's report.
 EXIT_GRACE_S = 2.0
 # Messages drained from the socket per loop turn before timers get a look in.

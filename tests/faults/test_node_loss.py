@@ -1,8 +1,8 @@
 """A worker node vanishes: killed, frozen (SIGSTOP), or cut off the network.
 
 The manager hears a heartbeat from each node every second and declares a node
-lost after five silent ones (``LIVENESS * HEARTBEAT_S``; checked once a
-second, so 4 to 6 s after it went quiet). Its workers' tasks then rerun on
+lost after more than four silent ones (``LIVENESS * HEARTBEAT_S``; checked
+once a second, so 4 to 5 s after its last heartbeat). Its workers' tasks then rerun on
 the other node; a late result from the lost incarnation is dropped, never
 delivered twice; a node that comes back says Hello and serves again.
 """
