@@ -97,6 +97,8 @@ class Node:
                 now = time.monotonic()
                 if now >= next_beat:
                     next_beat = now + beat
+                    for pid in self.supervisor.kill_frozen(now, beat * LIVENESS):
+                        log.warning("worker pid %d was stopped for over %g s: killed, its tasks go elsewhere", pid, beat * LIVENESS)
                     if now - last_heard > beat * LIVENESS:
                         chan.send(hello)  # the manager may have restarted: introduce ourselves again
                         last_heard = now

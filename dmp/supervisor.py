@@ -37,6 +37,17 @@ class _Handle:
     worker_id: str
     process: Any
     slot: Any
+    stopped_since: float = 0.0  # monotonic time it was first seen stopped (0: running)
+
+
+def _is_stopped(pid: int) -> bool:
+    """True if the process is stopped by a signal or traced (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("T", "t")
 
 
 class Supervisor:
@@ -104,6 +115,29 @@ class Supervisor:
         except ValueError:
             pass
         return Exited(handle.worker_id, pid, exitcode, running)
+
+    def kill_frozen(self, now: float, limit: float) -> list[int]:
+        """SIGKILL workers stopped (SIGSTOP, a debugger) for longer than ``limit``.
+
+        Their node is alive and heartbeating, so nothing else would notice
+        that they hold tasks without running them; killed, they go down the
+        ordinary death road (their tasks retried elsewhere). Returns the pids.
+        """
+        killed = []
+        for handle in list(self.handles.values()):
+            pid = handle.process.pid
+            if not pid or not _is_stopped(pid):
+                handle.stopped_since = 0.0
+                continue
+            if not handle.stopped_since:
+                handle.stopped_since = now
+            elif now - handle.stopped_since > limit:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                except ProcessLookupError:
+                    pass
+        return killed
 
     def pid_of(self, worker_id: str) -> int:
         handle = self.by_id.get(worker_id)
