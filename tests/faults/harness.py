@@ -30,9 +30,10 @@ from dmp.cli import fetch_status
 
 ROOT = Path(__file__).resolve().parents[2]
 # The manager declares a peer gone after LIVENESS (4) silent heartbeats,
-# checked once per heartbeat: at most 5 s after its last beat by default.
-# The tests allow 1.5 s more for their own status polling.
-LOSS_BOUND_S = 6.5
+# checked once per heartbeat: at most 5 s after its last beat by default
+# (measured 4.8-4.9 s). The tests allow 2 s more for their own status
+# polling, which is slow on a loaded 2-core CI machine.
+LOSS_BOUND_S = 7.0
 
 
 def free_port() -> int:
