@@ -228,7 +228,19 @@ class JoinableQueue(Queue):
 # --- locks ---------------------------------------------------------------------------
 
 
-class Lock(Shared):
+class _Waiting(Shared):
+    """An object whose blocking calls park in ``waiters`` and answer False on timeout."""
+
+    waiters: Any
+
+    def expire(self, req: Request, out: Out) -> None:
+        out.ok(req, False)
+
+    def peer_gone(self, peer: str, out: Out) -> None:
+        _abandon(self.waiters, peer)
+
+
+class Lock(_Waiting):
     """A lock held by one (peer, thread); any thread may release it, as threading.Lock."""
 
     KIND = "Lock"
@@ -282,11 +294,8 @@ class Lock(Shared):
                 self.count = 1
                 out.ok(req, True)
 
-    def expire(self, req: Request, out: Out) -> None:
-        out.ok(req, False)
-
     def peer_gone(self, peer: str, out: Out) -> None:
-        _abandon(self.waiters, peer)
+        super().peer_gone(peer, out)
         if self.owner is not None and self.owner[0] == peer:
             out.notes.append(f"{self.KIND} held by departed client {peer} (thread {self.owner[1]}) released")
             self.owner, self.count = None, 0
@@ -360,7 +369,7 @@ class Condition(RLock):
         super().peer_gone(peer, out)
 
 
-class Semaphore(Shared):
+class Semaphore(_Waiting):
     KIND = "Semaphore"
 
     def __init__(self, args: list[Any], frames: list[Any]) -> None:
@@ -399,13 +408,8 @@ class Semaphore(Shared):
     def do_get_value(self, req: Request, out: Out) -> None:
         out.ok(req, self.value)
 
-    def expire(self, req: Request, out: Out) -> None:
-        out.ok(req, False)
-
-    def peer_gone(self, peer: str, out: Out) -> None:
-        # Counts are not owned (another peer may release what this one took),
-        # so only the departed peer's parked acquires go.
-        _abandon(self.waiters, peer)
+    # peer_gone: counts are not owned (another peer may release what this one
+    # took), so only the departed peer's parked acquires go (_Waiting's).
 
 
 class BoundedSemaphore(Semaphore):
@@ -419,7 +423,7 @@ class BoundedSemaphore(Semaphore):
 # --- events and barriers --------------------------------------------------------------------
 
 
-class Event(Shared):
+class Event(_Waiting):
     KIND = "Event"
 
     def __init__(self, args: list[Any], frames: list[Any]) -> None:
@@ -449,11 +453,6 @@ class Event(Shared):
         else:
             out.ok(req, False)
 
-    def expire(self, req: Request, out: Out) -> None:
-        out.ok(req, False)
-
-    def peer_gone(self, peer: str, out: Out) -> None:
-        _abandon(self.waiters, peer)
 
 
 class Barrier(Shared):
