@@ -454,7 +454,6 @@ class Event(_Waiting):
             out.ok(req, False)
 
 
-
 class Barrier(Shared):
     """threading.Barrier without ``action`` (an action is user code: not in the daemon)."""
 
