@@ -239,6 +239,14 @@ class _Waiting(Shared):
     def peer_gone(self, peer: str, out: Out) -> None:
         _abandon(self.waiters, peer)
 
+    def _park_or_refuse(self, req: Request, out: Out) -> None:
+        """Not now: park a blocking request until woken or expired; answer False otherwise."""
+        if req.blocking:
+            self.waiters.append(req)
+            out.park(req)
+        else:
+            out.ok(req, False)
+
 
 class Lock(_Waiting):
     """A lock held by one (peer, thread); any thread may release it, as threading.Lock."""
@@ -260,11 +268,8 @@ class Lock(_Waiting):
         elif self._mine(req):
             self.count += 1
             out.ok(req, True)
-        elif req.blocking:
-            self.waiters.append(req)
-            out.park(req)
         else:
-            out.ok(req, False)
+            self._park_or_refuse(req, out)
 
     def do_release(self, req: Request, out: Out) -> None:
         self._release(req)
@@ -383,11 +388,8 @@ class Semaphore(_Waiting):
         if self.value > 0:
             self.value -= 1
             out.ok(req, True)
-        elif req.blocking:
-            self.waiters.append(req)
-            out.park(req)
         else:
-            out.ok(req, False)
+            self._park_or_refuse(req, out)
 
     def do_release(self, req: Request, out: Out) -> None:
         n = _arg(req.args, 0, 1, int)
@@ -447,11 +449,8 @@ class Event(_Waiting):
     def do_wait(self, req: Request, out: Out) -> None:
         if self.flag:
             out.ok(req, True)
-        elif req.blocking:
-            self.waiters.append(req)
-            out.park(req)
         else:
-            out.ok(req, False)
+            self._park_or_refuse(req, out)
 
 
 class Barrier(Shared):
