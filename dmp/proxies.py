@@ -1,8 +1,9 @@
 """Proxies: the client side of shared objects (internal; ``dmp.managers`` is the API).
 
     user thread --proxy.method()--> Connection.request(ObjCall)
-        --> RemoteLink (one I/O thread, one DEALER per process and manager) --> manager
-    manager --ObjReply--> I/O thread --> Connection.on_message --> wakes that user thread
+        --> RemoteLink (one DEALER per process and manager) --> manager
+    manager --ObjReply--> the waiting thread itself, serving the link (or the
+        link's thread, or another waiting thread) --> Connection.on_message
 
 One Connection per (process, manager address), made on first use, so a
 proxy unpickled in any process (a forked child, a cluster worker) just works.
@@ -104,7 +105,8 @@ class Connection:
         self.link.post(msg, list(frames))
         if self.closed is not None and self.pending.pop(ref, None) is not None:
             raise ManagerUnavailableError(str(self.closed))
-        slot.lock.acquire()
+        lock = slot.lock
+        self.link.wait(lambda: not lock.locked(), lambda timeout: lock.acquire(timeout=-1 if timeout is None else timeout), None)
         if slot.error is not None:
             raise ManagerUnavailableError(str(slot.error)) from None
         assert slot.msg is not None

@@ -1,18 +1,34 @@
-"""Cluster mode's client link: one I/O thread owns a DEALER to the manager.
+"""Cluster mode's client link: one DEALER to the manager, driven by whoever waits.
 
-    caller threads --post()--> outbox deque + eventfd --> I/O thread --> DEALER
-    manager --> DEALER --> I/O thread --> session.on_message (sinks)
-    every HEARTBEAT_S: Heartbeat out; silence for LIVENESS beats, or a Bye,
-    fails every waiting job with ManagerUnavailableError (never a hang)
+    caller thread --post()--> [io lock] DEALER.send          (no hand-off)
+    caller thread waiting on a result --wait()--> leads: polls the socket's
+        fd itself, receives, dispatches; its own reply wakes no other thread
+    no caller waiting --> the link's thread polls and dispatches instead
+    every HEARTBEAT_S the link's thread sends a Heartbeat; silence for
+    LIVENESS beats, or a Bye, fails every waiting job with
+    ManagerUnavailableError (never a hang)
+
+Leader/follower: one waiting thread at a time leads (``_lead``); others
+follow, blocking on their own event, and the leader wakes the link's thread
+when it leaves so followers are served at once. The socket is only ever
+touched under ``_io``, held for single non-blocking operations, never while
+waiting. Messages are dispatched in arrival order by one thread at a time
+(``_dispatch``) and outside ``_io``, so a slow callback never blocks a send.
+Whoever touches the socket drains it afterwards: ZeroMQ's fd only signals
+again once someone has seen the socket empty.
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import select
 import socket
 import threading
 import time
+import traceback
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -22,6 +38,10 @@ from dmp.errors import AuthenticationError, ManagerUnavailableError, MessageTooL
 
 HEARTBEAT_S = 1.0
 LIVENESS = 5
+# While a caller leads, the link's thread checks back this often (it also
+# sends heartbeats); a leader polls in slices of this, checking for failure.
+STEP_BACK_S = 0.01
+LEAD_SLICE_S = 0.1
 
 
 class RemoteLink:
@@ -40,24 +60,45 @@ class RemoteLink:
         self.max_workers = max_workers
         self.address = address
         self.key = key
-        self.outbox: collections.deque[tuple[protocol.Message, list[Any]]] = collections.deque()
-        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._stop = False
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
         self.welcome: protocol.Welcome | None = None
+        self.beat = HEARTBEAT_S
+        self._io = threading.Lock()  # the socket and channel
+        self._lead = threading.Lock()  # a caller polling the socket
+        self._dispatch = threading.RLock()  # callbacks may wait on other results
+        self._inbox: collections.deque[tuple[protocol.Message, list[Any]]] = collections.deque()
+        self._followers = 0
+        self._count = threading.Lock()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # the link's thread
+        self._nudge = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # the leader
+        self._leader = 0  # thread ident of the leader
+        self._dispatcher = 0  # thread ident of the one dispatching
+        for fd in (self._wake, self._nudge):
+            weakref.finalize(self, os.close, fd)  # never closed while another thread may write it
+        self._stop = False
+        self._dead = False  # the socket is closed or about to be: nobody may lead
+        self._failure: BaseException | None = None
+        self._ready = threading.Event()
+        self._last_heard = time.monotonic()
         transport.curve_enabled()  # bad DMP_CURVE keys: ValueError here, not in our thread
+        self._chan = transport.Channel(transport.make_socket(zmq.DEALER), key)
+        self._fd = int(self._chan.sock.getsockopt(zmq.FD))
+        self._chan.sock.connect(address)
+        hello = protocol.Hello(protocol.Role.CLIENT, f"client-{os.getpid()}", socket.gethostname(), os.getpid(), max_workers)
+        with self._io:
+            self._chan.send(hello)
         self._thread = threading.Thread(target=self._run, name="dmp-link", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
             self._stop = True
             self._poke()
             raise ManagerUnavailableError(f"no dmp manager answered at {address} within {timeout:g} s")
-        if self._error is not None:
-            raise self._error
+        if self._failure is not None:
+            raise self._failure
+
+    # --- any thread ----------------------------------------------------------------------
 
     def post(self, msg: protocol.Message, frames: list[Any]) -> None:
-        """Queue a message for the I/O thread.
+        """Send a message now, from the calling thread.
 
         Raises:
             MessageTooLargeError: its payload exceeds the manager's limit.
@@ -70,8 +111,48 @@ class RemoteLink:
                     f"a {type(msg).__name__} of {size} bytes exceeds the manager's limit of {limit} "
                     "bytes (dmp manager --max-message-mb)"
                 )
-        self.outbox.append((msg, frames))
-        self._poke()
+        with self._io:
+            if self._dead:
+                return  # the session fails every job; nothing to send it on
+            self._chan.send(msg, frames)
+            got = self._receive()
+        if got:
+            self._delivered()
+
+    def wait(self, done: Callable[[], bool], block: Callable[[float | None], Any], timeout: float | None) -> None:
+        """Return once ``done()`` or after ``timeout`` seconds, serving the socket meanwhile.
+
+        ``block(timeout)`` is how this caller waits when another thread
+        leads: on the event that the dispatch of its result sets.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        me = threading.get_ident()
+        if me in (self._leader, self._dispatcher):
+            # A callback waiting on another result: nobody else can dispatch
+            # while it runs, so it serves the socket itself (no deadlock).
+            self._lead_until(done, deadline)
+            return
+        while not done():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            if self._dead or not self._lead.acquire(blocking=False):
+                with self._count:
+                    self._followers += 1
+                try:
+                    block(remaining)
+                finally:
+                    with self._count:
+                        self._followers -= 1
+                return
+            self._leader = threading.get_ident()
+            try:
+                self._lead_until(done, deadline)
+            finally:
+                self._leader = 0
+                self._lead.release()
+                if self._followers:
+                    self._poke()  # the link's thread takes over for them now
 
     def close(self) -> None:
         if not self._stop:
@@ -81,66 +162,129 @@ class RemoteLink:
             if threading.current_thread() is not self._thread:
                 self._thread.join(5.0)
 
-    def _poke(self) -> None:
+    # --- the socket ------------------------------------------------------------------------
+
+    def _poke(self, fd: int | None = None) -> None:
         try:
-            os.eventfd_write(self._wake, 1)
+            os.eventfd_write(self._wake if fd is None else fd, 1)
         except OSError:
             pass
 
+    def _receive(self) -> bool:
+        """Under ``_io``: move everything readable into the inbox; True if anything came."""
+        sock = self._chan.sock
+        got = False
+        while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            try:
+                _, msg, frames = self._chan.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            except transport.Refused as refused:
+                error = refused.error
+                self._fail(AuthenticationError(str(error)) if isinstance(error, AuthenticationError) else error)
+                break
+            got = True
+            self._inbox.append((msg, frames))
+        if got:
+            self._last_heard = time.monotonic()
+        return got
+
+    def _pump(self) -> None:
+        with self._io:
+            if self._dead:
+                return
+            got = self._receive()
+        if got:
+            self._delivered()
+
+    def _delivered(self) -> None:
+        """Dispatch what was received; a leader asleep on the socket learns it may be done."""
+        self._dispatch_inbox()
+        if self._leader and self._leader != threading.get_ident():
+            self._poke(self._nudge)  # we may have taken its reply: the socket will not wake it
+
+    def _dispatch_inbox(self) -> None:
+        """Hand inbox messages on in arrival order, one dispatching thread at a time."""
+        inbox = self._inbox
+        while inbox:
+            if not self._dispatch.acquire(blocking=False):
+                return  # the holder re-checks the inbox after letting go
+            outer, self._dispatcher = self._dispatcher, threading.get_ident()
+            try:
+                while inbox:
+                    msg, frames = inbox.popleft()
+                    try:
+                        failure = self._handle(msg, frames)
+                    except Exception:  # a user callback raised: report it, keep serving
+                        traceback.print_exc()
+                        failure = None
+                    if failure is not None:
+                        self._fail(failure)
+            finally:
+                self._dispatcher = outer
+                self._dispatch.release()
+
+    def _fail(self, failure: BaseException) -> None:
+        if self._failure is None:
+            self._failure = failure
+        self._poke()
+
+    def _lead_until(self, done: Callable[[], bool], deadline: float | None) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        poller.register(self._nudge, select.POLLIN)
+        while True:
+            self._pump()
+            if done() or self._dead or self._failure is not None:
+                return
+            wait = LEAD_SLICE_S if deadline is None else min(LEAD_SLICE_S, deadline - time.monotonic())
+            if wait <= 0:
+                return
+            if any(fd == self._nudge for fd, _ in poller.poll(wait * 1000)):
+                try:
+                    os.eventfd_read(self._nudge)
+                except BlockingIOError:
+                    pass
+
+    # --- the link's thread -------------------------------------------------------------------
+
     def _run(self) -> None:
-        sock = transport.make_socket(zmq.DEALER)
-        chan = transport.Channel(sock, self.key)
-        sock.connect(self.address)
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake, zmq.POLLIN)
-        hello = protocol.Hello(
-            protocol.Role.CLIENT, f"client-{os.getpid()}", socket.gethostname(), os.getpid(), self.max_workers
-        )
-        chan.send(hello)
-        last_heard = time.monotonic()
-        next_beat = last_heard + HEARTBEAT_S
-        self.beat = HEARTBEAT_S
-        failure: BaseException | None = None
+        serving = select.poll()
+        serving.register(self._fd, select.POLLIN)
+        serving.register(self._wake, select.POLLIN)
+        stepped_back = select.poll()
+        stepped_back.register(self._wake, select.POLLIN)
+        next_beat = time.monotonic() + self.beat
         try:
-            while True:
-                while self.outbox:
-                    msg, frames = self.outbox.popleft()
-                    chan.send(msg, frames)
-                if self._stop:
-                    break
-                ready = dict(poller.poll(int(max(0.0, next_beat - time.monotonic()) * 1000) + 1))
-                if self._wake in ready:
+            while not self._stop and self._failure is None:
+                now = time.monotonic()
+                if self._lead.locked():
+                    ready = stepped_back.poll(min(STEP_BACK_S, max(0.0, next_beat - now)) * 1000)
+                else:
+                    ready = serving.poll(max(0.0, next_beat - now) * 1000 + 1)
+                if any(fd == self._wake for fd, _ in ready):
                     try:
                         os.eventfd_read(self._wake)
                     except BlockingIOError:
                         pass
-                if sock in ready:
-                    while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                        try:
-                            _, msg, frames = chan.recv(zmq.NOBLOCK)
-                        except transport.Refused as refused:
-                            failure = AuthenticationError(str(refused.error)) if isinstance(refused.error, AuthenticationError) else refused.error
-                            break
-                        last_heard = time.monotonic()
-                        failure = self._handle(msg, frames)
-                        if failure is not None:
-                            break
-                    if failure is not None:
-                        break
+                if ready:
+                    self._pump()
                 now = time.monotonic()
                 if now >= next_beat:
                     next_beat = now + self.beat
-                    chan.send(protocol.Heartbeat())
-                    if now - last_heard > self.beat * LIVENESS:
-                        failure = ManagerUnavailableError(f"the dmp manager at {self.address} stopped answering")
-                        break
+                    with self._io:
+                        self._chan.send(protocol.Heartbeat())
+                        got = self._receive()
+                    if got:
+                        self._delivered()
+                    if now - self._last_heard > self.beat * LIVENESS:
+                        self._fail(ManagerUnavailableError(f"the dmp manager at {self.address} stopped answering"))
         finally:
-            chan.close()
-            os.close(self._wake)
-            self._stop = True
+            self._dead = True
+            with self._io:
+                self._chan.close()
+            failure = self._failure
             if failure is not None and not self._ready.is_set():
-                self._error = failure
                 self._ready.set()
             self.session.fail_all(failure or ManagerUnavailableError("the session was closed"))
 

@@ -39,6 +39,8 @@ def decode(status: int, frames: list[Any], info: Any) -> tuple[bool, Any]:
 class _Waitable:
     def __init__(self, pool: Any, callback: Callable[[Any], Any] | None, error_callback: Callable[[BaseException], Any] | None) -> None:
         self._pool = pool
+        # The waiting caller serves the link itself when it can (see dmp.remote).
+        self._link = pool._session.link if pool is not None else None
         self._event = threading.Event()
         self._callback = callback
         self._error_callback = error_callback
@@ -54,7 +56,12 @@ class _Waitable:
         return self._success
 
     def wait(self, timeout: float | None = None) -> None:
-        self._event.wait(timeout)
+        if self._event.is_set():
+            return
+        if self._link is None:
+            self._event.wait(timeout)
+        else:
+            self._link.wait(self._event.is_set, self._event.wait, timeout)
 
     def get(self, timeout: float | None = None) -> Any:
         self.wait(timeout)
@@ -65,15 +72,17 @@ class _Waitable:
         raise self._value
 
     def _complete(self) -> None:
-        if self._success:
-            if self._callback is not None:
-                self._callback(self._value)
-        elif self._error_callback is not None:
-            self._error_callback(self._value)
-        self._event.set()
-        if self._pool is not None:
-            self._pool._job_done(self)
-            self._pool = None
+        try:
+            if self._success:
+                if self._callback is not None:
+                    self._callback(self._value)
+            elif self._error_callback is not None:
+                self._error_callback(self._value)
+        finally:  # a raising callback is reported by the link; the result is still ready
+            self._event.set()
+            if self._pool is not None:
+                self._pool._job_done(self)
+                self._pool = None
 
     def on_failure(self, exc: BaseException) -> None:
         if not self._event.is_set():

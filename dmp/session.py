@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -35,6 +36,11 @@ class Sink(Protocol):
 
 class Link(Protocol):
     def post(self, msg: protocol.Message, frames: list[Any]) -> None: ...
+
+    def wait(self, done: Callable[[], bool], block: Callable[[float | None], Any], timeout: float | None) -> None:
+        """Until ``done()`` or ``timeout``: serve the link if this caller can, else ``block(timeout)``."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -120,7 +126,7 @@ class Session:
                 sink = sinks.get(job)
                 if status != Status.CANCELLED and not getattr(sink, "holds_credit", False):
                     finished += 1
-                if sink is not None and sink.on_result(task_id, status, payload, info):
+                if sink is not None and _deliver(sink, task_id, status, payload, info):
                     sinks.pop(job, None)
             if finished:
                 self.credit.give(finished)
@@ -152,6 +158,16 @@ class Session:
                 pass
 
 
+def _deliver(sink: Sink, task_id: int, status: Status, frames: list[Any], info: str) -> bool:
+    """One outcome to its sink; a raising user callback is reported, never lost with the rest."""
+    try:
+        return sink.on_result(task_id, status, frames, info)
+    except Exception:
+        traceback.print_exc()
+        ready = getattr(sink, "ready", None)  # a result whose callback raised is still complete
+        return bool(ready()) if ready is not None else False
+
+
 class LocalLink:
     """Posts into an embedded manager running in this process."""
 
@@ -163,6 +179,10 @@ class LocalLink:
 
     def post(self, msg: protocol.Message, frames: list[Any]) -> None:
         self.manager.post(self.peer, msg, frames)
+
+    def wait(self, done: Callable[[], bool], block: Callable[[float | None], Any], timeout: float | None) -> None:
+        if not done():
+            block(timeout)  # the embedded manager's thread delivers
 
     def close(self) -> None:
         pass

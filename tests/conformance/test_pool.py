@@ -743,6 +743,21 @@ def test_worker_lost_error_callback(mp: Any) -> None:
     assert len(errors) == 1 and isinstance(errors[0], mp.WorkerLostError)
 
 
+@pytest.mark.dmp_only
+def test_raising_callback_leaves_the_pool_working(mp: Any, capfd: Any) -> None:
+    # stdlib's result thread dies of the callback's exception: get() and every later result hang.
+    def boom(_: Any) -> None:
+        raise RuntimeError("callback went wrong")
+
+    with mp.Pool(2) as p:
+        assert p.apply_async(f.square, (3,), callback=boom).get(timeout=10) == 9
+        assert p.map_async(f.square, range(20), chunksize=2, callback=boom).get(timeout=10) == [
+            i * i for i in range(20)
+        ]
+        assert p.map(f.square, range(50)) == [i * i for i in range(50)]
+    assert "callback went wrong" in capfd.readouterr().err
+
+
 # --- cloudpickle: lambdas and closures (stdlib cannot pickle them) ------------------------------
 
 

@@ -1,0 +1,170 @@
+"""The client link's leader/follower I/O (dmp/remote.py) against a real manager and node.
+
+A caller waiting on a result serves the socket itself; other waiters follow
+and are served by the leader, or by the link's thread once it leaves.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import cloudpickle
+import pytest
+
+import dmp
+from dmp import results
+
+from .conftest import Cluster, start_cluster
+
+pytestmark = pytest.mark.timeout(120)
+
+# This module is not installed on the nodes: send its functions by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@pytest.fixture(scope="module")
+def one_node() -> Iterator[Cluster]:
+    c = start_cluster(nodes=1)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def test_a_waiting_caller_receives_its_own_results(one_node, monkeypatch) -> None:
+    threads: collections.Counter[str] = collections.Counter()
+    original = results.ApplyResult.on_result
+
+    def on_result(self, *args):  # type: ignore[no-untyped-def]
+        threads[threading.current_thread().name] += 1
+        return original(self, *args)
+
+    monkeypatch.setattr(results.ApplyResult, "on_result", on_result)
+    with dmp.Pool(2, address=one_node.address) as pool:
+        for i in range(300):
+            assert pool.apply_async(square, (i,)).get(timeout=30) == i * i
+    # The link's thread may take the odd one (it serves whenever nobody leads),
+    # but a lone caller waiting on each result is the one that receives it.
+    assert threads[threading.main_thread().name] > 150, threads
+
+
+def test_many_threads_waiting_at_once_all_get_their_results(one_node) -> None:
+    errors: list[BaseException] = []
+
+    with dmp.Pool(2, address=one_node.address) as pool:
+
+        def caller(k: int) -> None:
+            try:
+                for i in range(100):
+                    assert pool.apply_async(square, (k * 1000 + i,)).get(timeout=30) == (k * 1000 + i) ** 2
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=caller, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads)
+    assert errors == []
+
+
+def test_a_follower_is_served_after_the_leader_leaves(one_node) -> None:
+    with dmp.Pool(2, address=one_node.address) as pool:
+        slow = pool.apply_async(nap, (1.0,))
+        waited: list[float] = []
+        follower = threading.Thread(target=lambda: waited.append(slow.get(timeout=30)))
+        follower.start()
+        for i in range(50):  # the main thread leads and leaves, again and again
+            assert pool.apply_async(square, (i,)).get(timeout=30) == i * i
+        follower.join(30)
+        assert waited == [1.0]
+
+
+def test_get_with_a_timeout_returns_in_time_and_the_result_still_arrives(one_node) -> None:
+    with dmp.Pool(2, address=one_node.address) as pool:
+        result = pool.apply_async(nap, (1.5,))
+        start = time.monotonic()
+        with pytest.raises(dmp.TimeoutError):
+            result.get(timeout=0.2)
+        assert time.monotonic() - start < 1.4
+        assert result.get(timeout=30) == 1.5
+
+
+def test_a_callback_may_wait_on_another_result(one_node) -> None:
+    with dmp.Pool(2, address=one_node.address) as pool:
+        inner = pool.apply_async(nap, (0.3,))
+        seen: list[float] = []
+        outer = pool.apply_async(square, (3,), callback=lambda _: seen.append(inner.get(timeout=30)))
+        assert outer.get(timeout=30) == 9
+        assert seen == [0.3]
+
+
+def test_a_raising_callback_is_reported_and_the_link_keeps_serving(one_node, capfd) -> None:
+    def boom(_: int) -> None:
+        raise RuntimeError("callback went wrong")
+
+    with dmp.Pool(2, address=one_node.address) as pool:
+        pool.apply_async(square, (2,), callback=boom).wait(30)
+        time.sleep(0.2)
+        assert pool.apply_async(square, (5,)).get(timeout=30) == 25
+        assert pool.map(square, range(100)) == [i * i for i in range(100)]
+    assert "callback went wrong" in capfd.readouterr().err
+
+
+def test_callbacks_run_with_nobody_waiting(one_node) -> None:
+    with dmp.Pool(2, address=one_node.address) as pool:
+        done = threading.Event()
+        got: list[int] = []
+
+        def collect(value: int) -> None:
+            got.append(value)
+            if len(got) == 100:
+                done.set()
+
+        for i in range(100):
+            pool.apply_async(square, (i,), callback=collect)
+        assert done.wait(30), f"only {len(got)} callbacks ran"
+        assert sorted(got) == sorted(i * i for i in range(100))
+
+
+def test_proxy_calls_from_many_threads(one_node) -> None:
+    manager = dmp.Manager(address=one_node.address)
+    queue = manager.Queue()
+    counts = manager.dict()
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def produce(k: int) -> None:
+        for i in range(100):
+            queue.put(k * 1000 + i)
+
+    def consume() -> None:
+        for _ in range(200):
+            item = queue.get(timeout=30)
+            with lock:
+                got.append(item)
+
+    threads = [threading.Thread(target=produce, args=(k,)) for k in range(4)]
+    threads += [threading.Thread(target=consume) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(got) == sorted(k * 1000 + i for k in range(4) for i in range(100))
+    for k in range(20):
+        counts[k] = k
+    assert dict(counts.items()) == {k: k for k in range(20)}
