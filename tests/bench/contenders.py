@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench.framework import Config
+from tests.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -120,10 +120,6 @@ class DmpLocal(Contender):
 # --- extension contenders, off by default --------------------------------------
 
 
-def _free_loopback_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class DmpCluster(Contender):
@@ -140,7 +136,7 @@ class DmpCluster(Contender):
         self._dmp = import_dmp()
         dmp_attr(self._dmp, "Pool")
         self._procs: list[subprocess.Popen[bytes]] = []
-        self._address = f"tcp://127.0.0.1:{_free_loopback_port()}"
+        self._address = f"tcp://127.0.0.1:{free_port()}"
         cmd = [sys.executable, "-m", "dmp"]
         self._procs.append(self._spawn([*cmd, "manager", "--bind", self._address]))
         self._procs.append(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from typing import Any
 
 from dmp import protocol
 from dmp.cli import fetch_status
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 # The manager declares a peer gone after LIVENESS (4) silent heartbeats,
@@ -34,12 +34,6 @@ ROOT = Path(__file__).resolve().parents[2]
 # (measured 4.8-4.9 s). The tests allow 2 s more for their own status
 # polling, which is slow on a loaded 2-core CI machine.
 LOSS_BOUND_S = 7.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
