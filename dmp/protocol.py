@@ -488,20 +488,28 @@ def decode(header: bytes | memoryview) -> tuple[Message, list[int]]:
     if cls is None:
         raise ProtocolError(f"unknown message type {code!r}")
     sizes = obj[2]
-    if not isinstance(sizes, list) or not all(type(n) is int and n >= -1 for n in sizes):
+    # map(type, ...) and min() run in C: a long layout costs no Python loop.
+    if type(sizes) is not list or not _JUST_INT.issuperset(map(type, sizes)) or (sizes and min(sizes) < -1):
         raise ProtocolError("header's payload layout is not a list of sizes")
     args = obj[3:]
     if len(args) > _FIELD_COUNT[code]:
         raise ProtocolError(f"{cls.__name__} has {len(args)} fields, expected {_FIELD_COUNT[code]}")
     for value, expected, name in zip(args, _FIELD_TYPES[code], _FIELD_NAMES[code]):
         # Field types are checked here, once, so that no handler ever meets
-        # a list where it expects a name (bool is an int to Python: refuse it).
-        if expected is not None and (not isinstance(value, expected) or (expected is int and type(value) is bool)):
+        # a list where it expects a name. msgpack makes exact types, so a
+        # mismatch is either wrong or a bool where an int is due (bool is an
+        # int to Python: refuse it); floats may come as ints.
+        if type(value) is expected or expected is None:
+            continue
+        if expected is int or not isinstance(value, expected):
             raise ProtocolError(f"{cls.__name__}.{name} must be {_type_name(expected)}, not {type(value).__name__}")
     try:
         return cls(*args), sizes
     except TypeError as exc:
         raise ProtocolError(f"malformed {cls.__name__}: {exc}") from None
+
+
+_JUST_INT = frozenset({int})
 
 
 def _type_name(expected: type | tuple[type, ...]) -> str:
@@ -540,29 +548,30 @@ def unpack(sizes: list[int], physical: list[memoryview]) -> list[memoryview]:
     Raises:
         ProtocolError: the layout does not match the frames.
     """
-    if not sizes:
-        if physical:
-            raise ProtocolError(f"{len(physical)} payload frames but no layout")
-        return []
-    has_pack = any(n >= 0 for n in sizes)
-    big = iter(physical[1:] if has_pack else physical)
-    n_big = len(physical) - (1 if has_pack else 0)
-    if n_big != sum(1 for n in sizes if n < 0) or (has_pack and not physical):
+    packed_bytes = 0
+    n_big = 0
+    for n in sizes:
+        if n >= 0:
+            packed_bytes += n
+        else:
+            n_big += 1
+    has_pack = n_big < len(sizes)
+    if len(physical) != n_big + has_pack:
         raise ProtocolError("payload frames do not match the header's layout")
+    if not has_pack:
+        return list(physical)
+    packed = physical[0]
+    if packed.nbytes != packed_bytes:
+        raise ProtocolError("pack frame length does not match the header's layout")
+    big = iter(physical[1:])
     out: list[memoryview] = []
-    if has_pack:
-        packed = physical[0]
-        if sum(n for n in sizes if n >= 0) != packed.nbytes:
-            raise ProtocolError("pack frame length does not match the header's layout")
-        off = 0
-        for n in sizes:
-            if n >= 0:
-                out.append(packed[off : off + n])
-                off += n
-            else:
-                out.append(next(big))
-    else:
-        out = list(big)
+    off = 0
+    for n in sizes:
+        if n >= 0:
+            out.append(packed[off : off + n])
+            off += n
+        else:
+            out.append(next(big))
     return out
 
 
@@ -596,13 +605,14 @@ class Signer:
         return hmac.compare_digest(bytes(signature), self.sign(frames, context))
 
 
-def count_frames(items: Sequence[Sequence[Any]], index: int) -> int:
-    """Sum of the nframes column ``index`` of batch items, validated."""
+def count_frames(items: Sequence[Sequence[Any]], index: int, width: int = 0) -> int:
+    """Sum of the nframes column ``index`` of batch items, validated
+    (``width``: each item must have exactly this many fields)."""
     if not isinstance(items, list):
         raise ProtocolError(f"batch items must be a list, not {type(items).__name__}")
     total = 0
     for item in items:
-        if not isinstance(item, list) or len(item) <= index:
+        if not isinstance(item, list) or len(item) <= index or (width and len(item) != width):
             raise ProtocolError(f"malformed batch item {item!r}")
         n = item[index]
         if type(n) is not int or n < 0:

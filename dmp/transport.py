@@ -180,6 +180,12 @@ def make_socket(kind: int, *, identity: bytes | None = None) -> zmq.Socket[Any]:
     return sock
 
 
+# Plain ints: the zmq enums cost an enum construction per use.
+_SNDMORE = int(zmq.SNDMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+NOBLOCK = int(zmq.NOBLOCK)
+
 # Messages that may travel outside a session (signed with an empty nonce).
 _SESSIONLESS = (protocol.Hello, protocol.Welcome, protocol.Error)
 NONCE_BYTES = 16
@@ -265,10 +271,23 @@ class Channel:
                 nonce, counter = session.nonce, session.sent
             count = counter.to_bytes(8, "little")
             sig = count + self.signer.sign(body, nonce + count)
-        parts: list[Any] = [sig, *body]
+        # Frame by frame with plain int flags: send_multipart builds a zmq.Flag
+        # enum per frame. ZeroMQ still delivers the parts all or none.
+        send = self.sock.send
+        flags = int(flags)
+        more = flags | _SNDMORE
         if to is not None:
-            parts.insert(0, to)
-        self.sock.send_multipart(parts, flags=flags, copy=False)
+            send(to, more)
+        send(sig, more)
+        last = len(body) - 1
+        for i, frame in enumerate(body):
+            # Small frames are copied either way; copy=False spares the big ones.
+            send(frame, more if i < last else flags, copy=i == 0)
+
+    def readable(self) -> bool:
+        """True if a message is waiting. A system call: a reactor that just
+        polled the socket knows already."""
+        return bool(int(self.sock.get(_EVENTS)) & _POLLIN)
 
     def recv(self, flags: int = 0) -> tuple[bytes | None, protocol.Message, list[Any]]:
         """Receive one message: (routing id or None, message, payload frames).
@@ -277,7 +296,13 @@ class Channel:
             zmq.Again: with NOBLOCK and nothing to read.
             Refused: garbage, a bad signature, a replay; the raw parts were consumed.
         """
-        parts = self.sock.recv_multipart(flags, copy=False)
+        # Frame by frame: recv_multipart asks for RCVMORE (an enum) per frame.
+        recv = self.sock.recv
+        frame = recv(flags, copy=False)
+        parts = [frame]
+        while frame.more:
+            frame = recv(flags, copy=False)
+            parts.append(frame)
         ident: bytes | None = None
         if self.routed:
             ident = parts[0].bytes

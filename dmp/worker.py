@@ -138,7 +138,8 @@ class Worker:
 
     def run(self) -> None:
         self.hello()
-        sock = self.chan.sock
+        poller = zmq.Poller()
+        poller.register(self.chan.sock, zmq.POLLIN)
         max_tasks = self.cfg.max_tasks
         try:
             while not self.stopping:
@@ -146,10 +147,12 @@ class Worker:
                     self.flush()
                     if max_tasks and self.done >= max_tasks:
                         return
-                    if not sock.poll(int(IDLE_POLL_SECONDS * 1000)):
+                    if not poller.poll(int(IDLE_POLL_SECONDS * 1000)):
                         self.idle()
                         continue
-                    self.drain()
+                    # One message per poll; the next poll looks for more, where
+                    # drain()'s readable() would cost a system call per message.
+                    self.receive()
                 elif self.done % DRAIN_EVERY == 0:
                     self.drain()
                 if self.queue:
@@ -175,13 +178,12 @@ class Worker:
             self.chan.send(protocol.Heartbeat())
 
     def drain(self) -> None:
-        sock = self.chan.sock
-        while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        while self.chan.readable():
             self.receive()
 
     def receive(self) -> None:
         try:
-            _, msg, frames = self.chan.recv(zmq.NOBLOCK)
+            _, msg, frames = self.chan.recv(transport.NOBLOCK)
         except zmq.Again:
             return
         except transport.Refused:

@@ -6,7 +6,8 @@
     local client (embedded mode) --> inbox deque + eventfd --> same handlers
     local supervisor (embedded mode) --> sentinel fds --> worker deaths
 
-Each loop: poll until the next timer, drain every ready source, run due
+Each loop: poll until the next timer, take one message from the socket (the
+next poll finds the rest) and all that the other ready sources hold, run due
 timers (peer expiry). The same class runs as the ``dmp manager`` daemon and
 embedded in a user's process for local mode; payloads are never unpickled.
 """
@@ -39,7 +40,7 @@ HEARTBEAT_S = 1.0
 LIVENESS = 4
 # How long a cleanly exited worker's Bye may lag its supervisor's report.
 EXIT_GRACE_S = 2.0
-# Messages drained from the socket per loop turn before timers get a look in.
+# Messages drained from the socket at once when a worker dies (its last results).
 DRAIN_BATCH = 512
 
 
@@ -163,7 +164,7 @@ class Manager:
                 timeout = max(0.0, wake_at - time.monotonic())
                 ready = dict(poller.poll(int(timeout * 1000) + 1))
                 if sock in ready:
-                    self._drain_socket()
+                    self._receive()
                 if self._wake_fd in ready:
                     try:
                         os.eventfd_read(self._wake_fd)
@@ -186,23 +187,32 @@ class Manager:
             os.close(self._wake_fd)
 
     def _drain_socket(self) -> None:
-        sock = self.chan.sock
+        """Handle every message waiting now (up to DRAIN_BATCH)."""
         for _ in range(DRAIN_BATCH):
-            if not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            if not self.chan.readable() or not self._receive():
                 return
-            try:
-                ident, msg, frames = self.chan.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            except transport.Refused as refused:
-                self._refuse(refused)
-                continue
-            assert ident is not None
-            try:
-                self._handle_remote(ident, msg, frames)
-            except Exception as exc:  # one bad peer must never stop the daemon
-                log.warning("bad %s from %s: %r", type(msg).__name__, _show(ident), exc)
-                self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"malformed {type(msg).__name__}: {exc}"))
+
+    def _receive(self) -> bool:
+        """Handle one message from the socket; False if none was there.
+
+        The loop calls this once per poll that finds the socket readable and
+        lets the next poll look for more: asking ZeroMQ (``readable``) after
+        each message would cost an extra system call per message.
+        """
+        try:
+            ident, msg, frames = self.chan.recv(transport.NOBLOCK)
+        except zmq.Again:
+            return False
+        except transport.Refused as refused:
+            self._refuse(refused)
+            return True
+        assert ident is not None
+        try:
+            self._handle_remote(ident, msg, frames)
+        except Exception as exc:  # one bad peer must never stop the daemon
+            log.warning("bad %s from %s: %r", type(msg).__name__, _show(ident), exc)
+            self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"malformed {type(msg).__name__}: {exc}"))
+        return True
 
     def _drain_inbox(self) -> None:
         inbox = self.inbox
@@ -244,7 +254,7 @@ class Manager:
         peer.last_seen = time.monotonic()
         if peer.role == Role.WORKER:
             if isinstance(msg, protocol.Results):
-                if protocol.count_frames(msg.items, 3) != len(frames) or any(len(i) != 6 for i in msg.items):
+                if protocol.count_frames(msg.items, 3, width=6) != len(frames):
                     raise ProtocolError("Results items do not match their frames")
                 self._carry_out(self.scheduler.results(peer_id, msg.items, frames))
             elif isinstance(msg, protocol.Output):
@@ -450,7 +460,7 @@ class Manager:
 
     def _send_raw(self, ident: bytes, msg: protocol.Message, frames: list[Any] = ()) -> None:  # type: ignore[assignment]
         try:
-            self.chan.send(msg, frames, to=ident, flags=zmq.NOBLOCK)
+            self.chan.send(msg, frames, to=ident, flags=transport.NOBLOCK)
         except zmq.ZMQError as exc:
             # EHOSTUNREACH: the peer is gone; EAGAIN: it stopped reading. Either
             # way this message cannot go now; liveness checks will drop the peer.

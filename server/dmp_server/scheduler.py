@@ -113,6 +113,7 @@ class Scheduler:
         self._next_task = 1
         self._next_job = 1
         self.est_run_s: float | None = None
+        self.in_flight = INITIAL_IN_FLIGHT  # tasks a worker may hold, from est_run_s
         self.tasks_done = 0
 
     # --- peers ------------------------------------------------------------
@@ -251,7 +252,9 @@ class Scheduler:
         if items:
             mean = run_total / len(items)
             est = self.est_run_s
-            self.est_run_s = mean if est is None else est + EWMA_ALPHA * (mean - est)
+            est = mean if est is None else est + EWMA_ALPHA * (mean - est)
+            self.est_run_s = est
+            self.in_flight = max(1, min(MAX_IN_FLIGHT, math.ceil(PREFETCH_SECONDS / max(est, 1e-7))))
         sends: list[Command] = [Send(to, protocol.Results(its), frs) for to, (its, frs) in out.items()]
         return sends + cmds + self.schedule()
 
@@ -260,12 +263,7 @@ class Scheduler:
     def credit(self, worker: Worker) -> int:
         if worker.doomed:
             return 0
-        est = self.est_run_s
-        if est is None:
-            limit = INITIAL_IN_FLIGHT
-        else:
-            limit = max(1, min(MAX_IN_FLIGHT, math.ceil(PREFETCH_SECONDS / max(est, 1e-7))))
-        free = limit - len(worker.assigned)
+        free = self.in_flight - len(worker.assigned)
         if worker.tasks_left >= 0:
             free = min(free, worker.tasks_left)
         return free

@@ -323,13 +323,17 @@ class _Recorder:
         self.sock = sock
         self.type = sock.type
         self.sent: list[list[bytes]] = []
+        self._parts: list[bytes] = []  # of the message being sent
 
-    def send_multipart(self, parts: list[Any], flags: int = 0, copy: bool = True) -> None:
-        self.sent.append([bytes(p) for p in parts])
-        self.sock.send_multipart(parts, flags=flags, copy=copy)
+    def send(self, data: Any, flags: int = 0, copy: bool = True) -> None:
+        self._parts.append(bytes(data))
+        if not flags & zmq.SNDMORE:
+            self.sent.append(self._parts)
+            self._parts = []
+        self.sock.send(data, flags, copy=copy)
 
-    def recv_multipart(self, flags: int = 0, copy: bool = True) -> Any:
-        return self.sock.recv_multipart(flags, copy=copy)
+    def recv(self, flags: int = 0, copy: bool = True) -> Any:
+        return self.sock.recv(flags, copy=copy)
 
     def close(self) -> None:
         self.sock.close()
