@@ -71,7 +71,9 @@ class LocalEngine:
         self._done = True
         self.supervisor.respawn = False
         self.manager.stop()
-        if threading.current_thread() is not self._thread:
+        # A callback on the reactor's turn (terminate() from a callback, say)
+        # cannot wait for the reactor to end: it ends once the callback returns.
+        if threading.current_thread() is not self._thread and not self.manager.runs_here():
             self._thread.join(timeout)
         self.supervisor.stop(kill=kill, timeout=timeout)
         _live.discard(self)

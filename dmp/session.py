@@ -181,8 +181,7 @@ class LocalLink:
         self.manager.post(self.peer, msg, frames)
 
     def wait(self, done: Callable[[], bool], block: Callable[[float | None], Any], timeout: float | None) -> None:
-        if not done():
-            block(timeout)  # the embedded manager's thread delivers
+        self.manager.wait(done, block, timeout)  # the waiting thread runs the embedded reactor
 
     def close(self) -> None:
         pass

@@ -1,4 +1,4 @@
-"""The manager reactor: one thread, one zmq.Poller, no locks.
+"""The manager reactor: one zmq.Poller, run by one thread at a time.
 
     clients --(ROUTER)--> decode + verify --> Scheduler --> commands --> route
     workers --(ROUTER)-->      "          --> Scheduler -->    "     -->   "
@@ -10,6 +10,12 @@ Each loop: poll until the next timer, take one message from the socket (the
 next poll finds the rest) and all that the other ready sources hold, run due
 timers (peer expiry). The same class runs as the ``dmp manager`` daemon and
 embedded in a user's process for local mode; payloads are never unpickled.
+
+As a daemon, :meth:`run`'s thread is the only one. Embedded, a user thread
+waiting on a result may take the reactor's turn (:meth:`wait`) and a
+posting thread may handle its own message (:meth:`post`) while run()'s
+thread steps back: a local round trip then wakes no thread but the worker
+and the caller. ``_turn`` makes the turns exclusive; handlers never lock.
 """
 
 from __future__ import annotations
@@ -18,7 +24,10 @@ import collections
 import logging
 import os
 import signal
+import threading
 import time
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,6 +47,13 @@ HEARTBEAT_S = 1.0
 # Expiry is checked once a beat, so with the default 1 s beat a node that
 # vanishes is declared lost 4 to 5 s after its last heartbeat: at most 5 s.
 LIVENESS = 4
+# Embedded mode: after a caller ran the reactor, run()'s thread stays out of
+# its way this long (the caller will likely wait again at once); a leading
+# caller polls in slices of LEAD_SLICE_S, noticing stop(); a caller asking
+# run()'s thread to hand over waits this long per try.
+STEP_BACK_S = 0.01
+LEAD_SLICE_S = 0.1
+HANDOVER_S = 0.02
 # How long a cleanly exited worker's Bye may lag its supervisor's report.
 EXIT_GRACE_S = 2.0
 # Messages drained from the socket at once when a worker dies (its last results).
@@ -114,6 +130,22 @@ class Manager:
         self.locals: dict[str, LocalClient] = {}
         self.inbox: collections.deque[tuple[str, protocol.Message, list[Any]]] = collections.deque()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        weakref.finalize(self, os.close, self._wake_fd)  # other threads may poke it until we are gone
+        self._poller = zmq.Poller()
+        self._poller.register(self.chan.sock, zmq.POLLIN)
+        self._poller.register(self._wake_fd, zmq.POLLIN)
+        self._watched: set[int] = set()
+        self._next_tick = time.monotonic() + heartbeat_s
+        # Who runs the reactor: run()'s thread, or (embedded mode) a caller
+        # waiting on a result; _turn is held for the whole turn, poll included.
+        self._turn = threading.Lock()
+        self._runner = 0  # thread ident holding the turn
+        self._leader = 0  # thread ident of a caller leading
+        self._want_lead = False
+        self._last_led = 0.0
+        self._resume = threading.Event()
+        self._followers = 0
+        self._count = threading.Lock()
         self._stopping = False
         self._closed = False
         self._exiting: dict[str, float] = {}  # workers that exited cleanly, awaiting their Bye
@@ -131,60 +163,158 @@ class Manager:
         return peer
 
     def post(self, peer: str, msg: protocol.Message, frames: list[Any]) -> None:
-        """From any thread: a message from in-process client ``peer``."""
+        """From any thread: a message from in-process client ``peer``.
+
+        Handled right here when nobody is running the reactor (a caller that
+        just waited stepped in for run()'s thread); otherwise queued for
+        whoever runs it, in order.
+        """
+        if self._turn.acquire(blocking=False):
+            try:
+                if not self._closed:
+                    self._runner = threading.get_ident()
+                    if self.inbox:
+                        self._drain_inbox()
+                    self._handle_client(peer, msg, frames)
+                    return
+            finally:
+                self._runner = 0
+                self._turn.release()
         self.inbox.append((peer, msg, frames))
-        os.eventfd_write(self._wake_fd, 1)
+        self._poke()
+
+    def _poke(self) -> None:
+        try:
+            os.eventfd_write(self._wake_fd, 1)
+        except OSError:
+            pass
 
     def stop(self) -> None:
         """From any thread: make :meth:`run` return soon."""
         self._stopping = True
-        if not self._closed:
-            try:
-                os.eventfd_write(self._wake_fd, 1)
-            except OSError:
-                pass  # the loop already ended and closed it
+        self._poke()
+        self._resume.set()
 
     # --- the loop ------------------------------------------------------------------
 
     def run(self) -> None:
-        poller = zmq.Poller()
-        sock = self.chan.sock
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_fd, zmq.POLLIN)
-        watched: set[int] = set()
-        next_tick = time.monotonic() + self.heartbeat_s
+        """Serve until :meth:`stop`. This thread runs the reactor whenever no waiting caller does."""
         try:
             while not self._stopping:
-                if self.supervisor is not None:
-                    watched = self.supervisor.watch(poller, watched)
-                wake_at = next_tick
-                deadline = self.objects.next_deadline()
-                if deadline is not None and deadline < wake_at:
-                    wake_at = deadline
-                timeout = max(0.0, wake_at - time.monotonic())
-                ready = dict(poller.poll(int(timeout * 1000) + 1))
-                if sock in ready:
-                    self._receive()
-                if self._wake_fd in ready:
-                    try:
-                        os.eventfd_read(self._wake_fd)
-                    except BlockingIOError:
-                        pass
-                if self.inbox:
-                    self._drain_inbox()
-                for fd in watched.intersection(ready):
-                    self._worker_died(fd)
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    self._carry_out(self.objects.tick(now))
-                if now >= next_tick:
-                    next_tick = now + self.heartbeat_s
-                    self._tick(now)
+                if self._callers_lead():
+                    self._resume.wait(STEP_BACK_S)
+                    self._resume.clear()
+                    continue
+                if not self._turn.acquire(timeout=STEP_BACK_S):
+                    continue
+                try:
+                    self._runner = threading.get_ident()
+                    self._step(None)
+                finally:
+                    self._runner = 0
+                    self._turn.release()
         finally:
-            self._shutdown_peers()
-            self.chan.close()
-            self._closed = True
-            os.close(self._wake_fd)
+            # A caller still leading notices _stopping within LEAD_SLICE_S and lets go.
+            held = self._turn.acquire(timeout=5.0)
+            try:
+                self._shutdown_peers()
+                self.chan.close()
+                self._closed = True
+            finally:
+                if held:
+                    self._turn.release()
+
+    def _callers_lead(self) -> bool:
+        """A caller runs the reactor, wants to, or did a moment ago (it will again)."""
+        return bool(self._leader or self._want_lead) or time.monotonic() - self._last_led < STEP_BACK_S
+
+    def _step(self, limit: float | None) -> None:
+        """One turn (``_turn`` held): poll until the next timer or ``limit``, handle what is ready."""
+        poller = self._poller
+        sock = self.chan.sock
+        if self.supervisor is not None:
+            self._watched = self.supervisor.watch(poller, self._watched)
+        wake_at = self._next_tick
+        deadline = self.objects.next_deadline()
+        if deadline is not None and deadline < wake_at:
+            wake_at = deadline
+        timeout = max(0.0, wake_at - time.monotonic())
+        if limit is not None and limit < timeout:
+            timeout = limit
+        ready = dict(poller.poll(int(timeout * 1000) + 1))
+        if sock in ready:
+            self._receive()
+        if self._wake_fd in ready:
+            try:
+                os.eventfd_read(self._wake_fd)
+            except BlockingIOError:
+                pass
+        if self.inbox:
+            self._drain_inbox()
+        for fd in self._watched.intersection(ready):
+            self._worker_died(fd)
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            self._carry_out(self.objects.tick(now))
+        if now >= self._next_tick:
+            self._next_tick = now + self.heartbeat_s
+            self._tick(now)
+
+    # --- callers running the reactor (embedded mode) -------------------------------------
+
+    def wait(self, done: Callable[[], bool], block: Callable[[float | None], Any], timeout: float | None) -> None:
+        """From a thread waiting on a result: run the reactor here until ``done()`` or ``timeout``.
+
+        The result's own delivery then wakes no other thread. One caller leads
+        at a time; others ``block(timeout)`` on their own event, served by
+        the leader, or by :meth:`run`'s thread once the leader lets go.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        me = threading.get_ident()
+        while not done():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            if self._runner == me or self._stopping or self._closed:
+                # A callback on the reactor's own turn cannot run it again: it waits, as in multiprocessing.
+                block(remaining)
+                return
+            if not self._turn.acquire(blocking=False):
+                if self._leader:
+                    self._follow(block, remaining)
+                    return
+                self._want_lead = True  # run()'s thread holds the turn: ask it to step back
+                self._poke()
+                if not self._turn.acquire(timeout=HANDOVER_S):
+                    continue
+            try:
+                self._want_lead = False
+                self._leader = self._runner = me
+                while not done() and not self._stopping:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    self._step(LEAD_SLICE_S if left is None else min(LEAD_SLICE_S, left))
+            finally:
+                self._leader = self._runner = 0
+                self._last_led = time.monotonic()
+                self._turn.release()
+                if self._followers:
+                    self._last_led = 0.0
+                    self._resume.set()  # run()'s thread serves them from now on
+
+    def _follow(self, block: Callable[[float | None], Any], remaining: float | None) -> None:
+        with self._count:
+            self._followers += 1
+        try:
+            block(remaining)
+        finally:
+            with self._count:
+                self._followers -= 1
+
+    def runs_here(self) -> bool:
+        """Whether this thread is running the reactor right now (a callback, say)."""
+        return self._runner == threading.get_ident()
 
     def _drain_socket(self) -> None:
         """Handle every message waiting now (up to DRAIN_BATCH)."""
