@@ -168,7 +168,7 @@ def _make_manager(registry: dict[str, Registration], address: str, key: bytes | 
             "code in the object host. Pass authkey=..., set DMP_AUTHKEY, or bind to 127.0.0.1."
         )
     manager = Manager(bind=[address], key=key)
-    manager.objects.launcher = objhost.ForkLauncher(manager.endpoints[0], key, registry)
+    manager.objects.launcher = objhost.ForkLauncher(manager.host_endpoint, key, registry, manager.endpoints[0])
     return manager
 
 

@@ -9,7 +9,7 @@ Pool and every ``BaseManager.register``-ed type (internal).
 The daemon never unpickles; this process does, and only what the manager
 forwarded from authenticated peers. It exits when the manager says Bye, goes
 silent, or its lifeline fd (a pipe from whoever started it) reaches EOF.
-Started two ways: ``python -m dmp.objhost ENDPOINT`` by the daemon (key on
+Started two ways: ``python -m dmp.objhost ENDPOINT PUBLIC`` by the daemon (key on
 stdin, stdin is the lifeline), or forked by :class:`ForkLauncher` from a
 ``BaseManager.start()`` / ``serve_forever()`` process, so it sees the user's
 registered callables and globals.
@@ -44,7 +44,9 @@ def public_methods(obj: Any) -> list[str]:
 
 
 class Host:
-    def __init__(self, endpoint: str, key: bytes | None, registry: dict[str, Any], lifeline: int | None) -> None:
+    def __init__(
+        self, endpoint: str, key: bytes | None, registry: dict[str, Any], lifeline: int | None, public: str = ""
+    ) -> None:
         self.endpoint = endpoint
         self.key = key
         self.registry = registry
@@ -54,6 +56,8 @@ class Host:
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.pool = concurrent.futures.ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="dmp-host")
         proxies.remember_key(endpoint, key)
+        if public:
+            proxies.remember_key(public, key)  # proxies inside host objects name the daemon so
 
     def run(self) -> None:
         sock = transport.make_socket(zmq.DEALER)
@@ -171,8 +175,8 @@ class Host:
         return protocol.HostReply(tag, ObjStatus.OK, [typeid, names], typeid, retain), []
 
 
-def serve(endpoint: str, key: bytes | None, registry: dict[str, Any], lifeline: int | None) -> None:
-    Host(endpoint, key, registry, lifeline).run()
+def serve(endpoint: str, key: bytes | None, registry: dict[str, Any], lifeline: int | None, public: str = "") -> None:
+    Host(endpoint, key, registry, lifeline, public).run()
 
 
 class ForkLauncher:
@@ -182,8 +186,9 @@ class ForkLauncher:
     sees EOF and exits when this process ends, however it ends.
     """
 
-    def __init__(self, endpoint: str, key: bytes | None, registry: dict[str, Any]) -> None:
+    def __init__(self, endpoint: str, key: bytes | None, registry: dict[str, Any], public: str = "") -> None:
         self.endpoint = endpoint
+        self.public = public
         self.key = key
         self.registry = registry
         self.proc: Any = None
@@ -195,7 +200,7 @@ class ForkLauncher:
         self.stop()
         r, w = os.pipe()
         proc = multiprocessing.get_context("fork").Process(
-            target=_forked_host, args=(self.endpoint, self.key, self.registry, r, w), name="dmp-objhost", daemon=True
+            target=_forked_host, args=(self.endpoint, self.key, self.registry, r, w, self.public), name="dmp-objhost", daemon=True
         )
         proc.start()
         os.close(r)
@@ -216,22 +221,22 @@ class ForkLauncher:
                 proc.join(2.0)
 
 
-def _forked_host(endpoint: str, key: bytes | None, registry: dict[str, Any], r: int, w: int) -> None:
+def _forked_host(endpoint: str, key: bytes | None, registry: dict[str, Any], r: int, w: int, public: str) -> None:
     os.close(w)
     transport.forget_context_after_fork()
-    serve(endpoint, key, registry, r)
+    serve(endpoint, key, registry, r, public)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m dmp.objhost ENDPOINT  (authkey as hex on stdin)", file=sys.stderr)
+    if len(args) not in (1, 2):
+        print("usage: python -m dmp.objhost ENDPOINT [PUBLIC]  (authkey as hex on stdin)", file=sys.stderr)
         return 2
     line = sys.stdin.buffer.readline().strip()
     key = bytes.fromhex(line.decode()) if line else None
     from dmp.managers import SyncManager
 
-    serve(args[0], key, SyncManager._registry, sys.stdin.fileno())
+    serve(args[0], key, SyncManager._registry, sys.stdin.fileno(), args[1] if len(args) == 2 else "")
     return 0
 
 

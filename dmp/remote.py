@@ -73,7 +73,8 @@ class RemoteLink:
         self._leader = 0  # thread ident of the leader
         self._dispatcher = 0  # thread ident of the one dispatching
         for fd in (self._wake, self._nudge):
-            weakref.finalize(self, os.close, fd)  # never closed while another thread may write it
+            # Closed once nobody can write it: not at interpreter exit, while daemon threads still run.
+            weakref.finalize(self, os.close, fd).atexit = False
         self._stop = False
         self._dead = False  # the socket is closed or about to be: nobody may lead
         self._failure: BaseException | None = None

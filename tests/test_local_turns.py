@@ -12,9 +12,9 @@ import threading
 import time
 
 import pytest
+from dmp_server import manager as manager_mod
 
 import dmp
-from dmp_server import manager as manager_mod
 
 pytestmark = pytest.mark.timeout(60)
 

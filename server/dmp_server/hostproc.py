@@ -1,6 +1,8 @@
-"""Starts the daemon's object host: ``python -m dmp.objhost ENDPOINT`` beside the reactor.
+"""Starts the daemon's object host: ``python -m dmp.objhost ENDPOINT PUBLIC`` beside the reactor.
 
     ObjectServer --launcher.start()--> Popen(dmp.objhost, stdin=pipe)
+        ENDPOINT: the daemon's private ipc:// endpoint for its host (or its
+        own address); PUBLIC: its address as clients know it
         the key goes down the pipe (never argv or environ); the pipe stays open
         as the host's lifeline: EOF means the daemon is gone, so the host exits
     host --Hello, HostReady--> reactor; ObjectServer polls exitcode() for a crash
@@ -14,17 +16,25 @@ import subprocess
 import sys
 
 
+def _reachable(endpoint: str) -> str:
+    """A wildcard bind is reached on loopback."""
+    return endpoint.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+
+
 class SubprocessLauncher:
-    def __init__(self, endpoint: str, key: bytes | None) -> None:
-        # The host connects where the daemon listens; a wildcard bind is reached on loopback.
-        self.endpoint = endpoint.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
+    """``endpoint``: where the host connects; ``public``: the daemon's address as clients know it
+    (proxies nested in host objects carry it)."""
+
+    def __init__(self, endpoint: str, key: bytes | None, public: str = "") -> None:
+        self.endpoint = _reachable(endpoint)
+        self.public = _reachable(public or endpoint)
         self.key = key
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dmp.objhost", self.endpoint],
+            [sys.executable, "-m", "dmp.objhost", self.endpoint, self.public],
             stdin=subprocess.PIPE,
             close_fds=True,
         )

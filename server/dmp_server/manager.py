@@ -26,6 +26,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,8 +122,14 @@ class Manager:
             self.chan.sock.bind(endpoint)
             self.endpoints.append(self.chan.sock.getsockopt_string(zmq.LAST_ENDPOINT))
         self.scheduler = Scheduler()
+        # The object host connects over a private ipc:// endpoint when we listen on
+        # tcp:// (each hop of a dict call is then cheaper; nothing else uses it).
+        self.host_endpoint = self.endpoints[0] if self.endpoints else ""
+        if self.host_endpoint.startswith("tcp://"):
+            router.bind(f"ipc://@dmp-objhost-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+            self.host_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         # Shared objects; a dict, list or registered type starts the object host beside us.
-        launcher = hostproc.SubprocessLauncher(self.endpoints[0], key) if self.endpoints else None
+        launcher = hostproc.SubprocessLauncher(self.host_endpoint, key, self.endpoints[0]) if self.endpoints else None
         self.objects = objects.ObjectServer(launcher)
         self.supervisor = supervisor
         self.heartbeat_s = heartbeat_s
@@ -130,7 +137,8 @@ class Manager:
         self.locals: dict[str, LocalClient] = {}
         self.inbox: collections.deque[tuple[str, protocol.Message, list[Any]]] = collections.deque()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        weakref.finalize(self, os.close, self._wake_fd)  # other threads may poke it until we are gone
+        # Other threads may poke it until we are gone (and never closed at exit, under a running thread).
+        weakref.finalize(self, os.close, self._wake_fd).atexit = False
         self._poller = zmq.Poller()
         self._poller.register(self.chan.sock, zmq.POLLIN)
         self._poller.register(self._wake_fd, zmq.POLLIN)

@@ -104,6 +104,7 @@ def test_proxies_pickle_into_another_interpreter_and_nest(daemon) -> None:
         q.put(sorted(d.keys()))
     """), daemon.env)
     assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr  # a clean exit, link threads included
     assert q.get(timeout=10) == ["from_child", "inner"]
     assert list(inner) == [1, 2] and list(d["inner"]) == [1, 2]
     m.shutdown()
