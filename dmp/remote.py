@@ -77,6 +77,7 @@ class RemoteLink:
             weakref.finalize(self, os.close, fd).atexit = False
         self._stop = False
         self._dead = False  # the socket is closed or about to be: nobody may lead
+        self._clean = False  # the socket was seen empty since anyone last used it
         self._failure: BaseException | None = None
         self._ready = threading.Event()
         self._last_heard = time.monotonic()
@@ -115,6 +116,7 @@ class RemoteLink:
         with self._io:
             if self._dead:
                 return  # the session fails every job; nothing to send it on
+            self._clean = False
             self._chan.send(msg, frames)
             got = self._receive()
         if got:
@@ -172,12 +174,16 @@ class RemoteLink:
             pass
 
     def _receive(self) -> bool:
-        """Under ``_io``: move everything readable into the inbox; True if anything came."""
-        sock = self._chan.sock
+        """Under ``_io``: move everything readable into the inbox; True if anything came.
+
+        Afterwards the socket was seen empty (``_clean``), so its fd will
+        signal the next arrival: a leader may poll it without looking first.
+        """
+        chan = self._chan
         got = False
-        while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        while chan.readable():
             try:
-                _, msg, frames = self._chan.recv(zmq.NOBLOCK)
+                _, msg, frames = chan.recv(transport.NOBLOCK)
             except zmq.Again:
                 break
             except transport.Refused as refused:
@@ -186,6 +192,7 @@ class RemoteLink:
                 break
             got = True
             self._inbox.append((msg, frames))
+        self._clean = True
         if got:
             self._last_heard = time.monotonic()
         return got
@@ -234,8 +241,11 @@ class RemoteLink:
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
         poller.register(self._nudge, select.POLLIN)
+        look = not self._clean  # a caller that just sent has looked already
         while True:
-            self._pump()
+            if look:
+                self._pump()
+            look = True
             if done() or self._dead or self._failure is not None:
                 return
             wait = LEAD_SLICE_S if deadline is None else min(LEAD_SLICE_S, deadline - time.monotonic())
@@ -274,6 +284,7 @@ class RemoteLink:
                 if now >= next_beat:
                     next_beat = now + self.beat
                     with self._io:
+                        self._clean = False
                         self._chan.send(protocol.Heartbeat())
                         got = self._receive()
                     if got:
