@@ -344,6 +344,9 @@ class StatusReply(Message):
 #       host kind (dict, list, Namespace, registered types):
 #           manager --HostCall--> object host --HostReply--> manager
 #   manager --ObjReply--> client
+#   client --ObjCancel(ref)--> manager: the caller was interrupted; a parked
+#       request is dropped unanswered (a reply already on its way is undone
+#       by the client: see dmp/proxies.py)
 #
 # ``timeout`` in ObjCall: -1.0 waits forever, 0.0 does not wait, else seconds.
 
@@ -452,6 +455,16 @@ class HostDrop(Message):
     """Manager -> object host: forget these objects (nobody holds them)."""
 
     oids: list[int] = field(default_factory=list)
+
+
+@message(38)
+@dataclass(slots=True)
+class ObjCancel(Message):
+    """Client -> manager: nobody waits for request ``ref`` any more (its caller
+    was interrupted). A parked request is dropped unanswered; anything else
+    (unknown, already answered) is ignored. No reply."""
+
+    ref: int
 
 
 # --- wire encoding -----------------------------------------------------------

@@ -4,6 +4,9 @@
         --> RemoteLink (one DEALER per process and manager) --> manager
     manager --ObjReply--> the waiting thread itself, serving the link (or the
         link's thread, or another waiting thread) --> Connection.on_message
+    a wait interrupted (Ctrl-C, any exception) --ObjCancel(ref)--> manager:
+        a parked request is dropped; a reply already on its way is undone
+        here when it comes (the call's Undo: queue item back, lock released)
 
 One Connection per (process, manager address), made on first use, so a
 proxy unpickled in any process (a forked child, a cluster worker) just works.
@@ -24,6 +27,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from multiprocessing import util as _mp_util
 from typing import Any
 
@@ -63,6 +67,38 @@ class _Slot:
         self.error: BaseException | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Undo:
+    """How to take back a reactor call whose OK reply came after its caller gave up.
+
+    The undoing call goes to the same object from the same thread id (lock
+    ownership), carries the reply's payload (a queue item), and nobody waits
+    for its answer.
+    """
+
+    method: str
+    only_if_true: bool = False  # only when the reply's value is True (an acquire that got it)
+
+    def call(self, call: protocol.ObjCall, reply: protocol.ObjReply) -> protocol.ObjCall | None:
+        if reply.status != ObjStatus.OK or (self.only_if_true and reply.value is not True):
+            return None
+        return protocol.ObjCall(0, call.oid, self.method, [], -1.0, call.thread)
+
+
+@dataclass(slots=True)
+class _Abandoned:
+    """A call whose caller gave up, kept until its reply can no longer come."""
+
+    call: protocol.ObjCall
+    undo: Undo
+    fence: int = 0  # a ref taken after the ObjCancel went out (0: not out yet)
+
+
+# Abandoned calls remembered at most (a safety net: the fence rule forgets
+# them as soon as any later request is answered).
+MAX_ABANDONED = 1024
+
+
 class Connection:
     """This process's session with one manager: requests out, replies matched by ref."""
 
@@ -73,15 +109,71 @@ class Connection:
         self.pending: dict[int, _Slot] = {}
         self._refs = itertools.count(1)
         self.closed: BaseException | None = None
+        # ref -> a call given up on whose late reply must be undone
+        self.abandoned: dict[int, _Abandoned] = {}
+        self._abandoned_lock = threading.Lock()
         self.link = RemoteLink(self, address, key, timeout)
 
-    # called on the link's thread
+    # called on whichever thread dispatches (the link's, or a waiting caller's)
     def on_message(self, msg: protocol.Message, frames: list[Any]) -> None:
         if isinstance(msg, protocol.ObjReply):
             slot = self.pending.pop(msg.ref, None)
             if slot is not None:
                 slot.msg, slot.frames = msg, frames
                 slot.lock.release()
+            if self.abandoned:
+                self._late_reply(msg, frames)
+
+    def _late_reply(self, msg: protocol.ObjReply, frames: list[Any]) -> None:
+        """Undo the reply to an abandoned call; forget those whose reply can no longer come.
+
+        The manager handles one client's messages in order and its replies come
+        back in order: once a request sent after an ObjCancel is answered, the
+        cancelled call's reply (if the manager sent one before the cancel got
+        there) has already come.
+        """
+        with self._abandoned_lock:
+            gone = self.abandoned.pop(msg.ref, None)
+            for ref in [r for r, a in self.abandoned.items() if 0 < a.fence < msg.ref]:
+                del self.abandoned[ref]
+        if gone is not None:
+            self._undo(gone.call, gone.undo, msg, frames)
+
+    def _undo(self, call: protocol.ObjCall, undo: Undo, reply: protocol.ObjReply, frames: list[Any]) -> None:
+        """Send the call undoing ``reply`` and wait for nothing (this may be the dispatching thread)."""
+        undoing = undo.call(call, reply)
+        if undoing is None or self.closed is not None:
+            return
+        undoing.ref = next(self._refs)  # its reply matches no slot and is dropped
+        try:
+            self.link.post(undoing, list(frames))
+        except Exception:  # the session is failing: the manager drops it all anyway
+            pass
+
+    def _abandon(self, ref: int, slot: _Slot, call: Any, undo: Undo | None) -> None:
+        """The caller of request ``ref`` gives up: cancel it, or undo a reply that came. Never raises."""
+        entry = None
+        if undo is not None and isinstance(call, protocol.ObjCall):
+            entry = _Abandoned(call, undo)
+            with self._abandoned_lock:
+                if len(self.abandoned) >= MAX_ABANDONED:
+                    self.abandoned.pop(next(iter(self.abandoned)))
+                self.abandoned[ref] = entry  # before the slot goes: a reply from now on finds it
+        if self.pending.pop(ref, None) is None:
+            # on_message took the reply first (it is in the slot, or going in), or fail_all did.
+            with self._abandoned_lock:
+                self.abandoned.pop(ref, None)
+            if undo is not None and slot.lock.acquire(timeout=1.0) and slot.msg is not None:
+                self._undo(call, undo, slot.msg, slot.frames)
+            return
+        if self.closed is not None:
+            return
+        try:
+            self.link.post(protocol.ObjCancel(ref), [])
+        except Exception:  # best effort: a failing session drops the request with us
+            pass
+        if entry is not None:
+            entry.fence = next(self._refs)  # any ref from here on was sent after the cancel
 
     def fail_all(self, exc: BaseException) -> None:
         self.closed = exc
@@ -91,8 +183,13 @@ class Connection:
             slot.lock.release()
 
     # called by any thread
-    def request(self, msg: Any, frames: Sequence[Any] = ()) -> tuple[protocol.ObjReply, list[Any]]:
+    def request(self, msg: Any, frames: Sequence[Any] = (), undo: Undo | None = None) -> tuple[protocol.ObjReply, list[Any]]:
         """Send ``msg`` (its ``ref`` is filled in) and wait for the reply.
+
+        A wait that ends in an exception (KeyboardInterrupt, a signal handler's)
+        sends ObjCancel, so a parked request takes no queue item or lock it can
+        no longer hand over; a reply that crossed the cancel is undone by
+        ``undo`` when it comes. The exception is raised unchanged.
 
         Raises:
             ManagerUnavailableError: the manager went away first.
@@ -102,11 +199,19 @@ class Connection:
         slot = _Slot()
         msg.ref = ref = next(self._refs)
         self.pending[ref] = slot
-        self.link.post(msg, list(frames))
+        try:
+            self.link.post(msg, list(frames))
+        except BaseException:  # an interruption may come after the send
+            self._abandon(ref, slot, msg, undo)
+            raise
         if self.closed is not None and self.pending.pop(ref, None) is not None:
             raise ManagerUnavailableError(str(self.closed))
         lock = slot.lock
-        self.link.wait(lambda: not lock.locked(), lambda timeout: lock.acquire(timeout=-1 if timeout is None else timeout), None)
+        try:
+            self.link.wait(lambda: not lock.locked(), lambda timeout: lock.acquire(timeout=-1 if timeout is None else timeout), None)
+        except BaseException:
+            self._abandon(ref, slot, msg, undo)
+            raise
         if slot.error is not None:
             raise ManagerUnavailableError(str(slot.error)) from None
         assert slot.msg is not None
@@ -305,8 +410,8 @@ class BaseProxy:
 
     # --- calls ---
 
-    def _request(self, msg: Any, frames: Sequence[Any] = ()) -> tuple[Any, list[Any]]:
-        reply, out = self._conn().request(msg, frames)
+    def _request(self, msg: Any, frames: Sequence[Any] = (), undo: Undo | None = None) -> tuple[Any, list[Any]]:
+        reply, out = self._conn().request(msg, frames, undo)
         if reply.status == ObjStatus.OK:
             return reply, out
         if reply.status == ObjStatus.RAISED:
@@ -485,11 +590,17 @@ def _timeout(block: bool, timeout: float | None) -> float:
 
 
 class _ReactorProxy(BaseProxy):
-    """Calls answered by the manager's own state machines: plain arguments, opaque items."""
+    """Calls answered by the manager's own state machines: plain arguments, opaque items.
+
+    ``_undo_`` names, per method, the call that takes back its effect when
+    the reply comes after the caller was interrupted (see Connection.request):
+    """
+
+    _undo_: dict[str, Undo] = {}
 
     def _call(self, method: str, args: list[Any] | None = None, frames: Sequence[Any] = (), timeout: float = -1.0) -> tuple[Any, list[Any]]:
         msg = protocol.ObjCall(0, self._token.id, method, args or [], timeout, threading.get_ident())
-        reply, out = self._request(msg, frames)
+        reply, out = self._request(msg, frames, self._undo_.get(method))
         return reply.value, out
 
     def _value(self, method: str, args: list[Any] | None = None, timeout: float = -1.0) -> Any:
@@ -498,6 +609,9 @@ class _ReactorProxy(BaseProxy):
 
 class QueueProxy(_ReactorProxy):
     _exposed_: tuple[str, ...] = ("put", "get", "put_nowait", "get_nowait", "qsize", "empty", "full")
+    # an item got for nobody goes back first in line (uncounted in a JoinableQueue);
+    # an interrupted put that went in stays in (nothing is lost either way)
+    _undo_ = {"get": Undo("unget")}
 
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
         self._call("put", None, serialization.dumps(obj), _timeout(block, timeout))
@@ -543,6 +657,7 @@ def _acquire_timeout(blocking: bool, timeout: float | None) -> float:
 
 class AcquirerProxy(_ReactorProxy):
     _exposed_: tuple[str, ...] = ("acquire", "release")
+    _undo_ = {"acquire": Undo("release", only_if_true=True)}
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         return bool(self._value("acquire", None, _acquire_timeout(blocking, timeout)))
@@ -576,9 +691,19 @@ class SemaphoreProxy(AcquirerProxy):
 
 class ConditionProxy(AcquirerProxy):
     _exposed_: tuple[str, ...] = ("acquire", "release", "wait", "notify", "notify_all")
+    # wait() takes the lock back whatever it answers: an interrupted wait leaves it released
+    _undo_ = {"acquire": Undo("release", only_if_true=True), "wait": Undo("release")}
 
     def wait(self, timeout: float | None = None) -> bool:
         return bool(self._value("wait", None, _timeout(True, timeout)))
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.release()
+        except RuntimeError:
+            if exc[0] is None:
+                raise
+            # An interrupted wait() left the lock released: let the interruption through as it is.
 
     def notify(self, n: int = 1) -> None:
         self._value("notify", [n])

@@ -8,6 +8,8 @@
             --HostCall(tag)--> object host (a process beside the daemon:
             it runs user code and unpickles, the daemon never does)
             <--HostReply(tag)-- --ObjReply--> the client that asked
+    client --ObjCancel(ref)--> its parked request ``ref`` is dropped unanswered
+        (the caller was interrupted; parked requests are kept by (peer, ref))
     client --ObjRelease / leaves--> holders drop; an object nobody holds is freed
     client holding a Lock leaves --> the lock is released (and logged)
 
@@ -38,6 +40,11 @@ HOST_START_TIMEOUT_S = 30.0
 HOST_POLL_S = 0.25
 
 HOST = "host"
+
+# The (peer, ref) -> parked request map is swept of answered requests when it
+# reaches this size, and then at twice what is left: amortised O(1) a call,
+# and never more than about twice the requests really parked.
+PARKED_SWEEP_MIN = 1024
 
 
 class Launcher(Protocol):
@@ -78,6 +85,8 @@ class ObjectServer:
         self._ids = itertools.count(1)
         self._seq = itertools.count()
         self._heap: list[tuple[float, int, int, shared.Request]] = []  # deadline, seq, oid, req
+        self.parked: dict[tuple[str, int], tuple[int, shared.Request]] = {}  # (peer, ref) -> (oid, req)
+        self._sweep_at = PARKED_SWEEP_MIN
         self.launcher = launcher
         self.host: str | None = None
         self._launched_at: float | None = None  # a launch is under way (or running)
@@ -97,6 +106,8 @@ class ObjectServer:
                 return self._create(peer, msg, frames, now)
             if isinstance(msg, protocol.ObjRelease):
                 return self._release(peer, msg.oids)
+            if isinstance(msg, protocol.ObjCancel):
+                return self._cancel(peer, msg.ref)
             if isinstance(msg, protocol.HostReply):
                 return self._host_reply(peer, msg, frames)
             if isinstance(msg, protocol.HostReady):
@@ -119,6 +130,8 @@ class ObjectServer:
             entry = self.entries.get(oid)
             if not req.done and entry is not None and entry.obj is not None:
                 entry.obj.expire(req, out)
+            if req.done:
+                self.parked.pop((req.peer, req.ref), None)
         cmds = out.commands
         if self._launched_at is not None and now >= self._next_poll:
             self._next_poll = now + HOST_POLL_S
@@ -145,6 +158,8 @@ class ObjectServer:
         if peer == self.host:
             cmds += self._host_gone("the object host disconnected")
         oids = self.held.pop(peer, set())
+        for key in [key for key in self.parked if key[0] == peer]:
+            del self.parked[key]
         out = shared.Out()
         for oid in sorted(oids):
             entry = self.entries.get(oid)
@@ -192,8 +207,35 @@ class ObjectServer:
         for parked, timeout in out.parked:
             if timeout >= 0:
                 heapq.heappush(self._heap, (now + timeout, next(self._seq), entry.oid, parked))
+            self._remember(entry.oid, parked)
         for note in out.notes:
             log.warning("%s", note)
+        return out.commands
+
+    def _remember(self, oid: int, req: shared.Request) -> None:
+        """Keep a parked request findable by (peer, ref) for ObjCancel."""
+        parked = self.parked
+        parked[(req.peer, req.ref)] = (oid, req)
+        if len(parked) >= self._sweep_at:
+            self.parked = parked = {key: item for key, item in parked.items() if not item[1].done}
+            self._sweep_at = max(PARKED_SWEEP_MIN, 2 * len(parked))
+
+    def _cancel(self, peer: str, ref: Any) -> list[Command]:
+        """ObjCancel: drop ``peer``'s parked request ``ref`` unanswered. Anything else is ignored:
+        a reply already sent is the client's to undo, and a cancel never answers."""
+        if type(ref) is not int:
+            log.debug("ignored ObjCancel with a malformed ref %r from %s", ref, peer)
+            return []
+        found = self.parked.pop((peer, ref), None)
+        if found is None:
+            return []
+        oid, req = found
+        entry = self.entries.get(oid)
+        if req.done or entry is None or entry.obj is None:
+            return []
+        req.done = True  # every kind skips done requests wherever they still sit
+        out = shared.Out()
+        entry.obj.cancel(req, out)
         return out.commands
 
     def _hold(self, peer: str, oid: int) -> None:
@@ -302,6 +344,7 @@ MESSAGES: tuple[type[protocol.Message], ...] = (
     protocol.ObjCreate,
     protocol.ObjCall,
     protocol.ObjRelease,
+    protocol.ObjCancel,
     protocol.HostReady,
     protocol.HostReply,
 )

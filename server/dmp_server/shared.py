@@ -4,7 +4,8 @@
         Semaphore | BoundedSemaphore | Event | Condition | Barrier | Value | Array
     each call answers now (out.ok / out.fail), or parks the request
     (out.park: it waits, with its deadline) until a later call wakes it;
-    a deadline that passes is expire(req); a departed peer is peer_gone(peer)
+    a deadline that passes is expire(req); a departed peer is peer_gone(peer);
+    an interrupted caller's parked request is marked done, then cancel(req)
 
 No I/O, no clock, no pickles: an item is a list of payload frames passed
 through untouched; a Value is its pickled bytes; an Array is raw machine
@@ -118,6 +119,12 @@ class Shared:
     def peer_gone(self, peer: str, out: Out) -> None:
         """``peer`` left: forget its parked requests, give back what it held."""
 
+    def cancel(self, req: Request, out: Out) -> None:
+        """Parked ``req`` was cancelled (already marked done, never answered).
+
+        Most kinds need nothing more: they skip done requests wherever they sit.
+        """
+
 
 # --- queues ---------------------------------------------------------------------------
 
@@ -157,6 +164,16 @@ class Queue(Shared):
             out.park(req)
         else:
             out.fail(req, "Empty", "")
+
+    def do_unget(self, req: Request, out: Out) -> None:
+        """Give back an item a get took but its interrupted caller never received.
+
+        It goes back first in line, even past ``maxsize`` (it was in the queue a
+        moment ago), and, in a JoinableQueue, is not counted again.
+        """
+        self.items.appendleft(req.frames)
+        out.ok(req)
+        self._settle(out)
 
     def _settle(self, out: Out) -> None:
         """Hand items to parked getters and room to parked putters until neither can move."""
@@ -502,6 +519,10 @@ class Barrier(Shared):
 
     def do_n_waiting(self, req: Request, out: Out) -> None:
         out.ok(req, len(self.waiting))
+
+    def cancel(self, req: Request, out: Out) -> None:
+        # As a thread interrupted in threading.Barrier.wait: that party leaves, the others wait on.
+        self.waiting = [r for r in self.waiting if r is not req]
 
     def do_broken(self, req: Request, out: Out) -> None:
         out.ok(req, self.broken)

@@ -59,6 +59,7 @@ SAMPLES.update({
     "HostCall": protocol.HostCall(9, 5, "__getitem__", ""),
     "HostReply": protocol.HostReply(9, protocol.ObjStatus.OK, ["dict", ["get"]], "dict", [7]),
     "HostDrop": protocol.HostDrop([5]),
+    "ObjCancel": protocol.ObjCancel(2),
 })
 
 
