@@ -108,8 +108,8 @@ class Pool:
         self._feed: collections.deque[tuple[int, Any, Iterator[Any]]] = collections.deque()
         self._feed_cond = threading.Condition(threading.Lock())
         self._feeding = False
+        # Started by the first map: a pool used only for apply never pays for it.
         self._feeder = threading.Thread(target=self._feed_loop, name="dmp-feeder", daemon=True)
-        self._feeder.start()
 
     # --- bookkeeping -------------------------------------------------------------------
 
@@ -244,6 +244,8 @@ class Pool:
             self._feed.append((job, sink, chunks))
             self._feeding = True
             self._feed_cond.notify()
+            if self._feeder.ident is None:
+                self._feeder.start()
 
     # --- the feeder thread ----------------------------------------------------------------
 
@@ -352,7 +354,8 @@ class Pool:
         if self._state == RUN:
             raise ValueError("Pool is still running")
         if self._state == CLOSE:
-            self._feeder.join()
+            if self._feeder.ident is not None:
+                self._feeder.join()
             with self._pending_cond:
                 while self._pending:
                     self._pending_cond.wait(0.5)
