@@ -34,6 +34,7 @@ from typing import Any
 import zmq
 
 from dmp import _config, protocol, transport
+from dmp._sigint import critical
 from dmp.errors import AuthenticationError, ManagerUnavailableError, MessageTooLargeError
 
 HEARTBEAT_S = 1.0
@@ -113,14 +114,15 @@ class RemoteLink:
                     f"a {type(msg).__name__} of {size} bytes exceeds the manager's limit of {limit} "
                     "bytes (dmp manager --max-message-mb)"
                 )
-        with self._io:
-            if self._dead:
-                return  # the session fails every job; nothing to send it on
-            self._clean = False
-            self._chan.send(msg, frames)
-            got = self._receive()
-        if got:
-            self._delivered()
+        with critical:  # a Ctrl-C waits until what was received is delivered
+            with self._io:
+                if self._dead:
+                    return  # the session fails every job; nothing to send it on
+                self._clean = False
+                self._chan.send(msg, frames)
+                got = self._receive()
+            if got:
+                self._delivered()
 
     def wait(self, done: Callable[[], bool], block: Callable[[float | None], Any], timeout: float | None) -> None:
         """Return once ``done()`` or after ``timeout`` seconds, serving the socket meanwhile.
@@ -198,12 +200,13 @@ class RemoteLink:
         return got
 
     def _pump(self) -> None:
-        with self._io:
-            if self._dead:
-                return
-            got = self._receive()
-        if got:
-            self._delivered()
+        with critical:  # a Ctrl-C waits until what was received is delivered
+            with self._io:
+                if self._dead:
+                    return
+                got = self._receive()
+            if got:
+                self._delivered()
 
     def _delivered(self) -> None:
         """Dispatch what was received; a leader asleep on the socket learns it may be done."""

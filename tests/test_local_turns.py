@@ -8,6 +8,9 @@ when the leader leaves, and callbacks on the caller's turn behave.
 from __future__ import annotations
 
 import collections
+import os
+import random
+import signal
 import threading
 import time
 
@@ -121,3 +124,28 @@ def test_get_with_a_timeout_returns_in_time() -> None:
             result.get(timeout=0.2)
         assert time.monotonic() - start < 1.4
         assert result.get(timeout=10) == 1.5
+
+
+def _interrupt_soon(delay: float) -> threading.Timer:
+    timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    return timer
+
+
+def test_ctrl_c_while_the_caller_runs_the_reactor_leaves_the_pool_working() -> None:
+    # The main thread is mostly *handling* messages here (tiny tasks, chunksize 1):
+    # an interrupt must wait for the step to end, or the scheduler is left half updated.
+    rng = random.Random(7)
+    with dmp.Pool(2) as pool:
+        interrupted = 0
+        for _ in range(15):
+            timer = _interrupt_soon(rng.uniform(0.005, 0.05))
+            try:
+                try:
+                    pool.map(square, range(20_000), chunksize=1)
+                finally:
+                    timer.join()  # the interrupt may come after the map: catch it here too
+            except KeyboardInterrupt:
+                interrupted += 1
+            assert pool.map_async(square, range(2000), chunksize=1).get(timeout=30) == [i * i for i in range(2000)]
+        assert interrupted > 0

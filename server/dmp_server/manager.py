@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import zmq
 
 from dmp import _config, protocol, transport
+from dmp._sigint import critical
 from dmp.errors import AuthenticationError, ProtocolError
 from dmp.protocol import ErrorCode, Role
 from dmp_server import hostproc, objects
@@ -181,9 +182,10 @@ class Manager:
             try:
                 if not self._closed:
                     self._runner = threading.get_ident()
-                    if self.inbox:
-                        self._drain_inbox()
-                    self._handle_client(peer, msg, frames)
+                    with critical:
+                        if self.inbox:
+                            self._drain_inbox()
+                        self._handle_client(peer, msg, frames)
                     return
             finally:
                 self._runner = 0
@@ -250,23 +252,24 @@ class Manager:
         if limit is not None and limit < timeout:
             timeout = limit
         ready = dict(poller.poll(int(timeout * 1000) + 1))
-        if sock in ready:
-            self._receive()
-        if self._wake_fd in ready:
-            try:
-                os.eventfd_read(self._wake_fd)
-            except BlockingIOError:
-                pass
-        if self.inbox:
-            self._drain_inbox()
-        for fd in self._watched.intersection(ready):
-            self._worker_died(fd)
-        now = time.monotonic()
-        if deadline is not None and now >= deadline:
-            self._carry_out(self.objects.tick(now))
-        if now >= self._next_tick:
-            self._next_tick = now + self.heartbeat_s
-            self._tick(now)
+        with critical:  # a caller's Ctrl-C waits for the turn to end, never breaks it
+            if sock in ready:
+                self._receive()
+            if self._wake_fd in ready:
+                try:
+                    os.eventfd_read(self._wake_fd)
+                except BlockingIOError:
+                    pass
+            if self.inbox:
+                self._drain_inbox()
+            for fd in self._watched.intersection(ready):
+                self._worker_died(fd)
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                self._carry_out(self.objects.tick(now))
+            if now >= self._next_tick:
+                self._next_tick = now + self.heartbeat_s
+                self._tick(now)
 
     # --- callers running the reactor (embedded mode) -------------------------------------
 

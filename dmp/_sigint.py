@@ -1,0 +1,79 @@
+"""Ctrl-C between steps, never in the middle of one (internal).
+
+A caller waiting on a result runs dmp's I/O itself (the client link, or the
+embedded reactor in local mode). In the main thread, a KeyboardInterrupt
+could land halfway through handling a message: a result received but not
+delivered, the scheduler half updated, and the pool broken for the next
+call. Code doing such a step enters ``critical``; a SIGINT that arrives
+meanwhile is raised when the step is over. While waiting (polling) the
+caller is interrupted at once, as with multiprocessing.
+
+Python runs signal handlers in the main thread only, so only the main
+thread counts. The handler is installed the first time it is needed, and
+only over Python's default one (a handler of the user's is left alone); it
+behaves exactly like the default outside a critical step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from types import FrameType, TracebackType
+
+_main = threading.main_thread().ident
+_depth = 0
+_pending = False
+_installed = False
+
+
+def _handler(signum: int, frame: FrameType | None) -> None:
+    global _pending
+    if _depth:
+        _pending = True
+        return
+    signal.default_int_handler(signum, frame)
+
+
+def _install() -> None:
+    global _installed
+    _installed = True
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _handler)
+    except ValueError:  # not the main interpreter's main thread after all
+        pass
+
+
+class _Critical:
+    """``with critical:`` around one step; reentrant, free outside the main thread."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        global _depth
+        if threading.get_ident() == _main:
+            if not _installed:
+                _install()
+            _depth += 1
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        global _depth, _pending
+        if threading.get_ident() != _main:
+            return
+        _depth -= 1
+        if _depth == 0 and _pending:
+            _pending = False
+            if kind is None:
+                raise KeyboardInterrupt
+
+
+critical = _Critical()
+
+
+def _after_fork() -> None:
+    global _main, _depth, _pending
+    _main, _depth, _pending = threading.main_thread().ident, 0, False
+
+
+os.register_at_fork(after_in_child=_after_fork)
