@@ -41,7 +41,7 @@ class Executor(cf.Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            future: cf.Future[Any] = cf.Future()
+            future: cf.Future[Any] = _Future(self._pool._session.link)
             self._futures.add(future)
 
         def done(value: Any) -> None:
@@ -86,6 +86,32 @@ class Executor(cf.Executor):
     def _finish(self) -> None:
         self._pool.close()
         self._pool.join()
+
+
+class _Future(cf.Future):  # type: ignore[type-arg]
+    """A Future whose waiting caller serves dmp's I/O itself, as ``AsyncResult.get`` does."""
+
+    def __init__(self, link: Any) -> None:
+        super().__init__()
+        self._link = link
+
+    def _block(self, timeout: float | None) -> None:
+        with self._condition:
+            if not self.done():
+                self._condition.wait(timeout)
+
+    def _serve(self, timeout: float | None) -> float | None:
+        """Wait (serving the link) up to ``timeout``; what is left for the base class."""
+        if self.done():
+            return timeout
+        self._link.wait(self.done, self._block, timeout)
+        return None if timeout is None else 0
+
+    def result(self, timeout: float | None = None) -> Any:
+        return super().result(self._serve(timeout))
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return super().exception(self._serve(timeout))
 
 
 class _Star:

@@ -13,6 +13,7 @@ import random
 import signal
 import threading
 import time
+from concurrent.futures import TimeoutError
 
 import pytest
 from dmp_server import manager as manager_mod
@@ -149,3 +150,24 @@ def test_ctrl_c_while_the_caller_runs_the_reactor_leaves_the_pool_working() -> N
                 interrupted += 1
             assert pool.map_async(square, range(2000), chunksize=1).get(timeout=30) == [i * i for i in range(2000)]
         assert interrupted > 0
+
+
+def test_an_executor_future_waiter_runs_the_reactor_too(monkeypatch) -> None:
+    turns: collections.Counter[str] = collections.Counter()
+    step = manager_mod.Manager._step
+
+    def counting(self, limit):  # type: ignore[no-untyped-def]
+        turns[threading.current_thread().name] += 1
+        return step(self, limit)
+
+    monkeypatch.setattr(manager_mod.Manager, "_step", counting)
+    with dmp.Executor(2) as ex:
+        for i in range(20):
+            ex.submit(square, i).result(timeout=10)
+        turns.clear()
+        for i in range(200):
+            assert ex.submit(square, i).result(timeout=10) == i * i
+        assert ex.submit(nap, 0.3).exception(timeout=10) is None
+        with pytest.raises(TimeoutError):
+            ex.submit(nap, 1.0).result(timeout=0.1)
+    assert turns[threading.main_thread().name] > 100, turns

@@ -102,8 +102,8 @@ def test_task_that_always_kills_its_worker_fails_alone_after_max_retries(
     killer = OomKiller(markers) if how == "oom" else None
     try:
         pool = make_pool(mode, **kw)
+        (markers / "others").mkdir()  # before the map: its first task may run at once
         others = pool.map_async(tasks.sleep_logged, [(i, str(markers / "others"), 0.01) for i in range(1, 60)])
-        (markers / "others").mkdir()
         t0 = time.monotonic()
         doomed = pool.apply_async(tasks.always_die, (how, str(markers)))
         with pytest.raises(dmp.WorkerLostError) as info:
