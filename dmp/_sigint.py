@@ -4,9 +4,11 @@ A caller waiting on a result runs dmp's I/O itself (the client link, or the
 embedded reactor in local mode). In the main thread, a KeyboardInterrupt
 could land halfway through handling a message: a result received but not
 delivered, the scheduler half updated, and the pool broken for the next
-call. Code doing such a step enters ``critical``; a SIGINT that arrives
-meanwhile is raised when the step is over. While waiting (polling) the
-caller is interrupted at once, as with multiprocessing.
+call. A caller that runs dmp's I/O holds ``critical`` for the whole time
+(its finally-clauses included: a lock left held would hang everyone) and
+opens ``interruptible`` only around its blocking waits: a SIGINT is raised
+there at once, as with multiprocessing, and is held anywhere else until the
+step ends.
 
 Python runs signal handlers in the main thread only, so only the main
 thread counts. The handler is installed the first time it is needed, and
@@ -68,7 +70,37 @@ class _Critical:
                 raise KeyboardInterrupt
 
 
+class _Interruptible:
+    """``with interruptible:`` around the blocking wait inside a critical step:
+    a SIGINT held so far is raised now, and one arriving during the wait at once."""
+
+    __slots__ = ("_saved",)
+
+    def __init__(self) -> None:
+        self._saved: list[int] = []
+
+    def __enter__(self) -> None:
+        global _depth, _pending
+        if threading.get_ident() != _main:
+            return
+        self._saved.append(_depth)
+        _depth = 0
+        if _pending:
+            _pending = False
+            self._leave()
+            raise KeyboardInterrupt
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if threading.get_ident() == _main:
+            self._leave()
+
+    def _leave(self) -> None:
+        global _depth
+        _depth = self._saved.pop()
+
+
 critical = _Critical()
+interruptible = _Interruptible()
 
 
 def _after_fork() -> None:

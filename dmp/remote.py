@@ -34,7 +34,7 @@ from typing import Any
 import zmq
 
 from dmp import _config, protocol, transport
-from dmp._sigint import critical
+from dmp._sigint import critical, interruptible
 from dmp.errors import AuthenticationError, ManagerUnavailableError, MessageTooLargeError
 
 HEARTBEAT_S = 1.0
@@ -141,23 +141,28 @@ class RemoteLink:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return
-            if self._dead or not self._lead.acquire(blocking=False):
-                with self._count:
-                    self._followers += 1
+            with critical:  # Ctrl-C only while polling: never with _lead taken and not given back
+                if self._dead or not self._lead.acquire(blocking=False):
+                    self._follow(block, remaining)
+                    return
+                self._leader = me
                 try:
-                    block(remaining)
+                    self._lead_until(done, deadline)
                 finally:
-                    with self._count:
-                        self._followers -= 1
-                return
-            self._leader = threading.get_ident()
-            try:
-                self._lead_until(done, deadline)
-            finally:
-                self._leader = 0
-                self._lead.release()
-                if self._followers:
-                    self._poke()  # the link's thread takes over for them now
+                    self._leader = 0
+                    self._lead.release()
+                    if self._followers:
+                        self._poke()  # the link's thread takes over for them now
+
+    def _follow(self, block: Callable[[float | None], Any], remaining: float | None) -> None:
+        with self._count:
+            self._followers += 1
+        try:
+            with interruptible:
+                block(remaining)
+        finally:
+            with self._count:
+                self._followers -= 1
 
     def close(self) -> None:
         if not self._stop:
@@ -254,7 +259,9 @@ class RemoteLink:
             wait = LEAD_SLICE_S if deadline is None else min(LEAD_SLICE_S, deadline - time.monotonic())
             if wait <= 0:
                 return
-            if any(fd == self._nudge for fd, _ in poller.poll(wait * 1000)):
+            with interruptible:
+                ready = poller.poll(wait * 1000)
+            if any(fd == self._nudge for fd, _ in ready):
                 try:
                     os.eventfd_read(self._nudge)
                 except BlockingIOError:

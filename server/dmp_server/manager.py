@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import zmq
 
 from dmp import _config, protocol, transport
-from dmp._sigint import critical
+from dmp._sigint import critical, interruptible
 from dmp.errors import AuthenticationError, ProtocolError
 from dmp.protocol import ErrorCode, Role
 from dmp_server import hostproc, objects
@@ -178,20 +178,20 @@ class Manager:
         just waited stepped in for run()'s thread); otherwise queued for
         whoever runs it, in order.
         """
-        if self._turn.acquire(blocking=False):
-            try:
-                if not self._closed:
-                    self._runner = threading.get_ident()
-                    with critical:
+        with critical:  # a Ctrl-C never leaves the turn taken or the message half handled
+            if self._turn.acquire(blocking=False):
+                try:
+                    if not self._closed:
+                        self._runner = threading.get_ident()
                         if self.inbox:
                             self._drain_inbox()
                         self._handle_client(peer, msg, frames)
-                    return
-            finally:
-                self._runner = 0
-                self._turn.release()
-        self.inbox.append((peer, msg, frames))
-        self._poke()
+                        return
+                finally:
+                    self._runner = 0
+                    self._turn.release()
+            self.inbox.append((peer, msg, frames))
+            self._poke()
 
     def _poke(self) -> None:
         try:
@@ -251,8 +251,9 @@ class Manager:
         timeout = max(0.0, wake_at - time.monotonic())
         if limit is not None and limit < timeout:
             timeout = limit
-        ready = dict(poller.poll(int(timeout * 1000) + 1))
-        with critical:  # a caller's Ctrl-C waits for the turn to end, never breaks it
+        with interruptible:  # a waiting caller's Ctrl-C lands here, never in what follows
+            ready = dict(poller.poll(int(timeout * 1000) + 1))
+        with critical:
             if sock in ready:
                 self._receive()
             if self._wake_fd in ready:
@@ -278,7 +279,8 @@ class Manager:
 
         The result's own delivery then wakes no other thread. One caller leads
         at a time; others ``block(timeout)`` on their own event, served by
-        the leader, or by :meth:`run`'s thread once the leader lets go.
+        the leader, or by :meth:`run`'s thread once the leader lets go. A
+        Ctrl-C is raised only while waiting (see dmp._sigint).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         me = threading.get_ident()
@@ -288,37 +290,47 @@ class Manager:
                 return
             if self._runner == me or self._stopping or self._closed:
                 # A callback on the reactor's own turn cannot run it again: it waits, as in multiprocessing.
-                block(remaining)
+                with interruptible:
+                    block(remaining)
                 return
-            if not self._turn.acquire(blocking=False):
-                if self._leader:
+            with critical:
+                if not self._take_turn():
+                    if not self._leader:
+                        continue  # run()'s thread is handing over
                     self._follow(block, remaining)
                     return
-                self._want_lead = True  # run()'s thread holds the turn: ask it to step back
-                self._poke()
-                if not self._turn.acquire(timeout=HANDOVER_S):
-                    continue
-            try:
-                self._want_lead = False
-                self._leader = self._runner = me
-                while not done() and not self._stopping:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        break
-                    self._step(LEAD_SLICE_S if left is None else min(LEAD_SLICE_S, left))
-            finally:
-                self._leader = self._runner = 0
-                self._last_led = time.monotonic()
-                self._turn.release()
-                if self._followers:
-                    self._last_led = 0.0
-                    self._resume.set()  # run()'s thread serves them from now on
+                try:
+                    self._want_lead = False
+                    self._leader = self._runner = me
+                    while not done() and not self._stopping:
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
+                            break
+                        self._step(LEAD_SLICE_S if left is None else min(LEAD_SLICE_S, left))
+                finally:
+                    self._leader = self._runner = 0
+                    self._last_led = time.monotonic()
+                    self._turn.release()
+                    if self._followers:
+                        self._last_led = 0.0
+                        self._resume.set()  # run()'s thread serves them from now on
+
+    def _take_turn(self) -> bool:
+        """The reactor's turn for a caller, asking run()'s thread to step back if it has it."""
+        if self._turn.acquire(blocking=False):
+            return True
+        if self._leader:
+            return False
+        self._want_lead = True
+        self._poke()
+        return self._turn.acquire(timeout=HANDOVER_S)
 
     def _follow(self, block: Callable[[float | None], Any], remaining: float | None) -> None:
         with self._count:
             self._followers += 1
         try:
-            block(remaining)
+            with interruptible:
+                block(remaining)
         finally:
             with self._count:
                 self._followers -= 1
