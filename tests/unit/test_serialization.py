@@ -110,6 +110,26 @@ def test_large_bytes_go_out_of_band_and_keep_their_type(kind: type, by_value: bo
         assert inner == data
 
 
+def test_long_lists_are_judged_by_a_sample() -> None:
+    big = b"b" * OOB_THRESHOLD
+    # A big buffer at a sampled place (first, middle, last) of a long list goes out of band...
+    for at in (0, 100, 200):
+        items: list[object] = list(range(201))
+        items[at] = big
+        frames = dumps(items)
+        assert len(frames) == 2, at
+        assert loads(_wire(frames))[at] == big
+    # ...one elsewhere in a long list of scalars travels in band: still right, one copy more.
+    items = list(range(201))
+    items[7] = big
+    frames = dumps(items)
+    assert len(frames) == 1
+    assert loads(_wire(frames)) == items
+    # A short list is always scanned in full.
+    short: list[object] = [1, big, 2, 3]
+    assert len(dumps(short)) == 2
+
+
 def test_large_memoryview_goes_out_of_band() -> None:
     data = memoryview(b"m" * OOB_THRESHOLD)
     frames = dumps(data)
