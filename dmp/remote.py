@@ -35,6 +35,7 @@ import zmq
 
 from dmp import _config, protocol, transport
 from dmp._sigint import critical, interruptible
+from dmp._turns import Followers
 from dmp.errors import AuthenticationError, ManagerUnavailableError, MessageTooLargeError
 
 HEARTBEAT_S = 1.0
@@ -67,8 +68,7 @@ class RemoteLink:
         self._lead = threading.Lock()  # a caller polling the socket
         self._dispatch = threading.RLock()  # callbacks may wait on other results
         self._inbox: collections.deque[tuple[protocol.Message, list[Any]]] = collections.deque()
-        self._followers = 0
-        self._count = threading.Lock()
+        self._followers = Followers()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # the link's thread
         self._nudge = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # the leader
         self._leader = 0  # thread ident of the leader
@@ -143,7 +143,7 @@ class RemoteLink:
                 return
             with critical:  # Ctrl-C only while polling: never with _lead taken and not given back
                 if self._dead or not self._lead.acquire(blocking=False):
-                    self._follow(block, remaining)
+                    self._followers.wait(block, remaining)
                     return
                 self._leader = me
                 try:
@@ -151,18 +151,8 @@ class RemoteLink:
                 finally:
                     self._leader = 0
                     self._lead.release()
-                    if self._followers:
+                    if self._followers.count:
                         self._poke()  # the link's thread takes over for them now
-
-    def _follow(self, block: Callable[[float | None], Any], remaining: float | None) -> None:
-        with self._count:
-            self._followers += 1
-        try:
-            with interruptible:
-                block(remaining)
-        finally:
-            with self._count:
-                self._followers -= 1
 
     def close(self) -> None:
         if not self._stop:

@@ -36,6 +36,7 @@ import zmq
 
 from dmp import _config, protocol, transport
 from dmp._sigint import critical, interruptible
+from dmp._turns import Followers
 from dmp.errors import AuthenticationError, ProtocolError
 from dmp.protocol import ErrorCode, Role
 from dmp_server import hostproc, objects
@@ -153,8 +154,7 @@ class Manager:
         self._want_lead = False
         self._last_led = 0.0
         self._resume = threading.Event()
-        self._followers = 0
-        self._count = threading.Lock()
+        self._followers = Followers()
         self._stopping = False
         self._closed = False
         self._exiting: dict[str, float] = {}  # workers that exited cleanly, awaiting their Bye
@@ -297,7 +297,7 @@ class Manager:
                 if not self._take_turn():
                     if not self._leader:
                         continue  # run()'s thread is handing over
-                    self._follow(block, remaining)
+                    self._followers.wait(block, remaining)
                     return
                 try:
                     self._want_lead = False
@@ -311,7 +311,7 @@ class Manager:
                     self._leader = self._runner = 0
                     self._last_led = time.monotonic()
                     self._turn.release()
-                    if self._followers:
+                    if self._followers.count:
                         self._last_led = 0.0
                         self._resume.set()  # run()'s thread serves them from now on
 
@@ -324,16 +324,6 @@ class Manager:
         self._want_lead = True
         self._poke()
         return self._turn.acquire(timeout=HANDOVER_S)
-
-    def _follow(self, block: Callable[[float | None], Any], remaining: float | None) -> None:
-        with self._count:
-            self._followers += 1
-        try:
-            with interruptible:
-                block(remaining)
-        finally:
-            with self._count:
-                self._followers -= 1
 
     def runs_here(self) -> bool:
         """Whether this thread is running the reactor right now (a callback, say)."""

@@ -1,0 +1,35 @@
+"""Callers taking turns at dmp's I/O (internal): the followers' side.
+
+The client link (dmp/remote.py) and the embedded reactor
+(dmp_server/manager.py) let one waiting thread lead, serving the socket
+itself. Every other waiting thread follows: it blocks on its own event, and
+the leader, when it lets go, wakes the serving thread for it if any are
+counted here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from dmp._sigint import interruptible
+
+
+class Followers:
+    __slots__ = ("_lock", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def wait(self, block: Callable[[float | None], Any], remaining: float | None) -> None:
+        """``block(remaining)`` as a follower; a Ctrl-C lands here at once (see dmp._sigint)."""
+        with self._lock:
+            self.count += 1
+        try:
+            with interruptible:
+                block(remaining)
+        finally:
+            with self._lock:
+                self.count -= 1
