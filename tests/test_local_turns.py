@@ -8,9 +8,6 @@ when the leader leaves, and callbacks on the caller's turn behave.
 from __future__ import annotations
 
 import collections
-import os
-import random
-import signal
 import threading
 import time
 from concurrent.futures import TimeoutError
@@ -19,6 +16,7 @@ import pytest
 from dmp_server import manager as manager_mod
 
 import dmp
+from tests.interrupts import interrupt_maps_then_use
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,15 +30,21 @@ def nap(seconds: float) -> float:
     return seconds
 
 
-def test_the_waiting_caller_runs_the_reactor(monkeypatch) -> None:
-    turns: collections.Counter[str] = collections.Counter()
+@pytest.fixture
+def turns(monkeypatch) -> collections.Counter[str]:
+    """Reactor turns (``Manager._step`` calls) counted by the name of the thread that ran them."""
+    counter: collections.Counter[str] = collections.Counter()
     step = manager_mod.Manager._step
 
     def counting(self, limit):  # type: ignore[no-untyped-def]
-        turns[threading.current_thread().name] += 1
+        counter[threading.current_thread().name] += 1
         return step(self, limit)
 
     monkeypatch.setattr(manager_mod.Manager, "_step", counting)
+    return counter
+
+
+def test_the_waiting_caller_runs_the_reactor(turns) -> None:
     with dmp.Pool(2) as pool:
         for i in range(50):
             pool.apply_async(square, (i,)).get(timeout=10)
@@ -127,40 +131,14 @@ def test_get_with_a_timeout_returns_in_time() -> None:
         assert result.get(timeout=10) == 1.5
 
 
-def _interrupt_soon(delay: float) -> threading.Timer:
-    timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
-    return timer
-
-
 def test_ctrl_c_while_the_caller_runs_the_reactor_leaves_the_pool_working() -> None:
     # The main thread is mostly *handling* messages here (tiny tasks, chunksize 1):
     # an interrupt must wait for the step to end, or the scheduler is left half updated.
-    rng = random.Random(7)
     with dmp.Pool(2) as pool:
-        interrupted = 0
-        for _ in range(15):
-            timer = _interrupt_soon(rng.uniform(0.005, 0.05))
-            try:
-                try:
-                    pool.map(square, range(20_000), chunksize=1)
-                finally:
-                    timer.join()  # the interrupt may come after the map: catch it here too
-            except KeyboardInterrupt:
-                interrupted += 1
-            assert pool.map_async(square, range(2000), chunksize=1).get(timeout=30) == [i * i for i in range(2000)]
-        assert interrupted > 0
+        assert interrupt_maps_then_use(pool, square, rounds=15, seed=7, delay=(0.005, 0.05), check=2000) > 0
 
 
-def test_an_executor_future_waiter_runs_the_reactor_too(monkeypatch) -> None:
-    turns: collections.Counter[str] = collections.Counter()
-    step = manager_mod.Manager._step
-
-    def counting(self, limit):  # type: ignore[no-untyped-def]
-        turns[threading.current_thread().name] += 1
-        return step(self, limit)
-
-    monkeypatch.setattr(manager_mod.Manager, "_step", counting)
+def test_an_executor_future_waiter_runs_the_reactor_too(turns) -> None:
     with dmp.Executor(2) as ex:
         for i in range(20):
             ex.submit(square, i).result(timeout=10)

@@ -7,9 +7,6 @@ and are served by the leader, or by the link's thread once it leaves.
 from __future__ import annotations
 
 import collections
-import os
-import random
-import signal
 import sys
 import threading
 import time
@@ -20,6 +17,7 @@ import pytest
 
 import dmp
 from dmp import results
+from tests.interrupts import interrupt_maps_then_use
 
 from .conftest import Cluster, start_cluster
 
@@ -176,18 +174,5 @@ def test_proxy_calls_from_many_threads(one_node) -> None:
 def test_ctrl_c_while_the_caller_serves_the_link_leaves_the_pool_working(one_node) -> None:
     # Results stream in while the main thread receives and dispatches them: an
     # interrupt must wait until what was received is delivered, or it is lost.
-    rng = random.Random(11)
     with dmp.Pool(2, address=one_node.address) as pool:
-        interrupted = 0
-        for _ in range(10):
-            timer = threading.Timer(rng.uniform(0.01, 0.08), os.kill, (os.getpid(), signal.SIGINT))
-            timer.start()
-            try:
-                try:
-                    pool.map(square, range(20_000), chunksize=1)
-                finally:
-                    timer.join()  # the interrupt may come after the map: catch it here too
-            except KeyboardInterrupt:
-                interrupted += 1
-            assert pool.map_async(square, range(500), chunksize=1).get(timeout=30) == [i * i for i in range(500)]
-        assert interrupted > 0
+        assert interrupt_maps_then_use(pool, square, rounds=10, seed=11, delay=(0.01, 0.08), check=500) > 0
