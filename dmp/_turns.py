@@ -1,4 +1,4 @@
-"""Callers taking turns at dmp's I/O (internal): the followers' side.
+"""Callers taking turns at dmp's I/O (internal): wake-ups and the followers' side.
 
 The client link (dmp/remote.py) and the embedded reactor
 (dmp_server/manager.py) let one waiting thread lead, serving the socket
@@ -9,11 +9,39 @@ counted here.
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from dmp._sigint import interruptible
+
+
+class Wakeup:
+    """An eventfd that one thread polls and any thread may poke.
+
+    It is closed once its owner is gone, never at interpreter exit: a daemon
+    thread may still be polling it then, and a closed number can be reused.
+    """
+
+    __slots__ = ("fd",)
+
+    def __init__(self, owner: object) -> None:
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        weakref.finalize(owner, os.close, self.fd).atexit = False
+
+    def poke(self) -> None:
+        try:
+            os.eventfd_write(self.fd, 1)
+        except OSError:
+            pass
+
+    def clear(self) -> None:
+        try:
+            os.eventfd_read(self.fd)
+        except BlockingIOError:
+            pass
 
 
 class Followers:

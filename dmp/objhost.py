@@ -28,6 +28,7 @@ from typing import Any
 import zmq
 
 from dmp import protocol, proxies, serialization, transport
+from dmp._turns import Wakeup
 from dmp.protocol import ObjStatus
 
 HEARTBEAT_S = 1.0
@@ -53,7 +54,7 @@ class Host:
         self.lifeline = lifeline
         self.objs: dict[int, tuple[Any, frozenset[str], dict[str, str], bool]] = {}
         self.outbox: collections.deque[tuple[protocol.Message, list[Any]]] = collections.deque()
-        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._wake = Wakeup(self)
         self.pool = concurrent.futures.ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="dmp-host")
         proxies.remember_key(endpoint, key)
         if public:
@@ -68,7 +69,7 @@ class Host:
         chan.send(protocol.HostReady(pid))
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake, zmq.POLLIN)
+        poller.register(self._wake.fd, zmq.POLLIN)
         if self.lifeline is not None:
             poller.register(self.lifeline, zmq.POLLIN)
         last_heard = time.monotonic()
@@ -82,11 +83,8 @@ class Host:
                 if self.lifeline is not None and self.lifeline in ready:
                     if not os.read(self.lifeline, 4096):
                         return  # whoever started us is gone
-                if self._wake in ready:
-                    try:
-                        os.eventfd_read(self._wake)
-                    except BlockingIOError:
-                        pass
+                if self._wake.fd in ready:
+                    self._wake.clear()
                 while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                     try:
                         _, msg, frames = chan.recv(zmq.NOBLOCK)
@@ -126,7 +124,7 @@ class Host:
 
     def _threaded(self, msg: protocol.HostCall, frames: list[Any]) -> None:
         self.outbox.append(self.execute(msg, frames))
-        os.eventfd_write(self._wake, 1)
+        self._wake.poke()
 
     def execute(self, msg: protocol.HostCall, frames: list[Any]) -> tuple[protocol.Message, list[Any]]:
         """Run one call; every outcome, even a failure to pickle it, becomes a HostReply."""

@@ -27,7 +27,6 @@ import socket
 import threading
 import time
 import traceback
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +34,7 @@ import zmq
 
 from dmp import _config, protocol, transport
 from dmp._sigint import critical, interruptible
-from dmp._turns import Followers
+from dmp._turns import Followers, Wakeup
 from dmp.errors import AuthenticationError, ManagerUnavailableError, MessageTooLargeError
 
 HEARTBEAT_S = 1.0
@@ -69,13 +68,10 @@ class RemoteLink:
         self._dispatch = threading.RLock()  # callbacks may wait on other results
         self._inbox: collections.deque[tuple[protocol.Message, list[Any]]] = collections.deque()
         self._followers = Followers()
-        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # the link's thread
-        self._nudge = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # the leader
+        self._wake = Wakeup(self)  # the link's thread
+        self._nudge = Wakeup(self)  # the leader
         self._leader = 0  # thread ident of the leader
         self._dispatcher = 0  # thread ident of the one dispatching
-        for fd in (self._wake, self._nudge):
-            # Closed once nobody can write it: not at interpreter exit, while daemon threads still run.
-            weakref.finalize(self, os.close, fd).atexit = False
         self._stop = False
         self._dead = False  # the socket is closed or about to be: nobody may lead
         self._clean = False  # the socket was seen empty since anyone last used it
@@ -93,7 +89,7 @@ class RemoteLink:
         self._thread.start()
         if not self._ready.wait(timeout):
             self._stop = True
-            self._poke()
+            self._wake.poke()
             raise ManagerUnavailableError(f"no dmp manager answered at {address} within {timeout:g} s")
         if self._failure is not None:
             raise self._failure
@@ -152,23 +148,17 @@ class RemoteLink:
                     self._leader = 0
                     self._lead.release()
                     if self._followers.count:
-                        self._poke()  # the link's thread takes over for them now
+                        self._wake.poke()  # the link's thread takes over for them now
 
     def close(self) -> None:
         if not self._stop:
             self.post(protocol.Bye("client closing"), [])
             self._stop = True
-            self._poke()
+            self._wake.poke()
             if threading.current_thread() is not self._thread:
                 self._thread.join(5.0)
 
     # --- the socket ------------------------------------------------------------------------
-
-    def _poke(self, fd: int | None = None) -> None:
-        try:
-            os.eventfd_write(self._wake if fd is None else fd, 1)
-        except OSError:
-            pass
 
     def _receive(self) -> bool:
         """Under ``_io``: move everything readable into the inbox; True if anything came.
@@ -207,7 +197,7 @@ class RemoteLink:
         """Dispatch what was received; a leader asleep on the socket learns it may be done."""
         self._dispatch_inbox()
         if self._leader and self._leader != threading.get_ident():
-            self._poke(self._nudge)  # we may have taken its reply: the socket will not wake it
+            self._nudge.poke()  # we may have taken its reply: the socket will not wake it
 
     def _dispatch_inbox(self) -> None:
         """Hand inbox messages on in arrival order, one dispatching thread at a time."""
@@ -233,12 +223,12 @@ class RemoteLink:
     def _fail(self, failure: BaseException) -> None:
         if self._failure is None:
             self._failure = failure
-        self._poke()
+        self._wake.poke()
 
     def _lead_until(self, done: Callable[[], bool], deadline: float | None) -> None:
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
-        poller.register(self._nudge, select.POLLIN)
+        poller.register(self._nudge.fd, select.POLLIN)
         look = not self._clean  # a caller that just sent has looked already
         while True:
             if look:
@@ -251,20 +241,17 @@ class RemoteLink:
                 return
             with interruptible:
                 ready = poller.poll(wait * 1000)
-            if any(fd == self._nudge for fd, _ in ready):
-                try:
-                    os.eventfd_read(self._nudge)
-                except BlockingIOError:
-                    pass
+            if any(fd == self._nudge.fd for fd, _ in ready):
+                self._nudge.clear()
 
     # --- the link's thread -------------------------------------------------------------------
 
     def _run(self) -> None:
         serving = select.poll()
         serving.register(self._fd, select.POLLIN)
-        serving.register(self._wake, select.POLLIN)
+        serving.register(self._wake.fd, select.POLLIN)
         stepped_back = select.poll()
-        stepped_back.register(self._wake, select.POLLIN)
+        stepped_back.register(self._wake.fd, select.POLLIN)
         next_beat = time.monotonic() + self.beat
         try:
             while not self._stop and self._failure is None:
@@ -273,22 +260,14 @@ class RemoteLink:
                     ready = stepped_back.poll(min(STEP_BACK_S, max(0.0, next_beat - now)) * 1000)
                 else:
                     ready = serving.poll(max(0.0, next_beat - now) * 1000 + 1)
-                if any(fd == self._wake for fd, _ in ready):
-                    try:
-                        os.eventfd_read(self._wake)
-                    except BlockingIOError:
-                        pass
+                if any(fd == self._wake.fd for fd, _ in ready):
+                    self._wake.clear()
                 if ready:
                     self._pump()
                 now = time.monotonic()
                 if now >= next_beat:
                     next_beat = now + self.beat
-                    with self._io:
-                        self._clean = False
-                        self._chan.send(protocol.Heartbeat())
-                        got = self._receive()
-                    if got:
-                        self._delivered()
+                    self.post(protocol.Heartbeat(), [])
                     if now - self._last_heard > self.beat * LIVENESS:
                         self._fail(ManagerUnavailableError(f"the dmp manager at {self.address} stopped answering"))
         finally:

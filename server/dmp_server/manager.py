@@ -27,7 +27,6 @@ import signal
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -36,7 +35,7 @@ import zmq
 
 from dmp import _config, protocol, transport
 from dmp._sigint import critical, interruptible
-from dmp._turns import Followers
+from dmp._turns import Followers, Wakeup
 from dmp.errors import AuthenticationError, ProtocolError
 from dmp.protocol import ErrorCode, Role
 from dmp_server import hostproc, objects
@@ -138,12 +137,10 @@ class Manager:
         self.peers: dict[str, Peer] = {}
         self.locals: dict[str, LocalClient] = {}
         self.inbox: collections.deque[tuple[str, protocol.Message, list[Any]]] = collections.deque()
-        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        # Other threads may poke it until we are gone (and never closed at exit, under a running thread).
-        weakref.finalize(self, os.close, self._wake_fd).atexit = False
+        self._wake = Wakeup(self)  # other threads may poke it until we are gone
         self._poller = zmq.Poller()
         self._poller.register(self.chan.sock, zmq.POLLIN)
-        self._poller.register(self._wake_fd, zmq.POLLIN)
+        self._poller.register(self._wake.fd, zmq.POLLIN)
         self._watched: set[int] = set()
         self._next_tick = time.monotonic() + heartbeat_s
         # Who runs the reactor: run()'s thread, or (embedded mode) a caller
@@ -191,18 +188,12 @@ class Manager:
                     self._runner = 0
                     self._turn.release()
             self.inbox.append((peer, msg, frames))
-            self._poke()
-
-    def _poke(self) -> None:
-        try:
-            os.eventfd_write(self._wake_fd, 1)
-        except OSError:
-            pass
+            self._wake.poke()
 
     def stop(self) -> None:
         """From any thread: make :meth:`run` return soon."""
         self._stopping = True
-        self._poke()
+        self._wake.poke()
         self._resume.set()
 
     # --- the loop ------------------------------------------------------------------
@@ -256,11 +247,8 @@ class Manager:
         with critical:
             if sock in ready:
                 self._receive()
-            if self._wake_fd in ready:
-                try:
-                    os.eventfd_read(self._wake_fd)
-                except BlockingIOError:
-                    pass
+            if self._wake.fd in ready:
+                self._wake.clear()
             if self.inbox:
                 self._drain_inbox()
             for fd in self._watched.intersection(ready):
@@ -322,7 +310,7 @@ class Manager:
         if self._leader:
             return False
         self._want_lead = True
-        self._poke()
+        self._wake.poke()
         return self._turn.acquire(timeout=HANDOVER_S)
 
     def runs_here(self) -> bool:
