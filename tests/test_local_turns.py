@@ -16,7 +16,7 @@ import pytest
 from dmp_server import manager as manager_mod
 
 import dmp
-from tests.interrupts import interrupt_maps_then_use
+from tests import turns as turns_mod
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,50 +55,18 @@ def test_the_waiting_caller_runs_the_reactor(turns) -> None:
 
 
 def test_many_waiting_threads_all_get_their_results() -> None:
-    errors: list[BaseException] = []
     with dmp.Pool(2) as pool:
-
-        def caller(k: int) -> None:
-            try:
-                for i in range(100):
-                    assert pool.apply_async(square, (k + i,)).get(timeout=10) == (k + i) ** 2
-            except BaseException as exc:  # reported below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=caller, args=(k,)) for k in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        assert not any(t.is_alive() for t in threads)
-    assert errors == []
+        turns_mod.many_threads_wait_at_once(pool, square, timeout=10)
 
 
 def test_a_follower_is_served_after_the_leader_leaves() -> None:
     with dmp.Pool(2) as pool:
-        slow = pool.apply_async(nap, (1.0,))
-        got: list[float] = []
-        follower = threading.Thread(target=lambda: got.append(slow.get(timeout=20)))
-        follower.start()
-        for i in range(50):
-            assert pool.apply_async(square, (i,)).get(timeout=10) == i * i
-        follower.join(20)
-        assert got == [1.0]
+        turns_mod.follower_served_after_leader_leaves(pool, square, nap, timeout=20)
 
 
 def test_callbacks_run_with_nobody_waiting() -> None:
     with dmp.Pool(2) as pool:
-        done = threading.Event()
-        got: list[int] = []
-
-        def collect(value: int) -> None:
-            got.append(value)
-            if len(got) == 100:
-                done.set()
-
-        for i in range(100):
-            pool.apply_async(square, (i,), callback=collect)
-        assert done.wait(20), f"only {len(got)} callbacks ran"
+        turns_mod.callbacks_run_with_nobody_waiting(pool, square, timeout=20)
 
 
 def test_a_callback_may_submit_more_work() -> None:
@@ -123,19 +91,14 @@ def test_terminate_from_a_callback_does_not_hang() -> None:
 
 def test_get_with_a_timeout_returns_in_time() -> None:
     with dmp.Pool(2) as pool:
-        result = pool.apply_async(nap, (1.5,))
-        start = time.monotonic()
-        with pytest.raises(dmp.TimeoutError):
-            result.get(timeout=0.2)
-        assert time.monotonic() - start < 1.4
-        assert result.get(timeout=10) == 1.5
+        turns_mod.get_with_a_timeout_returns_in_time(pool, nap, timeout=10)
 
 
 def test_ctrl_c_while_the_caller_runs_the_reactor_leaves_the_pool_working() -> None:
     # The main thread is mostly *handling* messages here (tiny tasks, chunksize 1):
     # an interrupt must wait for the step to end, or the scheduler is left half updated.
     with dmp.Pool(2) as pool:
-        assert interrupt_maps_then_use(pool, square, rounds=15, seed=7, delay=(0.005, 0.05), check=2000) > 0
+        assert turns_mod.interrupt_maps_then_use(pool, square, rounds=15, seed=7, delay=(0.005, 0.05), check=2000) > 0
 
 
 def test_an_executor_future_waiter_runs_the_reactor_too(turns) -> None:

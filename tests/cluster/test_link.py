@@ -17,7 +17,7 @@ import pytest
 
 import dmp
 from dmp import results
-from tests.interrupts import interrupt_maps_then_use
+from tests import turns
 
 from .conftest import Cluster, start_cluster
 
@@ -63,46 +63,18 @@ def test_a_waiting_caller_receives_its_own_results(one_node, monkeypatch) -> Non
 
 
 def test_many_threads_waiting_at_once_all_get_their_results(one_node) -> None:
-    errors: list[BaseException] = []
-
     with dmp.Pool(2, address=one_node.address) as pool:
-
-        def caller(k: int) -> None:
-            try:
-                for i in range(100):
-                    assert pool.apply_async(square, (k * 1000 + i,)).get(timeout=30) == (k * 1000 + i) ** 2
-            except BaseException as exc:  # reported below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=caller, args=(k,)) for k in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert not any(t.is_alive() for t in threads)
-    assert errors == []
+        turns.many_threads_wait_at_once(pool, square, timeout=30)
 
 
 def test_a_follower_is_served_after_the_leader_leaves(one_node) -> None:
     with dmp.Pool(2, address=one_node.address) as pool:
-        slow = pool.apply_async(nap, (1.0,))
-        waited: list[float] = []
-        follower = threading.Thread(target=lambda: waited.append(slow.get(timeout=30)))
-        follower.start()
-        for i in range(50):  # the main thread leads and leaves, again and again
-            assert pool.apply_async(square, (i,)).get(timeout=30) == i * i
-        follower.join(30)
-        assert waited == [1.0]
+        turns.follower_served_after_leader_leaves(pool, square, nap, timeout=30)
 
 
 def test_get_with_a_timeout_returns_in_time_and_the_result_still_arrives(one_node) -> None:
     with dmp.Pool(2, address=one_node.address) as pool:
-        result = pool.apply_async(nap, (1.5,))
-        start = time.monotonic()
-        with pytest.raises(dmp.TimeoutError):
-            result.get(timeout=0.2)
-        assert time.monotonic() - start < 1.4
-        assert result.get(timeout=30) == 1.5
+        turns.get_with_a_timeout_returns_in_time(pool, nap, timeout=30)
 
 
 def test_a_callback_may_wait_on_another_result(one_node) -> None:
@@ -128,18 +100,7 @@ def test_a_raising_callback_is_reported_and_the_link_keeps_serving(one_node, cap
 
 def test_callbacks_run_with_nobody_waiting(one_node) -> None:
     with dmp.Pool(2, address=one_node.address) as pool:
-        done = threading.Event()
-        got: list[int] = []
-
-        def collect(value: int) -> None:
-            got.append(value)
-            if len(got) == 100:
-                done.set()
-
-        for i in range(100):
-            pool.apply_async(square, (i,), callback=collect)
-        assert done.wait(30), f"only {len(got)} callbacks ran"
-        assert sorted(got) == sorted(i * i for i in range(100))
+        turns.callbacks_run_with_nobody_waiting(pool, square, timeout=30)
 
 
 def test_proxy_calls_from_many_threads(one_node) -> None:
@@ -175,4 +136,4 @@ def test_ctrl_c_while_the_caller_serves_the_link_leaves_the_pool_working(one_nod
     # Results stream in while the main thread receives and dispatches them: an
     # interrupt must wait until what was received is delivered, or it is lost.
     with dmp.Pool(2, address=one_node.address) as pool:
-        assert interrupt_maps_then_use(pool, square, rounds=10, seed=11, delay=(0.01, 0.08), check=500) > 0
+        assert turns.interrupt_maps_then_use(pool, square, rounds=10, seed=11, delay=(0.01, 0.08), check=500) > 0
