@@ -8,52 +8,83 @@ Everything not listed in ``__all__`` is internal.
 
 from __future__ import annotations
 
+import importlib
 import logging as _logging
 import multiprocessing as _mp
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dmp import _config
-from dmp.errors import (
-    AuthenticationError,
-    BufferTooShort,
-    ManagerUnavailableError,
-    MessageTooLargeError,
-    ProcessError,
-    RemoteError,
-    TimeoutError,
-    WorkerLostError,
-)
-from dmp.executor import Executor
-from dmp.pool import Pool
-from dmp.process import Process, active_children, current_process, parent_process
 
 __version__ = "0.1.0"
 
 # Library code never configures logging; only the CLI does.
 _logging.getLogger("dmp").addHandler(_logging.NullHandler())
 
-_fork = _mp.get_context("fork")
+# Public names and the module each lives in, imported on first use (PEP 562),
+# so that ``import dmp_server.manager`` (which needs dmp.wire) loads neither
+# cloudpickle nor the pool.
+_LAZY = {
+    **dict.fromkeys(
+        ["AuthenticationError", "BufferTooShort", "ManagerUnavailableError", "MessageTooLargeError",
+         "ProcessError", "RemoteError", "TimeoutError", "WorkerLostError"],
+        "dmp.errors",
+    ),
+    "Executor": "dmp.client.executor",
+    "Pool": "dmp.client.pool",
+    **dict.fromkeys(["Process", "active_children", "current_process", "parent_process"], "dmp.client.process"),
+    # Queue, Lock, Value, ...: the standard library's fork-context objects in
+    # local mode, proxies of objects hosted by the manager in cluster mode.
+    **dict.fromkeys(
+        ["Array", "Barrier", "BoundedSemaphore", "Condition", "Event", "JoinableQueue", "Lock", "Pipe",
+         "Queue", "RLock", "RawArray", "RawValue", "Semaphore", "SimpleQueue", "Value"],
+        "dmp.client.primitives",
+    ),
+}
 
-# Queue, Lock, Value, ...: the standard library's fork-context objects in
-# local mode, proxies of objects hosted by the manager in cluster mode.
-from dmp.primitives import (  # noqa: E402
-    Array,
-    Barrier,
-    BoundedSemaphore,
-    Condition,
-    Event,
-    JoinableQueue,
-    Lock,
-    Pipe,
-    Queue,
-    RLock,
-    Semaphore,
-    SimpleQueue,
-    Value,
-)
+if TYPE_CHECKING:
+    from dmp.client.executor import Executor
+    from dmp.client.pool import Pool
+    from dmp.client.primitives import (
+        Array,
+        Barrier,
+        BoundedSemaphore,
+        Condition,
+        Event,
+        JoinableQueue,
+        Lock,
+        Pipe,
+        Queue,
+        RawArray,
+        RawValue,
+        RLock,
+        Semaphore,
+        SimpleQueue,
+        Value,
+    )
+    from dmp.client.process import Process, active_children, current_process, parent_process
+    from dmp.errors import (
+        AuthenticationError,
+        BufferTooShort,
+        ManagerUnavailableError,
+        MessageTooLargeError,
+        ProcessError,
+        RemoteError,
+        TimeoutError,
+        WorkerLostError,
+    )
 
-RawValue = _fork.RawValue
-RawArray = _fork.RawArray
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dmp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def Manager(address: object = None, authkey: bytes | str | None = None) -> Any:
@@ -89,7 +120,7 @@ def connect(address: object, authkey: bytes | str | None = None) -> None:
     Raises:
         ValueError: ``address`` is not a valid dmp address.
     """
-    from dmp.transport import normalize_address
+    from dmp.wire.address import normalize_address
 
     _config.set_default(normalize_address(address), _config.authkey_from(authkey))
 

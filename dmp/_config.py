@@ -72,7 +72,7 @@ def authkey_from(value: bytes | str | None) -> bytes | None:
 
 def resolve(address: object = None, authkey: bytes | str | None = None) -> Target:
     """The target for a new Pool/Process/Executor/Manager."""
-    from dmp.transport import normalize_address
+    from dmp.wire.address import normalize_address
 
     if address is not None:
         endpoint = normalize_address(address)

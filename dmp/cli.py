@@ -12,7 +12,9 @@ import sys
 import time
 from typing import Any
 
-from dmp import _config, transport
+from dmp import _config
+from dmp.wire import transport
+from dmp.wire.address import is_loopback, normalize_address
 
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 
@@ -41,9 +43,9 @@ def _logging() -> None:
 def cmd_manager(args: argparse.Namespace) -> int:
     from dmp_server.manager import Manager
 
-    bind = transport.normalize_address(args.bind)
+    bind = normalize_address(args.bind)
     key = _authkey(args.authkey_file)
-    if key is None and not transport.is_loopback(bind):
+    if key is None and not is_loopback(bind):
         print(
             f"dmp manager: refusing to bind {bind} without an authkey: anyone who can reach it "
             "could run code on your workers. Give one with --authkey-file FILE or DMP_AUTHKEY, "
@@ -71,9 +73,9 @@ def cmd_manager(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from dmp.node import run_node
+    from dmp.node.daemon import run_node
 
-    address = transport.normalize_address(args.address)
+    address = normalize_address(args.address)
     processes = args.processes or _config.cpu_count()
     if processes < 1:
         print("dmp worker: --processes must be at least 1", file=sys.stderr)
@@ -88,7 +90,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     transport.use_curve(args.curve)
-    status = fetch_status(transport.normalize_address(args.address), _authkey(args.authkey_file), args.timeout)
+    status = fetch_status(normalize_address(args.address), _authkey(args.authkey_file), args.timeout)
     if status is None:
         print(f"dmp status: no dmp manager answered at {args.address} within {args.timeout:g} s", file=sys.stderr)
         return 1
@@ -109,7 +111,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def fetch_status(address: str, key: bytes | None, timeout: float) -> dict[str, Any] | None:
     import zmq
 
-    from dmp import protocol
+    from dmp.wire import protocol
 
     sock = transport.make_socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)

@@ -9,7 +9,7 @@
     manager.dict() / list() / Namespace() / Pool() / registered typeid
         --ObjCreate("host")--> object host; the callable travels with cloudpickle
         when the host may not have it (a daemon that never saw the user's code)
-    proxy.method() --ObjCall--> (see dmp.proxies)
+    proxy.method() --ObjCall--> (see dmp.client.proxies)
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from multiprocessing.managers import Namespace
 from typing import Any
 
-from dmp import _config, objhost, protocol, proxies, serialization, transport
-from dmp.errors import ManagerUnavailableError, ProcessError
-from dmp.proxies import (
+from dmp import _config, serialization
+from dmp.client import proxies
+from dmp.client.proxies import (
     AcquirerProxy,
     ArrayProxy,
     AutoProxy,
@@ -49,6 +49,10 @@ from dmp.proxies import (
     Token,
     ValueProxy,
 )
+from dmp.errors import ManagerUnavailableError, ProcessError
+from dmp.node import objhost
+from dmp.wire import protocol, transport
+from dmp.wire.address import is_loopback, normalize_address
 
 __all__ = [
     "AutoProxy",
@@ -162,7 +166,7 @@ class Server:
 def _make_manager(registry: dict[str, Registration], address: str, key: bytes | None) -> Any:
     from dmp_server.manager import Manager
 
-    if key is None and not transport.is_loopback(address):
+    if key is None and not is_loopback(address):
         raise ValueError(
             f"refusing to serve {address} without an authkey: anyone who can reach it could run "
             "code in the object host. Pass authkey=..., set DMP_AUTHKEY, or bind to 127.0.0.1."
@@ -373,7 +377,7 @@ def _bind_address(address: Any) -> str:
     # ("", port) means every interface, as in multiprocessing.
     if isinstance(address, tuple) and len(address) == 2 and address[0] == "":
         return f"tcp://0.0.0.0:{int(address[1])}"
-    return transport.normalize_address(address)
+    return normalize_address(address)
 
 
 def _connect_address(address: str) -> str:
@@ -385,7 +389,7 @@ class SyncManager(BaseManager):
 
 
 def _pool(*args: Any, **kwds: Any) -> Any:
-    from dmp.pool import Pool
+    from dmp.client.pool import Pool
 
     return Pool(*args, **kwds)
 

@@ -9,7 +9,7 @@ import pytest
 import zmq
 
 import dmp
-from dmp import protocol
+from dmp.wire import protocol
 
 
 def square(x: int) -> int:

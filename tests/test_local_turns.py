@@ -71,7 +71,7 @@ def test_callbacks_run_with_nobody_waiting() -> None:
 
 def test_a_callback_may_submit_more_work() -> None:
     with dmp.Pool(2) as pool:
-        chained: list[dmp.pool.AsyncResult] = []
+        chained: list[dmp.client.pool.AsyncResult] = []
         first = pool.apply_async(square, (3,), callback=lambda v: chained.append(pool.apply_async(square, (v,))))
         assert first.get(timeout=10) == 9
         assert chained[0].get(timeout=10) == 81

@@ -1,6 +1,6 @@
-"""Starts the daemon's object host: ``python -m dmp.objhost ENDPOINT PUBLIC`` beside the reactor.
+"""Starts the daemon's object host: ``python -m dmp.node.hostmain ENDPOINT PUBLIC`` beside the reactor.
 
-    ObjectServer --launcher.start()--> Popen(dmp.objhost, stdin=pipe)
+    ObjectServer --launcher.start()--> Popen(dmp.node.hostmain, stdin=pipe)
         ENDPOINT: the daemon's private ipc:// endpoint for its host (or its
         own address); PUBLIC: its address as clients know it
         the key goes down the pipe (never argv or environ); the pipe stays open
@@ -34,7 +34,7 @@ class SubprocessLauncher:
     def start(self) -> None:
         self.stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dmp.objhost", self.endpoint, self.public],
+            [sys.executable, "-m", "dmp.node.hostmain", self.endpoint, self.public],
             stdin=subprocess.PIPE,
             close_fds=True,
         )

@@ -33,11 +33,12 @@ from typing import Any, Protocol
 
 import zmq
 
-from dmp import _config, protocol, transport
-from dmp._sigint import critical, interruptible
-from dmp._turns import Followers, Wakeup
+from dmp import _config
+from dmp.client.sigint import critical, interruptible
+from dmp.client.turns import Followers, Wakeup
 from dmp.errors import AuthenticationError, ProtocolError
-from dmp.protocol import ErrorCode, Role
+from dmp.wire import protocol, transport
+from dmp.wire.protocol import ErrorCode, Role
 from dmp_server import hostproc, objects
 from dmp_server.scheduler import Command, Kill, Scheduler, Send
 
@@ -69,7 +70,7 @@ class LocalClient(Protocol):
 
 
 class LocalSupervisor(Protocol):
-    """Embedded mode's worker supervisor (see dmp.supervisor.Supervisor)."""
+    """Embedded mode's worker supervisor (see dmp.node.supervisor.Supervisor)."""
 
     respawn: bool
 
@@ -268,7 +269,7 @@ class Manager:
         The result's own delivery then wakes no other thread. One caller leads
         at a time; others ``block(timeout)`` on their own event, served by
         the leader, or by :meth:`run`'s thread once the leader lets go. A
-        Ctrl-C is raised only while waiting (see dmp._sigint).
+        Ctrl-C is raised only while waiting (see dmp.client.sigint).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         me = threading.get_ident()

@@ -26,8 +26,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dmp import protocol
-from dmp.protocol import ObjStatus
+from dmp.wire import protocol
+from dmp.wire.protocol import ObjStatus
 from dmp_server import shared
 from dmp_server.scheduler import Command, Send
 

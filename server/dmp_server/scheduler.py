@@ -19,9 +19,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from dmp import protocol
 from dmp.errors import signal_name
-from dmp.protocol import Status
+from dmp.wire import protocol
+from dmp.wire.protocol import Status
 
 # How much work (in seconds of task run time) to keep queued at each worker so
 # it never waits for the next Dispatch; a dispatch round trip costs ~0.1 ms, so

@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from dmp import protocol
-from dmp.protocol import ObjStatus
+from dmp.wire import protocol
+from dmp.wire.protocol import ObjStatus
 from dmp_server.scheduler import Command, Send
 
 Owner = tuple[str, int]  # (peer, thread)

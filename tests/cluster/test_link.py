@@ -16,7 +16,7 @@ import cloudpickle
 import pytest
 
 import dmp
-from dmp import results
+from dmp.client import results
 from tests import turns
 
 from .conftest import Cluster, start_cluster

@@ -96,8 +96,8 @@ def test_worker_node_killed_mid_map_completes_on_the_other(cluster) -> None:
 
 def test_no_manager_raises_manager_unavailable() -> None:
     with pytest.raises(dmp.ManagerUnavailableError):
-        from dmp.remote import RemoteLink
-        from dmp.session import Session
+        from dmp.client.link import RemoteLink
+        from dmp.client.session import Session
 
         RemoteLink(Session(), f"tcp://127.0.0.1:{free_port()}", None, timeout=1.0)
 
@@ -255,7 +255,7 @@ def test_limits_give_clear_errors_and_spare_everyone_else() -> None:
 def test_replayed_and_forged_messages_are_refused() -> None:
     import zmq
 
-    from dmp import protocol, transport
+    from dmp.wire import protocol, transport
 
     key = b"replay key"
     c = start_cluster(nodes=1, authkey=key)
@@ -356,8 +356,8 @@ def test_curve_encryption_end_to_end(tmp_path) -> None:
         env.pop("DMP_CURVE")
         script.write_text(textwrap.dedent(f"""
             import dmp
-            from dmp.remote import RemoteLink
-            from dmp.session import Session
+            from dmp.client.link import RemoteLink
+            from dmp.client.session import Session
             try:
                 RemoteLink(Session(), {c.address!r}, b"curve and key", timeout=2.0)
             except dmp.ManagerUnavailableError:

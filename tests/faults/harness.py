@@ -24,8 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dmp import protocol
 from dmp.cli import fetch_status
+from dmp.wire import protocol
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,9 +9,9 @@ import pytest
 
 import dmp
 from dmp import serialization
-from dmp.engine import ClusterEngine
+from dmp.client.engine import ClusterEngine
 from dmp.errors import ProcessError
-from dmp.protocol import Status
+from dmp.wire.protocol import Status
 
 from .harness import FaultCluster, peak_rss_kib, wait_for
 

@@ -30,8 +30,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import dmp
-from dmp import protocol, serialization, transport
+from dmp import serialization
 from dmp.errors import MessageTooLargeError
+from dmp.wire import protocol, transport
 
 from . import tasks
 from .conftest import start_cluster

@@ -22,7 +22,9 @@ from typing import Any
 import pytest
 
 import dmp
-from dmp import protocol, proxies, serialization
+from dmp import serialization
+from dmp.client import proxies
+from dmp.wire import protocol
 
 from .conftest import Daemon
 

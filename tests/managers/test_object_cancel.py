@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from dmp_server import objects
 
-from dmp.protocol import ObjCancel, ObjStatus
+from dmp.wire.protocol import ObjCancel, ObjStatus
 
 from .test_object_server import Harness, only, replies
 

@@ -8,8 +8,8 @@ import pytest
 from dmp_server.objects import ObjectServer
 from dmp_server.scheduler import Send
 
-from dmp import protocol
-from dmp.protocol import ObjCall, ObjCreate, ObjReply, ObjStatus
+from dmp.wire import protocol
+from dmp.wire.protocol import ObjCall, ObjCreate, ObjReply, ObjStatus
 
 pytestmark = pytest.mark.timeout(10)
 

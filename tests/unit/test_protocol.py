@@ -1,4 +1,4 @@
-"""dmp.protocol: header encode/decode, pack/unpack, Signer; no sockets."""
+"""dmp.wire.protocol: header encode/decode, pack/unpack, Signer; no sockets."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dmp import protocol
 from dmp.errors import ProtocolError
-from dmp.protocol import (
+from dmp.wire import protocol
+from dmp.wire.protocol import (
     PACK_LIMIT,
     PROTOCOL_VERSION,
     Signer,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dmp import protocol
+from dmp.wire import protocol
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 COLUMNS = ["type", "code", "direction", "fields", "payload frames", "reply"]
@@ -48,7 +48,7 @@ def test_same_message_types(table: dict[str, tuple[int, list[str]]]) -> None:
     actual = set(protocol.message_types())
     assert documented == actual, (
         f"missing from the doc: {sorted(actual - documented)}; "
-        f"not in dmp.protocol: {sorted(documented - actual)}"
+        f"not in dmp.wire.protocol: {sorted(documented - actual)}"
     )
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from dmp_server.scheduler import Command, Kill, Scheduler, Send
 
-from dmp import protocol
-from dmp.protocol import Status
+from dmp.wire import protocol
+from dmp.wire.protocol import Status
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -455,7 +455,7 @@ def test_lost_task_names_exit_code_and_ends_the_job(h: Harness) -> None:
 
 
 def test_lost_info_fills_worker_lost_error_attributes(h: Harness) -> None:
-    from dmp import results
+    from dmp.client import results
     from dmp.errors import WorkerLostError
 
     h.client("A")
@@ -686,7 +686,7 @@ def test_counters_stay_consistent_through_churn(h: Harness) -> None:
 def test_max_workers_caps_a_clients_parallelism_not_its_prefetch() -> None:
     from dmp_server.scheduler import Scheduler, Send
 
-    from dmp import protocol as P
+    from dmp.wire import protocol as P
 
     s = Scheduler()
     s.add_client("A", max_workers=2)

@@ -82,3 +82,24 @@ def test_checker_catches_every_form(source: str) -> None:
 )
 def test_checker_allows_innocent_imports(source: str) -> None:
     assert forbidden_imports(source) == []
+
+
+# Loaded by importing the daemon: the source check above cannot see what an
+# import drags in through dmp's package __init__ or a module it imports.
+NEVER_LOADED_BY_DAEMON = ("cloudpickle", "dill", "dmp.serialization", "dmp.client.pool", "dmp.node")
+
+
+def test_importing_the_daemon_loads_no_unpickler_and_no_client() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, dmp_server.manager, dmp_server.scheduler, dmp_server.objects\n"
+        "print('\\n'.join(sorted(sys.modules)))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    assert "dmp_server.manager" in loaded  # the probe really imported the daemon
+    bad = [m for m in loaded if any(m == f or m.startswith(f + ".") for f in NEVER_LOADED_BY_DAEMON)]
+    assert bad == []

@@ -1,4 +1,4 @@
-"""A process's connections to managers, for proxy calls (internal; used by dmp.proxies).
+"""A process's connections to managers, for proxy calls (internal; used by dmp.client.proxies).
 
     user thread --proxy.method()--> Connection.request(ObjCall)
         --> RemoteLink (one DEALER per process and manager) --> manager
@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from multiprocessing import util as _mp_util
 from typing import Any
 
-from dmp import _config, protocol
+from dmp import _config
 from dmp.errors import ManagerUnavailableError
-from dmp.protocol import ObjStatus
+from dmp.wire import protocol
+from dmp.wire.protocol import ObjStatus
 
 _keys: dict[str, bytes | None] = {}  # address -> authkey, set by managers made in this process
 _conns: dict[str, Connection] = {}
@@ -96,7 +97,7 @@ class Connection:
     """This process's session with one manager: requests out, replies matched by ref."""
 
     def __init__(self, address: str, key: bytes | None, timeout: float = _config.CONNECT_TIMEOUT_S) -> None:
-        from dmp.remote import RemoteLink
+        from dmp.client.link import RemoteLink
 
         self.address = address
         self.pending: dict[int, _Slot] = {}

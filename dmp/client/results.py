@@ -16,7 +16,7 @@ from typing import Any
 
 from dmp import serialization
 from dmp.errors import ProcessError, TimeoutError, WorkerLostError
-from dmp.protocol import Status
+from dmp.wire.protocol import Status
 
 
 def decode(status: int, frames: list[Any], info: Any) -> tuple[bool, Any]:
@@ -39,7 +39,7 @@ def decode(status: int, frames: list[Any], info: Any) -> tuple[bool, Any]:
 class _Waitable:
     def __init__(self, pool: Any, callback: Callable[[Any], Any] | None, error_callback: Callable[[BaseException], Any] | None) -> None:
         self._pool = pool
-        # The waiting caller serves the link itself when it can (see dmp.remote).
+        # The waiting caller serves the link itself when it can (see dmp.client.link).
         self._link = pool._session.link if pool is not None else None
         self._event = threading.Event()
         self._callback = callback

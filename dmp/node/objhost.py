@@ -9,7 +9,7 @@ Pool and every ``BaseManager.register``-ed type (internal).
 The daemon never unpickles; this process does, and only what the manager
 forwarded from authenticated peers. It exits when the manager says Bye, goes
 silent, or its lifeline fd (a pipe from whoever started it) reaches EOF.
-Started two ways: ``python -m dmp.objhost ENDPOINT PUBLIC`` by the daemon (key on
+Started two ways: ``python -m dmp.node.hostmain ENDPOINT PUBLIC`` by the daemon (key on
 stdin, stdin is the lifeline), or forked by :class:`ForkLauncher` from a
 ``BaseManager.start()`` / ``serve_forever()`` process, so it sees the user's
 registered callables and globals.
@@ -27,9 +27,11 @@ from typing import Any
 
 import zmq
 
-from dmp import protocol, proxies, serialization, transport
-from dmp._turns import Wakeup
-from dmp.protocol import ObjStatus
+from dmp import serialization
+from dmp.client import proxies
+from dmp.client.turns import Wakeup
+from dmp.wire import protocol, transport
+from dmp.wire.protocol import ObjStatus
 
 HEARTBEAT_S = 1.0
 LIVENESS = 5
@@ -223,20 +225,3 @@ def _forked_host(endpoint: str, key: bytes | None, registry: dict[str, Any], r: 
     os.close(w)
     transport.forget_context_after_fork()
     serve(endpoint, key, registry, r, public)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) not in (1, 2):
-        print("usage: python -m dmp.objhost ENDPOINT [PUBLIC]  (authkey as hex on stdin)", file=sys.stderr)
-        return 2
-    line = sys.stdin.buffer.readline().strip()
-    key = bytes.fromhex(line.decode()) if line else None
-    from dmp.managers import SyncManager
-
-    serve(args[0], key, SyncManager._registry, sys.stdin.fileno(), args[1] if len(args) == 2 else "")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

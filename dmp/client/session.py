@@ -19,9 +19,10 @@ import traceback
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from dmp import _config, protocol
+from dmp import _config
 from dmp.errors import ProcessError
-from dmp.protocol import Status
+from dmp.wire import protocol
+from dmp.wire.protocol import Status
 
 
 class Sink(Protocol):

@@ -32,10 +32,11 @@ from typing import Any
 
 import zmq
 
-from dmp import _config, protocol, transport
-from dmp._sigint import critical, interruptible
-from dmp._turns import Followers, Wakeup
+from dmp import _config
+from dmp.client.sigint import critical, interruptible
+from dmp.client.turns import Followers, Wakeup
 from dmp.errors import AuthenticationError, ManagerUnavailableError, MessageTooLargeError
+from dmp.wire import protocol, transport
 
 HEARTBEAT_S = 1.0
 LIVENESS = 5

@@ -21,16 +21,18 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from dmp import protocol, proxylink, serialization
-from dmp.protocol import ObjStatus
+from dmp import serialization
+from dmp.client import proxylink
 
 # The connection API, named here too (dmp.managers, the object host and tests use it).
-from dmp.proxylink import Connection as Connection
-from dmp.proxylink import Undo as Undo
-from dmp.proxylink import connection as connection
-from dmp.proxylink import forget as forget
-from dmp.proxylink import key_for as key_for
-from dmp.proxylink import remember_key as remember_key
+from dmp.client.proxylink import Connection as Connection
+from dmp.client.proxylink import Undo as Undo
+from dmp.client.proxylink import connection as connection
+from dmp.client.proxylink import forget as forget
+from dmp.client.proxylink import key_for as key_for
+from dmp.client.proxylink import remember_key as remember_key
+from dmp.wire import protocol
+from dmp.wire.protocol import ObjStatus
 
 # --- tokens and the base proxy ----------------------------------------------------------------
 

@@ -23,8 +23,9 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from dmp import _config, runners, serialization
-from dmp.protocol import Status
+from dmp import _config, serialization
+from dmp.node import runners
+from dmp.wire.protocol import Status
 
 _ForkProcess: Any = multiprocessing.get_context("fork").Process
 
@@ -64,7 +65,7 @@ class _ClusterPopen:
     method = "dmp-cluster"
 
     def __init__(self, process_obj: Any, target: _config.Target) -> None:
-        from dmp.engine import shared_cluster
+        from dmp.client.engine import shared_cluster
 
         self.returncode: int | None = None
         self.pid: int | None = None

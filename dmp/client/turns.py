@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from dmp._sigint import interruptible
+from dmp.client.sigint import interruptible
 
 
 class Wakeup:
@@ -52,7 +52,7 @@ class Followers:
         self._lock = threading.Lock()
 
     def wait(self, block: Callable[[float | None], Any], remaining: float | None) -> None:
-        """``block(remaining)`` as a follower; a Ctrl-C lands here at once (see dmp._sigint)."""
+        """``block(remaining)`` as a follower; a Ctrl-C lands here at once (see dmp.client.sigint)."""
         with self._lock:
             self.count += 1
         try:

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from dmp import _config
+from dmp.client.pool import Pool
 from dmp.errors import TimeoutError
-from dmp.pool import Pool
 
 
 class Executor(cf.Executor):

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from dmp import worker as worker_mod
+from dmp.node import worker as worker_mod
 
 _fork = multiprocessing.get_context("fork")
 _pool_counter = itertools.count(1)

@@ -20,9 +20,9 @@ from typing import Any
 
 import zmq
 
-from dmp import protocol, transport
-from dmp.supervisor import Supervisor
-from dmp.worker import WorkerConfig
+from dmp.node.supervisor import Supervisor
+from dmp.node.worker import WorkerConfig
+from dmp.wire import protocol, transport
 
 log = logging.getLogger("dmp.node")
 

@@ -143,3 +143,8 @@ class _QueueConnection:
 
     def close(self) -> None:
         self.closed = True
+
+
+# Raw shared memory needs no lock and no manager: the standard library's, in both modes.
+RawValue = _fork.RawValue
+RawArray = _fork.RawArray

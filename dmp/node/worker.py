@@ -28,8 +28,10 @@ from typing import Any
 
 import zmq
 
-from dmp import _config, protocol, runners, serialization, transport
+from dmp import _config, serialization
 from dmp.errors import MessageTooLargeError, ProtocolError
+from dmp.node import runners
+from dmp.wire import protocol, transport
 
 # Results wait at most this long (or this many) in the worker before being
 # sent, while more tasks are queued; an idle worker sends at once. Batching

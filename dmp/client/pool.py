@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from dmp import _config, runners, serialization
+from dmp import _config, serialization
+from dmp.client.results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
 from dmp.errors import MessageTooLargeError, ProcessError
-from dmp.protocol import Status
-from dmp.results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+from dmp.node import runners
+from dmp.wire.protocol import Status
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 
@@ -77,7 +78,7 @@ class Pool:
         _send_by_value(modules)
         self._max_retries = max_retries
         self._by_value = target.address is not None
-        from dmp.engine import ClusterEngine, LocalEngine
+        from dmp.client.engine import ClusterEngine, LocalEngine
 
         self._engine: Any
         self._init: runners.PoolInit | None = None

@@ -19,10 +19,10 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from dmp import session as session_mod
+from dmp.client import session as session_mod
 from dmp.errors import ProcessError
-from dmp.supervisor import Supervisor
-from dmp.worker import WorkerConfig
+from dmp.node.supervisor import Supervisor
+from dmp.node.worker import WorkerConfig
 
 _live: weakref.WeakSet[LocalEngine] = weakref.WeakSet()
 
@@ -83,7 +83,7 @@ class ClusterEngine:
     """Cluster mode: the session talks to a manager daemon over a RemoteLink."""
 
     def __init__(self, *, address: str, authkey: bytes | None, max_workers: int = 0) -> None:
-        from dmp.remote import RemoteLink
+        from dmp.client.link import RemoteLink
 
         self.session = session_mod.Session()
         self.link = RemoteLink(self.session, address, authkey, max_workers=max_workers)

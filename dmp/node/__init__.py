@@ -1,0 +1,3 @@
+"""Processes that run user code (internal): the node daemon, its supervisor, worker
+processes and their runners, and the object host beside the manager.
+"""
