@@ -45,6 +45,7 @@ def fetch_status(address: str, key: bytes | None, timeout: float) -> dict[str, A
     sock = transport.make_socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     chan = transport.Channel(sock, key)
+    refused = False
     try:
         sock.connect(address)
         chan.send(protocol.Hello(protocol.Role.STATUS, "status", socket.gethostname(), os.getpid()))
@@ -55,15 +56,18 @@ def fetch_status(address: str, key: bytes | None, timeout: float) -> dict[str, A
                 break
             try:
                 _, msg, _ = chan.recv()
-            except transport.Refused as refused:
-                raise AuthenticationError(f"the manager at {address} refused us: {refused.error}") from None
+            except transport.Refused as exc:
+                refused = True
+                raise AuthenticationError(f"the manager at {address} refused us: {exc.error}") from None
             if isinstance(msg, protocol.StatusReply):
-                chan.send(protocol.Bye("status done"))
                 return msg.status
             if isinstance(msg, protocol.Error) and msg.code in (protocol.ErrorCode.AUTH, protocol.ErrorCode.UNKNOWN_PEER):
+                refused = True
                 raise AuthenticationError(f"the manager at {address} refused us: {msg.text}")
         return None
     finally:
+        if not refused:  # answered or not: the manager forgets us now
+            chan.send(protocol.Bye("status done"))
         chan.close()
 
 

@@ -94,7 +94,10 @@ class Node:
                         try:
                             _, msg, _frames = chan.recv(zmq.NOBLOCK)
                         except transport.Refused as refused:
-                            if not joined and isinstance(refused.error, AuthenticationError):
+                            # Before joining, the manager's answer to a wrong key is an
+                            # Error we cannot verify. Anything else unverifiable (a rogue
+                            # peer's junk) is dropped as ever.
+                            if not joined and isinstance(refused.error, AuthenticationError) and refused.unverified_error():
                                 log.error("the manager at %s refused our authkey: %s", self.address, refused.error)
                                 status = EXIT_REFUSED
                                 self._stop = True

@@ -167,6 +167,8 @@ NOBLOCK = int(zmq.NOBLOCK)
 # Messages that may travel outside a session (signed with an empty nonce).
 _SESSIONLESS = (protocol.Hello, protocol.Welcome, protocol.Error)
 NONCE_BYTES = 16
+# How much of a refused message's header is kept to say why (an Error is far smaller).
+MAX_REFUSED_HEADER = 4096
 
 
 class _Session:
@@ -291,7 +293,11 @@ class Channel:
         views = [p.buffer for p in body]
         sessionless = False
         if self.signer.key is not None:
-            sessionless = self._verify(ident, parts[0].bytes, views)
+            try:
+                sessionless = self._verify(ident, parts[0].bytes, views)
+            except _Refused as refused:
+                refused.header = bytes(views[0][:MAX_REFUSED_HEADER])
+                raise
         try:
             msg, sizes = protocol.decode(views[0])
             frames = protocol.unpack(sizes, views[1:])
@@ -350,6 +356,16 @@ class _Refused(Exception):
         super().__init__(str(error))
         self.ident = ident
         self.error = error
+        self.header = b""  # the unverified header (at most MAX_REFUSED_HEADER bytes)
+
+    def unverified_error(self) -> protocol.Error | None:
+        """The refused message, if its header is an ``Error``: the manager's answer to a
+        wrong key looks like this. Unverified, so only a hint (never a payload, never unpickled)."""
+        try:
+            msg, _ = protocol.decode(self.header)
+        except (ProtocolError, ValueError, TypeError):
+            return None
+        return msg if isinstance(msg, protocol.Error) else None
 
 
 Refused = _Refused

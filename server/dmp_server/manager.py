@@ -567,7 +567,9 @@ class Manager:
         deadline = now - self.heartbeat_s * LIVENESS
         for peer in list(self.peers.values()):
             if peer.role in (Role.CLIENT, Role.NODE, Role.STATUS) and peer.last_seen < deadline:
-                log.warning("%s went silent; dropping it", self._who(peer.id))
+                # A status probe that gave up waiting is routine; a node or client is news.
+                level = logging.DEBUG if peer.role == Role.STATUS else logging.WARNING
+                log.log(level, "%s went silent; dropping it", self._who(peer.id))
                 self._forget(peer.id)
             elif peer.role in (Role.CLIENT, Role.NODE) and peer.ident is not None:
                 self._send_raw(peer.ident, protocol.Heartbeat())
