@@ -279,6 +279,9 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     p = sub.add_parser("token", help="print the join token for a manager")
     p.add_argument("address", nargs="?", metavar="ADDRESS", help=f"the manager, tcp://HOST:PORT (else {_config.ENV_ADDRESS})")
     p.set_defaults(func=cmd_token)
+    from dmp.launch import ssh
+
+    ssh.add_parser(sub)
     for name in ("manager", "worker", "status", "token"):
         sub.choices[name].add_argument("--authkey-file", help="file holding the shared secret (else DMP_AUTHKEY)")
         sub.choices[name].add_argument("--curve", metavar="DIR", help=_CURVE_HELP)
