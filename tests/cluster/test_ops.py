@@ -234,8 +234,11 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    with open(f"/proc/{pid}/stat") as fh:  # a zombie is gone too
-        return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    try:
+        with open(f"/proc/{pid}/stat") as fh:  # a zombie is gone too
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_local_cluster_runs_a_pool_and_stops_everything() -> None:
@@ -260,3 +263,14 @@ def test_status_without_a_manager(monkeypatch: pytest.MonkeyPatch) -> None:
         dmp.wait_for_workers(1, 0.1)
     with pytest.raises(dmp.TimeoutError, match="no manager answered"):
         dmp.wait_for_workers(1, 0.3, address=f"tcp://127.0.0.1:{free_port()}")
+
+
+def test_local_cluster_left_open_is_stopped_at_interpreter_exit() -> None:
+    script = ("import dmp\n"
+              "cluster = dmp.LocalCluster(nodes=1, processes=1)\n"
+              "print(*cluster.pids, flush=True)\n")  # never stopped by the script itself
+    out = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True, text=True, timeout=90)
+    assert out.returncode == 0, out.stderr
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 2
+    _wait(lambda: not any(_alive(pid) for pid in pids), "the daemons to be gone", timeout=5)
