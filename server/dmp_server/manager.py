@@ -45,11 +45,11 @@ from dmp_server.scheduler import Command, Kill, Scheduler, Send
 log = logging.getLogger("dmp.manager")
 
 VERSION = "0.1.0"
-HEARTBEAT_S = 1.0
-# A remote peer silent for more than this many heartbeats is declared gone.
-# Expiry is checked once a beat, so with the default 1 s beat a node that
-# vanishes is declared lost 4 to 5 s after its last heartbeat: at most 5 s.
-LIVENESS = 4
+# Every peer beats as our Welcome says and counts the same LIVENESS (both in
+# dmp._config); expiry is checked once a beat, so with the default 1 s beat a
+# node that vanishes is declared lost 4 to 5 s after its last heartbeat.
+HEARTBEAT_S = _config.HEARTBEAT_S
+LIVENESS = _config.LIVENESS
 # Embedded mode: after a caller ran the reactor, run()'s thread stays out of
 # its way this long (the caller will likely wait again at once); a leading
 # caller polls in slices of LEAD_SLICE_S, noticing stop(); a caller asking
