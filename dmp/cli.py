@@ -53,8 +53,8 @@ def cmd_manager(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.heartbeat_s <= 0:
-        print("dmp manager: --heartbeat-s must be positive", file=sys.stderr)
+    if not 0 < args.heartbeat_s < float("inf"):
+        print(f"dmp manager: --heartbeat-s must be a positive number of seconds, not {args.heartbeat_s!r}", file=sys.stderr)
         return 2
     transport.use_curve(args.curve, server=True)
     _logging()
@@ -109,20 +109,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def fetch_status(address: str, key: bytes | None, timeout: float) -> dict[str, Any] | None:
-    import zmq
+    from dmp.wire import peer, protocol
 
-    from dmp.wire import protocol
-
-    sock = transport.make_socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    chan = transport.Channel(sock, key)
+    chan = peer.connect(address, key, linger_ms=0)
     try:
-        sock.connect(address)
         chan.send(protocol.Hello(protocol.Role.STATUS, "status", socket.gethostname(), os.getpid()))
         chan.send(protocol.StatusRequest())
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            if not sock.poll(int(left * 1000) + 1):
+            if not peer.wait_readable(chan, left):
                 break
             try:
                 _, msg, _ = chan.recv()
@@ -148,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="most clients connected at once (default %(default)d)")
     p.add_argument("--max-queued", type=int, default=_config.MAX_QUEUED_PER_CLIENT,
                    help="most tasks one client may have queued in the manager (default %(default)d)")
-    p.add_argument("--heartbeat-s", type=float, default=1.0,
-                   help="heartbeat interval; a peer silent for 4 beats is declared lost, within 5 beats (default %(default)g)")
+    p.add_argument("--heartbeat-s", type=float, default=_config.HEARTBEAT_S,
+                   help=f"heartbeat interval, followed by every peer; a peer silent for {_config.LIVENESS} beats "
+                   f"is declared lost, within {_config.LIVENESS + 1} beats (default %(default)g)")
     p.set_defaults(func=cmd_manager)
     p = sub.add_parser("worker", help="run a worker node joined to a manager")
     p.add_argument("address", help="the manager, tcp://HOST:PORT")
