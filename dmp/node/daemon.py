@@ -23,7 +23,7 @@ from typing import Any
 from dmp.node.supervisor import Supervisor
 from dmp.node.worker import WorkerConfig
 from dmp.wire import protocol, transport
-from dmp.wire.peer import SOCKET, PeerLoop
+from dmp.wire.peer import SOCKET, PeerLoop, Tick
 
 log = logging.getLogger("dmp.node")
 
@@ -76,10 +76,10 @@ class Node:
                     peer.send(protocol.WorkerExited(exited.worker, exited.pid, exited.exitcode, exited.running))
                     if not self._stop:
                         self.supervisor.spawn()
-                beat_due = time.monotonic() >= peer.live.next_beat
-                if peer.tick():
+                tick = peer.tick()
+                if tick is Tick.SILENT:
                     peer.say_hello()  # the manager may have restarted: introduce ourselves again
-                if beat_due:
+                if tick is not Tick.NONE:
                     window = peer.live.window
                     for pid in self.supervisor.kill_frozen(time.monotonic(), window):
                         log.warning("worker pid %d was stopped for over %g s: killed, its tasks go elsewhere", pid, window)

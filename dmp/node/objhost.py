@@ -28,7 +28,7 @@ from dmp import serialization
 from dmp.client import proxies
 from dmp.client.turns import Wakeup
 from dmp.wire import protocol, transport
-from dmp.wire.peer import PeerLoop
+from dmp.wire.peer import PeerLoop, Tick
 from dmp.wire.protocol import ObjStatus
 
 # Worker threads for calls that may block (registered types, Pool): as many
@@ -92,7 +92,7 @@ class Host:
                         return
                     elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.UNKNOWN_PEER:
                         return  # the manager restarted: our objects are gone with it
-                if peer.tick():
+                if peer.tick() is Tick.SILENT:
                     return  # the manager went silent (for as many beats as it gives us)
         finally:
             self.pool.shutdown(wait=False, cancel_futures=True)

@@ -17,6 +17,7 @@ client link, whose waiting threads poll the socket themselves, uses
 
 from __future__ import annotations
 
+import enum
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +39,14 @@ HELLO_BACKOFF_MAX_S = 5.0
 SOCKET = -1
 
 Again = zmq.Again
+
+
+class Tick(enum.Enum):
+    """What :meth:`PeerLoop.tick` found."""
+
+    NONE = "none"  # no beat was due
+    BEAT = "beat"  # a beat passed: a Heartbeat went (or a Hello was scheduled)
+    SILENT = "silent"  # a beat passed, and the manager has been silent for more than LIVENESS beats
 
 
 def connect(
@@ -202,8 +211,8 @@ class PeerLoop:
             if got is not None:
                 yield got
 
-    def tick(self) -> bool:
-        """Run due timers: the re-Hello, the heartbeat. True if the manager went silent.
+    def tick(self) -> Tick:
+        """Run due timers: the re-Hello, the heartbeat; say whether a beat passed.
 
         Silence is judged once a beat, and only with ``expects_beats``; the
         owner decides what it means (see :meth:`say_hello`).
@@ -212,15 +221,15 @@ class PeerLoop:
         if self.hello_at is not None and now >= self.hello_at:
             self.say_hello()
         if not self.live.due(now):
-            return False
+            return Tick.NONE
         if self.expects_beats and self.live.silent(now):
-            return True
+            return Tick.SILENT
         if self.joined or not self.rehello:
             if self.heartbeat:
                 self.chan.send(protocol.Heartbeat())
         elif self.hello_at is None:
             self.hello_at = now + self.backoff.next()  # not welcomed yet: ask again
-        return False
+        return Tick.BEAT
 
     def close(self) -> None:
         self.chan.close()

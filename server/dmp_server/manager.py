@@ -257,8 +257,9 @@ class Manager:
             if deadline is not None and now >= deadline:
                 self._carry_out(self.objects.tick(now))
             if now >= self._next_tick:
+                late = now - self._next_tick
                 self._next_tick = now + self.heartbeat_s
-                self._tick(now)
+                self._tick(now, late)
 
     # --- callers running the reactor (embedded mode) -------------------------------------
 
@@ -551,13 +552,16 @@ class Manager:
                 self.peers.pop(worker.peer, None)
                 self._carry_out(self.scheduler.remove_worker(worker.peer, None))
 
-    def _tick(self, now: float) -> None:
+    def _tick(self, now: float, late: float = 0.0) -> None:
+        """Expire silent peers, heartbeat the others. ``late``: how far past due this tick
+        runs; the reactor heard nobody meanwhile (a loaded host held it up, and it
+        reads one message per poll), so that time is not held against its peers."""
         for peer_id, until in list(self._exiting.items()):
             if until <= now:
                 del self._exiting[peer_id]
                 self.peers.pop(peer_id, None)
                 self._carry_out(self.scheduler.remove_worker(peer_id, 0, -1))
-        deadline = now - self.heartbeat_s * LIVENESS
+        deadline = now - self.heartbeat_s * LIVENESS - late
         for peer in list(self.peers.values()):
             if peer.role in (Role.CLIENT, Role.NODE, Role.STATUS) and peer.last_seen < deadline:
                 log.warning("%s %s went silent; dropping it", peer.role, peer.name or peer.id)

@@ -124,3 +124,21 @@ def test_refused_hellos_back_off_and_a_welcome_resets(manager_socket: tuple[str,
         assert loop.live.beat == 0.5 and loop.backoff.delay == 0 and loop.hello_at is None
     finally:
         loop.close()
+
+
+def test_tick_beats_once_a_beat_and_reports_silence(manager_socket: tuple[str, transport.Channel]) -> None:
+    address, router = manager_socket
+    loop = peer.PeerLoop(address, None, protocol.Hello(protocol.Role.NODE, "n", "host", 1), rehello=False)
+    try:
+        assert loop.tick() is peer.Tick.NONE  # no beat due yet
+        loop.live.next_beat = time.monotonic()
+        assert loop.tick() is peer.Tick.BEAT
+        deadline = time.monotonic() + 10
+        while not router.sock.poll(50) and time.monotonic() < deadline:
+            pass
+        assert isinstance(router.recv()[1], protocol.Heartbeat)
+        loop.live.heard(time.monotonic() - loop.live.window - 1)
+        loop.live.next_beat = time.monotonic()
+        assert loop.tick() is peer.Tick.SILENT
+    finally:
+        loop.close()
