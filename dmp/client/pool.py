@@ -4,6 +4,7 @@
     caller --map/imap--> Feeder thread: chunk, pickle, session.submit (waits for credit)
     link thread --results--> ApplyResult / MapResult / IMapIterator (sinks)
 
+``progress=`` hangs a tqdm bar (dmp.client.progress) on the map's sink.
 The feeder pulls from the caller's iterable only as fast as the session's
 credit allows (``MAX_OUTSTANDING_TASKS``), so a huge generator is never held
 in memory. The pool counts no credit itself: the session does.
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from dmp import _config, serialization
+from dmp.client import progress as bars
 from dmp.client.results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
 from dmp.client.session import Session
 from dmp.client.sink import MapSink, Sink
@@ -27,6 +29,7 @@ from dmp.node import runners
 from dmp.wire.protocol import Status
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
+Progress = bool | dict[str, Any]  # the map family's progress= (see dmp.client.progress)
 
 # Tasks pickled before they are handed to the engine in one message; a batch
 # also goes out once its first task has waited FEED_FLUSH_S.
@@ -167,11 +170,15 @@ class Pool:
 
     # --- map family ------------------------------------------------------------------------
 
-    def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None) -> list[Any]:
-        return self._map_async(func, iterable, chunksize, None, None, star=False).get()  # type: ignore[no-any-return]
+    def map(
+        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None, *, progress: Progress = False
+    ) -> list[Any]:
+        return self._map_async(func, iterable, chunksize, None, None, star=False, progress=progress).get()  # type: ignore[no-any-return]
 
-    def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: int | None = None) -> list[Any]:
-        return self._map_async(func, iterable, chunksize, None, None, star=True).get()  # type: ignore[no-any-return]
+    def starmap(
+        self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: int | None = None, *, progress: Progress = False
+    ) -> list[Any]:
+        return self._map_async(func, iterable, chunksize, None, None, star=True, progress=progress).get()  # type: ignore[no-any-return]
 
     def map_async(
         self,
@@ -180,8 +187,10 @@ class Pool:
         chunksize: int | None = None,
         callback: Callable[[Any], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
+        *,
+        progress: Progress = False,
     ) -> MapResult:
-        return self._map_async(func, iterable, chunksize, callback, error_callback, star=False)
+        return self._map_async(func, iterable, chunksize, callback, error_callback, star=False, progress=progress)
 
     def starmap_async(
         self,
@@ -190,10 +199,14 @@ class Pool:
         chunksize: int | None = None,
         callback: Callable[[Any], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
+        *,
+        progress: Progress = False,
     ) -> MapResult:
-        return self._map_async(func, iterable, chunksize, callback, error_callback, star=True)
+        return self._map_async(func, iterable, chunksize, callback, error_callback, star=True, progress=progress)
 
-    def _map_async(self, func: Any, iterable: Iterable[Any], chunksize: int | None, callback: Any, error_callback: Any, *, star: bool) -> MapResult:
+    def _map_async(
+        self, func: Any, iterable: Iterable[Any], chunksize: int | None, callback: Any, error_callback: Any, *, star: bool, progress: Progress
+    ) -> MapResult:
         self._check_running()
         items = iterable if hasattr(iterable, "__len__") else list(iterable)
         length = len(items)  # type: ignore[arg-type]
@@ -201,7 +214,8 @@ class Pool:
             chunksize = self._default_chunksize(length)
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        result = MapResult(chunksize, length, callback, error_callback, link=self._link, on_done=self._job_done)
+        bar = bars.start(progress, length, chunksize)
+        result = MapResult(chunksize, length, callback, error_callback, link=self._link, on_done=self._job_done, progress=bar)
         if length:
             self._start_job(func, star, result, _chunks(items, chunksize))
         return result
@@ -216,17 +230,20 @@ class Pool:
         chunksize, extra = divmod(length, self._processes * per_slot)
         return chunksize + 1 if extra else max(chunksize, 1)
 
-    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1) -> Iterator[Any]:
-        return self._imap(IMapIterator, func, iterable, chunksize)
+    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1, *, progress: Progress = False) -> Iterator[Any]:
+        return self._imap(IMapIterator, func, iterable, chunksize, progress)
 
-    def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1) -> Iterator[Any]:
-        return self._imap(IMapUnorderedIterator, func, iterable, chunksize)
+    def imap_unordered(
+        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1, *, progress: Progress = False
+    ) -> Iterator[Any]:
+        return self._imap(IMapUnorderedIterator, func, iterable, chunksize, progress)
 
-    def _imap(self, cls: type[IMapIterator], func: Any, iterable: Iterable[Any], chunksize: int) -> Iterator[Any]:
+    def _imap(self, cls: type[IMapIterator], func: Any, iterable: Iterable[Any], chunksize: int, progress: Progress) -> Iterator[Any]:
         self._check_running()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        it = cls(self._session.credit.release, self._job_done)
+        total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
+        it = cls(self._session.credit.release, self._job_done, bars.start(progress, total, chunksize))
         self._start_job(func, False, it, _chunks(iterable, chunksize))
         if chunksize == 1:
             return _Results(it, unwrap=True)
@@ -405,6 +422,9 @@ class _Results:
             chunk = self.it.next(timeout)
         except StopIteration:
             self.done = True
+            raise
+        except KeyboardInterrupt:  # Ctrl-C in the reader: its bar goes (the job runs on)
+            self.it.stop_progress()
             raise
         return chunk[0] if self.unwrap else chunk
 
