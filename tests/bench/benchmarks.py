@@ -87,6 +87,58 @@ def map_tiny(
 MAP_TINY_MIN_REPS = 7
 
 
+# --- (2b) the cost of a progress bar -----------------------------------------------
+
+
+def measure_map_progress(contender: Contender, config: Config) -> list[RepValues]:
+    """A chunksize=1 map of 100k tiny tasks without and with a progress bar.
+
+    dmp draws its bar with ``map(..., progress={"file": devnull})``; the other
+    libraries with the usual idiom, ``tqdm(pool.imap(..., chunksize=1))``.
+    Both maps run in every repetition, in turn (which goes first alternates),
+    on one pool, so the pair sees the same machine load: compare dmp's two
+    rows with each other.
+    """
+    import os
+
+    try:
+        from tqdm import tqdm
+    except ImportError as exc:
+        raise NotAvailable("tqdm is not installed") from exc
+    n = config.size(100_000, 5_000)
+    items = list(range(n))
+    expected = [x * x for x in items]
+    native = contender.name.startswith("dmp")
+    with open(os.devnull, "w") as devnull, open_pool(contender, config) as pool:
+        if not native and not hasattr(pool, "imap"):
+            raise NotAvailable(f"{contender.name}'s pool has no imap to wrap in a bar")
+
+        def with_bar() -> list[int]:
+            if native:
+                return pool.map(tasks.square, items, chunksize=1, progress={"file": devnull})  # type: ignore[no-any-return]
+            return list(tqdm(pool.imap(tasks.square, items, chunksize=1), total=n, file=devnull))
+
+        pool.map(tasks.square, range(100), chunksize=1)
+
+        turn = [0]
+
+        def once() -> RepValues:
+            turn[0] += 1
+            if turn[0] % 2:  # which goes first alternates: neither is always the warmer one
+                with Stopwatch() as barred:
+                    out_bar = with_bar()
+            with Stopwatch() as plain:
+                out = pool.map(tasks.square, items, chunksize=1)
+            if not turn[0] % 2:
+                with Stopwatch() as barred:
+                    out_bar = with_bar()
+            if out != expected or out_bar != expected:
+                raise WrongResult(f"map returned {len(out)}/{len(out_bar)} results, not the {n} squares in order")
+            return {"map_chunk1_nobar": n / plain.seconds, "map_chunk1_bar": n / barred.seconds}
+
+        return repeat(config, 1, once)
+
+
 # --- (3) apply_async round trip ------------------------------------------------------
 
 
@@ -241,6 +293,20 @@ BENCHMARKS: tuple[Benchmark, ...] = (
             ),
         ),
         map_tiny("map_tiny_chunk1", 1, quick_n=5_000),
+    ),
+    Benchmark(
+        "map_progress",
+        Kind.POOL,
+        (
+            Row("map_chunk1_nobar", "tasks/s", HIGHER, "pool.map(x*x) over 100k ints, chunksize=1, paired with the next row"),
+            Row(
+                "map_chunk1_bar",
+                "tasks/s",
+                HIGHER,
+                "the same with a progress bar (dmp: progress=; others: tqdm(imap))",
+            ),
+        ),
+        measure_map_progress,
     ),
     Benchmark(
         "apply_rtt",
