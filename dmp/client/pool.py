@@ -21,7 +21,13 @@ from typing import Any
 
 from dmp import _config, serialization
 from dmp.client import progress as bars
-from dmp.client.results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+from dmp.client.results import (
+    ApplyResult,
+    IMapIterator,
+    IMapResults,
+    IMapUnorderedIterator,
+    MapResult,
+)
 from dmp.client.session import Session
 from dmp.client.sink import MapSink, Sink
 from dmp.errors import MessageTooLargeError, ProcessError
@@ -29,7 +35,7 @@ from dmp.node import runners
 from dmp.wire.protocol import Status
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
-Progress = bool | dict[str, Any]  # the map family's progress= (see dmp.client.progress)
+ProgressArg = bool | dict[str, Any]  # the map family's progress= (see dmp.client.progress)
 
 # Tasks pickled before they are handed to the engine in one message; a batch
 # also goes out once its first task has waited FEED_FLUSH_S.
@@ -171,12 +177,12 @@ class Pool:
     # --- map family ------------------------------------------------------------------------
 
     def map(
-        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None, *, progress: Progress = False
+        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None, *, progress: ProgressArg = False
     ) -> list[Any]:
         return self._map_async(func, iterable, chunksize, None, None, star=False, progress=progress).get()  # type: ignore[no-any-return]
 
     def starmap(
-        self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: int | None = None, *, progress: Progress = False
+        self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: int | None = None, *, progress: ProgressArg = False
     ) -> list[Any]:
         return self._map_async(func, iterable, chunksize, None, None, star=True, progress=progress).get()  # type: ignore[no-any-return]
 
@@ -188,7 +194,7 @@ class Pool:
         callback: Callable[[Any], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
         *,
-        progress: Progress = False,
+        progress: ProgressArg = False,
     ) -> MapResult:
         return self._map_async(func, iterable, chunksize, callback, error_callback, star=False, progress=progress)
 
@@ -200,12 +206,12 @@ class Pool:
         callback: Callable[[Any], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
         *,
-        progress: Progress = False,
+        progress: ProgressArg = False,
     ) -> MapResult:
         return self._map_async(func, iterable, chunksize, callback, error_callback, star=True, progress=progress)
 
     def _map_async(
-        self, func: Any, iterable: Iterable[Any], chunksize: int | None, callback: Any, error_callback: Any, *, star: bool, progress: Progress
+        self, func: Any, iterable: Iterable[Any], chunksize: int | None, callback: Any, error_callback: Any, *, star: bool, progress: ProgressArg
     ) -> MapResult:
         self._check_running()
         items = iterable if hasattr(iterable, "__len__") else list(iterable)
@@ -230,15 +236,15 @@ class Pool:
         chunksize, extra = divmod(length, self._processes * per_slot)
         return chunksize + 1 if extra else max(chunksize, 1)
 
-    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1, *, progress: Progress = False) -> Iterator[Any]:
+    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1, *, progress: ProgressArg = False) -> Iterator[Any]:
         return self._imap(IMapIterator, func, iterable, chunksize, progress)
 
     def imap_unordered(
-        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1, *, progress: Progress = False
+        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1, *, progress: ProgressArg = False
     ) -> Iterator[Any]:
         return self._imap(IMapUnorderedIterator, func, iterable, chunksize, progress)
 
-    def _imap(self, cls: type[IMapIterator], func: Any, iterable: Iterable[Any], chunksize: int, progress: Progress) -> Iterator[Any]:
+    def _imap(self, cls: type[IMapIterator], func: Any, iterable: Iterable[Any], chunksize: int, progress: ProgressArg) -> Iterator[Any]:
         self._check_running()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
@@ -246,8 +252,8 @@ class Pool:
         it = cls(self._session.credit.release, self._job_done, bars.start(progress, total, chunksize))
         self._start_job(func, False, it, _chunks(iterable, chunksize))
         if chunksize == 1:
-            return _Results(it, unwrap=True)
-        return (item for chunk in _Results(it, unwrap=False) for item in chunk)
+            return IMapResults(it, unwrap=True)
+        return (item for chunk in IMapResults(it, unwrap=False) for item in chunk)
 
     def _start_job(self, func: Any, star: bool, sink: MapSink, chunks: Iterator[tuple[int, list[Any]]]) -> None:
         self._track(sink)
@@ -397,42 +403,6 @@ def _send_by_value(modules: Iterable[Any]) -> None:
         if not isinstance(module, types.ModuleType):
             raise TypeError(f"modules= takes modules or module names, not {module!r}")
         cloudpickle.register_pickle_by_value(module)
-
-
-class _Results:
-    """What imap returns: the caller's handle on an IMapIterator.
-
-    Each task's result is a chunk (a list); with chunksize 1 it is unwrapped.
-    When the caller drops this handle before the end, the iterator is
-    abandoned so that the pool's feeder neither waits for nor feeds it.
-    """
-
-    __slots__ = ("done", "it", "unwrap")
-
-    def __init__(self, it: IMapIterator, *, unwrap: bool) -> None:
-        self.it = it
-        self.unwrap = unwrap
-        self.done = False
-
-    def __iter__(self) -> _Results:
-        return self
-
-    def next(self, timeout: float | None = None) -> Any:
-        try:
-            chunk = self.it.next(timeout)
-        except StopIteration:
-            self.done = True
-            raise
-        except KeyboardInterrupt:  # Ctrl-C in the reader: its bar goes (the job runs on)
-            self.it.stop_progress()
-            raise
-        return chunk[0] if self.unwrap else chunk
-
-    __next__ = next
-
-    def __del__(self) -> None:
-        if not self.done:
-            self.it.abandon()
 
 
 def _chunks(iterable: Iterable[Any], size: int) -> Iterator[tuple[int, list[Any]]]:

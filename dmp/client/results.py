@@ -1,4 +1,5 @@
-"""What ``Pool`` methods return: ApplyResult, MapResult and the imap iterators.
+"""What ``Pool`` methods return: ApplyResult, MapResult, the imap iterators
+(and IMapResults, the handle imap gives the caller on one).
 
 Each is also a job's sink (``dmp.client.sink``): the link's thread hands it
 task outcomes (``on_result``), it decodes them and wakes whoever waits. They
@@ -165,8 +166,9 @@ class MapResult(_Waitable, MapSink):
 
     def _set_chunk(self, task_id: int, ok: bool, value: Any) -> bool:
         self._left -= 1
-        if self._progress is not None:
-            self._progress.advance(self._progress.chunk_items(task_id))
+        progress = self._progress
+        if progress is not None:
+            progress.advance(1 if self._chunksize == 1 else progress.chunk_items(task_id))
         if ok and self._success:
             c = self._chunksize
             self._value[task_id * c : (task_id + 1) * c] = value
@@ -328,3 +330,39 @@ class IMapUnorderedIterator(IMapIterator):
     def _place(self, task_id: int, ok: bool, value: Any) -> None:
         self._items.append((ok, value))
         self._index += 1
+
+
+class IMapResults:
+    """What imap returns: the caller's handle on an IMapIterator.
+
+    Each task's result is a chunk (a list); with chunksize 1 it is unwrapped.
+    When the caller drops this handle before the end, the iterator is
+    abandoned so that the pool's feeder neither waits for nor feeds it.
+    """
+
+    __slots__ = ("done", "it", "unwrap")
+
+    def __init__(self, it: IMapIterator, *, unwrap: bool) -> None:
+        self.it = it
+        self.unwrap = unwrap
+        self.done = False
+
+    def __iter__(self) -> IMapResults:
+        return self
+
+    def next(self, timeout: float | None = None) -> Any:
+        try:
+            chunk = self.it.next(timeout)
+        except StopIteration:
+            self.done = True
+            raise
+        except KeyboardInterrupt:  # Ctrl-C in the reader: its bar goes (the job runs on)
+            self.it.stop_progress()
+            raise
+        return chunk[0] if self.unwrap else chunk
+
+    __next__ = next
+
+    def __del__(self) -> None:
+        if not self.done:
+            self.it.abandon()
