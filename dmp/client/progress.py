@@ -10,7 +10,8 @@ stay cheap: items are counted here and handed to tqdm at most once per
 ``mininterval`` (tqdm's own, 0.1 s by default). Even the clock is read only
 every so many outcomes, that many being set from the rate seen so far (about
 eight reads per interval), so a 100k-task chunksize=1 map pays two counter
-updates per task, not a tqdm update.
+updates per task, not a tqdm update. A bar that fails to draw (its file
+closed) stops quietly: it must never cost a map its results.
 ``close`` hands over what is still counted and closes the bar; it is safe
 from any thread and more than once. tqdm is optional (``dmp[progress]``).
 """
@@ -42,11 +43,6 @@ class Progress:
         self._last = time.monotonic()
         self.closed = False
 
-    @property
-    def bar(self) -> Any:
-        """The tqdm object."""
-        return self._bar
-
     def chunk_items(self, task_id: int) -> int:
         """How many items chunk ``task_id`` holds (its list may not be at hand)."""
         if self._length is None:
@@ -72,7 +68,10 @@ class Progress:
                 return
             pending, self._pending = self._pending, 0
             self._next = now + self._interval
-            self._bar.update(pending)
+            try:
+                self._bar.update(pending)
+            except Exception:  # the bar is for show: a broken one (its file closed) must not lose results
+                self.closed = True
 
     def close(self) -> None:
         """Show the final count and close the bar (idempotent, any thread)."""
@@ -84,8 +83,9 @@ class Progress:
         try:
             if pending:
                 self._bar.update(pending)
-        finally:
             self._bar.close()
+        except Exception:  # as in advance: never let the bar break the map
+            pass
 
 
 def start(progress: object, total: int | None, chunksize: int = 1) -> Progress | None:
