@@ -221,3 +221,21 @@ def test_progress_needs_tqdm_and_a_bool_or_dict(monkeypatch: pytest.MonkeyPatch)
         with pytest.raises(ImportError, match=r"dmp\[progress\]"):
             pool.imap(square, range(3), progress={"file": io.StringIO()})
         assert pool.map(square, range(3)) == [0, 1, 4]  # without a bar all is well
+
+
+def test_the_bar_is_fed_in_batches_and_close_shows_the_rest() -> None:
+    """Unit: a stream of outcomes reaches tqdm in a few updates (at most one per mininterval)."""
+    from dmp.client import progress
+
+    bar = Bar(mininterval=0.1)
+    p = progress.start(bar.options, 100_000)
+    assert p is not None
+    updates: list[int] = []
+    real_update = p._bar.update
+    p._bar.update = lambda n: (updates.append(n), real_update(n))  # type: ignore[method-assign]
+    for _ in range(100_000):
+        p.advance(1)
+    p.close()
+    p.close()  # idempotent
+    assert bar.last() == "100000/100000" and bar.closed()
+    assert sum(updates) == 100_000 and len(updates) < 1000
