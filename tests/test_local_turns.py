@@ -81,10 +81,8 @@ def test_terminate_from_a_callback_does_not_hang() -> None:
     pool = dmp.Pool(2)
     try:
         result = pool.apply_async(square, (2,), callback=lambda _: pool.terminate())
-        start = time.monotonic()
-        assert result.get(timeout=10) == 4
-        pool.join()
-        assert time.monotonic() - start < 8
+        assert result.get(timeout=30) == 4
+        pool.join()  # a hang here is caught by the test's timeout
     finally:
         pool.terminate()
 

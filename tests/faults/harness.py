@@ -24,9 +24,11 @@ __all__ = [
 
 # The manager declares a peer gone after LIVENESS (4) silent heartbeats,
 # checked once per heartbeat: at most 5 s after its last beat by default
-# (measured 4.8-4.9 s). The tests allow 2 s more for their own status
-# polling, which is slow on a loaded 2-core CI machine.
-LOSS_BOUND_S = 7.0
+# (measured 4.8-4.9 s on an idle machine). The tests allow four times that:
+# "within seconds", not "never" (nor a TCP timeout of minutes), even on a
+# shared 2-core machine where the daemons and the tests' own status polling
+# wait for the CPU.
+LOSS_BOUND_S = 20.0
 FaultCluster = Daemons
 
 
