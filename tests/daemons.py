@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,11 +89,11 @@ def _kill_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
-def kill_leftovers() -> list[int]:
-    """SIGKILL the group of every daemon still registered; returns their pids."""
+def kill_leftovers(only: Iterable[int] | None = None) -> list[int]:
+    """SIGKILL the group of every daemon still registered (or of those in ``only``); returns their pids."""
     with _LIVE_LOCK:
-        procs = list(_LIVE.values())
-        _LIVE.clear()
+        wanted = set(_LIVE) if only is None else set(only) & set(_LIVE)
+        procs = [_LIVE.pop(pid) for pid in wanted]
     for proc in procs:
         _kill_group(proc.pid, signal.SIGCONT)
         _kill_group(proc.pid, signal.SIGKILL)
