@@ -242,7 +242,10 @@ def _serve(launch: Launch, hosts: list[str], address: str, keyfile: str | None,
                 return 1
         if not ready:
             status = cli.fetch_status(address, launch.key, 2.0)
-            joined = {n["name"] for n in status["nodes"]} if status else set()
+            # A node is listed once it says Hello, before its worker processes
+            # have joined: it counts once all of them have (at least one with "auto").
+            want = int(args.processes) if node_args else 1
+            joined = {n["name"] for n in status["nodes"] if n["slots"] >= want} if status else set()
             if status and set(hosts) <= joined:
                 print(f"ready: {status['slots']} slots", flush=True)
                 ready = True
