@@ -41,7 +41,7 @@ def _logging() -> None:
 
 
 def cmd_manager(args: argparse.Namespace) -> int:
-    from dmp_server.manager import Manager
+    from dmp_server.daemon import Daemon
 
     bind = normalize_address(args.bind)
     key = _authkey(args.authkey_file)
@@ -60,14 +60,14 @@ def cmd_manager(args: argparse.Namespace) -> int:
     _logging()
     if transport.curve_enabled():
         logging.getLogger("dmp.manager").info("CURVE encryption on (keys in %s)", args.curve or "DMP_CURVE")
-    manager = Manager(
+    daemon = Daemon(
         bind=[bind], key=key, max_message=int(args.max_message_mb * 1024 * 1024), max_clients=args.max_clients,
         max_queued=args.max_queued, heartbeat_s=args.heartbeat_s,
     )
-    signal.signal(signal.SIGTERM, lambda *_: manager.stop())
-    signal.signal(signal.SIGINT, lambda *_: manager.stop())
-    logging.getLogger("dmp.manager").info("manager listening on %s", ", ".join(manager.endpoints))
-    manager.run()
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
+    signal.signal(signal.SIGINT, lambda *_: daemon.stop())
+    logging.getLogger("dmp.manager").info("manager listening on %s", ", ".join(daemon.endpoints))
+    daemon.run()
     logging.getLogger("dmp.manager").info("manager stopped")
     return 0
 
