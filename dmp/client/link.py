@@ -67,7 +67,7 @@ class RemoteLink:
         self._wake = Wakeup(self)  # whoever holds the turn
         self._turns = Turns(self._poll, self._pump, self._wake.poke, reenter=True)
         self._stop = False
-        self._dead = False  # the socket is closed or about to be: nobody may lead
+        self._dead = False  # the socket is closed or about to be: nobody may use it
         self._clean = False  # the socket was seen empty since anyone last used it
         self._failure: BaseException | None = None
         self._ready = threading.Event()
