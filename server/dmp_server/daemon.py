@@ -87,6 +87,7 @@ class Daemon(Routing):
         self._poller.register(self._wake.fd, zmq.POLLIN)
         self._watched: set[int] = set()
         self._next_tick = time.monotonic() + heartbeat_s
+        self._due: float | None = None  # the shared objects' next deadline, as of the last poll
         self._stopping = False
         self.closed = False
         self.started = time.time()
@@ -142,7 +143,7 @@ class Daemon(Routing):
         if self.supervisor is not None:
             self._watched = self.supervisor.watch(self._poller, self._watched)
         wake_at = self._next_tick
-        deadline = self.objects.next_deadline()
+        self._due = deadline = self.objects.next_deadline()  # handle() runs what is due by then
         if deadline is not None and deadline < wake_at:
             wake_at = deadline
         wait = max(0.0, wake_at - time.monotonic())
@@ -161,7 +162,7 @@ class Daemon(Routing):
         for fd in self._watched.intersection(ready):
             self._worker_died(fd)
         now = time.monotonic()
-        deadline = self.objects.next_deadline()
+        deadline = self._due
         if deadline is not None and now >= deadline:
             self._carry_out(self.objects.tick(now))
         if now >= self._next_tick:
