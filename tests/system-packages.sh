@@ -1,6 +1,6 @@
 #!/bin/sh
 # The distribution packages some tests drive for real (sshd in namespace hosts,
-# a single-host Slurm, systemd-analyze, ip netns). Installed only when missing,
+# a single-host Slurm, systemd-analyze, ip netns, headless Chromium for the dashboard). Installed only when missing,
 # and only as root with apt-get; elsewhere those tests skip (under CI=true they fail).
 set -eu
 need=""
@@ -13,6 +13,8 @@ have slurmd || need="$need slurmd"
 have sbatch || need="$need slurm-client"
 have munged || need="$need munge"
 have systemd-analyze || need="$need systemd"
+have chromium || need="$need chromium"
+have chromedriver || need="$need chromium-driver"
 [ -n "$need" ] || exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "system-packages: not installing$need (needs root and apt-get); those tests will skip" >&2

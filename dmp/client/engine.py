@@ -52,7 +52,6 @@ class LocalEngine:
         self.session.link = session_mod.LocalLink(self.daemon, self.turns, self.session)
         self.supervisor.start()
         self._thread = threading.Thread(target=self._run, name="dmp-engine", daemon=True)
-        self._stopped = threading.Event()
         self._done = False
         self._thread.start()
         _live.add(self)
@@ -63,7 +62,6 @@ class LocalEngine:
                 self.turns.serve(None)  # a step, unless a waiting caller takes them
         finally:
             self.turns.close(self.daemon.close)
-            self._stopped.set()
             self.session.fail_all(ProcessError("the pool's engine stopped before the task finished"))
 
     @property
@@ -109,7 +107,7 @@ _shared_lock = threading.Lock()
 
 
 def shared_cluster(address: str, authkey: bytes | None) -> ClusterEngine:
-    """One session per manager for this process's remote Processes (and proxies)."""
+    """One engine (and so one Session) per manager for this process's remote Processes."""
     with _shared_lock:
         engine = _shared.get((address, authkey))
         if engine is None or engine.session.closed is not None:

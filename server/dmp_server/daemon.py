@@ -18,6 +18,7 @@ class knows nothing of them. Payloads are never unpickled.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import time
 import uuid
@@ -27,11 +28,11 @@ import zmq
 
 from dmp import _config
 from dmp.wire import protocol, transport
-from dmp.wire.protocol import ErrorCode
+from dmp.wire.protocol import ErrorCode, Role
 from dmp.wire.wakeup import Wakeup
 from dmp_server import hostproc, objects, status
-from dmp_server.peers import Departures, LocalClient, LocalSupervisor, Peers
-from dmp_server.routing import VERSION, Routing, log, show, worker_peer
+from dmp_server.peers import Departures, LocalClient, LocalSupervisor, Peers, describe
+from dmp_server.routing import VERSION, Routing, log, worker_peer
 from dmp_server.scheduler import Scheduler
 
 HEARTBEAT_S = 1.0
@@ -202,7 +203,7 @@ class Daemon(Routing):
         try:
             self._handle_remote(ident, msg, frames)
         except Exception as exc:  # one bad peer must never stop the daemon
-            log.warning("bad %s from %s: %r", type(msg).__name__, show(ident), exc)
+            log.warning("bad %s from %s: %r", type(msg).__name__, self._who(ident.hex()), exc)
             self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"malformed {type(msg).__name__}: {exc}"))
         return True
 
@@ -233,7 +234,10 @@ class Daemon(Routing):
         out = Departures()
         beat = self.peers.tick(now, out)
         for peer in out.gone:
-            log.warning("%s %s went silent; dropping it", peer.role, peer.name or peer.id)
+            # A status probe that gave up waiting is routine; a node or client is news.
+            log.log(logging.DEBUG if peer.role == Role.STATUS else logging.WARNING,
+                    "%s went silent; dropping it", describe(peer))
+            log.log(logging.INFO if peer.role in (Role.NODE, Role.CLIENT) else logging.DEBUG, "%s left", describe(peer))
         self._depart(out)
         for peer in beat:
             if peer.ident is not None:

@@ -24,7 +24,7 @@ EXIT_GRACE_S = 2.0
 
 
 class LocalClient(Protocol):
-    """An in-process client session (embedded mode)."""
+    """An in-process client (embedded mode): its ``dmp.client.session.Session``."""
 
     def on_message(self, msg: protocol.Message, frames: list[Any]) -> None: ...
 
@@ -70,6 +70,13 @@ class Peers:
         self.heartbeat_s = heartbeat_s
         self.by_id: dict[str, Peer] = {}
         self.exiting: dict[str, float] = {}
+
+    def who(self, peer_id: str | None, local: bool = False) -> str:
+        """A peer as logs name it: role, name and host, never its socket id; ``local``: in-process."""
+        peer = self.by_id.get(peer_id) if peer_id else None
+        if peer is None:
+            return f"local client {peer_id}" if local else "an unknown peer"
+        return describe(peer)
 
     def node(self, name: str) -> Peer | None:
         return next((p for p in self.by_id.values() if p.role == Role.NODE and p.name == name), None)
@@ -123,3 +130,9 @@ class Peers:
             elif peer.role in (Role.CLIENT, Role.NODE) and peer.ident is not None:
                 beat.append(peer)
         return beat
+
+
+def describe(peer: Peer) -> str:
+    """``role name on host`` (a client also by pid), as logs name a peer."""
+    name = peer.name if peer.role != Role.CLIENT else f"{peer.name} (pid {peer.pid})"
+    return f"{peer.role} {name or '?'} on {peer.host or '?'}"

@@ -23,7 +23,7 @@ from dmp.errors import AuthenticationError, ProtocolError
 from dmp.wire import protocol, transport
 from dmp.wire.protocol import ErrorCode, Role
 from dmp_server import objects
-from dmp_server.peers import Departures, LocalClient, LocalSupervisor, Peer, Peers
+from dmp_server.peers import Departures, LocalClient, LocalSupervisor, Peer, Peers, describe
 from dmp_server.scheduler import Command, Kill, Scheduler, Send
 
 log = logging.getLogger("dmp.manager")
@@ -52,13 +52,13 @@ class Routing:
     # --- handlers ----------------------------------------------------------------------
 
     def _refuse(self, refused: transport.Refused) -> None:
-        log.warning("refused a message from %s: %s", show(refused.ident), refused.error)
+        log.warning("refused a message from %s: %s", self._who(_peer_id(refused.ident)), refused.error)
         if refused.ident is None:
             return
         error = refused.error
         if isinstance(error, AuthenticationError):
-            if self.chan.has_session(refused.ident):
-                code = ErrorCode.AUTH
+            if self.chan.has_session(refused.ident) or isinstance(error, transport.Unsigned):
+                code = ErrorCode.AUTH  # a peer without the key: it must stop, not say Hello again
             else:
                 # No session: a peer with the right key that we forgot (we
                 # restarted) can verify this Error and says Hello again; one
@@ -129,7 +129,9 @@ class Routing:
             self._carry_out(self.scheduler.add_worker(peer_id, msg.node, msg.pid, msg.max_tasks))
         elif msg.role == Role.CLIENT:
             self.scheduler.add_client(peer_id, msg.slots)  # a client's slots: Pool(k)
-        log.info("%s %s joined (pid %s on %s)", msg.role, msg.name or peer_id, msg.pid, host)
+        # Nodes and clients at INFO; a worker process or a status probe at DEBUG.
+        level = logging.INFO if msg.role in (Role.NODE, Role.CLIENT) else logging.DEBUG
+        log.log(level, "%s joined (pid %s)", self._who(peer_id), msg.pid)
 
     def _handle_client(self, peer: str, msg: protocol.Message, frames: list[Any]) -> None:
         sched = self.scheduler
@@ -202,6 +204,10 @@ class Routing:
     # --- peers going away ---------------------------------------------------------------
 
     def _forget(self, peer_id: str) -> None:
+        peer = self.peers.by_id.get(peer_id)
+        if peer is not None:
+            level = logging.INFO if peer.role in (Role.NODE, Role.CLIENT) else logging.DEBUG
+            log.log(level, "%s left", describe(peer))
         out = Departures()
         self.peers.forget(peer_id, out, local=peer_id in self.locals)
         self._depart(out)
@@ -237,7 +243,11 @@ class Routing:
         except zmq.ZMQError as exc:
             # EHOSTUNREACH: the peer is gone; EAGAIN: it stopped reading. Either
             # way this message cannot go now; liveness checks will drop the peer.
-            log.debug("could not send %s to %s: %s", type(msg).__name__, show(ident), exc)
+            log.debug("could not send %s to %s: %s", type(msg).__name__, self._who(ident.hex()), exc)
+
+    def _who(self, peer_id: str | None) -> str:
+        """A peer as logs name it: role, name and host, never its socket id."""
+        return self.peers.who(peer_id, local=peer_id in self.locals)
 
 
 def worker_peer(worker_id: str) -> str:
@@ -252,5 +262,5 @@ def _worker_id(peer_id: str) -> str:
         return peer_id
 
 
-def show(ident: bytes | None) -> str:
-    return ident.hex() if ident else "?"
+def _peer_id(ident: bytes | None) -> str | None:
+    return ident.hex() if ident else None
