@@ -5,9 +5,9 @@
         socket's fd itself, receives, dispatches; its own reply wakes no
         other thread) or follows (blocks on its own event)
     no caller waiting --> the link's thread takes the steps instead
-    every HEARTBEAT_S the link's thread sends a Heartbeat; silence for
-    LIVENESS beats, or a Bye, fails every waiting job with
-    ManagerUnavailableError (never a hang)
+    every beat (the manager's Welcome.heartbeat_s) the link's thread sends a
+    Heartbeat; silence for LIVENESS beats (dmp.wire.peer.Liveness), or a Bye,
+    fails every waiting job with ManagerUnavailableError (never a hang)
 
 Turn-taking is dmp.client.turns.Turns, the same as local mode's: a step is
 ``_poll`` (the socket's fd and a wake-up fd) then ``_pump`` (receive,
@@ -32,16 +32,11 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-import zmq
-
 from dmp import _config
 from dmp.client.sigint import critical
 from dmp.client.turns import Turns, Wakeup
 from dmp.errors import AuthenticationError, ManagerUnavailableError, MessageTooLargeError
-from dmp.wire import protocol, transport
-
-HEARTBEAT_S = 1.0
-LIVENESS = 5
+from dmp.wire import peer, protocol, transport
 
 
 class RemoteLink:
@@ -61,7 +56,6 @@ class RemoteLink:
         self.address = address
         self.key = key
         self.welcome: protocol.Welcome | None = None
-        self.beat = HEARTBEAT_S
         self._io = threading.Lock()  # the socket and channel
         self._inbox: collections.deque[tuple[protocol.Message, list[Any]]] = collections.deque()
         self._wake = Wakeup(self)  # whoever holds the turn
@@ -71,14 +65,13 @@ class RemoteLink:
         self._clean = False  # the socket was seen empty since anyone last used it
         self._failure: BaseException | None = None
         self._ready = threading.Event()
-        self._last_heard = time.monotonic()
+        self._live = peer.Liveness(time.monotonic())  # the beat is the manager's, from its Welcome
         transport.curve_enabled()  # bad DMP_CURVE keys: ValueError here, not in our thread
-        self._chan = transport.Channel(transport.make_socket(zmq.DEALER), key)
-        self._fd = int(self._chan.sock.getsockopt(zmq.FD))
+        self._chan = peer.connect(address, key)
+        self._fd = peer.socket_fd(self._chan)
         self._poller = select.poll()  # polled by the turn's holder only
         self._poller.register(self._fd, select.POLLIN)
         self._poller.register(self._wake.fd, select.POLLIN)
-        self._chan.sock.connect(address)
         hello = protocol.Hello(protocol.Role.CLIENT, f"client-{os.getpid()}", socket.gethostname(), os.getpid(), max_workers)
         with self._io:
             self._chan.send(hello)
@@ -148,7 +141,7 @@ class RemoteLink:
         while chan.readable():
             try:
                 _, msg, frames = chan.recv(transport.NOBLOCK)
-            except zmq.Again:
+            except peer.Again:
                 break
             except transport.Refused as refused:
                 error = refused.error
@@ -158,7 +151,7 @@ class RemoteLink:
             self._inbox.append((msg, frames))
         self._clean = True
         if got:
-            self._last_heard = time.monotonic()
+            self._live.heard(time.monotonic())
         return got
 
     def _poll(self, limit: float | None) -> bool:
@@ -201,15 +194,14 @@ class RemoteLink:
     # --- the link's thread -------------------------------------------------------------------
 
     def _run(self) -> None:
-        next_beat = time.monotonic() + self.beat
+        live = self._live
         try:
             while not self._stop and self._failure is None:
-                self._turns.serve(max(0.0, next_beat - time.monotonic()))  # a step, unless a caller leads
+                self._turns.serve(max(0.0, live.next_beat - time.monotonic()))  # a step, unless a caller leads
                 now = time.monotonic()
-                if now >= next_beat:
-                    next_beat = now + self.beat
+                if live.due(now):
                     self.post(protocol.Heartbeat(), [])
-                    if now - self._last_heard > self.beat * LIVENESS:
+                    if live.silent(now):
                         self._fail(ManagerUnavailableError(f"the dmp manager at {self.address} stopped answering"))
         finally:
             self._turns.close(self._close_socket)
@@ -226,8 +218,7 @@ class RemoteLink:
     def _handle(self, msg: protocol.Message, frames: list[Any]) -> BaseException | None:
         if isinstance(msg, protocol.Welcome):
             self.welcome = msg
-            if msg.heartbeat_s > 0:
-                self.beat = msg.heartbeat_s
+            self._live.follow(msg.heartbeat_s, time.monotonic())
             self._ready.set()
         elif isinstance(msg, protocol.Bye):
             return ManagerUnavailableError(f"the dmp manager at {self.address} went away: {msg.reason}")

@@ -35,7 +35,7 @@ from dmp_server.peers import Departures, LocalClient, LocalSupervisor, Peers, de
 from dmp_server.routing import VERSION, Routing, log, worker_peer
 from dmp_server.scheduler import Scheduler
 
-HEARTBEAT_S = 1.0
+HEARTBEAT_S = _config.HEARTBEAT_S
 # Messages drained from the socket at once when a worker dies (its last results).
 DRAIN_BATCH = 512
 
@@ -167,8 +167,9 @@ class Daemon(Routing):
         if deadline is not None and now >= deadline:
             self._carry_out(self.objects.tick(now))
         if now >= self._next_tick:
+            late = now - self._next_tick
             self._next_tick = now + self.heartbeat_s
-            self._tick(now)
+            self._tick(now, late)
 
     def handle_local(self, peer: str, msg: protocol.Message, frames: list[Any]) -> None:
         """On the stepping thread, between steps: a message of in-process client ``peer``, now."""
@@ -230,9 +231,10 @@ class Daemon(Routing):
         if self.supervisor.respawn and not self._stopping:
             self.supervisor.spawn()
 
-    def _tick(self, now: float) -> None:
+    def _tick(self, now: float, late: float = 0.0) -> None:
+        """Expire silent peers (``late``: see Peers.tick), heartbeat the others."""
         out = Departures()
-        beat = self.peers.tick(now, out)
+        beat = self.peers.tick(now, out, late)
         for peer in out.gone:
             # A status probe that gave up waiting is routine; a node or client is news.
             log.log(logging.DEBUG if peer.role == Role.STATUS else logging.WARNING,

@@ -10,15 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from dmp import _config
 from dmp.wire import protocol
 from dmp.wire.protocol import Role
 from dmp_server import objects
 from dmp_server.scheduler import Command, Scheduler
 
-# A remote peer silent for more than this many heartbeats is declared gone.
-# Expiry is checked once a beat, so with the default 1 s beat a node that
-# vanishes is declared lost 4 to 5 s after its last heartbeat: at most 5 s.
-LIVENESS = 4
+# Every peer beats as our Welcome says and counts the same LIVENESS (both in
+# dmp._config); expiry is checked once a beat, so with the default 1 s beat a
+# node that vanishes is declared lost 4 to 5 s after its last heartbeat.
+LIVENESS = _config.LIVENESS
 # How long a cleanly exited worker's Bye may lag its supervisor's report.
 EXIT_GRACE_S = 2.0
 
@@ -115,14 +116,19 @@ class Peers:
         self.by_id.pop(peer_id, None)
         return self.scheduler.remove_worker(peer_id, exitcode, running)
 
-    def tick(self, now: float, out: Departures) -> list[Peer]:
-        """Once a beat: expire late Byes and silent peers; returns the peers to heartbeat."""
+    def tick(self, now: float, out: Departures, late: float = 0.0) -> list[Peer]:
+        """Once a beat: expire late Byes and silent peers; returns the peers to heartbeat.
+
+        ``late``: how far past due this tick runs; the reactor heard nobody
+        meanwhile (a loaded host held it up, and it reads one message per
+        poll), so that time is not held against its peers.
+        """
         for peer_id, until in list(self.exiting.items()):
             if until <= now:
                 del self.exiting[peer_id]
                 self.by_id.pop(peer_id, None)
                 out.cmds += self.scheduler.remove_worker(peer_id, 0, -1)
-        deadline = now - self.heartbeat_s * LIVENESS
+        deadline = now - self.heartbeat_s * LIVENESS - late
         beat = []
         for peer in list(self.by_id.values()):
             if peer.role in (Role.CLIENT, Role.NODE, Role.STATUS) and peer.last_seen < deadline:
