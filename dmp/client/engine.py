@@ -35,6 +35,7 @@ class LocalEngine:
         initializer: Callable[..., Any] | None,
         initargs: tuple[Any, ...],
         max_tasks: int,
+        method: str = "fork",
     ) -> None:
         from dmp_server.manager import Manager
 
@@ -42,7 +43,7 @@ class LocalEngine:
         template = WorkerConfig(
             address=endpoint, node="local", initializer=initializer, initargs=initargs, max_tasks=max_tasks
         )
-        self.supervisor = Supervisor(template, count=processes)
+        self.supervisor = Supervisor(template, count=processes, method=method)
         self.manager = Manager(bind=[endpoint], supervisor=self.supervisor)
         self.session = session_mod.Session()
         self.session.link = session_mod.LocalLink(self.manager, self.session)
