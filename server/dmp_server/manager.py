@@ -412,7 +412,7 @@ class Manager:
             self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"unknown role {msg.role!r}"))
             return
         if peer_id in self.peers:
-            self._forget(peer_id)  # a reconnect under the same identity: start clean
+            self._forget(peer_id, crashed=True)  # a reconnect under the same identity: start clean
         if msg.role == Role.WORKER and self.supervisor is None and not any(
             p.role == Role.NODE and p.name == msg.node for p in self.peers.values()
         ):
@@ -533,7 +533,8 @@ class Manager:
 
     # --- peers going away ----------------------------------------------------------------------
 
-    def _forget(self, peer_id: str) -> None:
+    def _forget(self, peer_id: str, *, crashed: bool = False) -> None:
+        """``peer_id`` is gone: it said Bye, or it ``crashed`` (silent, or back under its identity)."""
         peer = self.peers.pop(peer_id, None)
         if peer is not None and peer.ident is not None:
             self.chan.close_session(peer.ident)
@@ -546,7 +547,7 @@ class Manager:
             self._carry_out(self.scheduler.remove_worker(peer_id, 0, -1))
         elif role == Role.CLIENT:
             self._carry_out(self.scheduler.remove_client(peer_id))
-            self._carry_out(self.objects.peer_gone(peer_id))
+            self._carry_out(self.objects.peer_gone(peer_id, crashed=crashed))
         elif role == Role.NODE:
             for worker in [w for w in self.scheduler.workers.values() if w.node == (peer.name if peer else "")]:
                 self.peers.pop(worker.peer, None)
@@ -562,7 +563,7 @@ class Manager:
         for peer in list(self.peers.values()):
             if peer.role in (Role.CLIENT, Role.NODE, Role.STATUS) and peer.last_seen < deadline:
                 log.warning("%s %s went silent; dropping it", peer.role, peer.name or peer.id)
-                self._forget(peer.id)
+                self._forget(peer.id, crashed=True)
             elif peer.role in (Role.CLIENT, Role.NODE) and peer.ident is not None:
                 self._send_raw(peer.ident, protocol.Heartbeat())
 
