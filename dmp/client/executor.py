@@ -54,7 +54,7 @@ class Executor(cf.Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            future: cf.Future[Any] = _Future(self._pool._session.link)
+            future: cf.Future[Any] = _Future(self._pool._link)
             self._waiting.append((future, fn, args, kwargs))
         self._hand_over()
         return future
@@ -118,7 +118,7 @@ class Executor(cf.Executor):
         # Every waiting call is handed over (as running ones end) before the
         # pool closes; the waiting thread serves the engine meanwhile.
         while self._waiting:
-            self._pool._session.link.wait(lambda: not self._waiting, _nap, 0.5)
+            self._pool._link.wait(lambda: not self._waiting, _nap, 0.5)
         self._pool.close()
         self._pool.join()
 
