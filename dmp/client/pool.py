@@ -374,7 +374,7 @@ class Pool:
         return f"<{type(self).__module__}.{type(self).__qualname__} state={self._state} pool_size={self._processes}>"
 
     def __del__(self) -> None:
-        if getattr(self, "_state", TERMINATE) == RUN:
+        if getattr(self, "_state", TERMINATE) == RUN and getattr(self, "_engine", None) is not None:
             import warnings
 
             warnings.warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, stacklevel=2, source=self)
