@@ -228,11 +228,10 @@ class BaseManager:
                  ctx: Any = None, *, shutdown_timeout: float = 1.0) -> None:
         self._address = _bind_address(address) if address is not None else None
         self._authkey = _config.authkey_from(authkey)
-        if serializer != "pickle":
-            raise ValueError(
-                f"unsupported serializer {serializer!r}: dmp's managers support only 'pickle' "
-                "(cloudpickle payloads on ZeroMQ), not 'xmlrpclib'"
-            )
+        if serializer not in ("pickle", "xmlrpclib"):
+            raise ValueError(f"unknown serializer {serializer!r}: dmp's managers take 'pickle' or 'xmlrpclib'")
+        # Both travel as cloudpickle payloads on ZeroMQ: what xmlrpclib can
+        # carry is a subset of what pickle can.
         self._serializer = serializer
         self._state = State.INITIAL
         self._process: Any = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import signal
 import sys
 import time
@@ -34,6 +35,19 @@ KEEP = {"set_start_method", "get_start_method", "get_context", "get_all_start_me
         "active_children", "parent_process", "cpu_count"}
 
 
+_MANAGER_NAMES = ("BaseManager", "SyncManager", "BaseProxy", "Token", "MakeProxyType", "AutoProxy")
+_saved: dict[str, Any] = {}
+
+
+def restore_managers_module() -> None:
+    """Once the suite imported dmp's manager names, multiprocessing.managers gets
+    its own back: its SharedMemoryManager subclasses (and calls) its BaseManager."""
+    import multiprocessing.managers as std_managers
+
+    for name, value in _saved.items():
+        setattr(std_managers, name, value)
+
+
 def patch_in_dmp() -> None:
     import multiprocessing.managers as std_managers
 
@@ -42,8 +56,14 @@ def patch_in_dmp() -> None:
 
     for name in set(multiprocessing.__all__) - KEEP:
         setattr(multiprocessing, name, getattr(dmp, name))
-    for name in ("BaseManager", "SyncManager", "BaseProxy", "Token", "MakeProxyType", "AutoProxy"):
+    for name in _MANAGER_NAMES:
+        _saved[name] = getattr(std_managers, name)
         setattr(std_managers, name, getattr(dmp.managers, name))
+    # The suite's ManagerMixin.tearDownClass asks the manager, before shutting
+    # it down, for its object count (a private debugging call no test asserts
+    # on). dmp has none: answer "none left" so that the teardown goes on to
+    # shut the manager down.
+    dmp.managers.BaseManager._number_of_objects = lambda self: 0  # type: ignore[attr-defined]
 
 
 class _Timeout(BaseException):
@@ -60,7 +80,9 @@ class Result(unittest.TextTestResult):
         super().startTest(test)
 
     def stopTest(self, test: unittest.TestCase) -> None:
-        signal.alarm(0)
+        # Re-armed, not cleared: a hang in the class teardown or setup that
+        # follows fails that fixture instead of stopping the run.
+        signal.alarm(PER_TEST_S)
         super().stopTest(test)
 
 
@@ -80,6 +102,7 @@ if ARGS.impl == "dmp":
     patch_in_dmp()
 import test._test_multiprocessing as _suite  # noqa: E402
 
+restore_managers_module()
 _suite.install_tests_in_module_dict(globals(), "fork")
 
 
@@ -96,6 +119,7 @@ def main() -> int:
     try:
         runner = unittest.TextTestRunner(resultclass=Result, verbosity=1, stream=sys.stderr)
         result = runner.run(tests)
+        signal.alarm(0)
     finally:
         tearDownModule()  # type: ignore[name-defined]  # noqa: F821
     bad = [(t.id(), "FAIL", tb) for t, tb in result.failures] + [(t.id(), "ERROR", tb) for t, tb in result.errors]
@@ -113,8 +137,14 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # Run from the importable module tests.cpython_suite, as CPython runs the
+    # suite from test.test_multiprocessing_fork: classes pickle by reference
+    # (cloudpickle would send __main__'s test classes by value).
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import tests.cpython_suite as _module
+
     try:
-        sys.exit(main())
+        sys.exit(_module.main())
     except Exception:
         traceback.print_exc()
         sys.exit(2)

@@ -92,7 +92,13 @@ class Supervisor:
             args = (cloudpickle.dumps(cfg), slot)
             target = worker_mod.spawned_main
         proc = self._ctx.Process(target=target, args=args, name=f"{self.name_prefix}-{n}", daemon=True)
-        proc.start()
+        # The worker starts with SIGTERM blocked until its initializer is done
+        # (worker_main unblocks it); the mask is inherited through fork and exec.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         handle = _Handle(worker_id, proc, slot)
         self.handles[proc.sentinel] = handle
         self.by_id[worker_id] = handle

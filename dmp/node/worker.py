@@ -137,6 +137,10 @@ def worker_main(cfg: WorkerConfig) -> None:
         _config.remember_key(cfg.address, cfg.key)  # for proxies our tasks unpickle
     if cfg.initializer is not None:
         cfg.initializer(*cfg.initargs)
+    # Started with SIGTERM blocked (see Supervisor.spawn): a pool closed at
+    # once still lets its workers finish their initializer, as multiprocessing
+    # does; a SIGTERM that came meanwhile takes effect now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     worker = Worker(cfg)
     if cfg.forward_output:
         sys.stdout = _Forward(worker, "stdout")
