@@ -35,6 +35,7 @@ _LAZY = {
         "dmp.context",
     ),
     "Executor": "dmp.client.executor",
+    **dict.fromkeys(["LocalCluster", "status", "wait_for_workers"], "dmp.client.cluster"),
     "Pool": "dmp.client.pool",
     **dict.fromkeys(["Process", "active_children", "current_process", "parent_process"], "dmp.client.process"),
     # Queue, Lock, Value, ...: the standard library's fork-context objects in
@@ -47,6 +48,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from dmp.client.cluster import LocalCluster, status, wait_for_workers
     from dmp.client.executor import Executor
     from dmp.client.pool import Pool
     from dmp.client.primitives import (
@@ -156,6 +158,7 @@ __all__ = [
     "Event",
     "Executor",
     "JoinableQueue",
+    "LocalCluster",
     "Lock",
     "Manager",
     "ManagerUnavailableError",
@@ -190,4 +193,6 @@ __all__ = [
     "set_executable",
     "set_forkserver_preload",
     "set_start_method",
+    "status",
+    "wait_for_workers",
 ]

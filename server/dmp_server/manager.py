@@ -45,11 +45,11 @@ from dmp_server.scheduler import Command, Kill, Scheduler, Send
 log = logging.getLogger("dmp.manager")
 
 VERSION = "0.1.0"
-HEARTBEAT_S = 1.0
-# A remote peer silent for more than this many heartbeats is declared gone.
-# Expiry is checked once a beat, so with the default 1 s beat a node that
-# vanishes is declared lost 4 to 5 s after its last heartbeat: at most 5 s.
-LIVENESS = 4
+# Every peer beats as our Welcome says and counts the same LIVENESS (both in
+# dmp._config); expiry is checked once a beat, so with the default 1 s beat a
+# node that vanishes is declared lost 4 to 5 s after its last heartbeat.
+HEARTBEAT_S = _config.HEARTBEAT_S
+LIVENESS = _config.LIVENESS
 # Embedded mode: after a caller ran the reactor, run()'s thread stays out of
 # its way this long (the caller will likely wait again at once); a leading
 # caller polls in slices of LEAD_SLICE_S, noticing stop(); a caller asking
@@ -257,8 +257,9 @@ class Manager:
             if deadline is not None and now >= deadline:
                 self._carry_out(self.objects.tick(now))
             if now >= self._next_tick:
+                late = now - self._next_tick
                 self._next_tick = now + self.heartbeat_s
-                self._tick(now)
+                self._tick(now, late)
 
     # --- callers running the reactor (embedded mode) -------------------------------------
 
@@ -341,7 +342,7 @@ class Manager:
         try:
             self._handle_remote(ident, msg, frames)
         except Exception as exc:  # one bad peer must never stop the daemon
-            log.warning("bad %s from %s: %r", type(msg).__name__, _show(ident), exc)
+            log.warning("bad %s from %s: %r", type(msg).__name__, self._who(ident.hex()), exc)
             self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"malformed {type(msg).__name__}: {exc}"))
         return True
 
@@ -354,13 +355,13 @@ class Manager:
     # --- handlers ----------------------------------------------------------------------
 
     def _refuse(self, refused: transport.Refused) -> None:
-        log.warning("refused a message from %s: %s", _show(refused.ident), refused.error)
+        log.warning("refused a message from %s: %s", self._who(_peer_id(refused.ident)), refused.error)
         if refused.ident is None:
             return
         error = refused.error
         if isinstance(error, AuthenticationError):
-            if self.chan.has_session(refused.ident):
-                code = ErrorCode.AUTH
+            if self.chan.has_session(refused.ident) or isinstance(error, transport.Unsigned):
+                code = ErrorCode.AUTH  # a peer without the key: it must stop, not say Hello again
             else:
                 # No session: a peer with the right key that we forgot (we
                 # restarted) can verify this Error and says Hello again; one
@@ -433,7 +434,9 @@ class Manager:
             self._carry_out(self.scheduler.add_worker(peer_id, msg.node, msg.pid, msg.max_tasks))
         elif msg.role == Role.CLIENT:
             self.scheduler.add_client(peer_id, msg.slots)  # a client's slots: Pool(k)
-        log.info("%s %s joined (pid %s on %s)", msg.role, msg.name or peer_id, msg.pid, host)
+        # Nodes and clients at INFO; a worker process or a status probe at DEBUG.
+        level = logging.INFO if msg.role in (Role.NODE, Role.CLIENT) else logging.DEBUG
+        log.log(level, "%s joined (pid %s)", self._who(peer_id), msg.pid)
 
     def _handle_client(self, peer: str, msg: protocol.Message, frames: list[Any]) -> None:
         sched = self.scheduler
@@ -534,6 +537,10 @@ class Manager:
 
     def _forget(self, peer_id: str, *, crashed: bool = False) -> None:
         """``peer_id`` is gone: it said Bye, or it ``crashed`` (silent, or back under its identity)."""
+        if peer_id in self.peers:
+            peer_ = self.peers[peer_id]
+            level = logging.INFO if peer_.role in (Role.NODE, Role.CLIENT) else logging.DEBUG
+            log.log(level, "%s left", self._who(peer_id))
         peer = self.peers.pop(peer_id, None)
         if peer is not None and peer.ident is not None:
             self.chan.close_session(peer.ident)
@@ -552,16 +559,21 @@ class Manager:
                 self.peers.pop(worker.peer, None)
                 self._carry_out(self.scheduler.remove_worker(worker.peer, None))
 
-    def _tick(self, now: float) -> None:
+    def _tick(self, now: float, late: float = 0.0) -> None:
+        """Expire silent peers, heartbeat the others. ``late``: how far past due this tick
+        runs; the reactor heard nobody meanwhile (a loaded host held it up, and it
+        reads one message per poll), so that time is not held against its peers."""
         for peer_id, until in list(self._exiting.items()):
             if until <= now:
                 del self._exiting[peer_id]
                 self.peers.pop(peer_id, None)
                 self._carry_out(self.scheduler.remove_worker(peer_id, 0, -1))
-        deadline = now - self.heartbeat_s * LIVENESS
+        deadline = now - self.heartbeat_s * LIVENESS - late
         for peer in list(self.peers.values()):
             if peer.role in (Role.CLIENT, Role.NODE, Role.STATUS) and peer.last_seen < deadline:
-                log.warning("%s %s went silent; dropping it", peer.role, peer.name or peer.id)
+                # A status probe that gave up waiting is routine; a node or client is news.
+                level = logging.DEBUG if peer.role == Role.STATUS else logging.WARNING
+                log.log(level, "%s went silent; dropping it", self._who(peer.id))
                 self._forget(peer.id, crashed=True)
             elif peer.role in (Role.CLIENT, Role.NODE) and peer.ident is not None:
                 self._send_raw(peer.ident, protocol.Heartbeat())
@@ -596,7 +608,15 @@ class Manager:
         except zmq.ZMQError as exc:
             # EHOSTUNREACH: the peer is gone; EAGAIN: it stopped reading. Either
             # way this message cannot go now; liveness checks will drop the peer.
-            log.debug("could not send %s to %s: %s", type(msg).__name__, _show(ident), exc)
+            log.debug("could not send %s to %s: %s", type(msg).__name__, self._who(ident.hex()), exc)
+
+    def _who(self, peer_id: str | None) -> str:
+        """A peer as logs name it: role, name and host, never its socket id."""
+        peer = self.peers.get(peer_id) if peer_id else None
+        if peer is None:
+            return "an unknown peer" if peer_id not in self.locals else f"local client {peer_id}"
+        name = peer.name if peer.role != Role.CLIENT else f"{peer.name} (pid {peer.pid})"
+        return f"{peer.role} {name or '?'} on {peer.host or '?'}"
 
     # --- status -----------------------------------------------------------------------------
 
@@ -645,5 +665,5 @@ def _worker_id(peer_id: str) -> str:
         return peer_id
 
 
-def _show(ident: bytes | None) -> str:
-    return ident.hex() if ident else "?"
+def _peer_id(ident: bytes | None) -> str | None:
+    return ident.hex() if ident else None
