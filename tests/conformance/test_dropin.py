@@ -68,6 +68,7 @@ def test_module_level_names_match(mp: Any) -> None:
     assert module.get_logger().name == "multiprocessing"
 
 
+@pytest.mark.local_only("the start method does not apply in cluster mode (SPEC.md): tasks run in the nodes' workers")
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
 def test_context_pool_and_process_start_as_asked(mp: Any, method: str) -> None:
     ctx = mp.get_context(method)
@@ -139,6 +140,7 @@ def test_map_keeps_no_reference_after_it_returns(mp: Any) -> None:
         assert _until(all_gone)
 
 
+@pytest.mark.cluster_bug("a cluster pool's initializer runs when its first task reaches a worker", hangs=True)
 def test_initializer_runs_when_the_worker_starts(mp: Any) -> None:
     q = mp.Queue()
     p = mp.Pool(1, f.put_args, (q, "initialised"))
