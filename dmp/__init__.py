@@ -29,6 +29,11 @@ _LAZY = {
          "ProcessError", "RemoteError", "TimeoutError", "WorkerLostError"],
         "dmp.errors",
     ),
+    **dict.fromkeys(
+        ["allow_connection_pickling", "get_all_start_methods", "get_context", "get_logger", "get_start_method",
+         "log_to_stderr", "reducer", "set_executable", "set_forkserver_preload", "set_start_method"],
+        "dmp.context",
+    ),
     "Executor": "dmp.client.executor",
     **dict.fromkeys(["LocalCluster", "status", "wait_for_workers"], "dmp.client.cluster"),
     "Pool": "dmp.client.pool",
@@ -64,6 +69,18 @@ if TYPE_CHECKING:
         Value,
     )
     from dmp.client.process import Process, active_children, current_process, parent_process
+    from dmp.context import (
+        allow_connection_pickling,
+        get_all_start_methods,
+        get_context,
+        get_logger,
+        get_start_method,
+        log_to_stderr,
+        reducer,
+        set_executable,
+        set_forkserver_preload,
+        set_start_method,
+    )
     from dmp.errors import (
         AuthenticationError,
         BufferTooShort,
@@ -131,10 +148,6 @@ def freeze_support() -> None:
     """No-op, as on every platform but frozen Windows executables."""
 
 
-def get_start_method(allow_none: bool = False) -> str:
-    return "fork"
-
-
 __all__ = [
     "Array",
     "AuthenticationError",
@@ -165,12 +178,21 @@ __all__ = [
     "Value",
     "WorkerLostError",
     "active_children",
+    "allow_connection_pickling",
     "connect",
     "cpu_count",
     "current_process",
     "freeze_support",
+    "get_all_start_methods",
+    "get_context",
+    "get_logger",
     "get_start_method",
+    "log_to_stderr",
     "parent_process",
+    "reducer",
+    "set_executable",
+    "set_forkserver_preload",
+    "set_start_method",
     "status",
     "wait_for_workers",
 ]

@@ -23,11 +23,11 @@ import threading
 import uuid
 import weakref
 from dataclasses import dataclass
-from multiprocessing.managers import Namespace
+from multiprocessing.managers import Namespace, RemoteError
 from typing import Any
 
 from dmp import _config, serialization
-from dmp.client import proxies
+from dmp.client import hosted, proxies, proxylink
 from dmp.client.proxies import (
     AcquirerProxy,
     ArrayProxy,
@@ -60,6 +60,7 @@ __all__ = [
     "BaseProxy",
     "MakeProxyType",
     "Namespace",
+    "RemoteError",
     "Server",
     "SyncManager",
     "Token",
@@ -69,7 +70,7 @@ _fork = multiprocessing.get_context("fork")
 # Seconds start() waits for the forked manager process to say where it listens.
 START_TIMEOUT_S = 30.0
 # Typeids every object host knows itself: their callables never travel.
-_HOST_BUILTINS = frozenset({"dict", "list", "Namespace", "Pool", "Iterator", "AsyncResult"})
+_HOST_BUILTINS = frozenset({"dict", "list", "Namespace", "Pool", "Iterator", "AsyncResult", "ActionBarrier"})
 
 
 class State(enum.Enum):
@@ -110,8 +111,8 @@ def _condition(lock: Any = None) -> tuple[list[Any], list[Any], Any]:
 
 
 def _barrier(parties: int, action: Any = None, timeout: float | None = None) -> tuple[list[Any], list[Any], Any]:
-    if action is not None:
-        raise TypeError("a managed Barrier cannot run an action in dmp (user code never runs in the manager)")
+    if action is not None:  # SyncManager.Barrier sends these to the object host instead
+        raise TypeError("the manager's reactor Barrier runs no action")
     return [int(parties), timeout], [], None
 
 
@@ -227,6 +228,10 @@ class BaseManager:
                  ctx: Any = None, *, shutdown_timeout: float = 1.0) -> None:
         self._address = _bind_address(address) if address is not None else None
         self._authkey = _config.authkey_from(authkey)
+        if serializer not in ("pickle", "xmlrpclib"):
+            raise ValueError(f"unknown serializer {serializer!r}: dmp's managers take 'pickle' or 'xmlrpclib'")
+        # Both travel as cloudpickle payloads on ZeroMQ: what xmlrpclib can
+        # carry is a subset of what pickle can.
         self._serializer = serializer
         self._state = State.INITIAL
         self._process: Any = None
@@ -254,8 +259,14 @@ class BaseManager:
         if self._address is None:
             raise ValueError("connect() needs an address")
         address = _connect_address(self._address)
-        proxies.remember_key(address, self._authkey)
-        proxies.connection(address, self._authkey)
+        conn = proxylink.existing(address)
+        if conn is not None and self._authkey is not None and conn.key != self._authkey:
+            # This process already talks to that manager with another key:
+            # prove ours on a connection of its own (AuthenticationError if refused).
+            proxies.Connection(address, self._authkey).close()
+        else:
+            proxies.connection(address, self._authkey)
+        proxies.remember_key(address, self._authkey)  # only once the manager accepted it
         self._address = address
         self._state = State.STARTED
 
@@ -388,12 +399,6 @@ class SyncManager(BaseManager):
     """A BaseManager with every type id of ``multiprocessing.managers.SyncManager``."""
 
 
-def _pool(*args: Any, **kwds: Any) -> Any:
-    from dmp.client.pool import Pool
-
-    return Pool(*args, **kwds)
-
-
 SyncManager.register("Queue", ReactorKind("Queue", _queue), QueueProxy)
 SyncManager.register("JoinableQueue", ReactorKind("JoinableQueue", _queue), JoinableQueueProxy)
 SyncManager.register("Event", ReactorKind("Event", _no_args), EventProxy)
@@ -405,9 +410,22 @@ SyncManager.register("Condition", ReactorKind("Condition", _condition), Conditio
 SyncManager.register("Barrier", ReactorKind("Barrier", _barrier), BarrierProxy)
 SyncManager.register("Value", ReactorKind("Value", _value), ValueProxy)
 SyncManager.register("Array", ReactorKind("Array", _array), ArrayProxy)
-SyncManager.register("Pool", _pool, PoolProxy)
+SyncManager.register("Pool", hosted.pool, PoolProxy)
 SyncManager.register("list", list, ListProxy)
 SyncManager.register("dict", dict, DictProxy)
 SyncManager.register("Namespace", Namespace, NamespaceProxy)
 SyncManager.register("Iterator", proxytype=IteratorProxy, create_method=False)
 SyncManager.register("AsyncResult", create_method=False)
+SyncManager.register("ActionBarrier", hosted.ActionBarrier, hosted.ActionBarrierProxy, create_method=False)
+_reactor_barrier = SyncManager.Barrier  # type: ignore[attr-defined]
+
+
+def _any_barrier(self: SyncManager, parties: int, action: Any = None, timeout: float | None = None) -> Any:
+    """A managed Barrier: in the reactor, or with an ``action`` in the object host (where the action runs)."""
+    if action is None:
+        return _reactor_barrier(self, parties, None, timeout)
+    token, exposed = self._create("ActionBarrier", parties, action, timeout)
+    return hosted.ActionBarrierProxy(token, self._serializer, manager=self, authkey=self._authkey, exposed=exposed)
+
+
+SyncManager.Barrier = _any_barrier  # type: ignore[attr-defined]

@@ -94,12 +94,16 @@ class Pool:
             self._engine = ClusterEngine(address=target.address, authkey=target.authkey, max_workers=processes or 0)
             self._processes = processes or max(1, self._engine.slots)
         else:
+            from dmp import context as context_mod
+
             self._processes = processes or _config.cpu_count()
+            method = context.get_start_method() if context is not None else context_mod.get_start_method()
             self._engine = LocalEngine(
                 processes=self._processes,
                 initializer=initializer,
                 initargs=tuple(initargs),
                 max_tasks=maxtasksperchild or 0,
+                method=method or "fork",
             )
         self._session: Session = self._engine.session
         self._link = self._session.link  # what a caller waiting on a result serves
@@ -120,6 +124,13 @@ class Pool:
     def _pool(self) -> list[Any]:
         """The worker process objects (multiprocessing exposes this too)."""
         return list(self._engine.processes)
+
+    @property
+    def _cache(self) -> dict[int, Any]:
+        """The results not yet complete, as multiprocessing's ``pool._cache``
+        (its documentation's examples read it); a snapshot."""
+        with self._pending_cond:
+            return {id(r): r for r in self._pending}
 
     def _check_running(self) -> None:
         if self._state != RUN:
@@ -265,6 +276,9 @@ class Pool:
             finally:
                 with self._feed_cond:
                     self._feed.popleft()
+                # Hold nothing of a finished job while waiting for the next one:
+                # its arguments and results belong to the caller alone.
+                del job, sink, chunks
 
     def _feed_one(self, job: int, sink: MapSink, chunks: Iterator[tuple[int, list[Any]]]) -> None:
         alive = lambda: self._state != TERMINATE and not sink.abandoned()  # noqa: E731
@@ -360,6 +374,10 @@ class Pool:
         return f"<{type(self).__module__}.{type(self).__qualname__} state={self._state} pool_size={self._processes}>"
 
     def __del__(self) -> None:
+        if getattr(self, "_state", TERMINATE) == RUN and getattr(self, "_engine", None) is not None:
+            import warnings
+
+            warnings.warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, stacklevel=2, source=self)
         if getattr(self, "_state", TERMINATE) != TERMINATE and getattr(self, "_engine", None) is not None:
             try:
                 self.terminate()

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from dmp import _config, serialization
+from dmp import _config, context, serialization
 from dmp.client.sink import Sink
 from dmp.node import runners
 from dmp.wire.protocol import Status
@@ -36,7 +36,13 @@ START_WAIT_S = 5.0
 
 
 class Process(_ForkProcess):  # type: ignore[misc]
-    """A process running ``target(*args, **kwargs)``; subclass and override ``run`` as usual."""
+    """A process running ``target(*args, **kwargs)``; subclass and override ``run`` as usual.
+
+    Locally it starts with the start method in force (``dmp.set_start_method``),
+    or its context's (``dmp.get_context(method).Process``).
+    """
+
+    _start_method: str | None = None
 
     def __init__(
         self,
@@ -57,7 +63,28 @@ class Process(_ForkProcess):  # type: ignore[misc]
         target = getattr(process_obj, "_dmp_target", None)
         if target is not None and target.address is not None:
             return _ClusterPopen(process_obj, target)
-        return _ForkProcess._Popen(process_obj)
+        method = getattr(process_obj, "_start_method", None) or context.get_start_method()
+        return context.stdlib_context(method).Process._Popen(process_obj)
+
+
+class ForkProcess(Process):
+    _start_method = "fork"
+
+
+class SpawnProcess(Process):
+    _start_method = "spawn"
+
+
+class ForkServerProcess(Process):
+    _start_method = "forkserver"
+
+
+_BY_METHOD = {"fork": ForkProcess, "spawn": SpawnProcess, "forkserver": ForkServerProcess}
+
+
+def process_class(method: str | None) -> type[Process]:
+    """dmp's Process class for a start method (``None``: the one in force when started)."""
+    return _BY_METHOD[method] if method else Process
 
 
 class _ClusterPopen(Sink):

@@ -369,6 +369,20 @@ def test_executor_on_the_cluster(cluster) -> None:
             ex.submit(lambda: 1 / 0).result(30)
 
 
+def _meet(barrier) -> int:
+    return barrier.wait()
+
+
+def test_executor_takes_every_slot_of_the_cluster(cluster) -> None:
+    # 2 nodes x 2 slots: 4 calls meet at a barrier only if all 4 run at once,
+    # whatever this client machine's CPU count.
+    m = dmp.Manager(address=cluster.address)
+    barrier = m.Barrier(4, timeout=30)
+    with dmp.Executor(address=cluster.address) as ex:
+        futures = [ex.submit(_meet, barrier) for _ in range(4)]
+        assert sorted(f.result(60) for f in futures) == [0, 1, 2, 3]
+
+
 def test_a_module_the_nodes_lack_travels_by_value(cluster, tmp_path, monkeypatch) -> None:
     import importlib
 
