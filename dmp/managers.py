@@ -159,6 +159,7 @@ class Server:
             manager.objects.launcher.stop()
 
     def stop(self) -> None:
+        """Make :meth:`serve_forever` return (from another thread). Never raises."""
         if self._manager is not None:
             self._manager.stop()
 
@@ -235,9 +236,16 @@ class BaseManager:
 
     @property
     def address(self) -> str | None:
+        """Where the manager listens: a ZeroMQ endpoint string, or None before ``start()`` picked one."""
         return self._address
 
     def get_server(self) -> Server:
+        """A :class:`Server` for this manager's address, to run in this process.
+
+        Raises:
+            ProcessError: the manager was already started or connected.
+            ValueError: the manager has no address to serve on.
+        """
         if self._state != State.INITIAL:
             raise ProcessError(f"manager is {self._state.name.lower()}, cannot get_server()")
         if self._address is None:
@@ -248,6 +256,7 @@ class BaseManager:
         """Connect to a running manager at ``address``.
 
         Raises:
+            ValueError: the manager has no address.
             ManagerUnavailableError: nothing answered within the connect timeout.
             AuthenticationError: the manager refused our authkey.
         """
@@ -264,7 +273,10 @@ class BaseManager:
 
         Raises:
             ProcessError: already started or shut down.
+            TypeError: ``initializer`` is not callable.
             ManagerUnavailableError: the manager process did not come up.
+            ValueError: the manager process could not serve the address
+                (in use, malformed, or public without an authkey).
         """
         if self._state == State.STARTED:
             raise ProcessError("Already started server")
@@ -306,6 +318,7 @@ class BaseManager:
         self._state = State.SHUTDOWN
 
     def join(self, timeout: float | None = None) -> None:
+        """Wait up to ``timeout`` seconds for the manager process this manager started to exit. Never raises."""
         if self._process is not None:
             self._process.join(timeout)
 
@@ -348,7 +361,17 @@ class BaseManager:
     @classmethod
     def register(cls, typeid: str, callable: Any = None, proxytype: Any = None, exposed: Any = None,
                  method_to_typeid: dict[str, str] | None = None, create_method: bool = True) -> None:
-        """Register a type (or callable) under ``typeid``, as ``multiprocessing.managers``."""
+        """Register a type (or callable) under ``typeid``, as ``multiprocessing.managers``.
+
+        With ``create_method``, ``manager.<typeid>(*args, **kwds)`` creates an
+        object on the manager and returns a proxy of it; that call raises
+        ``ProcessError`` when the manager is not started or connected, the
+        object's own exception when creating it failed, and
+        ``ManagerUnavailableError`` when the manager went away.
+
+        Raises:
+            TypeError: ``method_to_typeid`` does not map str to str.
+        """
         if "_registry" not in cls.__dict__:
             cls._registry = cls._registry.copy()
         if proxytype is None:
@@ -370,6 +393,7 @@ class BaseManager:
                 return proxytype(token, self._serializer, manager=self, authkey=self._authkey, exposed=exp)
 
             temp.__name__ = typeid
+            temp.__doc__ = f"Create a shared ``{typeid}`` on the manager and return a proxy of it."
             setattr(cls, typeid, temp)
 
 
@@ -385,7 +409,12 @@ def _connect_address(address: str) -> str:
 
 
 class SyncManager(BaseManager):
-    """A BaseManager with every type id of ``multiprocessing.managers.SyncManager``."""
+    """A BaseManager with every type id of ``multiprocessing.managers.SyncManager``.
+
+    Each creating method (``Queue()``, ``dict()``, ``Lock()``, ...) raises
+    ``ProcessError`` when the manager is not started or connected, and
+    ``ManagerUnavailableError`` when the manager went away.
+    """
 
 
 def _pool(*args: Any, **kwds: Any) -> Any:
