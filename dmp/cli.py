@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from dmp import _config
+from dmp._version import __version__
 from dmp.wire import transport
 from dmp.wire.address import is_loopback, normalize_address
 
@@ -138,6 +139,7 @@ def fetch_status(address: str, key: bytes | None, timeout: float) -> dict[str, A
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dmp", description="multiprocessing that reaches past one machine")
+    parser.add_argument("--version", action="version", version=f"dmp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("manager", help="run the manager daemon in the foreground")
     p.add_argument("--bind", default=DEFAULT_BIND, help=f"ZeroMQ endpoint to bind (default {DEFAULT_BIND})")

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import zmq
 
 from dmp import _config
+from dmp._version import __version__
 from dmp.client.sigint import critical, interruptible
 from dmp.client.turns import Followers, Wakeup
 from dmp.errors import AuthenticationError, ProtocolError
@@ -44,7 +45,7 @@ from dmp_server.scheduler import Command, Kill, Scheduler, Send
 
 log = logging.getLogger("dmp.manager")
 
-VERSION = "0.1.0"
+VERSION = __version__
 HEARTBEAT_S = 1.0
 # A remote peer silent for more than this many heartbeats is declared gone.
 # Expiry is checked once a beat, so with the default 1 s beat a node that
