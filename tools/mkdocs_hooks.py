@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGE_OF = {
     "README.md": "index.md",
     "deploy/README.md": "deployment.md",
+    "deploy/systemd/README.md": "deployment-systemd.md",
+    "deploy/docker/README.md": "deployment-docker.md",
+    "deploy/kubernetes/README.md": "deployment-kubernetes.md",
     "tests/bench/README.md": "performance.md",
     "CHANGELOG.md": "changelog.md",
 }
