@@ -35,7 +35,19 @@ START_WAIT_S = 5.0
 
 
 class Process(_ForkProcess):  # type: ignore[misc]
-    """A process running ``target(*args, **kwargs)``; subclass and override ``run`` as usual."""
+    """A process running ``target(*args, **kwargs)``; subclass and override ``run`` as usual.
+
+    With an address (``address=``, ``dmp.connect()`` or ``DMP_ADDRESS``) the
+    target runs on a worker node of that cluster; ``start()``, ``join()``,
+    ``terminate()``, ``kill()``, ``exitcode`` and ``sentinel`` behave as in
+    ``multiprocessing``, and the target's output reaches this process.
+
+    Raises:
+        ValueError: (constructor) a malformed address. From ``start()``, as
+            ``multiprocessing``: ``AssertionError`` when started twice, and in
+            cluster mode ``ManagerUnavailableError`` when no manager answered or
+            ``AuthenticationError`` when it refused the authkey.
+    """
 
     def __init__(
         self,
