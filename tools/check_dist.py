@@ -23,11 +23,22 @@ PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 DIST, VERSION = PROJECT["name"], PROJECT["version"]
 STEM = re.sub(r"[-_.]+", "_", DIST)
 
-# What the wheel must hold: every package, their typing markers, the script.
+# What the wheel must hold: every package named here, their typing markers,
+# and every module found under their source directories (so a subpackage
+# left out of pyproject's package list fails the check).
 WHEEL_FILES = [
     "dmp/__init__.py", "dmp/py.typed", "dmp/client/__init__.py", "dmp/node/__init__.py",
     "dmp/wire/__init__.py", "dmp_server/__init__.py", "dmp_server/py.typed",
 ]
+SOURCES = {"dmp": ROOT / "dmp", "dmp_server": ROOT / "server" / "dmp_server"}
+
+
+def source_modules() -> list[str]:
+    """Every module of the source tree, as its path inside the wheel."""
+    return sorted(
+        f"{name}/{path.relative_to(src).as_posix()}"
+        for name, src in SOURCES.items() for path in src.rglob("*.py") if "__pycache__" not in path.parts
+    )
 SDIST_FILES = ["LICENSE", "README.md", "CHANGELOG.md", "pyproject.toml", "server/dmp_server/manager.py"]
 
 # The smoke job: the README's main job (the seed examples locally, then a
@@ -60,7 +71,7 @@ def check_archives(out: Path) -> Path:
         names = set(zf.namelist())
         info = f"{STEM}-{VERSION}.dist-info"
         entry_points = zf.read(f"{info}/entry_points.txt").decode()
-    missing = [n for n in WHEEL_FILES if n not in names]
+    missing = [n for n in sorted({*WHEEL_FILES, *source_modules()}) if n not in names]
     if not any(n.startswith(f"{info}/") and n.endswith("LICENSE") for n in names):
         missing.append(f"{info}/.../LICENSE")
     if missing:
