@@ -68,10 +68,8 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_PEER = "unknown-peer"
     BAD_MESSAGE = "bad-message"
     AUTH = "auth"
-    TOO_LARGE = "too-large"
     UNKNOWN_JOB = "unknown-job"
     REFUSED = "refused"
-    SHUTDOWN = "shutdown"
 
 
 class Message:

@@ -4,6 +4,10 @@ A :class:`Channel` is a socket plus the message signer. It sends
 ``Message`` + payload frames and receives them back, verifying the signature
 before anything else is looked at. ``zmq.ZMQError`` stops here: callers see
 :class:`dmp.ManagerUnavailableError` or :class:`dmp.ProtocolError`.
+
+"Session" in this module always means the signing session (a nonce and a
+counter each way, opened by the manager's Welcome); the client's job
+bookkeeping is ``dmp.client.session.Session``, a different thing.
 """
 
 from __future__ import annotations
@@ -143,8 +147,8 @@ _SESSIONLESS = (protocol.Hello, protocol.Welcome, protocol.Error)
 NONCE_BYTES = 16
 
 
-class _Session:
-    """One authenticated conversation: its nonce and a counter each way."""
+class _SigningSession:
+    """One signing session: its nonce and a counter each way."""
 
     __slots__ = ("nonce", "seen", "sent")
 
@@ -175,7 +179,7 @@ class Channel:
         self.sock = sock
         self.signer = protocol.Signer(key)
         self.routed = sock.type == zmq.ROUTER
-        self.sessions: dict[bytes | None, _Session] = {}
+        self.sessions: dict[bytes | None, _SigningSession] = {}
         self._held: list[tuple[protocol.Message, Sequence[Any], int]] = []
         self.peer_address = ""  # IP of the sender of the last Hello received
 
@@ -186,7 +190,7 @@ class Channel:
         if self.signer.key is None:
             return b""
         nonce = os.urandom(NONCE_BYTES)
-        self.sessions[ident] = _Session(nonce)
+        self.sessions[ident] = _SigningSession(nonce)
         return nonce
 
     def close_session(self, ident: bytes) -> None:
@@ -304,7 +308,7 @@ class Channel:
     def _welcomed(self, nonce: bytes) -> None:
         if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES:
             return
-        self.sessions[None] = _Session(nonce)
+        self.sessions[None] = _SigningSession(nonce)
         held, self._held = self._held, []
         for msg, frames, flags in held:
             self.send(msg, frames, flags=flags)
