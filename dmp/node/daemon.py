@@ -7,6 +7,10 @@
 The node never carries task data: workers talk to the manager themselves, so
 a node is only liveness and supervision. When the manager goes away the
 sockets reconnect by themselves and node and workers say Hello again.
+
+Before it first joins, a node that the manager refuses (a wrong authkey, or
+a CURVE handshake failing against a manager without the pinned key) stops
+with EXIT_REFUSED, so a service manager does not retry it forever.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 import zmq
 
+from dmp.errors import AuthenticationError
 from dmp.node.supervisor import Supervisor
 from dmp.node.worker import WorkerConfig
 from dmp.wire import protocol, transport
@@ -28,6 +33,12 @@ log = logging.getLogger("dmp.node")
 
 HEARTBEAT_S = 1.0
 LIVENESS = 5
+# Exit statuses of ``dmp worker`` (see the CLI): the manager refused our key.
+EXIT_REFUSED = 3
+
+_HANDSHAKE_FAILED = int(
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 
 
 class Node:
@@ -44,17 +55,22 @@ class Node:
     def request_stop(self, *_: Any) -> None:
         self._stop = True
 
-    def run(self) -> None:
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (0) or until the manager refuses our key (EXIT_REFUSED)."""
         # Fork the workers before this process has a live ZeroMQ context.
         self.supervisor.start()
         sock = transport.make_socket(zmq.DEALER)
         chan = transport.Channel(sock, self.key)
+        monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED) if transport.curve_enabled() else None
         sock.connect(self.address)
         hello = protocol.Hello(protocol.Role.NODE, self.name, socket.gethostname(), os.getpid(), self.supervisor.count)
         chan.send(hello)
         log.info("node %s started %d workers for %s", self.name, self.supervisor.count, self.address)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        if monitor is not None:
+            poller.register(monitor, zmq.POLLIN)
+        status = 0
         watched: set[int] = set()
         last_heard = time.monotonic()
         beat = HEARTBEAT_S  # until the manager's Welcome says otherwise
@@ -64,11 +80,28 @@ class Node:
             while not self._stop:
                 watched = self.supervisor.watch(poller, watched)
                 ready = dict(poller.poll(int(max(0.0, next_beat - time.monotonic()) * 1000) + 1))
+                if monitor is not None and monitor in ready:
+                    monitor.recv_multipart()
+                    if not joined:
+                        log.error(
+                            "the CURVE handshake with %s failed: that manager does not hold the server key "
+                            "we were given (server.key or the join token); not retrying", self.address,
+                        )
+                        status = EXIT_REFUSED
+                        break
                 if sock in ready:
                     while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                         try:
                             _, msg, _frames = chan.recv(zmq.NOBLOCK)
                         except transport.Refused as refused:
+                            # Before joining, the manager's answer to a wrong key is an
+                            # Error we cannot verify. Anything else unverifiable (a rogue
+                            # peer's junk) is dropped as ever.
+                            if not joined and isinstance(refused.error, AuthenticationError) and refused.unverified_error():
+                                log.error("the manager at %s refused our authkey: %s", self.address, refused.error)
+                                status = EXIT_REFUSED
+                                self._stop = True
+                                break
                             log.error("refused a message from the manager: %s", refused.error)
                             continue
                         last_heard = time.monotonic()
@@ -81,6 +114,11 @@ class Node:
                             self.signal_worker(msg)
                         elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.UNKNOWN_PEER:
                             chan.send(hello)
+                        elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.AUTH and not joined:
+                            log.error("the manager at %s refused our authkey: %s", self.address, msg.text)
+                            status = EXIT_REFUSED
+                            self._stop = True
+                            break
                         elif isinstance(msg, protocol.Error):
                             log.error("manager refused: %s", msg.text)
                         elif isinstance(msg, protocol.Bye):
@@ -109,10 +147,15 @@ class Node:
             # nodes; then the workers are stopped (their late results are
             # dropped by the manager, never delivered twice).
             log.info("node %s stopping", self.name)
-            chan.send(protocol.Bye("node stopping"))
+            if status == 0:
+                chan.send(protocol.Bye("node stopping"))
             self.supervisor.stop(kill=False, timeout=5.0)
+            if monitor is not None:
+                sock.disable_monitor()
+                monitor.close(0)
             chan.close()
             transport.context().term()  # deliver the Bye (bounded by LINGER_MS)
+        return status
 
 
     def signal_worker(self, msg: protocol.SignalWorker) -> None:
@@ -126,8 +169,9 @@ class Node:
             log.warning("could not signal pid %d: %s", msg.pid, exc)
 
 
-def run_node(address: str, *, processes: int, name: str, key: bytes | None) -> None:
+def run_node(address: str, *, processes: int, name: str, key: bytes | None) -> int:
+    """Run a node until SIGTERM/SIGINT; returns its exit status (0, or EXIT_REFUSED)."""
     node = Node(address, processes=processes, name=name, key=key)
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)
-    node.run()
+    return node.run()

@@ -64,14 +64,27 @@ class Curve:
     throwaway key pair per socket: CURVE encrypts; the authkey authenticates.
     """
 
-    def __init__(self, directory: str, *, server: bool) -> None:
+    def __init__(self, directory: str | None, *, server: bool, public: bytes | None = None) -> None:
         import zmq.auth
+
+        if directory is None:  # a pinned public key (from a join token), no files
+            if public is None or server:
+                raise ValueError("a CURVE client needs the server's public key")
+            self.public: bytes = public
+            self.secret: bytes | None = None
+            return
 
         secret_file = os.path.join(directory, "server.key_secret")
         public_file = os.path.join(directory, "server.key")
         if server and not os.path.exists(secret_file):
-            os.makedirs(directory, exist_ok=True)
-            zmq.auth.create_certificates(directory, "server")
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            # Key files dmp writes are its owner's only: no window where the
+            # secret is readable by others (a daemon starting: one thread).
+            old_umask = os.umask(0o077)
+            try:
+                zmq.auth.create_certificates(directory, "server")
+            finally:
+                os.umask(old_umask)
         try:
             public, secret = zmq.auth.load_certificate(secret_file if server else public_file)
         except (OSError, ValueError) as exc:
@@ -105,6 +118,19 @@ def use_curve(directory: str | None, *, server: bool = False) -> None:
     _curve_checked = True
     if found:
         _config.export_curve(found)
+
+
+def pin_curve_key(public: bytes) -> None:
+    """Encrypt every socket from now on, trusting only the server with this public key."""
+    global _curve, _curve_checked
+    _curve = Curve(None, server=False, public=public)
+    _curve_checked = True
+
+
+def curve_public_key() -> bytes | None:
+    """The manager's CURVE public key in use, or None without CURVE."""
+    curve = _curve_settings()
+    return curve.public if curve is not None else None
 
 
 def curve_enabled() -> bool:
@@ -145,6 +171,8 @@ NOBLOCK = int(zmq.NOBLOCK)
 # Messages that may travel outside a session (signed with an empty nonce).
 _SESSIONLESS = (protocol.Hello, protocol.Welcome, protocol.Error)
 NONCE_BYTES = 16
+# How much of a refused message's header is kept to say why (an Error is far smaller).
+MAX_REFUSED_HEADER = 4096
 
 
 class _SigningSession:
@@ -269,7 +297,11 @@ class Channel:
         views = [p.buffer for p in body]
         sessionless = False
         if self.signer.key is not None:
-            sessionless = self._verify(ident, parts[0].bytes, views)
+            try:
+                sessionless = self._verify(ident, parts[0].bytes, views)
+            except _Refused as refused:
+                refused.header = bytes(views[0][:MAX_REFUSED_HEADER])
+                raise
         try:
             msg, sizes = protocol.decode(views[0])
             frames = protocol.unpack(sizes, views[1:])
@@ -290,7 +322,7 @@ class Channel:
     def _verify(self, ident: bytes | None, raw: bytes, views: list[Any]) -> bool:
         """Check the signature; True if the message came outside any session."""
         if len(raw) != 8 + 32:
-            raise _Refused(ident, AuthenticationError("message is not signed (does the peer have the authkey?)"))
+            raise _Refused(ident, Unsigned("message is not signed (does the peer have the authkey?)"))
         count = raw[:8]
         counter = int.from_bytes(count, "little")
         session = self.sessions.get(ident)
@@ -317,6 +349,10 @@ class Channel:
         self.sock.close()
 
 
+class Unsigned(AuthenticationError):
+    """A message without any signature: its sender has no authkey (never a forgotten session)."""
+
+
 class _Refused(Exception):
     """A received message was refused; carries who sent it and why."""
 
@@ -324,6 +360,16 @@ class _Refused(Exception):
         super().__init__(str(error))
         self.ident = ident
         self.error = error
+        self.header = b""  # the unverified header (at most MAX_REFUSED_HEADER bytes)
+
+    def unverified_error(self) -> protocol.Error | None:
+        """The refused message, if its header is an ``Error``: the manager's answer to a
+        wrong key looks like this. Unverified, so only a hint (never a payload, never unpickled)."""
+        try:
+            msg, _ = protocol.decode(self.header)
+        except (ProtocolError, ValueError, TypeError):
+            return None
+        return msg if isinstance(msg, protocol.Error) else None
 
 
 Refused = _Refused
