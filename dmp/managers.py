@@ -17,13 +17,13 @@ from __future__ import annotations
 import array
 import enum
 import multiprocessing
+import multiprocessing.managers
 import os
 import signal
 import threading
 import uuid
 import weakref
 from dataclasses import dataclass
-from multiprocessing.managers import Namespace
 from typing import Any
 
 from dmp import _config, serialization
@@ -65,6 +65,8 @@ __all__ = [
     "Token",
 ]
 
+Namespace = multiprocessing.managers.Namespace
+"""``multiprocessing.managers.Namespace`` itself: what ``SyncManager.Namespace()`` hosts."""
 _fork = multiprocessing.get_context("fork")
 # Seconds start() waits for the forked manager process to say where it listens.
 START_TIMEOUT_S = 30.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import inspect
 import re
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -79,3 +80,14 @@ def test_include_hook_takes_a_section_and_relinks_it() -> None:
     assert mkdocs_hooks.relink("[b](tests/bench/README.md)", "README.md") == "[b](performance.md)"
     with pytest.raises(Exception, match="no heading"):
         mkdocs_hooks.section(text, "missing", shallow=False, where="t")
+
+
+@pytest.mark.timeout(120)
+def test_api_reference_renders_every_public_name(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(site)],
+                   cwd=ROOT, check=True, capture_output=True, timeout=100)
+    page = (site / "api" / "index.html").read_text()
+    missing = [f"{module.__name__}.{name}" for module in (dmp, dmp.managers) for name in module.__all__
+               if f'id="{module.__name__}.{name}"' not in page]
+    assert missing == []

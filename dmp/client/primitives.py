@@ -267,4 +267,6 @@ class _QueueConnection:
 
 # Raw shared memory needs no lock and no manager: the standard library's, in both modes.
 RawValue = _fork.RawValue
+"""A ctypes value in shared memory, without a lock (``multiprocessing.RawValue``; shared with forked children only)."""
 RawArray = _fork.RawArray
+"""A ctypes array in shared memory, without a lock (``multiprocessing.RawArray``; shared with forked children only)."""

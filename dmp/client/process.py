@@ -152,5 +152,8 @@ class _ClusterPopen(Sink):
 
 
 current_process = multiprocessing.current_process
+"""The ``Process`` object of this process (``multiprocessing.current_process``). Never raises."""
 active_children = multiprocessing.active_children
+"""The live children of this process, joining finished ones (``multiprocessing.active_children``)."""
 parent_process = multiprocessing.parent_process
+"""The parent's ``Process`` object, or None in the main process (``multiprocessing.parent_process``)."""
