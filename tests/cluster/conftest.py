@@ -65,11 +65,15 @@ def start_cluster(nodes: int = 2, authkey: bytes | None = None, manager_args: tu
     else:
         env.pop("DMP_AUTHKEY", None)
     cluster = Cluster(address, authkey, env=env)
-    cluster.spawn("manager", "--bind", address, *manager_args)
-    for i in range(nodes):
-        cluster.worker(f"node{i + 1}")
-    if nodes:
-        cluster.wait_slots(2 * nodes)
+    try:
+        cluster.spawn("manager", "--bind", address, *manager_args)
+        for i in range(nodes):
+            cluster.worker(f"node{i + 1}")
+        if nodes:
+            cluster.wait_slots(2 * nodes)
+    except BaseException:  # a cluster that never came up leaves no daemons behind
+        cluster.stop()
+        raise
     return cluster
 
 
