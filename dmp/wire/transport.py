@@ -167,6 +167,8 @@ _SNDMORE = int(zmq.SNDMORE)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 NOBLOCK = int(zmq.NOBLOCK)
+# What a bind or connect raises for an unusable address (the CLI turns it into exit 2).
+ZMQError = zmq.ZMQError
 
 # Messages that may travel outside a session (signed with an empty nonce).
 _SESSIONLESS = (protocol.Hello, protocol.Welcome, protocol.Error)
