@@ -27,6 +27,8 @@ PAGE_OF = {
     "deploy/systemd/README.md": "deployment-systemd.md",
     "deploy/docker/README.md": "deployment-docker.md",
     "deploy/kubernetes/README.md": "deployment-kubernetes.md",
+    "deploy/slurm/README.md": "deployment-slurm.md",
+    "deploy/ssh/README.md": "deployment-ssh.md",
     "tests/bench/README.md": "performance.md",
     "CHANGELOG.md": "changelog.md",
 }
