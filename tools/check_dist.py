@@ -39,7 +39,7 @@ def source_modules() -> list[str]:
         f"{name}/{path.relative_to(src).as_posix()}"
         for name, src in SOURCES.items() for path in src.rglob("*.py") if "__pycache__" not in path.parts
     )
-SDIST_FILES = ["LICENSE", "README.md", "CHANGELOG.md", "pyproject.toml", "server/dmp_server/manager.py"]
+SDIST_FILES = ["LICENSE", "README.md", "CHANGELOG.md", "pyproject.toml", "server/dmp_server/__init__.py"]
 
 # The smoke job: the README's main job (the seed examples locally, then a
 # manager and two worker nodes on loopback and a Pool.map across them), run by
