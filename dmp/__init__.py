@@ -14,8 +14,7 @@ import multiprocessing as _mp
 from typing import TYPE_CHECKING, Any
 
 from dmp import _config
-
-__version__ = "0.1.0"
+from dmp._version import __version__ as __version__
 
 # Library code never configures logging; only the CLI does.
 _logging.getLogger("dmp").addHandler(_logging.NullHandler())

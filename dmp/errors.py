@@ -26,9 +26,13 @@ from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined
 from multiprocessing.pool import RemoteTraceback as _RemoteTraceback  # type: ignore[attr-defined]
 
 ProcessError = multiprocessing.ProcessError
+"""``multiprocessing.ProcessError`` itself: the base of every dmp error but a task's own."""
 BufferTooShort = multiprocessing.BufferTooShort
+"""``multiprocessing.BufferTooShort`` itself: a ``recv_bytes_into`` buffer was too small."""
 AuthenticationError = multiprocessing.AuthenticationError
+"""``multiprocessing.AuthenticationError`` itself: a peer refused the authkey, or did not prove it."""
 TimeoutError = multiprocessing.TimeoutError
+"""``multiprocessing.TimeoutError`` itself: a result or a wait was not ready in time."""
 
 __all__ = [
     "AuthenticationError",

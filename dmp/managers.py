@@ -17,13 +17,14 @@ from __future__ import annotations
 import array
 import enum
 import multiprocessing
+import multiprocessing.managers
 import os
 import signal
 import threading
 import uuid
 import weakref
 from dataclasses import dataclass
-from multiprocessing.managers import Namespace, RemoteError
+from multiprocessing.managers import RemoteError
 from typing import Any
 
 from dmp import _config, serialization
@@ -66,6 +67,8 @@ __all__ = [
     "Token",
 ]
 
+Namespace = multiprocessing.managers.Namespace
+"""``multiprocessing.managers.Namespace`` itself: what ``SyncManager.Namespace()`` hosts."""
 _fork = multiprocessing.get_context("fork")
 # Seconds start() waits for the forked manager process to say where it listens.
 START_TIMEOUT_S = 30.0
@@ -160,6 +163,7 @@ class Server:
             daemon.objects.launcher.stop()
 
     def stop(self) -> None:
+        """Make :meth:`serve_forever` return (from another thread). Never raises."""
         if self._daemon is not None:
             self._daemon.stop()
 
@@ -240,9 +244,16 @@ class BaseManager:
 
     @property
     def address(self) -> str | None:
+        """Where the manager listens: a ZeroMQ endpoint string, or None before ``start()`` picked one."""
         return self._address
 
     def get_server(self) -> Server:
+        """A :class:`Server` for this manager's address, to run in this process.
+
+        Raises:
+            ProcessError: the manager was already started or connected.
+            ValueError: the manager has no address to serve on.
+        """
         if self._state != State.INITIAL:
             raise ProcessError(f"manager is {self._state.name.lower()}, cannot get_server()")
         if self._address is None:
@@ -253,6 +264,7 @@ class BaseManager:
         """Connect to a running manager at ``address``.
 
         Raises:
+            ValueError: the manager has no address.
             ManagerUnavailableError: nothing answered within the connect timeout.
             AuthenticationError: the manager refused our authkey.
         """
@@ -275,7 +287,10 @@ class BaseManager:
 
         Raises:
             ProcessError: already started or shut down.
+            TypeError: ``initializer`` is not callable.
             ManagerUnavailableError: the manager process did not come up.
+            ValueError: the manager process could not serve the address
+                (in use, malformed, or public without an authkey).
         """
         if self._state == State.STARTED:
             raise ProcessError("Already started server")
@@ -317,6 +332,7 @@ class BaseManager:
         self._state = State.SHUTDOWN
 
     def join(self, timeout: float | None = None) -> None:
+        """Wait up to ``timeout`` seconds for the manager process this manager started to exit. Never raises."""
         if self._process is not None:
             self._process.join(timeout)
 
@@ -359,7 +375,17 @@ class BaseManager:
     @classmethod
     def register(cls, typeid: str, callable: Any = None, proxytype: Any = None, exposed: Any = None,
                  method_to_typeid: dict[str, str] | None = None, create_method: bool = True) -> None:
-        """Register a type (or callable) under ``typeid``, as ``multiprocessing.managers``."""
+        """Register a type (or callable) under ``typeid``, as ``multiprocessing.managers``.
+
+        With ``create_method``, ``manager.<typeid>(*args, **kwds)`` creates an
+        object on the manager and returns a proxy of it; that call raises
+        ``ProcessError`` when the manager is not started or connected, the
+        object's own exception when creating it failed, and
+        ``ManagerUnavailableError`` when the manager went away.
+
+        Raises:
+            TypeError: ``method_to_typeid`` does not map str to str.
+        """
         if "_registry" not in cls.__dict__:
             cls._registry = cls._registry.copy()
         if proxytype is None:
@@ -381,6 +407,7 @@ class BaseManager:
                 return proxytype(token, self._serializer, manager=self, authkey=self._authkey, exposed=exp)
 
             temp.__name__ = typeid
+            temp.__doc__ = f"Create a shared ``{typeid}`` on the manager and return a proxy of it."
             setattr(cls, typeid, temp)
 
 
@@ -396,7 +423,12 @@ def _connect_address(address: str) -> str:
 
 
 class SyncManager(BaseManager):
-    """A BaseManager with every type id of ``multiprocessing.managers.SyncManager``."""
+    """A BaseManager with every type id of ``multiprocessing.managers.SyncManager``.
+
+    Each creating method (``Queue()``, ``dict()``, ``Lock()``, ...) raises
+    ``ProcessError`` when the manager is not started or connected, and
+    ``ManagerUnavailableError`` when the manager went away.
+    """
 
 
 SyncManager.register("Queue", ReactorKind("Queue", _queue), QueueProxy)

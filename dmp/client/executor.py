@@ -18,6 +18,19 @@ from dmp.errors import TimeoutError
 
 
 class Executor(cf.Executor):
+    """A ``concurrent.futures.Executor`` on the dmp engine, local or on a cluster.
+
+    ``max_workers`` as for ``ProcessPoolExecutor`` (in a cluster, None means
+    every worker slot); ``address``/``authkey`` as for :class:`dmp.Pool`. A
+    worker that dies does not break the executor: its call is retried, then
+    fails alone with ``WorkerLostError``.
+
+    Raises:
+        ValueError: ``max_workers`` is not positive, or the address is malformed.
+        ManagerUnavailableError: (cluster mode) no manager answered in time.
+        AuthenticationError: (cluster mode) the manager refused the authkey.
+    """
+
     def __init__(
         self,
         max_workers: int | None = None,
@@ -46,7 +59,11 @@ class Executor(cf.Executor):
         self._lock = threading.Lock()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
-        """Run ``fn(*args, **kwargs)`` on a worker.
+        """Schedule ``fn(*args, **kwargs)``; return a ``concurrent.futures.Future``.
+
+        The future's ``result()`` raises the call's own exception, ``WorkerLostError``
+        past the retries, or ``ManagerUnavailableError`` (cluster mode) when the
+        manager went away.
 
         Raises:
             RuntimeError: the executor was shut down.
@@ -88,6 +105,15 @@ class Executor(cf.Executor):
     def map(
         self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1
     ) -> Iterator[Any]:
+        """``map(fn, *iterables)`` over the workers, results in order (``chunksize`` batches calls).
+
+        Raises:
+            ValueError: ``chunksize`` is below 1.
+            RuntimeError: the executor was shut down.
+            TimeoutError: (``concurrent.futures.TimeoutError``, while iterating) a result
+                was not ready ``timeout`` seconds after the call.
+            Exception: while iterating, a call's own exception or ``WorkerLostError``.
+        """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         with self._lock:
@@ -97,6 +123,10 @@ class Executor(cf.Executor):
         return _timed(it, timeout)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Accept no more work; with ``wait``, return once the pending work is done.
+
+        ``cancel_futures`` cancels the futures that have not started. Never raises.
+        """
         with self._lock:
             if self._shutdown and not wait:
                 return

@@ -39,7 +39,17 @@ class Process(_ForkProcess):  # type: ignore[misc]
     """A process running ``target(*args, **kwargs)``; subclass and override ``run`` as usual.
 
     Locally it starts with the start method in force (``dmp.set_start_method``),
-    or its context's (``dmp.get_context(method).Process``).
+    or its context's (``dmp.get_context(method).Process``). With an address
+    (``address=``, ``dmp.connect()`` or ``DMP_ADDRESS``) the target runs on a
+    worker node of that cluster; ``start()``, ``join()``, ``terminate()``,
+    ``kill()``, ``exitcode`` and ``sentinel`` behave as in ``multiprocessing``,
+    and the target's output reaches this process.
+
+    Raises:
+        ValueError: (constructor) a malformed address. From ``start()``, as
+            ``multiprocessing``: ``AssertionError`` when started twice, and in
+            cluster mode ``ManagerUnavailableError`` when no manager answered or
+            ``AuthenticationError`` when it refused the authkey.
     """
 
     _start_method: str | None = None
@@ -167,5 +177,8 @@ class _ClusterPopen(Sink):
 
 
 current_process = multiprocessing.current_process
+"""The ``Process`` object of this process (``multiprocessing.current_process``). Never raises."""
 active_children = multiprocessing.active_children
+"""The live children of this process, joining finished ones (``multiprocessing.active_children``)."""
 parent_process = multiprocessing.parent_process
+"""The parent's ``Process`` object, or None in the main process (``multiprocessing.parent_process``)."""

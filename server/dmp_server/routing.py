@@ -19,6 +19,7 @@ from typing import Any
 
 import zmq
 
+from dmp._version import __version__
 from dmp.errors import AuthenticationError, ProtocolError
 from dmp.wire import protocol, transport
 from dmp.wire.protocol import ErrorCode, Role
@@ -28,7 +29,7 @@ from dmp_server.scheduler import Command, Kill, Scheduler, Send
 
 log = logging.getLogger("dmp.manager")
 
-VERSION = "0.1.0"
+VERSION = __version__
 
 
 class Routing:
