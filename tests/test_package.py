@@ -16,8 +16,8 @@ import dmp
 import dmp.managers
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-import mkdocs_hooks  # noqa: E402  (tools/ is no package)
+sys.path.insert(0, str(ROOT / ".ci"))
+import mkdocs_hooks  # noqa: E402  (.ci/ is no package)
 
 DIST = "dmp-multiprocessing"
 

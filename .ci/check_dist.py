@@ -2,7 +2,7 @@
 
 A packaging mistake (a package or data file left out, a broken console script,
 a version read from the wrong place) fails here, not on a user's machine. Run
-from anywhere: ``.venv/bin/python tools/check_dist.py`` (part of the README's
+from anywhere: ``.venv/bin/python .ci/check_dist.py`` (part of the README's
 test command and so of CI). Exits non-zero with a message naming what is wrong.
 """
 
