@@ -7,6 +7,8 @@ sequential one; the cluster is real daemons on loopback (see conftest).
 from __future__ import annotations
 
 import inspect
+import multiprocessing
+import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,3 +154,15 @@ def test_bad_input_is_refused_clearly(cluster) -> None:
     with on_cluster(cluster), pytest.raises(ValueError, match="n_jobs == 0"):
         Parallel(n_jobs=0)(delayed(pow)(1, 2) for _ in range(1))
     assert dmp.joblib.BACKEND_NAME in joblib.parallel.BACKENDS
+
+
+def test_parallel_timeout_aborts_and_the_cluster_stays_usable(cluster) -> None:
+    with on_cluster(cluster):
+        with pytest.raises(multiprocessing.TimeoutError):  # joblib's own timeout error
+            Parallel(n_jobs=-1, timeout=0.5)(delayed(_tasks.sleep_for)(s) for s in (0.0, 20.0))
+        # The aborted pool's running task is cancelled: its slot frees long before it would end.
+        deadline = time.monotonic() + 15.0
+        while dmp.status(cluster.address, cluster.authkey)["busy"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert dmp.status(cluster.address, cluster.authkey)["busy"] == 0
+        assert Parallel(n_jobs=-1)(delayed(pow)(i, 2) for i in range(4)) == [0, 1, 4, 9]
