@@ -17,14 +17,17 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-import joblib
-from joblib._parallel_backends import (  # the documented extension points for backends
-    AutoBatchingMixin,
-    FallbackToBackend,
-    ParallelBackendBase,
-    SequentialBackend,
-    ThreadingBackend,
-)
+try:
+    import joblib
+    from joblib._parallel_backends import (  # the extension points joblib's own backends use
+        AutoBatchingMixin,
+        FallbackToBackend,
+        ParallelBackendBase,
+        SequentialBackend,
+        ThreadingBackend,
+    )
+except ImportError as exc:  # dmp itself does not depend on joblib
+    raise ImportError(f"dmp.joblib needs joblib >= 1.5 (pip install joblib): {exc}") from exc
 
 from dmp import _config
 

@@ -121,6 +121,14 @@ def test_nested_parallel_runs_on_threads(cluster) -> None:
     assert out == [("ThreadingBackend", [0, 1, 4])] * 2
 
 
+def test_sharedmem_falls_back_to_threads_here(cluster) -> None:
+    import os
+
+    with on_cluster(cluster):
+        pids = Parallel(n_jobs=-1, require="sharedmem")(delayed(os.getpid)() for _ in range(3))
+    assert pids == [os.getpid()] * 3
+
+
 def test_local_mode(data) -> None:
     X, y = data
     expected = GridSearchCV(LogisticRegression(), GRID, cv=3).fit(X, y).cv_results_["mean_test_score"]
