@@ -139,7 +139,8 @@ class DmpBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
 
         ``Parallel(..., address=..., task_timeout=...)`` keywords override the
         backend's own. An explicit ``n_jobs=1`` runs sequentially in this
-        process, as every joblib backend does.
+        process, as every joblib backend does; in cluster mode any other
+        ``n_jobs`` runs on the cluster, even when it has a single slot.
 
         Raises:
             TypeError: a keyword that neither joblib nor ``dmp.Pool`` knows.
@@ -164,7 +165,10 @@ class DmpBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
             processes, address=self._address, authkey=self._authkey, **{**self._pool_kwargs, **extra}
         )
         self.parallel = parallel
-        return n
+        # joblib runs a call whose configure() says 1 sequentially in this process.
+        # A cluster with one slot (or none yet, or a worker being replaced) still
+        # gets the work: say 2, the pool's cap above is the real limit.
+        return n if local else max(n, 2)
 
     def submit(self, func: Any, callback: Any = None) -> Any:
         """Run one joblib batch as a pool task; ``callback`` gets ``(ok, value)`` on the result thread.

@@ -69,6 +69,7 @@ def test_cross_val_score_matches_loky(cluster, data, on_loky) -> None:
 
 
 def test_minus_one_means_every_slot(cluster) -> None:
+    dmp.wait_for_workers(2, timeout=60, address=cluster.address, authkey=cluster.authkey)
     with on_cluster(cluster):
         assert joblib.effective_n_jobs(-1) == 2
         assert joblib.effective_n_jobs(-2) == 1
@@ -145,6 +146,17 @@ def test_n_jobs_1_runs_in_this_process(cluster) -> None:
 
     with on_cluster(cluster):
         assert Parallel(n_jobs=1)(delayed(os.getpid)() for _ in range(2)) == [os.getpid()] * 2
+
+
+def test_one_slot_still_runs_on_the_cluster(cluster) -> None:
+    import os
+
+    # -2 is "every slot but one": here one slot, which joblib alone would run in this process.
+    dmp.wait_for_workers(2, timeout=60, address=cluster.address, authkey=cluster.authkey)
+    with on_cluster(cluster):
+        assert joblib.effective_n_jobs(-2) == 1
+        pids = Parallel(n_jobs=-2)(delayed(os.getpid)() for _ in range(3))
+    assert os.getpid() not in pids
 
 
 @pytest.mark.skipif("task_timeout" not in inspect.signature(Pool).parameters, reason="Pool has no task_timeout yet")
