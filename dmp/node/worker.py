@@ -250,6 +250,12 @@ class Worker:
         elif isinstance(msg, protocol.Bye):
             self.stopping = True
 
+    def _where(self, key: int) -> str:
+        """Where a task raised, for its traceback: only a node's workers say (local ones are the caller's)."""
+        if not self.cfg.heartbeat:
+            return ""
+        return f"node {self.cfg.node!r} ({socket.gethostname()}), pid {os.getpid()}, task {key}"
+
     def run_one(self) -> None:
         key, job_key, attempt, frames = self.queue.popleft()
         self.current = key
@@ -282,7 +288,7 @@ class Worker:
             if isinstance(exc, ImportError) and self.cfg.by_value:
                 exc = _name_the_node(exc, self.cfg.node)
             status = protocol.Status.RAISED
-            payload = serialization.dump_exception(exc, by_value=by_value)
+            payload = serialization.dump_exception(exc, by_value=by_value, where=self._where(key))
         else:
             try:
                 payload = serialization.dumps(result, by_value=by_value)

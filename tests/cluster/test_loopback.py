@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -44,6 +45,19 @@ def test_lambda_closure_and_exception_travel(cluster) -> None:
         with pytest.raises(ZeroDivisionError) as info:
             pool.apply(lambda: 1 / 0)
         assert "ZeroDivisionError" in str(info.value.__cause__)
+
+
+def test_a_remote_traceback_says_where_and_shows_the_callers_source(cluster) -> None:
+    def divide(x: int) -> float:
+        half = x / 2
+        return half / 0  # the line the traceback must show
+
+    with dmp.Pool(address=cluster.address) as pool, pytest.raises(ZeroDivisionError) as info:
+        pool.apply(divide, (4,))
+    remote = str(info.value.__cause__)
+    assert re.search(r"Raised in node 'node[12]' \(.+\), pid \d+, task \d+", remote), remote
+    assert f'File "{__file__}"' in remote and "<dynamic-code>" not in remote, remote
+    assert "return half / 0  # the line the traceback must show" in remote, remote
 
 
 def test_unchanged_stdlib_script_runs_under_dmp_address(cluster, tmp_path) -> None:
