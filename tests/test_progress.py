@@ -216,9 +216,9 @@ def test_progress_needs_tqdm_and_a_bool_or_dict(monkeypatch: pytest.MonkeyPatch)
         with pytest.raises(TypeError, match="progress="):
             pool.map(square, range(3), progress="yes")
         monkeypatch.setitem(sys.modules, "tqdm", None)  # as if tqdm were not installed
-        with pytest.raises(ImportError, match=r"dmp\[progress\]"):
+        with pytest.raises(ImportError, match=r"dmp-multiprocessing\[progress\]"):
             pool.map(square, range(3), progress=True)
-        with pytest.raises(ImportError, match=r"dmp\[progress\]"):
+        with pytest.raises(ImportError, match=r"dmp-multiprocessing\[progress\]"):
             pool.imap(square, range(3), progress={"file": io.StringIO()})
         assert pool.map(square, range(3)) == [0, 1, 4]  # without a bar all is well
 

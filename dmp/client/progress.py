@@ -13,7 +13,7 @@ eight reads per interval), so a 100k-task chunksize=1 map pays two counter
 updates per task, not a tqdm update. A bar that fails to draw (its file
 closed) stops quietly: it must never cost a map its results.
 ``close`` hands over what is still counted and closes the bar; it is safe
-from any thread and more than once. tqdm is optional (``dmp[progress]``).
+from any thread and more than once. tqdm is optional (the ``progress`` extra).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any
 
-EXTRA_HINT = "progress=True needs tqdm: pip install 'dmp[progress]' (or pip install tqdm)"
+EXTRA_HINT = "progress= needs tqdm, which is optional: pip install 'dmp-multiprocessing[progress]' (or pip install tqdm)"
 
 
 class Progress:
