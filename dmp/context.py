@@ -51,6 +51,7 @@ def set_start_method(method: str | None, force: bool = False) -> None:
 
 
 def get_all_start_methods() -> list[str]:
+    """The start methods dmp honours in local mode: ``["fork", "spawn", "forkserver"]``."""
     return list(METHODS)
 
 
@@ -135,8 +136,14 @@ _DEFAULT = DmpContext(None)
 # logging (the "multiprocessing" logger), the spawn executable, the
 # forkserver's preloaded modules and the pickler of connections and sockets.
 get_logger = multiprocessing.get_logger
+"""``multiprocessing.get_logger``: the ``"multiprocessing"`` logger, which dmp's local workers share."""
 log_to_stderr = multiprocessing.log_to_stderr
+"""``multiprocessing.log_to_stderr``: send that logger's records to stderr."""
 set_executable = multiprocessing.set_executable
+"""``multiprocessing.set_executable``: the Python that ``"spawn"`` workers run."""
 set_forkserver_preload = multiprocessing.set_forkserver_preload
+"""``multiprocessing.set_forkserver_preload``: modules the fork server imports once."""
 allow_connection_pickling = multiprocessing.allow_connection_pickling
+"""``multiprocessing.allow_connection_pickling``: let connections and sockets be pickled (a no-op today)."""
 reducer = multiprocessing.reducer
+"""``multiprocessing.reducer``: the module that pickles what crosses between local processes."""

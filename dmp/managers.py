@@ -24,7 +24,6 @@ import threading
 import uuid
 import weakref
 from dataclasses import dataclass
-from multiprocessing.managers import RemoteError
 from typing import Any
 
 from dmp import _config, serialization
@@ -67,6 +66,8 @@ __all__ = [
     "Token",
 ]
 
+RemoteError = multiprocessing.managers.RemoteError
+"""``multiprocessing.managers.RemoteError`` itself: a manager-side failure of a call (an unexposed method, ...)."""
 Namespace = multiprocessing.managers.Namespace
 """``multiprocessing.managers.Namespace`` itself: what ``SyncManager.Namespace()`` hosts."""
 _fork = multiprocessing.get_context("fork")
@@ -154,13 +155,16 @@ class Server:
         daemon = _make_daemon(self.registry, self.address, self.authkey)
         self._daemon = daemon
         self.address = daemon.endpoints[0]
+        previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: daemon.stop())
+                previous[sig] = signal.signal(sig, lambda *_: daemon.stop())
         try:
             daemon.run()
         finally:
             daemon.objects.launcher.stop()
+            for sig, handler in previous.items():  # the caller's handlers again (Ctrl-C raises as before)
+                signal.signal(sig, handler)
 
     def stop(self) -> None:
         """Make :meth:`serve_forever` return (from another thread). Never raises."""

@@ -17,3 +17,19 @@ def daemons_swept() -> Iterator[None]:
     leftovers = kill_leftovers()
     if leftovers:
         sys.stderr.write(f"tests/daemons.py: killed {len(leftovers)} leftover daemon group(s): {leftovers}\n")
+
+
+@pytest.fixture(autouse=True)
+def sigint_left_as_found() -> Iterator[None]:
+    """A test may not leave Ctrl-C held (dmp's critical-step depth) or its handler replaced:
+    every later Ctrl-C test in the same process would then fail for no reason of its own."""
+    import signal
+
+    from dmp.client import sigint
+
+    handler = signal.getsignal(signal.SIGINT)
+    yield
+    assert sigint._depth == 0, f"the test left dmp's Ctrl-C guard held (depth {sigint._depth})"
+    now = signal.getsignal(signal.SIGINT)
+    assert now is handler or now is sigint._handler or handler is sigint._handler, (
+        f"the test left SIGINT's handler replaced: {handler!r} -> {now!r}")
