@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pty
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -223,7 +224,15 @@ def test_status_watch_redraws_until_ctrl_c() -> None:
             assert len(frames) >= 2, seen
             assert b"node local-1" in frames[0] and b"slots 1" in frames[1]
             proc.send_signal(signal.SIGINT)
-            assert proc.wait(20) == 0
+            # Keep reading, as a terminal would: a full pty would block its last writes and exit.
+            deadline = time.monotonic() + 30
+            while proc.poll() is None and time.monotonic() < deadline:
+                if select.select([primary], [], [], 0.1)[0]:
+                    try:
+                        os.read(primary, 4096)
+                    except OSError:
+                        break
+            assert proc.wait(10) == 0
         finally:
             if proc.poll() is None:
                 proc.kill()
