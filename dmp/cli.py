@@ -84,8 +84,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     key = _authkey(args.authkey_file)
     transport.use_curve(args.curve)
     _logging()
-    run_node(address, processes=processes, name=name, key=key)
-    return 0
+    return run_node(address, processes=processes, name=name, key=key)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -128,6 +127,8 @@ def fetch_status(address: str, key: bytes | None, timeout: float) -> dict[str, A
                 _, msg, _ = chan.recv()
             except transport.Refused as refused:
                 raise SystemExit(f"dmp status: the manager at {address} refused us: {refused.error}") from None
+            if isinstance(msg, protocol.Error):
+                raise SystemExit(f"dmp status: the manager at {address} refused us: {msg.text}")
             if isinstance(msg, protocol.StatusReply):
                 chan.send(protocol.Bye("status done"))
                 return msg.status

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from dmp import _config
-from dmp.errors import ProcessError
+from dmp.errors import MessageTooLargeError, ProcessError
 from dmp.wire import protocol
 from dmp.wire.protocol import Status
 
@@ -144,7 +144,10 @@ class Session:
         elif isinstance(msg, protocol.Error):
             sink = self.sinks.pop(msg.ref, None)
             if sink is not None:
-                sink.on_failure(ProcessError(f"the manager refused job {msg.ref}: {msg.text}"))
+                if msg.code == protocol.ErrorCode.TOO_LARGE:
+                    sink.on_failure(MessageTooLargeError(f"the manager refused job {msg.ref}: {msg.text}"))
+                else:
+                    sink.on_failure(ProcessError(f"the manager refused job {msg.ref}: {msg.text}"))
 
     def fail_all(self, exc: BaseException) -> None:
         """The session is over: every job still waiting fails with ``exc``."""

@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 
 from dmp.node.supervisor import Supervisor
-from dmp.node.worker import WorkerConfig
+from dmp.node.worker import EXIT_REFUSED, HELLO_BACKOFF_MAX_S, HELLO_BACKOFF_S, WorkerConfig
 from dmp.wire import protocol, transport
 
 log = logging.getLogger("dmp.node")
@@ -40,6 +40,7 @@ class Node:
         )
         self.supervisor = Supervisor(template, count=processes, name_prefix="dmp-worker")
         self._stop = False
+        self.exit_code = 0
 
     def request_stop(self, *_: Any) -> None:
         self._stop = True
@@ -60,6 +61,8 @@ class Node:
         beat = HEARTBEAT_S  # until the manager's Welcome says otherwise
         next_beat = last_heard + beat
         joined = False
+        next_hello = 0.0
+        backoff = HELLO_BACKOFF_S
         try:
             while not self._stop:
                 watched = self.supervisor.watch(poller, watched)
@@ -73,6 +76,7 @@ class Node:
                             continue
                         last_heard = time.monotonic()
                         if isinstance(msg, protocol.Welcome):
+                            backoff = HELLO_BACKOFF_S
                             beat = msg.heartbeat_s if msg.heartbeat_s > 0 else HEARTBEAT_S
                             if not joined:
                                 log.info("joined manager %s", self.address)
@@ -80,7 +84,16 @@ class Node:
                         elif isinstance(msg, protocol.SignalWorker):
                             self.signal_worker(msg)
                         elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.UNKNOWN_PEER:
-                            chan.send(hello)
+                            if time.monotonic() >= next_hello:  # backing off: 1 s, 2 s, ... up to 30 s
+                                chan.send(hello)
+                                next_hello = time.monotonic() + backoff
+                                backoff = min(backoff * 2, HELLO_BACKOFF_MAX_S)
+                        elif isinstance(msg, protocol.Error) and msg.code in (
+                            protocol.ErrorCode.AUTH, protocol.ErrorCode.VERSION,
+                        ):
+                            log.error("the manager refused this node: %s", msg.text)
+                            self.exit_code = EXIT_REFUSED
+                            self._stop = True
                         elif isinstance(msg, protocol.Error):
                             log.error("manager refused: %s", msg.text)
                         elif isinstance(msg, protocol.Bye):
@@ -126,8 +139,10 @@ class Node:
             log.warning("could not signal pid %d: %s", msg.pid, exc)
 
 
-def run_node(address: str, *, processes: int, name: str, key: bytes | None) -> None:
+def run_node(address: str, *, processes: int, name: str, key: bytes | None) -> int:
+    """Serve until stopped; the exit status (3: the manager refused our key or version)."""
     node = Node(address, processes=processes, name=name, key=key)
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)
     node.run()
+    return node.exit_code

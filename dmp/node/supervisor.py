@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 import multiprocessing
 import os
+import secrets
 import select
 import signal
 import time
@@ -71,7 +72,8 @@ class Supervisor:
 
     def spawn(self) -> str:
         n = next(self._serial)
-        worker_id = f"{self.node}/{self._tag}-{n}"
+        # The routing identity: unguessable, so nobody can take it first.
+        worker_id = f"{self.node}/{self._tag}-{n}-{secrets.token_hex(8)}"
         slot = worker_mod.new_slot()
         cfg = dataclasses.replace(self.template, worker_id=worker_id, slot=slot)
         proc = _fork.Process(

@@ -44,6 +44,11 @@ RESULT_HEADROOM = 64 * 1024
 DRAIN_EVERY = 32
 # An idle worker wakes this often to check its parent and to heartbeat.
 IDLE_POLL_SECONDS = 1.0
+# A refused or unanswered Hello is repeated after 1 s, then 2, 4, ... up to 30 s.
+HELLO_BACKOFF_S = 1.0
+HELLO_BACKOFF_MAX_S = 30.0
+# Exit status of a worker or node the manager refused (wrong or missing key, other version).
+EXIT_REFUSED = 3
 
 SLOT_SIZE = 16
 _SLOT = struct.Struct("<qq")
@@ -103,6 +108,8 @@ def worker_main(cfg: WorkerConfig) -> None:
         # The process ends with os._exit: without this, the last Results and
         # the Bye could die unsent in ZeroMQ's queue (bounded by LINGER_MS).
         transport.context().term()
+    if worker.exit_code:
+        raise SystemExit(worker.exit_code)  # the manager refused our key or version
 
 
 class Worker:
@@ -121,11 +128,17 @@ class Worker:
         self.stopping = False
         self.current = -1  # key of the task running now
         self.joined = False
+        self.exit_code = 0
+        self.next_hello = 0.0  # re-Hello backs off: HELLO_BACKOFF_S doubling up to HELLO_BACKOFF_MAX_S
+        self.hello_backoff = HELLO_BACKOFF_S
         self.max_message = 0  # the manager's limit, from its Welcome
         self.out_bytes = 0
         self.origin = f"{cfg.node} pid={os.getpid()}"
 
     def hello(self) -> None:
+        now = time.monotonic()
+        self.next_hello = now + self.hello_backoff
+        self.hello_backoff = min(self.hello_backoff * 2, HELLO_BACKOFF_MAX_S)
         self.chan.send(
             protocol.Hello(
                 role=protocol.Role.WORKER,
@@ -175,7 +188,8 @@ class Worker:
         if os.getppid() != self.parent:
             self.stopping = True  # our supervisor is gone
         elif not self.joined:
-            self.hello()  # refused (our node had not joined yet) or unanswered: try again
+            if time.monotonic() >= self.next_hello:
+                self.hello()  # refused (our node had not joined yet) or unanswered: try again
         elif self.cfg.heartbeat:
             self.chan.send(protocol.Heartbeat())
 
@@ -206,10 +220,14 @@ class Worker:
                 self.queue = collections.deque(t for t in self.queue if t[1] not in gone)
         elif isinstance(msg, protocol.Welcome):
             self.joined = True
+            self.hello_backoff = HELLO_BACKOFF_S
             self.max_message = msg.max_message
         elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.UNKNOWN_PEER:
-            self.joined = False
-            self.hello()  # the manager restarted and forgot us
+            self.joined = False  # the manager restarted and forgot us: Hello at the next idle tick
+        elif isinstance(msg, protocol.Error) and msg.code in (protocol.ErrorCode.AUTH, protocol.ErrorCode.VERSION):
+            print(f"dmp worker {self.cfg.worker_id}: the manager refused us: {msg.text}", file=sys.stderr)
+            self.exit_code = EXIT_REFUSED
+            self.stopping = True
         elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.REFUSED:
             self.joined = False  # say Hello again at the next idle tick
         elif isinstance(msg, protocol.Bye):

@@ -36,10 +36,10 @@ import zmq
 from dmp import _config
 from dmp.client.sigint import critical, interruptible
 from dmp.client.turns import Followers, Wakeup
-from dmp.errors import AuthenticationError, ProtocolError
-from dmp.wire import protocol, transport
+from dmp.errors import ProtocolError
+from dmp.wire import handshake, protocol, transport
 from dmp.wire.protocol import ErrorCode, Role
-from dmp_server import hostproc, objects
+from dmp_server import gate, hostproc, objects
 from dmp_server.scheduler import Command, Kill, Scheduler, Send
 
 log = logging.getLogger("dmp.manager")
@@ -119,6 +119,11 @@ class Manager:
         # get MessageTooLargeError instead.
         router.setsockopt(zmq.MAXMSGSIZE, max_message)
         self.chan = transport.Channel(router, key)
+        self.chan.max_message = max_message  # the whole message, not one frame
+        self.refusals = gate.Refusals(log)
+        # Peers whose Hello was answered but who have not proved the key yet:
+        # ident -> (Hello, address, when). They hold no slot and no name.
+        self._joining: dict[bytes, tuple[protocol.Hello, str, float]] = {}
         self.endpoints: list[str] = []
         for endpoint in bind:
             self.chan.sock.bind(endpoint)
@@ -336,13 +341,17 @@ class Manager:
         except zmq.Again:
             return False
         except transport.Refused as refused:
+            if self.chan.fresh is not None:
+                self._admit(self.chan.fresh)
             self._refuse(refused)
             return True
         assert ident is not None
         try:
+            if self.chan.fresh is not None:
+                self._admit(ident)
             self._handle_remote(ident, msg, frames)
         except Exception as exc:  # one bad peer must never stop the daemon
-            log.warning("bad %s from %s: %r", type(msg).__name__, _show(ident), exc)
+            self.refusals.refused(ident, f"bad {type(msg).__name__}: {exc!r}", time.monotonic())
             self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"malformed {type(msg).__name__}: {exc}"))
         return True
 
@@ -355,23 +364,17 @@ class Manager:
     # --- handlers ----------------------------------------------------------------------
 
     def _refuse(self, refused: transport.Refused) -> None:
-        log.warning("refused a message from %s: %s", _show(refused.ident), refused.error)
-        if refused.ident is None:
+        """Log (at a bounded rate) and answer (at most once an interval, unsigned
+        unless the sender is in a session) a refused message."""
+        ident = refused.ident
+        if not self.refusals.refused(ident, str(refused.error), time.monotonic()) or ident is None:
             return
-        error = refused.error
-        if isinstance(error, AuthenticationError):
-            if self.chan.has_session(refused.ident):
-                code = ErrorCode.AUTH
-            else:
-                # No session: a peer with the right key that we forgot (we
-                # restarted) can verify this Error and says Hello again; one
-                # with a wrong key cannot, and reports AuthenticationError.
-                code = ErrorCode.UNKNOWN_PEER
-        elif "version" in str(error):
-            code = ErrorCode.VERSION
-        else:
-            code = ErrorCode.BAD_MESSAGE
-        self._send_raw(refused.ident, protocol.Error(code, str(error)))
+        if refused.reply is not None:
+            in_session = self.chan.has_session(ident) and refused.reply.code != ErrorCode.UNKNOWN_PEER
+            try:
+                self.chan.send(refused.reply, to=ident, flags=transport.NOBLOCK, sign=in_session)
+            except zmq.ZMQError:
+                pass
 
     def _handle_remote(self, ident: bytes, msg: protocol.Message, frames: list[Any]) -> None:
         peer_id = ident.hex()
@@ -380,7 +383,7 @@ class Manager:
             self._hello(ident, peer_id, msg)
             return
         if peer is None:
-            if not isinstance(msg, protocol.Bye):
+            if not isinstance(msg, protocol.Bye) and not self.chan.has_session(ident):
                 self._send_raw(ident, protocol.Error(ErrorCode.UNKNOWN_PEER, "say Hello first"))
             return
         peer.last_seen = time.monotonic()
@@ -388,6 +391,7 @@ class Manager:
             if isinstance(msg, protocol.Results):
                 if protocol.count_frames(msg.items, 3, width=6) != len(frames):
                     raise ProtocolError("Results items do not match their frames")
+                gate.check_results(msg.items)
                 self._carry_out(self.scheduler.results(peer_id, msg.items, frames))
             elif isinstance(msg, protocol.Output):
                 self._forward_output(msg)
@@ -406,30 +410,71 @@ class Manager:
                 self._forget(peer_id)
         elif isinstance(msg, protocol.StatusRequest):
             self._send(peer_id, protocol.StatusReply(self.status()), [])
+        elif isinstance(msg, protocol.Bye):
+            self._forget(peer_id)
 
     def _hello(self, ident: bytes, peer_id: str, msg: protocol.Hello) -> None:
+        """Answer a Hello. With a key the peer is admitted only once it proves
+        the key in its new session (:meth:`_admit`): a replayed Hello gets a
+        Welcome nobody can use, and takes nothing from anyone."""
         if msg.role not in (Role.CLIENT, Role.WORKER, Role.NODE, Role.STATUS):
             self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"unknown role {msg.role!r}"))
             return
-        if peer_id in self.peers:
-            self._forget(peer_id)  # a reconnect under the same identity: start clean
+        ours = protocol.software_version()
+        if msg.version != ours:
+            text = f"the manager runs {ours}, this {msg.role} runs {msg.version or 'an unknown version'}"
+            log.warning("refused %s %s from %s: %s", msg.role, msg.name, msg.host, text)
+            self._send_raw(ident, protocol.Error(ErrorCode.VERSION, text))
+            return
+        refusal = self._refusal(msg)
+        if refusal:
+            self._send_raw(ident, protocol.Error(ErrorCode.REFUSED, refusal))
+            return
+        host = self.chan.peer_address or msg.host
+        nonce = self.chan.open_session(ident)
+        welcome = protocol.Welcome(peer_id, VERSION, self.heartbeat_s, len(self.scheduler.workers), self.max_message, nonce)
+        if self.key is None:
+            self._send_raw(ident, welcome)
+            self._join(ident, msg, host)
+            return
+        self._joining.pop(ident, None)
+        self._joining[ident] = (msg, host, time.monotonic())
+        while len(self._joining) > handshake.MAX_PENDING:
+            del self._joining[next(iter(self._joining))]
+        self._send_raw(ident, welcome)
+
+    def _refusal(self, msg: protocol.Hello) -> str:
+        """Why a peer may not join now ("" if it may)."""
         if msg.role == Role.WORKER and self.supervisor is None and not any(
             p.role == Role.NODE and p.name == msg.node for p in self.peers.values()
         ):
             # A worker of a node we do not know: its node is not (yet, or no
             # longer) joined. An orphan of a dead node must not become a slot.
-            self._send_raw(ident, protocol.Error(ErrorCode.REFUSED, f"node {msg.node!r} has not joined"))
-            return
+            return f"node {msg.node!r} has not joined"
         if msg.role == Role.CLIENT and sum(1 for p in self.peers.values() if p.role == Role.CLIENT) >= self.max_clients:
             log.warning("refused client %s from %s: at the limit of %d clients", msg.name, msg.host, self.max_clients)
-            self._send_raw(ident, protocol.Error(ErrorCode.REFUSED, f"the manager is at its limit of {self.max_clients} clients"))
+            return f"the manager is at its limit of {self.max_clients} clients"
+        return ""
+
+    def _admit(self, ident: bytes) -> None:
+        """The peer at ``ident`` proved the key in the session its Hello opened: it joins."""
+        joining = self._joining.pop(ident, None)
+        if joining is None:
             return
+        msg, host, _ = joining
+        refusal = self._refusal(msg)
+        if refusal:
+            self.chan.close_session(ident)
+            self._send_raw(ident, protocol.Error(ErrorCode.REFUSED, refusal))
+            return
+        self._join(ident, msg, host)
+
+    def _join(self, ident: bytes, msg: protocol.Hello, host: str) -> None:
+        peer_id = ident.hex()
+        if peer_id in self.peers:
+            self._forget(peer_id, keep_session=True)  # a reconnect under the same identity: start clean
         now = time.monotonic()
-        host = self.chan.peer_address or msg.host
         self.peers[peer_id] = Peer(peer_id, ident, msg.role, msg.name, host, msg.pid, msg.node, msg.slots, now, now)
-        nonce = self.chan.open_session(ident)
-        welcome = protocol.Welcome(peer_id, VERSION, self.heartbeat_s, len(self.scheduler.workers), self.max_message, nonce)
-        self._send_raw(ident, welcome)
         if msg.role == Role.WORKER:
             self._carry_out(self.scheduler.add_worker(peer_id, msg.node, msg.pid, msg.max_tasks))
         elif msg.role == Role.CLIENT:
@@ -533,9 +578,9 @@ class Manager:
 
     # --- peers going away ----------------------------------------------------------------------
 
-    def _forget(self, peer_id: str) -> None:
+    def _forget(self, peer_id: str, *, keep_session: bool = False) -> None:
         peer = self.peers.pop(peer_id, None)
-        if peer is not None and peer.ident is not None:
+        if peer is not None and peer.ident is not None and not keep_session:
             self.chan.close_session(peer.ident)
         if peer is None and peer_id not in self.locals:
             return
@@ -559,12 +604,31 @@ class Manager:
                 self.peers.pop(peer_id, None)
                 self._carry_out(self.scheduler.remove_worker(peer_id, 0, -1))
         deadline = now - self.heartbeat_s * LIVENESS
+        while self._joining:
+            ident = next(iter(self._joining))
+            if self._joining[ident][2] >= deadline:
+                break
+            del self._joining[ident]  # answered, never proved the key
+            if ident.hex() not in self.peers:
+                self.chan.close_session(ident)
+        if now >= self.refusals.window_end:
+            self.refusals.flush(now)
         for peer in list(self.peers.values()):
-            if peer.role in (Role.CLIENT, Role.NODE, Role.STATUS) and peer.last_seen < deadline:
+            if self._silent(peer, deadline):
                 log.warning("%s %s went silent; dropping it", peer.role, peer.name or peer.id)
                 self._forget(peer.id)
             elif peer.role in (Role.CLIENT, Role.NODE) and peer.ident is not None:
                 self._send_raw(peer.ident, protocol.Heartbeat())
+
+    def _silent(self, peer: Peer, deadline: float) -> bool:
+        """A remote peer not heard from for LIVENESS beats. A busy worker may be
+        silent (its node vouches for it); an idle one heartbeats."""
+        if peer.last_seen >= deadline:
+            return False
+        if peer.role != Role.WORKER:
+            return True
+        worker = self.scheduler.workers.get(peer.id)
+        return self.supervisor is None and (worker is None or not worker.assigned)
 
     def _shutdown_peers(self) -> None:
         for peer in list(self.peers.values()):
