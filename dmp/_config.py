@@ -59,6 +59,15 @@ def set_default(address: str, authkey: bytes | None) -> None:
         _connected = Target(address, authkey)
 
 
+_process_key: bytes | None = None  # given on stdin to a daemon that dmp ssh started
+
+
+def set_process_authkey(key: bytes) -> None:
+    """The key for this process when none is given explicitly: it outranks ``DMP_AUTHKEY``."""
+    global _process_key
+    _process_key = key or None
+
+
 def authkey_from(value: bytes | str | None) -> bytes | None:
     """The authkey as bytes; an empty one is no key (None).
 
@@ -66,6 +75,8 @@ def authkey_from(value: bytes | str | None) -> bytes | None:
         TypeError: neither bytes nor str.
     """
     if value is None:
+        if _process_key is not None:
+            return _process_key
         env = os.environ.get(ENV_AUTHKEY)
         return env.encode() if env else None
     if isinstance(value, str):

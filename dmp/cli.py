@@ -164,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--authkey-file", help="file holding the shared secret (else DMP_AUTHKEY)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the manager")
     p.set_defaults(func=cmd_status)
+    from dmp.launch import ssh
+
+    ssh.add_parser(sub)
     for name in ("manager", "worker", "status"):
         sub.choices[name].add_argument(
             "--curve", metavar="DIR",

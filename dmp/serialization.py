@@ -15,7 +15,9 @@ cloudpickle so that ``__main__`` travels by value.
 from __future__ import annotations
 
 import io
+import linecache
 import pickle
+import re
 import traceback
 from typing import Any
 
@@ -136,10 +138,15 @@ def loads(frames: list[Any]) -> Any:
 # --- exceptions --------------------------------------------------------------
 
 
-def dump_exception(exc: BaseException, *, by_value: bool = True) -> list[Any]:
-    """Pickle an exception with its formatted traceback; degrade to RemoteError."""
+def dump_exception(exc: BaseException, *, by_value: bool = True, where: str = "") -> list[Any]:
+    """Pickle an exception with its formatted traceback; degrade to RemoteError.
+
+    ``where`` (e.g. "node 'gpu-1' (10.0.0.7), pid 4242") heads the traceback
+    text, so the caller sees which process raised it.
+    """
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    tb = f'\n"""\n{tb}"""'
+    head = f"Raised in {where}\n" if where else ""
+    tb = f'\n"""\n{head}{tb}"""'
     exc.__traceback__ = None
     try:
         frames = dumps((exc, tb), by_value=by_value)
@@ -157,5 +164,28 @@ def load_exception(frames: list[Any]) -> BaseException:
     except Exception as err:
         exc, tb = RemoteError(type(err).__name__, f"could not unpickle the task's exception: {err}"), ""
     if tb:
-        exc.__cause__ = RemoteTraceback(tb)
+        exc.__cause__ = RemoteTraceback(with_local_source(tb))
     return exc  # type: ignore[no-any-return]
+
+
+_FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line (?P<line>\d+), in .*$')
+
+
+def with_local_source(tb: str) -> str:
+    """Fill in the source lines a remote traceback could not show.
+
+    A function sent by value runs where its file does not exist, so the
+    remote traceback names file and line but shows no code; the caller's
+    host usually has that file: show its line there.
+    """
+    lines = tb.split("\n")
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        out.append(line)
+        m = _FRAME.match(line)
+        if m is None or (i + 1 < len(lines) and lines[i + 1].startswith("    ")):
+            continue  # not a frame, or its source is already there
+        source = linecache.getline(m["file"], int(m["line"])).strip()
+        if source:
+            out.append(f"    {source}")
+    return "\n".join(out)

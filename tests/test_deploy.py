@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import configparser
 import json
+import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -280,6 +282,29 @@ def test_example_env_files_set_exactly_what_the_units_use() -> None:
         assert used == set(read_env(SYSTEMD / example)), (unit, example)
 
 
+def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:
+    """systemd's own checker, with ExecStart pointed at this installation's dmp."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        if os.environ.get("CI"):
+            pytest.fail("systemd-analyze is missing: .ci/run installs systemd")
+        pytest.skip("systemd-analyze is not installed")
+    dmp = Path(sys.executable).with_name("dmp")
+    assert dmp.exists(), f"no dmp console script beside {sys.executable}"
+    units = []
+    for name, as_name in (("dmp-manager.service", "dmp-manager.service"),
+                          ("dmp-worker@.service", "dmp-worker@node1.service")):
+        text = (SYSTEMD / name).read_text()
+        assert "/opt/dmp/venv/bin/dmp " in text, f"{name}: ExecStart moved; update this test"
+        (tmp_path / as_name).write_text(text.replace("/opt/dmp/venv/bin/dmp ", f"{dmp} "))
+        units.append(str(tmp_path / as_name))
+    done = subprocess.run([analyze, "verify", *units], capture_output=True, text=True, timeout=60)
+    # verify exits 0 on warnings too: any line about our units is a defect.
+    ours = [line for line in (done.stdout + done.stderr).splitlines() if str(tmp_path) in line
+            or line.startswith(("dmp-manager.service", "dmp-worker@"))]
+    assert done.returncode == 0 and ours == [], done.stdout + done.stderr
+
+
 # -- docker ------------------------------------------------------------------
 
 
@@ -368,15 +393,109 @@ def test_yaml_subset_parser_reads_the_subset() -> None:
 # -- README ------------------------------------------------------------------
 
 
-def test_every_file_the_deploy_readme_names_exists() -> None:
-    text = (DEPLOY / "README.md").read_text()
-    links = re.findall(r"\]\(([^)\s]+)\)", text)
-    named = re.findall(r"(?<![\w./-])((?:deploy|tests)/[\w./@-]*[\w@/])", text)
-    assert links and named
-    for link in links:
-        if "://" not in link and not link.startswith("#"):
-            assert (DEPLOY / link.split("#")[0]).exists(), f"deploy/README.md links to {link}"
-    for path in named:
-        assert (ROOT / path).exists(), f"deploy/README.md names {path}"
+def test_every_file_the_deploy_readmes_name_exists() -> None:
+    pages = sorted(DEPLOY.rglob("README.md"))
+    assert {p.relative_to(DEPLOY).as_posix() for p in pages} >= {
+        "README.md", "systemd/README.md", "docker/README.md", "kubernetes/README.md"}
+    index = (DEPLOY / "README.md").read_text()
+    for page in pages:
+        text = page.read_text()
+        links = re.findall(r"\]\(([^)\s]+)\)", text)
+        named = re.findall(r"(?<![\w./-])((?:deploy|tests)/[\w./@-]*[\w@/])", text)
+        for link in links:
+            if "://" not in link and not link.startswith("#"):
+                assert (page.parent / link.split("#")[0]).exists(), f"{page} links to {link}"
+        for path in named:
+            assert (ROOT / path).exists(), f"{page} names {path}"
+        if page.parent != DEPLOY:  # every recipe page is in the index's table
+            assert f"]({page.relative_to(DEPLOY).as_posix()})" in index, page
+    systemd = (SYSTEMD / "README.md").read_text()
     for unit in ("dmp-manager.service", "dmp-worker@.service"):
-        assert f"deploy/systemd/{unit}" in text
+        assert f"deploy/systemd/{unit}" in systemd
+
+
+# -- kubernetes --------------------------------------------------------------
+
+KUBERNETES = DEPLOY / "kubernetes"
+
+
+def kubernetes_objects() -> list[dict[str, Any]]:
+    yaml = pytest.importorskip("yaml")
+    objects = []
+    for name in ("manager.yaml", "worker.yaml"):
+        objects += [doc for doc in yaml.safe_load_all((KUBERNETES / name).read_text()) if doc]
+    return objects
+
+
+def kube_object(kind: str, name: str) -> dict[str, Any]:
+    found = [o for o in kubernetes_objects() if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, (kind, name)
+    return found[0]
+
+
+def test_kubernetes_manifests_validate_against_the_current_schema() -> None:
+    import kubernetes_validate
+
+    version = kubernetes_validate.latest_version()
+    kinds = set()
+    for obj in kubernetes_objects():
+        kubernetes_validate.validate(obj, version, strict=True)  # raises on any schema error
+        kinds.add((obj["kind"], obj["metadata"]["name"]))
+    assert kinds == {("Deployment", "dmp-manager"), ("Service", "dmp-manager"), ("Deployment", "dmp-worker")}
+    yaml = pytest.importorskip("yaml")
+    listed = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())["resources"]
+    assert sorted(listed) == ["manager.yaml", "worker.yaml"]
+
+
+def test_kubernetes_an_invalid_manifest_is_refused() -> None:
+    """The check above can fail: a misspelt field is an error under strict validation."""
+    import kubernetes_validate
+
+    broken = kube_object("Deployment", "dmp-worker")
+    broken["spec"]["template"]["spec"]["containers"][0]["argz"] = ["worker"]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, kubernetes_validate.latest_version(), strict=True)
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    (container,) = pod["containers"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    secret = {v["name"]: v for v in pod["volumes"]}[mounts["/etc/dmp"]]["secret"]
+    assert secret["secretName"] == "dmp-authkey"
+    return container
+
+
+def test_kubernetes_manager(monkeypatch: pytest.MonkeyPatch) -> None:
+    deployment = kube_object("Deployment", "dmp-manager")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    container = _container(deployment)
+    assert_flags_known(container["args"])
+    args = parse_cli(monkeypatch, container["args"])
+    assert args.bind == "tcp://0.0.0.0:5555" and args.authkey_file == "/etc/dmp/authkey"
+    for probe in ("readinessProbe", "livenessProbe"):
+        command = container[probe]["exec"]["command"]
+        assert command[0] == "dmp"
+        assert_flags_known(command[1:])
+        assert parse_cli(monkeypatch, command[1:]).authkey_file == args.authkey_file
+    service = kube_object("Service", "dmp-manager")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["port"] == 5555
+
+
+def test_kubernetes_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    deployment = kube_object("Deployment", "dmp-worker")
+    container = _container(deployment)
+    argv = [a.replace("$(POD_NAME)", "dmp-worker-abc12") for a in container["args"]]
+    assert_flags_known(argv)
+    args = parse_cli(monkeypatch, argv)
+    assert args.address == "tcp://dmp-manager:5555" and args.name == "dmp-worker-abc12"
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
+    assert int(args.processes) <= int(container["resources"]["requests"]["cpu"])
+    assert "$POD_NAME" in container["readinessProbe"]["exec"]["command"][-1]
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 15

@@ -48,7 +48,6 @@ class LocalEngine:
         self.session.link = session_mod.LocalLink(self.manager, self.session)
         self.supervisor.start()
         self._thread = threading.Thread(target=self._run, name="dmp-engine", daemon=True)
-        self._stopped = threading.Event()
         self._done = False
         self._thread.start()
         _live.add(self)
@@ -57,7 +56,6 @@ class LocalEngine:
         try:
             self.manager.run()
         finally:
-            self._stopped.set()
             self.session.fail_all(ProcessError("the pool's engine stopped before the task finished"))
 
     @property
@@ -103,7 +101,7 @@ _shared_lock = threading.Lock()
 
 
 def shared_cluster(address: str, authkey: bytes | None) -> ClusterEngine:
-    """One session per manager for this process's remote Processes (and proxies)."""
+    """One engine (and so one Session) per manager for this process's remote Processes."""
     with _shared_lock:
         engine = _shared.get((address, authkey))
         if engine is None or engine.session.closed is not None:

@@ -41,7 +41,7 @@ class Executor(cf.Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            future: cf.Future[Any] = _Future(self._pool._session.link)
+            future: cf.Future[Any] = _Future(self._pool._link)
             self._futures.add(future)
 
         def done(value: Any) -> None:

@@ -1,11 +1,12 @@
 """``dmp.Pool``: multiprocessing's Pool API on the dmp engine.
 
     caller --apply_async--> pickle --> session.submit (the pool's apply job)
-    caller --map/imap--> Feeder thread: chunk, pickle, submit with credit
-    link thread --results--> ApplyResult / MapResult / IMapIterator
+    caller --map/imap--> Feeder thread: chunk, pickle, session.submit (waits for credit)
+    link thread --results--> ApplyResult / MapResult / IMapIterator (sinks)
 
-The feeder pulls from the caller's iterable only as fast as credit allows
-(``MAX_OUTSTANDING_TASKS``), so a huge generator is never held in memory.
+The feeder pulls from the caller's iterable only as fast as the session's
+credit allows (``MAX_OUTSTANDING_TASKS``), so a huge generator is never held
+in memory. The pool counts no credit itself: the session does.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 
 from dmp import _config, serialization
 from dmp.client.results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+from dmp.client.session import Session
+from dmp.client.sink import MapSink, Sink
 from dmp.errors import MessageTooLargeError, ProcessError
 from dmp.node import runners
 from dmp.wire.protocol import Status
@@ -31,7 +34,7 @@ FEED_BATCH = 64
 FEED_FLUSH_S = 0.0005
 
 
-class _ApplySink:
+class _ApplySink(Sink):
     """The pool's one long-lived apply job: task id -> ApplyResult."""
 
     def __init__(self) -> None:
@@ -98,17 +101,16 @@ class Pool:
                 initargs=tuple(initargs),
                 max_tasks=maxtasksperchild or 0,
             )
-        self._session = self._engine.session
-        self._credit = self._session.credit
+        self._session: Session = self._engine.session
+        self._link = self._session.link  # what a caller waiting on a result serves
         self._pending: set[Any] = set()
         self._pending_cond = threading.Condition(threading.Lock())
         self._ids = itertools.count()
         self._apply = _ApplySink()
         apply_runner = serialization.dumps(runners.Apply(self._init), by_value=True) if self._init else []
         self._apply_job = self._session.new_job(self._apply, apply_runner, max_retries)
-        self._feed: collections.deque[tuple[int, Any, Iterator[Any]]] = collections.deque()
+        self._feed: collections.deque[tuple[int, MapSink, Iterator[Any]]] = collections.deque()
         self._feed_cond = threading.Condition(threading.Lock())
-        self._feeding = False
         # Started by the first map: a pool used only for apply never pays for it.
         self._feeder = threading.Thread(target=self._feed_loop, name="dmp-feeder", daemon=True)
 
@@ -147,7 +149,7 @@ class Pool:
         error_callback: Callable[[BaseException], Any] | None = None,
     ) -> ApplyResult:
         self._check_running()
-        result = ApplyResult(self, callback, error_callback)
+        result = ApplyResult(callback, error_callback, link=self._link, on_done=self._job_done)
         try:
             frames = serialization.dumps((func, tuple(args), dict(kwds)), by_value=self._by_value)
         except Exception as exc:
@@ -155,13 +157,11 @@ class Pool:
             return result
         task_id = next(self._ids)
         self._track(result)
-        self._credit.add(1)
         self._apply.results[task_id] = result
         try:
             self._session.submit(self._apply_job, [(task_id, frames)])
         except MessageTooLargeError as exc:
             self._apply.results.pop(task_id, None)
-            self._credit.give(1)
             result.on_failure(exc)
         return result
 
@@ -201,7 +201,7 @@ class Pool:
             chunksize = self._default_chunksize(length)
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        result = MapResult(self, chunksize, length, callback, error_callback)
+        result = MapResult(chunksize, length, callback, error_callback, link=self._link, on_done=self._job_done)
         if length:
             self._start_job(func, star, result, _chunks(items, chunksize))
         return result
@@ -226,13 +226,13 @@ class Pool:
         self._check_running()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        it = cls(self, self._credit)
+        it = cls(self._session.credit.release, self._job_done)
         self._start_job(func, False, it, _chunks(iterable, chunksize))
         if chunksize == 1:
             return _Results(it, unwrap=True)
         return (item for chunk in _Results(it, unwrap=False) for item in chunk)
 
-    def _start_job(self, func: Any, star: bool, sink: Any, chunks: Iterator[tuple[int, list[Any]]]) -> None:
+    def _start_job(self, func: Any, star: bool, sink: MapSink, chunks: Iterator[tuple[int, list[Any]]]) -> None:
         self._track(sink)
         try:
             runner = serialization.dumps(runners.MapChunk(func, star, self._init), by_value=self._by_value)
@@ -243,7 +243,6 @@ class Pool:
         job = self._session.new_job(sink, runner, self._max_retries)
         with self._feed_cond:
             self._feed.append((job, sink, chunks))
-            self._feeding = True
             self._feed_cond.notify()
             if self._feeder.ident is None:
                 self._feeder.start()
@@ -254,11 +253,8 @@ class Pool:
         while True:
             with self._feed_cond:
                 while not self._feed:
-                    self._feeding = False
-                    self._feed_cond.notify_all()
-                    if self._state == TERMINATE or (self._state == CLOSE and not self._feed):
-                        if self._state != RUN:
-                            return
+                    if self._state != RUN:  # closed or terminated, and nothing left to feed
+                        return
                     self._feed_cond.wait(0.5)
                 job, sink, chunks = self._feed[0]
             try:
@@ -270,8 +266,8 @@ class Pool:
                 with self._feed_cond:
                     self._feed.popleft()
 
-    def _feed_one(self, job: int, sink: Any, chunks: Iterator[tuple[int, list[Any]]]) -> None:
-        alive = lambda: self._state != TERMINATE and not getattr(sink, "_abandoned", False)  # noqa: E731
+    def _feed_one(self, job: int, sink: MapSink, chunks: Iterator[tuple[int, list[Any]]]) -> None:
+        alive = lambda: self._state != TERMINATE and not sink.abandoned()  # noqa: E731
         batch: list[tuple[int, list[Any]]] = []
         started = 0.0
         handed = 0  # tasks sent or failed here: what the sink will hear about
@@ -283,7 +279,7 @@ class Pool:
                 try:
                     frames = serialization.dumps(chunk, by_value=by_value)
                 except Exception as exc:
-                    self._fail_chunk(sink, task_id, exc)
+                    self._session.fail_unsent(sink, task_id, exc)
                     handed += 1
                     continue
                 if not batch:
@@ -300,36 +296,23 @@ class Pool:
         except Exception as exc:  # the caller's iterable raised: that item fails
             if batch and self._send(job, batch, alive, sink):
                 handed += len(batch)
-            self._fail_chunk(sink, next_id, exc)
+            self._session.fail_unsent(sink, next_id, exc)
             handed += 1
         if self._state == TERMINATE:
             return
-        if hasattr(sink, "set_length"):
-            sink.set_length(handed)
+        sink.set_length(handed)
         self._session.end_job(job)
 
-    def _fail_chunk(self, sink: Any, task_id: int, exc: BaseException) -> None:
-        """A chunk that never left (its items did not pickle, or the iterable raised)."""
-        if getattr(sink, "holds_credit", False):
-            self._credit.add(1)  # given back when the caller consumes the failure
-        sink.fail_chunk(task_id, exc)
-
-    def _send(self, job: int, batch: list[tuple[int, list[Any]]], alive: Callable[[], bool], sink: Any = None) -> bool:
-        if not self._credit.take(len(batch), alive):
-            return False
+    def _send(self, job: int, batch: list[tuple[int, list[Any]]], alive: Callable[[], bool], sink: MapSink) -> bool:
+        """Submit ``batch`` once credit allows; False if the job stopped being wanted first."""
         try:
-            self._session.submit(job, batch)
-        except MessageTooLargeError as exc:
-            self._credit.give(len(batch))
+            return self._session.submit(job, batch, alive)
+        except MessageTooLargeError as exc:  # the session released the batch's credit
             if len(batch) == 1:  # this task alone is too big: it fails, the rest go on
-                self._fail_chunk(sink, batch[0][0], exc)
+                self._session.fail_unsent(sink, batch[0][0], exc)
                 return True
             half = len(batch) // 2
             return self._send(job, batch[:half], alive, sink) and self._send(job, batch[half:], alive, sink)
-        except BaseException:
-            self._credit.give(len(batch))
-            raise
-        return True
 
     # --- lifecycle -------------------------------------------------------------------------
 

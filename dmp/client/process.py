@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from dmp import _config, serialization
+from dmp.client.sink import Sink
 from dmp.node import runners
 from dmp.wire.protocol import Status
 
@@ -59,8 +60,8 @@ class Process(_ForkProcess):  # type: ignore[misc]
         return _ForkProcess._Popen(process_obj)
 
 
-class _ClusterPopen:
-    """multiprocessing's Popen interface for a process running on a worker node."""
+class _ClusterPopen(Sink):
+    """multiprocessing's Popen interface for a process running on a worker node; its job's sink."""
 
     method = "dmp-cluster"
 
@@ -77,7 +78,6 @@ class _ClusterPopen:
         self._session = engine.session
         runner = serialization.dumps(runners.RunProcess.of(process_obj), by_value=True)
         self._job = self._session.new_job(self, runner, 0)
-        self._session.credit.add(1)
         self._session.submit(self._job, [(0, serialization.dumps(None, by_value=True))])
         self._session.end_job(self._job)
         self._started.wait(START_WAIT_S)
@@ -88,7 +88,7 @@ class _ClusterPopen:
         self.pid, self.node = pid, node
         self._started.set()
 
-    def on_result(self, task_id: int, status: int, frames: list[Any], info: Any) -> bool:
+    def on_result(self, task_id: int, status: Status, frames: list[Any], info: Any) -> bool:
         if status == Status.OK:
             code = serialization.loads(frames)
             self._finish(code if isinstance(code, int) else 1)

@@ -94,7 +94,7 @@ MAX_ABANDONED = 1024
 
 
 class Connection:
-    """This process's session with one manager: requests out, replies matched by ref."""
+    """This process's connection to one manager for proxy calls: requests out, replies matched by ref."""
 
     def __init__(self, address: str, key: bytes | None, timeout: float = _config.CONNECT_TIMEOUT_S) -> None:
         from dmp.client.link import RemoteLink

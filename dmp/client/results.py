@@ -1,7 +1,10 @@
 """What ``Pool`` methods return: ApplyResult, MapResult and the imap iterators.
 
-Each is also a session sink: the link's thread hands it task outcomes
-(``on_result``), it decodes them and wakes whoever waits. Semantics follow
+Each is also a job's sink (``dmp.client.sink``): the link's thread hands it
+task outcomes (``on_result``), it decodes them and wakes whoever waits. They
+are given what they need explicitly: the link a waiting caller serves, the
+pool's ``on_done`` (the job needs nothing more) and, for imap, the credit's
+``release``. Semantics follow
 ``multiprocessing.pool``: a map fails with its first exception once every
 chunk is back, callbacks run on the result thread, imap raises an item's
 exception at that item's place.
@@ -15,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dmp import serialization
+from dmp.client.sink import MapSink, Sink
 from dmp.errors import ProcessError, TimeoutError, WorkerLostError
 from dmp.wire.protocol import Status
 
@@ -36,11 +40,21 @@ def decode(status: int, frames: list[Any], info: Any) -> tuple[bool, Any]:
     return False, ProcessError(info or "task cancelled")
 
 
-class _Waitable:
-    def __init__(self, pool: Any, callback: Callable[[Any], Any] | None, error_callback: Callable[[BaseException], Any] | None) -> None:
-        self._pool = pool
+OnDone = Callable[[Any], None]
+
+
+class _Waitable(Sink):
+    def __init__(
+        self,
+        callback: Callable[[Any], Any] | None,
+        error_callback: Callable[[BaseException], Any] | None,
+        *,
+        link: Any = None,
+        on_done: OnDone | None = None,
+    ) -> None:
         # The waiting caller serves the link itself when it can (see dmp.client.link).
-        self._link = pool._session.link if pool is not None else None
+        self._link = link
+        self._on_done = on_done
         self._event = threading.Event()
         self._callback = callback
         self._error_callback = error_callback
@@ -48,6 +62,9 @@ class _Waitable:
         self._value: Any = None
 
     def ready(self) -> bool:
+        return self._event.is_set()
+
+    def finished(self) -> bool:
         return self._event.is_set()
 
     def successful(self) -> bool:
@@ -80,9 +97,9 @@ class _Waitable:
                 self._error_callback(self._value)
         finally:  # a raising callback is reported by the link; the result is still ready
             self._event.set()
-            if self._pool is not None:
-                self._pool._job_done(self)
-                self._pool = None
+            on_done, self._on_done = self._on_done, None
+            if on_done is not None:
+                on_done(self)
 
     def on_failure(self, exc: BaseException) -> None:
         if not self._event.is_set():
@@ -104,11 +121,13 @@ class ApplyResult(_Waitable):
 AsyncResult = ApplyResult
 
 
-class MapResult(_Waitable):
+class MapResult(_Waitable, MapSink):
     """A whole ``map_async``: chunks land in their slice of the result list."""
 
-    def __init__(self, pool: Any, chunksize: int, length: int, callback: Any, error_callback: Any) -> None:
-        super().__init__(pool, callback, error_callback)
+    def __init__(
+        self, chunksize: int, length: int, callback: Any, error_callback: Any, *, link: Any = None, on_done: OnDone | None = None
+    ) -> None:
+        super().__init__(callback, error_callback, link=link, on_done=on_done)
         self._chunksize = chunksize
         self._value = [None] * length
         self._left = -(-length // chunksize) if length else 0
@@ -137,21 +156,21 @@ class MapResult(_Waitable):
         return False
 
 
-class IMapIterator:
+class IMapIterator(MapSink):
     """Ordered results of ``imap``; ``next(timeout)`` as in multiprocessing.
 
-    Backpressure: a task's credit is given back when the caller *consumes*
-    its result, not when it arrives, so a slow consumer slows the feeder
-    instead of piling results up. An iterator the caller drops is
-    :meth:`abandon`-ed: its buffered and future results give credit back at
-    once and its feeding stops.
+    Backpressure: a task's credit is released (``release``, the session
+    credit's) when the caller *consumes* its result, not when it arrives, so
+    a slow consumer slows the feeder instead of piling results up. An
+    iterator the caller drops is :meth:`abandon`-ed: its buffered and future
+    results release their credit at once and its feeding stops.
     """
 
     holds_credit = True
 
-    def __init__(self, pool: Any, credit: Any = None) -> None:
-        self._pool = pool
-        self._credit = credit
+    def __init__(self, release: Callable[[int], None], on_done: OnDone | None = None) -> None:
+        self._release = release
+        self._on_done = on_done
         self._abandoned = False
         self._cond = threading.Condition(threading.Lock())
         self._items: collections.deque[tuple[bool, Any]] = collections.deque()
@@ -168,7 +187,7 @@ class IMapIterator:
         with self._cond:
             while not self._items:
                 if self._length is not None and self._index == self._length:
-                    self._pool = None
+                    self._on_done = None
                     raise StopIteration from None
                 if self._failure is not None:
                     raise self._failure
@@ -177,8 +196,7 @@ class IMapIterator:
                         raise StopIteration from None
                     raise TimeoutError from None
             ok, value = self._items.popleft()
-        if self._credit is not None:
-            self._credit.give(1)
+        self._release(1)
         if ok:
             return value
         raise value
@@ -194,8 +212,11 @@ class IMapIterator:
             held = len(self._items) + len(self._unsorted)
             self._items.clear()
             self._unsorted.clear()
-        if held and self._credit is not None:
-            self._credit.give(held)
+        if held:
+            self._release(held)
+
+    def abandoned(self) -> bool:
+        return self._abandoned
 
     # --- producer side --------------------------------------------------------------
 
@@ -203,8 +224,7 @@ class IMapIterator:
         with self._cond:
             self._received += 1
             if self._abandoned:
-                if self._credit is not None:
-                    self._credit.give(1)
+                self._release(1)
                 return
             self._place(task_id, ok, value)
             self._cond.notify()
@@ -228,8 +248,8 @@ class IMapIterator:
 
     def _check_done(self) -> bool:
         done = self._length is not None and self._received >= self._length
-        if done and self._pool is not None:
-            self._pool._job_done(self)
+        if done and self._on_done is not None:
+            self._on_done(self)
         return done
 
     def on_result(self, task_id: int, status: Status, frames: list[Any], info: str) -> bool:

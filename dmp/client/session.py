@@ -1,13 +1,19 @@
-"""The client session: jobs out, results back, whichever link carries them.
+"""The client session: one client's jobs with one manager, whichever link carries them.
 
-    user thread --new_job/submit--> link.post(msg, frames)
+    user thread --new_job/submit--> credit.charge/take --> link.post(msg, frames)
         local link:  the embedded manager's inbox (same process)
-        remote link: the session's I/O thread and a DEALER socket (cluster)
-    link thread --on_message(Results)--> sink.on_result(task, status, frames, info)
+        remote link: a DEALER socket to the manager daemon (cluster)
+    link thread --on_message(Results)--> credit.release, sink.on_result(...)
 
-A sink is the object that turns outcomes into what the user waits on
-(AsyncResult, IMapIterator, Future). Sinks run on the link's thread, so
-they must be quick and must not block.
+``Session`` here always means this: the client's job bookkeeping (job ids,
+each job's sink, the credit). The signed conversation on the wire is the
+transport's signing session (``dmp.wire.transport``), and the proxies'
+request/reply channel is a ``Connection`` (``dmp.client.proxylink``).
+
+A sink (``dmp.client.sink``) turns outcomes into what the user waits on.
+The session owns the client's :class:`~dmp.client.credit.Credit`: it counts
+tasks at submit and releases them when their outcome arrives, except for
+sinks that hold credit until the caller consumes a result (imap).
 """
 
 from __future__ import annotations
@@ -20,19 +26,11 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from dmp import _config
+from dmp.client.credit import Credit
+from dmp.client.sink import MapSink, Sink
 from dmp.errors import MessageTooLargeError, ProcessError
 from dmp.wire import protocol
 from dmp.wire.protocol import Status
-
-
-class Sink(Protocol):
-    def on_result(self, task_id: int, status: Status, frames: list[Any], info: str) -> bool:
-        """One task's outcome; return True when the job needs nothing more."""
-        ...
-
-    def on_failure(self, exc: BaseException) -> None:
-        """The whole job failed (session lost, job refused)."""
-        ...
 
 
 class Link(Protocol):
@@ -45,40 +43,11 @@ class Link(Protocol):
     def close(self) -> None: ...
 
 
-class Credit:
-    """Counts tasks submitted and not yet finished; a feeder waits on it."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.outstanding = 0
-        self.cond = threading.Condition(threading.Lock())
-
-    def take(self, n: int, alive: Callable[[], bool]) -> bool:
-        """Wait until ``n`` more tasks fit; False if ``alive()`` turns false first."""
-        with self.cond:
-            while self.outstanding > 0 and self.outstanding + n > self.limit:
-                if not alive():
-                    return False
-                self.cond.wait(0.5)
-            self.outstanding += n
-            return True
-
-    def add(self, n: int) -> None:
-        """Count tasks that must not wait (apply_async never blocks)."""
-        with self.cond:
-            self.outstanding += n
-
-    def give(self, n: int) -> None:
-        with self.cond:
-            self.outstanding -= n
-            self.cond.notify()
-
-
 class Session:
-    """Tracks this client's jobs; thread-safe for callers, sinks run on the link."""
+    """Tracks this client's jobs and their credit; thread-safe for callers, sinks run on the link."""
 
-    def __init__(self) -> None:
-        self.credit = Credit(_config.MAX_OUTSTANDING_TASKS)
+    def __init__(self, limit: int = _config.MAX_OUTSTANDING_TASKS) -> None:
+        self.credit = Credit(limit)
         self.link: Link | None = None
         self.sinks: dict[int, Sink] = {}
         self._ids = itertools.count(1)
@@ -86,6 +55,10 @@ class Session:
         self.closed: BaseException | None = None
 
     def new_job(self, sink: Sink, runner: list[Any], max_retries: int) -> int:
+        """Define a job whose outcomes go to ``sink``; its id.
+
+        Raises the session's failure if the session is closed.
+        """
         with self._lock:
             if self.closed is not None:
                 raise self.closed
@@ -94,10 +67,38 @@ class Session:
         self._post(protocol.DefineJob(job, len(runner), max_retries), runner)
         return job
 
-    def submit(self, job: int, tasks: list[tuple[int, list[Any]]]) -> None:
+    def submit(self, job: int, tasks: list[tuple[int, list[Any]]], alive: Callable[[], bool] | None = None) -> bool:
+        """Send ``(task_id, frames)`` tasks of ``job``, counting them against the credit.
+
+        With ``alive`` (the feeder) wait for credit first, and return False
+        without sending if ``alive()`` turns false while waiting; without it
+        (apply_async, Process) never wait. Raises what posting raises
+        (MessageTooLargeError, the session's failure), the tasks' credit
+        released.
+        """
+        n = len(tasks)
+        if alive is None:
+            self.credit.charge(n)
+        elif not self.credit.take(n, alive):
+            return False
         items = [[task_id, len(frames)] for task_id, frames in tasks]
         frames = [f for _, fr in tasks for f in fr]
-        self._post(protocol.Submit(job, items), frames)
+        try:
+            self._post(protocol.Submit(job, items), frames)
+        except BaseException:
+            self.credit.release(n)
+            raise
+        return True
+
+    def fail_unsent(self, sink: MapSink, task_id: int, exc: BaseException) -> None:
+        """Task ``task_id`` of ``sink``'s job never left this process: it fails with ``exc``.
+
+        It is counted like a task whose outcome just arrived: nothing to
+        release, unless the sink holds credit until the caller consumes it.
+        """
+        if sink.holds_credit:
+            self.credit.charge(1)  # released when the caller consumes the failure
+        sink.fail_chunk(task_id, exc)
 
     def end_job(self, job: int) -> None:
         self._post(protocol.EndJob(job), [])
@@ -125,16 +126,16 @@ class Session:
                 payload = frames[pos : pos + nframes]
                 pos += nframes
                 sink = sinks.get(job)
-                if status != Status.CANCELLED and not getattr(sink, "holds_credit", False):
+                if status != Status.CANCELLED and (sink is None or not sink.holds_credit):
                     finished += 1
                 if sink is not None and _deliver(sink, task_id, status, payload, info):
                     sinks.pop(job, None)
             if finished:
-                self.credit.give(finished)
+                self.credit.release(finished)
         elif isinstance(msg, protocol.TaskStarted):
-            started = getattr(self.sinks.get(msg.job), "on_started", None)
-            if started is not None:
-                started(msg.pid, msg.node)
+            sink = self.sinks.get(msg.job)
+            if sink is not None:
+                sink.on_started(msg.pid, msg.node)
         elif isinstance(msg, protocol.Output):
             stream = sys.stderr if msg.stream == "stderr" else sys.stdout
             if stream is not None:
@@ -168,8 +169,7 @@ def _deliver(sink: Sink, task_id: int, status: Status, frames: list[Any], info: 
         return sink.on_result(task_id, status, frames, info)
     except Exception:
         traceback.print_exc()
-        ready = getattr(sink, "ready", None)  # a result whose callback raised is still complete
-        return bool(ready()) if ready is not None else False
+        return sink.finished()  # a result whose callback raised is still complete
 
 
 class LocalLink:

@@ -8,6 +8,11 @@ In cluster mode a worker serves many pools, so a pool's ``initializer`` and
 ``maxtasksperchild`` travel with its runners (:class:`PoolInit`): the
 initializer runs the first time a worker meets that pool, and a worker that
 has run ``maxtasksperchild`` of the pool's tasks retires after the current one.
+
+A runner is called ``runner(task, ctx)``; ``ctx`` is the worker's
+:class:`TaskContext`, through which a runner asks its worker to retire after
+the task. A runner whose ``announce`` is True has its task announced
+(``TaskStarted``, the worker's pid) before it runs.
 """
 
 from __future__ import annotations
@@ -18,8 +23,29 @@ from typing import Any
 # Pools (by uid) this worker process has initialized, and tasks run per pool.
 _initialized: set[str] = set()
 _counts: dict[str, int] = {}
-# Set when this worker should exit after the current task (maxtasksperchild).
-retire = False
+
+
+class TaskContext:
+    """What a runner may tell the worker running it; one per worker process."""
+
+    __slots__ = ("retire",)
+
+    def __init__(self) -> None:
+        # Set by a runner: this worker exits after the current task
+        # (maxtasksperchild reached, or a Process's run() is over).
+        self.retire = False
+
+
+class Runner:
+    """A job's runner: the worker calls ``runner(task, ctx)`` for each of the job's tasks."""
+
+    __slots__ = ()
+
+    # True: the worker announces the task (TaskStarted, its pid) before running it.
+    announce = False
+
+    def __call__(self, task: Any, ctx: TaskContext) -> Any:
+        raise NotImplementedError
 
 
 class PoolInit:
@@ -39,24 +65,24 @@ class PoolInit:
                 self.initializer(*self.initargs)
             _initialized.add(self.uid)
 
-    def after(self) -> None:
-        global retire
+    def after(self, ctx: TaskContext) -> None:
         if self.max_tasks:
             n = _counts.get(self.uid, 0) + 1
             _counts[self.uid] = n
             if n >= self.max_tasks:
-                retire = True
+                ctx.retire = True
 
     def __reduce__(self) -> Any:
         return (PoolInit, (self.uid, self.initializer, self.initargs, self.max_tasks))
 
 
 def call(task: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:
+    """An apply task without a runner (a local pool's apply job)."""
     func, args, kwds = task
     return func(*args, **kwds)
 
 
-class Apply:
+class Apply(Runner):
     """Runs ``func(*args, **kwds)`` tasks, within a cluster pool's init."""
 
     __slots__ = ("init",)
@@ -64,7 +90,7 @@ class Apply:
     def __init__(self, init: PoolInit | None = None) -> None:
         self.init = init
 
-    def __call__(self, task: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:
+    def __call__(self, task: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]], ctx: TaskContext) -> Any:
         init = self.init
         if init is None:
             return call(task)
@@ -72,13 +98,13 @@ class Apply:
         try:
             return call(task)
         finally:
-            init.after()
+            init.after(ctx)
 
     def __reduce__(self) -> Any:
         return (Apply, (self.init,))
 
 
-class MapChunk:
+class MapChunk(Runner):
     """Runs ``func`` over one chunk of a map's items (``star``: items are arg tuples)."""
 
     __slots__ = ("func", "init", "star")
@@ -88,7 +114,7 @@ class MapChunk:
         self.star = star
         self.init = init
 
-    def __call__(self, items: list[Any]) -> list[Any]:
+    def __call__(self, items: list[Any], ctx: TaskContext) -> list[Any]:
         init = self.init
         if init is not None:
             init.before()
@@ -99,7 +125,7 @@ class MapChunk:
             return [func(x) for x in items]
         finally:
             if init is not None:
-                init.after()
+                init.after(ctx)
 
     def __reduce__(self) -> Any:
         return (MapChunk, (self.func, self.star, self.init))
@@ -109,7 +135,7 @@ class MapChunk:
 _PARENT_ONLY = frozenset({"_config", "_popen", "_parent_pid", "_parent_name", "_identity", "_closed"})
 
 
-class RunProcess:
+class RunProcess(Runner):
     """Runs a (cluster-mode) ``dmp.Process``'s ``run()`` on a worker; returns its exit code.
 
     The worker announces the task (its pid) before running it and retires
@@ -127,12 +153,11 @@ class RunProcess:
         state = {k: v for k, v in vars(process).items() if k not in _PARENT_ONLY}
         return cls(type(process), state)
 
-    def __call__(self, _task: Any) -> int:
+    def __call__(self, _task: Any, ctx: TaskContext) -> int:
         import sys
         import traceback
 
-        global retire
-        retire = True
+        ctx.retire = True
         obj = self.cls.__new__(self.cls)
         obj.__dict__.update(self.state)
         obj._config = {}

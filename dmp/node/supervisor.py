@@ -2,8 +2,9 @@
 
 Used by the local engine (workers forked from the user's process, so globals
 set before the pool exists are visible) and by the worker node daemon. The
-owner polls :meth:`sentinels` in its reactor; a readable sentinel is a death
-to :meth:`reap`, which says which task the worker was running at the time.
+owner registers the sentinels in its reactor's poller (:meth:`watch`); a
+readable sentinel is a death to :meth:`reap`, which says which task the
+worker was running at the time.
 """
 
 from __future__ import annotations
@@ -96,9 +97,6 @@ class Supervisor:
         for fd in watched - fds:
             poller.unregister(fd)
         return fds
-
-    def sentinels(self) -> list[int]:
-        return list(self.handles)
 
     def reap(self, fd: int) -> Exited | None:
         """The worker behind sentinel ``fd`` ended: collect it and say how."""

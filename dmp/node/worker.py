@@ -134,6 +134,7 @@ class Worker:
         self.max_message = 0  # the manager's limit, from its Welcome
         self.out_bytes = 0
         self.origin = f"{cfg.node} pid={os.getpid()}"
+        self.context = runners.TaskContext()  # a runner sets context.retire
 
     def hello(self) -> None:
         now = time.monotonic()
@@ -253,9 +254,12 @@ class Worker:
                 raise ProtocolError(f"task {key} names job {job_key} that this worker was never sent")
             task = serialization.loads(frames)
             fn = runner.get()
-            if getattr(fn, "announce", False):
-                self.chan.send(protocol.TaskStarted(0, key, os.getpid(), self.cfg.node))
-            result = fn(task) if fn is not None else runners.call(task)
+            if fn is None:  # a local pool's apply job: no runner to send
+                result = runners.call(task)
+            else:
+                if fn.announce:
+                    self.chan.send(protocol.TaskStarted(0, key, os.getpid(), self.cfg.node))
+                result = fn(task, self.context)
         except BaseException as exc:  # a task's SystemExit is its result, not our exit
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -291,7 +295,7 @@ class Worker:
         self.current = -1
         if slot is not None:
             _SLOT.pack_into(slot, 0, -1, 0)
-        if runners.retire:
+        if self.context.retire:
             self.stopping = True  # maxtasksperchild of a cluster pool: a fresh process next
         if self.cfg.heartbeat and os.getppid() != self.parent:
             self.stopping = True  # our node died while we ran: an orphan must not go on

@@ -80,7 +80,6 @@ class ErrorCode(enum.StrEnum):
     TOO_LARGE = "too-large"
     UNKNOWN_JOB = "unknown-job"
     REFUSED = "refused"
-    SHUTDOWN = "shutdown"
 
 
 class Message:

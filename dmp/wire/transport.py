@@ -4,6 +4,10 @@ A :class:`Channel` is a socket plus the message signer. It sends
 ``Message`` + payload frames and receives them back, verifying the signature
 before anything else is looked at. ``zmq.ZMQError`` stops here: callers see
 :class:`dmp.ManagerUnavailableError` or :class:`dmp.ProtocolError`.
+
+"Session" in this module always means the signing session (a nonce and a
+counter each way, opened by the manager's Welcome); the client's job
+bookkeeping is ``dmp.client.session.Session``, a different thing.
 """
 
 from __future__ import annotations

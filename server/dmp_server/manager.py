@@ -64,7 +64,7 @@ DRAIN_BATCH = 512
 
 
 class LocalClient(Protocol):
-    """An in-process client session (embedded mode)."""
+    """An in-process client (embedded mode): its ``dmp.client.session.Session``."""
 
     def on_message(self, msg: protocol.Message, frames: list[Any]) -> None: ...
 
@@ -74,7 +74,6 @@ class LocalSupervisor(Protocol):
 
     respawn: bool
 
-    def sentinels(self) -> list[int]: ...
     def watch(self, poller: Any, watched: set[int]) -> set[int]: ...
     def reap(self, fd: int) -> Any: ...
     def spawn(self) -> str: ...

@@ -88,6 +88,19 @@ class Client:
     running: int = 0
     max_workers: int = 0  # Pool(k) in a cluster: at most k workers at once (0: no cap)
     on: dict[str, int] = field(default_factory=dict)  # worker -> this client's tasks there
+    done: int = 0  # outcomes delivered (returned, raised, lost)
+    failed: int = 0  # of which were errors
+    retried: int = 0  # reruns after a worker died
+
+
+@dataclass(slots=True)
+class Totals:
+    """Counters since the manager started (the dashboard's and /metrics' figures)."""
+
+    done: int = 0
+    failed: int = 0
+    retried: int = 0
+    workers_lost: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -115,6 +128,7 @@ class Scheduler:
         self.est_run_s: float | None = None
         self.in_flight = INITIAL_IN_FLIGHT  # tasks a worker may hold, from est_run_s
         self.tasks_done = 0
+        self.totals = Totals()
 
     # --- peers ------------------------------------------------------------
 
@@ -147,6 +161,8 @@ class Scheduler:
         if worker is None:
             return []
         assigned = list(worker.assigned.values())
+        if exitcode != 0 or running != -1:
+            self.totals.workers_lost += 1
         if running is None:
             running = assigned[0].key if assigned else -1
         cmds: list[Command] = []
@@ -168,6 +184,9 @@ class Scheduler:
                     info = [f"{text}; gave up after {task.attempt} attempts", *task.last_loss[1:]]
                     cmds += self._finish(task, Status.LOST, [], info)
                     continue
+                self.totals.retried += 1
+                if client is not None:
+                    client.retried += 1
             self._requeue(task)
         for client in self.clients.values():
             for job in client.jobs.values():
@@ -244,6 +263,7 @@ class Scheduler:
             self.tasks.pop(key, None)
             job = task.job
             job.outstanding -= 1
+            self._count(client, status)
             if client is not None and job.job_id in client.jobs:
                 batch = out.setdefault(client.peer, ([], []))
                 batch[0].append([job.job_id, task.task_id, status, nframes, 0.0, info])
@@ -361,11 +381,20 @@ class Scheduler:
         client.queued += 1
         self.queued_total += 1
 
+    def _count(self, client: Client | None, status: int) -> None:
+        failed = status != Status.OK
+        self.totals.done += 1
+        self.totals.failed += failed
+        if client is not None:
+            client.done += 1
+            client.failed += failed
+
     def _finish(self, task: Task, status: Status, frames: list[Any], info: Any) -> list[Command]:
         self.tasks.pop(task.key, None)
         job = task.job
         job.outstanding -= 1
         client = self.clients.get(job.client)
+        self._count(client, status)
         if client is None or job.job_id not in client.jobs:
             return []
         msg = protocol.Results([[job.job_id, task.task_id, int(status), len(frames), 0.0, info]])

@@ -703,3 +703,28 @@ def test_max_workers_caps_a_clients_parallelism_not_its_prefetch() -> None:
     cmds = s.submit("B", 1, [(i, [b"y"]) for i in range(4)])
     used_b = {c.to for c in cmds if isinstance(c, Send) and isinstance(c.msg, P.Dispatch)}
     assert used_b and used_b.isdisjoint(used)
+
+
+def test_totals_count_outcomes_failures_retries_and_lost_workers(h: Harness) -> None:
+    h.client("A")
+    h.client("B")
+    h.worker("w1")
+    h.job("A", 1, max_retries=1)
+    h.job("B", 1)
+    h.submit("A", 1, [1, 2])
+    h.complete("w1", 1)
+    h.complete("w1", 1, status=Status.RAISED)
+    h.submit("A", 1, [3])
+    h.die("w1", -9, running=h.s.workers["w1"].assigned and next(iter(h.s.workers["w1"].assigned)))
+    assert (h.s.totals.retried, h.s.totals.workers_lost) == (1, 1)
+    h.worker("w2")
+    h.die("w2", -9, running=next(iter(h.s.workers["w2"].assigned)))  # past max_retries: lost
+    h.worker("w3")
+    h.submit("B", 1, [1])
+    h.complete("w3")
+    h.die("w3", 0, running=-1)  # a clean exit (maxtasksperchild) is not a loss
+    t = h.s.totals
+    assert (t.done, t.failed, t.retried, t.workers_lost) == (4, 2, 1, 2)
+    a, b = h.s.clients["A"], h.s.clients["B"]
+    assert (a.done, a.failed, a.retried) == (3, 2, 1)
+    assert (b.done, b.failed, b.retried) == (1, 0, 0)

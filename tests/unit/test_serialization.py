@@ -207,3 +207,33 @@ def test_load_exception_of_garbage_gives_remote_error() -> None:
     got = load_exception([b"not a pickle"])
     assert isinstance(got, RemoteError)
     assert "could not unpickle" in str(got)
+
+
+def test_remote_traceback_names_where_it_was_raised_and_shows_local_source(tmp_path: Any) -> None:
+    import linecache
+
+    source = tmp_path / "job_module.py"
+    source.write_text("def f(x):\n    y = x + 1\n    raise ValueError(f'bad {y}')\n")
+    # What a worker on another host formats: file and line, but no source there.
+    remote_tb = (
+        'Traceback (most recent call last):\n'
+        f'  File "{source}", line 3, in f\n'
+        "ValueError: bad 2\n"
+    )
+    linecache.clearcache()
+    from dmp.serialization import with_local_source
+
+    shown = with_local_source(remote_tb)
+    assert f'  File "{source}", line 3, in f\n    raise ValueError(f\'bad {{y}}\')\n' in shown
+    # Lines that already carry source, and files that do not exist here, are left alone.
+    assert with_local_source(shown) == shown
+    missing = remote_tb.replace(str(source), "/nonexistent/x.py")
+    assert with_local_source(missing) == missing
+
+    try:
+        raise KeyError("k")
+    except KeyError as exc:
+        frames = dump_exception(exc, where="node 'n1' (10.0.0.7), pid 42")
+    err = load_exception(frames)
+    assert isinstance(err, KeyError)
+    assert "Raised in node 'n1' (10.0.0.7), pid 42" in str(err.__cause__)

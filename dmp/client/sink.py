@@ -1,0 +1,78 @@
+"""The job contract: what the client session and the pool's feeder call on a job's sink.
+
+A sink turns one job's task outcomes into what the user waits on
+(ApplyResult, MapResult, IMapIterator, the cluster Process's Popen). Every
+sink subclasses :class:`Sink`; the sinks of map jobs, which the pool's feeder
+also drives, subclass :class:`MapSink`. Nobody probes a sink with
+``getattr``: what is not overridden here has a default that does nothing.
+
+    Session.on_message (link thread, or a caller leading the link):
+        Results      -> on_result(task, status, frames, info) per outcome
+                        (a raising on_result is reported, then finished() asked)
+        TaskStarted  -> on_started(pid, node)
+        Error(job)   -> on_failure(exc)        the manager refused the job
+    Session.fail_all (any thread: link lost, pool closed or terminated)
+                     -> on_failure(exc)
+    Pool feeder thread (MapSink only):
+        abandoned()  before each batch: stop feeding a job nobody reads
+        fail_chunk() a chunk that never left (did not pickle, iterable raised)
+        set_length() once every task is handed over
+
+Sinks run on the link's thread: they must be quick and must not block.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+from dmp.wire.protocol import Status
+
+
+class Sink(abc.ABC):
+    """One job's outcomes, as the session delivers them."""
+
+    # True when this sink's tasks stay counted against the client's credit
+    # until the caller consumes their results (imap), so a slow reader slows
+    # the feeder. The sink then releases that credit itself (with the
+    # ``release`` it was given); the session releases everyone else's on
+    # arrival.
+    holds_credit: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def on_result(self, task_id: int, status: Status, frames: list[Any], info: Any) -> bool:
+        """One task's outcome (``CANCELLED`` included); True when the job needs nothing more.
+
+        ``info`` is the Results item's info: for ``LOST`` ``[text, node, pid,
+        exitcode]``, for ``CANCELLED`` a text. A user callback raising here
+        propagates; the session reports it and asks :meth:`finished`.
+        """
+
+    @abc.abstractmethod
+    def on_failure(self, exc: BaseException) -> None:
+        """The whole job failed (session lost, pool stopped, job refused); may come more than once."""
+
+    def on_started(self, pid: int, node: str) -> None:
+        """A worker announced it is running this job's task (``TaskStarted``)."""
+        return None  # most jobs do not care
+
+    def finished(self) -> bool:
+        """After ``on_result`` raised: True if the job is complete all the same."""
+        return False
+
+
+class MapSink(Sink):
+    """A map job's sink, which the pool's feeder thread also drives."""
+
+    def abandoned(self) -> bool:
+        """True once nobody will read the results: the feeder stops sending tasks."""
+        return False
+
+    @abc.abstractmethod
+    def fail_chunk(self, task_id: int, exc: BaseException) -> None:
+        """Task ``task_id`` never left this process (its items did not pickle,
+        the caller's iterable raised, or it was too large to send); it fails with ``exc``."""
+
+    def set_length(self, length: int) -> None:
+        """The feeder handed over ``length`` tasks in all (sent or failed); nothing more comes."""
+        return None  # a sink that knew its length from the start
