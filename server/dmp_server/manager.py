@@ -382,7 +382,7 @@ class Manager:
             self._hello(ident, peer_id, msg)
             return
         if peer is None:
-            if not isinstance(msg, protocol.Bye) and not self.chan.has_session(ident):
+            if not isinstance(msg, protocol.Bye):
                 self._send_raw(ident, protocol.Error(ErrorCode.UNKNOWN_PEER, "say Hello first"))
             return
         peer.last_seen = time.monotonic()
@@ -568,7 +568,7 @@ class Manager:
             # or its finished tasks would be run twice.
             self._exiting[peer_id] = time.monotonic() + EXIT_GRACE_S
             return
-        self.peers.pop(peer_id, None)
+        self._drop_peer(peer_id)
         self._carry_out(self.scheduler.remove_worker(peer_id, exitcode, running))
 
     @staticmethod
@@ -576,6 +576,12 @@ class Manager:
         return worker_id.encode().hex()
 
     # --- peers going away ----------------------------------------------------------------------
+
+    def _drop_peer(self, peer_id: str) -> None:
+        """Forget a peer without telling the scheduler, and end its signing session."""
+        peer = self.peers.pop(peer_id, None)
+        if peer is not None and peer.ident is not None:
+            self.chan.close_session(peer.ident)
 
     def _forget(self, peer_id: str, *, keep_session: bool = False) -> None:
         peer = self.peers.pop(peer_id, None)
@@ -593,14 +599,14 @@ class Manager:
             self._carry_out(self.objects.peer_gone(peer_id))
         elif role == Role.NODE:
             for worker in [w for w in self.scheduler.workers.values() if w.node == (peer.name if peer else "")]:
-                self.peers.pop(worker.peer, None)
+                self._drop_peer(worker.peer)
                 self._carry_out(self.scheduler.remove_worker(worker.peer, None))
 
     def _tick(self, now: float) -> None:
         for peer_id, until in list(self._exiting.items()):
             if until <= now:
                 del self._exiting[peer_id]
-                self.peers.pop(peer_id, None)
+                self._drop_peer(peer_id)
                 self._carry_out(self.scheduler.remove_worker(peer_id, 0, -1))
         deadline = now - self.heartbeat_s * LIVENESS
         while self._joining:
