@@ -249,7 +249,9 @@ class Channel:
             ident = parts[0].bytes
             parts = parts[1:]
         if len(parts) < 2:
-            raise Refused(ident, ProtocolError(f"message has {len(parts)} frames, expected 2 or more"))
+            bad = ProtocolError(f"message has {len(parts)} frames, expected 2 or more")
+            trusted = self.keys.signer.key is None  # without a key, nobody is a stranger
+            raise Refused(ident, bad, protocol.Error(protocol.ErrorCode.BAD_MESSAGE, str(bad)) if trusted else None)
         body = parts[1:]
         views = [p.buffer for p in body]
         keys = self.keys

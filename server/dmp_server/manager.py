@@ -363,10 +363,11 @@ class Manager:
     # --- handlers ----------------------------------------------------------------------
 
     def _refuse(self, refused: transport.Refused) -> None:
-        """Log (at a bounded rate) and answer (at most once an interval, unsigned
-        unless the sender is in a session) a refused message."""
+        """Log (at a bounded rate) and answer (with a key: at most once an
+        interval, unsigned unless the sender is in a session) a refused message."""
         ident = refused.ident
-        if not self.refusals.refused(ident, str(refused.error), time.monotonic()) or ident is None:
+        first = self.refusals.refused(ident, str(refused.error), time.monotonic())
+        if ident is None or not (first or self.key is None):  # without a key, every peer is trusted
             return
         if refused.reply is not None:
             in_session = self.chan.has_session(ident) and refused.reply.code != ErrorCode.UNKNOWN_PEER
