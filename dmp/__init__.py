@@ -30,6 +30,7 @@ _LAZY = {
         "dmp.errors",
     ),
     "Executor": "dmp.client.executor",
+    **dict.fromkeys(["LocalCluster", "status", "wait_for_workers"], "dmp.client.cluster"),
     "Pool": "dmp.client.pool",
     **dict.fromkeys(["Process", "active_children", "current_process", "parent_process"], "dmp.client.process"),
     # Queue, Lock, Value, ...: the standard library's fork-context objects in
@@ -42,6 +43,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from dmp.client.cluster import LocalCluster, status, wait_for_workers
     from dmp.client.executor import Executor
     from dmp.client.pool import Pool
     from dmp.client.primitives import (
@@ -143,6 +145,7 @@ __all__ = [
     "Event",
     "Executor",
     "JoinableQueue",
+    "LocalCluster",
     "Lock",
     "Manager",
     "ManagerUnavailableError",
@@ -168,4 +171,6 @@ __all__ = [
     "freeze_support",
     "get_start_method",
     "parent_process",
+    "status",
+    "wait_for_workers",
 ]

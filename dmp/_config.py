@@ -13,6 +13,10 @@ from dataclasses import dataclass
 ENV_ADDRESS = "DMP_ADDRESS"
 ENV_AUTHKEY = "DMP_AUTHKEY"
 ENV_CURVE = "DMP_CURVE"
+ENV_LOG_LEVEL = "DMP_LOG_LEVEL"
+ENV_TOKEN = "DMP_TOKEN"
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 # Seconds a client waits for a manager to answer before ManagerUnavailableError.
 CONNECT_TIMEOUT_S = 10.0
@@ -113,6 +117,29 @@ def curve_dir(value: str | None = None) -> str | None:
 def export_curve(directory: str) -> None:
     """Daemons hand their --curve setting to the processes they start."""
     os.environ[ENV_CURVE] = directory
+
+
+def env_address() -> str | None:
+    """``DMP_ADDRESS`` as given (unchecked), or None."""
+    return os.environ.get(ENV_ADDRESS) or None
+
+
+def env_token() -> str | None:
+    """``DMP_TOKEN`` as given (unchecked), or None."""
+    return os.environ.get(ENV_TOKEN) or None
+
+
+def log_level(value: str | None) -> str:
+    """The daemons' log level: ``value`` (--log-level), else DMP_LOG_LEVEL, else info.
+
+    Raises:
+        ValueError: the level is not one of LOG_LEVELS.
+    """
+    level = (value or os.environ.get(ENV_LOG_LEVEL) or "info").strip().lower()
+    if level not in LOG_LEVELS:
+        source = "--log-level" if value else ENV_LOG_LEVEL
+        raise ValueError(f"{source} must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
+    return level
 
 
 def cpu_count() -> int:

@@ -40,7 +40,7 @@ def test_quickstart_prints_the_seed_results() -> None:
     assert out.count("module name: __main__") == 2
     assert "hello bob" in out
     assert "cluster map: " + str([x * x for x in range(40)]) in out
-    assert "node-a ran" in out and "node-b ran" in out
+    assert "local-1 ran" in out and "local-2 ran" in out
     assert "manager and worker nodes shut down" in out
 
 

@@ -43,7 +43,8 @@ PROBE = (
     "    import dmp\n"
     "except ImportError as e:\n"
     "    print('dmp-probe missing', e); sys.exit(0)\n"
-    "print('dmp-probe ok', dmp.__version__, '%d.%d' % sys.version_info[:2])\n"
+    "import os\n"
+    "print('dmp-probe ok', dmp.__version__, '%d.%d' % sys.version_info[:2], os.cpu_count() or 1)\n"
 )
 
 
@@ -73,8 +74,8 @@ def ssh_argv(host: str, options: Sequence[str], remote: Sequence[str]) -> list[s
     return [*argv, host, "--", " ".join(shlex.quote(word) for word in remote)]
 
 
-def probe(host: str, python: str, options: Sequence[str], timeout: float = 30.0) -> tuple[str, str]:
-    """(dmp version, Python minor) of ``host``, or LaunchError naming what is wrong."""
+def probe(host: str, python: str, options: Sequence[str], timeout: float = 30.0) -> tuple[str, str, int]:
+    """(dmp version, Python minor, CPU count) of ``host``, or LaunchError naming what is wrong."""
     try:
         done = subprocess.run(ssh_argv(host, options, [python, "-c", PROBE]), capture_output=True,
                               text=True, timeout=timeout, stdin=subprocess.DEVNULL)
@@ -90,25 +91,26 @@ def probe(host: str, python: str, options: Sequence[str], timeout: float = 30.0)
         raise LaunchError(f"{host}: no {python} there (give the remote interpreter with --remote-python)")
     if words[:2] == ["dmp-probe", "missing"]:
         raise LaunchError(f"{host}: dmp is not installed for {python} ({' '.join(words[2:])})")
-    if len(words) != 4 or words[:2] != ["dmp-probe", "ok"]:
+    if len(words) != 5 or words[:2] != ["dmp-probe", "ok"] or not words[4].isdigit():
         raise LaunchError(f"{host}: {python} did not run the probe: {(err or ['no output'])[-1]}")
-    return words[2], words[3]
+    return words[2], words[3], int(words[4])
 
 
-def check_hosts(hosts: Sequence[str], python: str, options: Sequence[str]) -> None:
-    """Probe every host at once; one LaunchError listing every bad host."""
+def check_hosts(hosts: Sequence[str], python: str, options: Sequence[str]) -> dict[str, int]:
+    """Probe every host at once: each host's CPU count, or one LaunchError listing every bad host."""
     import dmp
 
     mine = (dmp.__version__, f"{sys.version_info[0]}.{sys.version_info[1]}")
     problems: dict[str, str] = {}
+    cpus: dict[str, int] = {}
 
     def one(host: str) -> None:
         try:
-            theirs = probe(host, python, options)
+            *theirs, cpus[host] = probe(host, python, options)
         except LaunchError as exc:
             problems[host] = str(exc)
             return
-        if theirs != mine:
+        if tuple(theirs) != mine:
             problems[host] = (f"{host}: dmp {theirs[0]} on Python {theirs[1]}, but this launcher runs "
                               f"dmp {mine[0]} on Python {mine[1]}: install the same versions everywhere")
 
@@ -119,6 +121,7 @@ def check_hosts(hosts: Sequence[str], python: str, options: Sequence[str]) -> No
         t.join()
     if problems:
         raise LaunchError("\n".join(problems[h] for h in hosts if h in problems))
+    return cpus
 
 
 def ssh_hostname(host: str, options: Sequence[str]) -> str:
@@ -203,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         with os.fdopen(fd, "wb") as fh:  # mkstemp makes it 0600
             fh.write(key + b"\n")
     try:
-        check_hosts(hosts, args.remote_python, args.ssh_option)
+        cpus = check_hosts(hosts, args.remote_python, args.ssh_option)
     except LaunchError as exc:
         print("\n".join(f"dmp ssh: {line}" for line in str(exc).splitlines()), file=sys.stderr)
         _remove(keyfile)
@@ -215,16 +218,18 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
     try:
-        return _serve(launch, hosts, address, keyfile, stopping, args)
+        slots = {h: cpus[h] if args.processes in (None, "auto") else int(args.processes) for h in hosts}
+        return _serve(launch, slots, address, keyfile, stopping, args)
     finally:
         launch.stop()
         _remove(keyfile)
 
 
-def _serve(launch: Launch, hosts: list[str], address: str, keyfile: str | None,
+def _serve(launch: Launch, slots: dict[str, int], address: str, keyfile: str | None,
            stopping: threading.Event, args: argparse.Namespace) -> int:
     from dmp import cli
 
+    hosts = list(slots)
     manager = launch.start(hosts[0], "manager", ["--bind", f"tcp://0.0.0.0:{args.port}"])
     node_args = [] if args.processes in (None, "auto") else ["--processes", args.processes]
     for host in hosts:
@@ -242,12 +247,13 @@ def _serve(launch: Launch, hosts: list[str], address: str, keyfile: str | None,
                 return 1
         if not ready:
             status = cli.fetch_status(address, launch.key, 2.0)
-            joined = {n["name"] for n in status["nodes"]} if status else set()
-            if status and set(hosts) <= joined:
+            joined = {n["name"]: n["slots"] for n in status["nodes"]} if status else {}
+            if status and all(joined.get(h, 0) >= n for h, n in slots.items()):
                 print(f"ready: {status['slots']} slots", flush=True)
                 ready = True
             elif time.monotonic() > deadline:
-                missing = ", ".join(h for h in hosts if h not in joined) if status else "the manager"
+                missing = ", ".join(f"{h} ({joined.get(h, 0)} of {n} slots)" for h, n in slots.items()
+                                    if joined.get(h, 0) < n) if status else "the manager"
                 print(f"dmp ssh: not joined after {args.timeout:g} s: {missing}", file=sys.stderr, flush=True)
                 return 1
         stopping.wait(0.5 if ready else 0.2)

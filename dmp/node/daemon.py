@@ -7,6 +7,10 @@
 The node never carries task data: workers talk to the manager themselves, so
 a node is only liveness and supervision. When the manager goes away the
 sockets reconnect by themselves and node and workers say Hello again.
+
+Before it first joins, a node that the manager refuses (a wrong authkey, or
+a CURVE handshake failing against a manager without the pinned key) stops
+with EXIT_REFUSED, so a service manager does not retry it forever.
 """
 
 from __future__ import annotations
@@ -21,13 +25,19 @@ from typing import Any
 import zmq
 
 from dmp.node.supervisor import Supervisor
-from dmp.node.worker import EXIT_REFUSED, HELLO_BACKOFF_MAX_S, HELLO_BACKOFF_S, WorkerConfig
+from dmp.node.worker import HELLO_BACKOFF_MAX_S, HELLO_BACKOFF_S, WorkerConfig
 from dmp.wire import protocol, transport
 
 log = logging.getLogger("dmp.node")
 
 HEARTBEAT_S = 1.0
 LIVENESS = 5
+# Exit statuses of ``dmp worker`` (see the CLI): the manager refused our key.
+EXIT_REFUSED = 3
+
+_HANDSHAKE_FAILED = int(
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 
 
 class Node:
@@ -40,22 +50,26 @@ class Node:
         )
         self.supervisor = Supervisor(template, count=processes, name_prefix="dmp-worker")
         self._stop = False
-        self.exit_code = 0
 
     def request_stop(self, *_: Any) -> None:
         self._stop = True
 
-    def run(self) -> None:
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (0) or until the manager refuses our key (EXIT_REFUSED)."""
         # Fork the workers before this process has a live ZeroMQ context.
         self.supervisor.start()
         sock = transport.make_socket(zmq.DEALER)
         chan = transport.Channel(sock, self.key)
+        monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED) if transport.curve_enabled() else None
         sock.connect(self.address)
         hello = protocol.Hello(protocol.Role.NODE, self.name, socket.gethostname(), os.getpid(), self.supervisor.count)
         chan.send(hello)
         log.info("node %s started %d workers for %s", self.name, self.supervisor.count, self.address)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        if monitor is not None:
+            poller.register(monitor, zmq.POLLIN)
+        status = 0
         watched: set[int] = set()
         last_heard = time.monotonic()
         beat = HEARTBEAT_S  # until the manager's Welcome says otherwise
@@ -67,11 +81,23 @@ class Node:
             while not self._stop:
                 watched = self.supervisor.watch(poller, watched)
                 ready = dict(poller.poll(int(max(0.0, next_beat - time.monotonic()) * 1000) + 1))
+                if monitor is not None and monitor in ready:
+                    monitor.recv_multipart()
+                    if not joined:
+                        log.error(
+                            "the CURVE handshake with %s failed: that manager does not hold the server key "
+                            "we were given (server.key or the join token); not retrying", self.address,
+                        )
+                        status = EXIT_REFUSED
+                        break
                 if sock in ready:
                     while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                         try:
                             _, msg, _frames = chan.recv(zmq.NOBLOCK)
                         except transport.Refused as refused:
+                            # Unverifiable (a rogue peer's junk, a stale session's last
+                            # words): dropped. The manager's answer to a wrong key is an
+                            # unsigned Error the channel lets through (see below).
                             log.error("refused a message from the manager: %s", refused.error)
                             continue
                         last_heard = time.monotonic()
@@ -88,12 +114,13 @@ class Node:
                                 chan.send(hello)
                                 next_hello = time.monotonic() + backoff
                                 backoff = min(backoff * 2, HELLO_BACKOFF_MAX_S)
-                        elif isinstance(msg, protocol.Error) and msg.code in (
+                        elif isinstance(msg, protocol.Error) and not joined and msg.code in (
                             protocol.ErrorCode.AUTH, protocol.ErrorCode.VERSION,
                         ):
-                            log.error("the manager refused this node: %s", msg.text)
-                            self.exit_code = EXIT_REFUSED
+                            log.error("the manager at %s refused this node: %s", self.address, msg.text)
+                            status = EXIT_REFUSED
                             self._stop = True
+                            break
                         elif isinstance(msg, protocol.Error):
                             log.error("manager refused: %s", msg.text)
                         elif isinstance(msg, protocol.Bye):
@@ -122,10 +149,15 @@ class Node:
             # nodes; then the workers are stopped (their late results are
             # dropped by the manager, never delivered twice).
             log.info("node %s stopping", self.name)
-            chan.send(protocol.Bye("node stopping"))
+            if status == 0:
+                chan.send(protocol.Bye("node stopping"))
             self.supervisor.stop(kill=False, timeout=5.0)
+            if monitor is not None:
+                sock.disable_monitor()
+                monitor.close(0)
             chan.close()
             transport.context().term()  # deliver the Bye (bounded by LINGER_MS)
+        return status
 
 
     def signal_worker(self, msg: protocol.SignalWorker) -> None:
@@ -140,9 +172,8 @@ class Node:
 
 
 def run_node(address: str, *, processes: int, name: str, key: bytes | None) -> int:
-    """Serve until stopped; the exit status (3: the manager refused our key or version)."""
+    """Run a node until SIGTERM/SIGINT; returns its exit status (0, or EXIT_REFUSED)."""
     node = Node(address, processes=processes, name=name, key=key)
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)
-    node.run()
-    return node.exit_code
+    return node.run()

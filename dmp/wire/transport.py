@@ -65,16 +65,27 @@ class Curve:
     throwaway key pair per socket: CURVE encrypts; the authkey authenticates.
     """
 
-    def __init__(self, directory: str, *, server: bool) -> None:
+    def __init__(self, directory: str | None, *, server: bool, public: bytes | None = None) -> None:
         import zmq.auth
+
+        if directory is None:  # a pinned public key (from a join token), no files
+            if public is None or server:
+                raise ValueError("a CURVE client needs the server's public key")
+            self.public: bytes = public
+            self.secret: bytes | None = None
+            return
 
         secret_file = os.path.join(directory, "server.key_secret")
         public_file = os.path.join(directory, "server.key")
         if server and not os.path.exists(secret_file):
             os.makedirs(directory, mode=0o700, exist_ok=True)
-            os.chmod(directory, 0o700)
-            zmq.auth.create_certificates(directory, "server")
-            os.chmod(secret_file, 0o600)  # the one secret dmp writes: its owner's only
+            # Key files dmp writes are its owner's only: no window where the
+            # secret is readable by others (a daemon starting: one thread).
+            old_umask = os.umask(0o077)
+            try:
+                zmq.auth.create_certificates(directory, "server")
+            finally:
+                os.umask(old_umask)
         try:
             public, secret = zmq.auth.load_certificate(secret_file if server else public_file)
         except (OSError, ValueError) as exc:
@@ -108,6 +119,19 @@ def use_curve(directory: str | None, *, server: bool = False) -> None:
     _curve_checked = True
     if found:
         _config.export_curve(found)
+
+
+def pin_curve_key(public: bytes) -> None:
+    """Encrypt every socket from now on, trusting only the server with this public key."""
+    global _curve, _curve_checked
+    _curve = Curve(None, server=False, public=public)
+    _curve_checked = True
+
+
+def curve_public_key() -> bytes | None:
+    """The manager's CURVE public key in use, or None without CURVE."""
+    curve = _curve_settings()
+    return curve.public if curve is not None else None
 
 
 def curve_enabled() -> bool:

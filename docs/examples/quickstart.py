@@ -1,16 +1,9 @@
 """dmp's main job: the seed examples locally, then a Pool.map over two worker
 nodes joined to a manager daemon on loopback, then everything shut down."""
 
-import collections
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 
 import dmp
-from dmp.cli import fetch_status
 
 
 def f(x):
@@ -30,46 +23,24 @@ def hello(name):
 
 
 def where(x):
-    return x * x, os.environ.get("DMP_NODE_NAME", "?"), os.getpid()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return x * x, os.getpid()
 
 
 def cluster_demo():
-    address = f"tcp://127.0.0.1:{free_port()}"
-    daemons = []
-
-    def spawn(*args, **env):
-        cmd = [sys.executable, "-m", "dmp", *args]
-        print("$", " ".join(["dmp", *args]))
-        daemons.append(subprocess.Popen(cmd, env={**os.environ, **env}, stderr=subprocess.DEVNULL))
-
-    try:
-        spawn("manager", "--bind", address)
-        spawn("worker", address, "--processes", "2", "--name", "node-a", DMP_NODE_NAME="node-a")
-        spawn("worker", address, "--processes", "2", "--name", "node-b", DMP_NODE_NAME="node-b")
-        deadline = time.monotonic() + 30
-        while (status := fetch_status(address, None, 1.0)) is None or status["slots"] < 4:
-            if time.monotonic() > deadline:
-                raise SystemExit("the loopback cluster did not come up")
-            time.sleep(0.1)
-        with dmp.Pool(address=address) as pool:
+    # A real `dmp manager` and two `dmp worker` daemons (2 worker processes
+    # each) on loopback, with a fresh authkey; stopped when the block ends.
+    with dmp.LocalCluster(nodes=2, processes=2) as cluster:
+        print("cluster up at", cluster.address)
+        dmp.wait_for_workers(4, timeout=30, address=cluster.address, authkey=cluster.authkey)
+        with dmp.Pool(address=cluster.address, authkey=cluster.authkey) as pool:
             results = pool.map(where, range(40), chunksize=1)
-        print("cluster map:", [r[0] for r in results])
-        ran = collections.Counter(node for _, node, _ in results)
-        for node, count in sorted(ran.items()):
-            pids = sorted({pid for _, n, pid in results if n == node})
-            print(f"  {node} ran {count} tasks in worker pids {pids}")
-    finally:
-        for proc in reversed(daemons):
-            proc.send_signal(signal.SIGTERM)
-        for proc in daemons:
-            proc.wait(10)
-        print("manager and worker nodes shut down")
+        print("cluster map:", [square for square, _ in results])
+        print("worker pids:", sorted({pid for _, pid in results}))
+        status = dmp.status(cluster.address, cluster.authkey)
+        print(f"slots {status['slots']}, busy {status['busy']}, queued {status['queued']}")
+        for node in sorted(status["nodes"], key=lambda n: n["name"]):
+            print(f"  {node['name']} ran {node['tasks_done']} tasks on {node['slots']} slots")
+    print("manager and worker nodes shut down")
 
 
 if __name__ == "__main__":

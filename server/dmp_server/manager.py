@@ -479,7 +479,9 @@ class Manager:
             self._carry_out(self.scheduler.add_worker(peer_id, msg.node, msg.pid, msg.max_tasks))
         elif msg.role == Role.CLIENT:
             self.scheduler.add_client(peer_id, msg.slots)  # a client's slots: Pool(k)
-        log.info("%s %s joined (pid %s on %s)", msg.role, msg.name or peer_id, msg.pid, host)
+        # Nodes and clients at INFO; a worker process or a status probe at DEBUG.
+        level = logging.INFO if msg.role in (Role.NODE, Role.CLIENT) else logging.DEBUG
+        log.log(level, "%s joined (pid %s)", self._who(peer_id), msg.pid)
 
     def _handle_client(self, peer: str, msg: protocol.Message, frames: list[Any]) -> None:
         sched = self.scheduler
@@ -585,6 +587,10 @@ class Manager:
             self.chan.close_session(peer.ident)
 
     def _forget(self, peer_id: str, *, keep_session: bool = False) -> None:
+        if peer_id in self.peers:
+            peer_ = self.peers[peer_id]
+            level = logging.INFO if peer_.role in (Role.NODE, Role.CLIENT) else logging.DEBUG
+            log.log(level, "%s left", self._who(peer_id))
         peer = self.peers.pop(peer_id, None)
         if peer is not None and peer.ident is not None and not keep_session:
             self.chan.close_session(peer.ident)
@@ -621,7 +627,9 @@ class Manager:
             self.refusals.flush(now)
         for peer in list(self.peers.values()):
             if self._silent(peer, deadline):
-                log.warning("%s %s went silent; dropping it", peer.role, peer.name or peer.id)
+                # A status probe that gave up waiting is routine; a node or client is news.
+                level = logging.DEBUG if peer.role == Role.STATUS else logging.WARNING
+                log.log(level, "%s went silent; dropping it", self._who(peer.id))
                 self._forget(peer.id)
             elif peer.role in (Role.CLIENT, Role.NODE) and peer.ident is not None:
                 self._send_raw(peer.ident, protocol.Heartbeat())
@@ -666,7 +674,15 @@ class Manager:
         except zmq.ZMQError as exc:
             # EHOSTUNREACH: the peer is gone; EAGAIN: it stopped reading. Either
             # way this message cannot go now; liveness checks will drop the peer.
-            log.debug("could not send %s to %s: %s", type(msg).__name__, _show(ident), exc)
+            log.debug("could not send %s to %s: %s", type(msg).__name__, self._who(ident.hex()), exc)
+
+    def _who(self, peer_id: str | None) -> str:
+        """A peer as logs name it: role, name and host, never its socket id."""
+        peer = self.peers.get(peer_id) if peer_id else None
+        if peer is None:
+            return "an unknown peer" if peer_id not in self.locals else f"local client {peer_id}"
+        name = peer.name if peer.role != Role.CLIENT else f"{peer.name} (pid {peer.pid})"
+        return f"{peer.role} {name or '?'} on {peer.host or '?'}"
 
     # --- status -----------------------------------------------------------------------------
 
@@ -715,5 +731,5 @@ def _worker_id(peer_id: str) -> str:
         return peer_id
 
 
-def _show(ident: bytes | None) -> str:
-    return ident.hex() if ident else "?"
+def _peer_id(ident: bytes | None) -> str | None:
+    return ident.hex() if ident else None

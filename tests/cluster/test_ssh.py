@@ -201,7 +201,7 @@ def bare_python(tmp: Path) -> Path:
 def test_a_bad_host_is_named_in_one_clear_line(world: SshWorld, case: str) -> None:
     good = world.topo.ip("h1")
     fake = world.dir / "fake-python"
-    fake.write_text("#!/bin/sh\necho dmp-probe ok 0.0.1 3.11\n")
+    fake.write_text("#!/bin/sh\necho dmp-probe ok 0.0.1 3.11 2\n")
     fake.chmod(0o755)
     bad, python = {
         "unreachable": (world.topo.ip("nosshd"), PY),
