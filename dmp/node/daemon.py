@@ -117,7 +117,8 @@ class Node:
                         elif isinstance(msg, protocol.Error) and not joined and msg.code in (
                             protocol.ErrorCode.AUTH, protocol.ErrorCode.VERSION,
                         ):
-                            log.error("the manager at %s refused this node: %s", self.address, msg.text)
+                            what = "our authkey" if msg.code == protocol.ErrorCode.AUTH else "this node"
+                            log.error("the manager at %s refused %s: %s", self.address, what, msg.text)
                             status = EXIT_REFUSED
                             self._stop = True
                             break
