@@ -18,6 +18,18 @@ ENV_TOKEN = "DMP_TOKEN"
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
+# Seconds between heartbeats, both ways, between the manager and each peer,
+# unless the manager says otherwise (dmp manager --heartbeat-s, sent to every
+# peer in its Welcome, which every peer follows). One second notices a
+# vanished node within seconds, as the SPEC asks, for one tiny message per
+# peer per second.
+HEARTBEAT_S = 1.0
+# A peer (or, seen from a peer, the manager) silent for more than this many
+# heartbeats is gone. Silence is checked once a beat, so it is declared
+# 4 to 5 beats after it last spoke: 3 lost or late beats (a loaded host, a
+# long GC pause) are tolerated, and a dead node is still noticed within 5 s.
+LIVENESS = 4
+
 # Seconds a client waits for a manager to answer before ManagerUnavailableError.
 CONNECT_TIMEOUT_S = 10.0
 # Default number of reruns of a task whose worker process died.

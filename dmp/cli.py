@@ -98,7 +98,6 @@ def _target(args: argparse.Namespace) -> _Target:
 
 
 def cmd_manager(args: argparse.Namespace) -> int:
-    import zmq
     from dmp_server.manager import Manager
 
     bind = normalize_address(args.bind)
@@ -111,8 +110,8 @@ def cmd_manager(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    if args.heartbeat_s <= 0:
-        raise UsageError("--heartbeat-s must be positive")
+    if not 0 < args.heartbeat_s < float("inf"):
+        raise UsageError(f"--heartbeat-s must be a positive number of seconds, not {args.heartbeat_s!r}")
     _logging(args)
     transport.use_curve(args.curve, server=True)
     log = logging.getLogger("dmp.manager")
@@ -123,7 +122,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
             bind=[bind], key=key, max_message=int(args.max_message_mb * 1024 * 1024), max_clients=args.max_clients,
             max_queued=args.max_queued, heartbeat_s=args.heartbeat_s,
         )
-    except zmq.ZMQError as exc:
+    except transport.ZMQError as exc:
         raise UsageError(f"cannot listen on {bind}: {exc.strerror}") from None
     signal.signal(signal.SIGTERM, lambda *_: manager.stop())
     signal.signal(signal.SIGINT, lambda *_: manager.stop())
@@ -164,8 +163,6 @@ def _processes(text: str) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    import zmq
-
     from dmp.node.daemon import run_node
 
     processes = args.processes or _config.cpu_count()
@@ -174,7 +171,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _logging(args)
     try:
         return run_node(target.address, processes=processes, name=name, key=target.key)
-    except zmq.ZMQError as exc:
+    except transport.ZMQError as exc:
         raise UsageError(f"cannot connect to {target.address}: {exc.strerror}") from None
 
 
@@ -257,8 +254,9 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
                    help="most clients connected at once (default %(default)d)")
     p.add_argument("--max-queued", type=int, default=_config.MAX_QUEUED_PER_CLIENT,
                    help="most tasks one client may have queued in the manager (default %(default)d)")
-    p.add_argument("--heartbeat-s", type=float, default=1.0,
-                   help="heartbeat interval; a peer silent for 4 beats is declared lost, within 5 beats (default %(default)g)")
+    p.add_argument("--heartbeat-s", type=float, default=_config.HEARTBEAT_S,
+                   help=f"heartbeat interval, followed by every peer; a peer silent for {_config.LIVENESS} beats "
+                   f"is declared lost, within {_config.LIVENESS + 1} beats (default %(default)g)")
     p.set_defaults(func=cmd_manager)
     p = sub.add_parser("worker", help="run a worker node joined to a manager")
     p.add_argument("address", nargs="?", metavar="ADDRESS or TOKEN",

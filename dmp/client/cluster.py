@@ -38,21 +38,16 @@ def fetch_status(address: str, key: bytes | None, timeout: float) -> dict[str, A
     Raises:
         AuthenticationError: the manager refused our authkey (or lack of one).
     """
-    import zmq
+    from dmp.wire import peer, protocol, transport
 
-    from dmp.wire import protocol, transport
-
-    sock = transport.make_socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    chan = transport.Channel(sock, key)
+    chan = peer.connect(address, key, linger_ms=0)
     refused = False
     try:
-        sock.connect(address)
         chan.send(protocol.Hello(protocol.Role.STATUS, "status", socket.gethostname(), os.getpid()))
         chan.send(protocol.StatusRequest())
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
-            if not sock.poll(int(left * 1000) + 1):
+            if not peer.wait_readable(chan, left):
                 break
             try:
                 _, msg, _ = chan.recv()

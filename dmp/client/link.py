@@ -4,9 +4,9 @@
     caller thread waiting on a result --wait()--> leads: polls the socket's
         fd itself, receives, dispatches; its own reply wakes no other thread
     no caller waiting --> the link's thread polls and dispatches instead
-    every HEARTBEAT_S the link's thread sends a Heartbeat; silence for
-    LIVENESS beats, or a Bye, fails every waiting job with
-    ManagerUnavailableError (never a hang)
+    every beat (the manager's Welcome.heartbeat_s) the link's thread sends a
+    Heartbeat; silence for LIVENESS beats (dmp.wire.peer.Liveness), or a Bye,
+    fails every waiting job with ManagerUnavailableError (never a hang)
 
 Leader/follower: one waiting thread at a time leads (``_lead``); others
 follow, blocking on their own event, and the leader wakes the link's thread
@@ -30,16 +30,12 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-import zmq
-
 from dmp import _config
 from dmp.client.sigint import critical, interruptible
 from dmp.client.turns import Followers, Wakeup
 from dmp.errors import AuthenticationError, ManagerUnavailableError, MessageTooLargeError
-from dmp.wire import protocol, transport
+from dmp.wire import peer, protocol, transport
 
-HEARTBEAT_S = 1.0
-LIVENESS = 5
 # While a caller leads, the link's thread checks back this often (it also
 # sends heartbeats); a leader polls in slices of this, checking for failure.
 STEP_BACK_S = 0.01
@@ -63,7 +59,6 @@ class RemoteLink:
         self.address = address
         self.key = key
         self.welcome: protocol.Welcome | None = None
-        self.beat = HEARTBEAT_S
         self._io = threading.Lock()  # the socket and channel
         self._lead = threading.Lock()  # a caller polling the socket
         self._dispatch = threading.RLock()  # callbacks may wait on other results
@@ -78,11 +73,10 @@ class RemoteLink:
         self._clean = False  # the socket was seen empty since anyone last used it
         self._failure: BaseException | None = None
         self._ready = threading.Event()
-        self._last_heard = time.monotonic()
+        self._live = peer.Liveness(time.monotonic())  # the beat is the manager's, from its Welcome
         transport.curve_enabled()  # bad DMP_CURVE keys: ValueError here, not in our thread
-        self._chan = transport.Channel(transport.make_socket(zmq.DEALER), key)
-        self._fd = int(self._chan.sock.getsockopt(zmq.FD))
-        self._chan.sock.connect(address)
+        self._chan = peer.connect(address, key)
+        self._fd = peer.socket_fd(self._chan)
         hello = protocol.Hello(protocol.Role.CLIENT, f"client-{os.getpid()}", socket.gethostname(), os.getpid(), max_workers)
         with self._io:
             self._chan.send(hello)
@@ -172,7 +166,7 @@ class RemoteLink:
         while chan.readable():
             try:
                 _, msg, frames = chan.recv(transport.NOBLOCK)
-            except zmq.Again:
+            except peer.Again:
                 break
             except transport.Refused as refused:
                 error = refused.error
@@ -182,7 +176,7 @@ class RemoteLink:
             self._inbox.append((msg, frames))
         self._clean = True
         if got:
-            self._last_heard = time.monotonic()
+            self._live.heard(time.monotonic())
         return got
 
     def _pump(self) -> None:
@@ -253,23 +247,22 @@ class RemoteLink:
         serving.register(self._wake.fd, select.POLLIN)
         stepped_back = select.poll()
         stepped_back.register(self._wake.fd, select.POLLIN)
-        next_beat = time.monotonic() + self.beat
+        live = self._live
         try:
             while not self._stop and self._failure is None:
                 now = time.monotonic()
                 if self._lead.locked():
-                    ready = stepped_back.poll(min(STEP_BACK_S, max(0.0, next_beat - now)) * 1000)
+                    ready = stepped_back.poll(min(STEP_BACK_S, max(0.0, live.next_beat - now)) * 1000)
                 else:
-                    ready = serving.poll(max(0.0, next_beat - now) * 1000 + 1)
+                    ready = serving.poll(max(0.0, live.next_beat - now) * 1000 + 1)
                 if any(fd == self._wake.fd for fd, _ in ready):
                     self._wake.clear()
                 if ready:
                     self._pump()
                 now = time.monotonic()
-                if now >= next_beat:
-                    next_beat = now + self.beat
+                if live.due(now):
                     self.post(protocol.Heartbeat(), [])
-                    if now - self._last_heard > self.beat * LIVENESS:
+                    if live.silent(now):
                         self._fail(ManagerUnavailableError(f"the dmp manager at {self.address} stopped answering"))
         finally:
             self._dead = True
@@ -283,8 +276,7 @@ class RemoteLink:
     def _handle(self, msg: protocol.Message, frames: list[Any]) -> BaseException | None:
         if isinstance(msg, protocol.Welcome):
             self.welcome = msg
-            if msg.heartbeat_s > 0:
-                self.beat = msg.heartbeat_s
+            self._live.follow(msg.heartbeat_s, time.monotonic())
             self._ready.set()
         elif isinstance(msg, protocol.Bye):
             return ManagerUnavailableError(f"the dmp manager at {self.address} went away: {msg.reason}")

@@ -5,7 +5,9 @@
     worker sentinel readable -> reap -> WorkerExited(running task) -> respawn
 
 The node never carries task data: workers talk to the manager themselves, so
-a node is only liveness and supervision. When the manager goes away the
+a node is only liveness and supervision (dmp.wire.peer.PeerLoop: it beats as
+the manager's Welcome says, and kills a worker stopped for as long as the
+manager would take to drop a silent peer). When the manager goes away the
 sockets reconnect by themselves and node and workers say Hello again.
 
 Before it first joins, a node that the manager refuses (a wrong authkey, or
@@ -22,22 +24,16 @@ import socket
 import time
 from typing import Any
 
-import zmq
-
+from dmp.errors import AuthenticationError
 from dmp.node.supervisor import Supervisor
-from dmp.node.worker import HELLO_BACKOFF_MAX_S, HELLO_BACKOFF_S, WorkerConfig
+from dmp.node.worker import WorkerConfig
 from dmp.wire import protocol, transport
+from dmp.wire.peer import HANDSHAKE_FAILED, SOCKET, PeerLoop, Tick
 
 log = logging.getLogger("dmp.node")
 
-HEARTBEAT_S = 1.0
-LIVENESS = 5
 # Exit statuses of ``dmp worker`` (see the CLI): the manager refused our key.
 EXIT_REFUSED = 3
-
-_HANDSHAKE_FAILED = int(
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
 
 
 class Node:
@@ -50,6 +46,8 @@ class Node:
         )
         self.supervisor = Supervisor(template, count=processes, name_prefix="dmp-worker")
         self._stop = False
+        self._welcomed_once = False
+        self.status = 0
 
     def request_stop(self, *_: Any) -> None:
         self._stop = True
@@ -58,108 +56,83 @@ class Node:
         """Serve until SIGTERM/SIGINT (0) or until the manager refuses our key (EXIT_REFUSED)."""
         # Fork the workers before this process has a live ZeroMQ context.
         self.supervisor.start()
-        sock = transport.make_socket(zmq.DEALER)
-        chan = transport.Channel(sock, self.key)
-        monitor = sock.get_monitor_socket(_HANDSHAKE_FAILED) if transport.curve_enabled() else None
-        sock.connect(self.address)
         hello = protocol.Hello(protocol.Role.NODE, self.name, socket.gethostname(), os.getpid(), self.supervisor.count)
-        chan.send(hello)
+        peer = PeerLoop(self.address, self.key, hello, on_refused=self._refused)
+        peer.watch_handshake()
+        peer.say_hello()
         log.info("node %s started %d workers for %s", self.name, self.supervisor.count, self.address)
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        if monitor is not None:
-            poller.register(monitor, zmq.POLLIN)
-        status = 0
         watched: set[int] = set()
-        last_heard = time.monotonic()
-        beat = HEARTBEAT_S  # until the manager's Welcome says otherwise
-        next_beat = last_heard + beat
-        joined = False
-        next_hello = 0.0
-        backoff = HELLO_BACKOFF_S
+        welcomed = False
+        self.status = 0
         try:
             while not self._stop:
-                watched = self.supervisor.watch(poller, watched)
-                ready = dict(poller.poll(int(max(0.0, next_beat - time.monotonic()) * 1000) + 1))
-                if monitor is not None and monitor in ready:
-                    monitor.recv_multipart()
-                    if not joined:
-                        log.error(
-                            "the CURVE handshake with %s failed: that manager does not hold the server key "
-                            "we were given (server.key or the join token); not retrying", self.address,
-                        )
-                        status = EXIT_REFUSED
-                        break
-                if sock in ready:
-                    while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                        try:
-                            _, msg, _frames = chan.recv(zmq.NOBLOCK)
-                        except transport.Refused as refused:
-                            # Unverifiable (a rogue peer's junk, a stale session's last
-                            # words): dropped. The manager's answer to a wrong key is an
-                            # unsigned Error the channel lets through (see below).
-                            log.error("refused a message from the manager: %s", refused.error)
-                            continue
-                        last_heard = time.monotonic()
+                watched = self.supervisor.watch(peer.poller, watched)
+                ready = peer.poll()
+                if HANDSHAKE_FAILED in ready and not welcomed:
+                    log.error(
+                        "the CURVE handshake with %s failed: that manager does not hold the server key "
+                        "we were given (server.key or the join token); not retrying", self.address,
+                    )
+                    self.status = EXIT_REFUSED
+                    break
+                if SOCKET in ready:
+                    for msg, _frames in peer.messages():
+                        if self._stop:
+                            break
                         if isinstance(msg, protocol.Welcome):
-                            backoff = HELLO_BACKOFF_S
-                            beat = msg.heartbeat_s if msg.heartbeat_s > 0 else HEARTBEAT_S
-                            if not joined:
+                            if not welcomed:
                                 log.info("joined manager %s", self.address)
-                            joined = True
+                            welcomed = self._welcomed_once = True
                         elif isinstance(msg, protocol.SignalWorker):
                             self.signal_worker(msg)
-                        elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.UNKNOWN_PEER:
-                            if time.monotonic() >= next_hello:  # backing off: 1 s, 2 s, ... up to 30 s
-                                chan.send(hello)
-                                next_hello = time.monotonic() + backoff
-                                backoff = min(backoff * 2, HELLO_BACKOFF_MAX_S)
-                        elif isinstance(msg, protocol.Error) and not joined and msg.code in (
-                            protocol.ErrorCode.AUTH, protocol.ErrorCode.VERSION,
-                        ):
-                            what = "our authkey" if msg.code == protocol.ErrorCode.AUTH else "this node"
-                            log.error("the manager at %s refused %s: %s", self.address, what, msg.text)
-                            status = EXIT_REFUSED
-                            self._stop = True
-                            break
-                        elif isinstance(msg, protocol.Error):
+                        elif isinstance(msg, protocol.Error) and msg.code in (protocol.ErrorCode.AUTH, protocol.ErrorCode.VERSION) and not welcomed:
+                            self._refuse_key(msg.text)
+                        elif isinstance(msg, protocol.Error) and msg.code != protocol.ErrorCode.UNKNOWN_PEER:
                             log.error("manager refused: %s", msg.text)
                         elif isinstance(msg, protocol.Bye):
                             log.warning("manager said bye (%s); waiting for it to come back", msg.reason)
-                            joined = False
+                            welcomed = peer.joined = False
                 for fd in watched.intersection(ready):
                     exited = self.supervisor.reap(fd)
                     if exited is None:
                         continue
                     log.warning("worker pid %d exited (%d)", exited.pid, exited.exitcode)
-                    chan.send(protocol.WorkerExited(exited.worker, exited.pid, exited.exitcode, exited.running))
+                    peer.send(protocol.WorkerExited(exited.worker, exited.pid, exited.exitcode, exited.running))
                     if not self._stop:
                         self.supervisor.spawn()
-                now = time.monotonic()
-                if now >= next_beat:
-                    next_beat = now + beat
-                    for pid in self.supervisor.kill_frozen(now, beat * LIVENESS):
-                        log.warning("worker pid %d was stopped for over %g s: killed, its tasks go elsewhere", pid, beat * LIVENESS)
-                    if now - last_heard > beat * LIVENESS:
-                        chan.send(hello)  # the manager may have restarted: introduce ourselves again
-                        last_heard = now
-                    else:
-                        chan.send(protocol.Heartbeat())
+                tick = peer.tick()
+                if tick is Tick.SILENT:
+                    peer.say_hello()  # the manager may have restarted: introduce ourselves again
+                if tick is not Tick.NONE:
+                    window = peer.live.window
+                    for pid in self.supervisor.kill_frozen(time.monotonic(), window):
+                        log.warning("worker pid %d was stopped for over %g s: killed, its tasks go elsewhere", pid, window)
         finally:
             # Bye first: the manager requeues what our workers hold on other
             # nodes; then the workers are stopped (their late results are
             # dropped by the manager, never delivered twice).
             log.info("node %s stopping", self.name)
-            if status == 0:
-                chan.send(protocol.Bye("node stopping"))
+            if self.status == 0:
+                peer.send(protocol.Bye("node stopping"))
             self.supervisor.stop(kill=False, timeout=5.0)
-            if monitor is not None:
-                sock.disable_monitor()
-                monitor.close(0)
-            chan.close()
+            peer.close()
             transport.context().term()  # deliver the Bye (bounded by LINGER_MS)
-        return status
+        return self.status
 
+    def _refuse_key(self, text: object) -> None:
+        log.error("the manager at %s refused our authkey: %s", self.address, text)
+        self.status = EXIT_REFUSED
+        self._stop = True
+
+    def _refused(self, refused: transport.Refused) -> None:
+        # Before joining, the manager's answer to a wrong key is an Error we
+        # cannot verify. Anything else unverifiable (a rogue peer's junk) is
+        # dropped as ever.
+        if (not self._welcomed_once and isinstance(refused.error, AuthenticationError)
+                and refused.unverified_error()):
+            self._refuse_key(refused.error)
+            return
+        log.error("refused a message from the manager: %s", refused.error)
 
     def signal_worker(self, msg: protocol.SignalWorker) -> None:
         """Only ever signal our own worker processes, never an arbitrary pid."""

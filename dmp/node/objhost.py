@@ -7,8 +7,8 @@ Pool and every ``BaseManager.register``-ed type (internal).
     host --HostReply(tag, status, value, made, retain)--> manager --> client
 
 The daemon never unpickles; this process does, and only what the manager
-forwarded from authenticated peers. It exits when the manager says Bye, goes
-silent, or its lifeline fd (a pipe from whoever started it) reaches EOF.
+forwarded from authenticated peers. It beats as the manager's Welcome says
+(dmp.wire.peer) and exits when the manager says Bye, goes silent, or its lifeline fd (a pipe from whoever started it) reaches EOF.
 Started two ways: ``python -m dmp.node.hostmain ENDPOINT PUBLIC`` by the daemon (key on
 stdin, stdin is the lifeline), or forked by :class:`ForkLauncher` from a
 ``BaseManager.start()`` / ``serve_forever()`` process, so it sees the user's
@@ -22,19 +22,15 @@ import concurrent.futures
 import os
 import socket
 import sys
-import time
 from typing import Any
-
-import zmq
 
 from dmp import serialization
 from dmp.client import proxies
 from dmp.client.turns import Wakeup
 from dmp.wire import protocol, transport
+from dmp.wire.peer import PeerLoop, Tick
 from dmp.wire.protocol import ObjStatus
 
-HEARTBEAT_S = 1.0
-LIVENESS = 5
 # Worker threads for calls that may block (registered types, Pool): as many
 # blocking calls as this can be in progress at once, as with the standard
 # library's thread per connection, but bounded.
@@ -63,36 +59,27 @@ class Host:
             proxies.remember_key(public, key)  # proxies inside host objects name the daemon so
 
     def run(self) -> None:
-        sock = transport.make_socket(zmq.DEALER)
-        chan = transport.Channel(sock, self.key)
-        sock.connect(self.endpoint)
         pid = os.getpid()
-        chan.send(protocol.Hello(protocol.Role.CLIENT, "objhost", socket.gethostname(), pid))
-        chan.send(protocol.HostReady(pid))
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake.fd, zmq.POLLIN)
+        hello = protocol.Hello(protocol.Role.CLIENT, "objhost", socket.gethostname(), pid)
+        # Never a second Hello: a manager that forgot us has forgotten our objects too.
+        peer = PeerLoop(self.endpoint, self.key, hello, rehello=False)
+        peer.say_hello()
+        peer.send(protocol.HostReady(pid))
+        peer.watch(self._wake.fd)
         if self.lifeline is not None:
-            poller.register(self.lifeline, zmq.POLLIN)
-        last_heard = time.monotonic()
-        next_beat = last_heard + HEARTBEAT_S
+            peer.watch(self.lifeline)
         try:
             while True:
                 while self.outbox:
                     msg, frames = self.outbox.popleft()
-                    chan.send(msg, frames)
-                ready = dict(poller.poll(int(max(0.0, next_beat - time.monotonic()) * 1000) + 1))
+                    peer.send(msg, frames)
+                ready = peer.poll()
                 if self.lifeline is not None and self.lifeline in ready:
                     if not os.read(self.lifeline, 4096):
                         return  # whoever started us is gone
                 if self._wake.fd in ready:
                     self._wake.clear()
-                while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                    try:
-                        _, msg, frames = chan.recv(zmq.NOBLOCK)
-                    except transport.Refused:
-                        continue
-                    last_heard = time.monotonic()
+                for msg, frames in peer.messages():
                     if isinstance(msg, protocol.HostCall):
                         self.receive(msg, frames)
                     elif isinstance(msg, protocol.HostDrop):
@@ -105,15 +92,11 @@ class Host:
                         return
                     elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.UNKNOWN_PEER:
                         return  # the manager restarted: our objects are gone with it
-                now = time.monotonic()
-                if now >= next_beat:
-                    next_beat = now + HEARTBEAT_S
-                    chan.send(protocol.Heartbeat())
-                    if now - last_heard > HEARTBEAT_S * LIVENESS:
-                        return
+                if peer.tick() is Tick.SILENT:
+                    return  # the manager went silent (for as many beats as it gives us)
         finally:
             self.pool.shutdown(wait=False, cancel_futures=True)
-            chan.close()
+            peer.close()
 
     def receive(self, msg: protocol.HostCall, frames: list[Any]) -> None:
         entry = self.objs.get(msg.oid)

@@ -26,12 +26,11 @@ from dataclasses import dataclass
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
 from typing import Any
 
-import zmq
-
 from dmp import _config, serialization
 from dmp.errors import MessageTooLargeError, ProtocolError
 from dmp.node import runners
 from dmp.wire import protocol, transport
+from dmp.wire.peer import PeerLoop
 
 # Results wait at most this long (or this many) in the worker before being
 # sent, while more tasks are queued; an idle worker sends at once. Batching
@@ -42,7 +41,8 @@ FLUSH_ITEMS = 128
 RESULT_HEADROOM = 64 * 1024
 # A busy worker looks for new messages (ForgetJobs, Bye) every this many tasks.
 DRAIN_EVERY = 32
-# An idle worker wakes this often to check its parent and to heartbeat.
+# An idle worker wakes at least this often to check its parent (and at
+# each heartbeat, as often as the manager's Welcome says).
 IDLE_POLL_SECONDS = 1.0
 # A refused or unanswered Hello is repeated after 1 s, then 2, 4, ... up to 30 s.
 HELLO_BACKOFF_S = 1.0
@@ -116,9 +116,21 @@ class Worker:
     def __init__(self, cfg: WorkerConfig) -> None:
         self.cfg = cfg
         self.parent = os.getppid()
-        sock = transport.make_socket(zmq.DEALER, identity=cfg.worker_id.encode())
-        sock.connect(cfg.address)
-        self.chan = transport.Channel(sock, cfg.key)
+        hello = protocol.Hello(
+            role=protocol.Role.WORKER,
+            name=cfg.worker_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            slots=1,
+            node=cfg.node,
+            max_tasks=cfg.max_tasks,
+        )
+        # The manager does not heartbeat workers (our node answers for us), so
+        # its silence means nothing here; a refusal means Hello again, later.
+        self.peer = PeerLoop(
+            cfg.address, cfg.key, hello, identity=cfg.worker_id.encode(), heartbeat=cfg.heartbeat, expects_beats=False
+        )
+        self.chan = self.peer.chan
         self.runners: dict[int, Any] = {}
         self.queue: collections.deque[tuple[int, int, int, list[Any]]] = collections.deque()
         self.out_items: list[list[Any]] = []
@@ -126,36 +138,15 @@ class Worker:
         self.first_unflushed = 0.0
         self.done = 0
         self.stopping = False
+        self.exit_code = 0  # EXIT_REFUSED: the manager refused our key or version
         self.current = -1  # key of the task running now
-        self.joined = False
-        self.exit_code = 0
-        self.next_hello = 0.0  # re-Hello backs off: HELLO_BACKOFF_S doubling up to HELLO_BACKOFF_MAX_S
-        self.hello_backoff = HELLO_BACKOFF_S
         self.max_message = 0  # the manager's limit, from its Welcome
         self.out_bytes = 0
         self.origin = f"{cfg.node} pid={os.getpid()}"
         self.context = runners.TaskContext()  # a runner sets context.retire
 
-    def hello(self) -> None:
-        now = time.monotonic()
-        self.next_hello = now + self.hello_backoff
-        self.hello_backoff = min(self.hello_backoff * 2, HELLO_BACKOFF_MAX_S)
-        self.chan.send(
-            protocol.Hello(
-                role=protocol.Role.WORKER,
-                name=self.cfg.worker_id,
-                host=socket.gethostname(),
-                pid=os.getpid(),
-                slots=1,
-                node=self.cfg.node,
-                max_tasks=self.cfg.max_tasks,
-            )
-        )
-
     def run(self) -> None:
-        self.hello()
-        poller = zmq.Poller()
-        poller.register(self.chan.sock, zmq.POLLIN)
+        self.peer.say_hello()
         max_tasks = self.cfg.max_tasks
         try:
             while not self.stopping:
@@ -163,7 +154,7 @@ class Worker:
                     self.flush()
                     if max_tasks and self.done >= max_tasks:
                         return
-                    if not poller.poll(int(IDLE_POLL_SECONDS * 1000)):
+                    if not self.peer.poll(IDLE_POLL_SECONDS):
                         self.idle()
                         continue
                     # One message per poll; the next poll looks for more, where
@@ -188,23 +179,18 @@ class Worker:
     def idle(self) -> None:
         if os.getppid() != self.parent:
             self.stopping = True  # our supervisor is gone
-        elif not self.joined:
-            if time.monotonic() >= self.next_hello:
-                self.hello()  # refused (our node had not joined yet) or unanswered: try again
-        elif self.cfg.heartbeat:
-            self.chan.send(protocol.Heartbeat())
+        else:
+            self.peer.tick()  # heartbeat; or, refused or unanswered, Hello again (backoff)
 
     def drain(self) -> None:
         while self.chan.readable():
             self.receive()
 
     def receive(self) -> None:
-        try:
-            _, msg, frames = self.chan.recv(transport.NOBLOCK)
-        except zmq.Again:
+        got = self.peer.receive()  # a refused one (not from our manager, garbled) is dropped
+        if got is None:
             return
-        except transport.Refused:
-            return  # not from our manager (or garbled); nothing to act on
+        msg, frames = got
         if isinstance(msg, protocol.Dispatch):
             pos = 0
             for job_key, nframes in msg.jobs:
@@ -220,17 +206,11 @@ class Worker:
             if any(t[1] in gone for t in self.queue):
                 self.queue = collections.deque(t for t in self.queue if t[1] not in gone)
         elif isinstance(msg, protocol.Welcome):
-            self.joined = True
-            self.hello_backoff = HELLO_BACKOFF_S
             self.max_message = msg.max_message
-        elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.UNKNOWN_PEER:
-            self.joined = False  # the manager restarted and forgot us: Hello at the next idle tick
         elif isinstance(msg, protocol.Error) and msg.code in (protocol.ErrorCode.AUTH, protocol.ErrorCode.VERSION):
             print(f"dmp worker {self.cfg.worker_id}: the manager refused us: {msg.text}", file=sys.stderr)
             self.exit_code = EXIT_REFUSED
             self.stopping = True
-        elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.REFUSED:
-            self.joined = False  # say Hello again at the next idle tick
         elif isinstance(msg, protocol.Bye):
             self.stopping = True
 

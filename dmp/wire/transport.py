@@ -172,6 +172,8 @@ _SNDMORE = int(zmq.SNDMORE)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 NOBLOCK = int(zmq.NOBLOCK)
+# What a bind or connect raises for an unusable address (the CLI turns it into exit 2).
+ZMQError = zmq.ZMQError
 
 class Channel:
     """A socket that speaks dmp messages. Not thread-safe: one owner thread.

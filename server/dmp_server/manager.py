@@ -45,11 +45,11 @@ from dmp_server.scheduler import Command, Kill, Scheduler, Send
 log = logging.getLogger("dmp.manager")
 
 VERSION = "0.1.0"
-HEARTBEAT_S = 1.0
-# A remote peer silent for more than this many heartbeats is declared gone.
-# Expiry is checked once a beat, so with the default 1 s beat a node that
-# vanishes is declared lost 4 to 5 s after its last heartbeat: at most 5 s.
-LIVENESS = 4
+# Every peer beats as our Welcome says and counts the same LIVENESS (both in
+# dmp._config); expiry is checked once a beat, so with the default 1 s beat a
+# node that vanishes is declared lost 4 to 5 s after its last heartbeat.
+HEARTBEAT_S = _config.HEARTBEAT_S
+LIVENESS = _config.LIVENESS
 # Embedded mode: after a caller ran the reactor, run()'s thread stays out of
 # its way this long (the caller will likely wait again at once); a leading
 # caller polls in slices of LEAD_SLICE_S, noticing stop(); a caller asking
@@ -262,8 +262,9 @@ class Manager:
             if deadline is not None and now >= deadline:
                 self._carry_out(self.objects.tick(now))
             if now >= self._next_tick:
+                late = now - self._next_tick
                 self._next_tick = now + self.heartbeat_s
-                self._tick(now)
+                self._tick(now, late)
 
     # --- callers running the reactor (embedded mode) -------------------------------------
 
@@ -609,13 +610,16 @@ class Manager:
                 self._drop_peer(worker.peer)
                 self._carry_out(self.scheduler.remove_worker(worker.peer, None))
 
-    def _tick(self, now: float) -> None:
+    def _tick(self, now: float, late: float = 0.0) -> None:
+        """Expire silent peers, heartbeat the others. ``late``: how far past due this tick
+        runs; the reactor heard nobody meanwhile (a loaded host held it up, and it
+        reads one message per poll), so that time is not held against its peers."""
         for peer_id, until in list(self._exiting.items()):
             if until <= now:
                 del self._exiting[peer_id]
                 self._drop_peer(peer_id)
                 self._carry_out(self.scheduler.remove_worker(peer_id, 0, -1))
-        deadline = now - self.heartbeat_s * LIVENESS
+        deadline = now - self.heartbeat_s * LIVENESS - late
         while self._joining:
             ident = next(iter(self._joining))
             if self._joining[ident][2] >= deadline:

@@ -1,0 +1,51 @@
+"""The manager's expiry of silent peers: LIVENESS beats, not counting time it was held up itself."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from dmp_server.manager import LIVENESS, Manager, Peer
+
+from dmp import _config
+from dmp.wire.protocol import Role
+
+pytestmark = pytest.mark.timeout(30)
+
+BEAT = 0.2
+
+
+@pytest.fixture
+def manager() -> Iterator[Manager]:
+    m = Manager(bind=[f"inproc://liveness-{uuid.uuid4().hex}"], heartbeat_s=BEAT)
+    try:
+        yield m
+    finally:
+        m.chan.close()
+
+
+def _peer(manager: Manager, name: str, silent_for: float, now: float) -> None:
+    manager.peers[name] = Peer(name, None, Role.NODE, name, "host", 1, "", 0, now - silent_for, now - silent_for)
+
+
+def test_the_manager_counts_the_shared_liveness() -> None:
+    assert LIVENESS == _config.LIVENESS
+
+
+def test_a_peer_silent_for_more_than_liveness_beats_is_dropped(manager: Manager) -> None:
+    now = time.monotonic()
+    _peer(manager, "quiet", BEAT * LIVENESS - 0.05, now)
+    _peer(manager, "gone", BEAT * LIVENESS + 0.05, now)
+    manager._tick(now)
+    assert set(manager.peers) == {"quiet"}
+
+
+def test_time_the_reactor_was_held_up_is_not_held_against_peers(manager: Manager) -> None:
+    now = time.monotonic()
+    _peer(manager, "queued", BEAT * LIVENESS + 1.0, now)  # its heartbeats wait unread in the socket
+    manager._tick(now, late=1.5)
+    assert set(manager.peers) == {"queued"}
+    manager._tick(now + BEAT)  # on time again: by now the backlog was read, or it is gone
+    assert manager.peers == {}
