@@ -11,8 +11,7 @@ import cloudpickle
 import pytest
 
 import dmp
-
-from .conftest import free_port, start_cluster
+from tests.daemons import start_cluster, unused_address, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -88,18 +87,17 @@ def test_worker_node_killed_mid_map_completes_on_the_other(cluster) -> None:
 
     with dmp.Pool(address=cluster.address) as pool:
         result = pool.map_async(slow, range(200), chunksize=1)
-        time.sleep(0.5)
-        victim = cluster.procs[1]  # node1
-        victim.kill()
+        wait_for(lambda: (s := cluster.status()) is not None and s["busy"] >= 4, 60, "every slot busy")
+        cluster.nodes["node1"].kill()
         assert sorted(result.get(60)) == list(range(200))
 
 
 def test_no_manager_raises_manager_unavailable() -> None:
-    with pytest.raises(dmp.ManagerUnavailableError):
-        from dmp.client.link import RemoteLink
-        from dmp.client.session import Session
+    from dmp.client.link import RemoteLink
+    from dmp.client.session import Session
 
-        RemoteLink(Session(), f"tcp://127.0.0.1:{free_port()}", None, timeout=1.0)
+    with unused_address() as address, pytest.raises(dmp.ManagerUnavailableError):
+        RemoteLink(Session(), address, None, timeout=1.0)
 
 
 def test_wrong_authkey_is_refused_and_the_manager_keeps_serving() -> None:
@@ -117,7 +115,7 @@ def test_manager_refuses_a_public_bind_without_authkey() -> None:
     env = dict(os.environ)
     env.pop("DMP_AUTHKEY", None)
     out = subprocess.run(
-        [sys.executable, "-m", "dmp", "manager", "--bind", f"tcp://0.0.0.0:{free_port()}"],
+        [sys.executable, "-m", "dmp", "manager", "--bind", "tcp://0.0.0.0:0"],
         env=env, capture_output=True, text=True, timeout=30,
     )
     assert out.returncode == 2
@@ -168,11 +166,8 @@ def test_missing_module_error_names_module_and_node(cluster) -> None:
 
 
 def test_nodes_rejoin_a_restarted_manager(cluster) -> None:
-    manager = cluster.procs[0]
-    manager.terminate()
-    manager.wait(10)
-    cluster.procs[0] = cluster.spawn("manager", "--bind", cluster.address)
-    cluster.wait_slots(4, timeout=30)  # the nodes came back by themselves
+    cluster.restart_manager()
+    cluster.wait_slots(4)  # the nodes came back by themselves
     with dmp.Pool(address=cluster.address) as pool:
         assert pool.map(where, range(10))[9][0] == 81
 
@@ -182,7 +177,8 @@ def test_in_flight_work_fails_fast_when_the_manager_goes_away(cluster) -> None:
 
     with dmp.Pool(address=cluster.address) as pool:
         result = pool.apply_async(time.sleep, (30,))
-        cluster.procs[0].terminate()
+        assert cluster.manager is not None
+        cluster.manager.terminate()
         with pytest.raises(dmp.ManagerUnavailableError):
             result.get(20)
 
@@ -338,11 +334,7 @@ def test_curve_encryption_end_to_end(tmp_path) -> None:
     keys = tmp_path / "keys"
     c = start_cluster(nodes=0, authkey=b"curve and key", manager_args=("--curve", str(keys)))
     try:
-        import time
-
-        deadline = time.monotonic() + 20
-        while not (keys / "server.key_secret").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # The manager wrote its keys before it listened (start_cluster waited for that).
         assert (keys / "server.key").exists() and (keys / "server.key_secret").exists()
         c.spawn("worker", c.address, "--processes", "2", "--name", "enc", "--curve", str(keys))
         script = tmp_path / "client.py"

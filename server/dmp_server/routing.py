@@ -1,0 +1,311 @@
+"""The daemon's routing: what each message from each kind of peer means, and where replies go.
+
+    Hello --> version, limits (a worker's node must have joined) --> Welcome + session
+          --> with a key: joining until the peer proves it, then admitted (a replayed Hello takes nothing)
+    client: Submit / DefineJob / EndJob / CancelJob / SignalJob / Obj* --> Scheduler or ObjectServer
+    worker: Results / Output / TaskStarted / Bye     node: WorkerExited / Bye
+    commands (Send, Kill) --> a local client's on_message, or the ROUTER
+
+:class:`Routing` is the half of dmp_server.daemon.Daemon that turns decoded
+messages into scheduler calls and commands into frames; the reactor half
+owns the sockets and the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from typing import Any
+
+import zmq
+
+from dmp.errors import ProtocolError
+from dmp.wire import handshake, protocol, transport
+from dmp.wire.protocol import ErrorCode, Role
+from dmp_server import gate, objects
+from dmp_server.peers import Departures, LocalClient, LocalSupervisor, Peer, Peers, describe
+from dmp_server.scheduler import Command, Kill, Scheduler, Send
+
+log = logging.getLogger("dmp.manager")
+
+VERSION = "0.1.0"
+
+
+class Routing:
+    """Message handlers and output; the attributes below are set by the daemon."""
+
+    chan: transport.Channel
+    key: bytes | None
+    refusals: gate.Refusals
+    # Peers whose Hello was answered but who have not proved the key yet:
+    # ident -> (Hello, address, when). They hold no slot and no name.
+    _joining: dict[bytes, tuple[protocol.Hello, str, float]]
+    scheduler: Scheduler
+    objects: objects.ObjectServer
+    peers: Peers
+    locals: dict[str, LocalClient]
+    supervisor: LocalSupervisor | None
+    heartbeat_s: float
+    max_message: int
+    max_clients: int
+    max_queued: int
+
+    def status(self) -> dict[str, Any]:
+        """The ``dmp status --json`` object; dmp_server.daemon.Daemon provides it."""
+        raise NotImplementedError
+
+    # --- handlers ----------------------------------------------------------------------
+
+    def _refuse(self, refused: transport.Refused) -> None:
+        """Log (at a bounded rate) and answer (with a key: at most once an
+        interval, unsigned unless the sender is in a session) a refused message."""
+        ident = refused.ident
+        first = self.refusals.refused(ident, str(refused.error), time.monotonic())
+        if ident is None or not (first or self.key is None):  # without a key, every peer is trusted
+            return
+        if refused.reply is not None:
+            in_session = self.chan.has_session(ident) and refused.reply.code != ErrorCode.UNKNOWN_PEER
+            try:
+                self.chan.send(refused.reply, to=ident, flags=transport.NOBLOCK, sign=in_session)
+            except zmq.ZMQError:
+                pass
+
+    def _handle_remote(self, ident: bytes, msg: protocol.Message, frames: list[Any]) -> None:
+        peer_id = ident.hex()
+        peer = self.peers.by_id.get(peer_id)
+        if isinstance(msg, protocol.Hello):
+            self._hello(ident, peer_id, msg)
+            return
+        if peer is None:
+            if not isinstance(msg, protocol.Bye):
+                self._send_raw(ident, protocol.Error(ErrorCode.UNKNOWN_PEER, "say Hello first"))
+            return
+        peer.last_seen = time.monotonic()
+        if peer.role == Role.WORKER:
+            if isinstance(msg, protocol.Results):
+                if protocol.count_frames(msg.items, 3, width=6) != len(frames):
+                    raise ProtocolError("Results items do not match their frames")
+                gate.check_results(msg.items)
+                self._carry_out(self.scheduler.results(peer_id, msg.items, frames))
+            elif isinstance(msg, protocol.Output):
+                self._forward_output(msg)
+            elif isinstance(msg, protocol.TaskStarted):
+                self._forward_started(msg)
+            elif isinstance(msg, protocol.Bye):
+                self._forget(peer_id)
+            elif not isinstance(msg, protocol.Heartbeat):
+                self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"workers may not send {type(msg).__name__}"))
+        elif peer.role == Role.CLIENT:
+            self._handle_client(peer_id, msg, frames)
+        elif peer.role == Role.NODE:
+            if isinstance(msg, protocol.WorkerExited):
+                self._worker_exit(worker_peer(msg.worker), msg.exitcode, msg.running)
+            elif isinstance(msg, protocol.Bye):
+                self._forget(peer_id)
+        elif isinstance(msg, protocol.StatusRequest):
+            self._send(peer_id, protocol.StatusReply(self.status()), [])
+        elif isinstance(msg, protocol.Bye):
+            self._forget(peer_id)  # a status probe done: gone now, not when it goes silent
+
+    def _hello(self, ident: bytes, peer_id: str, msg: protocol.Hello) -> None:
+        """Answer a Hello. With a key the peer is admitted only once it proves
+        the key in its new session (:meth:`_admit`): a replayed Hello gets a
+        Welcome nobody can use, and takes nothing from anyone."""
+        if msg.role not in (Role.CLIENT, Role.WORKER, Role.NODE, Role.STATUS):
+            self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"unknown role {msg.role!r}"))
+            return
+        ours = protocol.software_version()
+        if msg.version != ours:
+            text = f"the manager runs {ours}, this {msg.role} runs {msg.version or 'an unknown version'}"
+            log.warning("refused %s %s from %s: %s", msg.role, msg.name, msg.host, text)
+            self._send_raw(ident, protocol.Error(ErrorCode.VERSION, text))
+            return
+        refusal = self._refusal(msg)
+        if refusal:
+            self._send_raw(ident, protocol.Error(ErrorCode.REFUSED, refusal))
+            return
+        host = self.chan.peer_address or msg.host
+        nonce = self.chan.open_session(ident)
+        welcome = protocol.Welcome(peer_id, VERSION, self.heartbeat_s, len(self.scheduler.workers), self.max_message, nonce)
+        if self.key is None:
+            self._send_raw(ident, welcome)
+            self._join(ident, msg, host)
+            return
+        self._joining.pop(ident, None)
+        self._joining[ident] = (msg, host, time.monotonic())
+        while len(self._joining) > handshake.MAX_PENDING:
+            del self._joining[next(iter(self._joining))]
+        self._send_raw(ident, welcome)
+
+    def _refusal(self, msg: protocol.Hello) -> str:
+        """Why a peer may not join now ("" if it may)."""
+        if msg.role == Role.WORKER and self.supervisor is None and self.peers.node(msg.node) is None:
+            # A worker of a node we do not know: its node is not (yet, or no
+            # longer) joined. An orphan of a dead node must not become a slot.
+            return f"node {msg.node!r} has not joined"
+        if msg.role == Role.CLIENT and self.peers.count(Role.CLIENT) >= self.max_clients:
+            log.warning("refused client %s from %s: at the limit of %d clients", msg.name, msg.host, self.max_clients)
+            return f"the manager is at its limit of {self.max_clients} clients"
+        return ""
+
+    def _admit(self, ident: bytes) -> None:
+        """The peer at ``ident`` proved the key in the session its Hello opened: it joins."""
+        joining = self._joining.pop(ident, None)
+        if joining is None:
+            return
+        msg, host, _ = joining
+        refusal = self._refusal(msg)
+        if refusal:
+            self.chan.close_session(ident)
+            self._send_raw(ident, protocol.Error(ErrorCode.REFUSED, refusal))
+            return
+        self._join(ident, msg, host)
+
+    def _join(self, ident: bytes, msg: protocol.Hello, host: str) -> None:
+        peer_id = ident.hex()
+        if peer_id in self.peers.by_id:
+            self._forget(peer_id, keep_session=True)  # a reconnect under the same identity: start clean
+        now = time.monotonic()
+        self.peers.by_id[peer_id] = Peer(peer_id, ident, msg.role, msg.name, host, msg.pid, msg.node, msg.slots, now)
+        if msg.role == Role.WORKER:
+            self._carry_out(self.scheduler.add_worker(peer_id, msg.node, msg.pid, msg.max_tasks))
+        elif msg.role == Role.CLIENT:
+            self.scheduler.add_client(peer_id, msg.slots)  # a client's slots: Pool(k)
+        # Nodes and clients at INFO; a worker process or a status probe at DEBUG.
+        level = logging.INFO if msg.role in (Role.NODE, Role.CLIENT) else logging.DEBUG
+        log.log(level, "%s joined (pid %s)", self._who(peer_id), msg.pid)
+
+    def _handle_client(self, peer: str, msg: protocol.Message, frames: list[Any]) -> None:
+        sched = self.scheduler
+        if isinstance(msg, objects.MESSAGES):
+            self._carry_out(self.objects.handle(peer, msg, frames, time.monotonic()))
+        elif isinstance(msg, protocol.Submit):
+            if protocol.count_frames(msg.tasks, 1) != len(frames) or any(len(t) != 2 for t in msg.tasks):
+                self._send(peer, protocol.Error(ErrorCode.BAD_MESSAGE, "frame count mismatch", msg.job), [])
+                return
+            client = sched.clients.get(peer)
+            if client is not None and client.queued + len(msg.tasks) > self.max_queued:
+                text = f"the manager holds {client.queued} queued tasks of this client, its limit is {self.max_queued}"
+                self._send(peer, protocol.Error(ErrorCode.REFUSED, text, msg.job), [])
+                return
+            tasks = []
+            pos = 0
+            for task_id, n in msg.tasks:
+                tasks.append((task_id, frames[pos : pos + n]))
+                pos += n
+            self._carry_out(sched.submit(peer, msg.job, tasks))
+        elif isinstance(msg, protocol.DefineJob):
+            self._carry_out(sched.define_job(peer, msg.job, frames, msg.max_retries))
+        elif isinstance(msg, protocol.EndJob):
+            self._carry_out(sched.end_job(peer, msg.job))
+        elif isinstance(msg, protocol.CancelJob):
+            self._carry_out(sched.cancel_job(peer, msg.job))
+        elif isinstance(msg, protocol.SignalJob):
+            self._signal_job(peer, msg.job, msg.signum)
+        elif isinstance(msg, protocol.StatusRequest):
+            self._send(peer, protocol.StatusReply(self.status()), [])
+        elif isinstance(msg, protocol.Bye):
+            self._forget(peer)
+        elif not isinstance(msg, protocol.Heartbeat):
+            self._send(peer, protocol.Error(ErrorCode.BAD_MESSAGE, f"clients may not send {type(msg).__name__}"), [])
+
+    def _forward_started(self, msg: protocol.TaskStarted) -> None:
+        task = self.scheduler.tasks.get(msg.task)
+        if task is not None:
+            job = task.job
+            self._send(job.client, protocol.TaskStarted(job.job_id, task.task_id, msg.pid, msg.node), [])
+
+    def _signal_job(self, peer: str, job_id: int, signum: int) -> None:
+        """Process.terminate/kill in cluster mode: signal the workers running the job."""
+        for worker in list(self.scheduler.workers.values()):
+            if any(t.job.client == peer and t.job.job_id == job_id for t in worker.assigned.values()):
+                self._kill_worker(worker.peer, signum)
+
+    def _kill_worker(self, peer_id: str, signum: int) -> None:
+        """Signal a worker process: ourselves in local mode, through its node otherwise."""
+        if self.supervisor is not None:
+            self.supervisor.kill(_worker_id(peer_id))
+            return
+        worker = self.scheduler.workers.get(peer_id)
+        node = self.peers.node(worker.node) if worker is not None else None
+        if worker is not None and node is not None and node.ident is not None:
+            self._send_raw(node.ident, protocol.SignalWorker(_worker_id(peer_id), worker.pid, signum))
+
+    def _forward_output(self, msg: protocol.Output) -> None:
+        task = self.scheduler.tasks.get(msg.task)
+        if task is None:
+            log.info("output from %s outside any task: %s", msg.origin, msg.text[:200])
+            return
+        job = task.job
+        out = protocol.Output(job.job_id, task.task_id, msg.stream, msg.text, msg.origin)
+        self._send(job.client, out, [])
+
+    def _worker_exit(self, peer_id: str, exitcode: int, running: int) -> None:
+        out = Departures()
+        self.peers.worker_exit(peer_id, exitcode, running, time.monotonic(), out)
+        self._depart(out)
+
+    # --- peers going away ---------------------------------------------------------------
+
+    def _forget(self, peer_id: str, *, keep_session: bool = False) -> None:
+        """A peer leaves (Bye, or a new Hello: then ``keep_session``, the one it just opened)."""
+        peer = self.peers.by_id.get(peer_id)
+        if peer is not None:
+            level = logging.INFO if peer.role in (Role.NODE, Role.CLIENT) else logging.DEBUG
+            log.log(level, "%s left", describe(peer))
+        out = Departures()
+        self.peers.forget(peer_id, out, local=peer_id in self.locals)
+        if keep_session:
+            out.gone = [p for p in out.gone if p.id != peer_id]
+        self._depart(out)
+
+    def _depart(self, out: Departures) -> None:
+        """End the sessions of the peers gone and dropped, and carry out what their going means."""
+        for peer in out.gone + out.dropped:
+            if peer.ident is not None:
+                self.chan.close_session(peer.ident)
+        self._carry_out(out.cmds)
+
+    # --- output --------------------------------------------------------------------------
+
+    def _carry_out(self, cmds: list[Command]) -> None:
+        for cmd in cmds:
+            if isinstance(cmd, Send):
+                self._send(cmd.to, cmd.msg, cmd.frames)
+            elif isinstance(cmd, Kill):
+                self._kill_worker(cmd.worker, signal.SIGKILL)
+
+    def _send(self, peer_id: str, msg: protocol.Message, frames: list[Any]) -> None:
+        local = self.locals.get(peer_id)
+        if local is not None:
+            local.on_message(msg, frames)
+            return
+        known = self.peers.by_id.get(peer_id)
+        ident = known.ident if known is not None else bytes.fromhex(peer_id)
+        if ident is not None:
+            self._send_raw(ident, msg, frames)
+
+    def _send_raw(self, ident: bytes, msg: protocol.Message, frames: list[Any] | None = None) -> None:
+        try:
+            self.chan.send(msg, frames or [], to=ident, flags=transport.NOBLOCK)
+        except zmq.ZMQError as exc:
+            # EHOSTUNREACH: the peer is gone; EAGAIN: it stopped reading. Either
+            # way this message cannot go now; liveness checks will drop the peer.
+            log.debug("could not send %s to %s: %s", type(msg).__name__, self._who(ident.hex()), exc)
+
+    def _who(self, peer_id: str | None) -> str:
+        """A peer as logs name it: role, name and host, never its socket id."""
+        return self.peers.who(peer_id, local=peer_id in self.locals)
+
+
+def worker_peer(worker_id: str) -> str:
+    """A worker's peer id from its worker id (its ZeroMQ identity)."""
+    return worker_id.encode().hex()
+
+
+def _worker_id(peer_id: str) -> str:
+    try:
+        return bytes.fromhex(peer_id).decode()
+    except (ValueError, UnicodeDecodeError):
+        return peer_id
