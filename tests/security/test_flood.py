@@ -9,6 +9,9 @@ stops instead of re-saying Hello forever.
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from tests.faults import tasks
 from tests.faults.harness import FaultCluster, wait_for
 
 from .attacker import raw_dealer
-from .conftest import KEY
+from .conftest import KEY, start
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -100,3 +103,18 @@ def test_11_a_node_with_a_wrong_or_no_key_exits_3_without_flooding(cluster: Faul
     assert (tmp_path / "bad" / "misconfigured.log").stat().st_size < 8 * 1024
     status = cluster.status()
     assert status is not None and status["slots"] == 2 and "misconfigured" not in str(status)
+
+
+def test_11_a_status_probe_that_says_bye_leaves_at_once(tmp_path: Path) -> None:
+    # Beats of 60 s: a probe that lingered would be expired only minutes later,
+    # past this test's timeout; its "left" line can only come from its Bye.
+    c = start(tmp_path / "daemons", nodes=0, manager_args=("--heartbeat-s", "60", "--log-level", "debug"))
+    try:
+        done = subprocess.run([sys.executable, "-m", "dmp", "status", c.address, "--json"], env=c.env,
+                              capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr.decode()
+        log = tmp_path / "daemons" / "manager.log"
+        wait_for(lambda: re.search(rb"status \S+ on \S+ left", log.read_bytes()), 60, "the status probe to leave")
+        assert b"went silent" not in log.read_bytes()
+    finally:
+        c.stop()
