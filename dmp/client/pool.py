@@ -53,7 +53,21 @@ class _ApplySink(Sink):
 
 
 class Pool:
-    """A pool of worker processes, local (forked) or on a dmp cluster."""
+    """A pool of worker processes, local (forked) or on a dmp cluster.
+
+    ``multiprocessing.Pool``'s arguments, plus ``address``/``authkey`` (a
+    cluster; else ``dmp.connect()``'s or ``DMP_ADDRESS``, else local),
+    ``max_retries`` (reruns of a task whose worker died) and ``modules``
+    (modules whose code travels by value to nodes that lack them).
+
+    Raises:
+        ValueError: ``processes`` below 1, a bad ``maxtasksperchild`` or
+            ``max_retries``, or a malformed address.
+        TypeError: ``initializer`` is not callable, or ``modules`` holds
+            something that is not a module or module name.
+        ManagerUnavailableError: (cluster mode) no manager answered in time.
+        AuthenticationError: (cluster mode) the manager refused the authkey.
+    """
 
     def __init__(
         self,
@@ -94,12 +108,16 @@ class Pool:
             self._engine = ClusterEngine(address=target.address, authkey=target.authkey, max_workers=processes or 0)
             self._processes = processes or max(1, self._engine.slots)
         else:
+            from dmp import context as context_mod
+
             self._processes = processes or _config.cpu_count()
+            method = context.get_start_method() if context is not None else context_mod.get_start_method()
             self._engine = LocalEngine(
                 processes=self._processes,
                 initializer=initializer,
                 initargs=tuple(initargs),
                 max_tasks=maxtasksperchild or 0,
+                method=method or "fork",
             )
         self._session: Session = self._engine.session
         self._link = self._session.link  # what a caller waiting on a result serves
@@ -121,6 +139,13 @@ class Pool:
         """The worker process objects (multiprocessing exposes this too)."""
         return list(self._engine.processes)
 
+    @property
+    def _cache(self) -> dict[int, Any]:
+        """The results not yet complete, as multiprocessing's ``pool._cache``
+        (its documentation's examples read it); a snapshot."""
+        with self._pending_cond:
+            return {id(r): r for r in self._pending}
+
     def _check_running(self) -> None:
         if self._state != RUN:
             raise ValueError("Pool not running")
@@ -138,6 +163,14 @@ class Pool:
     # --- apply ---------------------------------------------------------------------------
 
     def apply(self, func: Callable[..., Any], args: tuple[Any, ...] = (), kwds: dict[str, Any] = {}) -> Any:  # noqa: B006 (multiprocessing's signature)
+        """Run ``func(*args, **kwds)`` in a worker and return its result (blocks).
+
+        Raises:
+            ValueError: the pool is closed or terminated.
+            WorkerLostError: a task's worker process died more than ``max_retries`` times.
+            ManagerUnavailableError: (cluster mode) the manager went away with the task in flight.
+            Exception: a task's own exception, with its type, message and remote traceback as ``__cause__``.
+        """
         return self.apply_async(func, args, kwds).get()
 
     def apply_async(
@@ -148,6 +181,15 @@ class Pool:
         callback: Callable[[Any], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
     ) -> ApplyResult:
+        """Run ``func(*args, **kwds)`` in a worker; return an ``AsyncResult`` at once.
+
+        ``callback`` gets the result, ``error_callback`` the exception, on a dmp
+        thread (keep them short, as with multiprocessing). An argument that does not
+        pickle fails the result, not the call.
+
+        Raises:
+            ValueError: the pool is closed or terminated.
+        """
         self._check_running()
         result = ApplyResult(callback, error_callback, link=self._link, on_done=self._job_done)
         try:
@@ -168,9 +210,28 @@ class Pool:
     # --- map family ------------------------------------------------------------------------
 
     def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None) -> list[Any]:
+        """``list(map(func, iterable))`` with the calls spread over the workers (blocks).
+
+        The iterable is consumed at once (``len()`` picks the chunk size when
+        ``chunksize`` is None); chunks run on workers and results come back in order.
+
+        Raises:
+            ValueError: the pool is not running, or ``chunksize`` is below 1.
+            WorkerLostError: a task's worker process died more than ``max_retries`` times.
+            ManagerUnavailableError: (cluster mode) the manager went away with the task in flight.
+            Exception: a task's own exception, with its type, message and remote traceback as ``__cause__``.
+        """
         return self._map_async(func, iterable, chunksize, None, None, star=False).get()  # type: ignore[no-any-return]
 
     def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: int | None = None) -> list[Any]:
+        """Like :meth:`map`, calling ``func(*args)`` for each ``args`` in ``iterable``.
+
+        Raises:
+            ValueError: the pool is not running, or ``chunksize`` is below 1.
+            WorkerLostError: a task's worker process died more than ``max_retries`` times.
+            ManagerUnavailableError: (cluster mode) the manager went away with the task in flight.
+            Exception: a task's own exception, with its type, message and remote traceback as ``__cause__``.
+        """
         return self._map_async(func, iterable, chunksize, None, None, star=True).get()  # type: ignore[no-any-return]
 
     def map_async(
@@ -181,6 +242,11 @@ class Pool:
         callback: Callable[[Any], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
     ) -> MapResult:
+        """Like :meth:`map`, returning a ``MapResult`` whose ``get()`` gives the list.
+
+        Raises:
+            ValueError: the pool is not running, or ``chunksize`` is below 1.
+        """
         return self._map_async(func, iterable, chunksize, callback, error_callback, star=False)
 
     def starmap_async(
@@ -191,6 +257,11 @@ class Pool:
         callback: Callable[[Any], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
     ) -> MapResult:
+        """Like :meth:`starmap`, returning a ``MapResult`` whose ``get()`` gives the list.
+
+        Raises:
+            ValueError: the pool is not running, or ``chunksize`` is below 1.
+        """
         return self._map_async(func, iterable, chunksize, callback, error_callback, star=True)
 
     def _map_async(self, func: Any, iterable: Iterable[Any], chunksize: int | None, callback: Any, error_callback: Any, *, star: bool) -> MapResult:
@@ -217,9 +288,24 @@ class Pool:
         return chunksize + 1 if extra else max(chunksize, 1)
 
     def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1) -> Iterator[Any]:
+        """A lazy :meth:`map`: an iterator of results in order, as they arrive.
+
+        The iterable is pulled only a bounded window ahead of what you consume, so
+        an endless generator works; ``next(timeout)`` is available on the iterator.
+
+        Raises:
+            ValueError: the pool is not running, or ``chunksize`` is below 1.
+            Exception: when iterated, as :meth:`map` (and ``dmp.TimeoutError`` from ``next(timeout)``).
+        """
         return self._imap(IMapIterator, func, iterable, chunksize)
 
     def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1) -> Iterator[Any]:
+        """Like :meth:`imap`, yielding results in the order they finish.
+
+        Raises:
+            ValueError: the pool is not running, or ``chunksize`` is below 1.
+            Exception: when iterated, as :meth:`map` (and ``dmp.TimeoutError`` from ``next(timeout)``).
+        """
         return self._imap(IMapUnorderedIterator, func, iterable, chunksize)
 
     def _imap(self, cls: type[IMapIterator], func: Any, iterable: Iterable[Any], chunksize: int) -> Iterator[Any]:
@@ -265,6 +351,9 @@ class Pool:
             finally:
                 with self._feed_cond:
                     self._feed.popleft()
+                # Hold nothing of a finished job while waiting for the next one:
+                # its arguments and results belong to the caller alone.
+                del job, sink, chunks
 
     def _feed_one(self, job: int, sink: MapSink, chunks: Iterator[tuple[int, list[Any]]]) -> None:
         alive = lambda: self._state != TERMINATE and not sink.abandoned()  # noqa: E731
@@ -317,12 +406,14 @@ class Pool:
     # --- lifecycle -------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Accept no more work; the workers exit once the queued tasks are done. Never raises."""
         if self._state == RUN:
             self._state = CLOSE
             with self._feed_cond:
                 self._feed_cond.notify_all()
 
     def terminate(self) -> None:
+        """Stop the workers now; unfinished results fail with ``ProcessError``. Never raises."""
         if self._state == TERMINATE:
             return
         self._state = TERMINATE
@@ -335,6 +426,11 @@ class Pool:
             self._pending_cond.notify_all()
 
     def join(self) -> None:
+        """Wait until the workers have exited (after :meth:`close` or :meth:`terminate`).
+
+        Raises:
+            ValueError: the pool is still running (neither closed nor terminated).
+        """
         if self._state == RUN:
             raise ValueError("Pool is still running")
         if self._state == CLOSE:
@@ -360,6 +456,10 @@ class Pool:
         return f"<{type(self).__module__}.{type(self).__qualname__} state={self._state} pool_size={self._processes}>"
 
     def __del__(self) -> None:
+        if getattr(self, "_state", TERMINATE) == RUN and getattr(self, "_engine", None) is not None:
+            import warnings
+
+            warnings.warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, stacklevel=2, source=self)
         if getattr(self, "_state", TERMINATE) != TERMINATE and getattr(self, "_engine", None) is not None:
             try:
                 self.terminate()

@@ -20,6 +20,7 @@ from typing import Any
 
 import zmq
 
+from dmp._version import __version__
 from dmp.errors import ProtocolError
 from dmp.wire import handshake, protocol, transport
 from dmp.wire.protocol import ErrorCode, Role
@@ -29,7 +30,7 @@ from dmp_server.scheduler import Command, Kill, Scheduler, Send
 
 log = logging.getLogger("dmp.manager")
 
-VERSION = "0.1.0"
+VERSION = __version__
 
 
 class Routing:
@@ -165,7 +166,7 @@ class Routing:
     def _join(self, ident: bytes, msg: protocol.Hello, host: str) -> None:
         peer_id = ident.hex()
         if peer_id in self.peers.by_id:
-            self._forget(peer_id, keep_session=True)  # a reconnect under the same identity: start clean
+            self._forget(peer_id, crashed=True, keep_session=True)  # a reconnect under the same identity: start clean
         now = time.monotonic()
         self.peers.by_id[peer_id] = Peer(peer_id, ident, msg.role, msg.name, host, msg.pid, msg.node, msg.slots, now)
         if msg.role == Role.WORKER:
@@ -248,14 +249,15 @@ class Routing:
 
     # --- peers going away ---------------------------------------------------------------
 
-    def _forget(self, peer_id: str, *, keep_session: bool = False) -> None:
-        """A peer leaves (Bye, or a new Hello: then ``keep_session``, the one it just opened)."""
+    def _forget(self, peer_id: str, *, crashed: bool = False, keep_session: bool = False) -> None:
+        """``peer_id`` is gone: it said Bye, or it ``crashed`` (back under its identity with a
+        new Hello: then ``keep_session``, the one that Hello opened)."""
         peer = self.peers.by_id.get(peer_id)
         if peer is not None:
             level = logging.INFO if peer.role in (Role.NODE, Role.CLIENT) else logging.DEBUG
             log.log(level, "%s left", describe(peer))
         out = Departures()
-        self.peers.forget(peer_id, out, local=peer_id in self.locals)
+        self.peers.forget(peer_id, out, local=peer_id in self.locals, crashed=crashed)
         if keep_session:
             out.gone = [p for p in out.gone if p.id != peer_id]
         self._depart(out)

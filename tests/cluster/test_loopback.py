@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -44,6 +45,19 @@ def test_lambda_closure_and_exception_travel(cluster) -> None:
         with pytest.raises(ZeroDivisionError) as info:
             pool.apply(lambda: 1 / 0)
         assert "ZeroDivisionError" in str(info.value.__cause__)
+
+
+def test_a_remote_traceback_says_where_and_shows_the_callers_source(cluster) -> None:
+    def divide(x: int) -> float:
+        half = x / 2
+        return half / 0  # the line the traceback must show
+
+    with dmp.Pool(address=cluster.address) as pool, pytest.raises(ZeroDivisionError) as info:
+        pool.apply(divide, (4,))
+    remote = str(info.value.__cause__)
+    assert re.search(r"Raised in node 'node[12]' \(.+\), pid \d+, task \d+", remote), remote
+    assert f'File "{__file__}"' in remote and "<dynamic-code>" not in remote, remote
+    assert "return half / 0  # the line the traceback must show" in remote, remote
 
 
 def test_unchanged_stdlib_script_runs_under_dmp_address(cluster, tmp_path) -> None:
@@ -370,6 +384,20 @@ def test_executor_on_the_cluster(cluster) -> None:
         assert [r[0] for r in ex.map(where, range(10), chunksize=3)] == [x * x for x in range(10)]
         with pytest.raises(ZeroDivisionError):
             ex.submit(lambda: 1 / 0).result(30)
+
+
+def _meet(barrier) -> int:
+    return barrier.wait()
+
+
+def test_executor_takes_every_slot_of_the_cluster(cluster) -> None:
+    # 2 nodes x 2 slots: 4 calls meet at a barrier only if all 4 run at once,
+    # whatever this client machine's CPU count.
+    m = dmp.Manager(address=cluster.address)
+    barrier = m.Barrier(4, timeout=30)
+    with dmp.Executor(address=cluster.address) as ex:
+        futures = [ex.submit(_meet, barrier) for _ in range(4)]
+        assert sorted(f.result(60) for f in futures) == [0, 1, 2, 3]
 
 
 def test_a_module_the_nodes_lack_travels_by_value(cluster, tmp_path, monkeypatch) -> None:
