@@ -1,7 +1,8 @@
 """``dmp.Executor``: a concurrent.futures.Executor on the dmp engine.
 
 It shares the Pool's engine: ``submit`` is an apply job whose outcome lands
-in a ``concurrent.futures.Future``; ``map`` chunks like ``Pool.imap``.
+in a ``concurrent.futures.Future``; ``map`` chunks like ``Pool.imap`` (and
+takes its ``progress=``, the bar's total the shortest input's length).
 """
 
 from __future__ import annotations
@@ -103,12 +104,22 @@ class Executor(cf.Executor):
         return ended
 
     def map(
-        self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None, chunksize: int = 1
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        progress: bool | dict[str, Any] = False,
     ) -> Iterator[Any]:
         """``map(fn, *iterables)`` over the workers, results in order (``chunksize`` batches calls).
 
+        ``progress`` as for ``Pool.map``: a tqdm bar whose total is the shortest
+        input's ``len()`` (None if an input has none).
+
         Raises:
             ValueError: ``chunksize`` is below 1.
+            TypeError: ``progress`` is not a bool or a dict.
+            ImportError: ``progress`` asks for a bar and tqdm is not installed.
             RuntimeError: the executor was shut down.
             TimeoutError: (``concurrent.futures.TimeoutError``, while iterating) a result
                 was not ready ``timeout`` seconds after the call.
@@ -119,7 +130,11 @@ class Executor(cf.Executor):
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-        it = self._pool.imap(_Star(fn), zip(*iterables), chunksize)
+        if progress is True or isinstance(progress, dict):  # zip() has no len(): the inputs may
+            sized = all(hasattr(i, "__len__") for i in iterables)
+            total = min((len(i) for i in iterables), default=0) if sized else None  # type: ignore[arg-type]
+            progress = {"total": total, **(progress if isinstance(progress, dict) else {})}
+        it = self._pool.imap(_Star(fn), zip(*iterables), chunksize, progress=progress)
         return _timed(it, timeout)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

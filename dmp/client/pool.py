@@ -4,6 +4,7 @@
     caller --map/imap--> Feeder thread: chunk, pickle, session.submit (waits for credit)
     link thread --results--> ApplyResult / MapResult / IMapIterator (sinks)
 
+``progress=`` hangs a tqdm bar (dmp.client.progress) on the map's sink.
 The feeder pulls from the caller's iterable only as fast as the session's
 credit allows (``MAX_OUTSTANDING_TASKS``), so a huge generator is never held
 in memory. The pool counts no credit itself: the session does.
@@ -19,7 +20,14 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from dmp import _config, serialization
-from dmp.client.results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+from dmp.client import progress as bars
+from dmp.client.results import (
+    ApplyResult,
+    IMapIterator,
+    IMapResults,
+    IMapUnorderedIterator,
+    MapResult,
+)
 from dmp.client.session import Session
 from dmp.client.sink import MapSink, Sink
 from dmp.errors import MessageTooLargeError, ProcessError
@@ -27,6 +35,7 @@ from dmp.node import runners
 from dmp.wire.protocol import Status
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
+ProgressArg = bool | dict[str, Any]  # the map family's progress= (see dmp.client.progress)
 
 # Tasks pickled before they are handed to the engine in one message; a batch
 # also goes out once its first task has waited FEED_FLUSH_S.
@@ -209,30 +218,40 @@ class Pool:
 
     # --- map family ------------------------------------------------------------------------
 
-    def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None) -> list[Any]:
+    def map(
+        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None, *, progress: ProgressArg = False
+    ) -> list[Any]:
         """``list(map(func, iterable))`` with the calls spread over the workers (blocks).
 
         The iterable is consumed at once (``len()`` picks the chunk size when
         ``chunksize`` is None); chunks run on workers and results come back in order.
+        ``progress=True`` draws a tqdm bar on stderr as results arrive; a dict is
+        passed to tqdm as keyword arguments (the same on every map method).
 
         Raises:
             ValueError: the pool is not running, or ``chunksize`` is below 1.
+            TypeError: ``progress`` is not a bool or a dict.
+            ImportError: ``progress`` asks for a bar and tqdm is not installed.
             WorkerLostError: a task's worker process died more than ``max_retries`` times.
             ManagerUnavailableError: (cluster mode) the manager went away with the task in flight.
             Exception: a task's own exception, with its type, message and remote traceback as ``__cause__``.
         """
-        return self._map_async(func, iterable, chunksize, None, None, star=False).get()  # type: ignore[no-any-return]
+        return self._map_async(func, iterable, chunksize, None, None, star=False, progress=progress).get()  # type: ignore[no-any-return]
 
-    def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: int | None = None) -> list[Any]:
+    def starmap(
+        self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: int | None = None, *, progress: ProgressArg = False
+    ) -> list[Any]:
         """Like :meth:`map`, calling ``func(*args)`` for each ``args`` in ``iterable``.
 
         Raises:
             ValueError: the pool is not running, or ``chunksize`` is below 1.
+            TypeError: ``progress`` is not a bool or a dict.
+            ImportError: ``progress`` asks for a bar and tqdm is not installed.
             WorkerLostError: a task's worker process died more than ``max_retries`` times.
             ManagerUnavailableError: (cluster mode) the manager went away with the task in flight.
             Exception: a task's own exception, with its type, message and remote traceback as ``__cause__``.
         """
-        return self._map_async(func, iterable, chunksize, None, None, star=True).get()  # type: ignore[no-any-return]
+        return self._map_async(func, iterable, chunksize, None, None, star=True, progress=progress).get()  # type: ignore[no-any-return]
 
     def map_async(
         self,
@@ -241,13 +260,17 @@ class Pool:
         chunksize: int | None = None,
         callback: Callable[[Any], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
+        *,
+        progress: ProgressArg = False,
     ) -> MapResult:
         """Like :meth:`map`, returning a ``MapResult`` whose ``get()`` gives the list.
 
         Raises:
             ValueError: the pool is not running, or ``chunksize`` is below 1.
+            TypeError: ``progress`` is not a bool or a dict.
+            ImportError: ``progress`` asks for a bar and tqdm is not installed.
         """
-        return self._map_async(func, iterable, chunksize, callback, error_callback, star=False)
+        return self._map_async(func, iterable, chunksize, callback, error_callback, star=False, progress=progress)
 
     def starmap_async(
         self,
@@ -256,15 +279,21 @@ class Pool:
         chunksize: int | None = None,
         callback: Callable[[Any], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
+        *,
+        progress: ProgressArg = False,
     ) -> MapResult:
         """Like :meth:`starmap`, returning a ``MapResult`` whose ``get()`` gives the list.
 
         Raises:
             ValueError: the pool is not running, or ``chunksize`` is below 1.
+            TypeError: ``progress`` is not a bool or a dict.
+            ImportError: ``progress`` asks for a bar and tqdm is not installed.
         """
-        return self._map_async(func, iterable, chunksize, callback, error_callback, star=True)
+        return self._map_async(func, iterable, chunksize, callback, error_callback, star=True, progress=progress)
 
-    def _map_async(self, func: Any, iterable: Iterable[Any], chunksize: int | None, callback: Any, error_callback: Any, *, star: bool) -> MapResult:
+    def _map_async(
+        self, func: Any, iterable: Iterable[Any], chunksize: int | None, callback: Any, error_callback: Any, *, star: bool, progress: ProgressArg
+    ) -> MapResult:
         self._check_running()
         items = iterable if hasattr(iterable, "__len__") else list(iterable)
         length = len(items)  # type: ignore[arg-type]
@@ -272,7 +301,8 @@ class Pool:
             chunksize = self._default_chunksize(length)
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        result = MapResult(chunksize, length, callback, error_callback, link=self._link, on_done=self._job_done)
+        bar = bars.start(progress, length, chunksize)
+        result = MapResult(chunksize, length, callback, error_callback, link=self._link, on_done=self._job_done, progress=bar)
         if length:
             self._start_job(func, star, result, _chunks(items, chunksize))
         return result
@@ -287,36 +317,44 @@ class Pool:
         chunksize, extra = divmod(length, self._processes * per_slot)
         return chunksize + 1 if extra else max(chunksize, 1)
 
-    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1) -> Iterator[Any]:
+    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1, *, progress: ProgressArg = False) -> Iterator[Any]:
         """A lazy :meth:`map`: an iterator of results in order, as they arrive.
 
         The iterable is pulled only a bounded window ahead of what you consume, so
         an endless generator works; ``next(timeout)`` is available on the iterator.
+        A ``progress`` bar's total is ``len(iterable)``, or None without one.
 
         Raises:
             ValueError: the pool is not running, or ``chunksize`` is below 1.
+            TypeError: ``progress`` is not a bool or a dict.
+            ImportError: ``progress`` asks for a bar and tqdm is not installed.
             Exception: when iterated, as :meth:`map` (and ``dmp.TimeoutError`` from ``next(timeout)``).
         """
-        return self._imap(IMapIterator, func, iterable, chunksize)
+        return self._imap(IMapIterator, func, iterable, chunksize, progress)
 
-    def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1) -> Iterator[Any]:
+    def imap_unordered(
+        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1, *, progress: ProgressArg = False
+    ) -> Iterator[Any]:
         """Like :meth:`imap`, yielding results in the order they finish.
 
         Raises:
             ValueError: the pool is not running, or ``chunksize`` is below 1.
+            TypeError: ``progress`` is not a bool or a dict.
+            ImportError: ``progress`` asks for a bar and tqdm is not installed.
             Exception: when iterated, as :meth:`map` (and ``dmp.TimeoutError`` from ``next(timeout)``).
         """
-        return self._imap(IMapUnorderedIterator, func, iterable, chunksize)
+        return self._imap(IMapUnorderedIterator, func, iterable, chunksize, progress)
 
-    def _imap(self, cls: type[IMapIterator], func: Any, iterable: Iterable[Any], chunksize: int) -> Iterator[Any]:
+    def _imap(self, cls: type[IMapIterator], func: Any, iterable: Iterable[Any], chunksize: int, progress: ProgressArg) -> Iterator[Any]:
         self._check_running()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        it = cls(self._session.credit.release, self._job_done)
+        total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
+        it = cls(self._session.credit.release, self._job_done, bars.start(progress, total, chunksize))
         self._start_job(func, False, it, _chunks(iterable, chunksize))
         if chunksize == 1:
-            return _Results(it, unwrap=True)
-        return (item for chunk in _Results(it, unwrap=False) for item in chunk)
+            return IMapResults(it, unwrap=True)
+        return (item for chunk in IMapResults(it, unwrap=False) for item in chunk)
 
     def _start_job(self, func: Any, star: bool, sink: MapSink, chunks: Iterator[tuple[int, list[Any]]]) -> None:
         self._track(sink)
@@ -480,39 +518,6 @@ def _send_by_value(modules: Iterable[Any]) -> None:
         if not isinstance(module, types.ModuleType):
             raise TypeError(f"modules= takes modules or module names, not {module!r}")
         cloudpickle.register_pickle_by_value(module)
-
-
-class _Results:
-    """What imap returns: the caller's handle on an IMapIterator.
-
-    Each task's result is a chunk (a list); with chunksize 1 it is unwrapped.
-    When the caller drops this handle before the end, the iterator is
-    abandoned so that the pool's feeder neither waits for nor feeds it.
-    """
-
-    __slots__ = ("done", "it", "unwrap")
-
-    def __init__(self, it: IMapIterator, *, unwrap: bool) -> None:
-        self.it = it
-        self.unwrap = unwrap
-        self.done = False
-
-    def __iter__(self) -> _Results:
-        return self
-
-    def next(self, timeout: float | None = None) -> Any:
-        try:
-            chunk = self.it.next(timeout)
-        except StopIteration:
-            self.done = True
-            raise
-        return chunk[0] if self.unwrap else chunk
-
-    __next__ = next
-
-    def __del__(self) -> None:
-        if not self.done:
-            self.it.abandon()
 
 
 def _chunks(iterable: Iterable[Any], size: int) -> Iterator[tuple[int, list[Any]]]:
