@@ -85,15 +85,20 @@ def set_process_authkey(key: bytes) -> None:
 
 
 def authkey_from(value: bytes | str | None) -> bytes | None:
+    """The authkey as bytes; an empty one is no key (None).
+
+    Raises:
+        TypeError: neither bytes nor str.
+    """
     if value is None:
         if _process_key is not None:
             return _process_key
         env = os.environ.get(ENV_AUTHKEY)
         return env.encode() if env else None
     if isinstance(value, str):
-        return value.encode()
+        return value.encode() or None
     if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
+        return bytes(value) or None
     raise TypeError(f"authkey must be bytes or str, not {type(value).__name__}")
 
 

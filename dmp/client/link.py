@@ -223,7 +223,7 @@ class RemoteLink:
         elif isinstance(msg, protocol.Bye):
             return ManagerUnavailableError(f"the dmp manager at {self.address} went away: {msg.reason}")
         elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.AUTH:
-            return AuthenticationError(f"the dmp manager at {self.address} refused our authkey")
+            return AuthenticationError(f"the dmp manager at {self.address} refused us: {msg.text}")
         elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.REFUSED and not self._ready.is_set():
             return ManagerUnavailableError(f"the dmp manager at {self.address} refused this client: {msg.text}")
         elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.VERSION:

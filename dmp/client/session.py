@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from dmp import _config
 from dmp.client.credit import Credit
 from dmp.client.sink import MapSink, Sink
-from dmp.errors import ProcessError
+from dmp.errors import MessageTooLargeError, ProcessError
 from dmp.wire import protocol
 from dmp.wire.protocol import Status
 
@@ -145,7 +145,10 @@ class Session:
         elif isinstance(msg, protocol.Error):
             sink = self.sinks.pop(msg.ref, None)
             if sink is not None:
-                sink.on_failure(ProcessError(f"the manager refused job {msg.ref}: {msg.text}"))
+                if msg.code == protocol.ErrorCode.TOO_LARGE:
+                    sink.on_failure(MessageTooLargeError(f"the manager refused job {msg.ref}: {msg.text}"))
+                else:
+                    sink.on_failure(ProcessError(f"the manager refused job {msg.ref}: {msg.text}"))
 
     def fail_all(self, exc: BaseException) -> None:
         """The session is over: every job still waiting fails with ``exc``."""

@@ -85,7 +85,7 @@ class Node:
                             welcomed = self._welcomed_once = True
                         elif isinstance(msg, protocol.SignalWorker):
                             self.signal_worker(msg)
-                        elif isinstance(msg, protocol.Error) and msg.code == protocol.ErrorCode.AUTH and not welcomed:
+                        elif isinstance(msg, protocol.Error) and msg.code in (protocol.ErrorCode.AUTH, protocol.ErrorCode.VERSION) and not welcomed:
                             self._refuse_key(msg.text)
                         elif isinstance(msg, protocol.Error) and msg.code != protocol.ErrorCode.UNKNOWN_PEER:
                             log.error("manager refused: %s", msg.text)

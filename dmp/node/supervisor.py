@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import multiprocessing
 import os
+import secrets
 import select
 import signal
 import time
@@ -78,7 +79,8 @@ class Supervisor:
 
     def spawn(self) -> str:
         n = next(self._serial)
-        worker_id = f"{self.node}/{self._tag}-{n}"
+        # The routing identity: unguessable, so nobody can take it first.
+        worker_id = f"{self.node}/{self._tag}-{n}-{secrets.token_hex(8)}"
         if self.method == "fork":
             slot = worker_mod.new_slot()
             target: Any = worker_mod.worker_main

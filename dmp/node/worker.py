@@ -44,6 +44,11 @@ DRAIN_EVERY = 32
 # An idle worker wakes at least this often to check its parent (and at
 # each heartbeat, as often as the manager's Welcome says).
 IDLE_POLL_SECONDS = 1.0
+# A refused or unanswered Hello is repeated after 1 s, then 2, 4, ... up to 30 s.
+HELLO_BACKOFF_S = 1.0
+HELLO_BACKOFF_MAX_S = 30.0
+# Exit status of a worker or node the manager refused (wrong or missing key, other version).
+EXIT_REFUSED = 3
 
 SLOT_SIZE = 16
 _SLOT = struct.Struct("<qq")
@@ -151,6 +156,8 @@ def worker_main(cfg: WorkerConfig) -> None:
         # The process ends with os._exit: without this, the last Results and
         # the Bye could die unsent in ZeroMQ's queue (bounded by LINGER_MS).
         transport.context().term()
+    if worker.exit_code:
+        raise SystemExit(worker.exit_code)  # the manager refused our key or version
 
 
 class Worker:
@@ -179,6 +186,7 @@ class Worker:
         self.first_unflushed = 0.0
         self.done = 0
         self.stopping = False
+        self.exit_code = 0  # EXIT_REFUSED: the manager refused our key or version
         self.current = -1  # key of the task running now
         self.max_message = 0  # the manager's limit, from its Welcome
         self.out_bytes = 0
@@ -247,6 +255,10 @@ class Worker:
                 self.queue = collections.deque(t for t in self.queue if t[1] not in gone)
         elif isinstance(msg, protocol.Welcome):
             self.max_message = msg.max_message
+        elif isinstance(msg, protocol.Error) and msg.code in (protocol.ErrorCode.AUTH, protocol.ErrorCode.VERSION):
+            print(f"dmp worker {self.cfg.worker_id}: the manager refused us: {msg.text}", file=sys.stderr)
+            self.exit_code = EXIT_REFUSED
+            self.stopping = True
         elif isinstance(msg, protocol.Bye):
             self.stopping = True
 

@@ -33,12 +33,21 @@ import msgpack
 
 from dmp.errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+
+
+def software_version() -> str:
+    """What a peer must match to join: dmp's version and Python's minor version."""
+    import sys
+
+    from dmp import __version__
+
+    return f"dmp {__version__}, Python {sys.version_info[0]}.{sys.version_info[1]}"
 
 # Header decoding limits: a hostile peer must not make the decoder allocate
 # much. Real headers are small (a Dispatch of 1024 tasks is ~20 KiB).
 MAX_HEADER_BYTES = 4 * 1024 * 1024
-_UNPACK_LIMITS = dict(
+UNPACK_LIMITS = dict(
     max_str_len=1024 * 1024,
     max_bin_len=1024 * 1024,
     max_array_len=1_000_000,
@@ -68,6 +77,7 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_PEER = "unknown-peer"
     BAD_MESSAGE = "bad-message"
     AUTH = "auth"
+    TOO_LARGE = "too-large"
     UNKNOWN_JOB = "unknown-job"
     REFUSED = "refused"
 
@@ -145,7 +155,8 @@ class Hello(Message):
     slots: int = 0  # workers: 1; nodes: their worker count
     node: str = ""  # workers: the node they belong to
     max_tasks: int = 0  # workers: tasks before they exit (0 = no limit)
-    version: str = ""
+    version: str = ""  # software_version(): dmp and Python; must equal the manager's
+    nonce: bytes = b""  # with an authkey: the peer's fresh challenge (dmp.wire.handshake)
 
 
 @message(2)
@@ -158,7 +169,7 @@ class Welcome(Message):
     heartbeat_s: float
     slots: int = 0  # worker slots in the cluster now
     max_message: int = 0  # bytes; larger messages are refused (0: no limit)
-    nonce: bytes = b""  # with an authkey: the session every later message is signed in
+    nonce: bytes = b""  # with an authkey: the manager's half of the session nonce
 
 
 @message(3)
@@ -485,7 +496,7 @@ def decode(header: bytes | memoryview) -> tuple[Message, list[int]]:
     if len(header) > MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {len(header)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
-        obj = msgpack.unpackb(header, raw=False, strict_map_key=True, **_UNPACK_LIMITS)
+        obj = msgpack.unpackb(header, raw=False, strict_map_key=True, **UNPACK_LIMITS)
     except Exception as exc:  # msgpack raises several unrelated types
         raise ProtocolError(f"header is not valid msgpack: {exc}") from None
     if not isinstance(obj, list) or len(obj) < 3:

@@ -17,11 +17,12 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+import msgpack
 import zmq
 
 from dmp import _config
-from dmp.errors import AuthenticationError, ProtocolError
-from dmp.wire import protocol
+from dmp.errors import MessageTooLargeError, ProtocolError
+from dmp.wire import handshake, protocol
 
 # Frames queued per peer before ZeroMQ refuses more. Application-level credit
 # (bounded tasks in flight per worker and per client) keeps real queues far
@@ -159,6 +160,10 @@ def make_socket(kind: int, *, identity: bytes | None = None) -> zmq.Socket[Any]:
     if kind == zmq.ROUTER:
         # Fail loudly instead of silently dropping a message to an unknown peer.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A second connection under an identity in use takes it over: a
+        # squatter cannot lock the rightful owner out (it must then still
+        # prove the key before it gets anything).
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
     return sock
 
 
@@ -170,64 +175,48 @@ NOBLOCK = int(zmq.NOBLOCK)
 # What a bind or connect raises for an unusable address (the CLI turns it into exit 2).
 ZMQError = zmq.ZMQError
 
-# Messages that may travel outside a session (signed with an empty nonce).
-_SESSIONLESS = (protocol.Hello, protocol.Welcome, protocol.Error)
-NONCE_BYTES = 16
-# How much of a refused message's header is kept to say why (an Error is far smaller).
-MAX_REFUSED_HEADER = 4096
-
-
-class _SigningSession:
-    """One signing session: its nonce and a counter each way."""
-
-    __slots__ = ("nonce", "seen", "sent")
-
-    def __init__(self, nonce: bytes) -> None:
-        self.nonce = nonce
-        self.sent = 0
-        self.seen = 0
-
-
 class Channel:
     """A socket that speaks dmp messages. Not thread-safe: one owner thread.
 
-    ``routed`` channels (ROUTER) carry the peer's routing id as the first frame.
-
-    With a key, every message carries ``counter (8 bytes) + HMAC-SHA256``
-    over the session nonce, the counter and every frame with its length.
-    Hello, Welcome and Error travel outside a session (empty nonce, counter
-    0); the manager's Welcome carries a fresh nonce that signs everything
-    after it, and each side accepts only increasing counters. A message
-    captured from one session is therefore refused in any other, and
-    refused again in its own. A DEALER holds back what it sends after Hello
-    until the Welcome arrives.
+    ``routed`` channels (ROUTER, the manager) carry the peer's routing id as
+    the first frame. With a key, every message is signed and checked by the
+    channel's :class:`~dmp.wire.handshake.Keyring` (the mutual challenge and
+    per-session counters described there). A DEALER holds back what it sends
+    after Hello until the Welcome arrives, then proves the key with a
+    Heartbeat before anything else. ``max_message`` (bytes, 0: none) bounds
+    a whole message: header and every payload frame together.
     """
 
-    __slots__ = ("_held", "peer_address", "routed", "sessions", "signer", "sock")
+    __slots__ = ("_held", "keys", "max_message", "peer_address", "routed", "sock")
 
     def __init__(self, sock: zmq.Socket[Any], key: bytes | None) -> None:
         self.sock = sock
-        self.signer = protocol.Signer(key)
         self.routed = sock.type == zmq.ROUTER
-        self.sessions: dict[bytes | None, _SigningSession] = {}
+        self.keys = handshake.Keyring(key or None, self.routed)
         self._held: list[tuple[protocol.Message, Sequence[Any], int]] = []
         self.peer_address = ""  # IP of the sender of the last Hello received
+        self.max_message = 0
+
+    @property
+    def signer(self) -> protocol.Signer:
+        return self.keys.signer
 
     # --- sessions (manager side) --------------------------------------------------
 
     def open_session(self, ident: bytes) -> bytes:
-        """A fresh nonce for peer ``ident``; put it in the Welcome."""
-        if self.signer.key is None:
-            return b""
-        nonce = os.urandom(NONCE_BYTES)
-        self.sessions[ident] = _SigningSession(nonce)
-        return nonce
+        """A fresh nonce for the Hello just received from ``ident``; put it in the Welcome."""
+        return self.keys.open_session(ident)
 
     def close_session(self, ident: bytes) -> None:
-        self.sessions.pop(ident, None)
+        self.keys.forget(ident)
 
     def has_session(self, ident: bytes | None) -> bool:
-        return ident in self.sessions
+        return ident in self.keys.sessions
+
+    @property
+    def fresh(self) -> bytes | None:
+        """The peer whose session the last received message opened (its proof), or None."""
+        return self.keys.fresh
 
     # --- messages -----------------------------------------------------------------------
 
@@ -238,25 +227,16 @@ class Channel:
         *,
         to: bytes | None = None,
         flags: int = 0,
+        sign: bool = True,
     ) -> None:
+        """Send ``msg``; ``sign=False`` sends it unsigned (a refusal to a stranger)."""
+        self.keys.prepare(msg)
         sizes, physical = protocol.pack(frames)
         body = [protocol.encode(msg, sizes), *physical]
-        if self.signer.key is None:
-            sig = b""
-        else:
-            session = self.sessions.get(to)
-            if isinstance(msg, _SESSIONLESS) or session is None:
-                if not self.routed and isinstance(msg, protocol.Hello):
-                    self.sessions.pop(None, None)  # a new session starts with the Welcome
-                elif not self.routed and not isinstance(msg, _SESSIONLESS):
-                    self._held.append((msg, frames, flags))
-                    return
-                nonce, counter = b"", 0
-            else:
-                session.sent += 1
-                nonce, counter = session.nonce, session.sent
-            count = counter.to_bytes(8, "little")
-            sig = count + self.signer.sign(body, nonce + count)
+        sig = self.keys.seal(msg, body, to, sign)
+        if sig is None:
+            self._held.append((msg, frames, flags))
+            return
         # Frame by frame with plain int flags: send_multipart builds a zmq.Flag
         # enum per frame. ZeroMQ still delivers the parts all or none.
         send = self.sock.send
@@ -280,7 +260,8 @@ class Channel:
 
         Raises:
             zmq.Again: with NOBLOCK and nothing to read.
-            Refused: garbage, a bad signature, a replay; the raw parts were consumed.
+            Refused: garbage, a bad signature, a replay, a message over
+                ``max_message``; the raw parts were consumed.
         """
         # Frame by frame: recv_multipart asks for RCVMORE (an enum) per frame.
         recv = self.sock.recv
@@ -294,55 +275,40 @@ class Channel:
             ident = parts[0].bytes
             parts = parts[1:]
         if len(parts) < 2:
-            raise _Refused(ident, ProtocolError(f"message has {len(parts)} frames, expected 2 or more"))
+            bad = ProtocolError(f"message has {len(parts)} frames, expected 2 or more")
+            trusted = self.keys.signer.key is None  # without a key, nobody is a stranger
+            raise Refused(ident, bad, protocol.Error(protocol.ErrorCode.BAD_MESSAGE, str(bad)) if trusted else None)
         body = parts[1:]
         views = [p.buffer for p in body]
-        sessionless = False
-        if self.signer.key is not None:
-            try:
-                sessionless = self._verify(ident, parts[0].bytes, views)
-            except _Refused as refused:
-                refused.header = bytes(views[0][:MAX_REFUSED_HEADER])
-                raise
+        keys = self.keys
+        kind = keys.check(ident, parts[0].bytes, views)
+        if self.max_message:
+            size = sum(v.nbytes for v in views)
+            if size > self.max_message:
+                error = MessageTooLargeError(
+                    f"a message of {size} bytes exceeds the manager's limit of {self.max_message} bytes"
+                )
+                raise Refused(ident, error, protocol.Error(protocol.ErrorCode.TOO_LARGE, str(error), _ref(views[0])))
         try:
             msg, sizes = protocol.decode(views[0])
             frames = protocol.unpack(sizes, views[1:])
         except ProtocolError as exc:
-            raise _Refused(ident, exc) from None
+            reply = protocol.Error(protocol.ErrorCode.BAD_MESSAGE, str(exc)) if kind == handshake.OK else None
+            if reply is not None and "version" in str(exc):
+                reply.code = protocol.ErrorCode.VERSION
+            raise Refused(ident, exc, reply) from None
         if isinstance(msg, protocol.Hello):
             try:
                 self.peer_address = str(body[0].get("Peer-Address") or "")
             except (zmq.ZMQError, AttributeError):
                 self.peer_address = ""
-        if sessionless:
-            if not isinstance(msg, _SESSIONLESS):
-                raise _Refused(ident, AuthenticationError("message is not part of an authenticated session"))
-            if not self.routed and isinstance(msg, protocol.Welcome):
-                self._welcomed(msg.nonce)
+        if keys.admit(ident, kind, msg):
+            self._welcomed()
         return ident, msg, frames
 
-    def _verify(self, ident: bytes | None, raw: bytes, views: list[Any]) -> bool:
-        """Check the signature; True if the message came outside any session."""
-        if len(raw) != 8 + 32:
-            raise _Refused(ident, Unsigned("message is not signed (does the peer have the authkey?)"))
-        count = raw[:8]
-        counter = int.from_bytes(count, "little")
-        session = self.sessions.get(ident)
-        if session is not None and counter > session.seen:
-            if self.signer.verify(raw[8:], views, session.nonce + count):
-                session.seen = counter
-                return False
-        if counter == 0 and self.signer.verify(raw[8:], views, count):
-            return True
-        raise _Refused(
-            ident,
-            AuthenticationError("message signature does not verify (wrong authkey, or a replayed or stale message)"),
-        )
-
-    def _welcomed(self, nonce: bytes) -> None:
-        if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES:
-            return
-        self.sessions[None] = _SigningSession(nonce)
+    def _welcomed(self) -> None:
+        """The manager answered our Hello: prove the key, then send what waited."""
+        self.send(protocol.Heartbeat())
         held, self._held = self._held, []
         for msg, frames, flags in held:
             self.send(msg, frames, flags=flags)
@@ -351,27 +317,16 @@ class Channel:
         self.sock.close()
 
 
-class Unsigned(AuthenticationError):
-    """A message without any signature: its sender has no authkey (never a forgotten session)."""
+def _ref(header: Any) -> int:
+    """The job a refused (too large) message names, read without trusting it: 0 if none."""
+    try:
+        obj = msgpack.unpackb(header, raw=False, **protocol.UNPACK_LIMITS)
+    except Exception:  # msgpack raises several unrelated types
+        return 0
+    jobs = (protocol.DefineJob.TYPE, protocol.Submit.TYPE)
+    if isinstance(obj, list) and len(obj) > 3 and obj[1] in jobs and type(obj[3]) is int:
+        return obj[3]
+    return 0
 
 
-class _Refused(Exception):
-    """A received message was refused; carries who sent it and why."""
-
-    def __init__(self, ident: bytes | None, error: Exception) -> None:
-        super().__init__(str(error))
-        self.ident = ident
-        self.error = error
-        self.header = b""  # the unverified header (at most MAX_REFUSED_HEADER bytes)
-
-    def unverified_error(self) -> protocol.Error | None:
-        """The refused message, if its header is an ``Error``: the manager's answer to a
-        wrong key looks like this. Unverified, so only a hint (never a payload, never unpickled)."""
-        try:
-            msg, _ = protocol.decode(self.header)
-        except (ProtocolError, ValueError, TypeError):
-            return None
-        return msg if isinstance(msg, protocol.Error) else None
-
-
-Refused = _Refused
+Refused = handshake.Refused

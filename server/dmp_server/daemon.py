@@ -6,6 +6,10 @@
     local client (embedded mode) --> handle_local, or inbox deque + eventfd
     local supervisor (embedded mode) --> sentinel fds --> worker deaths
 
+With a key, a peer's Hello is answered but the peer joins only once it has
+proved the key in the session that Hello opened (see dmp_server.routing);
+refused messages are logged and answered at a bounded rate (dmp_server.gate).
+
 A step (:meth:`step` = :meth:`handle` of :meth:`poll`): poll until the next
 timer or the timeout, take one message from the socket (the next poll finds
 the rest) and all that the other ready sources hold, run due timers (peer
@@ -30,9 +34,9 @@ from dmp import _config
 from dmp.wire import protocol, transport
 from dmp.wire.protocol import ErrorCode, Role
 from dmp.wire.wakeup import Wakeup
-from dmp_server import hostproc, objects, status
+from dmp_server import gate, hostproc, objects, status
 from dmp_server.dashboard import PUBLISH_S, Board
-from dmp_server.peers import Departures, LocalClient, LocalSupervisor, Peers, describe
+from dmp_server.peers import LIVENESS, Departures, LocalClient, LocalSupervisor, Peers, describe
 from dmp_server.routing import VERSION, Routing, log, worker_peer
 from dmp_server.scheduler import Scheduler
 
@@ -55,6 +59,7 @@ class Daemon(Routing):
         max_clients: int = _config.MAX_CLIENTS,
         max_queued: int = _config.MAX_QUEUED_PER_CLIENT,
     ) -> None:
+        self.key = key
         self.max_message = max_message
         self.max_clients = max_clients
         self.max_queued = max_queued
@@ -64,6 +69,9 @@ class Daemon(Routing):
         # get MessageTooLargeError instead.
         router.setsockopt(zmq.MAXMSGSIZE, max_message)
         self.chan = transport.Channel(router, key)
+        self.chan.max_message = max_message  # the whole message, not one frame
+        self.refusals = gate.Refusals(log)
+        self._joining = {}
         self.endpoints: list[str] = []
         for endpoint in bind:
             self.chan.sock.bind(endpoint)
@@ -80,7 +88,7 @@ class Daemon(Routing):
         self.objects = objects.ObjectServer(launcher)
         self.supervisor = supervisor
         self.heartbeat_s = heartbeat_s
-        self.peers = Peers(self.scheduler, self.objects, heartbeat_s)
+        self.peers = Peers(self.scheduler, self.objects, heartbeat_s, supervised=supervisor is not None)
         self.locals: dict[str, LocalClient] = {}
         self.inbox: collections.deque[tuple[str, protocol.Message, list[Any]]] = collections.deque()
         self._wake = Wakeup(self)  # other threads may poke it until we are gone
@@ -205,14 +213,18 @@ class Daemon(Routing):
         except zmq.Again:
             return False
         except transport.Refused as refused:
+            if self.chan.fresh is not None:
+                self._admit(self.chan.fresh)
             self._refuse(refused)
             return True
         if ident is None:
             return True  # a ROUTER always names the sender; nothing to answer otherwise
         try:
+            if self.chan.fresh is not None:
+                self._admit(ident)  # its first message in the session proves the key
             self._handle_remote(ident, msg, frames)
         except Exception as exc:  # one bad peer must never stop the daemon
-            log.warning("bad %s from %s: %r", type(msg).__name__, self._who(ident.hex()), exc)
+            self.refusals.refused(ident, f"bad {type(msg).__name__}: {exc!r}", time.monotonic())
             self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"malformed {type(msg).__name__}: {exc}"))
         return True
 
@@ -240,7 +252,18 @@ class Daemon(Routing):
             self.supervisor.spawn()
 
     def _tick(self, now: float, late: float = 0.0) -> None:
-        """Expire silent peers (``late``: see Peers.tick), heartbeat the others."""
+        """Expire silent peers (``late``: see Peers.tick) and peers that never
+        proved the key, end the refusal log's interval, heartbeat the others."""
+        deadline = now - self.heartbeat_s * LIVENESS - late
+        while self._joining:
+            ident = next(iter(self._joining))
+            if self._joining[ident][2] >= deadline:
+                break
+            del self._joining[ident]  # answered, never proved the key
+            if ident.hex() not in self.peers.by_id:
+                self.chan.close_session(ident)
+        if now >= self.refusals.window_end:
+            self.refusals.flush(now)
         out = Departures()
         beat = self.peers.tick(now, out, late)
         for peer in out.gone:

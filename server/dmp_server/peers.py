@@ -56,19 +56,28 @@ class Peer:
 
 @dataclass(slots=True)
 class Departures:
-    """What forgetting peers means: commands to carry out, sessions to close."""
+    """What forgetting peers means: commands to carry out, sessions to close.
+
+    ``gone``: the peers forgotten (logged as leaving); ``dropped``: peers
+    removed with them or after them unannounced (a node's workers, an exited
+    worker), whose sessions end too.
+    """
 
     cmds: list[Command] = field(default_factory=list)
     gone: list[Peer] = field(default_factory=list)
+    dropped: list[Peer] = field(default_factory=list)
 
 
 class Peers:
     """Remote peers by id (ident.hex()), and workers that exited cleanly awaiting their Bye."""
 
-    def __init__(self, scheduler: Scheduler, shared: objects.ObjectServer, heartbeat_s: float) -> None:
+    def __init__(
+        self, scheduler: Scheduler, shared: objects.ObjectServer, heartbeat_s: float, *, supervised: bool = False
+    ) -> None:
         self.scheduler = scheduler
         self.shared = shared
         self.heartbeat_s = heartbeat_s
+        self.supervised = supervised  # embedded mode: our own supervisor watches the workers
         self.by_id: dict[str, Peer] = {}
         self.exiting: dict[str, float] = {}
 
@@ -104,18 +113,25 @@ class Peers:
             out.cmds += self.shared.peer_gone(peer_id, crashed=crashed)
         elif role == Role.NODE:
             for worker in [w for w in sched.workers.values() if w.node == (peer.name if peer else "")]:
-                self.by_id.pop(worker.peer, None)
+                self._drop(worker.peer, out)
                 out.cmds += sched.remove_worker(worker.peer, None)
 
-    def worker_exit(self, peer_id: str, exitcode: int, running: int, now: float) -> list[Command]:
+    def _drop(self, peer_id: str, out: Departures) -> None:
+        """Remove a peer without telling the scheduler; its session ends (``out.dropped``)."""
+        peer = self.by_id.pop(peer_id, None)
+        if peer is not None:
+            out.dropped.append(peer)
+
+    def worker_exit(self, peer_id: str, exitcode: int, running: int, now: float, out: Departures) -> None:
+        """A worker process exited (its node or our supervisor says so)."""
         if exitcode == 0 and running < 0 and peer_id in self.scheduler.workers:
             # A clean exit: the worker said Bye after its last results, on its
             # own socket, which may still be in flight. Wait for it a little,
             # or its finished tasks would be run twice.
             self.exiting[peer_id] = now + EXIT_GRACE_S
-            return []
-        self.by_id.pop(peer_id, None)
-        return self.scheduler.remove_worker(peer_id, exitcode, running)
+            return
+        self._drop(peer_id, out)
+        out.cmds += self.scheduler.remove_worker(peer_id, exitcode, running)
 
     def tick(self, now: float, out: Departures, late: float = 0.0) -> list[Peer]:
         """Once a beat: expire late Byes and silent peers; returns the peers to heartbeat.
@@ -127,16 +143,26 @@ class Peers:
         for peer_id, until in list(self.exiting.items()):
             if until <= now:
                 del self.exiting[peer_id]
-                self.by_id.pop(peer_id, None)
+                self._drop(peer_id, out)
                 out.cmds += self.scheduler.remove_worker(peer_id, 0, -1)
         deadline = now - self.heartbeat_s * LIVENESS - late
         beat = []
         for peer in list(self.by_id.values()):
-            if peer.role in (Role.CLIENT, Role.NODE, Role.STATUS) and peer.last_seen < deadline:
+            if self._silent(peer, deadline):
                 self.forget(peer.id, out, crashed=True)
             elif peer.role in (Role.CLIENT, Role.NODE) and peer.ident is not None:
                 beat.append(peer)
         return beat
+
+    def _silent(self, peer: Peer, deadline: float) -> bool:
+        """A remote peer not heard from since ``deadline``. A busy worker may be
+        silent (its node vouches for it); an idle one heartbeats."""
+        if peer.last_seen >= deadline:
+            return False
+        if peer.role != Role.WORKER:
+            return True
+        worker = self.scheduler.workers.get(peer.id)
+        return not self.supervised and (worker is None or not worker.assigned)
 
 
 def describe(peer: Peer) -> str:

@@ -1,6 +1,7 @@
 """The daemon's routing: what each message from each kind of peer means, and where replies go.
 
-    Hello --> admit (limits, a worker's node must have joined) --> Welcome + session
+    Hello --> version, limits (a worker's node must have joined) --> Welcome + session
+          --> with a key: joining until the peer proves it, then admitted (a replayed Hello takes nothing)
     client: Submit / DefineJob / EndJob / CancelJob / SignalJob / Obj* --> Scheduler or ObjectServer
     worker: Results / Output / TaskStarted / Bye     node: WorkerExited / Bye
     commands (Send, Kill) --> a local client's on_message, or the ROUTER
@@ -20,10 +21,10 @@ from typing import Any
 import zmq
 
 from dmp._version import __version__
-from dmp.errors import AuthenticationError, ProtocolError
-from dmp.wire import protocol, transport
+from dmp.errors import ProtocolError
+from dmp.wire import handshake, protocol, transport
 from dmp.wire.protocol import ErrorCode, Role
-from dmp_server import objects
+from dmp_server import gate, objects
 from dmp_server.peers import Departures, LocalClient, LocalSupervisor, Peer, Peers, describe
 from dmp_server.scheduler import Command, Kill, Scheduler, Send
 
@@ -36,6 +37,11 @@ class Routing:
     """Message handlers and output; the attributes below are set by the daemon."""
 
     chan: transport.Channel
+    key: bytes | None
+    refusals: gate.Refusals
+    # Peers whose Hello was answered but who have not proved the key yet:
+    # ident -> (Hello, address, when). They hold no slot and no name.
+    _joining: dict[bytes, tuple[protocol.Hello, str, float]]
     scheduler: Scheduler
     objects: objects.ObjectServer
     peers: Peers
@@ -53,23 +59,18 @@ class Routing:
     # --- handlers ----------------------------------------------------------------------
 
     def _refuse(self, refused: transport.Refused) -> None:
-        log.warning("refused a message from %s: %s", self._who(_peer_id(refused.ident)), refused.error)
-        if refused.ident is None:
+        """Log (at a bounded rate) and answer (with a key: at most once an
+        interval, unsigned unless the sender is in a session) a refused message."""
+        ident = refused.ident
+        first = self.refusals.refused(ident, str(refused.error), time.monotonic())
+        if ident is None or not (first or self.key is None):  # without a key, every peer is trusted
             return
-        error = refused.error
-        if isinstance(error, AuthenticationError):
-            if self.chan.has_session(refused.ident) or isinstance(error, transport.Unsigned):
-                code = ErrorCode.AUTH  # a peer without the key: it must stop, not say Hello again
-            else:
-                # No session: a peer with the right key that we forgot (we
-                # restarted) can verify this Error and says Hello again; one
-                # with a wrong key cannot, and reports AuthenticationError.
-                code = ErrorCode.UNKNOWN_PEER
-        elif "version" in str(error):
-            code = ErrorCode.VERSION
-        else:
-            code = ErrorCode.BAD_MESSAGE
-        self._send_raw(refused.ident, protocol.Error(code, str(error)))
+        if refused.reply is not None:
+            in_session = self.chan.has_session(ident) and refused.reply.code != ErrorCode.UNKNOWN_PEER
+            try:
+                self.chan.send(refused.reply, to=ident, flags=transport.NOBLOCK, sign=in_session)
+            except zmq.ZMQError:
+                pass
 
     def _handle_remote(self, ident: bytes, msg: protocol.Message, frames: list[Any]) -> None:
         peer_id = ident.hex()
@@ -86,6 +87,7 @@ class Routing:
             if isinstance(msg, protocol.Results):
                 if protocol.count_frames(msg.items, 3, width=6) != len(frames):
                     raise ProtocolError("Results items do not match their frames")
+                gate.check_results(msg.items)
                 self._carry_out(self.scheduler.results(peer_id, msg.items, frames))
             elif isinstance(msg, protocol.Output):
                 self._forward_output(msg)
@@ -104,28 +106,69 @@ class Routing:
                 self._forget(peer_id)
         elif isinstance(msg, protocol.StatusRequest):
             self._send(peer_id, protocol.StatusReply(self.status()), [])
+        elif isinstance(msg, protocol.Bye):
+            self._forget(peer_id)  # a status probe done: gone now, not when it goes silent
 
     def _hello(self, ident: bytes, peer_id: str, msg: protocol.Hello) -> None:
+        """Answer a Hello. With a key the peer is admitted only once it proves
+        the key in its new session (:meth:`_admit`): a replayed Hello gets a
+        Welcome nobody can use, and takes nothing from anyone."""
         if msg.role not in (Role.CLIENT, Role.WORKER, Role.NODE, Role.STATUS):
             self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"unknown role {msg.role!r}"))
             return
-        if peer_id in self.peers.by_id:
-            self._forget(peer_id, crashed=True)  # a reconnect under the same identity: start clean
+        ours = protocol.software_version()
+        if msg.version != ours:
+            text = f"the manager runs {ours}, this {msg.role} runs {msg.version or 'an unknown version'}"
+            log.warning("refused %s %s from %s: %s", msg.role, msg.name, msg.host, text)
+            self._send_raw(ident, protocol.Error(ErrorCode.VERSION, text))
+            return
+        refusal = self._refusal(msg)
+        if refusal:
+            self._send_raw(ident, protocol.Error(ErrorCode.REFUSED, refusal))
+            return
+        host = self.chan.peer_address or msg.host
+        nonce = self.chan.open_session(ident)
+        welcome = protocol.Welcome(peer_id, VERSION, self.heartbeat_s, len(self.scheduler.workers), self.max_message, nonce)
+        if self.key is None:
+            self._send_raw(ident, welcome)
+            self._join(ident, msg, host)
+            return
+        self._joining.pop(ident, None)
+        self._joining[ident] = (msg, host, time.monotonic())
+        while len(self._joining) > handshake.MAX_PENDING:
+            del self._joining[next(iter(self._joining))]
+        self._send_raw(ident, welcome)
+
+    def _refusal(self, msg: protocol.Hello) -> str:
+        """Why a peer may not join now ("" if it may)."""
         if msg.role == Role.WORKER and self.supervisor is None and self.peers.node(msg.node) is None:
             # A worker of a node we do not know: its node is not (yet, or no
             # longer) joined. An orphan of a dead node must not become a slot.
-            self._send_raw(ident, protocol.Error(ErrorCode.REFUSED, f"node {msg.node!r} has not joined"))
-            return
+            return f"node {msg.node!r} has not joined"
         if msg.role == Role.CLIENT and self.peers.count(Role.CLIENT) >= self.max_clients:
             log.warning("refused client %s from %s: at the limit of %d clients", msg.name, msg.host, self.max_clients)
-            self._send_raw(ident, protocol.Error(ErrorCode.REFUSED, f"the manager is at its limit of {self.max_clients} clients"))
+            return f"the manager is at its limit of {self.max_clients} clients"
+        return ""
+
+    def _admit(self, ident: bytes) -> None:
+        """The peer at ``ident`` proved the key in the session its Hello opened: it joins."""
+        joining = self._joining.pop(ident, None)
+        if joining is None:
             return
+        msg, host, _ = joining
+        refusal = self._refusal(msg)
+        if refusal:
+            self.chan.close_session(ident)
+            self._send_raw(ident, protocol.Error(ErrorCode.REFUSED, refusal))
+            return
+        self._join(ident, msg, host)
+
+    def _join(self, ident: bytes, msg: protocol.Hello, host: str) -> None:
+        peer_id = ident.hex()
+        if peer_id in self.peers.by_id:
+            self._forget(peer_id, crashed=True, keep_session=True)  # a reconnect under the same identity: start clean
         now = time.monotonic()
-        host = self.chan.peer_address or msg.host
         self.peers.by_id[peer_id] = Peer(peer_id, ident, msg.role, msg.name, host, msg.pid, msg.node, msg.slots, now)
-        nonce = self.chan.open_session(ident)
-        welcome = protocol.Welcome(peer_id, VERSION, self.heartbeat_s, len(self.scheduler.workers), self.max_message, nonce)
-        self._send_raw(ident, welcome)
         if msg.role == Role.WORKER:
             self._carry_out(self.scheduler.add_worker(peer_id, msg.node, msg.pid, msg.max_tasks))
         elif msg.role == Role.CLIENT:
@@ -200,22 +243,28 @@ class Routing:
         self._send(job.client, out, [])
 
     def _worker_exit(self, peer_id: str, exitcode: int, running: int) -> None:
-        self._carry_out(self.peers.worker_exit(peer_id, exitcode, running, time.monotonic()))
+        out = Departures()
+        self.peers.worker_exit(peer_id, exitcode, running, time.monotonic(), out)
+        self._depart(out)
 
     # --- peers going away ---------------------------------------------------------------
 
-    def _forget(self, peer_id: str, *, crashed: bool = False) -> None:
-        """``peer_id`` is gone: it said Bye, or it ``crashed`` (back under its identity)."""
+    def _forget(self, peer_id: str, *, crashed: bool = False, keep_session: bool = False) -> None:
+        """``peer_id`` is gone: it said Bye, or it ``crashed`` (back under its identity with a
+        new Hello: then ``keep_session``, the one that Hello opened)."""
         peer = self.peers.by_id.get(peer_id)
         if peer is not None:
             level = logging.INFO if peer.role in (Role.NODE, Role.CLIENT) else logging.DEBUG
             log.log(level, "%s left", describe(peer))
         out = Departures()
         self.peers.forget(peer_id, out, local=peer_id in self.locals, crashed=crashed)
+        if keep_session:
+            out.gone = [p for p in out.gone if p.id != peer_id]
         self._depart(out)
 
     def _depart(self, out: Departures) -> None:
-        for peer in out.gone:
+        """End the sessions of the peers gone and dropped, and carry out what their going means."""
+        for peer in out.gone + out.dropped:
             if peer.ident is not None:
                 self.chan.close_session(peer.ident)
         self._carry_out(out.cmds)
@@ -262,7 +311,3 @@ def _worker_id(peer_id: str) -> str:
         return bytes.fromhex(peer_id).decode()
     except (ValueError, UnicodeDecodeError):
         return peer_id
-
-
-def _peer_id(ident: bytes | None) -> str | None:
-    return ident.hex() if ident else None

@@ -109,7 +109,7 @@ def next_reply(sock: zmq.Socket[Any], timeout: float = 5.0) -> protocol.Message:
 
 
 def hello(role: str = "client") -> bytes:
-    return protocol.encode(protocol.Hello(role, "fuzz", "fuzzhost", 1))
+    return protocol.encode(protocol.Hello(role, "fuzz", "fuzzhost", 1, version=protocol.software_version()))
 
 
 def assert_serving(cluster: FaultCluster) -> None:
@@ -272,7 +272,7 @@ def test_fuzzed_frames_leave_the_manager_serving(open_cluster: FaultCluster, soc
     print(f"{n} fuzzed messages")
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(180)  # 3000 hypothesis examples: ~35 s alone, more beside other suites on 2 cores
 def test_fuzzed_frames_to_a_keyed_manager_are_all_refused(keyed_cluster: FaultCluster, sockets: Any) -> None:
     c = keyed_cluster
     socks = [sockets(c.address) for _ in range(2)]
@@ -398,8 +398,9 @@ def test_a_replayed_session_is_refused_on_a_new_connection(keyed_cluster: FaultC
     assert isinstance(next_reply(thief), protocol.Welcome)
     for parts in rec.sent[1:]:  # ...but what was signed in the old session is not
         thief.send_multipart(parts)
-        reply = next_reply(thief)
-        assert isinstance(reply, protocol.Error) and reply.code == protocol.ErrorCode.AUTH, reply
+    # One unsigned refusal per connection per interval; the rest are dropped silently.
+    reply = next_reply(thief)
+    assert isinstance(reply, protocol.Error) and reply.code == protocol.ErrorCode.AUTH, reply
     assert_serving(keyed_cluster)  # later work went through the same manager and node
     assert len(tasks.attempts(str(markers), 0)) == 1
 
@@ -538,6 +539,9 @@ def test_a_rogue_manager_cannot_make_a_worker_load_its_pickle(tmp_path: Path, ma
         # messages inside it (no key: the attacker cannot compute the counters' MACs).
         nonce = chan.open_session(worker)
         chan.send(protocol.Welcome("w", "0", 1.0, 1, 0, nonce), to=worker)
+        while not chan.has_session(worker):  # the worker proves the key (a Heartbeat)
+            assert router.poll(20_000), "the worker never answered its Welcome"
+            chan.recv()
         router.send_multipart([worker, (1).to_bytes(8, "little") + wrong.sign(body, nonce + (1).to_bytes(8, "little")), *body])
         # Positive control: the same route with the key runs a task. The worker
         # handles its connection in order, so the forgeries were handled first.
