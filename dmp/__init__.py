@@ -26,7 +26,7 @@ _logging.getLogger("dmp").addHandler(_logging.NullHandler())
 _LAZY = {
     **dict.fromkeys(
         ["AuthenticationError", "BufferTooShort", "ManagerUnavailableError", "MessageTooLargeError",
-         "ProcessError", "RemoteError", "TimeoutError", "WorkerLostError"],
+         "ProcessError", "RemoteError", "TaskTimeoutError", "TimeoutError", "WorkerLostError"],
         "dmp.errors",
     ),
     "Executor": "dmp.client.executor",
@@ -71,6 +71,7 @@ if TYPE_CHECKING:
         MessageTooLargeError,
         ProcessError,
         RemoteError,
+        TaskTimeoutError,
         TimeoutError,
         WorkerLostError,
     )
@@ -161,6 +162,7 @@ __all__ = [
     "RemoteError",
     "Semaphore",
     "SimpleQueue",
+    "TaskTimeoutError",
     "TimeoutError",
     "Value",
     "WorkerLostError",

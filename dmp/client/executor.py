@@ -26,12 +26,19 @@ class Executor(cf.Executor):
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
         max_tasks_per_child: int | None = None,
+        task_timeout: float | None = None,
+        resources: dict[str, float] | None = None,
     ) -> None:
+        """``task_timeout`` and ``resources`` are as for ``dmp.Pool``.
+
+        Raises ValueError for a bad argument.
+        """
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         self._max_workers = max_workers or _config.cpu_count()
         self._pool = Pool(
-            self._max_workers, initializer, initargs, max_tasks_per_child, address=address, authkey=authkey
+            self._max_workers, initializer, initargs, max_tasks_per_child, address=address, authkey=authkey,
+            task_timeout=task_timeout, resources=resources,
         )
         self._shutdown = False
         self._lock = threading.Lock()

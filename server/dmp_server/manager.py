@@ -78,6 +78,7 @@ class LocalSupervisor(Protocol):
     def reap(self, fd: int) -> Any: ...
     def spawn(self) -> str: ...
     def kill(self, worker_id: str) -> None: ...
+    def kill_overdue(self, now: float) -> tuple[list[tuple[int, int]], float | None]: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -143,6 +144,7 @@ class Manager:
         self._poller.register(self._wake.fd, zmq.POLLIN)
         self._watched: set[int] = set()
         self._next_tick = time.monotonic() + heartbeat_s
+        self._check_at = 0.0  # next look for overdue local workers (task_timeout)
         # Who runs the reactor: run()'s thread, or (embedded mode) a caller
         # waiting on a result; _turn is held for the whole turn, poll included.
         self._turn = threading.Lock()
@@ -236,6 +238,8 @@ class Manager:
         if self.supervisor is not None:
             self._watched = self.supervisor.watch(poller, self._watched)
         wake_at = self._next_tick
+        if self.supervisor is not None and self._check_at < wake_at:
+            wake_at = self._check_at
         deadline = self.objects.next_deadline()
         if deadline is not None and deadline < wake_at:
             wake_at = deadline
@@ -256,6 +260,8 @@ class Manager:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 self._carry_out(self.objects.tick(now))
+            if self.supervisor is not None and now >= self._check_at:
+                self._kill_overdue(now)
             if now >= self._next_tick:
                 late = now - self._next_tick
                 self._next_tick = now + self.heartbeat_s
@@ -401,7 +407,7 @@ class Manager:
             self._handle_client(peer_id, msg, frames)
         elif peer.role == Role.NODE:
             if isinstance(msg, protocol.WorkerExited):
-                self._worker_exit(self._worker_peer(msg.worker), msg.exitcode, msg.running)
+                self._worker_exit(self._worker_peer(msg.worker), msg.exitcode, msg.running, bool(msg.timed_out))
             elif isinstance(msg, protocol.Bye):
                 self._forget(peer_id)
         elif isinstance(msg, protocol.StatusRequest):
@@ -424,6 +430,13 @@ class Manager:
             log.warning("refused client %s from %s: at the limit of %d clients", msg.name, msg.host, self.max_clients)
             self._send_raw(ident, protocol.Error(ErrorCode.REFUSED, f"the manager is at its limit of {self.max_clients} clients"))
             return
+        resources: dict[str, float] = {}
+        if msg.role == Role.NODE:
+            try:
+                resources = _config.check_resources(msg.resources, "Hello.resources")
+            except ValueError as exc:
+                self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, str(exc)))
+                return
         now = time.monotonic()
         host = self.chan.peer_address or msg.host
         self.peers[peer_id] = Peer(peer_id, ident, msg.role, msg.name, host, msg.pid, msg.node, msg.slots, now, now)
@@ -434,6 +447,8 @@ class Manager:
             self._carry_out(self.scheduler.add_worker(peer_id, msg.node, msg.pid, msg.max_tasks))
         elif msg.role == Role.CLIENT:
             self.scheduler.add_client(peer_id, msg.slots)  # a client's slots: Pool(k)
+        elif msg.role == Role.NODE:
+            self._carry_out(self.scheduler.add_node(msg.name, resources))
         # Nodes and clients at INFO; a worker process or a status probe at DEBUG.
         level = logging.INFO if msg.role in (Role.NODE, Role.CLIENT) else logging.DEBUG
         log.log(level, "%s joined (pid %s)", self._who(peer_id), msg.pid)
@@ -458,7 +473,13 @@ class Manager:
                 pos += n
             self._carry_out(sched.submit(peer, msg.job, tasks))
         elif isinstance(msg, protocol.DefineJob):
-            self._carry_out(sched.define_job(peer, msg.job, frames, msg.max_retries))
+            try:
+                timeout = _config.check_timeout(msg.timeout or None, "DefineJob.timeout")
+                resources = _config.check_resources(msg.resources, "DefineJob.resources")
+            except ValueError as exc:
+                self._send(peer, protocol.Error(ErrorCode.BAD_MESSAGE, str(exc), msg.job), [])
+                return
+            self._carry_out(sched.define_job(peer, msg.job, frames, msg.max_retries, timeout, resources))
         elif isinstance(msg, protocol.EndJob):
             self._carry_out(sched.end_job(peer, msg.job))
         elif isinstance(msg, protocol.CancelJob):
@@ -515,11 +536,22 @@ class Manager:
         peer_id = self._worker_peer(exited.worker)
         if exited.exitcode != 0:
             log.warning("worker %s (pid %d) died: exit %d", exited.worker, exited.pid, exited.exitcode)
-        self._worker_exit(peer_id, exited.exitcode, exited.running)
+        self._worker_exit(peer_id, exited.exitcode, exited.running, exited.timed_out)
         if self.supervisor.respawn and not self._stopping:
             self.supervisor.spawn()
 
-    def _worker_exit(self, peer_id: str, exitcode: int, running: int) -> None:
+    def _kill_overdue(self, now: float) -> None:
+        """Local mode's task_timeout: kill workers past their task's deadline (their
+        deaths then come through the sentinels, as timed out)."""
+        assert self.supervisor is not None
+        killed, upcoming = self.supervisor.kill_overdue(now)
+        for pid, key in killed:
+            log.warning("worker pid %d ran task %d past its timeout: killed", pid, key)
+        self._check_at = now + _config.DEADLINE_CHECK_S
+        if upcoming is not None and upcoming < self._check_at:
+            self._check_at = upcoming
+
+    def _worker_exit(self, peer_id: str, exitcode: int, running: int, timed_out: bool = False) -> None:
         if exitcode == 0 and running < 0 and peer_id in self.scheduler.workers:
             # A clean exit: the worker said Bye after its last results, on its
             # own socket, which may still be in flight. Wait for it a little,
@@ -527,7 +559,7 @@ class Manager:
             self._exiting[peer_id] = time.monotonic() + EXIT_GRACE_S
             return
         self.peers.pop(peer_id, None)
-        self._carry_out(self.scheduler.remove_worker(peer_id, exitcode, running))
+        self._carry_out(self.scheduler.remove_worker(peer_id, exitcode, running, timed_out))
 
     @staticmethod
     def _worker_peer(worker_id: str) -> str:
@@ -554,6 +586,8 @@ class Manager:
             self._carry_out(self.scheduler.remove_client(peer_id))
             self._carry_out(self.objects.peer_gone(peer_id))
         elif role == Role.NODE:
+            if peer is not None:
+                self.scheduler.remove_node(peer.name)
             for worker in [w for w in self.scheduler.workers.values() if w.node == (peer.name if peer else "")]:
                 self.peers.pop(worker.peer, None)
                 self._carry_out(self.scheduler.remove_worker(worker.peer, None))

@@ -122,9 +122,9 @@ class FaultCluster:
         self.manager = self._spawn("manager", ["manager", "--bind", self.address, *self.manager_args])
         return self.manager
 
-    def start_node(self, name: str, processes: int = 2) -> subprocess.Popen[bytes]:
+    def start_node(self, name: str, processes: int = 2, args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
         env = dict(self.env, FAULT_NODE=name)
-        proc = self._spawn(name, ["worker", self.address, "--processes", str(processes), "--name", name], env)
+        proc = self._spawn(name, ["worker", self.address, "--processes", str(processes), "--name", name, *args], env)
         self.nodes[name] = proc
         self.processes[name] = processes
         return proc
