@@ -162,15 +162,19 @@ class Dashboard:
 
     # --- authentication (beyond loopback only) ------------------------------
 
-    def new_nonce(self) -> str:
-        nonce = secrets.token_hex(16)
+    def _issue(self, store: dict[str, float], token: str, ttl: float) -> str:
+        """Remember ``token`` as issued now, dropping expired ones and, past MAX_SESSIONS, the oldest."""
         now = time.monotonic()
         with self._lock:
-            self._nonces = {n: t for n, t in self._nonces.items() if now - t < NONCE_S}
-            if len(self._nonces) >= MAX_SESSIONS:
-                self._nonces.pop(next(iter(self._nonces)))
-            self._nonces[nonce] = now
-        return nonce
+            for old in [k for k, t in store.items() if now - t >= ttl]:
+                del store[old]
+            if len(store) >= MAX_SESSIONS:
+                store.pop(next(iter(store)))
+            store[token] = now
+        return token
+
+    def new_nonce(self) -> str:
+        return self._issue(self._nonces, secrets.token_hex(16), NONCE_S)
 
     def login(self, nonce: str, proof: str) -> str | None:
         """A session id if ``proof`` answers a live ``nonce`` (each nonce answers once)."""
@@ -180,14 +184,7 @@ class Dashboard:
             return None
         if not hmac.compare_digest(login_proof(self.key, nonce), proof):
             return None
-        session = secrets.token_urlsafe(32)
-        now = time.monotonic()
-        with self._lock:
-            self._sessions = {s: t for s, t in self._sessions.items() if now - t < SESSION_S}
-            if len(self._sessions) >= MAX_SESSIONS:
-                self._sessions.pop(next(iter(self._sessions)))
-            self._sessions[session] = now
-        return session
+        return self._issue(self._sessions, secrets.token_urlsafe(32), SESSION_S)
 
     def allowed(self, cookie: str | None, authorization: str | None) -> bool:
         if not self.public:
