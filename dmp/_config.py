@@ -164,13 +164,15 @@ _RESOURCE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Bounds on what a node or a job may declare: a hostile peer must not make
 # the manager keep thousands of names per node.
 MAX_RESOURCES = 64
+MAX_RESOURCE_NAME = 64
 
 
 def check_resources(value: object, what: str = "resources") -> dict[str, float]:
     """``value`` as a {name: amount} dict of resources, checked strictly.
 
-    Names match ``[A-Za-z_][A-Za-z0-9_]*``; amounts are positive finite
-    numbers (bools are not numbers here). At most MAX_RESOURCES names.
+    Names match ``[A-Za-z_][A-Za-z0-9_]*`` (at most MAX_RESOURCE_NAME
+    characters); amounts are positive finite numbers (bools are not numbers
+    here). At most MAX_RESOURCES names.
 
     Raises:
         ValueError: ``value`` is not such a mapping; the message names the
@@ -184,8 +186,12 @@ def check_resources(value: object, what: str = "resources") -> dict[str, float]:
         raise ValueError(f"{what} names {len(value)} resources, at most {MAX_RESOURCES} are allowed")
     out: dict[str, float] = {}
     for name, amount in value.items():
-        if not isinstance(name, str) or not _RESOURCE_NAME.fullmatch(name):
-            raise ValueError(f"{what}: resource name {name!r} is not a name like GPU or MEM ([A-Za-z_][A-Za-z0-9_]*)")
+        if not isinstance(name, str) or len(name) > MAX_RESOURCE_NAME or not _RESOURCE_NAME.fullmatch(name):
+            shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+            raise ValueError(
+                f"{what}: resource name {shown} is not a name like GPU or MEM "
+                f"([A-Za-z_][A-Za-z0-9_]*, at most {MAX_RESOURCE_NAME} characters)"
+            )
         if isinstance(amount, bool) or not isinstance(amount, (int, float)):
             raise ValueError(f"{what}: amount of {name} must be a number, not {type(amount).__name__}")
         if not math.isfinite(amount) or amount <= 0:
