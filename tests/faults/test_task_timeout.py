@@ -6,6 +6,7 @@ other tasks of the same map succeed and the pool stays usable.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,26 @@ def test_executor_task_timeout(mode: str, markers: Path, request: pytest.Fixture
         with pytest.raises(dmp.TaskTimeoutError):
             stuck.result(60)
         assert ex.submit(tasks.square, 5).result(60) == 25
+
+
+@pytest.mark.timeout(120)
+def test_the_node_keeps_the_deadline_while_the_manager_is_frozen(cluster: FaultCluster, markers: Path) -> None:
+    """The deadline is kept where the task runs: with the manager stopped
+    (SIGSTOP), the node still kills the stuck worker; once the manager runs
+    again the task fails with TaskTimeoutError."""
+    assert cluster.manager is not None
+    with dmp.Pool(address=cluster.address, task_timeout=0.5) as pool:
+        stuck = pool.apply_async(limit_tasks.stuck_or_quick, (str(markers), 0, "pause"))
+        (pid, _node), = wait_for(lambda: tasks.attempts(str(markers), 0), 30, "the stuck task to start")
+        cluster.manager.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: not alive(pid), 30, f"the node to kill worker pid {pid} on its own")
+        finally:
+            cluster.manager.send_signal(signal.SIGCONT)
+        with pytest.raises(dmp.TaskTimeoutError) as info:
+            stuck.get(60)
+        assert info.value.pid == pid
+        assert pool.apply(tasks.square, (4,)) == 16
 
 
 @pytest.mark.parametrize("bad", [0, -1, float("inf"), float("nan"), "1", True])
