@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 _logging.getLogger("dmp").addHandler(_logging.NullHandler())
 
 # Public names and the module each lives in, imported on first use (PEP 562),
-# so that ``import dmp_server.manager`` (which needs dmp.wire) loads neither
+# so that ``import dmp_server.daemon`` (which needs dmp.wire) loads neither
 # cloudpickle nor the pool.
 _LAZY = {
     **dict.fromkeys(

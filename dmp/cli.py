@@ -98,7 +98,7 @@ def _target(args: argparse.Namespace) -> _Target:
 
 
 def cmd_manager(args: argparse.Namespace) -> int:
-    from dmp_server.manager import Manager
+    from dmp_server.daemon import Daemon
 
     bind = normalize_address(args.bind)
     key = _authkey(args.authkey_file)
@@ -118,16 +118,16 @@ def cmd_manager(args: argparse.Namespace) -> int:
     if transport.curve_enabled():
         log.info("CURVE encryption on (keys in %s)", args.curve or "DMP_CURVE")
     try:
-        manager = Manager(
+        daemon = Daemon(
             bind=[bind], key=key, max_message=int(args.max_message_mb * 1024 * 1024), max_clients=args.max_clients,
             max_queued=args.max_queued, heartbeat_s=args.heartbeat_s,
         )
     except transport.ZMQError as exc:
         raise UsageError(f"cannot listen on {bind}: {exc.strerror}") from None
-    signal.signal(signal.SIGTERM, lambda *_: manager.stop())
-    signal.signal(signal.SIGINT, lambda *_: manager.stop())
-    address = discovery.advertised(manager.endpoints[0])
-    log.info("manager listening on %s", ", ".join(manager.endpoints))
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
+    signal.signal(signal.SIGINT, lambda *_: daemon.stop())
+    address = discovery.advertised(daemon.endpoints[0])
+    log.info("manager listening on %s", ", ".join(daemon.endpoints))
     curve = transport.curve_public_key()
     if key is not None:
         log.info("join token: %s", discovery.make_token(address, key, curve))
@@ -137,11 +137,11 @@ def cmd_manager(args: argparse.Namespace) -> int:
         try:
             discovery.write_manager_file(args.manager_file, info)
         except OSError as exc:
-            manager.stop()
-            manager.run()
+            daemon.stop()
+            daemon.run()
             raise UsageError(f"cannot write manager file {args.manager_file}: {exc.strerror}") from None
     try:
-        manager.run()
+        daemon.run()
     finally:
         if args.manager_file:
             discovery.remove_manager_file(args.manager_file, os.getpid())

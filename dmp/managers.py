@@ -139,7 +139,7 @@ class Server:
         self.registry = registry
         self.address = address
         self.authkey = authkey
-        self._manager: Any = None
+        self._daemon: Any = None
 
     def serve_forever(self) -> None:
         """Serve until SIGINT or SIGTERM (or :meth:`stop` from another thread).
@@ -147,33 +147,33 @@ class Server:
         Raises:
             ValueError: a non-loopback address without an authkey.
         """
-        manager = _make_manager(self.registry, self.address, self.authkey)
-        self._manager = manager
-        self.address = manager.endpoints[0]
+        daemon = _make_daemon(self.registry, self.address, self.authkey)
+        self._daemon = daemon
+        self.address = daemon.endpoints[0]
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: manager.stop())
+                signal.signal(sig, lambda *_: daemon.stop())
         try:
-            manager.run()
+            daemon.run()
         finally:
-            manager.objects.launcher.stop()
+            daemon.objects.launcher.stop()
 
     def stop(self) -> None:
-        if self._manager is not None:
-            self._manager.stop()
+        if self._daemon is not None:
+            self._daemon.stop()
 
 
-def _make_manager(registry: dict[str, Registration], address: str, key: bytes | None) -> Any:
-    from dmp_server.manager import Manager
+def _make_daemon(registry: dict[str, Registration], address: str, key: bytes | None) -> Any:
+    from dmp_server.daemon import Daemon
 
     if key is None and not is_loopback(address):
         raise ValueError(
             f"refusing to serve {address} without an authkey: anyone who can reach it could run "
             "code in the object host. Pass authkey=..., set DMP_AUTHKEY, or bind to 127.0.0.1."
         )
-    manager = Manager(bind=[address], key=key)
-    manager.objects.launcher = objhost.ForkLauncher(manager.host_endpoint, key, registry, manager.endpoints[0])
-    return manager
+    daemon = Daemon(bind=[address], key=key)
+    daemon.objects.launcher = objhost.ForkLauncher(daemon.host_endpoint, key, registry, daemon.endpoints[0])
+    return daemon
 
 
 def _run_server(registry: dict[str, Registration], address: str, key: bytes | None, writer: Any,
@@ -184,18 +184,18 @@ def _run_server(registry: dict[str, Registration], address: str, key: bytes | No
     if initializer is not None:
         initializer(*initargs)
     try:
-        manager = _make_manager(registry, address, key)
+        daemon = _make_daemon(registry, address, key)
     except Exception as exc:
         writer.send(("error", f"{type(exc).__name__}: {exc}"))
         writer.close()
         return
-    signal.signal(signal.SIGTERM, lambda *_: manager.stop())
-    writer.send(("ok", manager.endpoints[0]))
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
+    writer.send(("ok", daemon.endpoints[0]))
     writer.close()
     try:
-        manager.run()
+        daemon.run()
     finally:
-        manager.objects.launcher.stop()
+        daemon.objects.launcher.stop()
 
 
 def _finalize_manager(process: Any, address: str, creator: int, timeout: float) -> None:

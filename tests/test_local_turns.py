@@ -1,7 +1,7 @@
 """Local mode: a thread waiting on a result runs the embedded reactor itself.
 
-Covers the turn-taking in ``dmp_server.manager.Manager.wait``/``post``:
-the waiting caller leads, other waiters follow, run()'s thread takes over
+Covers ``dmp.client.turns.Turns`` around the embedded daemon's steps:
+the waiting caller leads, other waiters follow, the engine thread takes over
 when the leader leaves, and callbacks on the caller's turn behave.
 """
 
@@ -13,7 +13,7 @@ import time
 from concurrent.futures import TimeoutError
 
 import pytest
-from dmp_server import manager as manager_mod
+from dmp_server import daemon as daemon_mod
 
 import dmp
 from tests import turns as turns_mod
@@ -32,15 +32,15 @@ def nap(seconds: float) -> float:
 
 @pytest.fixture
 def turns(monkeypatch) -> collections.Counter[str]:
-    """Reactor turns (``Manager._step`` calls) counted by the name of the thread that ran them."""
+    """Reactor steps (``Daemon.handle`` calls) counted by the name of the thread that ran them."""
     counter: collections.Counter[str] = collections.Counter()
-    step = manager_mod.Manager._step
+    handle = daemon_mod.Daemon.handle
 
-    def counting(self, limit):  # type: ignore[no-untyped-def]
+    def counting(self, ready):  # type: ignore[no-untyped-def]
         counter[threading.current_thread().name] += 1
-        return step(self, limit)
+        return handle(self, ready)
 
-    monkeypatch.setattr(manager_mod.Manager, "_step", counting)
+    monkeypatch.setattr(daemon_mod.Daemon, "handle", counting)
     return counter
 
 

@@ -1,12 +1,14 @@
-"""Local mode's engine: the manager reactor embedded in this process.
+"""Local mode's engine: the manager daemon's reactor embedded in this process.
 
-    Pool --Session--> LocalLink --> Manager (reactor thread) --ipc://--> workers
-                                       ^-- sentinel fds of the forked workers
+    Pool --Session--> LocalLink --> Turns --> Daemon.poll/handle --ipc://--> workers
+                                      ^ caller waiting, or the engine thread
+                                              ^-- sentinel fds of the forked workers
 
 Workers are forked from the thread that creates the engine (so globals set
 before the pool exists are visible, as with multiprocessing's fork start
-method); replacements are forked by the reactor thread. Everything else,
-scheduling, retries and results, is the cluster's manager code.
+method); replacements are forked by whichever thread holds the reactor's
+turn (dmp.client.turns). Everything else, scheduling, retries and results,
+is the cluster's manager code.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dmp.client import session as session_mod
+from dmp.client.turns import Turns
 from dmp.errors import ProcessError
 from dmp.node.supervisor import Supervisor
 from dmp.node.worker import WorkerConfig
@@ -36,16 +39,17 @@ class LocalEngine:
         initargs: tuple[Any, ...],
         max_tasks: int,
     ) -> None:
-        from dmp_server.manager import Manager
+        from dmp_server.daemon import Daemon
 
         endpoint = f"ipc://@dmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         template = WorkerConfig(
             address=endpoint, node="local", initializer=initializer, initargs=initargs, max_tasks=max_tasks
         )
         self.supervisor = Supervisor(template, count=processes)
-        self.manager = Manager(bind=[endpoint], supervisor=self.supervisor)
+        self.daemon = Daemon(bind=[endpoint], supervisor=self.supervisor)
+        self.turns = Turns(self.daemon.poll, self.daemon.handle, self.daemon.wake, reenter=False)
         self.session = session_mod.Session()
-        self.session.link = session_mod.LocalLink(self.manager, self.session)
+        self.session.link = session_mod.LocalLink(self.daemon, self.turns, self.session)
         self.supervisor.start()
         self._thread = threading.Thread(target=self._run, name="dmp-engine", daemon=True)
         self._done = False
@@ -54,8 +58,10 @@ class LocalEngine:
 
     def _run(self) -> None:
         try:
-            self.manager.run()
+            while not self.turns.stopped:
+                self.turns.serve(None)  # a step, unless a waiting caller takes them
         finally:
+            self.turns.close(self.daemon.close)
             self.session.fail_all(ProcessError("the pool's engine stopped before the task finished"))
 
     @property
@@ -68,10 +74,10 @@ class LocalEngine:
             return
         self._done = True
         self.supervisor.respawn = False
-        self.manager.stop()
+        self.turns.stop()
         # A callback on the reactor's turn (terminate() from a callback, say)
         # cannot wait for the reactor to end: it ends once the callback returns.
-        if threading.current_thread() is not self._thread and not self.manager.runs_here():
+        if threading.current_thread() is not self._thread and not self.turns.runs_here():
             self._thread.join(timeout)
         self.supervisor.stop(kill=kill, timeout=timeout)
         _live.discard(self)

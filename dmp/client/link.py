@@ -1,21 +1,23 @@
 """Cluster mode's client link: one DEALER to the manager, driven by whoever waits.
 
-    caller thread --post()--> [io lock] DEALER.send          (no hand-off)
-    caller thread waiting on a result --wait()--> leads: polls the socket's
-        fd itself, receives, dispatches; its own reply wakes no other thread
-    no caller waiting --> the link's thread polls and dispatches instead
+    caller thread --post()--> [io lock] DEALER.send, then receive into the inbox
+    caller thread waiting on a result --wait()--> Turns: leads (polls the
+        socket's fd itself, receives, dispatches; its own reply wakes no
+        other thread) or follows (blocks on its own event)
+    no caller waiting --> the link's thread takes the steps instead
     every beat (the manager's Welcome.heartbeat_s) the link's thread sends a
     Heartbeat; silence for LIVENESS beats (dmp.wire.peer.Liveness), or a Bye,
     fails every waiting job with ManagerUnavailableError (never a hang)
 
-Leader/follower: one waiting thread at a time leads (``_lead``); others
-follow, blocking on their own event, and the leader wakes the link's thread
-when it leaves so followers are served at once. The socket is only ever
-touched under ``_io``, held for single non-blocking operations, never while
-waiting. Messages are dispatched in arrival order by one thread at a time
-(``_dispatch``) and outside ``_io``, so a slow callback never blocks a send.
-Whoever touches the socket drains it afterwards: ZeroMQ's fd only signals
-again once someone has seen the socket empty.
+Turn-taking is dmp.client.turns.Turns, the same as local mode's: a step is
+``_poll`` (the socket's fd and a wake-up fd) then ``_pump`` (receive,
+dispatch). Messages are dispatched in arrival order on the turn only, and
+outside ``_io``, so a slow callback never blocks a send; a post() that
+received messages while another thread holds the turn wakes that thread to
+dispatch them. The socket is only ever touched under ``_io``, held for
+single non-blocking operations, never while waiting. Whoever touches the
+socket drains it afterwards: ZeroMQ's fd only signals again once someone has
+seen the socket empty.
 """
 
 from __future__ import annotations
@@ -31,15 +33,10 @@ from collections.abc import Callable
 from typing import Any
 
 from dmp import _config
-from dmp.client.sigint import critical, interruptible
-from dmp.client.turns import Followers, Wakeup
+from dmp.client.sigint import critical
+from dmp.client.turns import Turns, Wakeup
 from dmp.errors import AuthenticationError, ManagerUnavailableError, MessageTooLargeError
 from dmp.wire import peer, protocol, transport
-
-# While a caller leads, the link's thread checks back this often (it also
-# sends heartbeats); a leader polls in slices of this, checking for failure.
-STEP_BACK_S = 0.01
-LEAD_SLICE_S = 0.1
 
 
 class RemoteLink:
@@ -60,16 +57,11 @@ class RemoteLink:
         self.key = key
         self.welcome: protocol.Welcome | None = None
         self._io = threading.Lock()  # the socket and channel
-        self._lead = threading.Lock()  # a caller polling the socket
-        self._dispatch = threading.RLock()  # callbacks may wait on other results
         self._inbox: collections.deque[tuple[protocol.Message, list[Any]]] = collections.deque()
-        self._followers = Followers()
-        self._wake = Wakeup(self)  # the link's thread
-        self._nudge = Wakeup(self)  # the leader
-        self._leader = 0  # thread ident of the leader
-        self._dispatcher = 0  # thread ident of the one dispatching
+        self._wake = Wakeup(self)  # whoever holds the turn
+        self._turns = Turns(self._poll, self._pump, self._wake.poke, reenter=True)
         self._stop = False
-        self._dead = False  # the socket is closed or about to be: nobody may lead
+        self._dead = False  # the socket is closed or about to be: nobody may use it
         self._clean = False  # the socket was seen empty since anyone last used it
         self._failure: BaseException | None = None
         self._ready = threading.Event()
@@ -77,6 +69,9 @@ class RemoteLink:
         transport.curve_enabled()  # bad DMP_CURVE keys: ValueError here, not in our thread
         self._chan = peer.connect(address, key)
         self._fd = peer.socket_fd(self._chan)
+        self._poller = select.poll()  # polled by the turn's holder only
+        self._poller.register(self._fd, select.POLLIN)
+        self._poller.register(self._wake.fd, select.POLLIN)
         hello = protocol.Hello(protocol.Role.CLIENT, f"client-{os.getpid()}", socket.gethostname(), os.getpid(), max_workers)
         with self._io:
             self._chan.send(hello)
@@ -84,7 +79,7 @@ class RemoteLink:
         self._thread.start()
         if not self._ready.wait(timeout):
             self._stop = True
-            self._wake.poke()
+            self._turns.stop()
             raise ManagerUnavailableError(f"no dmp manager answered at {address} within {timeout:g} s")
         if self._failure is not None:
             raise self._failure
@@ -112,45 +107,25 @@ class RemoteLink:
                 self._clean = False
                 self._chan.send(msg, frames)
                 got = self._receive()
-            if got:
-                self._delivered()
+            if got and not self._turns.run_now(self._dispatch_inbox):
+                self._wake.poke()  # the turn's holder dispatches it (it may be a leader's reply)
 
     def wait(self, done: Callable[[], bool], block: Callable[[float | None], Any], timeout: float | None) -> None:
         """Return once ``done()`` or after ``timeout`` seconds, serving the socket meanwhile.
 
         ``block(timeout)`` is how this caller waits when another thread
-        leads: on the event that the dispatch of its result sets.
+        leads: on the event that the dispatch of its result sets. A callback
+        waiting on another result serves the socket itself (no deadlock).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        me = threading.get_ident()
-        if me in (self._leader, self._dispatcher):
-            # A callback waiting on another result: nobody else can dispatch
-            # while it runs, so it serves the socket itself (no deadlock).
-            self._lead_until(done, deadline)
-            return
-        while not done():
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return
-            with critical:  # Ctrl-C only while polling: never with _lead taken and not given back
-                if self._dead or not self._lead.acquire(blocking=False):
-                    self._followers.wait(block, remaining)
-                    return
-                self._leader = me
-                try:
-                    self._lead_until(done, deadline)
-                finally:
-                    self._leader = 0
-                    self._lead.release()
-                    if self._followers.count:
-                        self._wake.poke()  # the link's thread takes over for them now
+        self._turns.wait(done, block, timeout)
 
     def close(self) -> None:
         if not self._stop:
             self.post(protocol.Bye("client closing"), [])
             self._stop = True
-            self._wake.poke()
-            if threading.current_thread() is not self._thread:
+            self._turns.stop()
+            # A callback on the turn cannot wait for the link's thread: it closes once the callback returns.
+            if threading.current_thread() is not self._thread and not self._turns.runs_here():
                 self._thread.join(5.0)
 
     # --- the socket ------------------------------------------------------------------------
@@ -179,99 +154,66 @@ class RemoteLink:
             self._live.heard(time.monotonic())
         return got
 
-    def _pump(self) -> None:
-        with critical:  # a Ctrl-C waits until what was received is delivered
-            with self._io:
-                if self._dead:
-                    return
-                got = self._receive()
-            if got:
-                self._delivered()
+    def _poll(self, limit: float | None) -> bool:
+        """On the turn: wait up to ``limit`` for the socket or a wake-up; False if nothing came."""
+        if not self._clean:
+            return True  # someone used the socket since it was seen empty: look before sleeping
+        ready = self._poller.poll(None if limit is None else limit * 1000)
+        if any(fd == self._wake.fd for fd, _ in ready):
+            self._wake.clear()
+        return bool(ready)
 
-    def _delivered(self) -> None:
-        """Dispatch what was received; a leader asleep on the socket learns it may be done."""
+    def _pump(self, ready: bool = True) -> None:
+        """On the turn: receive what is readable and dispatch the inbox."""
+        if not ready:
+            return
+        with self._io:
+            if self._dead:
+                return
+            self._receive()
         self._dispatch_inbox()
-        if self._leader and self._leader != threading.get_ident():
-            self._nudge.poke()  # we may have taken its reply: the socket will not wake it
 
     def _dispatch_inbox(self) -> None:
-        """Hand inbox messages on in arrival order, one dispatching thread at a time."""
+        """On the turn: hand inbox messages on in arrival order (a callback's own wait may go on)."""
         inbox = self._inbox
         while inbox:
-            if not self._dispatch.acquire(blocking=False):
-                return  # the holder re-checks the inbox after letting go
-            outer, self._dispatcher = self._dispatcher, threading.get_ident()
+            msg, frames = inbox.popleft()
             try:
-                while inbox:
-                    msg, frames = inbox.popleft()
-                    try:
-                        failure = self._handle(msg, frames)
-                    except Exception:  # a user callback raised: report it, keep serving
-                        traceback.print_exc()
-                        failure = None
-                    if failure is not None:
-                        self._fail(failure)
-            finally:
-                self._dispatcher = outer
-                self._dispatch.release()
+                failure = self._handle(msg, frames)
+            except Exception:  # a user callback raised: report it, keep serving
+                traceback.print_exc()
+                failure = None
+            if failure is not None:
+                self._fail(failure)
 
     def _fail(self, failure: BaseException) -> None:
         if self._failure is None:
             self._failure = failure
-        self._wake.poke()
-
-    def _lead_until(self, done: Callable[[], bool], deadline: float | None) -> None:
-        poller = select.poll()
-        poller.register(self._fd, select.POLLIN)
-        poller.register(self._nudge.fd, select.POLLIN)
-        look = not self._clean  # a caller that just sent has looked already
-        while True:
-            if look:
-                self._pump()
-            look = True
-            if done() or self._dead or self._failure is not None:
-                return
-            wait = LEAD_SLICE_S if deadline is None else min(LEAD_SLICE_S, deadline - time.monotonic())
-            if wait <= 0:
-                return
-            with interruptible:
-                ready = poller.poll(wait * 1000)
-            if any(fd == self._nudge.fd for fd, _ in ready):
-                self._nudge.clear()
+        self._turns.stop()  # leaders let go; the link's thread ends the session
 
     # --- the link's thread -------------------------------------------------------------------
 
     def _run(self) -> None:
-        serving = select.poll()
-        serving.register(self._fd, select.POLLIN)
-        serving.register(self._wake.fd, select.POLLIN)
-        stepped_back = select.poll()
-        stepped_back.register(self._wake.fd, select.POLLIN)
         live = self._live
         try:
             while not self._stop and self._failure is None:
-                now = time.monotonic()
-                if self._lead.locked():
-                    ready = stepped_back.poll(min(STEP_BACK_S, max(0.0, live.next_beat - now)) * 1000)
-                else:
-                    ready = serving.poll(max(0.0, live.next_beat - now) * 1000 + 1)
-                if any(fd == self._wake.fd for fd, _ in ready):
-                    self._wake.clear()
-                if ready:
-                    self._pump()
+                self._turns.serve(max(0.0, live.next_beat - time.monotonic()))  # a step, unless a caller leads
                 now = time.monotonic()
                 if live.due(now):
                     self.post(protocol.Heartbeat(), [])
                     if live.silent(now):
                         self._fail(ManagerUnavailableError(f"the dmp manager at {self.address} stopped answering"))
         finally:
-            self._dead = True
-            with self._io:
-                self._chan.close()
+            self._turns.close(self._close_socket)
             failure = self._failure
             if failure is not None and not self._ready.is_set():
                 self._ready.set()
             self.session.fail_all(failure or ManagerUnavailableError("the session was closed"))
+
+    def _close_socket(self) -> None:
+        self._dead = True
+        with self._io:
+            self._chan.close()
 
     def _handle(self, msg: protocol.Message, frames: list[Any]) -> BaseException | None:
         if isinstance(msg, protocol.Welcome):

@@ -1,7 +1,7 @@
 """The client session: one client's jobs with one manager, whichever link carries them.
 
     user thread --new_job/submit--> credit.charge/take --> link.post(msg, frames)
-        local link:  the embedded manager's inbox (same process)
+        local link:  the embedded daemon, on this thread or queued (same process)
         remote link: a DEALER socket to the manager daemon (cluster)
     link thread --on_message(Results)--> credit.release, sink.on_result(...)
 
@@ -178,19 +178,22 @@ def _deliver(sink: Sink, task_id: int, status: Status, frames: list[Any], info: 
 
 
 class LocalLink:
-    """Posts into an embedded manager running in this process."""
+    """Posts into the daemon embedded in this process; waiting callers take turns at its steps."""
 
-    __slots__ = ("manager", "peer")
+    __slots__ = ("daemon", "peer", "turns")
 
-    def __init__(self, manager: Any, session: Session) -> None:
-        self.manager = manager
-        self.peer = manager.attach_local(session)
+    def __init__(self, daemon: Any, turns: Any, session: Session) -> None:
+        self.daemon = daemon
+        self.turns = turns
+        self.peer = daemon.attach_local(session)
 
     def post(self, msg: protocol.Message, frames: list[Any]) -> None:
-        self.manager.post(self.peer, msg, frames)
+        # Handled right here when nobody holds the turn (no thread woken), else queued for who does.
+        if not self.turns.run_now(self.daemon.handle_local, self.peer, msg, frames):
+            self.daemon.post(self.peer, msg, frames)
 
     def wait(self, done: Callable[[], bool], block: Callable[[float | None], Any], timeout: float | None) -> None:
-        self.manager.wait(done, block, timeout)  # the waiting thread runs the embedded reactor
+        self.turns.wait(done, block, timeout)  # the waiting thread runs the embedded reactor
 
     def close(self) -> None:
         pass

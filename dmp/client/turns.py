@@ -1,63 +1,196 @@
-"""Callers taking turns at dmp's I/O (internal): wake-ups and the followers' side.
+"""Callers taking turns at one reactor (internal): lead, follow, step back, hand over.
 
-The client link (dmp/remote.py) and the embedded reactor
-(dmp_server/manager.py) let one waiting thread lead, serving the socket
-itself. Every other waiting thread follows: it blocks on its own event, and
-the leader, when it lets go, wakes the serving thread for it if any are
-counted here.
+    caller waiting on a result --wait()--> leads: runs poll + handle itself
+        (its own reply wakes no other thread), or follows: blocks on its own event
+    the serving thread --serve()--> runs steps whenever no caller leads
+    any thread --run_now(fn)--> fn on the turn at once if nobody holds it
+
+The local engine wraps the embedded daemon's ``poll``/``handle``
+(dmp_server/daemon.py); the cluster's RemoteLink (dmp/client/link.py) wraps
+its DEALER's. Exactly one thread at a time holds the turn, so what a step
+does needs no lock of its own. In the main thread a step is ``critical``
+(a Ctrl-C waits for it to end) and only its poll is ``interruptible``.
 """
 
 from __future__ import annotations
 
-import os
 import threading
-import weakref
+import time
 from collections.abc import Callable
 from typing import Any
 
-from dmp.client.sigint import interruptible
+from dmp.client.sigint import critical, interruptible
+from dmp.wire.wakeup import Wakeup
+
+__all__ = ["Turns", "Wakeup"]
+
+# After a caller led, the serving thread stays out of its way this long (the
+# caller will likely wait again at once), checking back at that pace; a
+# leader steps in slices of LEAD_SLICE_S, noticing stop(); a caller asking
+# the serving thread to hand over waits this long per try.
+STEP_BACK_S = 0.01
+LEAD_SLICE_S = 0.1
+HANDOVER_S = 0.02
 
 
-class Wakeup:
-    """An eventfd that one thread polls and any thread may poke.
+class Turns:
+    """Whoever holds the turn runs ``handle(poll(limit))``: a waiting caller, else the serving thread.
 
-    It is closed once its owner is gone, never at interpreter exit: a daemon
-    thread may still be polling it then, and a closed number can be reused.
+    ``wake()`` must make a ``poll`` in progress return soon (from any thread).
+    ``reenter``: a callback running on the turn that waits on another result
+    keeps stepping itself (the client link) rather than blocking (the
+    embedded daemon, whose handlers are not reentrant; multiprocessing's
+    result thread blocks too).
     """
 
-    __slots__ = ("fd",)
+    def __init__(
+        self,
+        poll: Callable[[float | None], Any],
+        handle: Callable[[Any], None],
+        wake: Callable[[], None],
+        *,
+        reenter: bool,
+    ) -> None:
+        self._poll = poll
+        self._handle = handle
+        self._wake = wake
+        self._reenter = reenter
+        self._turn = threading.Lock()  # held for a whole step, poll included
+        self._runner = 0  # thread ident holding the turn
+        self._leader = 0  # thread ident of a caller leading
+        self._want_lead = False
+        self._last_led = 0.0
+        self._resume = threading.Event()  # the serving thread's step-back wait
+        self._count = threading.Lock()
+        self._followers = 0
+        self.stopped = False
+        self._closed = False
 
-    def __init__(self, owner: object) -> None:
-        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        weakref.finalize(owner, os.close, self.fd).atexit = False
+    def runs_here(self) -> bool:
+        """Whether this thread holds the turn right now (a callback, say)."""
+        return self._runner == threading.get_ident()
 
-    def poke(self) -> None:
-        try:
-            os.eventfd_write(self.fd, 1)
-        except OSError:
-            pass
+    def _step(self, limit: float | None) -> None:
+        with critical:  # a Ctrl-C never lands halfway through handling
+            with interruptible:  # ... but at once while polling
+                ready = self._poll(limit)
+            self._handle(ready)
 
-    def clear(self) -> None:
-        try:
-            os.eventfd_read(self.fd)
-        except BlockingIOError:
-            pass
+    # --- callers ------------------------------------------------------------------------
 
+    def wait(self, done: Callable[[], bool], block: Callable[[float | None], Any], timeout: float | None) -> None:
+        """Return once ``done()`` or after ``timeout`` seconds, leading the reactor if nobody does.
 
-class Followers:
-    __slots__ = ("_lock", "count")
+        ``block(timeout)`` is how a follower waits: on the event its
+        result's delivery sets. A Ctrl-C is raised only while polling or
+        blocking (see dmp.client.sigint).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        me = threading.get_ident()
+        while not done():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            if self._runner == me and self._reenter and not self.stopped:
+                self._lead(done, deadline)  # nobody else can step while this callback runs
+                return
+            if self._runner == me or self.stopped:
+                with interruptible:
+                    block(remaining)
+                return
+            with critical:  # never leave the turn taken and not given back
+                if not self._take_turn():
+                    if not self._leader:
+                        continue  # the serving thread is handing over
+                    self._follow(block, remaining)
+                    return
+                try:
+                    self._want_lead = False
+                    self._leader = self._runner = me
+                    self._lead(done, deadline)
+                finally:
+                    self._leader = self._runner = 0
+                    self._last_led = time.monotonic()
+                    self._turn.release()
+                    if self._followers:
+                        self._last_led = 0.0
+                        self._resume.set()  # the serving thread serves them from now on
 
-    def __init__(self) -> None:
-        self.count = 0
-        self._lock = threading.Lock()
+    def _lead(self, done: Callable[[], bool], deadline: float | None) -> None:
+        while not done() and not self.stopped:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            self._step(LEAD_SLICE_S if left is None else min(LEAD_SLICE_S, left))
 
-    def wait(self, block: Callable[[float | None], Any], remaining: float | None) -> None:
-        """``block(remaining)`` as a follower; a Ctrl-C lands here at once (see dmp.client.sigint)."""
-        with self._lock:
-            self.count += 1
+    def _take_turn(self) -> bool:
+        """The turn for a caller, asking the serving thread to step back if it has it."""
+        if self._turn.acquire(blocking=False):
+            return True
+        if self._leader:
+            return False
+        self._want_lead = True
+        self._wake()
+        if self._turn.acquire(timeout=HANDOVER_S):
+            return True
+        self._want_lead = False  # a stale wish would keep the serving thread out for good
+        return False
+
+    def _follow(self, block: Callable[[float | None], Any], remaining: float | None) -> None:
+        with self._count:
+            self._followers += 1
         try:
             with interruptible:
                 block(remaining)
         finally:
-            with self._lock:
-                self.count -= 1
+            with self._count:
+                self._followers -= 1
+
+    def run_now(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """From any thread: ``fn(*args)`` on the turn if nobody holds it; False (not run) otherwise."""
+        with critical:
+            if not self._turn.acquire(blocking=False):
+                return False
+            try:
+                if self._closed:
+                    return False
+                self._runner = threading.get_ident()
+                fn(*args)
+                return True
+            finally:
+                self._runner = 0
+                self._turn.release()
+
+    # --- the serving thread ---------------------------------------------------------------------
+
+    def serve(self, limit: float | None) -> None:
+        """One step unless a caller leads (then step back a moment); returns within about ``limit``."""
+        if bool(self._leader or self._want_lead) or time.monotonic() - self._last_led < STEP_BACK_S:
+            self._resume.wait(STEP_BACK_S if limit is None else min(STEP_BACK_S, limit))
+            self._resume.clear()
+            return
+        if not self._turn.acquire(timeout=STEP_BACK_S):
+            return
+        try:
+            self._runner = threading.get_ident()
+            self._step(limit)
+        finally:
+            self._runner = 0
+            self._turn.release()
+
+    def stop(self) -> None:
+        """From any thread: leaders let go within a slice, :meth:`serve` returns soon, waits only block."""
+        self.stopped = True
+        self._wake()
+        self._resume.set()
+
+    def close(self, fn: Callable[[], None], timeout: float = 5.0) -> None:
+        """Stop, then ``fn()`` on the turn (or after ``timeout`` if a callback will not let go); no turns after."""
+        self.stop()
+        held = self._turn.acquire(timeout=timeout)
+        try:
+            self._closed = True
+            fn()
+        finally:
+            if held:
+                self._turn.release()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -130,7 +131,7 @@ def test_short_beat_keeps_an_idle_object_host_and_drops_a_frozen_one(tmp_path: P
             assert dropped_as_silent(cluster) == []
             with frozen(host):
                 wait_for(
-                    lambda: "client objhost went silent" in manager_log(cluster),
+                    lambda: re.search(r"client objhost \(pid \d+\) on \S+ went silent", manager_log(cluster)),
                     DEFAULT_WINDOW_S, "the manager to drop the frozen object host",
                 )
         finally:
@@ -161,7 +162,8 @@ def test_short_beat_drops_a_frozen_worker_client_and_node(tmp_path: Path) -> Non
             assert client.stdout is not None and client.stdout.readline().strip() == "ready"
             with frozen(client.pid):
                 wait_for(
-                    lambda: f"client client-{client.pid} went silent" in manager_log(cluster),
+                    lambda: re.search(rf"client client-{client.pid} \(pid {client.pid}\) on \S+ went silent",
+                                      manager_log(cluster)),
                     DEFAULT_WINDOW_S, "the manager to drop the frozen client",
                 )
         finally:

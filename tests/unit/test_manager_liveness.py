@@ -1,4 +1,4 @@
-"""The manager's expiry of silent peers: LIVENESS beats, not counting time it was held up itself."""
+"""The manager daemon's expiry of silent peers: LIVENESS beats, not counting time it was held up itself."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from dmp_server.manager import LIVENESS, Manager, Peer
+from dmp_server.daemon import Daemon
+from dmp_server.peers import LIVENESS, Peer
 
 from dmp import _config
 from dmp.wire.protocol import Role
@@ -18,34 +19,34 @@ BEAT = 0.2
 
 
 @pytest.fixture
-def manager() -> Iterator[Manager]:
-    m = Manager(bind=[f"inproc://liveness-{uuid.uuid4().hex}"], heartbeat_s=BEAT)
+def daemon() -> Iterator[Daemon]:
+    m = Daemon(bind=[f"inproc://liveness-{uuid.uuid4().hex}"], heartbeat_s=BEAT)
     try:
         yield m
     finally:
         m.chan.close()
 
 
-def _peer(manager: Manager, name: str, silent_for: float, now: float) -> None:
-    manager.peers[name] = Peer(name, None, Role.NODE, name, "host", 1, "", 0, now - silent_for, now - silent_for)
+def _peer(daemon: Daemon, name: str, silent_for: float, now: float) -> None:
+    daemon.peers.by_id[name] = Peer(name, None, Role.NODE, name, "host", 1, "", 0, now - silent_for)
 
 
 def test_the_manager_counts_the_shared_liveness() -> None:
     assert LIVENESS == _config.LIVENESS
 
 
-def test_a_peer_silent_for_more_than_liveness_beats_is_dropped(manager: Manager) -> None:
+def test_a_peer_silent_for_more_than_liveness_beats_is_dropped(daemon: Daemon) -> None:
     now = time.monotonic()
-    _peer(manager, "quiet", BEAT * LIVENESS - 0.05, now)
-    _peer(manager, "gone", BEAT * LIVENESS + 0.05, now)
-    manager._tick(now)
-    assert set(manager.peers) == {"quiet"}
+    _peer(daemon, "quiet", BEAT * LIVENESS - 0.05, now)
+    _peer(daemon, "gone", BEAT * LIVENESS + 0.05, now)
+    daemon._tick(now)
+    assert set(daemon.peers.by_id) == {"quiet"}
 
 
-def test_time_the_reactor_was_held_up_is_not_held_against_peers(manager: Manager) -> None:
+def test_time_the_reactor_was_held_up_is_not_held_against_peers(daemon: Daemon) -> None:
     now = time.monotonic()
-    _peer(manager, "queued", BEAT * LIVENESS + 1.0, now)  # its heartbeats wait unread in the socket
-    manager._tick(now, late=1.5)
-    assert set(manager.peers) == {"queued"}
-    manager._tick(now + BEAT)  # on time again: by now the backlog was read, or it is gone
-    assert manager.peers == {}
+    _peer(daemon, "queued", BEAT * LIVENESS + 1.0, now)  # its heartbeats wait unread in the socket
+    daemon._tick(now, late=1.5)
+    assert set(daemon.peers.by_id) == {"queued"}
+    daemon._tick(now + BEAT)  # on time again: by now the backlog was read, or it is gone
+    assert daemon.peers.by_id == {}

@@ -47,7 +47,7 @@ def _server_files() -> list[Path]:
 
 def test_there_is_server_code_to_check() -> None:
     names = {p.name for p in _server_files()}
-    assert {"manager.py", "scheduler.py"} <= names
+    assert {"daemon.py", "scheduler.py"} <= names
 
 
 @pytest.mark.parametrize("path", _server_files(), ids=lambda p: str(p.relative_to(SERVER)))
@@ -86,7 +86,7 @@ def test_checker_allows_innocent_imports(source: str) -> None:
 
 # Loaded by importing the daemon: the source check above cannot see what an
 # import drags in through dmp's package __init__ or a module it imports.
-NEVER_LOADED_BY_DAEMON = ("cloudpickle", "dill", "dmp.serialization", "dmp.client.pool", "dmp.node")
+NEVER_LOADED_BY_DAEMON = ("cloudpickle", "dill", "dmp.serialization", "dmp.client", "dmp.node")
 
 
 def test_importing_the_daemon_loads_no_unpickler_and_no_client() -> None:
@@ -94,12 +94,12 @@ def test_importing_the_daemon_loads_no_unpickler_and_no_client() -> None:
     import sys
 
     probe = (
-        "import sys, dmp_server.manager, dmp_server.scheduler, dmp_server.objects\n"
+        "import sys, dmp_server.daemon, dmp_server.scheduler, dmp_server.objects\n"
         "print('\\n'.join(sorted(sys.modules)))\n"
     )
     loaded = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     ).stdout.split()
-    assert "dmp_server.manager" in loaded  # the probe really imported the daemon
+    assert "dmp_server.daemon" in loaded  # the probe really imported the daemon
     bad = [m for m in loaded if any(m == f or m.startswith(f + ".") for f in NEVER_LOADED_BY_DAEMON)]
     assert bad == []

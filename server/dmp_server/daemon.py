@@ -1,0 +1,273 @@
+"""The manager daemon: one zmq.Poller reactor, one thread at a time, no locks.
+
+    clients --(ROUTER)--> decode + verify --> Scheduler --> commands --> route
+    workers --(ROUTER)-->      "          --> Scheduler -->    "     -->   "
+    nodes   --(ROUTER)--> WorkerExited / Heartbeat
+    local client (embedded mode) --> handle_local, or inbox deque + eventfd
+    local supervisor (embedded mode) --> sentinel fds --> worker deaths
+
+A step (:meth:`step` = :meth:`handle` of :meth:`poll`): poll until the next
+timer or the timeout, take one message from the socket (the next poll finds
+the rest) and all that the other ready sources hold, run due timers (peer
+expiry, parked shared-object calls). As ``dmp manager``, :meth:`run`'s
+thread takes every step. Embedded in a user's process for local mode, the
+steps are taken in turns by the threads of dmp.client.turns.Turns; this
+class knows nothing of them. Payloads are never unpickled.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+import uuid
+from typing import Any
+
+import zmq
+
+from dmp import _config
+from dmp.wire import protocol, transport
+from dmp.wire.protocol import ErrorCode, Role
+from dmp.wire.wakeup import Wakeup
+from dmp_server import hostproc, objects, status
+from dmp_server.peers import Departures, LocalClient, LocalSupervisor, Peers, describe
+from dmp_server.routing import VERSION, Routing, log, worker_peer
+from dmp_server.scheduler import Scheduler
+
+HEARTBEAT_S = _config.HEARTBEAT_S
+# Messages drained from the socket at once when a worker dies (its last results).
+DRAIN_BATCH = 512
+
+
+class Daemon(Routing):
+    """The reactor. Construct, then :meth:`run` (blocks), or take :meth:`step` s in turns."""
+
+    def __init__(
+        self,
+        *,
+        bind: list[str],
+        key: bytes | None = None,
+        supervisor: LocalSupervisor | None = None,
+        heartbeat_s: float = HEARTBEAT_S,
+        max_message: int = _config.MAX_MESSAGE_BYTES,
+        max_clients: int = _config.MAX_CLIENTS,
+        max_queued: int = _config.MAX_QUEUED_PER_CLIENT,
+    ) -> None:
+        self.max_message = max_message
+        self.max_clients = max_clients
+        self.max_queued = max_queued
+        router = transport.make_socket(zmq.ROUTER)
+        # A frame over the limit makes ZeroMQ drop that peer's connection
+        # before the bytes are ever buffered; honest clients check first and
+        # get MessageTooLargeError instead.
+        router.setsockopt(zmq.MAXMSGSIZE, max_message)
+        self.chan = transport.Channel(router, key)
+        self.endpoints: list[str] = []
+        for endpoint in bind:
+            self.chan.sock.bind(endpoint)
+            self.endpoints.append(self.chan.sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        self.scheduler = Scheduler()
+        # The object host connects over a private ipc:// endpoint when we listen on
+        # tcp:// (each hop of a dict call is then cheaper; nothing else uses it).
+        self.host_endpoint = self.endpoints[0] if self.endpoints else ""
+        if self.host_endpoint.startswith("tcp://"):
+            router.bind(f"ipc://@dmp-objhost-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+            self.host_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
+        # Shared objects; a dict, list or registered type starts the object host beside us.
+        launcher = hostproc.SubprocessLauncher(self.host_endpoint, key, self.endpoints[0]) if self.endpoints else None
+        self.objects = objects.ObjectServer(launcher)
+        self.supervisor = supervisor
+        self.heartbeat_s = heartbeat_s
+        self.peers = Peers(self.scheduler, self.objects, heartbeat_s)
+        self.locals: dict[str, LocalClient] = {}
+        self.inbox: collections.deque[tuple[str, protocol.Message, list[Any]]] = collections.deque()
+        self._wake = Wakeup(self)  # other threads may poke it until we are gone
+        self._poller = zmq.Poller()
+        self._poller.register(self.chan.sock, zmq.POLLIN)
+        self._poller.register(self._wake.fd, zmq.POLLIN)
+        self._watched: set[int] = set()
+        self._next_tick = time.monotonic() + heartbeat_s
+        self._check_at = 0.0  # next look for local workers past their task_timeout
+        self._due: float | None = None  # the shared objects' next deadline, as of the last poll
+        self._stopping = False
+        self.closed = False
+        self.started = time.time()
+        self._n_local = 0
+
+    # --- from any thread ---------------------------------------------------------------
+
+    def attach_local(self, client: LocalClient) -> str:
+        """Register an in-process client before the first step; returns its peer id."""
+        self._n_local += 1
+        peer = f"local-{self._n_local}"
+        self.locals[peer] = client
+        self.scheduler.add_client(peer)
+        return peer
+
+    def post(self, peer: str, msg: protocol.Message, frames: list[Any]) -> None:
+        """From any thread: queue a message of in-process client ``peer`` for the next step."""
+        self.inbox.append((peer, msg, frames))
+        self._wake.poke()
+
+    def wake(self) -> None:
+        """From any thread: make a :meth:`poll` in progress return soon."""
+        self._wake.poke()
+
+    def stop(self) -> None:
+        """From any thread or a signal handler: make :meth:`run` return soon."""
+        self._stopping = True
+        self._wake.poke()
+
+    # --- the thread taking steps ---------------------------------------------------------
+
+    def run(self) -> None:
+        """Take steps until :meth:`stop`, then :meth:`close`."""
+        try:
+            while not self._stopping:
+                self.step(None)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Tell remote peers we are going, and close the socket."""
+        self._stopping = True
+        self._shutdown_peers()
+        self.chan.close()
+        self.closed = True
+
+    def step(self, timeout: float | None) -> None:
+        """Poll until the next timer or ``timeout`` seconds, handle what is ready, run due timers."""
+        self.handle(self.poll(timeout))
+
+    def poll(self, timeout: float | None) -> dict[Any, int]:
+        """Wait until something is ready, the next timer is due, or ``timeout``; what is ready."""
+        if self.supervisor is not None:
+            self._watched = self.supervisor.watch(self._poller, self._watched)
+        wake_at = self._next_tick
+        if self.supervisor is not None and self._check_at < wake_at:
+            wake_at = self._check_at
+        self._due = deadline = self.objects.next_deadline()  # handle() runs what is due by then
+        if deadline is not None and deadline < wake_at:
+            wake_at = deadline
+        wait = max(0.0, wake_at - time.monotonic())
+        if timeout is not None and timeout < wait:
+            wait = timeout
+        return dict(self._poller.poll(int(wait * 1000) + 1))
+
+    def handle(self, ready: dict[Any, int]) -> None:
+        """Handle what :meth:`poll` found ready, then anything posted, then due timers."""
+        if self.chan.sock in ready:
+            self._receive()
+        if self._wake.fd in ready:
+            self._wake.clear()
+        if self.inbox:
+            self._drain_inbox()
+        for fd in self._watched.intersection(ready):
+            self._worker_died(fd)
+        now = time.monotonic()
+        deadline = self._due
+        if deadline is not None and now >= deadline:
+            self._carry_out(self.objects.tick(now))
+        if self.supervisor is not None and now >= self._check_at:
+            self._kill_overdue(now)
+        if now >= self._next_tick:
+            late = now - self._next_tick
+            self._next_tick = now + self.heartbeat_s
+            self._tick(now, late)
+
+    def handle_local(self, peer: str, msg: protocol.Message, frames: list[Any]) -> None:
+        """On the stepping thread, between steps: a message of in-process client ``peer``, now."""
+        if self.closed:
+            return
+        if self.inbox:
+            self._drain_inbox()  # what was posted before it goes first
+        self._handle_client(peer, msg, frames)
+
+    def _drain_socket(self) -> None:
+        """Handle every message waiting now (up to DRAIN_BATCH)."""
+        for _ in range(DRAIN_BATCH):
+            if not self.chan.readable() or not self._receive():
+                return
+
+    def _receive(self) -> bool:
+        """Handle one message from the socket; False if none was there.
+
+        The loop calls this once per poll that finds the socket readable and
+        lets the next poll look for more: asking ZeroMQ (``readable``) after
+        each message would cost an extra system call per message.
+        """
+        try:
+            ident, msg, frames = self.chan.recv(transport.NOBLOCK)
+        except zmq.Again:
+            return False
+        except transport.Refused as refused:
+            self._refuse(refused)
+            return True
+        if ident is None:
+            return True  # a ROUTER always names the sender; nothing to answer otherwise
+        try:
+            self._handle_remote(ident, msg, frames)
+        except Exception as exc:  # one bad peer must never stop the daemon
+            log.warning("bad %s from %s: %r", type(msg).__name__, self._who(ident.hex()), exc)
+            self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"malformed {type(msg).__name__}: {exc}"))
+        return True
+
+    def _drain_inbox(self) -> None:
+        inbox = self.inbox
+        while inbox:
+            peer, msg, frames = inbox.popleft()
+            self._handle_client(peer, msg, frames)
+
+    # --- worker deaths and peers going away ------------------------------------------------
+
+    def _worker_died(self, fd: int) -> None:
+        if self.supervisor is None:
+            return
+        exited = self.supervisor.reap(fd)
+        if exited is None:
+            return
+        # Results it sent just before exiting may still be in the socket.
+        self._drain_socket()
+        peer_id = worker_peer(exited.worker)
+        if exited.exitcode != 0:
+            log.warning("worker %s (pid %d) died: exit %d", exited.worker, exited.pid, exited.exitcode)
+        self._worker_exit(peer_id, exited.exitcode, exited.running, exited.timed_out)
+        if self.supervisor.respawn and not self._stopping:
+            self.supervisor.spawn()
+
+    def _kill_overdue(self, now: float) -> None:
+        """Local mode's task_timeout: kill workers past their task's deadline (their
+        deaths then come through the sentinels, as timed out)."""
+        assert self.supervisor is not None
+        killed, upcoming = self.supervisor.kill_overdue(now)
+        for pid, key in killed:
+            log.warning("worker pid %d ran task %d past its timeout: killed", pid, key)
+        self._check_at = now + _config.DEADLINE_CHECK_S
+        if upcoming is not None and upcoming < self._check_at:
+            self._check_at = upcoming
+
+    def _tick(self, now: float, late: float = 0.0) -> None:
+        """Expire silent peers (``late``: see Peers.tick), heartbeat the others."""
+        out = Departures()
+        beat = self.peers.tick(now, out, late)
+        for peer in out.gone:
+            # A status probe that gave up waiting is routine; a node or client is news.
+            log.log(logging.DEBUG if peer.role == Role.STATUS else logging.WARNING,
+                    "%s went silent; dropping it", describe(peer))
+            log.log(logging.INFO if peer.role in (Role.NODE, Role.CLIENT) else logging.DEBUG, "%s left", describe(peer))
+        self._depart(out)
+        for peer in beat:
+            if peer.ident is not None:
+                self._send_raw(peer.ident, protocol.Heartbeat())
+
+    def _shutdown_peers(self) -> None:
+        for peer in list(self.peers.by_id.values()):
+            if peer.ident is not None:
+                self._send_raw(peer.ident, protocol.Bye("manager shutting down"))
+
+    def status(self) -> dict[str, Any]:
+        """The ``dmp status --json`` object (see dmp_server.status)."""
+        address = self.endpoints[0] if self.endpoints else ""
+        return status.report(address, VERSION, self.started, self.peers, self.scheduler)
+

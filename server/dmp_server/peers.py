@@ -1,0 +1,149 @@
+"""The daemon's peer bookkeeping, without I/O: who joined, who went silent, who is leaving.
+
+The daemon (dmp_server/daemon.py) records a peer at its Hello and asks here
+what a departure means; the answers are scheduler commands and the peers to
+heartbeat or whose sessions to close, which the daemon carries out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from dmp import _config
+from dmp.wire import protocol
+from dmp.wire.protocol import Role
+from dmp_server import objects
+from dmp_server.scheduler import Command, Scheduler
+
+# Every peer beats as our Welcome says and counts the same LIVENESS (both in
+# dmp._config); expiry is checked once a beat, so with the default 1 s beat a
+# node that vanishes is declared lost 4 to 5 s after its last heartbeat.
+LIVENESS = _config.LIVENESS
+# How long a cleanly exited worker's Bye may lag its supervisor's report.
+EXIT_GRACE_S = 2.0
+
+
+class LocalClient(Protocol):
+    """An in-process client (embedded mode): its ``dmp.client.session.Session``."""
+
+    def on_message(self, msg: protocol.Message, frames: list[Any]) -> None: ...
+
+
+class LocalSupervisor(Protocol):
+    """Embedded mode's worker supervisor (see dmp.node.supervisor.Supervisor)."""
+
+    respawn: bool
+
+    def watch(self, poller: Any, watched: set[int]) -> set[int]: ...
+    def reap(self, fd: int) -> Any: ...
+    def spawn(self) -> str: ...
+    def kill(self, worker_id: str) -> None: ...
+    def kill_overdue(self, now: float) -> tuple[list[tuple[int, int]], float | None]: ...
+
+
+@dataclass(slots=True, eq=False)
+class Peer:
+    id: str
+    ident: bytes | None
+    role: str
+    name: str
+    host: str
+    pid: int
+    node: str
+    slots: int
+    last_seen: float
+
+
+@dataclass(slots=True)
+class Departures:
+    """What forgetting peers means: commands to carry out, sessions to close."""
+
+    cmds: list[Command] = field(default_factory=list)
+    gone: list[Peer] = field(default_factory=list)
+
+
+class Peers:
+    """Remote peers by id (ident.hex()), and workers that exited cleanly awaiting their Bye."""
+
+    def __init__(self, scheduler: Scheduler, shared: objects.ObjectServer, heartbeat_s: float) -> None:
+        self.scheduler = scheduler
+        self.shared = shared
+        self.heartbeat_s = heartbeat_s
+        self.by_id: dict[str, Peer] = {}
+        self.exiting: dict[str, float] = {}
+
+    def who(self, peer_id: str | None, local: bool = False) -> str:
+        """A peer as logs name it: role, name and host, never its socket id; ``local``: in-process."""
+        peer = self.by_id.get(peer_id) if peer_id else None
+        if peer is None:
+            return f"local client {peer_id}" if local else "an unknown peer"
+        return describe(peer)
+
+    def node(self, name: str) -> Peer | None:
+        return next((p for p in self.by_id.values() if p.role == Role.NODE and p.name == name), None)
+
+    def count(self, role: str) -> int:
+        return sum(1 for p in self.by_id.values() if p.role == role)
+
+    def forget(self, peer_id: str, out: Departures, *, local: bool = False) -> None:
+        """A peer said Bye, went silent or said Hello again; ``local``: an in-process client."""
+        peer = self.by_id.pop(peer_id, None)
+        if peer is not None:
+            out.gone.append(peer)
+        elif not local:
+            return
+        role = peer.role if peer else Role.CLIENT
+        sched = self.scheduler
+        if role == Role.WORKER:
+            # A worker's Bye comes after its last results: nothing is running.
+            self.exiting.pop(peer_id, None)
+            out.cmds += sched.remove_worker(peer_id, 0, -1)
+        elif role == Role.CLIENT:
+            out.cmds += sched.remove_client(peer_id)
+            out.cmds += self.shared.peer_gone(peer_id)
+        elif role == Role.NODE:
+            if peer is not None:
+                sched.remove_node(peer.name)
+            for worker in [w for w in sched.workers.values() if w.node == (peer.name if peer else "")]:
+                self.by_id.pop(worker.peer, None)
+                out.cmds += sched.remove_worker(worker.peer, None)
+
+    def worker_exit(
+        self, peer_id: str, exitcode: int, running: int, now: float, timed_out: bool = False
+    ) -> list[Command]:
+        if exitcode == 0 and running < 0 and peer_id in self.scheduler.workers:
+            # A clean exit: the worker said Bye after its last results, on its
+            # own socket, which may still be in flight. Wait for it a little,
+            # or its finished tasks would be run twice.
+            self.exiting[peer_id] = now + EXIT_GRACE_S
+            return []
+        self.by_id.pop(peer_id, None)
+        return self.scheduler.remove_worker(peer_id, exitcode, running, timed_out)
+
+    def tick(self, now: float, out: Departures, late: float = 0.0) -> list[Peer]:
+        """Once a beat: expire late Byes and silent peers; returns the peers to heartbeat.
+
+        ``late``: how far past due this tick runs; the reactor heard nobody
+        meanwhile (a loaded host held it up, and it reads one message per
+        poll), so that time is not held against its peers.
+        """
+        for peer_id, until in list(self.exiting.items()):
+            if until <= now:
+                del self.exiting[peer_id]
+                self.by_id.pop(peer_id, None)
+                out.cmds += self.scheduler.remove_worker(peer_id, 0, -1)
+        deadline = now - self.heartbeat_s * LIVENESS - late
+        beat = []
+        for peer in list(self.by_id.values()):
+            if peer.role in (Role.CLIENT, Role.NODE, Role.STATUS) and peer.last_seen < deadline:
+                self.forget(peer.id, out)
+            elif peer.role in (Role.CLIENT, Role.NODE) and peer.ident is not None:
+                beat.append(peer)
+        return beat
+
+
+def describe(peer: Peer) -> str:
+    """``role name on host`` (a client also by pid), as logs name a peer."""
+    name = peer.name if peer.role != Role.CLIENT else f"{peer.name} (pid {peer.pid})"
+    return f"{peer.role} {name or '?'} on {peer.host or '?'}"

@@ -1,0 +1,282 @@
+"""The daemon's routing: what each message from each kind of peer means, and where replies go.
+
+    Hello --> admit (limits, a worker's node must have joined) --> Welcome + session
+    client: Submit / DefineJob / EndJob / CancelJob / SignalJob / Obj* --> Scheduler or ObjectServer
+    worker: Results / Output / TaskStarted / Bye     node: WorkerExited / Bye
+    commands (Send, Kill) --> a local client's on_message, or the ROUTER
+
+:class:`Routing` is the half of dmp_server.daemon.Daemon that turns decoded
+messages into scheduler calls and commands into frames; the reactor half
+owns the sockets and the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from typing import Any
+
+import zmq
+
+from dmp import _config
+from dmp.errors import AuthenticationError, ProtocolError
+from dmp.wire import protocol, transport
+from dmp.wire.protocol import ErrorCode, Role
+from dmp_server import objects
+from dmp_server.peers import Departures, LocalClient, LocalSupervisor, Peer, Peers, describe
+from dmp_server.scheduler import Command, Kill, Scheduler, Send
+
+log = logging.getLogger("dmp.manager")
+
+VERSION = "0.1.0"
+
+
+class Routing:
+    """Message handlers and output; the attributes below are set by the daemon."""
+
+    chan: transport.Channel
+    scheduler: Scheduler
+    objects: objects.ObjectServer
+    peers: Peers
+    locals: dict[str, LocalClient]
+    supervisor: LocalSupervisor | None
+    heartbeat_s: float
+    max_message: int
+    max_clients: int
+    max_queued: int
+
+    def status(self) -> dict[str, Any]:
+        """The ``dmp status --json`` object; dmp_server.daemon.Daemon provides it."""
+        raise NotImplementedError
+
+    # --- handlers ----------------------------------------------------------------------
+
+    def _refuse(self, refused: transport.Refused) -> None:
+        log.warning("refused a message from %s: %s", self._who(_peer_id(refused.ident)), refused.error)
+        if refused.ident is None:
+            return
+        error = refused.error
+        if isinstance(error, AuthenticationError):
+            if self.chan.has_session(refused.ident) or isinstance(error, transport.Unsigned):
+                code = ErrorCode.AUTH  # a peer without the key: it must stop, not say Hello again
+            else:
+                # No session: a peer with the right key that we forgot (we
+                # restarted) can verify this Error and says Hello again; one
+                # with a wrong key cannot, and reports AuthenticationError.
+                code = ErrorCode.UNKNOWN_PEER
+        elif "version" in str(error):
+            code = ErrorCode.VERSION
+        else:
+            code = ErrorCode.BAD_MESSAGE
+        self._send_raw(refused.ident, protocol.Error(code, str(error)))
+
+    def _handle_remote(self, ident: bytes, msg: protocol.Message, frames: list[Any]) -> None:
+        peer_id = ident.hex()
+        peer = self.peers.by_id.get(peer_id)
+        if isinstance(msg, protocol.Hello):
+            self._hello(ident, peer_id, msg)
+            return
+        if peer is None:
+            if not isinstance(msg, protocol.Bye):
+                self._send_raw(ident, protocol.Error(ErrorCode.UNKNOWN_PEER, "say Hello first"))
+            return
+        peer.last_seen = time.monotonic()
+        if peer.role == Role.WORKER:
+            if isinstance(msg, protocol.Results):
+                if protocol.count_frames(msg.items, 3, width=6) != len(frames):
+                    raise ProtocolError("Results items do not match their frames")
+                self._carry_out(self.scheduler.results(peer_id, msg.items, frames))
+            elif isinstance(msg, protocol.Output):
+                self._forward_output(msg)
+            elif isinstance(msg, protocol.TaskStarted):
+                self._forward_started(msg)
+            elif isinstance(msg, protocol.Bye):
+                self._forget(peer_id)
+            elif not isinstance(msg, protocol.Heartbeat):
+                self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"workers may not send {type(msg).__name__}"))
+        elif peer.role == Role.CLIENT:
+            self._handle_client(peer_id, msg, frames)
+        elif peer.role == Role.NODE:
+            if isinstance(msg, protocol.WorkerExited):
+                self._worker_exit(worker_peer(msg.worker), msg.exitcode, msg.running, bool(msg.timed_out))
+            elif isinstance(msg, protocol.Bye):
+                self._forget(peer_id)
+        elif isinstance(msg, protocol.StatusRequest):
+            self._send(peer_id, protocol.StatusReply(self.status()), [])
+
+    def _hello(self, ident: bytes, peer_id: str, msg: protocol.Hello) -> None:
+        if msg.role not in (Role.CLIENT, Role.WORKER, Role.NODE, Role.STATUS):
+            self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"unknown role {msg.role!r}"))
+            return
+        if peer_id in self.peers.by_id:
+            self._forget(peer_id)  # a reconnect under the same identity: start clean
+        if msg.role == Role.WORKER and self.supervisor is None and self.peers.node(msg.node) is None:
+            # A worker of a node we do not know: its node is not (yet, or no
+            # longer) joined. An orphan of a dead node must not become a slot.
+            self._send_raw(ident, protocol.Error(ErrorCode.REFUSED, f"node {msg.node!r} has not joined"))
+            return
+        if msg.role == Role.CLIENT and self.peers.count(Role.CLIENT) >= self.max_clients:
+            log.warning("refused client %s from %s: at the limit of %d clients", msg.name, msg.host, self.max_clients)
+            self._send_raw(ident, protocol.Error(ErrorCode.REFUSED, f"the manager is at its limit of {self.max_clients} clients"))
+            return
+        resources: dict[str, float] = {}
+        if msg.role == Role.NODE:
+            try:
+                resources = _config.check_resources(msg.resources, "Hello.resources")
+            except ValueError as exc:
+                self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, str(exc)))
+                return
+        now = time.monotonic()
+        host = self.chan.peer_address or msg.host
+        self.peers.by_id[peer_id] = Peer(peer_id, ident, msg.role, msg.name, host, msg.pid, msg.node, msg.slots, now)
+        nonce = self.chan.open_session(ident)
+        welcome = protocol.Welcome(peer_id, VERSION, self.heartbeat_s, len(self.scheduler.workers), self.max_message, nonce)
+        self._send_raw(ident, welcome)
+        if msg.role == Role.WORKER:
+            self._carry_out(self.scheduler.add_worker(peer_id, msg.node, msg.pid, msg.max_tasks))
+        elif msg.role == Role.CLIENT:
+            self.scheduler.add_client(peer_id, msg.slots)  # a client's slots: Pool(k)
+        elif msg.role == Role.NODE:
+            self._carry_out(self.scheduler.add_node(msg.name, resources))
+        # Nodes and clients at INFO; a worker process or a status probe at DEBUG.
+        level = logging.INFO if msg.role in (Role.NODE, Role.CLIENT) else logging.DEBUG
+        log.log(level, "%s joined (pid %s)", self._who(peer_id), msg.pid)
+
+    def _handle_client(self, peer: str, msg: protocol.Message, frames: list[Any]) -> None:
+        sched = self.scheduler
+        if isinstance(msg, objects.MESSAGES):
+            self._carry_out(self.objects.handle(peer, msg, frames, time.monotonic()))
+        elif isinstance(msg, protocol.Submit):
+            if protocol.count_frames(msg.tasks, 1) != len(frames) or any(len(t) != 2 for t in msg.tasks):
+                self._send(peer, protocol.Error(ErrorCode.BAD_MESSAGE, "frame count mismatch", msg.job), [])
+                return
+            client = sched.clients.get(peer)
+            if client is not None and client.queued + len(msg.tasks) > self.max_queued:
+                text = f"the manager holds {client.queued} queued tasks of this client, its limit is {self.max_queued}"
+                self._send(peer, protocol.Error(ErrorCode.REFUSED, text, msg.job), [])
+                return
+            tasks = []
+            pos = 0
+            for task_id, n in msg.tasks:
+                tasks.append((task_id, frames[pos : pos + n]))
+                pos += n
+            self._carry_out(sched.submit(peer, msg.job, tasks))
+        elif isinstance(msg, protocol.DefineJob):
+            try:
+                timeout = _config.check_timeout(msg.timeout or None, "DefineJob.timeout")
+                resources = _config.check_resources(msg.resources, "DefineJob.resources")
+            except ValueError as exc:
+                self._send(peer, protocol.Error(ErrorCode.BAD_MESSAGE, str(exc), msg.job), [])
+                return
+            self._carry_out(sched.define_job(peer, msg.job, frames, msg.max_retries, timeout, resources))
+        elif isinstance(msg, protocol.EndJob):
+            self._carry_out(sched.end_job(peer, msg.job))
+        elif isinstance(msg, protocol.CancelJob):
+            self._carry_out(sched.cancel_job(peer, msg.job))
+        elif isinstance(msg, protocol.SignalJob):
+            self._signal_job(peer, msg.job, msg.signum)
+        elif isinstance(msg, protocol.StatusRequest):
+            self._send(peer, protocol.StatusReply(self.status()), [])
+        elif isinstance(msg, protocol.Bye):
+            self._forget(peer)
+        elif not isinstance(msg, protocol.Heartbeat):
+            self._send(peer, protocol.Error(ErrorCode.BAD_MESSAGE, f"clients may not send {type(msg).__name__}"), [])
+
+    def _forward_started(self, msg: protocol.TaskStarted) -> None:
+        task = self.scheduler.tasks.get(msg.task)
+        if task is not None:
+            job = task.job
+            self._send(job.client, protocol.TaskStarted(job.job_id, task.task_id, msg.pid, msg.node), [])
+
+    def _signal_job(self, peer: str, job_id: int, signum: int) -> None:
+        """Process.terminate/kill in cluster mode: signal the workers running the job."""
+        for worker in list(self.scheduler.workers.values()):
+            if any(t.job.client == peer and t.job.job_id == job_id for t in worker.assigned.values()):
+                self._kill_worker(worker.peer, signum)
+
+    def _kill_worker(self, peer_id: str, signum: int) -> None:
+        """Signal a worker process: ourselves in local mode, through its node otherwise."""
+        if self.supervisor is not None:
+            self.supervisor.kill(_worker_id(peer_id))
+            return
+        worker = self.scheduler.workers.get(peer_id)
+        node = self.peers.node(worker.node) if worker is not None else None
+        if worker is not None and node is not None and node.ident is not None:
+            self._send_raw(node.ident, protocol.SignalWorker(_worker_id(peer_id), worker.pid, signum))
+
+    def _forward_output(self, msg: protocol.Output) -> None:
+        task = self.scheduler.tasks.get(msg.task)
+        if task is None:
+            log.info("output from %s outside any task: %s", msg.origin, msg.text[:200])
+            return
+        job = task.job
+        out = protocol.Output(job.job_id, task.task_id, msg.stream, msg.text, msg.origin)
+        self._send(job.client, out, [])
+
+    def _worker_exit(self, peer_id: str, exitcode: int, running: int, timed_out: bool = False) -> None:
+        self._carry_out(self.peers.worker_exit(peer_id, exitcode, running, time.monotonic(), timed_out))
+
+    # --- peers going away ---------------------------------------------------------------
+
+    def _forget(self, peer_id: str) -> None:
+        peer = self.peers.by_id.get(peer_id)
+        if peer is not None:
+            level = logging.INFO if peer.role in (Role.NODE, Role.CLIENT) else logging.DEBUG
+            log.log(level, "%s left", describe(peer))
+        out = Departures()
+        self.peers.forget(peer_id, out, local=peer_id in self.locals)
+        self._depart(out)
+
+    def _depart(self, out: Departures) -> None:
+        for peer in out.gone:
+            if peer.ident is not None:
+                self.chan.close_session(peer.ident)
+        self._carry_out(out.cmds)
+
+    # --- output --------------------------------------------------------------------------
+
+    def _carry_out(self, cmds: list[Command]) -> None:
+        for cmd in cmds:
+            if isinstance(cmd, Send):
+                self._send(cmd.to, cmd.msg, cmd.frames)
+            elif isinstance(cmd, Kill):
+                self._kill_worker(cmd.worker, signal.SIGKILL)
+
+    def _send(self, peer_id: str, msg: protocol.Message, frames: list[Any]) -> None:
+        local = self.locals.get(peer_id)
+        if local is not None:
+            local.on_message(msg, frames)
+            return
+        known = self.peers.by_id.get(peer_id)
+        ident = known.ident if known is not None else bytes.fromhex(peer_id)
+        if ident is not None:
+            self._send_raw(ident, msg, frames)
+
+    def _send_raw(self, ident: bytes, msg: protocol.Message, frames: list[Any] | None = None) -> None:
+        try:
+            self.chan.send(msg, frames or [], to=ident, flags=transport.NOBLOCK)
+        except zmq.ZMQError as exc:
+            # EHOSTUNREACH: the peer is gone; EAGAIN: it stopped reading. Either
+            # way this message cannot go now; liveness checks will drop the peer.
+            log.debug("could not send %s to %s: %s", type(msg).__name__, self._who(ident.hex()), exc)
+
+    def _who(self, peer_id: str | None) -> str:
+        """A peer as logs name it: role, name and host, never its socket id."""
+        return self.peers.who(peer_id, local=peer_id in self.locals)
+
+
+def worker_peer(worker_id: str) -> str:
+    """A worker's peer id from its worker id (its ZeroMQ identity)."""
+    return worker_id.encode().hex()
+
+
+def _worker_id(peer_id: str) -> str:
+    try:
+        return bytes.fromhex(peer_id).decode()
+    except (ValueError, UnicodeDecodeError):
+        return peer_id
+
+
+def _peer_id(ident: bytes | None) -> str | None:
+    return ident.hex() if ident else None
