@@ -34,7 +34,7 @@ def raw(pool: dmp.Pool) -> Iterator[zmq.Socket]:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 5000)
-    sock.connect(pool._engine.manager.endpoints[0])
+    sock.connect(pool._engine.daemon.endpoints[0])
     try:
         yield sock
     finally:
