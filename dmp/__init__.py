@@ -14,8 +14,7 @@ import multiprocessing as _mp
 from typing import TYPE_CHECKING, Any
 
 from dmp import _config
-
-__version__ = "0.1.0"
+from dmp._version import __version__ as __version__
 
 # Library code never configures logging; only the CLI does.
 _logging.getLogger("dmp").addHandler(_logging.NullHandler())
@@ -28,6 +27,11 @@ _LAZY = {
         ["AuthenticationError", "BufferTooShort", "ManagerUnavailableError", "MessageTooLargeError",
          "ProcessError", "RemoteError", "TaskTimeoutError", "TimeoutError", "WorkerLostError"],
         "dmp.errors",
+    ),
+    **dict.fromkeys(
+        ["allow_connection_pickling", "get_all_start_methods", "get_context", "get_logger", "get_start_method",
+         "log_to_stderr", "reducer", "set_executable", "set_forkserver_preload", "set_start_method"],
+        "dmp.context",
     ),
     "Executor": "dmp.client.executor",
     **dict.fromkeys(["LocalCluster", "status", "wait_for_workers"], "dmp.client.cluster"),
@@ -64,6 +68,18 @@ if TYPE_CHECKING:
         Value,
     )
     from dmp.client.process import Process, active_children, current_process, parent_process
+    from dmp.context import (
+        allow_connection_pickling,
+        get_all_start_methods,
+        get_context,
+        get_logger,
+        get_start_method,
+        log_to_stderr,
+        reducer,
+        set_executable,
+        set_forkserver_preload,
+        set_start_method,
+    )
     from dmp.errors import (
         AuthenticationError,
         BufferTooShort,
@@ -132,10 +148,6 @@ def freeze_support() -> None:
     """No-op, as on every platform but frozen Windows executables."""
 
 
-def get_start_method(allow_none: bool = False) -> str:
-    return "fork"
-
-
 __all__ = [
     "Array",
     "AuthenticationError",
@@ -167,12 +179,21 @@ __all__ = [
     "Value",
     "WorkerLostError",
     "active_children",
+    "allow_connection_pickling",
     "connect",
     "cpu_count",
     "current_process",
     "freeze_support",
+    "get_all_start_methods",
+    "get_context",
+    "get_logger",
     "get_start_method",
+    "log_to_stderr",
     "parent_process",
+    "reducer",
+    "set_executable",
+    "set_forkserver_preload",
+    "set_start_method",
     "status",
     "wait_for_workers",
 ]

@@ -112,6 +112,10 @@ def cmd_manager(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if not 0 < args.heartbeat_s < float("inf"):
         raise UsageError(f"--heartbeat-s must be a positive number of seconds, not {args.heartbeat_s!r}")
+    dash_host, dash_port = _dashboard_address(args.dashboard) if args.dashboard else ("", 0)
+    if args.dashboard and key is None and not is_loopback(f"tcp://{dash_host}:{dash_port}"):
+        raise UsageError(f"refusing to serve the dashboard on {args.dashboard} without an authkey: give one "
+                         "with --authkey-file FILE or DMP_AUTHKEY, or bind it to 127.0.0.1")
     _logging(args)
     transport.use_curve(args.curve, server=True)
     log = logging.getLogger("dmp.manager")
@@ -124,6 +128,21 @@ def cmd_manager(args: argparse.Namespace) -> int:
         )
     except transport.ZMQError as exc:
         raise UsageError(f"cannot listen on {bind}: {exc.strerror}") from None
+    dashboard = None
+    if args.dashboard:
+        from dmp_server.dashboard import Board, Dashboard, metrics_token
+
+        public = not is_loopback(f"tcp://{dash_host}:{dash_port}")
+        try:
+            dashboard = Dashboard(dash_host, dash_port, Board(), key, public=public)
+        except OSError as exc:
+            daemon.close()
+            raise UsageError(f"cannot serve the dashboard on {args.dashboard}: {exc.strerror or exc}") from None
+        daemon.board = dashboard.board
+        log.info("dashboard on %s", dashboard.url)
+        if public and key is not None:
+            log.info("dashboard: the page asks for the authkey; Prometheus reads /metrics with "
+                     "bearer token %s", metrics_token(key))
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.stop())
     address = discovery.advertised(daemon.endpoints[0])
@@ -133,7 +152,8 @@ def cmd_manager(args: argparse.Namespace) -> int:
         log.info("join token: %s", discovery.make_token(address, key, curve))
     if args.manager_file:
         info = {"address": address, "pid": os.getpid(), "version": VERSION,
-                "curve_public": curve.decode() if curve else None}
+                "curve_public": curve.decode() if curve else None,
+                "dashboard": dashboard.url if dashboard else None}
         try:
             discovery.write_manager_file(args.manager_file, info)
         except OSError as exc:
@@ -143,10 +163,21 @@ def cmd_manager(args: argparse.Namespace) -> int:
     try:
         daemon.run()
     finally:
+        if dashboard is not None:
+            dashboard.close()
         if args.manager_file:
             discovery.remove_manager_file(args.manager_file, os.getpid())
     log.info("manager stopped")
     return 0
+
+
+def _dashboard_address(text: str) -> tuple[str, int]:
+    """``--dashboard HOST:PORT`` (``[::1]:PORT`` for IPv6; port 0: any free port)."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise UsageError(f"--dashboard takes HOST:PORT (e.g. 127.0.0.1:8787), not {text!r}")
+    return host, int(port)
 
 
 def _processes(text: str) -> int:
@@ -253,6 +284,9 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("manager", help="run the manager daemon in the foreground")
     p.add_argument("--bind", default=DEFAULT_BIND, help=f"ZeroMQ endpoint to bind (default {DEFAULT_BIND})")
+    p.add_argument("--dashboard", metavar="HOST:PORT", default=None,
+                   help="serve a live status page, /api/status, /metrics (Prometheus) and /health over HTTP; "
+                   "beyond loopback it needs the authkey")
     p.add_argument("--manager-file", metavar="F",
                    help="once listening, write F (JSON: address, pid, version), removed on a clean exit")
     p.add_argument("--max-message-mb", type=float, default=_config.MAX_MESSAGE_BYTES / 2**20,

@@ -11,7 +11,7 @@
      |    |    +-- ManagerUnavailableError       no manager answered in time
      |    |    +-- ProtocolError                 a peer spoke a wrong version or garbage
      |    |    +-- MessageTooLargeError          a message exceeded the size limit
-     +-- RemoteTraceback                         the ``__cause__`` of a task's exception
+     +-- RemoteTraceback (multiprocessing.pool's) the ``__cause__`` of a task's exception
      +-- multiprocessing.pool.MaybeEncodingError
           +-- RemoteError                        a task's exception that could not be pickled
 
@@ -24,11 +24,16 @@ from __future__ import annotations
 
 import multiprocessing
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
+from multiprocessing.pool import RemoteTraceback as _RemoteTraceback  # type: ignore[attr-defined]
 
 ProcessError = multiprocessing.ProcessError
+"""``multiprocessing.ProcessError`` itself: the base of every dmp error but a task's own."""
 BufferTooShort = multiprocessing.BufferTooShort
+"""``multiprocessing.BufferTooShort`` itself: a ``recv_bytes_into`` buffer was too small."""
 AuthenticationError = multiprocessing.AuthenticationError
+"""``multiprocessing.AuthenticationError`` itself: a peer refused the authkey, or did not prove it."""
 TimeoutError = multiprocessing.TimeoutError
+"""``multiprocessing.TimeoutError`` itself: a result or a wait was not ready in time."""
 
 __all__ = [
     "AuthenticationError",
@@ -103,15 +108,9 @@ class MessageTooLargeError(ProcessError):
     """A message was larger than the manager's configured maximum."""
 
 
-class RemoteTraceback(Exception):
-    """The formatted traceback of an exception raised in another process."""
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
+# The formatted traceback of an exception raised in another process: the
+# standard library's own class, so code checking for it keeps working.
+RemoteTraceback = _RemoteTraceback
 
 
 class RemoteError(MaybeEncodingError):  # type: ignore[misc]

@@ -17,17 +17,17 @@ from __future__ import annotations
 import array
 import enum
 import multiprocessing
+import multiprocessing.managers
 import os
 import signal
 import threading
 import uuid
 import weakref
 from dataclasses import dataclass
-from multiprocessing.managers import Namespace
 from typing import Any
 
 from dmp import _config, serialization
-from dmp.client import proxies
+from dmp.client import hosted, proxies, proxylink
 from dmp.client.proxies import (
     AcquirerProxy,
     ArrayProxy,
@@ -60,16 +60,21 @@ __all__ = [
     "BaseProxy",
     "MakeProxyType",
     "Namespace",
+    "RemoteError",
     "Server",
     "SyncManager",
     "Token",
 ]
 
+RemoteError = multiprocessing.managers.RemoteError
+"""``multiprocessing.managers.RemoteError`` itself: a manager-side failure of a call (an unexposed method, ...)."""
+Namespace = multiprocessing.managers.Namespace
+"""``multiprocessing.managers.Namespace`` itself: what ``SyncManager.Namespace()`` hosts."""
 _fork = multiprocessing.get_context("fork")
 # Seconds start() waits for the forked manager process to say where it listens.
 START_TIMEOUT_S = 30.0
 # Typeids every object host knows itself: their callables never travel.
-_HOST_BUILTINS = frozenset({"dict", "list", "Namespace", "Pool", "Iterator", "AsyncResult"})
+_HOST_BUILTINS = frozenset({"dict", "list", "Namespace", "Pool", "Iterator", "AsyncResult", "ActionBarrier"})
 
 
 class State(enum.Enum):
@@ -110,8 +115,8 @@ def _condition(lock: Any = None) -> tuple[list[Any], list[Any], Any]:
 
 
 def _barrier(parties: int, action: Any = None, timeout: float | None = None) -> tuple[list[Any], list[Any], Any]:
-    if action is not None:
-        raise TypeError("a managed Barrier cannot run an action in dmp (user code never runs in the manager)")
+    if action is not None:  # SyncManager.Barrier sends these to the object host instead
+        raise TypeError("the manager's reactor Barrier runs no action")
     return [int(parties), timeout], [], None
 
 
@@ -150,15 +155,19 @@ class Server:
         daemon = _make_daemon(self.registry, self.address, self.authkey)
         self._daemon = daemon
         self.address = daemon.endpoints[0]
+        previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: daemon.stop())
+                previous[sig] = signal.signal(sig, lambda *_: daemon.stop())
         try:
             daemon.run()
         finally:
             daemon.objects.launcher.stop()
+            for sig, handler in previous.items():  # the caller's handlers again (Ctrl-C raises as before)
+                signal.signal(sig, handler)
 
     def stop(self) -> None:
+        """Make :meth:`serve_forever` return (from another thread). Never raises."""
         if self._daemon is not None:
             self._daemon.stop()
 
@@ -227,6 +236,10 @@ class BaseManager:
                  ctx: Any = None, *, shutdown_timeout: float = 1.0) -> None:
         self._address = _bind_address(address) if address is not None else None
         self._authkey = _config.authkey_from(authkey)
+        if serializer not in ("pickle", "xmlrpclib"):
+            raise ValueError(f"unknown serializer {serializer!r}: dmp's managers take 'pickle' or 'xmlrpclib'")
+        # Both travel as cloudpickle payloads on ZeroMQ: what xmlrpclib can
+        # carry is a subset of what pickle can.
         self._serializer = serializer
         self._state = State.INITIAL
         self._process: Any = None
@@ -235,9 +248,16 @@ class BaseManager:
 
     @property
     def address(self) -> str | None:
+        """Where the manager listens: a ZeroMQ endpoint string, or None before ``start()`` picked one."""
         return self._address
 
     def get_server(self) -> Server:
+        """A :class:`Server` for this manager's address, to run in this process.
+
+        Raises:
+            ProcessError: the manager was already started or connected.
+            ValueError: the manager has no address to serve on.
+        """
         if self._state != State.INITIAL:
             raise ProcessError(f"manager is {self._state.name.lower()}, cannot get_server()")
         if self._address is None:
@@ -248,14 +268,21 @@ class BaseManager:
         """Connect to a running manager at ``address``.
 
         Raises:
+            ValueError: the manager has no address.
             ManagerUnavailableError: nothing answered within the connect timeout.
             AuthenticationError: the manager refused our authkey.
         """
         if self._address is None:
             raise ValueError("connect() needs an address")
         address = _connect_address(self._address)
-        proxies.remember_key(address, self._authkey)
-        proxies.connection(address, self._authkey)
+        conn = proxylink.existing(address)
+        if conn is not None and self._authkey is not None and conn.key != self._authkey:
+            # This process already talks to that manager with another key:
+            # prove ours on a connection of its own (AuthenticationError if refused).
+            proxies.Connection(address, self._authkey).close()
+        else:
+            proxies.connection(address, self._authkey)
+        proxies.remember_key(address, self._authkey)  # only once the manager accepted it
         self._address = address
         self._state = State.STARTED
 
@@ -264,7 +291,10 @@ class BaseManager:
 
         Raises:
             ProcessError: already started or shut down.
+            TypeError: ``initializer`` is not callable.
             ManagerUnavailableError: the manager process did not come up.
+            ValueError: the manager process could not serve the address
+                (in use, malformed, or public without an authkey).
         """
         if self._state == State.STARTED:
             raise ProcessError("Already started server")
@@ -306,6 +336,7 @@ class BaseManager:
         self._state = State.SHUTDOWN
 
     def join(self, timeout: float | None = None) -> None:
+        """Wait up to ``timeout`` seconds for the manager process this manager started to exit. Never raises."""
         if self._process is not None:
             self._process.join(timeout)
 
@@ -348,7 +379,17 @@ class BaseManager:
     @classmethod
     def register(cls, typeid: str, callable: Any = None, proxytype: Any = None, exposed: Any = None,
                  method_to_typeid: dict[str, str] | None = None, create_method: bool = True) -> None:
-        """Register a type (or callable) under ``typeid``, as ``multiprocessing.managers``."""
+        """Register a type (or callable) under ``typeid``, as ``multiprocessing.managers``.
+
+        With ``create_method``, ``manager.<typeid>(*args, **kwds)`` creates an
+        object on the manager and returns a proxy of it; that call raises
+        ``ProcessError`` when the manager is not started or connected, the
+        object's own exception when creating it failed, and
+        ``ManagerUnavailableError`` when the manager went away.
+
+        Raises:
+            TypeError: ``method_to_typeid`` does not map str to str.
+        """
         if "_registry" not in cls.__dict__:
             cls._registry = cls._registry.copy()
         if proxytype is None:
@@ -370,6 +411,7 @@ class BaseManager:
                 return proxytype(token, self._serializer, manager=self, authkey=self._authkey, exposed=exp)
 
             temp.__name__ = typeid
+            temp.__doc__ = f"Create a shared ``{typeid}`` on the manager and return a proxy of it."
             setattr(cls, typeid, temp)
 
 
@@ -385,13 +427,12 @@ def _connect_address(address: str) -> str:
 
 
 class SyncManager(BaseManager):
-    """A BaseManager with every type id of ``multiprocessing.managers.SyncManager``."""
+    """A BaseManager with every type id of ``multiprocessing.managers.SyncManager``.
 
-
-def _pool(*args: Any, **kwds: Any) -> Any:
-    from dmp.client.pool import Pool
-
-    return Pool(*args, **kwds)
+    Each creating method (``Queue()``, ``dict()``, ``Lock()``, ...) raises
+    ``ProcessError`` when the manager is not started or connected, and
+    ``ManagerUnavailableError`` when the manager went away.
+    """
 
 
 SyncManager.register("Queue", ReactorKind("Queue", _queue), QueueProxy)
@@ -405,9 +446,22 @@ SyncManager.register("Condition", ReactorKind("Condition", _condition), Conditio
 SyncManager.register("Barrier", ReactorKind("Barrier", _barrier), BarrierProxy)
 SyncManager.register("Value", ReactorKind("Value", _value), ValueProxy)
 SyncManager.register("Array", ReactorKind("Array", _array), ArrayProxy)
-SyncManager.register("Pool", _pool, PoolProxy)
+SyncManager.register("Pool", hosted.pool, PoolProxy)
 SyncManager.register("list", list, ListProxy)
 SyncManager.register("dict", dict, DictProxy)
 SyncManager.register("Namespace", Namespace, NamespaceProxy)
 SyncManager.register("Iterator", proxytype=IteratorProxy, create_method=False)
 SyncManager.register("AsyncResult", create_method=False)
+SyncManager.register("ActionBarrier", hosted.ActionBarrier, hosted.ActionBarrierProxy, create_method=False)
+_reactor_barrier = SyncManager.Barrier  # type: ignore[attr-defined]
+
+
+def _any_barrier(self: SyncManager, parties: int, action: Any = None, timeout: float | None = None) -> Any:
+    """A managed Barrier: in the reactor, or with an ``action`` in the object host (where the action runs)."""
+    if action is None:
+        return _reactor_barrier(self, parties, None, timeout)
+    token, exposed = self._create("ActionBarrier", parties, action, timeout)
+    return hosted.ActionBarrierProxy(token, self._serializer, manager=self, authkey=self._authkey, exposed=exposed)
+
+
+SyncManager.Barrier = _any_barrier  # type: ignore[attr-defined]

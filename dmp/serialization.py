@@ -19,6 +19,7 @@ import linecache
 import pickle
 import re
 import traceback
+import types
 from typing import Any
 
 import cloudpickle
@@ -115,9 +116,25 @@ def _pickle(obj: Any, by_value: bool) -> list[Any]:
     return [data, *buffers]
 
 
+class _Pickler(cloudpickle.CloudPickler):  # type: ignore[misc]
+    """cloudpickle, but functions sent by value keep their file name.
+
+    cloudpickle writes every code object's file as ``<dynamic-code>`` (so
+    its payloads are byte-for-byte reproducible); a remote traceback then
+    cannot say where a task's frames come from. dmp sends the real name, and
+    the caller's side fills in the source lines (:func:`with_local_source`).
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is types.CodeType:
+            rebuild, args = cloudpickle.cloudpickle._code_reduce(obj)
+            return rebuild, tuple(obj.co_filename if a == "<dynamic-code>" else a for a in args)
+        return super().reducer_override(obj)
+
+
 def _cloud_dumps(obj: Any, take: Any) -> bytes:
     out = io.BytesIO()
-    cloudpickle.CloudPickler(out, protocol=5, buffer_callback=take).dump(obj)
+    _Pickler(out, protocol=5, buffer_callback=take).dump(obj)
     return out.getvalue()
 
 

@@ -1,4 +1,9 @@
-"""Free loopback ports for the daemons tests start (one helper for every suite)."""
+"""A free loopback port for the transport-floor script (tests/bench/floor.py) only.
+
+Tests never use it: picking a port and binding it later races under pytest-xdist.
+Daemons bind port 0 and report the port (tests/daemons.py); sockets a test binds
+itself bind ``tcp://127.0.0.1:0`` and read ``zmq.LAST_ENDPOINT``.
+"""
 
 from __future__ import annotations
 

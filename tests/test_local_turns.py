@@ -81,10 +81,8 @@ def test_terminate_from_a_callback_does_not_hang() -> None:
     pool = dmp.Pool(2)
     try:
         result = pool.apply_async(square, (2,), callback=lambda _: pool.terminate())
-        start = time.monotonic()
-        assert result.get(timeout=10) == 4
-        pool.join()
-        assert time.monotonic() - start < 8
+        assert result.get(timeout=30) == 4
+        pool.join()  # a hang here is caught by the test's timeout
     finally:
         pool.terminate()
 
@@ -94,6 +92,7 @@ def test_get_with_a_timeout_returns_in_time() -> None:
         turns_mod.get_with_a_timeout_returns_in_time(pool, nap, timeout=10)
 
 
+@pytest.mark.timeout(180)  # 15 maps and 15 checks: 52 s seen on a loaded 2-core machine
 def test_ctrl_c_while_the_caller_runs_the_reactor_leaves_the_pool_working() -> None:
     # The main thread is mostly *handling* messages here (tiny tasks, chunksize 1):
     # an interrupt must wait for the step to end, or the scheduler is left half updated.

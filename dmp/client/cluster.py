@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 import weakref
 from typing import Any
 
@@ -131,9 +130,8 @@ class LocalCluster:
 
     ``processes`` is each node's worker processes (None: the CPU count).
     ``authkey`` None makes a fresh random key (loopback is shared with every
-    local user). ``dashboard`` (``HOST:PORT``) is passed to the manager as
-    ``--dashboard`` when this dmp's manager has that flag, else ignored with a
-    RuntimeWarning.
+    local user). ``dashboard`` (``HOST:PORT``, port 0 for any free one) makes
+    the manager serve its dashboard there; ``dashboard_url`` is then its URL.
 
     Raises (from the constructor):
         ValueError: bad ``nodes`` or ``processes``.
@@ -153,6 +151,7 @@ class LocalCluster:
         key = _config.authkey_from(authkey)
         self.authkey: bytes = key or secrets.token_hex(16).encode()
         self.address = ""
+        self.dashboard_url: str | None = None
         self.procs: list[subprocess.Popen[bytes]] = []
         self._dir = tempfile.mkdtemp(prefix="dmp-cluster-")
         self._keyfile = os.path.join(self._dir, "authkey")  # the directory is 0700, the file 0600
@@ -191,11 +190,7 @@ class LocalCluster:
         args = ["manager", "--bind", "tcp://127.0.0.1:0", "--manager-file", manager_file,
                 "--authkey-file", self._keyfile]
         if dashboard is not None:
-            if _manager_has_flag("--dashboard"):
-                args += ["--dashboard", dashboard]
-            else:
-                warnings.warn("LocalCluster(dashboard=...) is ignored: this dmp's manager has no --dashboard",
-                              RuntimeWarning, stacklevel=3)
+            args += ["--dashboard", dashboard]
         manager = self._spawn(*args, log="manager.log")
         deadline = time.monotonic() + START_TIMEOUT_S
         while not os.path.exists(manager_file):
@@ -204,7 +199,9 @@ class LocalCluster:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the dmp manager did not start within {START_TIMEOUT_S:g} s")
             time.sleep(POLL_S / 2)
-        self.address = discovery.read_manager_file(manager_file)["address"]
+        info = discovery.read_manager_file(manager_file)
+        self.address = info["address"]
+        self.dashboard_url = info.get("dashboard")
         for i in range(self.nodes):
             self._spawn("worker", "--manager-file", manager_file, "--authkey-file", self._keyfile,
                         "--processes", str(self.processes),
@@ -243,10 +240,3 @@ class LocalCluster:
 
     def __repr__(self) -> str:
         return f"<dmp.LocalCluster {self.address} nodes={self.nodes} processes={self.processes}>"
-
-
-def _manager_has_flag(flag: str) -> bool:
-    """Whether ``dmp manager`` accepts ``flag`` (features other branches add later)."""
-    from dmp import cli
-
-    return flag in cli.manager_flags()

@@ -38,6 +38,7 @@ class LocalEngine:
         initializer: Callable[..., Any] | None,
         initargs: tuple[Any, ...],
         max_tasks: int,
+        method: str = "fork",
     ) -> None:
         from dmp_server.daemon import Daemon
 
@@ -45,7 +46,7 @@ class LocalEngine:
         template = WorkerConfig(
             address=endpoint, node="local", initializer=initializer, initargs=initargs, max_tasks=max_tasks
         )
-        self.supervisor = Supervisor(template, count=processes)
+        self.supervisor = Supervisor(template, count=processes, method=method)
         self.daemon = Daemon(bind=[endpoint], supervisor=self.supervisor)
         self.turns = Turns(self.daemon.poll, self.daemon.handle, self.daemon.wake, reenter=False)
         self.session = session_mod.Session()

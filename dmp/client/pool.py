@@ -4,6 +4,7 @@
     caller --map/imap--> Feeder thread: chunk, pickle, session.submit (waits for credit)
     link thread --results--> ApplyResult / MapResult / IMapIterator (sinks)
 
+``progress=`` hangs a tqdm bar (dmp.client.progress) on the map's sink.
 The feeder pulls from the caller's iterable only as fast as the session's
 credit allows (``MAX_OUTSTANDING_TASKS``), so a huge generator is never held
 in memory. The pool counts no credit itself: the session does.
@@ -19,7 +20,14 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from dmp import _config, serialization
-from dmp.client.results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
+from dmp.client import progress as bars
+from dmp.client.results import (
+    ApplyResult,
+    IMapIterator,
+    IMapResults,
+    IMapUnorderedIterator,
+    MapResult,
+)
 from dmp.client.session import Session
 from dmp.client.sink import MapSink, Sink
 from dmp.errors import MessageTooLargeError, ProcessError
@@ -27,6 +35,7 @@ from dmp.node import runners
 from dmp.wire.protocol import Status
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
+ProgressArg = bool | dict[str, Any]  # the map family's progress= (see dmp.client.progress)
 
 # Tasks pickled before they are handed to the engine in one message; a batch
 # also goes out once its first task has waited FEED_FLUSH_S.
@@ -53,7 +62,21 @@ class _ApplySink(Sink):
 
 
 class Pool:
-    """A pool of worker processes, local (forked) or on a dmp cluster."""
+    """A pool of worker processes, local (forked) or on a dmp cluster.
+
+    ``multiprocessing.Pool``'s arguments, plus ``address``/``authkey`` (a
+    cluster; else ``dmp.connect()``'s or ``DMP_ADDRESS``, else local),
+    ``max_retries`` (reruns of a task whose worker died) and ``modules``
+    (modules whose code travels by value to nodes that lack them).
+
+    Raises:
+        ValueError: ``processes`` below 1, a bad ``maxtasksperchild`` or
+            ``max_retries``, or a malformed address.
+        TypeError: ``initializer`` is not callable, or ``modules`` holds
+            something that is not a module or module name.
+        ManagerUnavailableError: (cluster mode) no manager answered in time.
+        AuthenticationError: (cluster mode) the manager refused the authkey.
+    """
 
     def __init__(
         self,
@@ -103,12 +126,16 @@ class Pool:
             self._engine = ClusterEngine(address=target.address, authkey=target.authkey, max_workers=processes or 0)
             self._processes = processes or max(1, self._engine.slots)
         else:
+            from dmp import context as context_mod
+
             self._processes = processes or _config.cpu_count()
+            method = context.get_start_method() if context is not None else context_mod.get_start_method()
             self._engine = LocalEngine(
                 processes=self._processes,
                 initializer=initializer,
                 initargs=tuple(initargs),
                 max_tasks=maxtasksperchild or 0,
+                method=method or "fork",
             )
         self._session: Session = self._engine.session
         self._link = self._session.link  # what a caller waiting on a result serves
@@ -130,6 +157,13 @@ class Pool:
         """The worker process objects (multiprocessing exposes this too)."""
         return list(self._engine.processes)
 
+    @property
+    def _cache(self) -> dict[int, Any]:
+        """The results not yet complete, as multiprocessing's ``pool._cache``
+        (its documentation's examples read it); a snapshot."""
+        with self._pending_cond:
+            return {id(r): r for r in self._pending}
+
     def _check_running(self) -> None:
         if self._state != RUN:
             raise ValueError("Pool not running")
@@ -147,6 +181,14 @@ class Pool:
     # --- apply ---------------------------------------------------------------------------
 
     def apply(self, func: Callable[..., Any], args: tuple[Any, ...] = (), kwds: dict[str, Any] = {}) -> Any:  # noqa: B006 (multiprocessing's signature)
+        """Run ``func(*args, **kwds)`` in a worker and return its result (blocks).
+
+        Raises:
+            ValueError: the pool is closed or terminated.
+            WorkerLostError: a task's worker process died more than ``max_retries`` times.
+            ManagerUnavailableError: (cluster mode) the manager went away with the task in flight.
+            Exception: a task's own exception, with its type, message and remote traceback as ``__cause__``.
+        """
         return self.apply_async(func, args, kwds).get()
 
     def apply_async(
@@ -157,6 +199,15 @@ class Pool:
         callback: Callable[[Any], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
     ) -> ApplyResult:
+        """Run ``func(*args, **kwds)`` in a worker; return an ``AsyncResult`` at once.
+
+        ``callback`` gets the result, ``error_callback`` the exception, on a dmp
+        thread (keep them short, as with multiprocessing). An argument that does not
+        pickle fails the result, not the call.
+
+        Raises:
+            ValueError: the pool is closed or terminated.
+        """
         self._check_running()
         result = ApplyResult(callback, error_callback, link=self._link, on_done=self._job_done)
         try:
@@ -176,11 +227,40 @@ class Pool:
 
     # --- map family ------------------------------------------------------------------------
 
-    def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None) -> list[Any]:
-        return self._map_async(func, iterable, chunksize, None, None, star=False).get()  # type: ignore[no-any-return]
+    def map(
+        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None, *, progress: ProgressArg = False
+    ) -> list[Any]:
+        """``list(map(func, iterable))`` with the calls spread over the workers (blocks).
 
-    def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: int | None = None) -> list[Any]:
-        return self._map_async(func, iterable, chunksize, None, None, star=True).get()  # type: ignore[no-any-return]
+        The iterable is consumed at once (``len()`` picks the chunk size when
+        ``chunksize`` is None); chunks run on workers and results come back in order.
+        ``progress=True`` draws a tqdm bar on stderr as results arrive; a dict is
+        passed to tqdm as keyword arguments (the same on every map method).
+
+        Raises:
+            ValueError: the pool is not running, or ``chunksize`` is below 1.
+            TypeError: ``progress`` is not a bool or a dict.
+            ImportError: ``progress`` asks for a bar and tqdm is not installed.
+            WorkerLostError: a task's worker process died more than ``max_retries`` times.
+            ManagerUnavailableError: (cluster mode) the manager went away with the task in flight.
+            Exception: a task's own exception, with its type, message and remote traceback as ``__cause__``.
+        """
+        return self._map_async(func, iterable, chunksize, None, None, star=False, progress=progress).get()  # type: ignore[no-any-return]
+
+    def starmap(
+        self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: int | None = None, *, progress: ProgressArg = False
+    ) -> list[Any]:
+        """Like :meth:`map`, calling ``func(*args)`` for each ``args`` in ``iterable``.
+
+        Raises:
+            ValueError: the pool is not running, or ``chunksize`` is below 1.
+            TypeError: ``progress`` is not a bool or a dict.
+            ImportError: ``progress`` asks for a bar and tqdm is not installed.
+            WorkerLostError: a task's worker process died more than ``max_retries`` times.
+            ManagerUnavailableError: (cluster mode) the manager went away with the task in flight.
+            Exception: a task's own exception, with its type, message and remote traceback as ``__cause__``.
+        """
+        return self._map_async(func, iterable, chunksize, None, None, star=True, progress=progress).get()  # type: ignore[no-any-return]
 
     def map_async(
         self,
@@ -189,8 +269,17 @@ class Pool:
         chunksize: int | None = None,
         callback: Callable[[Any], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
+        *,
+        progress: ProgressArg = False,
     ) -> MapResult:
-        return self._map_async(func, iterable, chunksize, callback, error_callback, star=False)
+        """Like :meth:`map`, returning a ``MapResult`` whose ``get()`` gives the list.
+
+        Raises:
+            ValueError: the pool is not running, or ``chunksize`` is below 1.
+            TypeError: ``progress`` is not a bool or a dict.
+            ImportError: ``progress`` asks for a bar and tqdm is not installed.
+        """
+        return self._map_async(func, iterable, chunksize, callback, error_callback, star=False, progress=progress)
 
     def starmap_async(
         self,
@@ -199,10 +288,21 @@ class Pool:
         chunksize: int | None = None,
         callback: Callable[[Any], Any] | None = None,
         error_callback: Callable[[BaseException], Any] | None = None,
+        *,
+        progress: ProgressArg = False,
     ) -> MapResult:
-        return self._map_async(func, iterable, chunksize, callback, error_callback, star=True)
+        """Like :meth:`starmap`, returning a ``MapResult`` whose ``get()`` gives the list.
 
-    def _map_async(self, func: Any, iterable: Iterable[Any], chunksize: int | None, callback: Any, error_callback: Any, *, star: bool) -> MapResult:
+        Raises:
+            ValueError: the pool is not running, or ``chunksize`` is below 1.
+            TypeError: ``progress`` is not a bool or a dict.
+            ImportError: ``progress`` asks for a bar and tqdm is not installed.
+        """
+        return self._map_async(func, iterable, chunksize, callback, error_callback, star=True, progress=progress)
+
+    def _map_async(
+        self, func: Any, iterable: Iterable[Any], chunksize: int | None, callback: Any, error_callback: Any, *, star: bool, progress: ProgressArg
+    ) -> MapResult:
         self._check_running()
         items = iterable if hasattr(iterable, "__len__") else list(iterable)
         length = len(items)  # type: ignore[arg-type]
@@ -210,7 +310,8 @@ class Pool:
             chunksize = self._default_chunksize(length)
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        result = MapResult(chunksize, length, callback, error_callback, link=self._link, on_done=self._job_done)
+        bar = bars.start(progress, length, chunksize)
+        result = MapResult(chunksize, length, callback, error_callback, link=self._link, on_done=self._job_done, progress=bar)
         if length:
             self._start_job(func, star, result, _chunks(items, chunksize))
         return result
@@ -225,21 +326,44 @@ class Pool:
         chunksize, extra = divmod(length, self._processes * per_slot)
         return chunksize + 1 if extra else max(chunksize, 1)
 
-    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1) -> Iterator[Any]:
-        return self._imap(IMapIterator, func, iterable, chunksize)
+    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1, *, progress: ProgressArg = False) -> Iterator[Any]:
+        """A lazy :meth:`map`: an iterator of results in order, as they arrive.
 
-    def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1) -> Iterator[Any]:
-        return self._imap(IMapUnorderedIterator, func, iterable, chunksize)
+        The iterable is pulled only a bounded window ahead of what you consume, so
+        an endless generator works; ``next(timeout)`` is available on the iterator.
+        A ``progress`` bar's total is ``len(iterable)``, or None without one.
 
-    def _imap(self, cls: type[IMapIterator], func: Any, iterable: Iterable[Any], chunksize: int) -> Iterator[Any]:
+        Raises:
+            ValueError: the pool is not running, or ``chunksize`` is below 1.
+            TypeError: ``progress`` is not a bool or a dict.
+            ImportError: ``progress`` asks for a bar and tqdm is not installed.
+            Exception: when iterated, as :meth:`map` (and ``dmp.TimeoutError`` from ``next(timeout)``).
+        """
+        return self._imap(IMapIterator, func, iterable, chunksize, progress)
+
+    def imap_unordered(
+        self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1, *, progress: ProgressArg = False
+    ) -> Iterator[Any]:
+        """Like :meth:`imap`, yielding results in the order they finish.
+
+        Raises:
+            ValueError: the pool is not running, or ``chunksize`` is below 1.
+            TypeError: ``progress`` is not a bool or a dict.
+            ImportError: ``progress`` asks for a bar and tqdm is not installed.
+            Exception: when iterated, as :meth:`map` (and ``dmp.TimeoutError`` from ``next(timeout)``).
+        """
+        return self._imap(IMapUnorderedIterator, func, iterable, chunksize, progress)
+
+    def _imap(self, cls: type[IMapIterator], func: Any, iterable: Iterable[Any], chunksize: int, progress: ProgressArg) -> Iterator[Any]:
         self._check_running()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        it = cls(self._session.credit.release, self._job_done)
+        total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
+        it = cls(self._session.credit.release, self._job_done, bars.start(progress, total, chunksize))
         self._start_job(func, False, it, _chunks(iterable, chunksize))
         if chunksize == 1:
-            return _Results(it, unwrap=True)
-        return (item for chunk in _Results(it, unwrap=False) for item in chunk)
+            return IMapResults(it, unwrap=True)
+        return (item for chunk in IMapResults(it, unwrap=False) for item in chunk)
 
     def _start_job(self, func: Any, star: bool, sink: MapSink, chunks: Iterator[tuple[int, list[Any]]]) -> None:
         self._track(sink)
@@ -274,6 +398,9 @@ class Pool:
             finally:
                 with self._feed_cond:
                     self._feed.popleft()
+                # Hold nothing of a finished job while waiting for the next one:
+                # its arguments and results belong to the caller alone.
+                del job, sink, chunks
 
     def _feed_one(self, job: int, sink: MapSink, chunks: Iterator[tuple[int, list[Any]]]) -> None:
         alive = lambda: self._state != TERMINATE and not sink.abandoned()  # noqa: E731
@@ -326,12 +453,14 @@ class Pool:
     # --- lifecycle -------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Accept no more work; the workers exit once the queued tasks are done. Never raises."""
         if self._state == RUN:
             self._state = CLOSE
             with self._feed_cond:
                 self._feed_cond.notify_all()
 
     def terminate(self) -> None:
+        """Stop the workers now; unfinished results fail with ``ProcessError``. Never raises."""
         if self._state == TERMINATE:
             return
         self._state = TERMINATE
@@ -344,6 +473,11 @@ class Pool:
             self._pending_cond.notify_all()
 
     def join(self) -> None:
+        """Wait until the workers have exited (after :meth:`close` or :meth:`terminate`).
+
+        Raises:
+            ValueError: the pool is still running (neither closed nor terminated).
+        """
         if self._state == RUN:
             raise ValueError("Pool is still running")
         if self._state == CLOSE:
@@ -369,6 +503,10 @@ class Pool:
         return f"<{type(self).__module__}.{type(self).__qualname__} state={self._state} pool_size={self._processes}>"
 
     def __del__(self) -> None:
+        if getattr(self, "_state", TERMINATE) == RUN and getattr(self, "_engine", None) is not None:
+            import warnings
+
+            warnings.warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, stacklevel=2, source=self)
         if getattr(self, "_state", TERMINATE) != TERMINATE and getattr(self, "_engine", None) is not None:
             try:
                 self.terminate()
@@ -389,39 +527,6 @@ def _send_by_value(modules: Iterable[Any]) -> None:
         if not isinstance(module, types.ModuleType):
             raise TypeError(f"modules= takes modules or module names, not {module!r}")
         cloudpickle.register_pickle_by_value(module)
-
-
-class _Results:
-    """What imap returns: the caller's handle on an IMapIterator.
-
-    Each task's result is a chunk (a list); with chunksize 1 it is unwrapped.
-    When the caller drops this handle before the end, the iterator is
-    abandoned so that the pool's feeder neither waits for nor feeds it.
-    """
-
-    __slots__ = ("done", "it", "unwrap")
-
-    def __init__(self, it: IMapIterator, *, unwrap: bool) -> None:
-        self.it = it
-        self.unwrap = unwrap
-        self.done = False
-
-    def __iter__(self) -> _Results:
-        return self
-
-    def next(self, timeout: float | None = None) -> Any:
-        try:
-            chunk = self.it.next(timeout)
-        except StopIteration:
-            self.done = True
-            raise
-        return chunk[0] if self.unwrap else chunk
-
-    __next__ = next
-
-    def __del__(self) -> None:
-        if not self.done:
-            self.it.abandon()
 
 
 def _chunks(iterable: Iterable[Any], size: int) -> Iterator[tuple[int, list[Any]]]:

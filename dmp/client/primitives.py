@@ -9,16 +9,36 @@ dmp.Process(target=f, args=(q,)).start()`` works in both modes.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from dmp import _config
+from dmp import _config, context
 
-_fork = multiprocessing.get_context("fork")
 _managers: dict[tuple[str, bytes | None], Any] = {}
 _lock = threading.Lock()
+
+
+_override = threading.local()
+
+
+@contextlib.contextmanager
+def local_method(method: str | None) -> Iterator[None]:
+    """Objects made in this block (by this thread) use start method ``method`` locally."""
+    before = getattr(_override, "method", None)
+    _override.method = method
+    try:
+        yield
+    finally:
+        _override.method = before
+
+
+def _local() -> Any:
+    """The standard library context of the start method in force (local mode)."""
+    return context.stdlib_context(getattr(_override, "method", None))
 
 
 def _cluster() -> Any:
@@ -38,64 +58,184 @@ def _cluster() -> Any:
 
 
 def Queue(maxsize: int = 0) -> Any:
+    """A process-shared FIFO queue (``multiprocessing.Queue``).
+
+    Local mode: the standard library's fork-context object. Cluster mode (an
+    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
+    manager hosts, which can be passed to remote processes.
+
+    Raises:
+        ManagerUnavailableError: (cluster mode) no manager answered in time.
+        AuthenticationError: (cluster mode) the manager refused the authkey.
+    """
     m = _cluster()
-    return _fork.Queue(maxsize) if m is None else m.Queue(maxsize)
+    return _local().Queue(maxsize) if m is None else m.Queue(maxsize)
 
 
 def JoinableQueue(maxsize: int = 0) -> Any:
+    """A :func:`Queue` with ``task_done()`` and ``join()``.
+
+    Local mode: the standard library's fork-context object. Cluster mode (an
+    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
+    manager hosts, which can be passed to remote processes.
+
+    Raises:
+        ManagerUnavailableError: (cluster mode) no manager answered in time.
+        AuthenticationError: (cluster mode) the manager refused the authkey.
+    """
     m = _cluster()
-    return _fork.JoinableQueue(maxsize) if m is None else m.JoinableQueue(maxsize)
+    return _local().JoinableQueue(maxsize) if m is None else m.JoinableQueue(maxsize)
 
 
 def SimpleQueue() -> Any:
+    """A simple process-shared queue (in cluster mode, a hosted ``Queue``).
+
+    Local mode: the standard library's fork-context object. Cluster mode (an
+    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
+    manager hosts, which can be passed to remote processes.
+
+    Raises:
+        ManagerUnavailableError: (cluster mode) no manager answered in time.
+        AuthenticationError: (cluster mode) the manager refused the authkey.
+    """
     m = _cluster()
-    return _fork.SimpleQueue() if m is None else m.Queue()
+    return _local().SimpleQueue() if m is None else m.Queue()
 
 
 def Lock() -> Any:
+    """A process-shared non-recursive lock.
+
+    Local mode: the standard library's fork-context object. Cluster mode (an
+    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
+    manager hosts, which can be passed to remote processes.
+
+    Raises:
+        ManagerUnavailableError: (cluster mode) no manager answered in time.
+        AuthenticationError: (cluster mode) the manager refused the authkey.
+    """
     m = _cluster()
-    return _fork.Lock() if m is None else m.Lock()
+    return _local().Lock() if m is None else m.Lock()
 
 
 def RLock() -> Any:
+    """A process-shared recursive lock.
+
+    Local mode: the standard library's fork-context object. Cluster mode (an
+    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
+    manager hosts, which can be passed to remote processes.
+
+    Raises:
+        ManagerUnavailableError: (cluster mode) no manager answered in time.
+        AuthenticationError: (cluster mode) the manager refused the authkey.
+    """
     m = _cluster()
-    return _fork.RLock() if m is None else m.RLock()
+    return _local().RLock() if m is None else m.RLock()
 
 
 def Semaphore(value: int = 1) -> Any:
+    """A process-shared semaphore.
+
+    Local mode: the standard library's fork-context object. Cluster mode (an
+    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
+    manager hosts, which can be passed to remote processes.
+
+    Raises:
+        ManagerUnavailableError: (cluster mode) no manager answered in time.
+        AuthenticationError: (cluster mode) the manager refused the authkey.
+    """
     m = _cluster()
-    return _fork.Semaphore(value) if m is None else m.Semaphore(value)
+    return _local().Semaphore(value) if m is None else m.Semaphore(value)
 
 
 def BoundedSemaphore(value: int = 1) -> Any:
+    """A process-shared semaphore that refuses to be released above its start value.
+
+    Local mode: the standard library's fork-context object. Cluster mode (an
+    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
+    manager hosts, which can be passed to remote processes.
+
+    Raises:
+        ManagerUnavailableError: (cluster mode) no manager answered in time.
+        AuthenticationError: (cluster mode) the manager refused the authkey.
+    """
     m = _cluster()
-    return _fork.BoundedSemaphore(value) if m is None else m.BoundedSemaphore(value)
+    return _local().BoundedSemaphore(value) if m is None else m.BoundedSemaphore(value)
 
 
 def Event() -> Any:
+    """A process-shared event flag.
+
+    Local mode: the standard library's fork-context object. Cluster mode (an
+    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
+    manager hosts, which can be passed to remote processes.
+
+    Raises:
+        ManagerUnavailableError: (cluster mode) no manager answered in time.
+        AuthenticationError: (cluster mode) the manager refused the authkey.
+    """
     m = _cluster()
-    return _fork.Event() if m is None else m.Event()
+    return _local().Event() if m is None else m.Event()
 
 
 def Condition(lock: Any = None) -> Any:
+    """A process-shared condition variable (in cluster mode ``lock`` is ignored: the hosted condition has its own).
+
+    Local mode: the standard library's fork-context object. Cluster mode (an
+    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
+    manager hosts, which can be passed to remote processes.
+
+    Raises:
+        ManagerUnavailableError: (cluster mode) no manager answered in time.
+        AuthenticationError: (cluster mode) the manager refused the authkey.
+    """
     m = _cluster()
-    return _fork.Condition(lock) if m is None else m.Condition()
+    return _local().Condition(lock) if m is None else m.Condition()
 
 
 def Barrier(parties: int, action: Any = None, timeout: float | None = None) -> Any:
+    """A process-shared barrier for ``parties`` processes.
+
+    Local mode: the standard library's fork-context object. Cluster mode (an
+    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
+    manager hosts, which can be passed to remote processes.
+
+    Raises:
+        ManagerUnavailableError: (cluster mode) no manager answered in time.
+        AuthenticationError: (cluster mode) the manager refused the authkey.
+    """
     m = _cluster()
-    return _fork.Barrier(parties, action, timeout) if m is None else m.Barrier(parties, action, timeout)
+    return _local().Barrier(parties, action, timeout) if m is None else m.Barrier(parties, action, timeout)
 
 
 def Value(typecode_or_type: Any, *args: Any, lock: Any = True) -> Any:
+    """A process-shared ctypes value (in cluster mode, a hosted value proxy).
+
+    Local mode: the standard library's fork-context object. Cluster mode (an
+    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
+    manager hosts, which can be passed to remote processes.
+
+    Raises:
+        ManagerUnavailableError: (cluster mode) no manager answered in time.
+        AuthenticationError: (cluster mode) the manager refused the authkey.
+    """
     m = _cluster()
-    return _fork.Value(typecode_or_type, *args, lock=lock) if m is None else m.Value(typecode_or_type, *args)
+    return _local().Value(typecode_or_type, *args, lock=lock) if m is None else m.Value(typecode_or_type, *args)
 
 
 def Array(typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) -> Any:
+    """A process-shared ctypes array (in cluster mode, a hosted array proxy).
+
+    Local mode: the standard library's fork-context object. Cluster mode (an
+    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
+    manager hosts, which can be passed to remote processes.
+
+    Raises:
+        ManagerUnavailableError: (cluster mode) no manager answered in time.
+        AuthenticationError: (cluster mode) the manager refused the authkey.
+    """
     m = _cluster()
     if m is None:
-        return _fork.Array(typecode_or_type, size_or_initializer, lock=lock)
+        return _local().Array(typecode_or_type, size_or_initializer, lock=lock)
     return m.Array(typecode_or_type, size_or_initializer)
 
 
@@ -103,7 +243,8 @@ def Pipe(duplex: bool = True) -> tuple[Any, Any]:
     """Two connected ends; in cluster mode, built on two managed queues."""
     m = _cluster()
     if m is None:
-        return _fork.Pipe(duplex)
+        a_end, b_end = _local().Pipe(duplex)
+        return a_end, b_end
     a, b = m.Queue(), m.Queue()
     if duplex:
         return _QueueConnection(a, b), _QueueConnection(b, a)
@@ -146,5 +287,7 @@ class _QueueConnection:
 
 
 # Raw shared memory needs no lock and no manager: the standard library's, in both modes.
-RawValue = _fork.RawValue
-RawArray = _fork.RawArray
+RawValue = multiprocessing.RawValue
+"""A ctypes value in shared memory, without a lock (``multiprocessing.RawValue``; shared with forked children only)."""
+RawArray = multiprocessing.RawArray
+"""A ctypes array in shared memory, without a lock (``multiprocessing.RawArray``; shared with forked children only)."""

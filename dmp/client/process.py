@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from dmp import _config, serialization
+from dmp import _config, context, serialization
 from dmp.client.sink import Sink
 from dmp.node import runners
 from dmp.wire.protocol import Status
@@ -36,7 +36,23 @@ START_WAIT_S = 5.0
 
 
 class Process(_ForkProcess):  # type: ignore[misc]
-    """A process running ``target(*args, **kwargs)``; subclass and override ``run`` as usual."""
+    """A process running ``target(*args, **kwargs)``; subclass and override ``run`` as usual.
+
+    Locally it starts with the start method in force (``dmp.set_start_method``),
+    or its context's (``dmp.get_context(method).Process``). With an address
+    (``address=``, ``dmp.connect()`` or ``DMP_ADDRESS``) the target runs on a
+    worker node of that cluster; ``start()``, ``join()``, ``terminate()``,
+    ``kill()``, ``exitcode`` and ``sentinel`` behave as in ``multiprocessing``,
+    and the target's output reaches this process.
+
+    Raises:
+        ValueError: (constructor) a malformed address. From ``start()``, as
+            ``multiprocessing``: ``AssertionError`` when started twice, and in
+            cluster mode ``ManagerUnavailableError`` when no manager answered or
+            ``AuthenticationError`` when it refused the authkey.
+    """
+
+    _start_method: str | None = None
 
     def __init__(
         self,
@@ -65,7 +81,28 @@ class Process(_ForkProcess):  # type: ignore[misc]
         target = getattr(process_obj, "_dmp_target", None)
         if target is not None and target.address is not None:
             return _ClusterPopen(process_obj, target)
-        return _ForkProcess._Popen(process_obj)
+        method = getattr(process_obj, "_start_method", None) or context.get_start_method()
+        return context.stdlib_context(method).Process._Popen(process_obj)
+
+
+class ForkProcess(Process):
+    _start_method = "fork"
+
+
+class SpawnProcess(Process):
+    _start_method = "spawn"
+
+
+class ForkServerProcess(Process):
+    _start_method = "forkserver"
+
+
+_BY_METHOD = {"fork": ForkProcess, "spawn": SpawnProcess, "forkserver": ForkServerProcess}
+
+
+def process_class(method: str | None) -> type[Process]:
+    """dmp's Process class for a start method (``None``: the one in force when started)."""
+    return _BY_METHOD[method] if method else Process
 
 
 class _ClusterPopen(Sink):
@@ -155,5 +192,8 @@ class _ClusterPopen(Sink):
 
 
 current_process = multiprocessing.current_process
+"""The ``Process`` object of this process (``multiprocessing.current_process``). Never raises."""
 active_children = multiprocessing.active_children
+"""The live children of this process, joining finished ones (``multiprocessing.active_children``)."""
 parent_process = multiprocessing.parent_process
+"""The parent's ``Process`` object, or None in the main process (``multiprocessing.parent_process``)."""

@@ -164,7 +164,10 @@ class BaseProxy:
 
     def __str__(self) -> str:
         try:
-            return str(self._callmethod("__repr__"))
+            frames = serialization.dumps(((), {}))
+            reply, out = self._request(protocol.ObjCall(0, self._token.id, "__repr__"), frames)
+            # The object host answers in a payload, the reactor kinds in the reply itself.
+            return str(serialization.loads(out) if out else reply.value)
         except Exception:
             return repr(self)[:-1] + "; '__str__()' failed>"
 

@@ -100,6 +100,7 @@ class Connection:
         from dmp.client.link import RemoteLink
 
         self.address = address
+        self.key = key
         self.pending: dict[int, _Slot] = {}
         self._refs = itertools.count(1)
         self.closed: BaseException | None = None

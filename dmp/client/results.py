@@ -1,4 +1,5 @@
-"""What ``Pool`` methods return: ApplyResult, MapResult and the imap iterators.
+"""What ``Pool`` methods return: ApplyResult, MapResult, the imap iterators
+(and IMapResults, the handle imap gives the caller on one).
 
 Each is also a job's sink (``dmp.client.sink``): the link's thread hands it
 task outcomes (``on_result``), it decodes them and wakes whoever waits. They
@@ -7,7 +8,9 @@ pool's ``on_done`` (the job needs nothing more) and, for imap, the credit's
 ``release``. Semantics follow
 ``multiprocessing.pool``: a map fails with its first exception once every
 chunk is back, callbacks run on the result thread, imap raises an item's
-exception at that item's place.
+exception at that item's place. A map's ``progress`` bar (dmp.client.progress)
+advances as its chunks arrive and closes when the map completes or fails, the
+pool stops, or the waiting caller is interrupted.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dmp import serialization
+from dmp.client.progress import Progress
 from dmp.client.sink import MapSink, Sink
 from dmp.errors import ProcessError, TaskTimeoutError, TimeoutError, WorkerLostError
 from dmp.wire.protocol import Status
@@ -67,6 +71,7 @@ class _Waitable(Sink):
         self._error_callback = error_callback
         self._success = True
         self._value: Any = None
+        self._progress: Progress | None = None
 
     def ready(self) -> bool:
         return self._event.is_set()
@@ -82,10 +87,15 @@ class _Waitable(Sink):
     def wait(self, timeout: float | None = None) -> None:
         if self._event.is_set():
             return
-        if self._link is None:
-            self._event.wait(timeout)
-        else:
-            self._link.wait(self._event.is_set, self._event.wait, timeout)
+        try:
+            if self._link is None:
+                self._event.wait(timeout)
+            else:
+                self._link.wait(self._event.is_set, self._event.wait, timeout)
+        except BaseException:  # Ctrl-C in the waiter: the bar goes, the map runs on
+            if self._progress is not None:
+                self._progress.close()
+            raise
 
     def get(self, timeout: float | None = None) -> Any:
         self.wait(timeout)
@@ -96,6 +106,8 @@ class _Waitable(Sink):
         raise self._value
 
     def _complete(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
         try:
             if self._success:
                 if self._callback is not None:
@@ -132,9 +144,18 @@ class MapResult(_Waitable, MapSink):
     """A whole ``map_async``: chunks land in their slice of the result list."""
 
     def __init__(
-        self, chunksize: int, length: int, callback: Any, error_callback: Any, *, link: Any = None, on_done: OnDone | None = None
+        self,
+        chunksize: int,
+        length: int,
+        callback: Any,
+        error_callback: Any,
+        *,
+        link: Any = None,
+        on_done: OnDone | None = None,
+        progress: Progress | None = None,
     ) -> None:
         super().__init__(callback, error_callback, link=link, on_done=on_done)
+        self._progress = progress
         self._chunksize = chunksize
         self._value = [None] * length
         self._left = -(-length // chunksize) if length else 0
@@ -152,6 +173,9 @@ class MapResult(_Waitable, MapSink):
 
     def _set_chunk(self, task_id: int, ok: bool, value: Any) -> bool:
         self._left -= 1
+        progress = self._progress
+        if progress is not None:
+            progress.advance(1 if self._chunksize == 1 else progress.chunk_items(task_id))
         if ok and self._success:
             c = self._chunksize
             self._value[task_id * c : (task_id + 1) * c] = value
@@ -175,9 +199,12 @@ class IMapIterator(MapSink):
 
     holds_credit = True
 
-    def __init__(self, release: Callable[[int], None], on_done: OnDone | None = None) -> None:
+    def __init__(
+        self, release: Callable[[int], None], on_done: OnDone | None = None, progress: Progress | None = None
+    ) -> None:
         self._release = release
         self._on_done = on_done
+        self._progress = progress
         self._abandoned = False
         self._cond = threading.Condition(threading.Lock())
         self._items: collections.deque[tuple[bool, Any]] = collections.deque()
@@ -191,6 +218,20 @@ class IMapIterator(MapSink):
         return self
 
     def next(self, timeout: float | None = None) -> Any:
+        try:
+            ok, value = self._take(timeout)
+        except BaseException as exc:  # the end, a failed job, or Ctrl-C in the reader
+            if not isinstance(exc, TimeoutError):
+                self.stop_progress()
+            raise
+        self._release(1)
+        if ok:
+            return value
+        raise value
+
+    __next__ = next
+
+    def _take(self, timeout: float | None) -> tuple[bool, Any]:
         with self._cond:
             while not self._items:
                 if self._length is not None and self._index == self._length:
@@ -202,16 +243,16 @@ class IMapIterator(MapSink):
                     if self._length is not None and self._index == self._length:
                         raise StopIteration from None
                     raise TimeoutError from None
-            ok, value = self._items.popleft()
-        self._release(1)
-        if ok:
-            return value
-        raise value
+            return self._items.popleft()
 
-    __next__ = next
+    def stop_progress(self) -> None:
+        """Close the bar, if any (the reader is gone or interrupted)."""
+        if self._progress is not None:
+            self._progress.close()
 
     def abandon(self) -> None:
         """The caller dropped us: give back what we hold and stop asking for more."""
+        self.stop_progress()
         with self._cond:
             if self._abandoned:
                 return
@@ -227,9 +268,13 @@ class IMapIterator(MapSink):
 
     # --- producer side --------------------------------------------------------------
 
-    def _put(self, task_id: int, ok: bool, value: Any) -> None:
+    def _put(self, task_id: int, ok: bool, value: Any, items: int) -> None:
         with self._cond:
             self._received += 1
+            if self._progress is not None:  # before the item shows: a reader at the end sees the full count
+                self._progress.advance(items)
+                if self._received == self._length:
+                    self._progress.close()
             if self._abandoned:
                 self._release(1)
                 return
@@ -251,6 +296,8 @@ class IMapIterator(MapSink):
         with self._cond:
             self._length = length
             self._cond.notify_all()
+            if self._progress is not None and self._received >= length:
+                self._progress.close()
         self._check_done()
 
     def _check_done(self) -> bool:
@@ -263,14 +310,22 @@ class IMapIterator(MapSink):
         if status == Status.CANCELLED:
             return False
         ok, value = decode(status, frames, info)
-        self._put(task_id, ok, value)
+        self._put(task_id, ok, value, self._items_in(task_id, ok, value))
         return self._check_done()
 
     def fail_chunk(self, task_id: int, exc: BaseException) -> None:
-        self._put(task_id, False, exc)
+        self._put(task_id, False, exc, self._items_in(task_id, False, exc))
         self._check_done()
 
+    def _items_in(self, task_id: int, ok: bool, value: Any) -> int:
+        """A chunk's item count for the bar: its results' when it succeeded."""
+        if self._progress is None:
+            return 0
+        return len(value) if ok and isinstance(value, list) else self._progress.chunk_items(task_id)
+
     def on_failure(self, exc: BaseException) -> None:
+        if self._progress is not None:
+            self._progress.close()
         with self._cond:
             self._failure = exc
             self._cond.notify_all()
@@ -282,3 +337,39 @@ class IMapUnorderedIterator(IMapIterator):
     def _place(self, task_id: int, ok: bool, value: Any) -> None:
         self._items.append((ok, value))
         self._index += 1
+
+
+class IMapResults:
+    """What imap returns: the caller's handle on an IMapIterator.
+
+    Each task's result is a chunk (a list); with chunksize 1 it is unwrapped.
+    When the caller drops this handle before the end, the iterator is
+    abandoned so that the pool's feeder neither waits for nor feeds it.
+    """
+
+    __slots__ = ("done", "it", "unwrap")
+
+    def __init__(self, it: IMapIterator, *, unwrap: bool) -> None:
+        self.it = it
+        self.unwrap = unwrap
+        self.done = False
+
+    def __iter__(self) -> IMapResults:
+        return self
+
+    def next(self, timeout: float | None = None) -> Any:
+        try:
+            chunk = self.it.next(timeout)
+        except StopIteration:
+            self.done = True
+            raise
+        except KeyboardInterrupt:  # Ctrl-C in the reader: its bar goes (the job runs on)
+            self.it.stop_progress()
+            raise
+        return chunk[0] if self.unwrap else chunk
+
+    __next__ = next
+
+    def __del__(self) -> None:
+        if not self.done:
+            self.it.abandon()

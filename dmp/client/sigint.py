@@ -31,7 +31,7 @@ _installed = False
 
 def _handler(signum: int, frame: FrameType | None) -> None:
     global _pending
-    if _depth:
+    if _depth > 0:
         _pending = True
         return
     signal.default_int_handler(signum, frame)
@@ -63,7 +63,11 @@ class _Critical:
         global _depth, _pending
         if threading.get_ident() != _main:
             return
-        _depth -= 1
+        # Never below 0: a SIGINT taken on the first bytecodes of an
+        # ``interruptible`` exit (the wait returned, the depth not yet put
+        # back) leaves the depth at 0 here. Below 0, every later SIGINT would
+        # be held and raised at some later, unrelated wait.
+        _depth = max(_depth - 1, 0)
         if _depth == 0 and _pending:
             _pending = False
             if kind is None:

@@ -22,6 +22,7 @@ import concurrent.futures
 import os
 import socket
 import sys
+from multiprocessing.managers import RemoteError
 from typing import Any
 
 from dmp import serialization
@@ -125,8 +126,13 @@ class Host:
                 args, kwds = serialization.loads(frames)
                 if msg.method == "#GETVALUE":
                     result = obj
+                elif msg.method in ("__repr__", "__str__") and msg.method not in exposed:
+                    result = repr(obj) if msg.method == "__repr__" else str(obj)  # multiprocessing's fallback
                 elif msg.method not in exposed:
-                    raise AttributeError(f"method {msg.method!r} of {type(obj)!r} object is not in exposed={sorted(exposed)!r}")
+                    # As multiprocessing's server: a RemoteError carrying the explanation.
+                    raise RemoteError(
+                        f"AttributeError: method {msg.method!r} of {type(obj)!r} object is not in exposed={sorted(exposed)!r}"
+                    )
                 else:
                     result = getattr(obj, msg.method)(*args, **kwds)
             typeid = to_typeid.get(msg.method)

@@ -23,7 +23,6 @@ from typing import Any
 
 from dmp.node import worker as worker_mod
 
-_fork = multiprocessing.get_context("fork")
 _pool_counter = itertools.count(1)
 
 
@@ -58,8 +57,15 @@ def _is_stopped(pid: int) -> bool:
 class Supervisor:
     """Keeps ``count`` worker processes alive until told to stop."""
 
-    def __init__(self, template: worker_mod.WorkerConfig, *, count: int, name_prefix: str = "ForkPoolWorker") -> None:
+    def __init__(
+        self, template: worker_mod.WorkerConfig, *, count: int, name_prefix: str | None = None, method: str = "fork"
+    ) -> None:
+        """``method``: the start method of the workers (local mode may spawn them;
+        a node always forks, from a process that holds no live context)."""
         self.template = template
+        self.method = method
+        self._ctx: Any = multiprocessing.get_context(method)
+        name_prefix = name_prefix or f"{'ForkServer' if method == 'forkserver' else method.capitalize()}PoolWorker"
         self.node = template.node
         self.count = count
         self.name_prefix = name_prefix
@@ -77,15 +83,26 @@ class Supervisor:
     def spawn(self) -> str:
         n = next(self._serial)
         worker_id = f"{self.node}/{self._tag}-{n}"
-        slot = worker_mod.new_slot()
-        cfg = dataclasses.replace(self.template, worker_id=worker_id, slot=slot)
-        proc = _fork.Process(
-            target=worker_mod.worker_main,
-            args=(cfg,),
-            name=f"{self.name_prefix}-{n}",
-            daemon=True,
-        )
-        proc.start()
+        if self.method == "fork":
+            slot = worker_mod.new_slot()
+            target: Any = worker_mod.worker_main
+            args: tuple[Any, ...] = (dataclasses.replace(self.template, worker_id=worker_id, slot=slot),)
+        else:
+            # A fresh interpreter: the config travels cloudpickled, the slot as a passed fd.
+            import cloudpickle
+
+            slot = worker_mod.FdSlot()
+            cfg = dataclasses.replace(self.template, worker_id=worker_id, slot=None)
+            args = (cloudpickle.dumps(cfg), slot)
+            target = worker_mod.spawned_main
+        proc = self._ctx.Process(target=target, args=args, name=f"{self.name_prefix}-{n}", daemon=True)
+        # The worker starts with SIGTERM blocked until its initializer is done
+        # (worker_main unblocks it); the mask is inherited through fork and exec.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         handle = _Handle(worker_id, proc, slot)
         self.handles[proc.sentinel] = handle
         self.by_id[worker_id] = handle

@@ -61,6 +61,40 @@ def new_slot() -> mmap.mmap:
     return slot
 
 
+class FdSlot(mmap.mmap):
+    """A slot that a spawned or forkserver worker can share: memfd-backed, it
+    pickles as a duplicate of its fd (only while a process is being started)."""
+
+    fd: int
+
+    def __new__(cls) -> FdSlot:
+        fd = os.memfd_create("dmp-slot", os.MFD_CLOEXEC)
+        os.ftruncate(fd, SLOT_SIZE)
+        self = super().__new__(cls, fd, SLOT_SIZE)
+        self.fd = fd
+        _SLOT.pack_into(self, 0, -1, 0)
+        return self
+
+    def __reduce__(self) -> Any:
+        from multiprocessing import reduction
+
+        return (_attach_slot, (reduction.DupFd(self.fd),))
+
+    def close(self) -> None:
+        super().close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _attach_slot(dup: Any) -> mmap.mmap:
+    fd = dup.detach()
+    try:
+        return mmap.mmap(fd, SLOT_SIZE)
+    finally:
+        os.close(fd)
+
+
 def read_slot(slot: mmap.mmap) -> int:
     key, _attempt, _deadline = _SLOT.unpack_from(slot, 0)
     return int(key)
@@ -93,6 +127,16 @@ class WorkerConfig:
     slot: mmap.mmap | None = None
 
 
+def spawned_main(pickled: bytes, slot: mmap.mmap) -> None:
+    """Entry point of a worker started by spawn or forkserver: its config
+    travels cloudpickled (an initializer may be a lambda), its slot beside it."""
+    import pickle
+
+    cfg = pickle.loads(pickled)
+    cfg.slot = slot
+    worker_main(cfg)
+
+
 def worker_main(cfg: WorkerConfig) -> None:
     """Entry point of a forked worker process; returns when it should exit."""
     transport.forget_context_after_fork()
@@ -104,6 +148,10 @@ def worker_main(cfg: WorkerConfig) -> None:
         _config.remember_key(cfg.address, cfg.key)  # for proxies our tasks unpickle
     if cfg.initializer is not None:
         cfg.initializer(*cfg.initargs)
+    # Started with SIGTERM blocked (see Supervisor.spawn): a pool closed at
+    # once still lets its workers finish their initializer, as multiprocessing
+    # does; a SIGTERM that came meanwhile takes effect now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     worker = Worker(cfg)
     if cfg.forward_output:
         sys.stdout = _Forward(worker, "stdout")
@@ -217,6 +265,12 @@ class Worker:
         elif isinstance(msg, protocol.Bye):
             self.stopping = True
 
+    def _where(self, key: int) -> str:
+        """Where a task raised, for its traceback: only a node's workers say (local ones are the caller's)."""
+        if not self.cfg.heartbeat:
+            return ""
+        return f"node {self.cfg.node!r} ({socket.gethostname()}), pid {os.getpid()}, task {key}"
+
     def run_one(self) -> None:
         key, job_key, attempt, frames = self.queue.popleft()
         self.current = key
@@ -250,7 +304,7 @@ class Worker:
             if isinstance(exc, ImportError) and self.cfg.by_value:
                 exc = _name_the_node(exc, self.cfg.node)
             status = protocol.Status.RAISED
-            payload = serialization.dump_exception(exc, by_value=by_value)
+            payload = serialization.dump_exception(exc, by_value=by_value, where=self._where(key))
         else:
             try:
                 payload = serialization.dumps(result, by_value=by_value)

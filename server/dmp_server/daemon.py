@@ -31,6 +31,7 @@ from dmp.wire import protocol, transport
 from dmp.wire.protocol import ErrorCode, Role
 from dmp.wire.wakeup import Wakeup
 from dmp_server import hostproc, objects, status
+from dmp_server.dashboard import PUBLISH_S, Board
 from dmp_server.peers import Departures, LocalClient, LocalSupervisor, Peers, describe
 from dmp_server.routing import VERSION, Routing, log, worker_peer
 from dmp_server.scheduler import Scheduler
@@ -94,6 +95,10 @@ class Daemon(Routing):
         self.closed = False
         self.started = time.time()
         self._n_local = 0
+        # The dashboard's board, when `dmp manager --dashboard` serves one: a
+        # status snapshot is handed to it every PUBLISH_S (a reference swap).
+        self.board: Board | None = None
+        self._next_publish = time.monotonic()
 
     # --- from any thread ---------------------------------------------------------------
 
@@ -144,7 +149,7 @@ class Daemon(Routing):
         """Wait until something is ready, the next timer is due, or ``timeout``; what is ready."""
         if self.supervisor is not None:
             self._watched = self.supervisor.watch(self._poller, self._watched)
-        wake_at = self._next_tick
+        wake_at = self._next_tick if self.board is None else min(self._next_tick, self._next_publish)
         if self.supervisor is not None and self._check_at < wake_at:
             wake_at = self._check_at
         self._due = deadline = self.objects.next_deadline()  # handle() runs what is due by then
@@ -175,6 +180,9 @@ class Daemon(Routing):
             late = now - self._next_tick
             self._next_tick = now + self.heartbeat_s
             self._tick(now, late)
+        if self.board is not None and now >= self._next_publish:
+            self._next_publish = now + PUBLISH_S
+            self.board.publish(self.status())
 
     def handle_local(self, peer: str, msg: protocol.Message, frames: list[Any]) -> None:
         """On the stepping thread, between steps: a message of in-process client ``peer``, now."""

@@ -152,15 +152,16 @@ class ObjectServer:
             first = self._next_poll
         return first
 
-    def peer_gone(self, peer: str) -> list[Command]:
-        """``peer`` left or died: release its locks and its holds."""
+    def peer_gone(self, peer: str, *, crashed: bool = True) -> list[Command]:
+        """``peer`` left (said Bye) or died (``crashed``): release its holds, and
+        after a crash the locks it held."""
         cmds: list[Command] = []
         if peer == self.host:
             cmds += self._host_gone("the object host disconnected")
         oids = self.held.pop(peer, set())
         for key in [key for key in self.parked if key[0] == peer]:
             del self.parked[key]
-        out = shared.Out()
+        out = shared.Out(crashed=crashed)
         for oid in sorted(oids):
             entry = self.entries.get(oid)
             if entry is not None and entry.obj is not None:

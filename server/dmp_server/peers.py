@@ -86,8 +86,9 @@ class Peers:
     def count(self, role: str) -> int:
         return sum(1 for p in self.by_id.values() if p.role == role)
 
-    def forget(self, peer_id: str, out: Departures, *, local: bool = False) -> None:
-        """A peer said Bye, went silent or said Hello again; ``local``: an in-process client."""
+    def forget(self, peer_id: str, out: Departures, *, local: bool = False, crashed: bool = False) -> None:
+        """A peer said Bye, went silent or said Hello again; ``local``: an in-process client;
+        ``crashed``: it never said goodbye (the locks it held are released)."""
         peer = self.by_id.pop(peer_id, None)
         if peer is not None:
             out.gone.append(peer)
@@ -101,7 +102,7 @@ class Peers:
             out.cmds += sched.remove_worker(peer_id, 0, -1)
         elif role == Role.CLIENT:
             out.cmds += sched.remove_client(peer_id)
-            out.cmds += self.shared.peer_gone(peer_id)
+            out.cmds += self.shared.peer_gone(peer_id, crashed=crashed)
         elif role == Role.NODE:
             if peer is not None:
                 sched.remove_node(peer.name)
@@ -137,7 +138,7 @@ class Peers:
         beat = []
         for peer in list(self.by_id.values()):
             if peer.role in (Role.CLIENT, Role.NODE, Role.STATUS) and peer.last_seen < deadline:
-                self.forget(peer.id, out)
+                self.forget(peer.id, out, crashed=True)
             elif peer.role in (Role.CLIENT, Role.NODE) and peer.ident is not None:
                 beat.append(peer)
         return beat

@@ -20,6 +20,7 @@ from typing import Any
 import zmq
 
 from dmp import _config
+from dmp._version import __version__
 from dmp.errors import AuthenticationError, ProtocolError
 from dmp.wire import protocol, transport
 from dmp.wire.protocol import ErrorCode, Role
@@ -29,7 +30,7 @@ from dmp_server.scheduler import Command, Kill, Scheduler, Send
 
 log = logging.getLogger("dmp.manager")
 
-VERSION = "0.1.0"
+VERSION = __version__
 
 
 class Routing:
@@ -110,7 +111,7 @@ class Routing:
             self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"unknown role {msg.role!r}"))
             return
         if peer_id in self.peers.by_id:
-            self._forget(peer_id)  # a reconnect under the same identity: start clean
+            self._forget(peer_id, crashed=True)  # a reconnect under the same identity: start clean
         if msg.role == Role.WORKER and self.supervisor is None and self.peers.node(msg.node) is None:
             # A worker of a node we do not know: its node is not (yet, or no
             # longer) joined. An orphan of a dead node must not become a slot.
@@ -219,13 +220,14 @@ class Routing:
 
     # --- peers going away ---------------------------------------------------------------
 
-    def _forget(self, peer_id: str) -> None:
+    def _forget(self, peer_id: str, *, crashed: bool = False) -> None:
+        """``peer_id`` is gone: it said Bye, or it ``crashed`` (back under its identity)."""
         peer = self.peers.by_id.get(peer_id)
         if peer is not None:
             level = logging.INFO if peer.role in (Role.NODE, Role.CLIENT) else logging.DEBUG
             log.log(level, "%s left", describe(peer))
         out = Departures()
-        self.peers.forget(peer_id, out, local=peer_id in self.locals)
+        self.peers.forget(peer_id, out, local=peer_id in self.locals, crashed=crashed)
         self._depart(out)
 
     def _depart(self, out: Departures) -> None:

@@ -67,6 +67,8 @@ class Out:
     commands: list[Command] = field(default_factory=list)
     parked: list[tuple[Request, float]] = field(default_factory=list)  # (request, timeout)
     notes: list[str] = field(default_factory=list)  # log lines for the reactor
+    # peer_gone: the peer vanished (killed, silent) rather than saying Bye.
+    crashed: bool = True
 
     def ok(self, req: Request, value: Any = None, frames: list[Any] | None = None) -> None:
         req.done = True
@@ -108,10 +110,16 @@ class Shared:
         pass
 
     def call(self, req: Request, out: Out) -> None:
+        if req.method in ("__repr__", "__str__"):  # what str(proxy) shows, as multiprocessing's fallback
+            out.ok(req, self.describe())
+            return
         handler = getattr(self, "do_" + req.method, None)
         if handler is None:
             raise Refusal("AttributeError", f"{self.KIND} has no method {req.method!r}")
         handler(req, out)
+
+    def describe(self) -> str:
+        return f"<managed {self.KIND} object>"
 
     def expire(self, req: Request, out: Out) -> None:
         """``req``'s deadline passed while it was parked."""
@@ -300,6 +308,9 @@ class Lock(_Waiting):
         if self.count <= 0:
             self.owner, self.count = None, 0
 
+    def describe(self) -> str:
+        return f"<managed {self.KIND} object, {'locked' if self.owner is not None else 'unlocked'}>"
+
     def do_locked(self, req: Request, out: Out) -> None:
         out.ok(req, self.owner is not None)
 
@@ -318,7 +329,10 @@ class Lock(_Waiting):
 
     def peer_gone(self, peer: str, out: Out) -> None:
         super().peer_gone(peer, out)
-        if self.owner is not None and self.owner[0] == peer:
+        # Only a crash frees a lock, never a clean exit: the standard library
+        # never releases a lock whose holder exits, and code relies on it (a
+        # child takes the lock, the parent releases it).
+        if self.owner is not None and self.owner[0] == peer and out.crashed:
             out.notes.append(f"{self.KIND} held by departed client {peer} (thread {self.owner[1]}) released")
             self.owner, self.count = None, 0
             self._grant(out)

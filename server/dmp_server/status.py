@@ -36,14 +36,17 @@ def report(address: str, version: str, started: float, peers: Peers, sched: Sche
     for c in sched.clients.values():
         cpeer = peers.by_id.get(c.peer)
         clients.append({
-            "id": c.peer, "host": cpeer.host if cpeer else "local", "queued": c.queued,
-            "running": c.running, "workers": len(c.on), "max_workers": c.max_workers,
+            "id": c.peer, "name": cpeer.name if cpeer else "local", "host": cpeer.host if cpeer else "local",
+            "queued": c.queued, "running": c.running, "done": c.done, "failed": c.failed, "retried": c.retried,
+            "workers": len(c.on), "max_workers": c.max_workers,
         })
     return {
         "manager": {"address": address, "version": version, "uptime_s": round(time.time() - started, 1)},
         "slots": len(sched.workers),
         "busy": sched.busy_workers(),
         "queued": sched.queued(),
+        "totals": {"done": sched.totals.done, "failed": sched.totals.failed, "retried": sched.totals.retried,
+                   "workers_lost": sched.totals.workers_lost},
         "nodes": list(nodes.values()),
         "clients": clients,
     }

@@ -87,6 +87,66 @@ def map_tiny(
 MAP_TINY_MIN_REPS = 7
 
 
+# --- (2b) the cost of a progress bar -----------------------------------------------
+
+
+def measure_map_progress(contender: Contender, config: Config) -> list[RepValues]:
+    """A chunksize=1 map of 100k tiny tasks without and with a progress bar.
+
+    dmp draws its bar with ``map(..., progress={"file": devnull})``; the other
+    libraries with the usual idiom, ``tqdm(pool.imap(..., chunksize=1))``.
+    Both maps run in every repetition, in turn (which goes first alternates),
+    on one pool, so the pair sees the same machine load: compare dmp's two
+    rows with each other. The CPU rows (``time.process_time()`` of the
+    calling process, all its threads, per task) show the bar's cost even
+    when a loaded machine makes the wall-clock rows noisy.
+    """
+    import os
+
+    try:
+        from tqdm import tqdm
+    except ImportError as exc:
+        raise NotAvailable("tqdm is not installed") from exc
+    n = config.size(100_000, 5_000)
+    items = list(range(n))
+    expected = [x * x for x in items]
+    native = contender.name.startswith("dmp")
+    with open(os.devnull, "w") as devnull, open_pool(contender, config) as pool:
+        if not native and not hasattr(pool, "imap"):
+            raise NotAvailable(f"{contender.name}'s pool has no imap to wrap in a bar")
+
+        def with_bar() -> list[int]:
+            if native:
+                return pool.map(tasks.square, items, chunksize=1, progress={"file": devnull})  # type: ignore[no-any-return]
+            return list(tqdm(pool.imap(tasks.square, items, chunksize=1), total=n, file=devnull))
+
+        pool.map(tasks.square, range(100), chunksize=1)
+
+        def timed(fn: Callable[[], list[int]]) -> tuple[float, float, list[int]]:
+            cpu = time.process_time()
+            with Stopwatch() as sw:
+                out = fn()
+            return sw.seconds, time.process_time() - cpu, out
+
+        turn = [0]
+
+        def once() -> RepValues:
+            turn[0] += 1
+            runs = [("nobar", lambda: pool.map(tasks.square, items, chunksize=1)), ("bar", with_bar)]
+            if turn[0] % 2:  # which goes first alternates: neither is always the warmer one
+                runs.reverse()
+            got = {name: timed(fn) for name, fn in runs}
+            if any(out != expected for _, _, out in got.values()):
+                raise WrongResult(f"a map returned other than the {n} squares in order")
+            values: RepValues = {}
+            for name, (wall, cpu, _) in got.items():
+                values[f"map_chunk1_{name}"] = n / wall
+                values[f"map_chunk1_cpu_{name}"] = cpu / n * 1e6
+            return values
+
+        return repeat(config, 1, once)
+
+
 # --- (3) apply_async round trip ------------------------------------------------------
 
 
@@ -241,6 +301,22 @@ BENCHMARKS: tuple[Benchmark, ...] = (
             ),
         ),
         map_tiny("map_tiny_chunk1", 1, quick_n=5_000),
+    ),
+    Benchmark(
+        "map_progress",
+        Kind.POOL,
+        (
+            Row("map_chunk1_nobar", "tasks/s", HIGHER, "pool.map(x*x) over 100k ints, chunksize=1, paired with the next row"),
+            Row(
+                "map_chunk1_bar",
+                "tasks/s",
+                HIGHER,
+                "the same with a progress bar (dmp: progress=; others: tqdm(imap))",
+            ),
+            Row("map_chunk1_cpu_nobar", "µs", LOWER, "the no-bar map: CPU of the calling process per task"),
+            Row("map_chunk1_cpu_bar", "µs", LOWER, "the bar map: CPU of the calling process per task"),
+        ),
+        measure_map_progress,
     ),
     Benchmark(
         "apply_rtt",

@@ -14,18 +14,11 @@ out of a run unless named with ``--contenders``.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
-import time
 from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
 
 from tests.bench.framework import Config
-from tests.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,63 +122,23 @@ class DmpCluster(Contender):
     against daemons already running, as a cluster user sees it)."""
 
     name = "dmp-cluster"
-    #: Seconds to wait for the worker node to show up in ``dmp status``.
-    READY_TIMEOUT_S = 30.0
 
     def setup(self, config: Config) -> None:
+        from tests.daemons import Daemons
+
         self._dmp = import_dmp()
         dmp_attr(self._dmp, "Pool")
-        self._procs: list[subprocess.Popen[bytes]] = []
-        self._address = f"tcp://127.0.0.1:{free_port()}"
-        cmd = [sys.executable, "-m", "dmp"]
-        self._procs.append(self._spawn([*cmd, "manager", "--bind", self._address]))
-        self._procs.append(
-            self._spawn([*cmd, "worker", self._address, "--processes", str(config.processes)])
-        )
-        self._wait_ready(config.processes, cmd)
-
-    def _spawn(self, argv: list[str]) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            argv,
-            cwd=REPO_ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-    def _wait_ready(self, slots: int, cmd: list[str]) -> None:
-        import json
-
-        deadline = time.monotonic() + self.READY_TIMEOUT_S
-        last = ""
-        while time.monotonic() < deadline:
-            for proc in self._procs:
-                if proc.poll() is not None:
-                    argv = " ".join(str(a) for a in proc.args[3:])  # type: ignore[index]
-                    raise NotAvailable(f"`dmp {argv}` exited with code {proc.returncode}")
-            res = subprocess.run(
-                [*cmd, "status", self._address, "--json"], capture_output=True, timeout=10
-            )
-            last = res.stderr.decode(errors="replace").strip()[-200:]
-            if res.returncode == 0:
-                with contextlib.suppress(ValueError):
-                    if int(json.loads(res.stdout).get("slots", 0)) >= slots:
-                        return
-            time.sleep(0.2)
-        raise NotAvailable(
-            f"cluster on {self._address} not ready after {self.READY_TIMEOUT_S:.0f}s: {last}"
-        )
+        self._cluster = Daemons()  # port 0, own process groups, logs in a temporary directory
+        try:
+            self._cluster.start(nodes=1, processes=config.processes)
+        except AssertionError as exc:
+            raise NotAvailable(f"loopback cluster did not start: {str(exc).splitlines()[0]}") from None
+        self._address = self._cluster.address
 
     def teardown(self) -> None:
-        for proc in reversed(getattr(self, "_procs", [])):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        cluster = getattr(self, "_cluster", None)
+        if cluster is not None:
+            cluster.stop()
 
     def pool(self, processes: int) -> Any:
         return self._dmp.Pool(processes, address=self._address)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -11,8 +12,7 @@ import cloudpickle
 import pytest
 
 import dmp
-
-from .conftest import free_port, start_cluster
+from tests.daemons import start_cluster, unused_address, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -45,6 +45,19 @@ def test_lambda_closure_and_exception_travel(cluster) -> None:
         with pytest.raises(ZeroDivisionError) as info:
             pool.apply(lambda: 1 / 0)
         assert "ZeroDivisionError" in str(info.value.__cause__)
+
+
+def test_a_remote_traceback_says_where_and_shows_the_callers_source(cluster) -> None:
+    def divide(x: int) -> float:
+        half = x / 2
+        return half / 0  # the line the traceback must show
+
+    with dmp.Pool(address=cluster.address) as pool, pytest.raises(ZeroDivisionError) as info:
+        pool.apply(divide, (4,))
+    remote = str(info.value.__cause__)
+    assert re.search(r"Raised in node 'node[12]' \(.+\), pid \d+, task \d+", remote), remote
+    assert f'File "{__file__}"' in remote and "<dynamic-code>" not in remote, remote
+    assert "return half / 0  # the line the traceback must show" in remote, remote
 
 
 def test_unchanged_stdlib_script_runs_under_dmp_address(cluster, tmp_path) -> None:
@@ -88,18 +101,17 @@ def test_worker_node_killed_mid_map_completes_on_the_other(cluster) -> None:
 
     with dmp.Pool(address=cluster.address) as pool:
         result = pool.map_async(slow, range(200), chunksize=1)
-        time.sleep(0.5)
-        victim = cluster.procs[1]  # node1
-        victim.kill()
+        wait_for(lambda: (s := cluster.status()) is not None and s["busy"] >= 4, 60, "every slot busy")
+        cluster.nodes["node1"].kill()
         assert sorted(result.get(60)) == list(range(200))
 
 
 def test_no_manager_raises_manager_unavailable() -> None:
-    with pytest.raises(dmp.ManagerUnavailableError):
-        from dmp.client.link import RemoteLink
-        from dmp.client.session import Session
+    from dmp.client.link import RemoteLink
+    from dmp.client.session import Session
 
-        RemoteLink(Session(), f"tcp://127.0.0.1:{free_port()}", None, timeout=1.0)
+    with unused_address() as address, pytest.raises(dmp.ManagerUnavailableError):
+        RemoteLink(Session(), address, None, timeout=1.0)
 
 
 def test_wrong_authkey_is_refused_and_the_manager_keeps_serving() -> None:
@@ -117,7 +129,7 @@ def test_manager_refuses_a_public_bind_without_authkey() -> None:
     env = dict(os.environ)
     env.pop("DMP_AUTHKEY", None)
     out = subprocess.run(
-        [sys.executable, "-m", "dmp", "manager", "--bind", f"tcp://0.0.0.0:{free_port()}"],
+        [sys.executable, "-m", "dmp", "manager", "--bind", "tcp://0.0.0.0:0"],
         env=env, capture_output=True, text=True, timeout=30,
     )
     assert out.returncode == 2
@@ -168,11 +180,8 @@ def test_missing_module_error_names_module_and_node(cluster) -> None:
 
 
 def test_nodes_rejoin_a_restarted_manager(cluster) -> None:
-    manager = cluster.procs[0]
-    manager.terminate()
-    manager.wait(10)
-    cluster.procs[0] = cluster.spawn("manager", "--bind", cluster.address)
-    cluster.wait_slots(4, timeout=30)  # the nodes came back by themselves
+    cluster.restart_manager()
+    cluster.wait_slots(4)  # the nodes came back by themselves
     with dmp.Pool(address=cluster.address) as pool:
         assert pool.map(where, range(10))[9][0] == 81
 
@@ -182,7 +191,8 @@ def test_in_flight_work_fails_fast_when_the_manager_goes_away(cluster) -> None:
 
     with dmp.Pool(address=cluster.address) as pool:
         result = pool.apply_async(time.sleep, (30,))
-        cluster.procs[0].terminate()
+        assert cluster.manager is not None
+        cluster.manager.terminate()
         with pytest.raises(dmp.ManagerUnavailableError):
             result.get(20)
 
@@ -335,11 +345,7 @@ def test_curve_encryption_end_to_end(tmp_path) -> None:
     keys = tmp_path / "keys"
     c = start_cluster(nodes=0, authkey=b"curve and key", manager_args=("--curve", str(keys)))
     try:
-        import time
-
-        deadline = time.monotonic() + 20
-        while not (keys / "server.key_secret").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # The manager wrote its keys before it listened (start_cluster waited for that).
         assert (keys / "server.key").exists() and (keys / "server.key_secret").exists()
         c.spawn("worker", c.address, "--processes", "2", "--name", "enc", "--curve", str(keys))
         script = tmp_path / "client.py"
@@ -375,6 +381,20 @@ def test_executor_on_the_cluster(cluster) -> None:
         assert [r[0] for r in ex.map(where, range(10), chunksize=3)] == [x * x for x in range(10)]
         with pytest.raises(ZeroDivisionError):
             ex.submit(lambda: 1 / 0).result(30)
+
+
+def _meet(barrier) -> int:
+    return barrier.wait()
+
+
+def test_executor_takes_every_slot_of_the_cluster(cluster) -> None:
+    # 2 nodes x 2 slots: 4 calls meet at a barrier only if all 4 run at once,
+    # whatever this client machine's CPU count.
+    m = dmp.Manager(address=cluster.address)
+    barrier = m.Barrier(4, timeout=30)
+    with dmp.Executor(address=cluster.address) as ex:
+        futures = [ex.submit(_meet, barrier) for _ in range(4)]
+        assert sorted(f.result(60) for f in futures) == [0, 1, 2, 3]
 
 
 def test_a_module_the_nodes_lack_travels_by_value(cluster, tmp_path, monkeypatch) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pty
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -18,9 +19,12 @@ import pytest
 
 import dmp
 from dmp import discovery
-from tests.ports import free_port
+from tests.daemons import unused_address
 
 KEY = "ops-secret"
+# Managers bind port 0 and the test reads the bound address back (no check-then-bind race).
+ANY_PORT = "tcp://127.0.0.1:0"
+LISTENING = r"manager listening on (\S+)"
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -129,8 +133,8 @@ def test_join_token_manager_file_names_in_logs_and_clean_exit(daemons: Daemons, 
     keyfile = tmp_path / "key"
     keyfile.write_text(KEY + "\n")
     mfile = tmp_path / "manager.json"
-    address = f"tcp://127.0.0.1:{free_port()}"
-    manager = daemons.start("manager", "--bind", address, "--authkey-file", str(keyfile), "--manager-file", str(mfile))
+    manager = daemons.start("manager", "--bind", ANY_PORT, "--authkey-file", str(keyfile), "--manager-file", str(mfile))
+    address = daemons.wait_log(manager, LISTENING).group(1)
     token = daemons.wait_log(manager, r"join token: (\S+)").group(1)
     _wait(mfile.exists, "the manager file")
     assert oct(mfile.stat().st_mode & 0o777) == "0o600"
@@ -161,9 +165,8 @@ def test_join_token_manager_file_names_in_logs_and_clean_exit(daemons: Daemons, 
 
 
 def test_refused_keys_exit_3(daemons: Daemons, tmp_path: Path) -> None:
-    address = f"tcp://127.0.0.1:{free_port()}"
-    manager = daemons.start("manager", "--bind", address, env=_env(DMP_AUTHKEY=KEY))
-    daemons.wait_log(manager, "manager listening")
+    manager = daemons.start("manager", "--bind", ANY_PORT, env=_env(DMP_AUTHKEY=KEY))
+    address = daemons.wait_log(manager, LISTENING).group(1)
     for env in (_env(DMP_AUTHKEY="wrong"), _env()):
         out = _run("worker", address, "--processes", "1", env=env)
         assert out.returncode == 3, out.stderr
@@ -173,10 +176,9 @@ def test_refused_keys_exit_3(daemons: Daemons, tmp_path: Path) -> None:
 
 
 def test_curve_token_pins_the_manager_key(daemons: Daemons, tmp_path: Path) -> None:
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
     env = _env(DMP_AUTHKEY=KEY)
-    first = daemons.start("manager", "--bind", address, "--curve", str(tmp_path / "a"), env=env)
+    first = daemons.start("manager", "--bind", ANY_PORT, "--curve", str(tmp_path / "a"), env=env)
+    address = daemons.wait_log(first, LISTENING).group(1)
     token = daemons.wait_log(first, r"join token: (\S+)").group(1)
     assert discovery.parse_token(token).curve_public is not None
     assert oct((tmp_path / "a" / "server.key_secret").stat().st_mode & 0o777) == "0o600"
@@ -193,11 +195,12 @@ def test_curve_token_pins_the_manager_key(daemons: Daemons, tmp_path: Path) -> N
 
 
 def test_log_levels(daemons: Daemons) -> None:
-    address = f"tcp://127.0.0.1:{free_port()}"
-    quiet = daemons.start("manager", "--bind", address, "--log-level", "warning")
-    loud_address = f"tcp://127.0.0.1:{free_port()}"
-    loud = daemons.start("manager", "--bind", loud_address, env=_env(DMP_LOG_LEVEL="debug"))
-    daemons.wait_log(loud, "manager listening")
+    mfile = daemons.tmp / "quiet.json"  # the quiet one logs no "listening on": it names its port here
+    quiet = daemons.start("manager", "--bind", ANY_PORT, "--log-level", "warning", "--manager-file", str(mfile))
+    _wait(mfile.exists, "the quiet manager's file")
+    address = discovery.read_manager_file(str(mfile))["address"]
+    loud = daemons.start("manager", "--bind", ANY_PORT, env=_env(DMP_LOG_LEVEL="debug"))
+    loud_address = daemons.wait_log(loud, LISTENING).group(1)
     assert _run("status", loud_address).returncode == 0
     daemons.wait_log(loud, r"DEBUG dmp\.manager status status on 127\.0\.0\.1 joined")
     assert _run("status", address).returncode == 0  # answers, so it is up
@@ -221,7 +224,15 @@ def test_status_watch_redraws_until_ctrl_c() -> None:
             assert len(frames) >= 2, seen
             assert b"node local-1" in frames[0] and b"slots 1" in frames[1]
             proc.send_signal(signal.SIGINT)
-            assert proc.wait(20) == 0
+            # Keep reading, as a terminal would: a full pty would block its last writes and exit.
+            deadline = time.monotonic() + 30
+            while proc.poll() is None and time.monotonic() < deadline:
+                if select.select([primary], [], [], 0.1)[0]:
+                    try:
+                        os.read(primary, 4096)
+                    except OSError:
+                        break
+            assert proc.wait(10) == 0
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -261,8 +272,8 @@ def test_status_without_a_manager(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DMP_ADDRESS", raising=False)
     with pytest.raises(ValueError, match="needs a manager"):
         dmp.wait_for_workers(1, 0.1)
-    with pytest.raises(dmp.TimeoutError, match="no manager answered"):
-        dmp.wait_for_workers(1, 0.3, address=f"tcp://127.0.0.1:{free_port()}")
+    with unused_address() as nowhere, pytest.raises(dmp.TimeoutError, match="no manager answered"):
+        dmp.wait_for_workers(1, 0.3, address=nowhere)
 
 
 def test_local_cluster_left_open_is_stopped_at_interpreter_exit() -> None:
@@ -273,4 +284,4 @@ def test_local_cluster_left_open_is_stopped_at_interpreter_exit() -> None:
     assert out.returncode == 0, out.stderr
     pids = [int(p) for p in out.stdout.split()]
     assert len(pids) == 2
-    _wait(lambda: not any(_alive(pid) for pid in pids), "the daemons to be gone", timeout=5)
+    _wait(lambda: not any(_alive(pid) for pid in pids), "the daemons to be gone", timeout=30)

@@ -1,13 +1,20 @@
-"""Fixtures that run one test body against the standard library and dmp.
+"""Fixtures that run one test body against the standard library, dmp local and dmp cluster.
 
 The standard library (fork context) is the oracle: every test parametrised
-over ``mp`` must pass with ``[stdlib]`` before its ``[dmp]`` twin counts.
+over ``mp`` must pass with ``[stdlib]`` before its ``[dmp]`` (local mode) and
+``[cluster]`` twins count. ``[cluster]`` runs against a loopback ``dmp manager``
+and two worker nodes of two processes each, started once per session (per
+xdist worker) by tests/daemons.py, after ``dmp.connect(address)``.
 
 Markers:
     dmp_only     documented improvement of dmp; the stdlib twin is skipped
                  because stdlib hangs, breaks or cannot pickle there.
     stdlib_only  stdlib behaviour dmp does not reproduce by design.
-Every use of either marker is listed in DIFFERENCES.md.
+    local_only(reason)  holds on one host only; the cluster twin is skipped.
+    cluster_bug(reason, hangs=False)  a known bug of cluster mode: the cluster
+                 twin is a strict xfail (not run at all when it hangs), so a
+                 fix shows up as XPASS and the marker must go.
+Every use of these markers is listed in docs/differences.md.
 """
 
 from __future__ import annotations
@@ -18,11 +25,14 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-IMPLS = ("stdlib", "dmp")
+from tests.daemons import ROOT, Daemons
+
+IMPLS = ("stdlib", "dmp", "cluster")
 DMP_ONLY_REASON = "documented improvement: stdlib hangs/fails here"
 STDLIB_ONLY_REASON = "stdlib behaviour dmp does not reproduce by design (see DIFFERENCES.md)"
 
@@ -33,6 +43,8 @@ LEAK_GRACE_S = 5.0
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"dmp_only: {DMP_ONLY_REASON}; skipped for stdlib")
     config.addinivalue_line("markers", f"stdlib_only: {STDLIB_ONLY_REASON}; skipped for dmp")
+    config.addinivalue_line("markers", "local_only(reason): holds on one host only; skipped for cluster")
+    config.addinivalue_line("markers", "cluster_bug(reason, hangs=False): known cluster-mode bug; strict xfail for cluster")
 
 
 def _impl_of(item: pytest.Item) -> str | None:
@@ -50,8 +62,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         impl = _impl_of(item)
         if impl == "stdlib" and item.get_closest_marker("dmp_only"):
             item.add_marker(pytest.mark.skip(reason=DMP_ONLY_REASON))
-        elif impl == "dmp" and item.get_closest_marker("stdlib_only"):
+        elif impl in ("dmp", "cluster") and item.get_closest_marker("stdlib_only"):
             item.add_marker(pytest.mark.skip(reason=STDLIB_ONLY_REASON))
+        elif impl == "cluster" and (local := item.get_closest_marker("local_only")):
+            reason = local.args[0] if local.args else local.kwargs.get("reason", "local mode only")
+            item.add_marker(pytest.mark.skip(reason=f"local mode only: {reason}"))
+        elif impl == "cluster" and (bug := item.get_closest_marker("cluster_bug")):
+            reason = bug.args[0] if bug.args else bug.kwargs.get("reason", "")
+            item.add_marker(pytest.mark.xfail(
+                reason=f"known cluster-mode bug: {reason}", strict=True, run=not bug.kwargs.get("hangs", False)
+            ))
 
 
 def load_dmp() -> Any:
@@ -67,21 +87,54 @@ def load_dmp() -> Any:
     return dmp
 
 
+@pytest.fixture(scope="session")
+def loopback_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemons]:
+    """One manager and two nodes of two workers, for every ``[cluster]`` test of this session.
+
+    The nodes import this suite's modules by name, as a user's nodes import
+    the user's: the tests directory is on their path.
+    """
+    logdir: Path = tmp_path_factory.mktemp("conformance-cluster")
+    cluster = Daemons(logdir)
+    cluster.env["PYTHONPATH"] = f"{ROOT / 'tests'}:{cluster.env['PYTHONPATH']}"
+    cluster.start(nodes=2, processes=2)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _connect(request: pytest.FixtureRequest) -> Any:
+    """dmp, with the session's loopback cluster as the default for this test only."""
+    dmp = load_dmp()
+    cluster = request.getfixturevalue("loopback_cluster")
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    from dmp import _config
+
+    monkeypatch.setattr(_config, "_connected", None)  # restored after the test: local mode again
+    dmp.connect(cluster.address, cluster.authkey)
+    return dmp
+
+
 @pytest.fixture(params=IMPLS)
 def mp(request: pytest.FixtureRequest) -> Any:
-    """The implementation under test: ``multiprocessing`` (fork) or ``dmp``."""
+    """The implementation under test: ``multiprocessing`` (fork), ``dmp`` (local) or ``dmp`` connected to a cluster."""
     if request.param == "stdlib":
         return multiprocessing.get_context("fork")
+    if request.param == "cluster":
+        return _connect(request)
     return load_dmp()
 
 
 @pytest.fixture(params=IMPLS)
 def executor_cls(request: pytest.FixtureRequest) -> Any:
-    """``concurrent.futures.ProcessPoolExecutor`` (fork) or ``dmp.Executor``."""
+    """``concurrent.futures.ProcessPoolExecutor`` (fork) or ``dmp.Executor`` (local or cluster)."""
     if request.param == "stdlib":
         return functools.partial(
             ProcessPoolExecutor, mp_context=multiprocessing.get_context("fork")
         )
+    if request.param == "cluster":
+        return _connect(request).Executor
     return load_dmp().Executor
 
 

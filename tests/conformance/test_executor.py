@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
-import time
 from typing import Any
 
 import pytest
@@ -115,8 +114,7 @@ def test_shutdown_wait(executor_cls: Any) -> None:
 def test_shutdown_cancel_futures(executor_cls: Any) -> None:
     ex = executor_cls(max_workers=1)
     try:
-        futs = [ex.submit(f.sleep_then_return, 0.3, i) for i in range(10)]
-        time.sleep(0.1)
+        futs = [ex.submit(f.sleep_then_return, 1.0, i) for i in range(10)]
         ex.shutdown(wait=True, cancel_futures=True)
         cancelled = [fut for fut in futs if fut.cancelled()]
         finished = [fut for fut in futs if not fut.cancelled()]
@@ -183,9 +181,7 @@ def test_always_killed_task_raises_worker_lost(executor_cls: Any) -> None:
     import dmp
 
     with executor_cls(max_workers=2) as ex:
-        t0 = time.monotonic()
         with pytest.raises(dmp.WorkerLostError):
             ex.submit(f.always_sigkill).result(timeout=30)
-        assert time.monotonic() - t0 < 30
         # Only that task failed: the executor keeps working.
         assert list(ex.map(f.square, range(4))) == [0, 1, 4, 9]

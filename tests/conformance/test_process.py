@@ -168,6 +168,7 @@ def test_close(mp: Any) -> None:
         _reap(p)
 
 
+@pytest.mark.cluster_bug("current_process().name in a remote child is the node worker's name, not Process(name=)")
 def test_name(mp: Any) -> None:
     q = mp.Queue()
     p = mp.Process(
@@ -207,6 +208,7 @@ def test_pid_and_ident(mp: Any) -> None:
         _reap(p)
 
 
+@pytest.mark.local_only("the child runs on a node: its parent process is the node's, not the caller")
 def test_parent_process_in_child(mp: Any) -> None:
     q = mp.Queue()
     p = mp.Process(target=f.put_identity, args=(q, mp.current_process, mp.parent_process))

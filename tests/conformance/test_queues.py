@@ -28,7 +28,7 @@ def _finish(*procs: Any) -> None:
             p.join(5)
 
 
-def _wait_until(pred: Callable[[], bool], timeout: float = 5.0) -> bool:
+def _wait_until(pred: Callable[[], bool], timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
@@ -94,6 +94,7 @@ def test_queue_maxsize_full(mp: Any) -> None:
     assert [q.get(timeout=5), q.get(timeout=5)] == [2, 3]
 
 
+@pytest.mark.cluster_bug("the Queue proxy has no close()/join_thread()")
 def test_queue_close_join_thread(mp: Any) -> None:
     q = mp.Queue()
     q.put("x")
@@ -191,6 +192,7 @@ def test_joinable_queue_is_a_queue(mp: Any) -> None:
 # --- SimpleQueue ----------------------------------------------------------------------
 
 
+@pytest.mark.cluster_bug("the SimpleQueue proxy has no close()")
 def test_simple_queue(mp: Any) -> None:
     q = mp.SimpleQueue()
     assert q.empty()
@@ -228,6 +230,7 @@ def test_pipe_duplex_send_recv_poll(mp: Any) -> None:
         b.close()
 
 
+@pytest.mark.cluster_bug("Pipe connections lack send_bytes(buf, offset, size)")
 def test_pipe_bytes(mp: Any) -> None:
     a, b = mp.Pipe()
     try:
@@ -246,6 +249,7 @@ def test_pipe_bytes(mp: Any) -> None:
         b.close()
 
 
+@pytest.mark.cluster_bug("Pipe connections lack recv_bytes_into()")
 def test_pipe_recv_bytes_into_too_short(mp: Any) -> None:
     a, b = mp.Pipe()
     try:
@@ -259,6 +263,7 @@ def test_pipe_recv_bytes_into_too_short(mp: Any) -> None:
         b.close()
 
 
+@pytest.mark.cluster_bug("Pipe connections lack readable/writable")
 def test_pipe_one_way(mp: Any) -> None:
     r, w = mp.Pipe(duplex=False)
     try:
@@ -275,6 +280,7 @@ def test_pipe_one_way(mp: Any) -> None:
         w.close()
 
 
+@pytest.mark.cluster_bug("recv() after the other end closed waits forever instead of raising EOFError", hangs=True)
 def test_pipe_eof_after_close(mp: Any) -> None:
     r, w = mp.Pipe(duplex=False)
     w.send("last")
@@ -287,6 +293,7 @@ def test_pipe_eof_after_close(mp: Any) -> None:
         r.close()
 
 
+@pytest.mark.cluster_bug("a closed Pipe connection does not raise OSError on use")
 def test_pipe_use_after_close_raises(mp: Any) -> None:
     a, b = mp.Pipe()
     a.close()
@@ -296,6 +303,7 @@ def test_pipe_use_after_close_raises(mp: Any) -> None:
         a.send(1)
 
 
+@pytest.mark.cluster_bug("a Pipe passed to a remote Process: the exchange hangs", hangs=True)
 def test_pipe_with_process_duplex(mp: Any) -> None:
     parent, child = mp.Pipe()
     p = _start(mp, f.pipe_echo, child)
@@ -315,6 +323,7 @@ def test_pipe_with_process_duplex(mp: Any) -> None:
     assert p.exitcode == 0
 
 
+@pytest.mark.cluster_bug("a Pipe passed to a remote Process: EOFError never comes, recv() hangs", hangs=True)
 def test_pipe_with_process_one_way(mp: Any) -> None:
     r, w = mp.Pipe(duplex=False)
     p = _start(mp, f.pipe_send, w, list(range(10)))
@@ -328,6 +337,7 @@ def test_pipe_with_process_one_way(mp: Any) -> None:
         _finish(p)
 
 
+@pytest.mark.cluster_bug("Pipe connections are not context managers")
 def test_pipe_context_manager(mp: Any) -> None:
     a, b = mp.Pipe()
     with a, b:

@@ -31,6 +31,7 @@ def _finish(*procs: Any) -> None:
 # --- Lock -------------------------------------------------------------------------
 
 
+@pytest.mark.cluster_bug("the Lock proxy's acquire() does not take block=")
 def test_lock_basic(mp: Any) -> None:
     lock = mp.Lock()
     assert lock.acquire()
@@ -45,6 +46,7 @@ def test_lock_basic(mp: Any) -> None:
     lock.release()
 
 
+@pytest.mark.cluster_bug("releasing an unlocked Lock proxy raises RuntimeError, not ValueError")
 def test_lock_release_unlocked_raises(mp: Any) -> None:
     lock = mp.Lock()
     with pytest.raises(ValueError):
@@ -260,6 +262,7 @@ def test_barrier_abort(mp: Any) -> None:
         barrier.wait(1)
 
 
+@pytest.mark.local_only("a managed Barrier cannot run an action: user code never runs in the manager (docs/managers.md)")
 def test_barrier_action(mp: Any) -> None:
     barrier = mp.Barrier(1, action=f.noop)
     assert barrier.wait(5) == 0

@@ -78,10 +78,14 @@ def _kill_client_mid_map(cluster: FaultCluster, markers: Path, tmp_path: Path) -
 def test_dead_clients_queued_tasks_never_run(cluster: FaultCluster, markers: Path, tmp_path: Path) -> None:
     """Neither the tasks queued in the manager nor those already handed to a worker
     behind the running one (prefetch) start after the client is dropped."""
-    started, dropped_after = _kill_client_mid_map(cluster, markers, tmp_path)
+    started, _ = _kill_client_mid_map(cluster, markers, tmp_path)
     assert len(started) <= 8  # four running, at most four prefetched behind them
-    # Wait past the natural end of the tasks that were running, then look again.
-    time.sleep(TASK_S + 2.0 - dropped_after)
+    # Every slot is free again and runs another client's tasks: a task of the dead
+    # client prefetched behind a running one would have started before these.
+    cluster.wait_slots(4)
+    with dmp.Pool(address=cluster.address) as other:
+        values = other.map_async(tasks.where, range(100), chunksize=1).get(60)
+    assert {node for _, node, _ in values} == {"node1", "node2"}
     assert _attempts(markers) == started, "a task of the dead client started after it died"
 
 
@@ -91,10 +95,10 @@ def test_dead_clients_running_tasks_are_cancelled_and_others_are_unaffected(
 ) -> None:
     started, _ = _kill_client_mid_map(cluster, markers, tmp_path)
     running = {runs[0][0] for runs in started.values()}
-    wait_for(lambda: not any(alive(pid) for pid in running), 3.0, f"the dead client's workers {running} to be killed")
+    wait_for(lambda: not any(alive(pid) for pid in running), 30, f"the dead client's workers {running} to be killed")
     cluster.wait_slots(4)
     with dmp.Pool(address=cluster.address) as other:
-        values = other.map_async(tasks.where, range(100), chunksize=1).get(20)
+        values = other.map_async(tasks.where, range(100), chunksize=1).get(60)
     assert [v for v, _, _ in values] == [x * x for x in range(100)]
     assert {node for _, node, _ in values} == {"node1", "node2"}
 
@@ -113,20 +117,17 @@ def test_another_clients_map_is_unaffected_by_a_client_dying_beside_it(
         wait_for(lambda: len(_attempts(dead)) >= 2, 30, "the doomed client's tasks to start")
         with dmp.Pool(address=cluster.address) as other:
             counter = DeliveryCounter(other)
-            t0 = time.monotonic()
             result = other.map_async(tasks.sleep_logged, [(i, str(markers), 0.06) for i in range(200)], chunksize=1)
             wait_for(lambda: len(list(markers.glob("run-*"))) >= 10, 20, "the survivor's map to start")
             client.kill()
             client.wait(10)
             values = result.get(60)
-            elapsed = time.monotonic() - t0
             status = cluster.status()
     finally:
         client.kill()
         client.wait(10)
     assert [v for v, _, _ in values] == [i * i for i in range(200)]
     assert sorted(counter.counts.values()) == [1] * 200
-    assert elapsed < 30
     assert status is not None and len(status["clients"]) <= 1, status  # the survivor, or nobody
 
 

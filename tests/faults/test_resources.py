@@ -30,7 +30,7 @@ def gpu_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultClust
     """node1 (2 workers) declares GPU=1 and MEM=8e9; node2 (2 workers) declares nothing."""
     c = start_cluster(tmp_path_factory.mktemp("daemons"), nodes=0)
     try:
-        c.start_node("node1", 2, ("--resources", "GPU=1,MEM=8e9"))
+        c.start_node("node1", 2, "--resources", "GPU=1,MEM=8e9")
         c.start_node("node2", 2)
         c.wait_slots(4)
         yield c

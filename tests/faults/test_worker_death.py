@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,11 +59,9 @@ def test_worker_deaths_mid_map_lose_and_double_nothing(make_pool: Any, markers: 
     try:
         pool = make_pool(mode)
         counter = DeliveryCounter(pool)
-        t0 = time.monotonic()
         result = pool.map_async(
             tasks.maybe_die, [(i, how, str(markers), i in victims) for i in range(n)], chunksize=1
         ).get(60)
-        elapsed = time.monotonic() - t0
     finally:
         if killer is not None:
             killer.stop()
@@ -77,7 +74,6 @@ def test_worker_deaths_mid_map_lose_and_double_nothing(make_pool: Any, markers: 
         assert not alive(runs[0][0])
     if killer is not None:
         assert len(killer.killed) == len(victims)
-    assert elapsed < 45, f"map took {elapsed:.1f} s"
     assert pool.map(tasks.square, range(100)) == [x * x for x in range(100)]
 
 
@@ -104,11 +100,9 @@ def test_task_that_always_kills_its_worker_fails_alone_after_max_retries(
         pool = make_pool(mode, **kw)
         (markers / "others").mkdir()  # before the map: its first task may run at once
         others = pool.map_async(tasks.sleep_logged, [(i, str(markers / "others"), 0.01) for i in range(1, 60)])
-        t0 = time.monotonic()
         doomed = pool.apply_async(tasks.always_die, (how, str(markers)))
         with pytest.raises(dmp.WorkerLostError) as info:
             doomed.get(60)
-        elapsed = time.monotonic() - t0
         good = others.get(60)
     finally:
         if killer is not None:
@@ -122,7 +116,6 @@ def test_task_that_always_kills_its_worker_fails_alone_after_max_retries(
     text = str(err)
     assert f"pid {last_pid}" in text and repr(last_node) in text and DESCRIBED[how] in text, text
     assert f"after {retries + 1} attempts" in text, text
-    assert elapsed < 45
     # Failure is per task: the map running beside it is whole, and the pool serves on.
     assert [r[0] for r in good] == [i * i for i in range(1, 60)]
     assert pool.map(tasks.square, range(50)) == [x * x for x in range(50)]

@@ -1,63 +1,33 @@
-"""A real `dmp manager` daemon on loopback per test, killed by PID afterwards."""
+"""A real `dmp manager` daemon on loopback per test (tests/daemons.py), killed by PID afterwards."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from dmp.cli import fetch_status
-from tests.ports import free_port
+from tests.daemons import Daemons
+
+Daemon = Daemons
 
 
-@dataclass
-class Daemon:
-    address: str
-    authkey: bytes | None
-    proc: subprocess.Popen[bytes]
-    env: dict[str, str]
+def start_daemon(authkey: bytes | None = None, logdir: Path | None = None) -> Daemons:
+    """A manager with no nodes, listening (port 0, read back) and answering `dmp status`.
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
-def start_daemon(authkey: bytes | None = None) -> Daemon:
-    address = f"tcp://127.0.0.1:{free_port()}"
-    env = dict(os.environ)
-    env.pop("DMP_ADDRESS", None)
-    env.pop("DMP_AUTHKEY", None)
-    if authkey:
-        env["DMP_AUTHKEY"] = authkey.decode()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dmp", "manager", "--bind", address],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    daemon = Daemon(address, authkey, proc, env)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if fetch_status(address, authkey, 1.0) is not None:
-            return daemon
-        if proc.poll() is not None:
-            break
-    daemon.stop()
-    raise AssertionError(f"manager daemon did not come up: {proc.stderr.read() if proc.stderr else ''}")
+    Raises:
+        AssertionError: it did not come up (its log is in the message); nothing is left running.
+    """
+    d = Daemons(logdir, authkey=authkey)
+    d.start(nodes=0)
+    return d
 
 
 @pytest.fixture
-def daemon() -> Iterator[Daemon]:
-    d = start_daemon()
+def daemon(tmp_path: Path) -> Iterator[Daemons]:
+    d = start_daemon(logdir=tmp_path / "daemon")
     try:
         yield d
     finally:

@@ -9,7 +9,7 @@ from dmp.wire.protocol import ObjCancel, ObjStatus
 
 from .test_object_server import Harness, only, replies
 
-pytestmark = pytest.mark.timeout(10)
+pytestmark = pytest.mark.timeout(60)
 
 
 def test_cancelled_get_takes_no_item_and_the_next_getter_has_it() -> None:

@@ -11,7 +11,7 @@ from dmp_server.scheduler import Send
 from dmp.wire import protocol
 from dmp.wire.protocol import ObjCall, ObjCreate, ObjReply, ObjStatus
 
-pytestmark = pytest.mark.timeout(10)
+pytestmark = pytest.mark.timeout(60)
 
 
 class Harness:

@@ -237,3 +237,24 @@ def test_remote_traceback_names_where_it_was_raised_and_shows_local_source(tmp_p
     err = load_exception(frames)
     assert isinstance(err, KeyError)
     assert "Raised in node 'n1' (10.0.0.7), pid 42" in str(err.__cause__)
+
+
+def test_functions_sent_by_value_keep_their_file_name() -> None:
+    """cloudpickle would write <dynamic-code>; a remote traceback must name the real file and line."""
+    import types
+
+    namespace: dict[str, Any] = {}
+    exec(compile("def g(x):\n    return 1 / x\n", "/srv/jobs/my_job.py", "exec"), namespace)
+    g = namespace["g"]
+    g.__module__ = "__main__"  # as a script's function: pickled by value
+    clone = loads(dumps(g))
+    assert isinstance(clone.__code__, types.CodeType) and clone is not g
+    assert clone.__code__.co_filename == "/srv/jobs/my_job.py"
+    try:
+        clone(0)
+    except ZeroDivisionError as exc:
+        assert exc.__traceback__ is not None
+        last = exc.__traceback__
+        while last.tb_next is not None:
+            last = last.tb_next
+        assert (last.tb_frame.f_code.co_filename, last.tb_lineno) == ("/srv/jobs/my_job.py", 2)

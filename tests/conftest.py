@@ -1,0 +1,35 @@
+"""Session-wide fixtures: whatever daemon a test failed to stop dies when the session (xdist worker) ends."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.daemons import kill_leftovers
+
+
+@pytest.fixture(scope="session", autouse=True)
+def daemons_swept() -> Iterator[None]:
+    """Kill (by process group) every daemon tests/daemons.py started and nobody stopped."""
+    yield
+    leftovers = kill_leftovers()
+    if leftovers:
+        sys.stderr.write(f"tests/daemons.py: killed {len(leftovers)} leftover daemon group(s): {leftovers}\n")
+
+
+@pytest.fixture(autouse=True)
+def sigint_left_as_found() -> Iterator[None]:
+    """A test may not leave Ctrl-C held (dmp's critical-step depth) or its handler replaced:
+    every later Ctrl-C test in the same process would then fail for no reason of its own."""
+    import signal
+
+    from dmp.client import sigint
+
+    handler = signal.getsignal(signal.SIGINT)
+    yield
+    assert sigint._depth == 0, f"the test left dmp's Ctrl-C guard held (depth {sigint._depth})"
+    now = signal.getsignal(signal.SIGINT)
+    assert now is handler or now is sigint._handler or handler is sigint._handler, (
+        f"the test left SIGINT's handler replaced: {handler!r} -> {now!r}")
