@@ -25,7 +25,7 @@ _logging.getLogger("dmp").addHandler(_logging.NullHandler())
 _LAZY = {
     **dict.fromkeys(
         ["AuthenticationError", "BufferTooShort", "ManagerUnavailableError", "MessageTooLargeError",
-         "ProcessError", "RemoteError", "TimeoutError", "WorkerLostError"],
+         "ProcessError", "RemoteError", "TaskTimeoutError", "TimeoutError", "WorkerLostError"],
         "dmp.errors",
     ),
     **dict.fromkeys(
@@ -87,6 +87,7 @@ if TYPE_CHECKING:
         MessageTooLargeError,
         ProcessError,
         RemoteError,
+        TaskTimeoutError,
         TimeoutError,
         WorkerLostError,
     )
@@ -173,6 +174,7 @@ __all__ = [
     "RemoteError",
     "Semaphore",
     "SimpleQueue",
+    "TaskTimeoutError",
     "TimeoutError",
     "Value",
     "WorkerLostError",

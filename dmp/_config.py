@@ -6,7 +6,9 @@ daemon config > built-in default.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import threading
 from dataclasses import dataclass
 
@@ -34,6 +36,11 @@ LIVENESS = 4
 CONNECT_TIMEOUT_S = 10.0
 # Default number of reruns of a task whose worker process died.
 MAX_RETRIES = 3
+# How often a supervisor (a node's, or local mode's) looks for tasks past
+# their task_timeout: a worker does not say when a task starts, so a deadline
+# is seen at most this late. Reading the workers' slots costs microseconds,
+# so ten looks a second cost nothing and keep timeouts to a tenth of a second.
+DEADLINE_CHECK_S = 0.1
 # Tasks a client keeps submitted but unfinished before its feeder waits:
 # enough to keep every worker's prefetch full, little enough that a
 # 10-million-item generator is never pulled into memory.
@@ -156,3 +163,83 @@ def log_level(value: str | None) -> str:
 
 def cpu_count() -> int:
     return os.cpu_count() or 1
+
+
+_RESOURCE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Bounds on what a node or a job may declare: a hostile peer must not make
+# the manager keep thousands of names per node.
+MAX_RESOURCES = 64
+MAX_RESOURCE_NAME = 64
+
+
+def check_resources(value: object, what: str = "resources") -> dict[str, float]:
+    """``value`` as a {name: amount} dict of resources, checked strictly.
+
+    Names match ``[A-Za-z_][A-Za-z0-9_]*`` (at most MAX_RESOURCE_NAME
+    characters); amounts are positive finite numbers (bools are not numbers
+    here). At most MAX_RESOURCES names.
+
+    Raises:
+        ValueError: ``value`` is not such a mapping; the message names the
+            offending entry and ``what`` it was given as.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a dict of name -> amount, not {type(value).__name__}")
+    if len(value) > MAX_RESOURCES:
+        raise ValueError(f"{what} names {len(value)} resources, at most {MAX_RESOURCES} are allowed")
+    out: dict[str, float] = {}
+    for name, amount in value.items():
+        if not isinstance(name, str) or len(name) > MAX_RESOURCE_NAME or not _RESOURCE_NAME.fullmatch(name):
+            shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+            raise ValueError(
+                f"{what}: resource name {shown} is not a name like GPU or MEM "
+                f"([A-Za-z_][A-Za-z0-9_]*, at most {MAX_RESOURCE_NAME} characters)"
+            )
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+            raise ValueError(f"{what}: amount of {name} must be a number, not {type(amount).__name__}")
+        if not math.isfinite(amount) or amount <= 0:
+            raise ValueError(f"{what}: amount of {name} must be a positive finite number, not {amount!r}")
+        out[name] = float(amount)
+    return out
+
+
+def parse_resources(text: str) -> dict[str, float]:
+    """``"GPU=2,MEM=64e9"`` -> {"GPU": 2.0, "MEM": 64e9} (``dmp worker --resources``).
+
+    Raises:
+        ValueError: an entry is not NAME=AMOUNT, a name repeats, or a name or
+            amount is not valid (see :func:`check_resources`).
+    """
+    found: dict[str, object] = {}
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            raise ValueError(f"empty entry in {text!r}: expected NAME=AMOUNT[,NAME=AMOUNT...]")
+        name, sep, amount = part.partition("=")
+        name, amount = name.strip(), amount.strip()
+        if not sep:
+            raise ValueError(f"{part!r} is not NAME=AMOUNT")
+        if name in found:
+            raise ValueError(f"resource {name!r} given twice")
+        try:
+            found[name] = float(amount)
+        except ValueError:
+            raise ValueError(f"amount of {name} must be a number, not {amount!r}") from None
+    return check_resources(found, "--resources")
+
+
+def check_timeout(value: object, what: str = "task_timeout") -> float:
+    """A task timeout in seconds as a float, 0.0 for None (no timeout).
+
+    Raises:
+        ValueError: not None and not a positive finite number.
+    """
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} must be a number of seconds or None, not {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{what} must be a positive finite number of seconds, not {value!r}")
+    return float(value)

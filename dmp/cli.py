@@ -193,6 +193,13 @@ def _processes(text: str) -> int:
     return n
 
 
+def _resources(text: str) -> dict[str, float]:
+    try:
+        return _config.parse_resources(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from dmp.node.daemon import run_node
 
@@ -201,7 +208,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"
     _logging(args)
     try:
-        return run_node(target.address, processes=processes, name=name, key=target.key)
+        return run_node(target.address, processes=processes, name=name, key=target.key, resources=args.resources)
     except transport.ZMQError as exc:
         raise UsageError(f"cannot connect to {target.address}: {exc.strerror}") from None
 
@@ -298,6 +305,9 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
                         f"{_config.ENV_TOKEN}, {_config.ENV_ADDRESS})")
     p.add_argument("--processes", type=_processes, default=None, metavar="N", help="worker processes, or 'auto' (the CPU count, default)")
     p.add_argument("--name", default=None, help="node name (default: HOST-PID)")
+    p.add_argument("--resources", type=_resources, default=None, metavar="NAME=AMOUNT,...",
+                   help="what this node has, e.g. GPU=2,MEM=64e9: a Pool(resources={'GPU': 1}) task runs only "
+                        "where that much is free, and holds it while it runs")
     p.add_argument("--manager-file", metavar="F", help="find the manager through the file `dmp manager --manager-file` wrote")
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("status", help="nodes, slots, queued tasks and clients of a manager")

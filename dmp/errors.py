@@ -6,6 +6,7 @@
      |    |    +-- BufferTooShort                (same class as multiprocessing's)
      |    |    +-- AuthenticationError           (same class as multiprocessing's)
      |    |    +-- TimeoutError                  (same class as multiprocessing's)
+     |    |    |    +-- TaskTimeoutError         a task ran past the pool's task_timeout
      |    |    +-- WorkerLostError               a task's process died past its retries
      |    |    +-- ManagerUnavailableError       no manager answered in time
      |    |    +-- ProtocolError                 a peer spoke a wrong version or garbage
@@ -43,6 +44,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "RemoteTraceback",
+    "TaskTimeoutError",
     "TimeoutError",
     "WorkerLostError",
 ]
@@ -69,6 +71,28 @@ class WorkerLostError(ProcessError):
 
 def _rebuild_worker_lost(message: str, node: str, pid: int, exitcode: int | None) -> WorkerLostError:
     return WorkerLostError(message, node=node, pid=pid, exitcode=exitcode)
+
+
+class TaskTimeoutError(TimeoutError):
+    """A task ran longer than its pool's ``task_timeout`` and was stopped.
+
+    Its worker process was killed (and replaced); the task is not retried.
+    Carries the node name, the pid of the killed process and the timeout in
+    seconds.
+    """
+
+    def __init__(self, message: str, *, node: str = "", pid: int = 0, timeout: float = 0.0) -> None:
+        super().__init__(message)
+        self.node = node
+        self.pid = pid
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_task_timeout, (str(self), self.node, self.pid, self.timeout))
+
+
+def _rebuild_task_timeout(message: str, node: str, pid: int, timeout: float) -> TaskTimeoutError:
+    return TaskTimeoutError(message, node=node, pid=pid, timeout=timeout)
 
 
 class ManagerUnavailableError(ProcessError):

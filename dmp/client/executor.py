@@ -41,12 +41,19 @@ class Executor(cf.Executor):
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
         max_tasks_per_child: int | None = None,
+        task_timeout: float | None = None,
+        resources: dict[str, float] | None = None,
     ) -> None:
+        """``task_timeout`` and ``resources`` are as for ``dmp.Pool``.
+
+        Raises ValueError for a bad argument.
+        """
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         # None: the CPU count locally, every worker slot of a cluster (as Pool does).
         self._pool = Pool(
-            max_workers, initializer, initargs, max_tasks_per_child, address=address, authkey=authkey
+            max_workers, initializer, initargs, max_tasks_per_child, address=address, authkey=authkey,
+            task_timeout=task_timeout, resources=resources,
         )
         self._max_workers = self._pool._processes
         # Like concurrent.futures' call queue: at most this many submitted

@@ -90,7 +90,11 @@ class Pool:
         authkey: bytes | str | None = None,
         max_retries: int = _config.MAX_RETRIES,
         modules: Iterable[Any] = (),
+        task_timeout: float | None = None,
+        resources: dict[str, float] | None = None,
     ) -> None:
+        """Raises ValueError (a bad argument; ``resources`` in local mode) or
+        TypeError (``initializer`` not callable)."""
         self._state = RUN
         if processes is not None and processes < 1:
             raise ValueError("Number of processes must be at least 1")
@@ -100,7 +104,12 @@ class Pool:
             raise ValueError("maxtasksperchild must be a positive int or None")
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError("max_retries must be a non-negative int")
+        self._timeout = _config.check_timeout(task_timeout)
+        self._resources = _config.check_resources(resources)
         target = _config.resolve(address, authkey)
+        if self._resources and target.address is None:
+            raise ValueError("resources= needs a cluster whose nodes declare them (dmp worker --resources); "
+                             "a local pool has none")
         _send_by_value(modules)
         self._max_retries = max_retries
         self._by_value = target.address is not None
@@ -135,7 +144,7 @@ class Pool:
         self._ids = itertools.count()
         self._apply = _ApplySink()
         apply_runner = serialization.dumps(runners.Apply(self._init), by_value=True) if self._init else []
-        self._apply_job = self._session.new_job(self._apply, apply_runner, max_retries)
+        self._apply_job = self._session.new_job(self._apply, apply_runner, max_retries, self._timeout, self._resources)
         self._feed: collections.deque[tuple[int, MapSink, Iterator[Any]]] = collections.deque()
         self._feed_cond = threading.Condition(threading.Lock())
         # Started by the first map: a pool used only for apply never pays for it.
@@ -364,7 +373,7 @@ class Pool:
             sink.on_failure(exc)
             self._job_done(sink)
             return
-        job = self._session.new_job(sink, runner, self._max_retries)
+        job = self._session.new_job(sink, runner, self._max_retries, self._timeout, self._resources)
         with self._feed_cond:
             self._feed.append((job, sink, chunks))
             self._feed_cond.notify()

@@ -64,9 +64,17 @@ class Process(_ForkProcess):  # type: ignore[misc]
         *,
         daemon: bool | None = None,
         address: object = None,
+        resources: dict[str, float] | None = None,
     ) -> None:
+        """``resources``: run on a node with that much free, held while it runs
+        (cluster mode only). Raises ValueError for bad ``resources``, or
+        resources without a cluster; ``start()`` raises ValueError when no
+        joined node has them."""
         super().__init__(group, target, name, tuple(args), dict(kwargs or {}), daemon=daemon)
         self._dmp_target = _config.resolve(address)
+        self._dmp_resources = _config.check_resources(resources)
+        if self._dmp_resources and self._dmp_target.address is None:
+            raise ValueError("resources= needs a cluster whose nodes declare them (dmp worker --resources)")
 
     @staticmethod
     def _Popen(process_obj: Any) -> Any:
@@ -114,10 +122,14 @@ class _ClusterPopen(Sink):
         engine = shared_cluster(target.address or "", target.authkey)
         self._session = engine.session
         runner = serialization.dumps(runners.RunProcess.of(process_obj), by_value=True)
-        self._job = self._session.new_job(self, runner, 0)
+        self._refused: str | None = None
+        resources = getattr(process_obj, "_dmp_resources", None)
+        self._job = self._session.new_job(self, runner, 0, 0.0, resources)
         self._session.submit(self._job, [(0, serialization.dumps(None, by_value=True))])
         self._session.end_job(self._job)
         self._started.wait(START_WAIT_S)
+        if self._refused is not None:
+            raise ValueError(self._refused)
 
     # --- session sink ------------------------------------------------------
 
@@ -132,6 +144,9 @@ class _ClusterPopen(Sink):
         elif status == Status.LOST and isinstance(info, list) and len(info) == 4:
             self.pid = self.pid or int(info[2] or 0) or None
             self._finish(int(info[3]) if info[3] is not None else -signal.SIGKILL)
+        elif status == Status.REFUSED:
+            self._refused = str(info)
+            self._finish(1)
         else:
             self._finish(1)
         return True

@@ -23,7 +23,7 @@ from typing import Any
 from dmp import serialization
 from dmp.client.progress import Progress
 from dmp.client.sink import MapSink, Sink
-from dmp.errors import ProcessError, TimeoutError, WorkerLostError
+from dmp.errors import ProcessError, TaskTimeoutError, TimeoutError, WorkerLostError
 from dmp.wire.protocol import Status
 
 
@@ -41,6 +41,13 @@ def decode(status: int, frames: list[Any], info: Any) -> tuple[bool, Any]:
             text, node, pid, exitcode = info
             return False, WorkerLostError(str(text), node=str(node), pid=int(pid or 0), exitcode=exitcode)
         return False, WorkerLostError(str(info))
+    if status == Status.TIMEOUT:
+        if isinstance(info, list) and len(info) == 4:
+            text, node, pid, timeout = info
+            return False, TaskTimeoutError(str(text), node=str(node), pid=int(pid or 0), timeout=float(timeout or 0.0))
+        return False, TaskTimeoutError(str(info))
+    if status == Status.REFUSED:
+        return False, ValueError(str(info))
     return False, ProcessError(info or "task cancelled")
 
 

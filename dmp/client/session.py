@@ -54,8 +54,16 @@ class Session:
         self._lock = threading.Lock()
         self.closed: BaseException | None = None
 
-    def new_job(self, sink: Sink, runner: list[Any], max_retries: int) -> int:
-        """Define a job whose outcomes go to ``sink``; its id.
+    def new_job(
+        self,
+        sink: Sink,
+        runner: list[Any],
+        max_retries: int,
+        timeout: float = 0.0,
+        resources: dict[str, float] | None = None,
+    ) -> int:
+        """Define a job whose outcomes go to ``sink``; its id. ``timeout``
+        (seconds, 0: none) and ``resources`` apply to each of its tasks.
 
         Raises the session's failure if the session is closed.
         """
@@ -64,7 +72,7 @@ class Session:
                 raise self.closed
             job = next(self._ids)
             self.sinks[job] = sink
-        self._post(protocol.DefineJob(job, len(runner), max_retries), runner)
+        self._post(protocol.DefineJob(job, len(runner), max_retries, timeout, resources or {}), runner)
         return job
 
     def submit(self, job: int, tasks: list[tuple[int, list[Any]]], alive: Callable[[], bool] | None = None) -> bool:

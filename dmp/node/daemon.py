@@ -24,6 +24,7 @@ import socket
 import time
 from typing import Any
 
+from dmp import _config
 from dmp.errors import AuthenticationError
 from dmp.node.supervisor import Supervisor
 from dmp.node.worker import WorkerConfig
@@ -37,10 +38,13 @@ EXIT_REFUSED = 3
 
 
 class Node:
-    def __init__(self, address: str, *, processes: int, name: str, key: bytes | None) -> None:
+    def __init__(
+        self, address: str, *, processes: int, name: str, key: bytes | None, resources: dict[str, float] | None = None
+    ) -> None:
         self.address = address
         self.name = name
         self.key = key
+        self.resources = dict(resources or {})
         template = WorkerConfig(
             address=address, node=name, key=key, by_value=True, heartbeat=True, forward_output=True
         )
@@ -56,7 +60,10 @@ class Node:
         """Serve until SIGTERM/SIGINT (0) or until the manager refuses our key (EXIT_REFUSED)."""
         # Fork the workers before this process has a live ZeroMQ context.
         self.supervisor.start()
-        hello = protocol.Hello(protocol.Role.NODE, self.name, socket.gethostname(), os.getpid(), self.supervisor.count)
+        hello = protocol.Hello(
+            protocol.Role.NODE, self.name, socket.gethostname(), os.getpid(), self.supervisor.count,
+            resources=self.resources,
+        )
         peer = PeerLoop(self.address, self.key, hello, on_refused=self._refused)
         peer.watch_handshake()
         peer.say_hello()
@@ -64,10 +71,11 @@ class Node:
         watched: set[int] = set()
         welcomed = False
         self.status = 0
+        check_at = 0.0  # next kill_overdue
         try:
             while not self._stop:
                 watched = self.supervisor.watch(peer.poller, watched)
-                ready = peer.poll()
+                ready = peer.poll(max(0.0, check_at - time.monotonic()))
                 if HANDSHAKE_FAILED in ready and not welcomed:
                     log.error(
                         "the CURVE handshake with %s failed: that manager does not hold the server key "
@@ -97,9 +105,21 @@ class Node:
                     if exited is None:
                         continue
                     log.warning("worker pid %d exited (%d)", exited.pid, exited.exitcode)
-                    peer.send(protocol.WorkerExited(exited.worker, exited.pid, exited.exitcode, exited.running))
+                    peer.send(protocol.WorkerExited(
+                        exited.worker, exited.pid, exited.exitcode, exited.running, int(exited.timed_out)
+                    ))
                     if not self._stop:
                         self.supervisor.spawn()
+                now = time.monotonic()
+                if now >= check_at:
+                    # Deadlines are kept here, beside the task, so they hold
+                    # even when the client or the manager is unreachable.
+                    killed, upcoming = self.supervisor.kill_overdue(now)
+                    for pid, key in killed:
+                        log.warning("worker pid %d ran task %d past its timeout: killed", pid, key)
+                    check_at = now + _config.DEADLINE_CHECK_S
+                    if upcoming is not None and upcoming < check_at:
+                        check_at = upcoming
                 tick = peer.tick()
                 if tick is Tick.SILENT:
                     peer.say_hello()  # the manager may have restarted: introduce ourselves again
@@ -145,9 +165,14 @@ class Node:
             log.warning("could not signal pid %d: %s", msg.pid, exc)
 
 
-def run_node(address: str, *, processes: int, name: str, key: bytes | None) -> int:
-    """Run a node until SIGTERM/SIGINT; returns its exit status (0, or EXIT_REFUSED)."""
-    node = Node(address, processes=processes, name=name, key=key)
+def run_node(
+    address: str, *, processes: int, name: str, key: bytes | None, resources: dict[str, float] | None = None
+) -> int:
+    """Run a node until SIGTERM/SIGINT; returns its exit status (0, or EXIT_REFUSED).
+
+    ``resources`` (name -> amount) is what the node declares it has.
+    """
+    node = Node(address, processes=processes, name=name, key=key, resources=resources)
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)
     return node.run()

@@ -4,7 +4,9 @@ Used by the local engine (workers forked from the user's process, so globals
 set before the pool exists are visible) and by the worker node daemon. The
 owner registers the sentinels in its reactor's poller (:meth:`watch`); a
 readable sentinel is a death to :meth:`reap`, which says which task the
-worker was running at the time.
+worker was running at the time. On its timer the owner calls
+:meth:`kill_overdue`: a worker whose task ran past the deadline in its slot
+(its job's ``task_timeout``) is killed, and its reaping says so.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Exited:
     pid: int
     exitcode: int
     running: int  # task key it was running, -1 for none
+    timed_out: bool = False  # killed by kill_overdue for running ``running`` too long
 
 
 @dataclass(slots=True)
@@ -39,6 +42,7 @@ class _Handle:
     process: Any
     slot: Any
     stopped_since: float = 0.0  # monotonic time it was first seen stopped (0: running)
+    overdue: int = -1  # key of the task it was killed for running past its deadline
 
 
 def _is_stopped(pid: int) -> bool:
@@ -131,7 +135,37 @@ class Supervisor:
             proc.close()
         except ValueError:
             pass
-        return Exited(handle.worker_id, pid, exitcode, running)
+        timed_out = handle.overdue >= 0 and handle.overdue == running
+        return Exited(handle.worker_id, pid, exitcode, running, timed_out)
+
+    def kill_overdue(self, now: float) -> tuple[list[tuple[int, int]], float | None]:
+        """SIGKILL every worker whose running task is past its deadline.
+
+        Works whatever the task is doing (a C call, ``signal.pause()``): the
+        kill needs nothing from the worker. Its death then reaches
+        :meth:`reap`, whose ``Exited.timed_out`` says it was this. Returns
+        the (pid, task key) pairs killed and the next deadline still ahead
+        (None if no running task has one).
+        """
+        killed: list[tuple[int, int]] = []
+        upcoming: float | None = None
+        for handle in self.handles.values():
+            key, deadline = worker_mod.read_deadline(handle.slot)
+            if key < 0 or deadline <= 0.0 or handle.overdue == key:
+                continue
+            if deadline > now:
+                upcoming = deadline if upcoming is None else min(upcoming, deadline)
+                continue
+            pid = handle.process.pid
+            if not pid:
+                continue
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            handle.overdue = key
+            killed.append((pid, key))
+        return killed, upcoming
 
     def kill_frozen(self, now: float, limit: float) -> list[int]:
         """SIGKILL workers stopped (SIGSTOP, a debugger) for longer than ``limit``.

@@ -5,9 +5,11 @@
     manager <--Results(batch)-- flushed when the queue runs dry, or every
         FLUSH_SECONDS / FLUSH_ITEMS while it is busy
 
-Before each task the worker writes the task key into a small shared-memory
-slot its supervisor reads, so that when the process dies the supervisor knows
-exactly which task killed it (the others queued here are requeued uncharged).
+Before each task the worker writes the task key (and, if its job has a
+timeout, the task's deadline) into a small shared-memory slot its supervisor
+reads, so that when the process dies the supervisor knows exactly which task
+killed it (the others queued here are requeued uncharged), and so that the
+supervisor can kill a task that runs past its deadline, even one stuck in C.
 """
 
 from __future__ import annotations
@@ -50,14 +52,17 @@ HELLO_BACKOFF_MAX_S = 30.0
 # Exit status of a worker or node the manager refused (wrong or missing key, other version).
 EXIT_REFUSED = 3
 
-SLOT_SIZE = 16
-_SLOT = struct.Struct("<qq")
+# Slot layout: running task key (-1: none), its attempt, and its deadline in
+# time.monotonic() seconds (0: none). CLOCK_MONOTONIC is one clock for every
+# process of a host, so the supervisor can compare it with its own.
+_SLOT = struct.Struct("<qqd")
+SLOT_SIZE = _SLOT.size
 
 
 def new_slot() -> mmap.mmap:
     """Shared memory (inherited across fork) holding the running task key."""
     slot = mmap.mmap(-1, SLOT_SIZE)
-    _SLOT.pack_into(slot, 0, -1, 0)
+    _SLOT.pack_into(slot, 0, -1, 0, 0.0)
     return slot
 
 
@@ -96,8 +101,14 @@ def _attach_slot(dup: Any) -> mmap.mmap:
 
 
 def read_slot(slot: mmap.mmap) -> int:
-    key, _attempt = _SLOT.unpack_from(slot, 0)
+    key, _attempt, _deadline = _SLOT.unpack_from(slot, 0)
     return int(key)
+
+
+def read_deadline(slot: mmap.mmap) -> tuple[int, float]:
+    """(running task key, its deadline) from a slot; the deadline is 0.0 if none."""
+    key, _attempt, deadline = _SLOT.unpack_from(slot, 0)
+    return int(key), float(deadline)
 
 
 @dataclass(slots=True)
@@ -180,6 +191,7 @@ class Worker:
         )
         self.chan = self.peer.chan
         self.runners: dict[int, Any] = {}
+        self.timeouts: dict[int, float] = {}  # job key -> each task's limit (seconds)
         self.queue: collections.deque[tuple[int, int, int, list[Any]]] = collections.deque()
         self.out_items: list[list[Any]] = []
         self.out_frames: list[Any] = []
@@ -241,8 +253,10 @@ class Worker:
         msg, frames = got
         if isinstance(msg, protocol.Dispatch):
             pos = 0
-            for job_key, nframes in msg.jobs:
+            for job_key, nframes, timeout in msg.jobs:
                 self.runners[job_key] = _LazyRunner(frames[pos : pos + nframes])
+                if timeout:
+                    self.timeouts[job_key] = float(timeout)
                 pos += nframes
             for key, job_key, attempt, nframes in msg.tasks:
                 self.queue.append((key, job_key, attempt, frames[pos : pos + nframes]))
@@ -251,6 +265,7 @@ class Worker:
             gone = set(msg.jobs)
             for job_key in gone:
                 self.runners.pop(job_key, None)
+                self.timeouts.pop(job_key, None)
             if any(t[1] in gone for t in self.queue):
                 self.queue = collections.deque(t for t in self.queue if t[1] not in gone)
         elif isinstance(msg, protocol.Welcome):
@@ -273,7 +288,8 @@ class Worker:
         self.current = key
         slot = self.cfg.slot
         if slot is not None:
-            _SLOT.pack_into(slot, 0, key, attempt)
+            timeout = self.timeouts.get(job_key, 0.0)
+            _SLOT.pack_into(slot, 0, key, attempt, time.monotonic() + timeout if timeout else 0.0)
         t0 = time.perf_counter()
         if not self.out_items:
             # The batch's age counts from the start of its first task, so a
@@ -328,7 +344,7 @@ class Worker:
             sys.stderr.flush()
         self.current = -1
         if slot is not None:
-            _SLOT.pack_into(slot, 0, -1, 0)
+            _SLOT.pack_into(slot, 0, -1, 0, 0.0)
         if self.context.retire:
             self.stopping = True  # maxtasksperchild of a cluster pool: a fresh process next
         if self.cfg.heartbeat and os.getppid() != self.parent:

@@ -70,6 +70,8 @@ class Status(enum.IntEnum):
     RAISED = 1  # payload: the pickled (exception, traceback text)
     LOST = 2  # no payload; info names node, pid and exit code
     CANCELLED = 3  # no payload; the job was cancelled
+    TIMEOUT = 4  # no payload; ran past the job's timeout: info names node, pid and timeout
+    REFUSED = 5  # no payload; never run: info says why (resources no joined node has)
 
 
 class ErrorCode(enum.StrEnum):
@@ -157,6 +159,7 @@ class Hello(Message):
     max_tasks: int = 0  # workers: tasks before they exit (0 = no limit)
     version: str = ""  # software_version(): dmp and Python; must equal the manager's
     nonce: bytes = b""  # with an authkey: the peer's fresh challenge (dmp.wire.handshake)
+    resources: dict[str, Any] = field(default_factory=dict)  # nodes: name -> amount they have
 
 
 @message(2)
@@ -206,11 +209,15 @@ class DefineJob(Message):
 
     Every task of the job runs as ``runner(task)``; without a runner, the task
     is itself a callable. ``max_retries`` bounds reruns after worker deaths.
+    ``timeout`` (seconds, 0: none) bounds each task's run time; ``resources``
+    (name -> amount) is what each task holds on its node while it runs.
     """
 
     job: int
     nframes: int
     max_retries: int = 3
+    timeout: float = 0.0
+    resources: dict[str, Any] = field(default_factory=dict)
 
 
 @message(11)
@@ -243,11 +250,11 @@ class CancelJob(Message):
 class Dispatch(Message):
     """Manager -> worker: job runners it lacks, then tasks to run, in order.
 
-    ``jobs`` = [[job key, nframes], ...]; ``tasks`` = [[task key, job key,
-    attempt, nframes], ...].
+    ``jobs`` = [[job key, nframes, timeout seconds (0: none)], ...];
+    ``tasks`` = [[task key, job key, attempt, nframes], ...].
     """
 
-    jobs: list[list[int]] = field(default_factory=list)
+    jobs: list[list[Any]] = field(default_factory=list)
     tasks: list[list[int]] = field(default_factory=list)
 
 
@@ -257,7 +264,8 @@ class Results(Message):
     """Outcomes, batched. Worker -> manager items: [task key, attempt, status,
     nframes, run seconds, info]; manager -> client items: [job, task id,
     status, nframes, 0.0, info]. ``info`` is "" except for LOST, where it is
-    [text, node, pid, exitcode], and CANCELLED, where it is a text."""
+    [text, node, pid, exitcode], TIMEOUT, where it is [text, node, pid,
+    timeout], and CANCELLED and REFUSED, where it is a text."""
 
     items: list[list[Any]] = field(default_factory=list)
 
@@ -323,12 +331,14 @@ class SignalWorker(Message):
 @dataclass(slots=True)
 class WorkerExited(Message):
     """Node -> manager: a worker process ended. ``running`` is the task key it
-    was running (-1 for none), read from the worker's shared slot."""
+    was running (-1 for none), read from the worker's shared slot;
+    ``timed_out`` is 1 if the node killed it for running past its deadline."""
 
     worker: str
     pid: int
     exitcode: int
     running: int = -1
+    timed_out: int = 0
 
 
 @message(21)

@@ -97,6 +97,7 @@ class Daemon(Routing):
         self._poller.register(self._wake.fd, zmq.POLLIN)
         self._watched: set[int] = set()
         self._next_tick = time.monotonic() + heartbeat_s
+        self._check_at = 0.0  # next look for local workers past their task_timeout
         self._due: float | None = None  # the shared objects' next deadline, as of the last poll
         self._stopping = False
         self.closed = False
@@ -157,6 +158,8 @@ class Daemon(Routing):
         if self.supervisor is not None:
             self._watched = self.supervisor.watch(self._poller, self._watched)
         wake_at = self._next_tick if self.board is None else min(self._next_tick, self._next_publish)
+        if self.supervisor is not None and self._check_at < wake_at:
+            wake_at = self._check_at
         self._due = deadline = self.objects.next_deadline()  # handle() runs what is due by then
         if deadline is not None and deadline < wake_at:
             wake_at = deadline
@@ -179,6 +182,8 @@ class Daemon(Routing):
         deadline = self._due
         if deadline is not None and now >= deadline:
             self._carry_out(self.objects.tick(now))
+        if self.supervisor is not None and now >= self._check_at:
+            self._kill_overdue(now)
         if now >= self._next_tick:
             late = now - self._next_tick
             self._next_tick = now + self.heartbeat_s
@@ -247,9 +252,20 @@ class Daemon(Routing):
         peer_id = worker_peer(exited.worker)
         if exited.exitcode != 0:
             log.warning("worker %s (pid %d) died: exit %d", exited.worker, exited.pid, exited.exitcode)
-        self._worker_exit(peer_id, exited.exitcode, exited.running)
+        self._worker_exit(peer_id, exited.exitcode, exited.running, exited.timed_out)
         if self.supervisor.respawn and not self._stopping:
             self.supervisor.spawn()
+
+    def _kill_overdue(self, now: float) -> None:
+        """Local mode's task_timeout: kill workers past their task's deadline (their
+        deaths then come through the sentinels, as timed out)."""
+        assert self.supervisor is not None
+        killed, upcoming = self.supervisor.kill_overdue(now)
+        for pid, key in killed:
+            log.warning("worker pid %d ran task %d past its timeout: killed", pid, key)
+        self._check_at = now + _config.DEADLINE_CHECK_S
+        if upcoming is not None and upcoming < self._check_at:
+            self._check_at = upcoming
 
     def _tick(self, now: float, late: float = 0.0) -> None:
         """Expire silent peers (``late``: see Peers.tick) and peers that never

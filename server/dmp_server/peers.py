@@ -39,6 +39,7 @@ class LocalSupervisor(Protocol):
     def reap(self, fd: int) -> Any: ...
     def spawn(self) -> str: ...
     def kill(self, worker_id: str) -> None: ...
+    def kill_overdue(self, now: float) -> tuple[list[tuple[int, int]], float | None]: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -112,6 +113,8 @@ class Peers:
             out.cmds += sched.remove_client(peer_id)
             out.cmds += self.shared.peer_gone(peer_id, crashed=crashed)
         elif role == Role.NODE:
+            if peer is not None:
+                sched.remove_node(peer.name)
             for worker in [w for w in sched.workers.values() if w.node == (peer.name if peer else "")]:
                 self._drop(worker.peer, out)
                 out.cmds += sched.remove_worker(worker.peer, None)
@@ -122,7 +125,9 @@ class Peers:
         if peer is not None:
             out.dropped.append(peer)
 
-    def worker_exit(self, peer_id: str, exitcode: int, running: int, now: float, out: Departures) -> None:
+    def worker_exit(
+        self, peer_id: str, exitcode: int, running: int, now: float, out: Departures, timed_out: bool = False
+    ) -> None:
         """A worker process exited (its node or our supervisor says so)."""
         if exitcode == 0 and running < 0 and peer_id in self.scheduler.workers:
             # A clean exit: the worker said Bye after its last results, on its
@@ -131,7 +136,7 @@ class Peers:
             self.exiting[peer_id] = now + EXIT_GRACE_S
             return
         self._drop(peer_id, out)
-        out.cmds += self.scheduler.remove_worker(peer_id, exitcode, running)
+        out.cmds += self.scheduler.remove_worker(peer_id, exitcode, running, timed_out)
 
     def tick(self, now: float, out: Departures, late: float = 0.0) -> list[Peer]:
         """Once a beat: expire late Byes and silent peers; returns the peers to heartbeat.

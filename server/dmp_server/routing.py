@@ -20,6 +20,7 @@ from typing import Any
 
 import zmq
 
+from dmp import _config
 from dmp._version import __version__
 from dmp.errors import ProtocolError
 from dmp.wire import handshake, protocol, transport
@@ -101,7 +102,7 @@ class Routing:
             self._handle_client(peer_id, msg, frames)
         elif peer.role == Role.NODE:
             if isinstance(msg, protocol.WorkerExited):
-                self._worker_exit(worker_peer(msg.worker), msg.exitcode, msg.running)
+                self._worker_exit(worker_peer(msg.worker), msg.exitcode, msg.running, bool(msg.timed_out))
             elif isinstance(msg, protocol.Bye):
                 self._forget(peer_id)
         elif isinstance(msg, protocol.StatusRequest):
@@ -122,6 +123,12 @@ class Routing:
             log.warning("refused %s %s from %s: %s", msg.role, msg.name, msg.host, text)
             self._send_raw(ident, protocol.Error(ErrorCode.VERSION, text))
             return
+        if msg.role == Role.NODE:
+            try:
+                _config.check_resources(msg.resources, "Hello.resources")
+            except ValueError as exc:
+                self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, str(exc)))
+                return
         refusal = self._refusal(msg)
         if refusal:
             self._send_raw(ident, protocol.Error(ErrorCode.REFUSED, refusal))
@@ -167,12 +174,17 @@ class Routing:
         peer_id = ident.hex()
         if peer_id in self.peers.by_id:
             self._forget(peer_id, crashed=True, keep_session=True)  # a reconnect under the same identity: start clean
+        resources: dict[str, float] = {}
+        if msg.role == Role.NODE:  # checked in _hello before any Welcome
+            resources = _config.check_resources(msg.resources, "Hello.resources")
         now = time.monotonic()
         self.peers.by_id[peer_id] = Peer(peer_id, ident, msg.role, msg.name, host, msg.pid, msg.node, msg.slots, now)
         if msg.role == Role.WORKER:
             self._carry_out(self.scheduler.add_worker(peer_id, msg.node, msg.pid, msg.max_tasks))
         elif msg.role == Role.CLIENT:
             self.scheduler.add_client(peer_id, msg.slots)  # a client's slots: Pool(k)
+        elif msg.role == Role.NODE:
+            self._carry_out(self.scheduler.add_node(msg.name, resources))
         # Nodes and clients at INFO; a worker process or a status probe at DEBUG.
         level = logging.INFO if msg.role in (Role.NODE, Role.CLIENT) else logging.DEBUG
         log.log(level, "%s joined (pid %s)", self._who(peer_id), msg.pid)
@@ -197,7 +209,13 @@ class Routing:
                 pos += n
             self._carry_out(sched.submit(peer, msg.job, tasks))
         elif isinstance(msg, protocol.DefineJob):
-            self._carry_out(sched.define_job(peer, msg.job, frames, msg.max_retries))
+            try:
+                timeout = _config.check_timeout(msg.timeout or None, "DefineJob.timeout")
+                resources = _config.check_resources(msg.resources, "DefineJob.resources")
+            except ValueError as exc:
+                self._send(peer, protocol.Error(ErrorCode.BAD_MESSAGE, str(exc), msg.job), [])
+                return
+            self._carry_out(sched.define_job(peer, msg.job, frames, msg.max_retries, timeout, resources))
         elif isinstance(msg, protocol.EndJob):
             self._carry_out(sched.end_job(peer, msg.job))
         elif isinstance(msg, protocol.CancelJob):
@@ -242,9 +260,9 @@ class Routing:
         out = protocol.Output(job.job_id, task.task_id, msg.stream, msg.text, msg.origin)
         self._send(job.client, out, [])
 
-    def _worker_exit(self, peer_id: str, exitcode: int, running: int) -> None:
+    def _worker_exit(self, peer_id: str, exitcode: int, running: int, timed_out: bool = False) -> None:
         out = Departures()
-        self.peers.worker_exit(peer_id, exitcode, running, time.monotonic(), out)
+        self.peers.worker_exit(peer_id, exitcode, running, time.monotonic(), out, timed_out)
         self._depart(out)
 
     # --- peers going away ---------------------------------------------------------------

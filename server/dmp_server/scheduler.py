@@ -9,6 +9,14 @@ which is what makes local mode and cluster mode one engine.
         [worker credit] --Dispatch--> worker --Results--> [match attempt]
         --Results--> client
 
+Two limits travel with a job's definition. ``timeout``: the worker's node
+(or the local supervisor) kills a worker whose task runs past it, and
+:meth:`Scheduler.remove_worker` fails that task alone as TIMEOUT, never
+retried. ``resources``: each task runs only on a node that declared enough of
+them free (``Scheduler.add_node``), and holds them there from the moment it
+is given to a worker until its outcome; such a task is given only to an idle
+worker, so it never waits behind another task while holding them.
+
 Payload frames pass through untouched: this module never unpickles.
 """
 
@@ -16,12 +24,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from dmp.errors import signal_name
 from dmp.wire import protocol
 from dmp.wire.protocol import Status
+from dmp_server.records import Client, Command, Job, Kill, Node, Send, Task, Totals, Worker
+
+__all__ = ["Client", "Command", "Job", "Kill", "Node", "Scheduler", "Send", "Task", "Totals", "Worker"]
 
 # How much work (in seconds of task run time) to keep queued at each worker so
 # it never waits for the next Dispatch; a dispatch round trip costs ~0.1 ms, so
@@ -36,84 +46,6 @@ INITIAL_IN_FLIGHT = 2
 EWMA_ALPHA = 0.2
 
 
-@dataclass(slots=True)
-class Send:
-    """Command: send ``msg`` with payload ``frames`` to peer ``to``."""
-
-    to: str
-    msg: protocol.Message
-    frames: list[Any] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class Kill:
-    """Command: kill worker ``worker`` (its task was cancelled)."""
-
-    worker: str
-
-
-Command = Send | Kill
-
-
-@dataclass(slots=True, eq=False)
-class Task:
-    key: int
-    job: Job
-    task_id: int
-    frames: list[Any]
-    attempt: int = 0
-    worker: str = ""
-    last_loss: list[Any] = field(default_factory=list)  # [text, node, pid, exitcode]
-
-
-@dataclass(slots=True, eq=False)
-class Job:
-    key: int
-    client: str
-    job_id: int
-    runner: list[Any]
-    max_retries: int
-    pending: deque[Task] = field(default_factory=deque)
-    outstanding: int = 0
-    ended: bool = False
-    holders: set[str] = field(default_factory=set)  # workers that cached the runner
-
-
-@dataclass(slots=True, eq=False)
-class Client:
-    peer: str
-    jobs: dict[int, Job] = field(default_factory=dict)
-    active: deque[Job] = field(default_factory=deque)  # jobs with pending tasks, FIFO
-    queued: int = 0
-    running: int = 0
-    max_workers: int = 0  # Pool(k) in a cluster: at most k workers at once (0: no cap)
-    on: dict[str, int] = field(default_factory=dict)  # worker -> this client's tasks there
-    done: int = 0  # outcomes delivered (returned, raised, lost)
-    failed: int = 0  # of which were errors
-    retried: int = 0  # reruns after a worker died
-
-
-@dataclass(slots=True)
-class Totals:
-    """Counters since the manager started (the dashboard's and /metrics' figures)."""
-
-    done: int = 0
-    failed: int = 0
-    retried: int = 0
-    workers_lost: int = 0
-
-
-@dataclass(slots=True, eq=False)
-class Worker:
-    peer: str
-    node: str
-    pid: int
-    tasks_left: int  # before it exits by itself (maxtasksperchild); -1: no limit
-    assigned: dict[int, Task] = field(default_factory=dict)  # in dispatch order
-    done: int = 0
-    doomed: bool = False  # told to die: gets no more work
-
-
 class Scheduler:
     """Queues tasks per client, spreads them over worker credit fairly."""
 
@@ -121,6 +53,7 @@ class Scheduler:
         self.clients: dict[str, Client] = {}
         self.workers: dict[str, Worker] = {}
         self.tasks: dict[int, Task] = {}
+        self.nodes: dict[str, Node] = {}  # by name: their declared resources
         self._ready: deque[Client] = deque()  # clients with pending tasks, round robin
         self.queued_total = 0  # tasks waiting in any client's queue
         self._next_task = 1
@@ -148,20 +81,43 @@ class Scheduler:
             cmds += self._cancel(client, job, notify=False)
         return cmds
 
+    def add_node(self, name: str, resources: dict[str, float]) -> list[Command]:
+        """A node joined with these resources (checked by the caller). A node
+        joining again under the same name keeps what its running tasks hold."""
+        node = self.nodes.get(name)
+        if node is None:
+            self.nodes[name] = Node(name, dict(resources), dict(resources))
+        else:
+            for res in set(node.total) | set(resources):
+                delta = resources.get(res, 0.0) - node.total.get(res, 0.0)
+                node.free[res] = node.free.get(res, 0.0) + delta
+            node.total = dict(resources)
+        return self.schedule()
+
+    def remove_node(self, name: str) -> None:
+        """A node left. Its workers are removed one by one (``remove_worker``);
+        tasks they held resources for return them to this node's record, now
+        forgotten. Jobs already defined keep waiting for a node that fits."""
+        self.nodes.pop(name, None)
+
     def add_worker(self, peer: str, node: str, pid: int, max_tasks: int) -> list[Command]:
         self.workers[peer] = Worker(peer, node, pid, max_tasks if max_tasks > 0 else -1)
         return self.schedule()
 
-    def remove_worker(self, peer: str, exitcode: int | None, running: int | None = None) -> list[Command]:
+    def remove_worker(
+        self, peer: str, exitcode: int | None, running: int | None = None, timed_out: bool = False
+    ) -> list[Command]:
         """A worker died or vanished. The task it was running (``running``;
         -1 means it was between tasks; None means unknown, and then its oldest
         task is blamed) is charged an attempt; the rest of its queue goes back
-        untouched."""
+        untouched. With ``timed_out`` its supervisor killed it for running
+        ``running`` past its job's timeout: that task fails as TIMEOUT, not
+        charged and never retried."""
         worker = self.workers.pop(peer, None)
         if worker is None:
             return []
         assigned = list(worker.assigned.values())
-        if exitcode != 0 or running != -1:
+        if not timed_out and (exitcode != 0 or running != -1):
             self.totals.workers_lost += 1
         if running is None:
             running = assigned[0].key if assigned else -1
@@ -169,10 +125,18 @@ class Scheduler:
         # Requeue in reverse so the original order is kept at the queue front.
         for task in reversed(assigned):
             task.worker = ""
+            self._unhold(task)
             job = task.job
             client = self.clients.get(job.client)
             if client is not None:
                 self._release(client, peer)
+            if task.key == running and timed_out:
+                text = (
+                    f"task {task.task_id} ran past its task_timeout of {job.timeout:g} s: worker process "
+                    f"pid {worker.pid} on node {worker.node!r} was killed (the task is not retried)"
+                )
+                cmds += self._finish(task, Status.TIMEOUT, [], [text, worker.node, worker.pid, job.timeout])
+                continue
             if task.key == running:
                 task.attempt += 1
                 text = (
@@ -195,12 +159,37 @@ class Scheduler:
 
     # --- client requests ------------------------------------------------------
 
-    def define_job(self, peer: str, job_id: int, runner: list[Any], max_retries: int) -> list[Command]:
+    def define_job(
+        self,
+        peer: str,
+        job_id: int,
+        runner: list[Any],
+        max_retries: int,
+        timeout: float = 0.0,
+        resources: dict[str, float] | None = None,
+    ) -> list[Command]:
+        """Define a job (``timeout`` and ``resources`` checked by the caller).
+
+        A job whose ``resources`` no joined node has is refused: each of its
+        tasks is answered REFUSED as it arrives (the client raises
+        ValueError), so nothing waits for a node that is not there. Jobs
+        defined while a fitting node was joined wait for one if it leaves,
+        as every task waits while no worker is joined.
+        """
         client = self.clients[peer]
         if job_id in client.jobs:
             return [Send(peer, protocol.Error(protocol.ErrorCode.BAD_MESSAGE, f"job {job_id} defined twice", job_id))]
-        client.jobs[job_id] = Job(self._next_job, peer, job_id, runner, max(0, max_retries))
+        need = dict(resources or {})
+        job = Job(self._next_job, peer, job_id, runner, max(0, max_retries), timeout=timeout, resources=need)
+        client.jobs[job_id] = job
         self._next_job += 1
+        if need and not any(node.covers(need, now=False) for node in self.nodes.values()):
+            wanted = ", ".join(f"{k}={v:g}" for k, v in sorted(need.items()))
+            have = "; ".join(
+                f"{n.name}: " + (", ".join(f"{k}={v:g}" for k, v in sorted(n.total.items())) or "none")
+                for n in self.nodes.values()
+            ) or "no node has joined"
+            job.refused = f"no joined node has resources {wanted} for one task (nodes have: {have})"
         return []
 
     def submit(self, peer: str, job_id: int, tasks: list[tuple[int, list[Any]]]) -> list[Command]:
@@ -208,6 +197,9 @@ class Scheduler:
         job = client.jobs.get(job_id)
         if job is None:
             return [Send(peer, protocol.Error(protocol.ErrorCode.UNKNOWN_JOB, f"unknown job {job_id}", job_id))]
+        if job.refused:
+            items = [[job_id, task_id, int(Status.REFUSED), 0, 0.0, job.refused] for task_id, _ in tasks]
+            return [Send(peer, protocol.Results(items))]
         was_idle = not job.pending
         for task_id, frames in tasks:
             task = Task(self._next_task, job, task_id, frames)
@@ -254,6 +246,7 @@ class Scheduler:
             if task is None or task.attempt != attempt:
                 continue  # late result of a task that was given to someone else
             del worker.assigned[key]
+            self._unhold(task)
             worker.done += 1
             self.tasks_done += 1
             run_total += float(run_s)
@@ -302,25 +295,30 @@ class Scheduler:
         share = -(-self.queued_total // len(hungry))
         for worker, free in hungry:
             free = min(free, share)
-            jobs: list[list[int]] = []
+            jobs: list[list[Any]] = []
             job_frames: list[Any] = []
             items: list[list[int]] = []
             frames: list[Any] = []
             while free > 0 and self._ready:
-                if not self._pick(worker):
-                    break  # every waiting client is at its cap of workers
+                job = self._pick(worker)
+                if job is None:
+                    break  # every waiting client is at its cap of workers, or needs resources not free here
                 client = self._ready[0]
-                job = client.active[0]
                 task = job.pending.popleft()
                 if not job.pending:
-                    client.active.popleft()
+                    client.active.remove(job)  # the first, unless others wait for resources
                 if not client.active:
                     self._ready.popleft()
                 elif len(self._ready) > 1:
                     self._ready.rotate(-1)
+                if job.resources:
+                    node = self.nodes[worker.node]  # _pick saw it there
+                    for res, amount in job.resources.items():
+                        node.free[res] -= amount
+                    task.held = node
                 if worker.peer not in job.holders:
                     job.holders.add(worker.peer)
-                    jobs.append([job.key, len(job.runner)])
+                    jobs.append([job.key, len(job.runner), job.timeout])
                     job_frames.extend(job.runner)
                 task.worker = worker.peer
                 worker.assigned[task.key] = task
@@ -341,15 +339,35 @@ class Scheduler:
 
     # --- internals ---------------------------------------------------------------
 
-    def _pick(self, worker: Worker) -> bool:
-        """Rotate the ready clients until the first may use ``worker``; False if none may."""
+    def _pick(self, worker: Worker) -> Job | None:
+        """Rotate the ready clients until the first may use ``worker``; its
+        first job that may run there (None if no client has one).
+
+        A job with resources may run only on an idle worker of a node that
+        has them free (so no task waits behind another holding them).
+        """
         ready = self._ready
         for _ in range(len(ready)):
             c = ready[0]
             if not c.max_workers or worker.peer in c.on or len(c.on) < c.max_workers:
-                return True
+                for job in c.active:
+                    if not job.resources:
+                        return job
+                    node = self.nodes.get(worker.node)
+                    if node is not None and not worker.assigned and node.covers(job.resources, now=True):
+                        return job
             ready.rotate(-1)
-        return False
+        return None
+
+    @staticmethod
+    def _unhold(task: Task) -> None:
+        """Give back the resources ``task`` holds, once (to the node record it took them from)."""
+        node = task.held
+        if node is None:
+            return
+        task.held = None
+        for res, amount in task.job.resources.items():
+            node.free[res] = node.free.get(res, 0.0) + amount
 
     def _release(self, client: Client, worker: str) -> None:
         """One of ``client``'s tasks left ``worker`` (done, lost or cancelled)."""
@@ -426,6 +444,7 @@ class Scheduler:
                 continue
             for t in doomed:
                 del worker.assigned[t.key]
+                self._unhold(t)
                 self.tasks.pop(t.key, None)
                 self._release(client, worker.peer)
             worker.doomed = True

@@ -27,6 +27,11 @@ def report(address: str, version: str, started: float, peers: Peers, sched: Sche
         node["slots"] += 1
         node["busy"] += 1 if w.assigned else 0
         node["tasks_done"] += w.done
+    for name, entry in nodes.items():
+        declared = sched.nodes.get(name)
+        if declared is not None and declared.total:  # dmp worker --resources
+            entry["resources"] = dict(declared.total)
+            entry["resources_free"] = dict(declared.free)
     clients = []
     for c in sched.clients.values():
         cpeer = peers.by_id.get(c.peer)

@@ -527,7 +527,7 @@ def test_a_rogue_manager_cannot_make_a_worker_load_its_pickle(tmp_path: Path, ma
         worker, worker_pid = idents["worker"], node.wait_workers("node1")[0]
         # A well-formed Dispatch (runner and task both the pickle): only the signature is missing.
         sz, physical = protocol.pack([evil, evil])
-        body = [protocol.encode(protocol.Dispatch([[1, 1]], [[1, 1, 0, 1]]), sz), *physical]
+        body = [protocol.encode(protocol.Dispatch([[1, 1, 0]], [[1, 1, 0, 1]]), sz), *physical]
         wrong = protocol.Signer(b"not the key")
         for to in (worker, idents["node"]):
             router.send_multipart([to, b"", *body])
@@ -546,7 +546,7 @@ def test_a_rogue_manager_cannot_make_a_worker_load_its_pickle(tmp_path: Path, ma
         # Positive control: the same route with the key runs a task. The worker
         # handles its connection in order, so the forgeries were handled first.
         task = serialization.dumps((tasks.log_attempt, (str(markers), 0), {}), by_value=True)
-        chan.send(protocol.Dispatch([[2, 0]], [[2, 2, 0, len(task)]]), task, to=worker)
+        chan.send(protocol.Dispatch([[2, 0, 0]], [[2, 2, 0, len(task)]]), task, to=worker)
         wait_for(lambda: tasks.attempts(str(markers), 0), 30, "the signed task to run")
         assert not pwned.exists()
         assert alive(worker_pid) and node.worker_pids("node1") == [worker_pid]

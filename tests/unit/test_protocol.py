@@ -36,7 +36,7 @@ SAMPLES: dict[str, protocol.Message] = {
     "Submit": protocol.Submit(3, [[1, 1], [2, 0], [3, 2]]),
     "EndJob": protocol.EndJob(3),
     "CancelJob": protocol.CancelJob(3),
-    "Dispatch": protocol.Dispatch([[9, 1]], [[100, 9, 0, 1], [101, 9, 2, 1]]),
+    "Dispatch": protocol.Dispatch([[9, 1, 0.0]], [[100, 9, 0, 1], [101, 9, 2, 1]]),
     "Results": protocol.Results([[100, 0, 0, 1, 0.25, ""], [101, 2, 2, 0, 0.0, "pid 7 died"]]),
     "ForgetJobs": protocol.ForgetJobs([9, 10]),
     "Output": protocol.Output(3, 1, "stdout", "hello\n", "node-a:4242"),
@@ -100,7 +100,7 @@ def test_round_trip_without_sizes_and_from_memoryview() -> None:
 def test_header_layout_is_version_type_sizes_fields() -> None:
     msg = SAMPLES["WorkerExited"]
     raw = msgpack.unpackb(encode(msg, [5]), raw=False)
-    assert raw == [PROTOCOL_VERSION, 20, [5], "w-1", 4242, -9, 100]
+    assert raw == [PROTOCOL_VERSION, 20, [5], "w-1", 4242, -9, 100, 0]
 
 
 def test_trailing_defaults_may_be_left_off() -> None:
@@ -116,7 +116,7 @@ def test_codes_are_unique_and_registered() -> None:
         protocol.message(protocol.Hello.TYPE)(type("Dup", (protocol.Message,), {}))
 
 
-@pytest.mark.parametrize("version", [0, protocol.PROTOCOL_VERSION + 1, 99])
+@pytest.mark.parametrize("version", [0, PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, 99])
 def test_version_mismatch_names_both_versions(version: int) -> None:
     header = _header(version, protocol.Heartbeat.TYPE, [])
     with pytest.raises(ProtocolError) as info:

@@ -51,7 +51,7 @@ class Harness:
         n_job = protocol.count_frames(msg.jobs, 1)
         n_task = protocol.count_frames(msg.tasks, 3)
         assert n_job + n_task == len(frames), "Dispatch frame count does not add up"
-        for job_key, _n in msg.jobs:
+        for job_key, _n, _timeout in msg.jobs:
             assert job_key not in self.runners[worker], "runner sent twice to one worker"
             self.runners[worker].add(job_key)
         pos = n_job
@@ -179,7 +179,7 @@ def test_queued_work_goes_to_a_worker_that_joins(h: Harness) -> None:
     cmds = h.worker("w1")
     (send,) = sends_of(cmds, protocol.Dispatch)
     job_key = send.msg.jobs[0][0]
-    assert send.msg.jobs == [[job_key, 2]]
+    assert send.msg.jobs == [[job_key, 2, 0.0]]
     assert send.msg.tasks == [[send.msg.tasks[0][0], job_key, 0, 1]]
     assert send.frames == [b"r1", b"r2", b"A:1:7"]  # runner frames first, then the task's
     assert h.s.queued() == 0

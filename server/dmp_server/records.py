@@ -1,0 +1,106 @@
+"""The scheduler's records: the commands it returns, and the clients, jobs,
+tasks, nodes and workers it keeps (see dmp_server.scheduler, which owns them).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from dmp.wire import protocol
+
+
+@dataclass(slots=True)
+class Send:
+    """Command: send ``msg`` with payload ``frames`` to peer ``to``."""
+
+    to: str
+    msg: protocol.Message
+    frames: list[Any] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Kill:
+    """Command: kill worker ``worker`` (its task was cancelled)."""
+
+    worker: str
+
+
+Command = Send | Kill
+
+
+@dataclass(slots=True, eq=False)
+class Task:
+    key: int
+    job: Job
+    task_id: int
+    frames: list[Any]
+    attempt: int = 0
+    worker: str = ""
+    last_loss: list[Any] = field(default_factory=list)  # [text, node, pid, exitcode]
+    held: Node | None = None  # the node whose resources it holds (given to a worker there)
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    key: int
+    client: str
+    job_id: int
+    runner: list[Any]
+    max_retries: int
+    pending: deque[Task] = field(default_factory=deque)
+    outstanding: int = 0
+    ended: bool = False
+    holders: set[str] = field(default_factory=set)  # workers that cached the runner
+    timeout: float = 0.0  # seconds each task may run (0: no limit)
+    resources: dict[str, float] = field(default_factory=dict)  # each task's need, held while it runs
+    refused: str = ""  # why no joined node could ever satisfy ``resources`` ("": one could)
+
+
+@dataclass(slots=True, eq=False)
+class Client:
+    peer: str
+    jobs: dict[int, Job] = field(default_factory=dict)
+    active: deque[Job] = field(default_factory=deque)  # jobs with pending tasks, FIFO
+    queued: int = 0
+    running: int = 0
+    max_workers: int = 0  # Pool(k) in a cluster: at most k workers at once (0: no cap)
+    on: dict[str, int] = field(default_factory=dict)  # worker -> this client's tasks there
+    done: int = 0  # outcomes delivered (returned, raised, lost)
+    failed: int = 0  # of which were errors
+    retried: int = 0  # reruns after a worker died
+
+
+@dataclass(slots=True)
+class Totals:
+    """Counters since the manager started (the dashboard's and /metrics' figures)."""
+
+    done: int = 0
+    failed: int = 0
+    retried: int = 0
+    workers_lost: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class Node:
+    """What a node declared it has (``dmp worker --resources``), and what is free now."""
+
+    name: str
+    total: dict[str, float]
+    free: dict[str, float]
+
+    def covers(self, need: dict[str, float], *, now: bool) -> bool:
+        have = self.free if now else self.total
+        return all(have.get(name, 0.0) >= amount for name, amount in need.items())
+
+
+@dataclass(slots=True, eq=False)
+class Worker:
+    peer: str
+    node: str
+    pid: int
+    tasks_left: int  # before it exits by itself (maxtasksperchild); -1: no limit
+    assigned: dict[int, Task] = field(default_factory=dict)  # in dispatch order
+    done: int = 0
+    doomed: bool = False  # told to die: gets no more work
