@@ -478,11 +478,11 @@ def test_kubernetes_manager(monkeypatch: pytest.MonkeyPatch) -> None:
     assert_flags_known(container["args"])
     args = parse_cli(monkeypatch, container["args"])
     assert args.bind == "tcp://0.0.0.0:5555" and args.authkey_file == "/etc/dmp/authkey"
+    assert args.dashboard == "0.0.0.0:8787"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"dmp": 5555, "dashboard": 8787}
     for probe in ("readinessProbe", "livenessProbe"):
-        command = container[probe]["exec"]["command"]
-        assert command[0] == "dmp"
-        assert_flags_known(command[1:])
-        assert parse_cli(monkeypatch, command[1:]).authkey_file == args.authkey_file
+        assert container[probe]["httpGet"] == {"path": "/health", "port": "dashboard"}
     service = kube_object("Service", "dmp-manager")
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     assert service["spec"]["ports"][0]["port"] == 5555
