@@ -222,9 +222,11 @@ def format_status(status: dict[str, Any]) -> str:
     ]
     for n in status["nodes"]:
         lines.append(f"  node {n['name']:<24} host {n['host']:<16} slots {n['slots']:>3} busy {n['busy']:>3} "
-                     f"done {n['tasks_done']:>8} heartbeat {n['last_heartbeat_s']:.1f} s ago")
+                     f"done {n['tasks_done']:>8} heartbeat {n['last_heartbeat_s']:.1f} s ago"
+                     f"{'  ' + n['version'] if n.get('version') else ''}")
     for c in status["clients"]:
-        lines.append(f"  client {c['id']:<20} host {c['host']:<16} queued {c['queued']:>6} running {c['running']:>4}")
+        lines.append(f"  client {c.get('name') or c['id']:<20} host {c['host']:<16} queued {c['queued']:>6} "
+                     f"running {c['running']:>4} done {c.get('done', 0):>8} failed {c.get('failed', 0):>5}")
     return "\n".join(lines)
 
 

@@ -53,6 +53,7 @@ class Peer:
     node: str
     slots: int
     last_seen: float
+    version: str = ""  # what its Hello said: dmp's and Python's versions
 
 
 @dataclass(slots=True)

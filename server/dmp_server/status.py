@@ -18,7 +18,7 @@ def report(address: str, version: str, started: float, peers: Peers, sched: Sche
         if peer.role == Role.NODE:
             nodes[peer.name] = {
                 "name": peer.name, "host": peer.host, "slots": 0, "busy": 0,
-                "tasks_done": 0, "last_heartbeat_s": round(now - peer.last_seen, 3),
+                "tasks_done": 0, "last_heartbeat_s": round(now - peer.last_seen, 3), "version": peer.version,
             }
     for w in sched.workers.values():
         node = nodes.setdefault(w.node, {

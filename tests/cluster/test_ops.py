@@ -260,7 +260,11 @@ def test_local_cluster_runs_a_pool_and_stops_everything() -> None:
             assert pool.map(abs, range(-20, 0)) == list(range(20, 0, -1))
         status = dmp.status(cluster.address, cluster.authkey)
         assert status["slots"] == 2 and {n["name"] for n in status["nodes"]} == {"local-1", "local-2"}
-        assert set(status) >= {"manager", "slots", "busy", "queued", "nodes", "clients"}
+        assert set(status) >= {"manager", "slots", "busy", "queued", "nodes", "clients", "totals"}
+        from dmp.wire.protocol import software_version
+
+        assert {n["version"] for n in status["nodes"]} == {software_version()}
+        assert status["totals"]["done"] >= 1 and status["totals"]["failed"] == 0
         with pytest.raises(dmp.TimeoutError, match="3 worker slots"):
             dmp.wait_for_workers(3, 0.5, address=cluster.address, authkey=cluster.authkey)
         assert dmp.wait_for_workers(2, 10, address=cluster.address, authkey=cluster.authkey)["slots"] == 2
