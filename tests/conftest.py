@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Iterator
 
 import pytest
 
 from tests.daemons import kill_leftovers
+
+# Some tests press Ctrl-C (SIGINT to themselves or to a command they start),
+# as a user at a terminal would. A shell starts background jobs with SIGINT
+# ignored, and children inherit that: give this process (and so the commands
+# it starts) the default Ctrl-C back, whatever launched the suite.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -23,8 +31,6 @@ def daemons_swept() -> Iterator[None]:
 def sigint_left_as_found() -> Iterator[None]:
     """A test may not leave Ctrl-C held (dmp's critical-step depth) or its handler replaced:
     every later Ctrl-C test in the same process would then fail for no reason of its own."""
-    import signal
-
     from dmp.client import sigint
 
     handler = signal.getsignal(signal.SIGINT)

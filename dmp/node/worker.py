@@ -77,7 +77,7 @@ class FdSlot(mmap.mmap):
         os.ftruncate(fd, SLOT_SIZE)
         self = super().__new__(cls, fd, SLOT_SIZE)
         self.fd = fd
-        _SLOT.pack_into(self, 0, -1, 0)
+        _SLOT.pack_into(self, 0, -1, 0, 0.0)
         return self
 
     def __reduce__(self) -> Any:

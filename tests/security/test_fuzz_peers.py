@@ -84,7 +84,7 @@ def test_a_fake_manager_fuzzing_a_node_and_its_worker(tmp_path: Path, markers: P
                     ident = b""
             _welcome(chan, worker_ident)
             task = serialization.dumps((tasks.log_attempt, (str(markers), 0), {}), by_value=True)
-            chan.send(protocol.Dispatch([[1, 0]], [[1, 1, 0, len(task)]]), task, to=worker_ident)
+            chan.send(protocol.Dispatch([[1, 0, 0.0]], [[1, 1, 0, len(task)]]), task, to=worker_ident)
             wait_for(lambda: tasks.attempts(str(markers), 0), 20, "the worker to run a signed task")
         finally:
             node.stop()
