@@ -60,10 +60,6 @@ def _cluster() -> Any:
 def Queue(maxsize: int = 0) -> Any:
     """A process-shared FIFO queue (``multiprocessing.Queue``).
 
-    Local mode: the standard library's fork-context object. Cluster mode (an
-    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
-    manager hosts, which can be passed to remote processes.
-
     Raises:
         ManagerUnavailableError: (cluster mode) no manager answered in time.
         AuthenticationError: (cluster mode) the manager refused the authkey.
@@ -74,10 +70,6 @@ def Queue(maxsize: int = 0) -> Any:
 
 def JoinableQueue(maxsize: int = 0) -> Any:
     """A :func:`Queue` with ``task_done()`` and ``join()``.
-
-    Local mode: the standard library's fork-context object. Cluster mode (an
-    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
-    manager hosts, which can be passed to remote processes.
 
     Raises:
         ManagerUnavailableError: (cluster mode) no manager answered in time.
@@ -90,10 +82,6 @@ def JoinableQueue(maxsize: int = 0) -> Any:
 def SimpleQueue() -> Any:
     """A simple process-shared queue (in cluster mode, a hosted ``Queue``).
 
-    Local mode: the standard library's fork-context object. Cluster mode (an
-    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
-    manager hosts, which can be passed to remote processes.
-
     Raises:
         ManagerUnavailableError: (cluster mode) no manager answered in time.
         AuthenticationError: (cluster mode) the manager refused the authkey.
@@ -104,10 +92,6 @@ def SimpleQueue() -> Any:
 
 def Lock() -> Any:
     """A process-shared non-recursive lock.
-
-    Local mode: the standard library's fork-context object. Cluster mode (an
-    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
-    manager hosts, which can be passed to remote processes.
 
     Raises:
         ManagerUnavailableError: (cluster mode) no manager answered in time.
@@ -120,10 +104,6 @@ def Lock() -> Any:
 def RLock() -> Any:
     """A process-shared recursive lock.
 
-    Local mode: the standard library's fork-context object. Cluster mode (an
-    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
-    manager hosts, which can be passed to remote processes.
-
     Raises:
         ManagerUnavailableError: (cluster mode) no manager answered in time.
         AuthenticationError: (cluster mode) the manager refused the authkey.
@@ -134,10 +114,6 @@ def RLock() -> Any:
 
 def Semaphore(value: int = 1) -> Any:
     """A process-shared semaphore.
-
-    Local mode: the standard library's fork-context object. Cluster mode (an
-    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
-    manager hosts, which can be passed to remote processes.
 
     Raises:
         ManagerUnavailableError: (cluster mode) no manager answered in time.
@@ -150,10 +126,6 @@ def Semaphore(value: int = 1) -> Any:
 def BoundedSemaphore(value: int = 1) -> Any:
     """A process-shared semaphore that refuses to be released above its start value.
 
-    Local mode: the standard library's fork-context object. Cluster mode (an
-    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
-    manager hosts, which can be passed to remote processes.
-
     Raises:
         ManagerUnavailableError: (cluster mode) no manager answered in time.
         AuthenticationError: (cluster mode) the manager refused the authkey.
@@ -164,10 +136,6 @@ def BoundedSemaphore(value: int = 1) -> Any:
 
 def Event() -> Any:
     """A process-shared event flag.
-
-    Local mode: the standard library's fork-context object. Cluster mode (an
-    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
-    manager hosts, which can be passed to remote processes.
 
     Raises:
         ManagerUnavailableError: (cluster mode) no manager answered in time.
@@ -180,10 +148,6 @@ def Event() -> Any:
 def Condition(lock: Any = None) -> Any:
     """A process-shared condition variable (in cluster mode ``lock`` is ignored: the hosted condition has its own).
 
-    Local mode: the standard library's fork-context object. Cluster mode (an
-    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
-    manager hosts, which can be passed to remote processes.
-
     Raises:
         ManagerUnavailableError: (cluster mode) no manager answered in time.
         AuthenticationError: (cluster mode) the manager refused the authkey.
@@ -194,10 +158,6 @@ def Condition(lock: Any = None) -> Any:
 
 def Barrier(parties: int, action: Any = None, timeout: float | None = None) -> Any:
     """A process-shared barrier for ``parties`` processes.
-
-    Local mode: the standard library's fork-context object. Cluster mode (an
-    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
-    manager hosts, which can be passed to remote processes.
 
     Raises:
         ManagerUnavailableError: (cluster mode) no manager answered in time.
@@ -210,10 +170,6 @@ def Barrier(parties: int, action: Any = None, timeout: float | None = None) -> A
 def Value(typecode_or_type: Any, *args: Any, lock: Any = True) -> Any:
     """A process-shared ctypes value (in cluster mode, a hosted value proxy).
 
-    Local mode: the standard library's fork-context object. Cluster mode (an
-    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
-    manager hosts, which can be passed to remote processes.
-
     Raises:
         ManagerUnavailableError: (cluster mode) no manager answered in time.
         AuthenticationError: (cluster mode) the manager refused the authkey.
@@ -224,10 +180,6 @@ def Value(typecode_or_type: Any, *args: Any, lock: Any = True) -> Any:
 
 def Array(typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) -> Any:
     """A process-shared ctypes array (in cluster mode, a hosted array proxy).
-
-    Local mode: the standard library's fork-context object. Cluster mode (an
-    address from ``dmp.connect()`` or ``DMP_ADDRESS``): a proxy of an object the
-    manager hosts, which can be passed to remote processes.
 
     Raises:
         ManagerUnavailableError: (cluster mode) no manager answered in time.
