@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +40,11 @@ def sigint_left_as_found() -> Iterator[None]:
     now = signal.getsignal(signal.SIGINT)
     assert now is handler or now is sigint._handler or handler is sigint._handler, (
         f"the test left SIGINT's handler replaced: {handler!r} -> {now!r}")
+
+
+@pytest.fixture
+def markers(tmp_path: Path) -> Path:
+    """A fresh directory where tasks leave marker files (how a test sees what ran, and how often)."""
+    d = tmp_path / "markers"
+    d.mkdir()
+    return d

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cloudpickle
 import pytest
 
+import dmp
 from tests.daemons import Daemons, start_cluster
 
 from . import tasks
@@ -44,7 +46,20 @@ def shared_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemons
 
 
 @pytest.fixture
-def markers(tmp_path: Path) -> Path:
-    d = tmp_path / "markers"
-    d.mkdir()
-    return d
+def make_pool(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """make_pool(mode, **kw): a local Pool(2) or a Pool on the module's shared cluster."""
+    pools: list[dmp.Pool] = []
+
+    def make(mode: str, **kw: Any) -> dmp.Pool:
+        if mode == "local":
+            pool = dmp.Pool(2, **kw)
+        else:
+            cluster: Daemons = request.getfixturevalue("shared_cluster")
+            cluster.wait_slots(4)  # the previous test's victims have been replaced
+            pool = dmp.Pool(address=cluster.address, **kw)
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        pool.terminate()

@@ -7,7 +7,6 @@ other tasks of the same map succeed and the pool stays usable.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,26 +22,6 @@ cloudpickle.register_pickle_by_value(limit_tasks)
 
 MODES = ["local", "cluster"]
 TIMEOUT = 1.0
-
-
-@pytest.fixture
-def make_pool(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """make_pool(mode, **kw): a local Pool(2) or a Pool on the module's shared cluster."""
-    pools: list[dmp.Pool] = []
-
-    def make(mode: str, **kw: Any) -> dmp.Pool:
-        if mode == "local":
-            pool = dmp.Pool(2, **kw)
-        else:
-            cluster: FaultCluster = request.getfixturevalue("shared_cluster")
-            cluster.wait_slots(4)  # the previous test's victims have been replaced
-            pool = dmp.Pool(address=cluster.address, **kw)
-        pools.append(pool)
-        return pool
-
-    yield make
-    for pool in pools:
-        pool.terminate()
 
 
 def _outcomes(it: Any, n: int) -> list[Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,31 +21,11 @@ import pytest
 import dmp
 
 from . import tasks
-from .harness import DeliveryCounter, FaultCluster, OomKiller, alive
+from .harness import DeliveryCounter, OomKiller, alive
 
 HOWS = ["sigkill", "exit", "segv", "oom"]
 EXITCODE = {"sigkill": -signal.SIGKILL, "exit": 3, "segv": -signal.SIGSEGV, "oom": -signal.SIGKILL}
 DESCRIBED = {"sigkill": "signal SIGKILL", "exit": "exit code 3", "segv": "signal SIGSEGV", "oom": "signal SIGKILL"}
-
-
-@pytest.fixture
-def make_pool(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """make_pool(mode, **kw): a local Pool(2) or a Pool on the module's shared cluster."""
-    pools: list[dmp.Pool] = []
-
-    def make(mode: str, **kw: Any) -> dmp.Pool:
-        if mode == "local":
-            pool = dmp.Pool(2, **kw)
-        else:
-            cluster: FaultCluster = request.getfixturevalue("shared_cluster")
-            cluster.wait_slots(4)  # the previous test's victims have been replaced
-            pool = dmp.Pool(address=cluster.address, **kw)
-        pools.append(pool)
-        return pool
-
-    yield make
-    for pool in pools:
-        pool.terminate()
 
 
 @pytest.mark.timeout(90)

@@ -38,10 +38,3 @@ def cluster(tmp_path: Path) -> Iterator[FaultCluster]:
         yield c
     finally:
         c.stop()
-
-
-@pytest.fixture
-def markers(tmp_path: Path) -> Path:
-    d = tmp_path / "markers"
-    d.mkdir()
-    return d
