@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from typing import Any
 
 import msgpack
 import pytest
-import zmq
 
 import dmp
 from dmp.wire import protocol
+from tests.rawpeer import raw_dealer, reply
 
 
 def square(x: int) -> int:
@@ -26,23 +28,11 @@ def pool():
 
 
 @pytest.fixture
-def raw(pool):
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 5000)
-    sock.connect(pool._engine.daemon.endpoints[0])
-    try:
+def raw(pool: Any) -> Iterator[Any]:
+    with raw_dealer(pool) as sock:
         yield sock
-    finally:
-        sock.close()
-        ctx.term()
 
 
-def reply(sock) -> protocol.Message:
-    parts = sock.recv_multipart()
-    msg, _ = protocol.decode(parts[1])
-    return msg
 
 
 @pytest.mark.timeout(30)

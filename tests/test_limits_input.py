@@ -11,6 +11,7 @@ import zmq
 
 import dmp
 from dmp.wire import protocol
+from tests.rawpeer import raw_dealer, reply, send
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -29,29 +30,12 @@ def pool() -> Iterator[dmp.Pool]:
 
 
 @pytest.fixture
-def raw(pool: dmp.Pool) -> Iterator[zmq.Socket]:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 5000)
-    sock.connect(pool._engine.daemon.endpoints[0])
-    try:
+def raw(pool: Any) -> Iterator[Any]:
+    with raw_dealer(pool) as sock:
         yield sock
-    finally:
-        sock.close()
-        ctx.term()
 
 
-def send(sock: zmq.Socket, msg: protocol.Message) -> None:
-    sock.send_multipart([b"", protocol.encode(msg)])
 
-
-def reply(sock: zmq.Socket) -> protocol.Message:
-    while True:
-        parts = sock.recv_multipart()
-        msg, _ = protocol.decode(parts[1])
-        if not isinstance(msg, protocol.Heartbeat):
-            return msg
 
 
 @pytest.mark.parametrize("fields, says", [
