@@ -35,7 +35,12 @@ class UsageError(ValueError):
     """Bad arguments or an unusable address: exit status 2, one line."""
 
 
-def _authkey(path: str | None) -> bytes | None:
+def read_authkey(path: str | None) -> bytes | None:
+    """The key in ``path`` (whitespace stripped), else DMP_AUTHKEY's; None for neither.
+
+    Raises:
+        SystemExit: the file cannot be read or is empty (the daemons' message and status).
+    """
     if path:
         try:
             with open(path, "rb") as fh:
@@ -89,7 +94,7 @@ def _target(args: argparse.Namespace) -> _Target:
         pinned = token.curve_public
     else:
         address = normalize_address(given)
-    key = _authkey(args.authkey_file) if args.authkey_file or token is None else token.authkey
+    key = read_authkey(args.authkey_file) if args.authkey_file or token is None else token.authkey
     if pinned is not None:
         transport.pin_curve_key(pinned)
     else:
@@ -101,7 +106,7 @@ def cmd_manager(args: argparse.Namespace) -> int:
     from dmp_server.daemon import Daemon
 
     bind = normalize_address(args.bind)
-    key = _authkey(args.authkey_file)
+    key = read_authkey(args.authkey_file)
     if key is None and not is_loopback(bind):
         print(
             f"dmp manager: refusing to bind {bind} without an authkey: anyone who can reach it "
@@ -264,7 +269,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     given = args.address or _config.env_address()
     if not given:
         raise UsageError(f"no manager address: give ADDRESS or set {_config.ENV_ADDRESS}")
-    key = _authkey(args.authkey_file)
+    key = read_authkey(args.authkey_file)
     if key is None:
         raise UsageError(f"a join token needs the authkey: --authkey-file FILE or {_config.ENV_AUTHKEY}")
     transport.use_curve(args.curve)

@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     keyfile = None
-    key = cli._authkey(args.authkey_file)  # else DMP_AUTHKEY
+    key = cli.read_authkey(args.authkey_file)  # else DMP_AUTHKEY
     if key is None:
         key = secrets.token_hex(32).encode()
         fd, keyfile = tempfile.mkstemp(prefix="dmp-ssh-", suffix=".key")
@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _serve(launch: Launch, slots: dict[str, int], address: str, keyfile: str | None,
            stopping: threading.Event, args: argparse.Namespace) -> int:
-    from dmp import cli
+    from dmp.client.cluster import fetch_status
 
     hosts = list(slots)
     manager = launch.start(hosts[0], "manager", ["--bind", f"tcp://0.0.0.0:{args.port}"])
@@ -246,7 +246,7 @@ def _serve(launch: Launch, slots: dict[str, int], address: str, keyfile: str | N
                       file=sys.stderr, flush=True)
                 return 1
         if not ready:
-            status = cli.fetch_status(address, launch.key, 2.0)
+            status = fetch_status(address, launch.key, 2.0)
             joined = {n["name"]: n["slots"] for n in status["nodes"]} if status else {}
             if status and all(joined.get(h, 0) >= n for h, n in slots.items()):
                 print(f"ready: {status['slots']} slots", flush=True)
