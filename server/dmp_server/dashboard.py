@@ -40,6 +40,11 @@ HISTORY_S = 600.0
 SESSION_S = 12 * 3600.0
 NONCE_S = 60.0
 MAX_SESSIONS = 1000
+# The page runs in the manager's process: a stranger holding connections open
+# must not pile up threads there. Each connection may idle this long, and at
+# most this many are served at once (a browser tab needs one or two).
+IDLE_S = 10.0
+MAX_CONNECTIONS = 32
 
 
 def metrics_token(key: bytes) -> str:
@@ -143,7 +148,7 @@ class Dashboard:
         self._lock = threading.Lock()
         self.page = resources.files("dmp_server").joinpath("dashboard.html").read_bytes()
         handler = type("Handler", (_Handler,), {"dashboard": self})
-        self.server = ThreadingHTTPServer((host, port), handler)
+        self.server = _BoundedServer((host, port), handler)
         self.server.daemon_threads = True
         address = self.server.server_address
         self.host, self.port = str(address[0]), int(address[1])
@@ -209,10 +214,31 @@ def _cookie(header: str | None, name: str) -> str | None:
     return None
 
 
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, but never more than MAX_CONNECTIONS of them."""
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # busy: this connection is closed at once
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class _Handler(BaseHTTPRequestHandler):
     dashboard: Dashboard
     server_version = "dmp-dashboard"
     protocol_version = "HTTP/1.1"
+    timeout = IDLE_S  # an idle or trickling connection is closed
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)

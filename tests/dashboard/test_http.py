@@ -151,3 +151,34 @@ def test_history_gives_tasks_per_second_between_snapshots(local: Dashboard) -> N
     board.publish(later)
     rates = json.loads(request(local, "GET", "/api/history")[2])["tasks_per_s"]
     assert rates and rates[-1][1] > 0
+
+
+def test_idle_connections_cannot_pile_up_threads_in_the_manager(local: Dashboard) -> None:
+    """A stranger holding connections open gets at most MAX_CONNECTIONS serving threads."""
+    import socket
+    import threading
+    import time
+
+    from dmp_server import dashboard
+
+    before = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", local.port), timeout=5) for _ in range(dashboard.MAX_CONNECTIONS + 20)]
+    try:
+        deadline = time.monotonic() + 10
+        while threading.active_count() - before < dashboard.MAX_CONNECTIONS and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # let any thread beyond the cap show up, were there one
+        assert threading.active_count() - before <= dashboard.MAX_CONNECTIONS
+    finally:
+        for s in idle:
+            s.close()
+    # Once they are gone the dashboard serves again.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if request(local, "GET", "/health")[0] == 200:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the dashboard never served again"
+        time.sleep(0.1)
