@@ -1,0 +1,224 @@
+"""Simulated peers for ``tests.bench.scale``: many sockets speaking the real protocol from a few processes.
+
+    nodes + workers process   one DEALER per node and per worker (the worker's identity is its
+                              worker id, as in dmp.node.worker), real Hello / Welcome / proof
+                              through dmp.wire.transport.Channel (signed with the authkey);
+                              a Dispatch is answered at once with one Results carrying, per
+                              task, the pickled list of its items doubled (the task's frame is
+                              the pickled list of its items); heartbeats as a node's real
+                              workers send them: one a beat while idle, none while answering
+    clients process           one DEALER per client: DefineJob, then Submit batches of up to
+                              64 tasks while under the client's credit (MAX_OUTSTANDING_TASKS),
+                              every result unpickled and checked against its task's items
+
+Each process is started with multiprocessing's spawn and steered over a Pipe:
+it answers "ready" once joined, then serves until told "stop" (workers) or
+until every task is back (clients), and answers with its counts.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import resource
+import socket
+import time
+import uuid
+from multiprocessing.connection import Connection
+from typing import Any
+
+import zmq
+
+from dmp import _config
+from dmp.wire import protocol, transport
+
+SUBMIT_BATCH = 64
+JOIN_TIMEOUT_S = 120.0
+
+
+def _prepare() -> None:
+    """Room for thousands of sockets in this process."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    transport.context().set(zmq.MAX_SOCKETS, 65536)
+
+
+def _channel(address: str, key: bytes | None, identity: bytes | None = None) -> transport.Channel:
+    sock = transport.make_socket(zmq.DEALER, identity=identity)
+    sock.setsockopt(zmq.LINGER, 0)
+    chan = transport.Channel(sock, key)
+    sock.connect(address)
+    return chan
+
+
+def _hello(role: str, name: str, **extra: Any) -> protocol.Hello:
+    return protocol.Hello(role, name, socket.gethostname(), os.getpid(), version=protocol.software_version(), **extra)
+
+
+class _Peers:
+    """Channels polled together; ``welcome`` waits until each has its Welcome."""
+
+    def __init__(self) -> None:
+        self.poller = zmq.Poller()
+        self.by_sock: dict[Any, int] = {}
+        self.chans: list[transport.Channel] = []
+
+    def add(self, chan: transport.Channel) -> int:
+        index = len(self.chans)
+        self.chans.append(chan)
+        self.by_sock[chan.sock] = index
+        self.poller.register(chan.sock, zmq.POLLIN)
+        return index
+
+    def ready(self, timeout_s: float) -> list[int]:
+        return [self.by_sock[s] for s, _ in self.poller.poll(int(timeout_s * 1000) + 1)]
+
+    def messages(self, index: int) -> list[tuple[protocol.Message, list[Any]]]:
+        chan = self.chans[index]
+        got = []
+        while chan.readable():
+            try:
+                _, msg, frames = chan.recv(transport.NOBLOCK)
+            except zmq.Again:
+                break
+            if isinstance(msg, protocol.Error):
+                raise RuntimeError(f"the manager refused a simulated peer: {msg.code}: {msg.text}")
+            got.append((msg, frames))
+        return got
+
+    def welcome(self, indexes: list[int]) -> None:
+        """Wait for each channel's Welcome (its proof goes out with it); raise on any Error."""
+        waiting = set(indexes)
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        while waiting:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(waiting)} simulated peers were never welcomed")
+            for i in self.ready(1.0):
+                if any(isinstance(m, protocol.Welcome) for m, _ in self.messages(i)):
+                    waiting.discard(i)
+
+    def close(self) -> None:
+        for chan in self.chans:
+            chan.close()
+
+
+def serve_workers(ctl: Connection, address: str, key: bytes | None, nodes: list[str], per_node: int) -> None:
+    """Nodes ``nodes`` with ``per_node`` workers each; answer tasks until told to stop."""
+    _prepare()
+    peers = _Peers()
+    node_ix = []
+    for name in nodes:
+        chan = _channel(address, key)
+        i = peers.add(chan)
+        chan.send(_hello(protocol.Role.NODE, name, slots=per_node))
+        node_ix.append(i)
+    peers.welcome(node_ix)
+    worker_ix = []
+    for name in nodes:
+        for _ in range(per_node):
+            wid = f"sim-{uuid.uuid4().hex[:16]}"
+            chan = _channel(address, key, identity=wid.encode())
+            i = peers.add(chan)
+            chan.send(_hello(protocol.Role.WORKER, wid, slots=1, node=name))
+            worker_ix.append(i)
+    peers.welcome(worker_ix)
+    ctl.send("ready")
+    is_worker = [False] * len(peers.chans)
+    for i in worker_ix:
+        is_worker[i] = True
+    last_sent = [time.monotonic()] * len(peers.chans)
+    beat = _config.HEARTBEAT_S
+    next_beat = time.monotonic() + beat
+    tasks = messages = 0
+    ok = int(protocol.Status.OK)
+    while not ctl.poll():
+        for i in peers.ready(min(0.2, max(0.0, next_beat - time.monotonic()))):
+            chan = peers.chans[i]
+            for msg, frames in peers.messages(i):
+                if not isinstance(msg, protocol.Dispatch) or not is_worker[i]:
+                    continue
+                pos = sum(n for _, n, _ in msg.jobs)  # runner frames first; ours are not needed
+                items, out = [], []
+                for key_, _job, attempt, n in msg.tasks:
+                    values = pickle.loads(frames[pos])
+                    pos += n
+                    out.append(pickle.dumps([2 * v for v in values], protocol=5))
+                    items.append([key_, attempt, ok, 1, 0.0, ""])
+                chan.send(protocol.Results(items), out)
+                last_sent[i] = time.monotonic()
+                tasks += len(items)
+                messages += 1
+        now = time.monotonic()
+        if now >= next_beat:
+            next_beat = now + beat
+            for i, chan in enumerate(peers.chans):
+                # Nodes beat always; workers only while idle (as dmp.node.worker does).
+                if not is_worker[i] or now - last_sent[i] >= beat:
+                    chan.send(protocol.Heartbeat())
+                    last_sent[i] = now
+    ctl.recv()
+    for chan in peers.chans:
+        chan.send(protocol.Bye("benchmark done"))
+    peers.close()
+    ctl.send({"tasks": tasks, "results_messages": messages})
+
+
+def task_items(task_id: int, chunk: int) -> list[int]:
+    return list(range(task_id * chunk, task_id * chunk + chunk))
+
+
+def serve_clients(ctl: Connection, address: str, key: bytes | None, clients: int, tasks: int, chunk: int) -> None:
+    """``clients`` clients submitting ``tasks`` tasks of ``chunk`` items in all; every result is checked."""
+    _prepare()
+    peers = _Peers()
+    ixs = []
+    for n in range(clients):
+        chan = _channel(address, key)
+        ixs.append(peers.add(chan))
+        chan.send(_hello(protocol.Role.CLIENT, f"scale-client-{n}"))
+    peers.welcome(ixs)
+    runner = [pickle.dumps("double each item", protocol=5)]
+    for i in ixs:
+        peers.chans[i].send(protocol.DefineJob(1, len(runner)), runner)
+    share = [tasks // clients + (1 if n < tasks % clients else 0) for n in range(clients)]
+    sent = [0] * clients
+    done = [0] * clients
+    credit = _config.MAX_OUTSTANDING_TASKS
+    ctl.send("ready")
+    ctl.recv()  # go
+    t0 = time.perf_counter()
+
+    def refill(n: int) -> None:
+        chan = peers.chans[ixs[n]]
+        while sent[n] < share[n] and sent[n] - done[n] < credit:
+            batch = min(SUBMIT_BATCH, share[n] - sent[n], credit - (sent[n] - done[n]))
+            ids = range(sent[n], sent[n] + batch)
+            frames = [pickle.dumps(task_items(t, chunk), protocol=5) for t in ids]
+            chan.send(protocol.Submit(1, [[t, 1] for t in ids]), frames)
+            sent[n] += batch
+
+    for n in range(clients):
+        refill(n)
+    bad = 0
+    deadline = time.monotonic() + max(600.0, tasks / 50)
+    while sum(done) < tasks:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {sum(done)} of {tasks} tasks came back")
+        for i in peers.ready(1.0):
+            n = ixs.index(i)
+            for msg, frames in peers.messages(i):
+                if not isinstance(msg, protocol.Results):
+                    continue
+                pos = 0
+                for _job, task_id, status, nframes, _run, _info in msg.items:
+                    if status != protocol.Status.OK or pickle.loads(frames[pos]) != [2 * v for v in task_items(task_id, chunk)]:
+                        bad += 1
+                    pos += nframes
+                    done[n] += 1
+            refill(n)
+    wall = time.perf_counter() - t0
+    for i in ixs:
+        peers.chans[i].send(protocol.EndJob(1))
+        peers.chans[i].send(protocol.Bye("benchmark done"))
+    peers.close()
+    ctl.send({"tasks": sum(done), "bad": bad, "wall_s": wall})
