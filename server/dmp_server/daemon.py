@@ -135,12 +135,27 @@ class Daemon(Routing):
     # --- the thread taking steps ---------------------------------------------------------
 
     def run(self) -> None:
-        """Take steps until :meth:`stop`, then :meth:`close`."""
+        """Take steps until :meth:`stop`, then :meth:`close`.
+
+        With ``DMP_MANAGER_PROFILE=FILE`` in the environment, the steps run
+        under cProfile and its stats are written to FILE at the end (see
+        docs/performance.md; ``python -m tests.bench.scale --profile DIR``).
+        """
+        profile_to = os.environ.get("DMP_MANAGER_PROFILE")
+        profiler = None
+        if profile_to:
+            import cProfile
+
+            profiler = cProfile.Profile(time.process_time)  # CPU time: a loaded host inflates wall time
+            profiler.enable()
         try:
             while not self._stopping:
                 self.step(None)
         finally:
             self.close()
+            if profiler is not None and profile_to:
+                profiler.disable()
+                profiler.dump_stats(profile_to)
 
     def close(self) -> None:
         """Tell remote peers we are going, and close the socket."""

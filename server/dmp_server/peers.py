@@ -82,6 +82,30 @@ class Peers:
         self.supervised = supervised  # embedded mode: our own supervisor watches the workers
         self.by_id: dict[str, Peer] = {}
         self.exiting: dict[str, float] = {}
+        # Indexes kept by add/_pop, so a worker's Hello looks its node up without a scan.
+        self._nodes: dict[str, Peer] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, peer: Peer) -> None:
+        """Record a peer that joined (one already under its id must have been forgotten)."""
+        self._pop(peer.id)
+        self.by_id[peer.id] = peer
+        self._counts[peer.role] = self._counts.get(peer.role, 0) + 1
+        if peer.role == Role.NODE:
+            self._nodes[peer.name] = peer
+
+    def _pop(self, peer_id: str) -> Peer | None:
+        peer = self.by_id.pop(peer_id, None)
+        if peer is not None:
+            self._counts[peer.role] -= 1
+            if peer.role == Role.NODE and self._nodes.get(peer.name) is peer:
+                # Rare (a node leaves), so a scan: another node of that name may remain.
+                same = [p for p in self.by_id.values() if p.role == Role.NODE and p.name == peer.name]
+                if same:
+                    self._nodes[peer.name] = same[-1]
+                else:
+                    del self._nodes[peer.name]
+        return peer
 
     def who(self, peer_id: str | None, local: bool = False) -> str:
         """A peer as logs name it: role, name and host, never its socket id; ``local``: in-process."""
@@ -91,15 +115,16 @@ class Peers:
         return describe(peer)
 
     def node(self, name: str) -> Peer | None:
-        return next((p for p in self.by_id.values() if p.role == Role.NODE and p.name == name), None)
+        """The joined node called ``name`` (the latest to join under it), or None."""
+        return self._nodes.get(name)
 
     def count(self, role: str) -> int:
-        return sum(1 for p in self.by_id.values() if p.role == role)
+        return self._counts.get(role, 0)
 
     def forget(self, peer_id: str, out: Departures, *, local: bool = False, crashed: bool = False) -> None:
         """A peer said Bye, went silent or said Hello again; ``local``: an in-process client;
         ``crashed``: it never said goodbye (the locks it held are released)."""
-        peer = self.by_id.pop(peer_id, None)
+        peer = self._pop(peer_id)
         if peer is not None:
             out.gone.append(peer)
         elif not local:
@@ -122,7 +147,7 @@ class Peers:
 
     def _drop(self, peer_id: str, out: Departures) -> None:
         """Remove a peer without telling the scheduler; its session ends (``out.dropped``)."""
-        peer = self.by_id.pop(peer_id, None)
+        peer = self._pop(peer_id)
         if peer is not None:
             out.dropped.append(peer)
 

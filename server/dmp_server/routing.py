@@ -178,7 +178,7 @@ class Routing:
         if msg.role == Role.NODE:  # checked in _hello before any Welcome
             resources = _config.check_resources(msg.resources, "Hello.resources")
         now = time.monotonic()
-        self.peers.by_id[peer_id] = Peer(peer_id, ident, msg.role, msg.name, host, msg.pid, msg.node, msg.slots, now, msg.version)
+        self.peers.add(Peer(peer_id, ident, msg.role, msg.name, host, msg.pid, msg.node, msg.slots, now, msg.version))
         if msg.role == Role.WORKER:
             self._carry_out(self.scheduler.add_worker(peer_id, msg.node, msg.pid, msg.max_tasks))
         elif msg.role == Role.CLIENT:

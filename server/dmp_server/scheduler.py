@@ -29,6 +29,7 @@ from typing import Any
 from dmp.errors import signal_name
 from dmp.wire import protocol
 from dmp.wire.protocol import Status
+from dmp_server.hungry import Hungry
 from dmp_server.records import Client, Command, Job, Kill, Node, Send, Task, Totals, Worker
 
 __all__ = ["Client", "Command", "Job", "Kill", "Node", "Scheduler", "Send", "Task", "Totals", "Worker"]
@@ -55,6 +56,7 @@ class Scheduler:
         self.tasks: dict[int, Task] = {}
         self.nodes: dict[str, Node] = {}  # by name: their declared resources
         self._ready: deque[Client] = deque()  # clients with pending tasks, round robin
+        self.hungry = Hungry()  # workers that may take tasks, without a scan
         self.queued_total = 0  # tasks waiting in any client's queue
         self._next_task = 1
         self._next_job = 1
@@ -101,7 +103,8 @@ class Scheduler:
         self.nodes.pop(name, None)
 
     def add_worker(self, peer: str, node: str, pid: int, max_tasks: int) -> list[Command]:
-        self.workers[peer] = Worker(peer, node, pid, max_tasks if max_tasks > 0 else -1)
+        worker = self.workers[peer] = Worker(peer, node, pid, max_tasks if max_tasks > 0 else -1)
+        self.hungry.touch(worker)
         return self.schedule()
 
     def remove_worker(
@@ -116,6 +119,7 @@ class Scheduler:
         worker = self.workers.pop(peer, None)
         if worker is None:
             return []
+        self.hungry.discard(peer)
         assigned = list(worker.assigned.values())
         if not timed_out and (exitcode != 0 or running != -1):
             self.totals.workers_lost += 1
@@ -262,6 +266,7 @@ class Scheduler:
                 batch[0].append([job.job_id, task.task_id, status, nframes, 0.0, info])
                 batch[1].extend(payload)
                 cmds += self._maybe_forget(client, job)
+        self.hungry.touch(worker)
         if items:
             mean = run_total / len(items)
             est = self.est_run_s
@@ -282,19 +287,29 @@ class Scheduler:
         return free
 
     def schedule(self) -> list[Command]:
-        """Give idle credit work, one task per client in turn."""
+        """Give idle credit work, one task per client in turn.
+
+        Workers come from the ``hungry`` index (idle ones first), never from
+        a scan of every worker: a dispatch costs the workers it visits.
+        """
         if not self._ready:
             return []
-        cmds: list[Command] = []
-        hungry = [(w, free) for w in self.workers.values() if (free := self.credit(w)) > 0]
+        hungry = self.hungry
         if not hungry:
             return []
-        hungry.sort(key=lambda wf: len(wf[0].assigned))  # idle workers first
+        cmds: list[Command] = []
         # Spread evenly: no worker takes more than its share of what is queued,
         # so two tasks on two idle workers run side by side, not one behind the other.
         share = -(-self.queued_total // len(hungry))
-        for worker, free in hungry:
-            free = min(free, share)
+        visited: list[Worker] = []
+        while self._ready:
+            worker = hungry.pop()
+            if worker is None:
+                break
+            free = min(self.credit(worker), share)
+            if free <= 0:
+                continue  # full: indexed again at its next results
+            visited.append(worker)
             jobs: list[list[Any]] = []
             job_frames: list[Any] = []
             items: list[list[int]] = []
@@ -333,8 +348,7 @@ class Scheduler:
                 free -= 1
             if items:
                 cmds.append(Send(worker.peer, protocol.Dispatch(jobs, items), job_frames + frames))
-            if not self._ready:
-                break
+        hungry.put_back([w for w in visited if self.credit(w) > 0])
         return cmds
 
     # --- internals ---------------------------------------------------------------
@@ -448,6 +462,7 @@ class Scheduler:
                 self.tasks.pop(t.key, None)
                 self._release(client, worker.peer)
             worker.doomed = True
+            self.hungry.discard(worker.peer)
             cmds.append(Kill(worker.peer))
         cmds += self._drop(client, job)
         if notify:

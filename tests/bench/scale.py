@@ -68,9 +68,11 @@ def default_chunksize(items: int, workers: int) -> int:
 class Cluster:
     """A manager plus ``workers`` simulated workers over ``nodes`` nodes in ``procs`` processes."""
 
-    def __init__(self, workers: int, nodes: int, procs: int, logdir: Path) -> None:
+    def __init__(self, workers: int, nodes: int, procs: int, logdir: Path, profile: str | None = None) -> None:
         self.key = secrets.token_hex(16).encode()
         self.daemons = Daemons(logdir, authkey=self.key)
+        if profile:
+            self.daemons.env["DMP_MANAGER_PROFILE"] = profile
         self.mp = multiprocessing.get_context("spawn")
         self.sims: list[tuple[Any, Any]] = []
         self.workers = workers
@@ -166,6 +168,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--idle", type=int, default=5000, help="idle workers for the heartbeat row (0: none)")
     ap.add_argument("--idle-nodes", type=int, default=100, help="nodes those idle workers are on")
     ap.add_argument("--idle-s", type=float, default=10.0, help="seconds the idle CPU is measured over")
+    ap.add_argument("--profile", help="directory: the manager runs under cProfile, stats to DIR/WORKERSxNODES.prof")
     ap.add_argument("--quick", action="store_true", help="one tiny configuration (the smoke test)")
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args(argv)
@@ -177,6 +180,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the manager inherits it: a socket per peer
     rows: list[dict[str, Any]] = []
@@ -186,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dmp-scale-") as tmp:
         for shape in args.shapes.split(","):
             workers, nodes = (int(x) for x in shape.split("x"))
-            with Cluster(workers, nodes, args.procs, Path(tmp) / shape) as cluster:
+            profile = str(Path(args.profile).resolve() / f"{shape}.prof") if args.profile else None
+            with Cluster(workers, nodes, args.procs, Path(tmp) / shape, profile) as cluster:
                 for clients in (int(c) for c in args.clients.split(",")):
                     for chunk in (1, default_chunksize(args.items, workers)):
                         tasks = args.tasks if chunk == 1 else max(1, args.items // chunk)
@@ -196,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"{workers:>7} {nodes:>5} {clients:>7} {chunk:>6} {tasks:>7} {row['items_per_s']:>9.0f} "
                               f"{row['tasks_per_s']:>8.0f} {row['cpu_pct']:>8.1f} {row['us_per_task']:>11.1f}", flush=True)
         if args.idle:
-            with Cluster(args.idle, args.idle_nodes, args.procs, Path(tmp) / "idle") as cluster:
+            profile = str(Path(args.profile).resolve() / "idle.prof") if args.profile else None
+            with Cluster(args.idle, args.idle_nodes, args.procs, Path(tmp) / "idle", profile) as cluster:
                 time.sleep(2.0)  # the join settles
                 pct = cluster.idle_cpu(args.idle_s)
             rows.append({"idle_workers": args.idle, "nodes": args.idle_nodes, "cpu_pct": pct})

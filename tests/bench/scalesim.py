@@ -38,7 +38,7 @@ JOIN_TIMEOUT_S = 120.0
 
 def _prepare() -> None:
     """Room for thousands of sockets in this process."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     transport.context().set(zmq.MAX_SOCKETS, 65536)
 
@@ -62,10 +62,14 @@ class _Peers:
         self.poller = zmq.Poller()
         self.by_sock: dict[Any, int] = {}
         self.chans: list[transport.Channel] = []
+        self.hellos: list[protocol.Hello] = []
 
-    def add(self, chan: transport.Channel) -> int:
+    def add(self, chan: transport.Channel, hello: protocol.Hello) -> int:
+        """Register ``chan`` and say ``hello`` on it."""
         index = len(self.chans)
         self.chans.append(chan)
+        self.hellos.append(hello)
+        chan.send(hello)
         self.by_sock[chan.sock] = index
         self.poller.register(chan.sock, zmq.POLLIN)
         return index
@@ -73,7 +77,8 @@ class _Peers:
     def ready(self, timeout_s: float) -> list[int]:
         return [self.by_sock[s] for s, _ in self.poller.poll(int(timeout_s * 1000) + 1)]
 
-    def messages(self, index: int) -> list[tuple[protocol.Message, list[Any]]]:
+    def messages(self, index: int, refused: list[int] | None = None) -> list[tuple[protocol.Message, list[Any]]]:
+        """What ``index`` received; a refusal is appended to ``refused`` if given (joining), else raised."""
         chan = self.chans[index]
         got = []
         while chan.readable():
@@ -82,20 +87,31 @@ class _Peers:
             except zmq.Again:
                 break
             if isinstance(msg, protocol.Error):
+                if refused is not None and msg.code == protocol.ErrorCode.REFUSED:
+                    refused.append(index)
+                    continue
                 raise RuntimeError(f"the manager refused a simulated peer: {msg.code}: {msg.text}")
             got.append((msg, frames))
         return got
 
     def welcome(self, indexes: list[int]) -> None:
-        """Wait for each channel's Welcome (its proof goes out with it); raise on any Error."""
+        """Wait until each channel is admitted; a refused Hello (a worker whose node's
+        proof the manager has not read yet) is said again after a moment, as
+        dmp.wire.peer does. Raise on any other Error."""
         waiting = set(indexes)
         deadline = time.monotonic() + JOIN_TIMEOUT_S
         while waiting:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{len(waiting)} simulated peers were never welcomed")
+            refused: list[int] = []
             for i in self.ready(1.0):
-                if any(isinstance(m, protocol.Welcome) for m, _ in self.messages(i)):
+                if any(isinstance(m, protocol.Welcome) for m, _ in self.messages(i, refused)):
                     waiting.discard(i)
+            if refused:
+                time.sleep(0.1)
+                for i in refused:
+                    waiting.add(i)
+                    self.chans[i].send(self.hellos[i])
 
     def close(self) -> None:
         for chan in self.chans:
@@ -108,19 +124,14 @@ def serve_workers(ctl: Connection, address: str, key: bytes | None, nodes: list[
     peers = _Peers()
     node_ix = []
     for name in nodes:
-        chan = _channel(address, key)
-        i = peers.add(chan)
-        chan.send(_hello(protocol.Role.NODE, name, slots=per_node))
-        node_ix.append(i)
+        node_ix.append(peers.add(_channel(address, key), _hello(protocol.Role.NODE, name, slots=per_node)))
     peers.welcome(node_ix)
     worker_ix = []
     for name in nodes:
         for _ in range(per_node):
             wid = f"sim-{uuid.uuid4().hex[:16]}"
             chan = _channel(address, key, identity=wid.encode())
-            i = peers.add(chan)
-            chan.send(_hello(protocol.Role.WORKER, wid, slots=1, node=name))
-            worker_ix.append(i)
+            worker_ix.append(peers.add(chan, _hello(protocol.Role.WORKER, wid, slots=1, node=name)))
     peers.welcome(worker_ix)
     ctl.send("ready")
     is_worker = [False] * len(peers.chans)
@@ -173,9 +184,7 @@ def serve_clients(ctl: Connection, address: str, key: bytes | None, clients: int
     peers = _Peers()
     ixs = []
     for n in range(clients):
-        chan = _channel(address, key)
-        ixs.append(peers.add(chan))
-        chan.send(_hello(protocol.Role.CLIENT, f"scale-client-{n}"))
+        ixs.append(peers.add(_channel(address, key), _hello(protocol.Role.CLIENT, f"scale-client-{n}")))
     peers.welcome(ixs)
     runner = [pickle.dumps("double each item", protocol=5)]
     for i in ixs:
