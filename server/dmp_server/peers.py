@@ -177,9 +177,11 @@ class Peers:
                 self._drop(peer_id, out)
                 out.cmds += self.scheduler.remove_worker(peer_id, 0, -1)
         deadline = now - self.heartbeat_s * LIVENESS - late
+        # A node's idle workers beat once every WORKER_BEATS beats (their node answers for them).
+        worker_deadline = now - self.heartbeat_s * LIVENESS * _config.WORKER_BEATS - late
         beat = []
         for peer in list(self.by_id.values()):
-            if self._silent(peer, deadline):
+            if self._silent(peer, worker_deadline if peer.role == Role.WORKER else deadline):
                 self.forget(peer.id, out, crashed=True)
             elif peer.role in (Role.CLIENT, Role.NODE) and peer.ident is not None:
                 beat.append(peer)

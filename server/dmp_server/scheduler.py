@@ -43,6 +43,9 @@ MAX_IN_FLIGHT = 256
 # Before any task has finished, nothing is known of durations: keep one task
 # queued behind the running one to hide the dispatch round trip.
 INITIAL_IN_FLIGHT = 2
+# Tasks given to a worker at once, when they fit its credit, however many
+# workers are idle (see schedule()).
+DISPATCH_BATCH = 32
 # Smoothing of the task duration estimate (exponentially weighted mean).
 EWMA_ALPHA = 0.2
 
@@ -300,7 +303,13 @@ class Scheduler:
         cmds: list[Command] = []
         # Spread evenly: no worker takes more than its share of what is queued,
         # so two tasks on two idle workers run side by side, not one behind the other.
+        # But once tasks are known to be short, a worker takes up to
+        # DISPATCH_BATCH of them at once (at most PREFETCH_SECONDS of work, as
+        # its credit says): spreading them one per worker over a thousand
+        # workers would cost a Dispatch and a Results message per task.
         share = -(-self.queued_total // len(hungry))
+        if self.est_run_s is not None and share < DISPATCH_BATCH:
+            share = max(share, min(self.in_flight, DISPATCH_BATCH))
         visited: list[Worker] = []
         while self._ready:
             worker = hungry.pop()

@@ -89,7 +89,7 @@ class Cluster:
                 self.sims.append(self._start(scalesim.serve_workers, names[p :: self.procs], per_node))
             for ctl, _ in self.sims:
                 _expect(ctl, "ready")
-            wait_for(lambda: self._slots() >= per_node * self.nodes, 60, "every simulated worker to join")
+            wait_for(lambda: self._slots() >= per_node * self.nodes, 300, "every simulated worker to join")
         except BaseException:
             self.__exit__()
             raise
@@ -114,6 +114,7 @@ class Cluster:
             ctl.send("go")
             got = _answer(ctl)
             cpu1, wall = cpu_seconds(self.pid), time.perf_counter() - t0
+            self.check()
         finally:
             proc.join(10)
             if proc.is_alive():
@@ -126,10 +127,23 @@ class Cluster:
                 "cpu_pct": 100 * cpu / wall, "us_per_task": 1e6 * cpu / tasks}
 
     def idle_cpu(self, seconds: float) -> float:
-        """Percent of one core the manager spends over ``seconds`` with nothing but heartbeats."""
+        """Percent of one core the manager spends over ``seconds`` with nothing but heartbeats.
+
+        Raises:
+            RuntimeError: a simulator died or workers were dropped meanwhile (the number would lie).
+        """
         cpu0, t0 = cpu_seconds(self.pid), time.perf_counter()
         time.sleep(seconds)
-        return 100 * (cpu_seconds(self.pid) - cpu0) / (time.perf_counter() - t0)
+        pct = 100 * (cpu_seconds(self.pid) - cpu0) / (time.perf_counter() - t0)
+        self.check()
+        return pct
+
+    def check(self) -> None:
+        """Every simulator alive and every simulated worker still joined."""
+        dead = [proc.pid for _, proc in self.sims if not proc.is_alive()]
+        slots = self._slots()
+        if dead or slots != self.workers // self.nodes * self.nodes:
+            raise RuntimeError(f"simulators {dead} died; {slots} of {self.workers} workers joined")
 
     def __exit__(self, *exc: Any) -> None:
         for ctl, proc in self.sims:

@@ -18,6 +18,7 @@ until every task is back (clients), and answers with its counts.
 
 from __future__ import annotations
 
+import heapq
 import os
 import pickle
 import resource
@@ -30,6 +31,7 @@ from typing import Any
 import zmq
 
 from dmp import _config
+from dmp.client.cluster import fetch_status
 from dmp.wire import protocol, transport
 
 SUBMIT_BATCH = 64
@@ -86,8 +88,15 @@ class _Peers:
                 _, msg, frames = chan.recv(transport.NOBLOCK)
             except zmq.Again:
                 break
+            except transport.Refused:
+                # An unsigned Error: our proof came after the manager gave up on the
+                # handshake (it was swamped by Hellos). Joining, say Hello again.
+                if refused is None:
+                    raise
+                refused.append(index)
+                continue
             if isinstance(msg, protocol.Error):
-                if refused is not None and msg.code == protocol.ErrorCode.REFUSED:
+                if refused is not None and msg.code in (protocol.ErrorCode.REFUSED, protocol.ErrorCode.UNKNOWN_PEER):
                     refused.append(index)
                     continue
                 raise RuntimeError(f"the manager refused a simulated peer: {msg.code}: {msg.text}")
@@ -118,6 +127,17 @@ class _Peers:
             chan.close()
 
 
+def _wait_nodes(address: str, key: bytes | None, names: set[str]) -> None:
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    while True:
+        status = fetch_status(address, key, 5.0) or {}
+        if names <= {n["name"] for n in status.get("nodes", [])}:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the manager never listed nodes {sorted(names)}")
+        time.sleep(0.1)
+
+
 def serve_workers(ctl: Connection, address: str, key: bytes | None, nodes: list[str], per_node: int) -> None:
     """Nodes ``nodes`` with ``per_node`` workers each; answer tasks until told to stop."""
     _prepare()
@@ -126,6 +146,7 @@ def serve_workers(ctl: Connection, address: str, key: bytes | None, nodes: list[
     for name in nodes:
         node_ix.append(peers.add(_channel(address, key), _hello(protocol.Role.NODE, name, slots=per_node)))
     peers.welcome(node_ix)
+    _wait_nodes(address, key, set(nodes))  # admitted (their proofs read), so their workers are not refused
     worker_ix = []
     for name in nodes:
         for _ in range(per_node):
@@ -139,13 +160,28 @@ def serve_workers(ctl: Connection, address: str, key: bytes | None, nodes: list[
         is_worker[i] = True
     last_sent = [time.monotonic()] * len(peers.chans)
     beat = _config.HEARTBEAT_S
-    next_beat = time.monotonic() + beat
+    # Nodes beat every beat, their workers every WORKER_BEATS beats while idle
+    # (as dmp.node.worker does), spread over their period: a heap of (due, peer).
+    start = time.monotonic()
+    beats = [
+        (start + (beat if not is_worker[i] else beat * _config.WORKER_BEATS * (i + 1) / len(peers.chans)), i)
+        for i in range(len(peers.chans))
+    ]
+    heapq.heapify(beats)
     tasks = messages = 0
     ok = int(protocol.Status.OK)
+    rehellos = 0
     while not ctl.poll():
-        for i in peers.ready(min(0.2, max(0.0, next_beat - time.monotonic()))):
+        for i in peers.ready(min(0.2, max(0.0, beats[0][0] - time.monotonic()))):
             chan = peers.chans[i]
-            for msg, frames in peers.messages(i):
+            refused: list[int] = []
+            got = peers.messages(i, refused)
+            if refused:
+                # Its handshake was dropped (the manager, swamped by a join storm, read
+                # the proof too late): say Hello again, as a real worker does.
+                rehellos += 1
+                chan.send(peers.hellos[i])
+            for msg, frames in got:
                 if not isinstance(msg, protocol.Dispatch) or not is_worker[i]:
                     continue
                 pos = sum(n for _, n, _ in msg.jobs)  # runner frames first; ours are not needed
@@ -160,18 +196,17 @@ def serve_workers(ctl: Connection, address: str, key: bytes | None, nodes: list[
                 tasks += len(items)
                 messages += 1
         now = time.monotonic()
-        if now >= next_beat:
-            next_beat = now + beat
-            for i, chan in enumerate(peers.chans):
-                # Nodes beat always; workers only while idle (as dmp.node.worker does).
-                if not is_worker[i] or now - last_sent[i] >= beat:
-                    chan.send(protocol.Heartbeat())
-                    last_sent[i] = now
+        while beats[0][0] <= now:
+            _, i = heapq.heappop(beats)
+            period = beat * _config.WORKER_BEATS if is_worker[i] else beat
+            if not is_worker[i] or now - last_sent[i] >= period:  # a worker that just answered is not idle
+                peers.chans[i].send(protocol.Heartbeat())
+            heapq.heappush(beats, (now + period, i))
     ctl.recv()
     for chan in peers.chans:
         chan.send(protocol.Bye("benchmark done"))
     peers.close()
-    ctl.send({"tasks": tasks, "results_messages": messages})
+    ctl.send({"tasks": tasks, "results_messages": messages, "rehellos": rehellos})
 
 
 def task_items(task_id: int, chunk: int) -> list[int]:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from dmp_server.hungry import Hungry
 from dmp_server.records import Worker
-from dmp_server.scheduler import Scheduler, Send
+from dmp_server.scheduler import DISPATCH_BATCH, Scheduler, Send
 
 from dmp.wire import protocol
 from dmp.wire.protocol import Status
@@ -100,3 +100,18 @@ def test_two_tasks_on_two_idle_workers_still_run_side_by_side() -> None:
     s.add_worker("b", "n", 2, 0)
     spread = _dispatched(s.submit("c", 1, [(0, [b"x"]), (1, [b"y"])]))
     assert {w: len(t) for w, t in spread.items()} == {"a": 1, "b": 1}
+
+
+def test_short_tasks_go_out_in_batches_not_one_per_idle_worker() -> None:
+    """Once tasks are known to be short, a worker takes DISPATCH_BATCH at once
+    (within its credit) rather than one each over a thousand idle workers."""
+    s = Scheduler()
+    s.add_client("c")
+    s.define_job("c", 1, [], 3)
+    for i in range(1000):
+        s.add_worker(f"w{i}", "n", 1, 0)
+    (first,) = _dispatched(s.submit("c", 1, [(0, [b"x"])])).items()
+    key, _job, attempt, _n = first[1][0]
+    s.results(first[0], [[key, attempt, int(Status.OK), 0, 1e-6, ""]], [])  # a microsecond task
+    spread = _dispatched(s.submit("c", 1, [(i, [b"x"]) for i in range(1, 65)]))
+    assert sorted(len(t) for t in spread.values()) == [DISPATCH_BATCH, 64 - DISPATCH_BATCH]
