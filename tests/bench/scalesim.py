@@ -109,17 +109,24 @@ class _Peers:
         dmp.wire.peer does. Raise on any other Error."""
         waiting = set(indexes)
         deadline = time.monotonic() + JOIN_TIMEOUT_S
-        while waiting:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{len(waiting)} simulated peers were never welcomed")
+        backoff: dict[int, float] = {}
+        again: dict[int, float] = {}  # index -> when to say Hello again
+        while waiting or again:
+            now = time.monotonic()
+            if now > deadline:
+                raise RuntimeError(f"{len(waiting | set(again))} simulated peers were never welcomed")
             refused: list[int] = []
-            for i in self.ready(1.0):
+            for i in self.ready(0.1):
                 if any(isinstance(m, protocol.Welcome) for m, _ in self.messages(i, refused)):
                     waiting.discard(i)
-            if refused:
-                time.sleep(0.1)
-                for i in refused:
+            for i in refused:
+                if i not in again:  # backing off from 0.1 s to 5 s, as dmp.wire.peer does
+                    backoff[i] = min(5.0, backoff.get(i, 0.05) * 2)
+                    again[i] = now + backoff[i]
                     waiting.add(i)
+            for i, when in list(again.items()):
+                if when <= now:
+                    del again[i]
                     self.chans[i].send(self.hellos[i])
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from dmp.wire.protocol import Status
 pytestmark = pytest.mark.timeout(30)
 
 
-def test_idle_workers_come_first_in_arrival_order() -> None:
+def test_idle_workers_come_first_the_first_joined_first() -> None:
     h = Hungry()
     a, b, c = Worker("a", "n", 1, -1), Worker("b", "n", 2, -1), Worker("c", "n", 3, -1)
     b.assigned[1] = object()  # type: ignore[assignment]
@@ -23,6 +23,10 @@ def test_idle_workers_come_first_in_arrival_order() -> None:
         h.touch(w)
     assert len(h) == 3
     assert [h.pop(), h.pop(), h.pop(), h.pop()] == [a, c, b, None]
+    b.assigned.clear()
+    for w in (c, b, a):  # idle again, in another order: still taken in join order
+        h.touch(w)
+    assert [h.pop(), h.pop(), h.pop(), h.pop()] == [a, b, c, None]
 
 
 def test_touch_moves_a_worker_between_idle_and_open_and_drops_the_doomed() -> None:
@@ -48,6 +52,9 @@ def test_put_back_goes_behind_the_others_and_discard_forgets() -> None:
     ws = [Worker(str(i), "n", i, -1) for i in range(3)]
     for w in ws:
         h.touch(w)
+    for w in ws:
+        w.assigned[1] = object()  # type: ignore[assignment]
+        h.touch(w)  # open now: taken in arrival order
     first = h.pop()
     h.put_back([first])  # type: ignore[list-item]
     assert [h.pop() for _ in range(3)] == [ws[1], ws[2], ws[0]]
