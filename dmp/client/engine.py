@@ -39,6 +39,7 @@ class LocalEngine:
         initargs: tuple[Any, ...],
         max_tasks: int,
         method: str = "fork",
+        memory_limit: int = 0,
     ) -> None:
         from dmp_server.daemon import Daemon
 
@@ -46,7 +47,7 @@ class LocalEngine:
         template = WorkerConfig(
             address=endpoint, node="local", initializer=initializer, initargs=initargs, max_tasks=max_tasks
         )
-        self.supervisor = Supervisor(template, count=processes, method=method)
+        self.supervisor = Supervisor(template, count=processes, method=method, memory_limit=memory_limit)
         self.daemon = Daemon(bind=[endpoint], supervisor=self.supervisor)
         self.turns = Turns(self.daemon.poll, self.daemon.handle, self.daemon.wake, reenter=False)
         self.session = session_mod.Session()

@@ -30,6 +30,7 @@ from dmp.client.results import (
 )
 from dmp.client.session import Session
 from dmp.client.sink import MapSink, Sink
+from dmp.deaths import parse_size
 from dmp.errors import MessageTooLargeError, ProcessError
 from dmp.node import runners
 from dmp.wire.protocol import Status
@@ -66,8 +67,12 @@ class Pool:
 
     ``multiprocessing.Pool``'s arguments, plus ``address``/``authkey`` (a
     cluster; else ``dmp.connect()``'s or ``DMP_ADDRESS``, else local),
-    ``max_retries`` (reruns of a task whose worker died) and ``modules``
-    (modules whose code travels by value to nodes that lack them).
+    ``max_retries`` (reruns of a task whose worker died), ``modules``
+    (modules whose code travels by value to nodes that lack them) and, for a
+    local pool, ``worker_memory_limit`` (bytes, or a text such as ``"2GiB"``:
+    a worker whose resident memory passes it while running a task is killed,
+    and the task fails or is retried as for any lost worker; a cluster's
+    nodes set theirs with ``dmp worker --worker-memory-limit``).
 
     Raises:
         ValueError: ``processes`` below 1, a bad ``maxtasksperchild`` or
@@ -92,9 +97,11 @@ class Pool:
         modules: Iterable[Any] = (),
         task_timeout: float | None = None,
         resources: dict[str, float] | None = None,
+        worker_memory_limit: int | str | None = None,
     ) -> None:
-        """Raises ValueError (a bad argument; ``resources`` in local mode) or
-        TypeError (``initializer`` not callable)."""
+        """Raises ValueError (a bad argument; ``resources`` in local mode,
+        ``worker_memory_limit`` in cluster mode) or TypeError (``initializer``
+        not callable)."""
         self._state = RUN
         if processes is not None and processes < 1:
             raise ValueError("Number of processes must be at least 1")
@@ -110,6 +117,10 @@ class Pool:
         if self._resources and target.address is None:
             raise ValueError("resources= needs a cluster whose nodes declare them (dmp worker --resources); "
                              "a local pool has none")
+        memory_limit = 0 if worker_memory_limit is None else parse_size(worker_memory_limit)
+        if memory_limit and target.address is not None:
+            raise ValueError("worker_memory_limit= is for a local pool; a cluster's nodes set theirs "
+                             "(dmp worker --worker-memory-limit)")
         _send_by_value(modules)
         self._max_retries = max_retries
         self._by_value = target.address is not None
@@ -136,6 +147,7 @@ class Pool:
                 initargs=tuple(initargs),
                 max_tasks=maxtasksperchild or 0,
                 method=method or "fork",
+                memory_limit=memory_limit,
             )
         self._session: Session = self._engine.session
         self._link = self._session.link  # what a caller waiting on a result serves

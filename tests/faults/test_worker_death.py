@@ -25,7 +25,10 @@ from .harness import DeliveryCounter, OomKiller, alive
 
 HOWS = ["sigkill", "exit", "segv", "oom"]
 EXITCODE = {"sigkill": -signal.SIGKILL, "exit": 3, "segv": -signal.SIGSEGV, "oom": -signal.SIGKILL}
-DESCRIBED = {"sigkill": "signal SIGKILL", "exit": "exit code 3", "segv": "signal SIGSEGV", "oom": "signal SIGKILL"}
+DESCRIBED = {
+    "sigkill": "was killed by signal 9 (SIGKILL)", "exit": "exited with code 3",
+    "segv": "was killed by signal 11 (SIGSEGV)", "oom": "was killed by signal 9 (SIGKILL)",
+}
 
 
 @pytest.mark.timeout(90)
