@@ -80,6 +80,7 @@ class Totals:
     failed: int = 0
     retried: int = 0
     workers_lost: int = 0
+    last_lost: str = ""  # how the last lost worker died, in words (dmp.deaths)
 
 
 @dataclass(slots=True, eq=False)

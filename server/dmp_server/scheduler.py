@@ -121,6 +121,9 @@ class Scheduler:
         assigned = list(worker.assigned.values())
         if not timed_out and (exitcode != 0 or running != -1):
             self.totals.workers_lost += 1
+            self.totals.last_lost = f"worker process pid {worker.pid} on node {worker.node!r} " + str(
+                cause or WorkerDeath.of_exit(exitcode)
+            )
         if running is None:
             running = assigned[0].key if assigned else -1
         cmds: list[Command] = []

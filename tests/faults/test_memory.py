@@ -81,6 +81,9 @@ def test_cluster_task_over_the_memory_limit_is_killed_and_says_so(limited_cluste
         assert pool.map(tasks.square, range(20)) == [x * x for x in range(20)]
     log = (limited_cluster.logdir / "mem1.log").read_text()
     assert "over the worker memory limit of 200 MiB: killed" in log, log
+    status = limited_cluster.status()
+    assert status is not None
+    assert "on node 'mem1' exceeded the worker memory limit (RSS" in status["totals"]["last_worker_lost"], status
 
 
 @pytest.mark.timeout(120)
@@ -183,6 +186,7 @@ def test_cluster_oom_kill_is_named(tmp_path: Path, markers: Path) -> None:
         assert (oomwatch.read_count(count_file) or 0) >= 1  # the kernel says it killed
     err = info.value
     ((pid, node),) = tasks.attempts(str(markers), 0)
+    assert node == "oom1"
     assert f"worker process pid {pid} on node 'oom1' {OOM_TEXT} while running this task" in str(err), str(err)
     assert err.cause is not None and err.cause.kind == "oom" and (err.node, err.pid) == ("oom1", pid)
 

@@ -751,6 +751,7 @@ def test_totals_count_outcomes_failures_retries_and_lost_workers(h: Harness) -> 
     h.die("w3", 0, running=-1)  # a clean exit (maxtasksperchild) is not a loss
     t = h.s.totals
     assert (t.done, t.failed, t.retried, t.workers_lost) == (4, 2, 1, 2)
+    assert t.last_lost == "worker process pid 100 on node 'node-a' was killed by signal 9 (SIGKILL)", t.last_lost
     a, b = h.s.clients["A"], h.s.clients["B"]
     assert (a.done, a.failed, a.retried) == (3, 2, 1)
     assert (b.done, b.failed, b.retried) == (1, 0, 0)
