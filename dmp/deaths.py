@@ -105,13 +105,16 @@ class WorkerDeath:
         """Read a peer's cause dict; anything malformed falls back to what ``exitcode`` says."""
         if type(exitcode) is not int:
             exitcode = None
-        if not isinstance(obj, dict) or obj.get("kind") not in KINDS:
+        if not isinstance(obj, dict):
+            return cls.of_exit(exitcode, oom=False)
+        kind = obj.get("kind")
+        if not isinstance(kind, str) or kind not in KINDS:
             return cls.of_exit(exitcode, oom=False)
         rss, limit, maybe = obj.get("rss", 0), obj.get("limit", 0), obj.get("maybe_oom", False)
         if (type(rss) is not int or type(limit) is not int or not 0 <= rss < 1 << 62
                 or not 0 <= limit < 1 << 62 or type(maybe) is not bool):
             return cls.of_exit(exitcode, oom=False)
-        return cls(obj["kind"], exitcode, rss, limit, maybe)
+        return cls(kind, exitcode, rss, limit, maybe)
 
 
 def loss_text(death: WorkerDeath, node: str, pid: int) -> str:

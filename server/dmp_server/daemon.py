@@ -31,6 +31,7 @@ from typing import Any
 import zmq
 
 from dmp import _config
+from dmp.deaths import format_size
 from dmp.wire import protocol, transport
 from dmp.wire.protocol import ErrorCode, Role
 from dmp.wire.wakeup import Wakeup
@@ -264,8 +265,8 @@ class Daemon(Routing):
         for pid, key in killed:
             log.warning("worker pid %d ran task %d past its timeout: killed", pid, key)
         for pid, key, rss in self.supervisor.kill_over_memory():
-            log.warning("worker pid %d running task %d used %d bytes, over the worker memory limit: killed",
-                        pid, key, rss)
+            log.warning("worker pid %d running task %d used %s, over the worker memory limit: killed",
+                        pid, key, format_size(rss))
         self._check_at = now + _config.DEADLINE_CHECK_S
         if upcoming is not None and upcoming < self._check_at:
             self._check_at = upcoming

@@ -63,7 +63,7 @@ def test_loss_text_blames_the_task_only_for_the_memory_limit() -> None:
 
 @pytest.mark.parametrize(
     "wire",
-    [None, [], "oom", {}, {"kind": "nonsense"}, {"kind": "memory_limit", "rss": "big"},
+    [None, [], "oom", {}, {"kind": "nonsense"}, {"kind": ["oom"]}, {"kind": {"a": 1}}, {1: 2}, {"kind": "memory_limit", "rss": "big"},
      {"kind": "memory_limit", "rss": -1, "limit": 5}, {"kind": "signal", "maybe_oom": 1},
      {"kind": "memory_limit", "rss": 1 << 70, "limit": 1}],
 )
