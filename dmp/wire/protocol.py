@@ -68,7 +68,7 @@ class Status(enum.IntEnum):
 
     OK = 0  # payload: the pickled return value
     RAISED = 1  # payload: the pickled (exception, traceback text)
-    LOST = 2  # no payload; info names node, pid and exit code
+    LOST = 2  # no payload; info names node, pid, exit code and cause
     CANCELLED = 3  # no payload; the job was cancelled
     TIMEOUT = 4  # no payload; ran past the job's timeout: info names node, pid and timeout
     REFUSED = 5  # no payload; never run: info says why (resources no joined node has)
