@@ -157,7 +157,7 @@ def worker_main(cfg: WorkerConfig) -> None:
     # once still lets its workers finish their initializer, as multiprocessing
     # does; a SIGTERM that came meanwhile takes effect now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-    worker = Worker(cfg)
+    worker = WorkerLoop(cfg)
     if cfg.forward_output:
         sys.stdout = _Forward(worker, "stdout")
         sys.stderr = _Forward(worker, "stderr")
@@ -171,7 +171,9 @@ def worker_main(cfg: WorkerConfig) -> None:
         raise SystemExit(worker.exit_code)  # the manager refused our key or version
 
 
-class Worker:
+class WorkerLoop:
+    """A worker process's peer and main loop: Dispatch in, tasks run in order, Results out."""
+
     def __init__(self, cfg: WorkerConfig) -> None:
         self.cfg = cfg
         self.parent = os.getppid()
@@ -389,7 +391,7 @@ def _die_with_parent() -> None:
 class _Forward(io.TextIOBase):
     """sys.stdout/sys.stderr of a cluster worker: whole lines become Output messages."""
 
-    def __init__(self, worker: Worker, stream: str) -> None:
+    def __init__(self, worker: WorkerLoop, stream: str) -> None:
         self.worker = worker
         self.stream = stream
         self.buf = ""
