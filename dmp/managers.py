@@ -30,24 +30,26 @@ from dmp import _config, serialization
 from dmp.client import hosted, proxies, proxylink, registry
 from dmp.client.manager_server import START_TIMEOUT_S, Server, finalize_manager, run_server
 from dmp.client.proxies import (
-    AcquirerProxy,
-    ArrayProxy,
     AutoProxy,
-    BarrierProxy,
     BaseProxy,
-    ConditionProxy,
     DictProxy,
-    EventProxy,
     IteratorProxy,
-    JoinableQueueProxy,
     ListProxy,
-    LockProxy,
     MakeProxyType,
     NamespaceProxy,
     PoolProxy,
+    Token,
+)
+from dmp.client.reactor_proxies import (
+    AcquirerProxy,
+    ArrayProxy,
+    BarrierProxy,
+    ConditionProxy,
+    EventProxy,
+    JoinableQueueProxy,
+    LockProxy,
     QueueProxy,
     SemaphoreProxy,
-    Token,
     ValueProxy,
 )
 from dmp.client.registry import HOST_BUILTINS, ReactorKind, Registration
