@@ -6,8 +6,8 @@
         FLUSH_SECONDS / FLUSH_ITEMS while it is busy
 
 Before each task the worker writes the task key (and, if its job has a
-timeout, the task's deadline) into a small shared-memory slot its supervisor
-reads, so that when the process dies the supervisor knows exactly which task
+timeout, the task's deadline) into a small shared-memory slot
+(dmp.node.slot) its supervisor reads, so that when the process dies the supervisor knows exactly which task
 killed it (the others queued here are requeued uncharged), and so that the
 supervisor can kill a task that runs past its deadline, even one stuck in C.
 """
@@ -20,7 +20,6 @@ import mmap
 import os
 import signal
 import socket
-import struct
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from typing import Any
 from dmp import _config, serialization
 from dmp.errors import MessageTooLargeError, ProtocolError
 from dmp.node import runners
+from dmp.node.slot import SLOT
 from dmp.wire import protocol, transport
 from dmp.wire.peer import PeerLoop
 
@@ -51,65 +51,6 @@ HELLO_BACKOFF_S = 1.0
 HELLO_BACKOFF_MAX_S = 30.0
 # Exit status of a worker or node the manager refused (wrong or missing key, other version).
 EXIT_REFUSED = 3
-
-# Slot layout: running task key (-1: none), its attempt, and its deadline in
-# time.monotonic() seconds (0: none). CLOCK_MONOTONIC is one clock for every
-# process of a host, so the supervisor can compare it with its own.
-_SLOT = struct.Struct("<qqd")
-SLOT_SIZE = _SLOT.size
-
-
-def new_slot() -> mmap.mmap:
-    """Shared memory (inherited across fork) holding the running task key."""
-    slot = mmap.mmap(-1, SLOT_SIZE)
-    _SLOT.pack_into(slot, 0, -1, 0, 0.0)
-    return slot
-
-
-class FdSlot(mmap.mmap):
-    """A slot that a spawned or forkserver worker can share: memfd-backed, it
-    pickles as a duplicate of its fd (only while a process is being started)."""
-
-    fd: int
-
-    def __new__(cls) -> FdSlot:
-        fd = os.memfd_create("dmp-slot", os.MFD_CLOEXEC)
-        os.ftruncate(fd, SLOT_SIZE)
-        self = super().__new__(cls, fd, SLOT_SIZE)
-        self.fd = fd
-        _SLOT.pack_into(self, 0, -1, 0, 0.0)
-        return self
-
-    def __reduce__(self) -> Any:
-        from multiprocessing import reduction
-
-        return (_attach_slot, (reduction.DupFd(self.fd),))
-
-    def close(self) -> None:
-        super().close()
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-def _attach_slot(dup: Any) -> mmap.mmap:
-    fd = dup.detach()
-    try:
-        return mmap.mmap(fd, SLOT_SIZE)
-    finally:
-        os.close(fd)
-
-
-def read_slot(slot: mmap.mmap) -> int:
-    key, _attempt, _deadline = _SLOT.unpack_from(slot, 0)
-    return int(key)
-
-
-def read_deadline(slot: mmap.mmap) -> tuple[int, float]:
-    """(running task key, its deadline) from a slot; the deadline is 0.0 if none."""
-    key, _attempt, deadline = _SLOT.unpack_from(slot, 0)
-    return int(key), float(deadline)
-
 
 @dataclass(slots=True)
 class WorkerConfig:
@@ -291,7 +232,7 @@ class WorkerLoop:
         slot = self.cfg.slot
         if slot is not None:
             timeout = self.timeouts.get(job_key, 0.0)
-            _SLOT.pack_into(slot, 0, key, attempt, time.monotonic() + timeout if timeout else 0.0)
+            SLOT.pack_into(slot, 0, key, attempt, time.monotonic() + timeout if timeout else 0.0)
         t0 = time.perf_counter()
         if not self.out_items:
             # The batch's age counts from the start of its first task, so a
@@ -346,7 +287,7 @@ class WorkerLoop:
             sys.stderr.flush()
         self.current = -1
         if slot is not None:
-            _SLOT.pack_into(slot, 0, -1, 0, 0.0)
+            SLOT.pack_into(slot, 0, -1, 0, 0.0)
         if self.context.retire:
             self.stopping = True  # maxtasksperchild of a cluster pool: a fresh process next
         if self.cfg.heartbeat and os.getppid() != self.parent:
