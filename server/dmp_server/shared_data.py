@@ -29,26 +29,28 @@ class Queue(Shared):
     def _accept(self, frames: list[Any]) -> None:
         self.items.append(frames)
 
+    def _park_or_fail(self, line: deque[Request], req: Request, out: Out, name: str) -> None:
+        """Not now: park a blocking request in ``line``; a non-blocking one fails as ``name``."""
+        if req.blocking:
+            line.append(req)
+            out.park(req)
+        else:
+            out.fail(req, name, "")
+
     def do_put(self, req: Request, out: Out) -> None:
         if not self._full():
             self._accept(req.frames)
             out.ok(req)
             self._settle(out)
-        elif req.blocking:
-            self.putters.append(req)
-            out.park(req)
         else:
-            out.fail(req, "Full", "")
+            self._park_or_fail(self.putters, req, out, "Full")
 
     def do_get(self, req: Request, out: Out) -> None:
         if self.items:
             out.ok(req, frames=self.items.popleft())
             self._settle(out)
-        elif req.blocking:
-            self.getters.append(req)
-            out.park(req)
         else:
-            out.fail(req, "Empty", "")
+            self._park_or_fail(self.getters, req, out, "Empty")
 
     def do_unget(self, req: Request, out: Out) -> None:
         """Give back an item a get took but its interrupted caller never received.
