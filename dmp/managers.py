@@ -228,11 +228,7 @@ class BaseManager:
                 frames = serialization.dumps((None, args, kwds, reg.exposed, to_typeid))
             msg, info = protocol.ObjCreate(0, "host", typeid), None
         reply, out = conn.request(msg, frames)
-        if reply.status == protocol.ObjStatus.RAISED:
-            raise serialization.load_exception(out)
-        if reply.status != protocol.ObjStatus.OK:
-            name, text = reply.value
-            raise proxies._ERRORS.get(name, RuntimeError)(text)
+        proxies.raise_for(reply, out)
         exposed = reply.value[1] if isinstance(reply.value, list) and len(reply.value) == 2 else reg.exposed
         return Token(typeid, self._address, reply.oid, info), exposed
 

@@ -93,6 +93,18 @@ _ERRORS: dict[str, type[BaseException]] = {
     "ReferenceError": ReferenceError,
 }
 
+
+def raise_for(reply: Any, out: list[Any]) -> None:
+    """Raise what a failed ObjReply says: the object's own exception (RAISED),
+    or the error the manager named (FAILED: ``[name, text]``); nothing if OK."""
+    if reply.status == ObjStatus.OK:
+        return
+    if reply.status == ObjStatus.RAISED:
+        raise serialization.load_exception(out)
+    name, text = reply.value if isinstance(reply.value, list) and len(reply.value) == 2 else ("RuntimeError", str(reply.value))
+    raise _ERRORS.get(name, RuntimeError)(text) if text else _ERRORS.get(name, RuntimeError)()
+
+
 # typeid -> proxy type, from every register() in this process (a proxy
 # unpickled without its manager still builds proxies of method results).
 PROXY_TYPES: dict[str, Any] = {}
@@ -179,12 +191,8 @@ class BaseProxy:
 
     def _request(self, msg: Any, frames: Sequence[Any] = (), undo: Undo | None = None) -> tuple[Any, list[Any]]:
         reply, out = self._conn().request(msg, frames, undo)
-        if reply.status == ObjStatus.OK:
-            return reply, out
-        if reply.status == ObjStatus.RAISED:
-            raise serialization.load_exception(out)
-        name, text = reply.value if isinstance(reply.value, list) and len(reply.value) == 2 else ("RuntimeError", str(reply.value))
-        raise _ERRORS.get(name, RuntimeError)(text) if text else _ERRORS.get(name, RuntimeError)()
+        raise_for(reply, out)
+        return reply, out
 
     def _callmethod(self, methodname: str, args: Sequence[Any] = (), kwds: dict[str, Any] | None = None) -> Any:
         """Call ``methodname`` on the object in the object host; its exception is raised here."""
