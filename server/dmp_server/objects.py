@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from dmp.wire import protocol
 from dmp.wire.protocol import ObjStatus
-from dmp_server import shared
+from dmp_server import pipes, shared
 from dmp_server.scheduler import Command, Send
 
 log = logging.getLogger("dmp.manager")
@@ -45,6 +45,9 @@ HOST = "host"
 # reaches this size, and then at twice what is left: amortised O(1) a call,
 # and never more than about twice the requests really parked.
 PARKED_SWEEP_MIN = 1024
+
+# The reactor kinds by name.
+KINDS: dict[str, type[shared.Shared]] = {**shared.KINDS, **pipes.KINDS}
 
 
 class Launcher(Protocol):
@@ -179,13 +182,15 @@ class ObjectServer:
             if not msg.typeid:
                 raise shared.Refusal("TypeError", "a host object needs a typeid")
             return self._to_host(peer, msg.ref, protocol.HostCall(0, 0, "__create__", msg.typeid), frames, now)
-        cls = shared.KINDS.get(msg.kind)
+        cls = KINDS.get(msg.kind)
         if cls is None:
             raise shared.Refusal("TypeError", f"unknown shared object kind {msg.kind!r}")
         if not isinstance(msg.args, list):
             raise shared.Refusal("TypeError", "constructor arguments must be a list")
         oid = next(self._ids)
-        self.entries[oid] = Entry(oid, msg.typeid or msg.kind, cls(msg.args, frames))
+        obj = cls(msg.args, frames)
+        obj.created(peer)
+        self.entries[oid] = Entry(oid, msg.typeid or msg.kind, obj)
         self._hold(peer, oid)
         return [Send(peer, protocol.ObjReply(msg.ref, ObjStatus.OK, None, oid))]
 
@@ -211,6 +216,10 @@ class ObjectServer:
             self._remember(entry.oid, parked)
         for note in out.notes:
             log.warning("%s", note)
+        if entry.obj.TRACKS_HOLDERS:
+            for holder in [p for p in entry.holders if not entry.obj.holds(p)]:
+                self.held.get(holder, set()).discard(entry.oid)
+                out.commands += self._unhold(holder, {entry.oid})
         return out.commands
 
     def _remember(self, oid: int, req: shared.Request) -> None:
