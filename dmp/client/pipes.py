@@ -189,7 +189,8 @@ class PipeConnection:
 
         Raises:
             OSError: the connection is closed or write-only, or the message is longer
-                than ``maxlength`` (the connection is then closed, as in multiprocessing).
+                than ``maxlength`` (the end then reads no more: a one-way end is closed,
+                as in multiprocessing).
             EOFError: nothing is left to receive and the other end is closed.
             ValueError: ``maxlength`` is negative.
         """
@@ -197,7 +198,11 @@ class PipeConnection:
             raise ValueError("negative maxlength")
         data = self._recv(self._check_readable())
         if maxlength is not None and len(data) > maxlength:
-            self.close()
+            # As multiprocessing: the stream is no longer trusted for reading.
+            if self._writable:
+                self._readable = False
+            else:
+                self.close()
             raise OSError("bad message length")
         return data
 
