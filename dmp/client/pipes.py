@@ -229,7 +229,8 @@ class PipeConnection:
             size = len(data)
             if bytesize < offset + size:
                 raise BufferTooShort(data)
-            m.cast("B")[offset : offset + size] = data
+            with m.cast("B") as raw:
+                raw[offset : offset + size] = data
             return size
 
     def recv(self) -> Any:

@@ -122,6 +122,24 @@ def test_pipe_send_bytes_bad_offsets(mp: Any) -> None:
         b.close()
 
 
+def test_pipe_recv_bytes_into_an_array(mp: Any) -> None:
+    import array
+
+    a, b = mp.Pipe()
+    try:
+        arr = array.array("i", [0, 0, 0, 0])
+        with pytest.raises(ValueError):
+            b.recv_bytes_into(arr, -1)
+        with pytest.raises(ValueError):
+            b.recv_bytes_into(arr, 17)
+        a.send_bytes(array.array("i", [7, 8]))
+        assert b.recv_bytes_into(arr, 4) == 8  # offset and size in bytes
+        assert list(arr) == [0, 7, 8, 0]
+    finally:
+        a.close()
+        b.close()
+
+
 def test_pipe_closed_end_refuses_everything(mp: Any) -> None:
     a, b = mp.Pipe()
     a.close()
