@@ -27,6 +27,7 @@ from typing import Any
 import cloudpickle
 
 from dmp.client import proxylink
+from dmp.errors import ManagerUnavailableError
 from dmp.wire import protocol
 from dmp.wire.protocol import ObjStatus
 
@@ -262,10 +263,14 @@ class PipeConnection:
             handle, self._handle = self._handle, None
         if handle is None or self._pid != os.getpid():
             return
-        conn = proxylink.connection(self._address)
-        reply, _ = conn.request(protocol.ObjCall(0, self._oid, "close", [handle], -1.0, threading.get_ident()))
-        if reply.status != ObjStatus.OK and reply.value != ["OSError", "handle is closed"]:
-            _check(reply)  # the manager already dropped it (this process left and came back): nothing to do
+        try:
+            proxylink.connection(self._address).request(
+                protocol.ObjCall(0, self._oid, "close", [handle], -1.0, threading.get_ident())
+            )
+        except ManagerUnavailableError:
+            pass  # the manager is gone, and the pipe with it: closed all the same
+        # A refusal means the manager dropped the handle already (this process's
+        # connection was lost and made again): closed all the same.
 
     def __enter__(self) -> PipeConnection:
         return self
