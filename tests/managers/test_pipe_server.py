@@ -146,3 +146,13 @@ def test_the_pipe_is_held_by_the_peers_owning_handles() -> None:
     ok(only(h.call("b", p, "close", [dup])[1]))
     assert p not in h.server.entries  # nobody owns a handle: the pipe is freed
     assert failed(only(h.call("b", p, "recv", [dup, 1])[1])) == "ReferenceError"
+
+
+def test_a_recv_answered_after_its_caller_gave_up_is_undone_by_unrecv() -> None:
+    from dmp.client.pipes import _UNRECV
+    from dmp.wire.protocol import ObjCall
+
+    call = ObjCall(9, 4, "recv", [7, 1], -1.0, 123)
+    undo = _UNRECV.call(call, ObjReply(9, ObjStatus.OK))
+    assert undo is not None and (undo.oid, undo.method, undo.args, undo.thread) == (4, "unrecv", [0, 1], 123)
+    assert _UNRECV.call(call, ObjReply(9, ObjStatus.FAILED, ["EOFError", ""])) is None
