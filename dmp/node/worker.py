@@ -105,8 +105,14 @@ def worker_main(cfg: WorkerConfig) -> None:
     try:
         worker.run()
     finally:
-        # The process ends with os._exit: without this, the last Results and
-        # the Bye could die unsent in ZeroMQ's queue (bounded by LINGER_MS).
+        # The process ends with os._exit, so atexit never runs: the proxy
+        # connections our tasks made say their Bye here, and the manager lets
+        # go of what they held (a Pipe end is closed) at once.
+        proxylink = sys.modules.get("dmp.client.proxylink")
+        if proxylink is not None:
+            proxylink.close_all()
+        # Without this, the last Results and the Bye could die unsent in
+        # ZeroMQ's queue (bounded by LINGER_MS).
         transport.context().term()
     if worker.exit_code:
         raise SystemExit(worker.exit_code)  # the manager refused our key or version

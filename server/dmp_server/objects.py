@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from dmp.wire import protocol
 from dmp.wire.protocol import ObjStatus
-from dmp_server import shared
+from dmp_server import pipes, shared
 from dmp_server.scheduler import Command, Send
 from dmp_server.shared_data import Array, JoinableQueue, Queue, Value
 from dmp_server.shared_sync import (
@@ -55,7 +55,7 @@ HOST = "host"
 KINDS: dict[str, type[shared.Shared]] = {
     cls.KIND: cls
     for cls in (Queue, JoinableQueue, Lock, RLock, Condition, Semaphore, BoundedSemaphore, Event, Barrier, Value, Array)
-}
+} | pipes.KINDS
 
 # The (peer, ref) -> parked request map is swept of answered requests when it
 # reaches this size, and then at twice what is left: amortised O(1) a call,
@@ -201,7 +201,9 @@ class ObjectServer:
         if not isinstance(msg.args, list):
             raise shared.Refusal("TypeError", "constructor arguments must be a list")
         oid = next(self._ids)
-        self.entries[oid] = Entry(oid, msg.typeid or msg.kind, cls(msg.args, frames))
+        obj = cls(msg.args, frames)
+        obj.created(peer)
+        self.entries[oid] = Entry(oid, msg.typeid or msg.kind, obj)
         self._hold(peer, oid)
         return [Send(peer, protocol.ObjReply(msg.ref, ObjStatus.OK, None, oid))]
 
@@ -227,6 +229,10 @@ class ObjectServer:
             self._remember(entry.oid, parked)
         for note in out.notes:
             log.warning("%s", note)
+        if entry.obj.TRACKS_HOLDERS:
+            for holder in [p for p in entry.holders if not entry.obj.holds(p)]:
+                self.held.get(holder, set()).discard(entry.oid)
+                out.commands += self._unhold(holder, {entry.oid})
         return out.commands
 
     def _remember(self, oid: int, req: shared.Request) -> None:

@@ -109,9 +109,18 @@ class Shared:
     """Base of the reactor kinds."""
 
     KIND: ClassVar[str] = ""
+    # Whether holds(peer) decides who holds the object (checked after each call).
+    TRACKS_HOLDERS: ClassVar[bool] = False
 
     def __init__(self, args: list[Any], frames: list[Any]) -> None:
         pass
+
+    def created(self, peer: str) -> None:
+        """``peer`` made this object (called once, right after the constructor)."""
+
+    def holds(self, peer: str) -> bool:
+        """With TRACKS_HOLDERS: whether ``peer`` still holds the object after its call."""
+        return True
 
     def call(self, req: Request, out: Out) -> None:
         if req.method in ("__repr__", "__str__"):  # what str(proxy) shows, as multiprocessing's fallback
