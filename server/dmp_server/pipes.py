@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from dmp_server.shared import Out, Refusal, Request, Shared, _arg
+from dmp_server.shared import Out, Refusal, Request, Shared, arg
 
 CLOSED = "handle is closed"
 
@@ -41,7 +41,7 @@ class Pipe(Shared):
     TRACKS_HOLDERS: ClassVar[bool] = True  # a peer holds the pipe while it owns a handle of it
 
     def __init__(self, args: list[Any], frames: list[Any]) -> None:
-        self.duplex: bool = _arg(args, 0, True, bool)
+        self.duplex: bool = arg(args, 0, True, bool)
         self.handles: dict[int, _Handle] = {}
         self._ids = itertools.count(3)
         self.live = [0, 0]  # handles per end
@@ -66,7 +66,7 @@ class Pipe(Shared):
         self.live[end] += 1
 
     def _handle(self, req: Request) -> tuple[int, _Handle]:
-        hid = _arg(req.args, 0, None, int)
+        hid = arg(req.args, 0, None, int)
         handle = self.handles.get(hid) if hid is not None else None
         if handle is None:
             raise Refusal("OSError", CLOSED)
@@ -100,8 +100,8 @@ class Pipe(Shared):
 
     def do_claim(self, req: Request, out: Out) -> None:
         """A process unpickles an end: it takes the pending handle, or (unpickled again) a new one."""
-        hid = _arg(req.args, 0, 0, int)
-        end = _arg(req.args, 1, 0, int)
+        hid = arg(req.args, 0, 0, int)
+        end = arg(req.args, 1, 0, int)
         if end not in (0, 1):
             raise Refusal("ValueError", f"a pipe has ends 0 and 1, not {end}")
         handle = self.handles.get(hid)
@@ -155,7 +155,7 @@ class Pipe(Shared):
 
     def do_unrecv(self, req: Request, out: Out) -> None:
         """Give back a message whose interrupted receiver never got it: first in line again."""
-        end = _arg(req.args, 1, 0, int)
+        end = arg(req.args, 1, 0, int)
         if end not in (0, 1):
             raise Refusal("ValueError", f"a pipe has ends 0 and 1, not {end}")
         self.inbox[end].appendleft(req.frames)
