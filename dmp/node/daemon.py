@@ -39,7 +39,9 @@ log = logging.getLogger("dmp.node")
 EXIT_REFUSED = 3
 
 
-class Node:
+class NodeDaemon:
+    """The node daemon (`dmp worker`): keeps this node's worker processes joined, reports their exits."""
+
     def __init__(
         self, address: str, *, processes: int, name: str, key: bytes | None, resources: dict[str, float] | None = None,
         memory_limit: int = 0,
@@ -181,7 +183,8 @@ def run_node(
     ``resources`` (name -> amount) is what the node declares it has;
     ``memory_limit`` the resident bytes a busy worker may use (0: no limit).
     """
-    node = Node(address, processes=processes, name=name, key=key, resources=resources, memory_limit=memory_limit)
+    node = NodeDaemon(address, processes=processes, name=name, key=key, resources=resources,
+                      memory_limit=memory_limit)
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)
     return node.run()
