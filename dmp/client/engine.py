@@ -24,6 +24,7 @@ from typing import Any
 from dmp import _config
 from dmp.client import session as session_mod
 from dmp.client.turns import Turns
+from dmp.deaths import parse_size
 from dmp.errors import ProcessError
 from dmp.node import runners
 from dmp.node.supervisor import Supervisor
@@ -136,13 +137,26 @@ def for_pool(
     initargs: tuple[Any, ...],
     maxtasksperchild: int | None,
     context: Any,
-    memory_limit: int = 0,
+    worker_memory_limit: int | str | None = None,
 ) -> tuple[LocalEngine | ClusterEngine, runners.PoolInit | None, int]:
     """The engine a Pool runs on, the initializer its cluster workers run (or
     None), and its size: a ClusterEngine when ``target`` names a manager, else
-    a LocalEngine forking ``processes`` workers (``memory_limit``: see
-    Supervisor)."""
+    a LocalEngine forking ``processes`` workers.
+
+    ``worker_memory_limit`` (bytes, or a text such as ``"2GiB"``; local pools
+    only, a cluster's nodes set theirs with ``dmp worker
+    --worker-memory-limit``): a worker whose resident memory passes it while
+    running a task is killed, and the task is retried or fails as for any
+    lost worker.
+
+    Raises:
+        ValueError: a bad ``worker_memory_limit``, or one for a cluster.
+    """
+    memory_limit = 0 if worker_memory_limit is None else parse_size(worker_memory_limit)
     if target.address is not None:
+        if memory_limit:
+            raise ValueError("worker_memory_limit= is for a local pool; a cluster's nodes set theirs "
+                             "(dmp worker --worker-memory-limit)")
         init = None
         if initializer is not None or maxtasksperchild is not None:
             init = runners.PoolInit(uuid.uuid4().hex, initializer, initargs, maxtasksperchild or 0)

@@ -30,7 +30,6 @@ from dmp.client.results import (
 )
 from dmp.client.session import Session
 from dmp.client.sink import ApplySink, MapSink
-from dmp.deaths import parse_size
 from dmp.errors import MessageTooLargeError, ProcessError
 from dmp.node import runners
 
@@ -42,11 +41,8 @@ class Pool:
     ``multiprocessing.Pool``'s arguments, plus ``address``/``authkey`` (a
     cluster; else ``dmp.connect()``'s or ``DMP_ADDRESS``, else local),
     ``max_retries`` (reruns of a task whose worker died), ``modules``
-    (modules whose code travels by value to nodes that lack them) and, for a
-    local pool, ``worker_memory_limit`` (bytes, or a text such as ``"2GiB"``:
-    a worker whose resident memory passes it while running a task is killed,
-    and the task fails or is retried as for any lost worker; a cluster's
-    nodes set theirs with ``dmp worker --worker-memory-limit``).
+    (modules whose code travels by value to nodes that lack them) and
+    ``worker_memory_limit`` (local pools: see dmp.client.engine.for_pool).
 
     Raises:
         ValueError: ``processes`` below 1, a bad ``maxtasksperchild`` or
@@ -91,10 +87,6 @@ class Pool:
         if self._resources and target.address is None:
             raise ValueError("resources= needs a cluster whose nodes declare them (dmp worker --resources); "
                              "a local pool has none")
-        memory_limit = 0 if worker_memory_limit is None else parse_size(worker_memory_limit)
-        if memory_limit and target.address is not None:
-            raise ValueError("worker_memory_limit= is for a local pool; a cluster's nodes set theirs "
-                             "(dmp worker --worker-memory-limit)")
         serialization.send_by_value(modules)
         self._max_retries = max_retries
         self._by_value = target.address is not None
@@ -103,7 +95,7 @@ class Pool:
         self._engine: Any
         self._init: runners.PoolInit | None
         self._engine, self._init, self._processes = for_pool(
-            target, processes, initializer, tuple(initargs), maxtasksperchild, context, memory_limit
+            target, processes, initializer, tuple(initargs), maxtasksperchild, context, worker_memory_limit
         )
         self._session: Session = self._engine.session
         self._link = self._session.link  # what a caller waiting on a result serves
