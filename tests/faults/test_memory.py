@@ -102,6 +102,8 @@ def test_bad_memory_limits_are_refused_naming_the_value() -> None:
         assert repr(bad) in str(info.value)
         with pytest.raises(ValueError, match="worker_memory_limit"):
             dmp.LocalCluster(1, 1, worker_memory_limit=bad)
+        with pytest.raises(ValueError, match="worker_memory_limit"):
+            dmp.Executor(1, worker_memory_limit=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="dmp worker --worker-memory-limit"):
         dmp.Pool(address="tcp://127.0.0.1:9", worker_memory_limit="1GiB")  # a cluster's nodes set it
     for bad in ("12XB", "0", "-1GiB"):
