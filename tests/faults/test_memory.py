@@ -145,6 +145,9 @@ def memory_cgroup(limit: int) -> Iterator[tuple[str, tuple[str, ...]]]:
         except OSError as exc:
             pytest.skip(f"cannot limit the memory cgroup {path}: {exc}")
         procs = os.path.join(path, "cgroup.procs")
+        probe = subprocess.run(["sh", "-c", f"echo $$ > {procs}"], capture_output=True, text=True, timeout=30)
+        if probe.returncode != 0:
+            pytest.skip(f"cannot move a process into the memory cgroup {path}: {probe.stderr.strip()}")
         yield os.path.join(path, count_file), ("sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh")
     finally:
         def removed() -> bool:
