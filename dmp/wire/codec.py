@@ -31,6 +31,10 @@ from dmp.errors import ProtocolError
 # JobTaskStarted), Hello's slots became max_workers, Welcome lost version.
 PROTOCOL_VERSION = 3
 
+class VersionMismatch(ProtocolError):
+    """The header's protocol version is not this side's (the manager answers ``Error(version)``)."""
+
+
 # Header decoding limits: a hostile peer must not make the decoder allocate
 # much. Real headers are small (a Dispatch of 1024 tasks is ~20 KiB).
 MAX_HEADER_BYTES = 4 * 1024 * 1024
@@ -137,7 +141,7 @@ def decode(header: bytes | memoryview) -> tuple[Message, list[int]]:
         raise ProtocolError("header is not a [version, type, sizes, ...] array")
     version, code = obj[0], obj[1]
     if type(version) is not int or version != PROTOCOL_VERSION:
-        raise ProtocolError(f"peer speaks dmp protocol version {version!r}, this side speaks {PROTOCOL_VERSION}")
+        raise VersionMismatch(f"peer speaks dmp protocol version {version!r}, this side speaks {PROTOCOL_VERSION}")
     cls = _REGISTRY.get(code) if type(code) is int else None
     if cls is None:
         raise ProtocolError(f"unknown message type {code!r}")

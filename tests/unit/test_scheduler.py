@@ -428,7 +428,7 @@ def test_past_max_retries_the_client_gets_lost_naming_node_pid_signal(h: Harness
         if death < max_retries:
             assert got == [] and h.s.queued() == 1
     ((item, frames),) = got
-    job, task_id, status, nframes, _run_s, info = item
+    job, task_id, status, nframes, info = item
     assert (job, task_id, status, nframes, frames) == (1, 42, Status.LOST, 0, [])
     text, node, pid, exitcode = info
     assert (node, pid, exitcode) == ("gpu-box-7", 5000 + max_retries, -9)
@@ -449,7 +449,7 @@ def test_lost_task_names_exit_code_and_ends_the_job(h: Harness) -> None:
     h.worker("w2")  # holds nothing of the job
     cmds = h.die("w1", 3, running=key)
     ((item, _),) = h.results_for("A")
-    assert item[2] == Status.LOST and "exit code 3" in item[5][0] and item[5][1:] == ["node-a", 77, 3]
+    assert item[2] == Status.LOST and "exit code 3" in item[4][0] and item[4][1:] == ["node-a", 77, 3]
     assert 1 not in h.s.clients["A"].jobs  # ended and nothing outstanding: forgotten
     assert sends_of(cmds, protocol.ForgetJobs) == []  # its only holder is dead
 
@@ -464,7 +464,7 @@ def test_lost_info_fills_worker_lost_error_attributes(h: Harness) -> None:
     h.worker("w1", node="n1", pid=999)
     h.die("w1", -9, running=h.given["w1"][0][0])
     ((item, frames),) = h.results_for("A")
-    ok, err = results.decode(item[2], frames, item[5])
+    ok, err = results.decode(item[2], frames, item[4])
     assert not ok and isinstance(err, WorkerLostError)
     assert (err.node, err.pid, err.exitcode) == ("n1", 999, -9)
 
