@@ -88,3 +88,19 @@ def test_a_client_s_own_messages_are_still_served(pool: dmp.Pool) -> None:
         assert [item[:3] for item in got.items] == [[1, 0, protocol.Status.OK]] and len(got.items[0]) == 5
         send(sock, protocol.EndJob(1))
         send(sock, protocol.Bye("done"))
+
+
+@pytest.mark.parametrize("role, field, value", [
+    ("client", "node", "node1"),
+    ("client", "resources", {"GPU": 1}),
+    ("node", "max_workers", 4),
+    ("status", "max_tasks", 10),
+])
+def test_a_hello_with_another_role_s_field_is_refused(pool: dmp.Pool, role: str, field: str, value: Any) -> None:
+    owner = protocol.Hello.ROLE_FIELDS[field]
+    with raw_dealer(pool) as sock:
+        send(sock, protocol.Hello(role, "mixed", "h", 1, version=protocol.software_version(), **{field: value}))
+        got = reply(sock)
+        assert isinstance(got, protocol.Error) and got.code == protocol.ErrorCode.BAD_MESSAGE
+        assert got.text == f"Hello.{field} is a {owner}'s; a {role} leaves it at its default"
+    assert pool.map(square, range(10)) == [x * x for x in range(10)]

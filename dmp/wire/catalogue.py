@@ -8,15 +8,15 @@ senders and receivers included). Who talks to whom:
     node --WorkerExited--> manager --SignalWorker--> node
     client --Obj*--> manager --HostCall/HostDrop--> object host --HostReady/HostReply--> manager
 
-A worker speaks of tasks by the manager's task *key*; the manager speaks to
-a client of its own job id and task id. Each side thus has its own message,
-never one type whose fields change meaning with the direction.
+A worker speaks of tasks by the manager's task *key*, the manager to a client of
+its job id and task id: each side has its own types, never one whose fields
+change meaning with the direction.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from dmp.wire.codec import Message, message
 
@@ -35,8 +35,9 @@ CLIENT, WORKER, NODE, HOST = ("client",), ("worker",), ("node",), ("host",)
 @dataclass(slots=True)
 class Hello(Message):
     """A peer introduces itself. Reply: Welcome, or Error. The fields after
-    ``nonce`` belong to one role each and stay at their defaults for the others."""
+    ``nonce`` belong to one role each (ROLE_FIELDS); the others leave them at their defaults."""
 
+    ROLE_FIELDS: ClassVar[dict[str, str]] = {"max_workers": "client", "node": "worker", "max_tasks": "worker", "resources": "node"}
     role: str
     name: str
     host: str

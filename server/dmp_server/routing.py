@@ -125,6 +125,11 @@ class Routing:
         if msg.role not in (Role.CLIENT, Role.WORKER, Role.NODE, Role.STATUS):
             self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"unknown role {msg.role!r}"))
             return
+        for name, owner in protocol.Hello.ROLE_FIELDS.items():
+            if owner != msg.role and getattr(msg, name):
+                text = f"Hello.{name} is a {owner}'s; a {msg.role} leaves it at its default"
+                self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, text))
+                return
         ours = protocol.software_version()
         if msg.version != ours:
             text = f"the manager runs {ours}, this {msg.role} runs {msg.version or 'an unknown version'}"
