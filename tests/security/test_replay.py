@@ -108,7 +108,7 @@ def test_1_a_replayed_welcome_does_not_open_a_session_for_a_new_client(cluster: 
         results = [parts for who, parts in proxy.sent_to(protocol.JobResults) if who == client]
     stop = threading.Event()
     with FakeManager() as fake:
-        def play() -> None:  # a Welcome for every Hello, the old Results for every Submit
+        def play() -> None:  # a Welcome for every Hello, the old JobResults for every Submit
             while not stop.is_set():
                 got = fake.recv(0.1)
                 if got is None:

@@ -543,7 +543,7 @@ def test_cancel_job_drops_queued_kills_running_and_says_cancelled(h: Harness) ->
     assert h.s.clients["A"].running == 0 and h.s.clients["A"].queued == 0
     assert 1 not in h.s.clients["A"].jobs
     assert len(h.s.workers["w1"].assigned) == 1  # B's task untouched
-    # Results of the cancelled tasks that were already on their way are dropped.
+    # Outcomes of the cancelled tasks that were already on their way are dropped.
     for w, keys in running_a.items():
         h.given[w] = collections.deque(t for t in h.given[w] if t[0] not in keys)
         items = [[k, 0, 0, 0, 0.1, ""] for k in keys]
