@@ -9,8 +9,9 @@ Popen object, so join/is_alive/exitcode/terminate/kill/sentinel keep their
 standard meaning.
 
     start() -> DefineJob(RunProcess) + Submit -> manager -> worker
-    worker --TaskStarted(pid)--> client        worker --Output--> client's stdout
-    worker --Results(exit code)--> client      (or LOST: the signal's exit code)
+    worker --TaskStarted(pid)--> manager --JobTaskStarted(pid)--> client
+    worker --TaskOutput--> manager --JobOutput--> client's stdout
+    worker --TaskDone(exit code)--> manager --JobResults--> client  (or LOST: the signal's exit code)
     terminate()/kill() -> SignalJob -> manager -> node -> os.kill(worker pid)
 """
 

@@ -1,7 +1,7 @@
 """The worker node daemon (``dmp worker``): keeps N worker processes joined to a manager.
 
     node --Hello(node)/Heartbeat/WorkerExited--> manager
-    node --fork--> worker processes --Hello(worker)/Results--> manager (directly)
+    node --fork--> worker processes --Hello(worker)/TaskDone--> manager (directly)
     worker sentinel readable -> reap -> WorkerExited(running task) -> respawn
 
 The node never carries task data: workers talk to the manager themselves, so
@@ -66,8 +66,7 @@ class NodeDaemon:
         # Fork the workers before this process has a live ZeroMQ context.
         self.supervisor.start()
         hello = protocol.Hello(
-            protocol.Role.NODE, self.name, socket.gethostname(), os.getpid(), self.supervisor.count,
-            resources=self.resources,
+            protocol.Role.NODE, self.name, socket.gethostname(), os.getpid(), resources=self.resources
         )
         peer = PeerLoop(self.address, self.key, hello, on_refused=self._refused)
         peer.watch_handshake()

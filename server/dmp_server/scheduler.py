@@ -6,8 +6,8 @@ workers to kill). The manager's reactor and the local engine both drive it,
 which is what makes local mode and cluster mode one engine.
 
     client --DefineJob/Submit--> [job queues, per client] --round robin-->
-        [worker credit] --Dispatch--> worker --Results--> [match attempt]
-        --Results--> client
+        [worker credit] --Dispatch--> worker --TaskDone--> [match attempt]
+        --JobResults--> client
 
 Two limits travel with a job's definition. ``timeout``: the worker's node
 (or the local supervisor) kills a worker whose task runs past it, and
@@ -208,8 +208,8 @@ class Scheduler(Placement):
         if job is None:
             return [Send(peer, protocol.Error(protocol.ErrorCode.UNKNOWN_JOB, f"unknown job {job_id}", job_id))]
         if job.refused:
-            items = [[job_id, task_id, int(Status.REFUSED), 0, 0.0, job.refused] for task_id, _ in tasks]
-            return [Send(peer, protocol.Results(items))]
+            items = [[job_id, task_id, int(Status.REFUSED), 0, job.refused] for task_id, _ in tasks]
+            return [Send(peer, protocol.JobResults(items))]
         was_idle = not job.pending
         for task_id, frames in tasks:
             task = Task(self._next_task, job, task_id, frames)
@@ -269,7 +269,7 @@ class Scheduler(Placement):
             self._count(client, status)
             if client is not None and job.job_id in client.jobs:
                 batch = out.setdefault(client.peer, ([], []))
-                batch[0].append([job.job_id, task.task_id, status, nframes, 0.0, info])
+                batch[0].append([job.job_id, task.task_id, status, nframes, info])
                 batch[1].extend(payload)
                 cmds += self._maybe_forget(client, job)
         if items:
@@ -278,7 +278,7 @@ class Scheduler(Placement):
             est = mean if est is None else est + EWMA_ALPHA * (mean - est)
             self.est_run_s = est
             self.in_flight = max(1, min(MAX_IN_FLIGHT, math.ceil(PREFETCH_SECONDS / max(est, 1e-7))))
-        sends: list[Command] = [Send(to, protocol.Results(its), frs) for to, (its, frs) in out.items()]
+        sends: list[Command] = [Send(to, protocol.JobResults(its), frs) for to, (its, frs) in out.items()]
         return sends + cmds + self.schedule()
 
     # --- bookkeeping ---------------------------------------------------------------
@@ -299,7 +299,7 @@ class Scheduler(Placement):
         self._count(client, status)
         if client is None or job.job_id not in client.jobs:
             return []
-        msg = protocol.Results([[job.job_id, task.task_id, int(status), len(frames), 0.0, info]])
+        msg = protocol.JobResults([[job.job_id, task.task_id, int(status), len(frames), info]])
         return [Send(client.peer, msg, frames), *self._maybe_forget(client, job)]
 
     def _maybe_forget(self, client: Client, job: Job) -> list[Command]:
@@ -335,7 +335,7 @@ class Scheduler(Placement):
             cmds.append(Kill(worker.peer))
         cmds += self._drop(client, job)
         if notify:
-            cmds.append(Send(client.peer, protocol.Results([[job.job_id, -1, int(Status.CANCELLED), 0, 0.0, "cancelled"]])))
+            cmds.append(Send(client.peer, protocol.JobResults([[job.job_id, -1, int(Status.CANCELLED), 0, "cancelled"]])))
         return cmds + self.schedule()
 
     # --- status ----------------------------------------------------------------
