@@ -1,4 +1,4 @@
-"""Local mode's engine: the manager daemon's reactor embedded in this process.
+"""The engines a Pool runs on; local mode's: the manager daemon's reactor embedded in this process.
 
     Pool --Session--> LocalLink --> Turns --> Daemon.poll/handle --ipc://--> workers
                                       ^ caller waiting, or the engine thread
@@ -21,9 +21,12 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from dmp import _config
 from dmp.client import session as session_mod
 from dmp.client.turns import Turns
+from dmp.deaths import parse_size
 from dmp.errors import ProcessError
+from dmp.node import runners
 from dmp.node.supervisor import Supervisor
 from dmp.node.worker import WorkerConfig
 
@@ -39,6 +42,7 @@ class LocalEngine:
         initargs: tuple[Any, ...],
         max_tasks: int,
         method: str = "fork",
+        memory_limit: int = 0,
     ) -> None:
         from dmp_server.daemon import Daemon
 
@@ -46,7 +50,7 @@ class LocalEngine:
         template = WorkerConfig(
             address=endpoint, node="local", initializer=initializer, initargs=initargs, max_tasks=max_tasks
         )
-        self.supervisor = Supervisor(template, count=processes, method=method)
+        self.supervisor = Supervisor(template, count=processes, method=method, memory_limit=memory_limit)
         self.daemon = Daemon(bind=[endpoint], supervisor=self.supervisor)
         self.turns = Turns(self.daemon.poll, self.daemon.handle, self.daemon.wake, reenter=False)
         self.session = session_mod.Session()
@@ -124,3 +128,51 @@ def _stop_all() -> None:
             engine.stop(kill=True, timeout=1.0)
         except Exception:
             pass
+
+
+def for_pool(
+    target: _config.Target,
+    processes: int | None,
+    initializer: Callable[..., Any] | None,
+    initargs: tuple[Any, ...],
+    maxtasksperchild: int | None,
+    context: Any,
+    worker_memory_limit: int | str | None = None,
+) -> tuple[LocalEngine | ClusterEngine, runners.PoolInit | None, int]:
+    """The engine a Pool runs on, the initializer its cluster workers run (or
+    None), and its size: a ClusterEngine when ``target`` names a manager, else
+    a LocalEngine forking ``processes`` workers.
+
+    ``worker_memory_limit`` (bytes, or a text such as ``"2GiB"``; local pools
+    only, a cluster's nodes set theirs with ``dmp worker
+    --worker-memory-limit``): a worker whose resident memory passes it while
+    running a task is killed, and the task is retried or fails as for any
+    lost worker.
+
+    Raises:
+        ValueError: a bad ``worker_memory_limit``, or one for a cluster.
+    """
+    memory_limit = 0 if worker_memory_limit is None else parse_size(worker_memory_limit)
+    if target.address is not None:
+        if memory_limit:
+            raise ValueError("worker_memory_limit= is for a local pool; a cluster's nodes set theirs "
+                             "(dmp worker --worker-memory-limit)")
+        init = None
+        if initializer is not None or maxtasksperchild is not None:
+            init = runners.PoolInit(uuid.uuid4().hex, initializer, initargs, maxtasksperchild or 0)
+        # Pool(k): the manager runs this pool's tasks on at most k workers at once.
+        cluster = ClusterEngine(address=target.address, authkey=target.authkey, max_workers=processes or 0)
+        return cluster, init, processes or max(1, cluster.slots)
+    from dmp import context as context_mod
+
+    processes = processes or _config.cpu_count()
+    method = context.get_start_method() if context is not None else context_mod.get_start_method()
+    local = LocalEngine(
+        processes=processes,
+        initializer=initializer,
+        initargs=initargs,
+        max_tasks=maxtasksperchild or 0,
+        method=method or "fork",
+        memory_limit=memory_limit,
+    )
+    return local, None, processes

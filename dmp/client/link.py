@@ -72,7 +72,7 @@ class RemoteLink:
         self._poller = select.poll()  # polled by the turn's holder only
         self._poller.register(self._fd, select.POLLIN)
         self._poller.register(self._wake.fd, select.POLLIN)
-        hello = protocol.Hello(protocol.Role.CLIENT, f"client-{os.getpid()}", socket.gethostname(), os.getpid(), max_workers)
+        hello = protocol.Hello(protocol.Role.CLIENT, f"client-{os.getpid()}", socket.gethostname(), os.getpid(), max_workers=max_workers)
         with self._io:
             self._chan.send(hello)
         self._thread = threading.Thread(target=self._run, name="dmp-link", daemon=True)
@@ -80,6 +80,9 @@ class RemoteLink:
         if not self._ready.wait(timeout):
             self._stop = True
             self._turns.stop()
+            # Let the thread close the socket: a socket left open at exit can block the
+            # interpreter's teardown of the ZeroMQ context forever.
+            self._thread.join(5.0)
             raise ManagerUnavailableError(f"no dmp manager answered at {address} within {timeout:g} s")
         if self._failure is not None:
             raise self._failure

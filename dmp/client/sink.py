@@ -7,12 +7,12 @@ also drives, subclass :class:`MapSink`. Nobody probes a sink with
 ``getattr``: what is not overridden here has a default that does nothing.
 
     Session.on_message (link thread, or a caller leading the link):
-        Results      -> on_result(task, status, frames, info) per outcome
-                        (a raising on_result is reported, then finished() asked)
-        TaskStarted  -> on_started(pid, node)
-        Error(job)   -> on_failure(exc)        the manager refused the job
+        JobResults      -> on_result(task, status, frames, info) per outcome
+                           (a raising on_result is reported, then finished() asked)
+        JobTaskStarted  -> on_started(pid, node)
+        Error(job)      -> on_failure(exc)        the manager refused the job
     Session.fail_all (any thread: link lost, pool closed or terminated)
-                     -> on_failure(exc)
+                        -> on_failure(exc)
     Pool feeder thread (MapSink only):
         abandoned()  before each batch: stop feeding a job nobody reads
         fail_chunk() a chunk that never left (did not pickle, iterable raised)
@@ -24,9 +24,12 @@ Sinks run on the link's thread: they must be quick and must not block.
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from dmp.wire.protocol import Status
+
+if TYPE_CHECKING:
+    from dmp.client.results import ApplyResult
 
 
 class Sink(abc.ABC):
@@ -43,8 +46,9 @@ class Sink(abc.ABC):
     def on_result(self, task_id: int, status: Status, frames: list[Any], info: Any) -> bool:
         """One task's outcome (``CANCELLED`` included); True when the job needs nothing more.
 
-        ``info`` is the Results item's info: for ``LOST`` ``[text, node, pid,
-        exitcode]``, for ``CANCELLED`` a text. A user callback raising here
+        ``info`` is the JobResults item's info: for ``LOST`` ``[text, node, pid,
+        exitcode, cause]`` (cause: dmp.deaths.WorkerDeath.to_wire), for
+        ``CANCELLED`` a text. A user callback raising here
         propagates; the session reports it and asks :meth:`finished`.
         """
 
@@ -53,7 +57,7 @@ class Sink(abc.ABC):
         """The whole job failed (session lost, pool stopped, job refused); may come more than once."""
 
     def on_started(self, pid: int, node: str) -> None:
-        """A worker announced it is running this job's task (``TaskStarted``)."""
+        """A worker announced it is running this job's task (``JobTaskStarted``)."""
         return None  # most jobs do not care
 
     def finished(self) -> bool:
@@ -76,3 +80,21 @@ class MapSink(Sink):
     def set_length(self, length: int) -> None:
         """The feeder handed over ``length`` tasks in all (sent or failed); nothing more comes."""
         return None  # a sink that knew its length from the start
+
+
+class ApplySink(Sink):
+    """The pool's one long-lived apply job: task id -> ApplyResult."""
+
+    def __init__(self) -> None:
+        self.results: dict[int, ApplyResult] = {}
+
+    def on_result(self, task_id: int, status: Status, frames: list[Any], info: str) -> bool:
+        result = self.results.pop(task_id, None)
+        if result is not None:
+            result.on_result(task_id, status, frames, info)
+        return False
+
+    def on_failure(self, exc: BaseException) -> None:
+        results, self.results = self.results, {}
+        for result in results.values():
+            result.on_failure(exc)

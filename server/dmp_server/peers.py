@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dmp import _config
+from dmp.deaths import WorkerDeath
 from dmp.wire import protocol
 from dmp.wire.protocol import Role
 from dmp_server import objects
@@ -40,6 +41,7 @@ class LocalSupervisor(Protocol):
     def spawn(self) -> str: ...
     def kill(self, worker_id: str) -> None: ...
     def kill_overdue(self, now: float) -> tuple[list[tuple[int, int]], float | None]: ...
+    def kill_over_memory(self) -> list[tuple[int, int, int]]: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -51,7 +53,6 @@ class Peer:
     host: str
     pid: int
     node: str
-    slots: int
     last_seen: float
     version: str = ""  # what its Hello said: dmp's and Python's versions
 
@@ -70,6 +71,48 @@ class Departures:
     dropped: list[Peer] = field(default_factory=list)
 
 
+class PeerTable(dict[str, Peer]):
+    """Peers by id, indexed by node name and counted by role as they are set and
+    popped, so a worker's Hello finds its node, and a client's Hello the client
+    count, without a scan of every peer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nodes: dict[str, Peer] = {}
+        self.counts: dict[str, int] = {}
+
+    def __setitem__(self, peer_id: str, peer: Peer) -> None:
+        self.pop(peer_id, None)
+        super().__setitem__(peer_id, peer)
+        self.counts[peer.role] = self.counts.get(peer.role, 0) + 1
+        if peer.role == Role.NODE:
+            self.nodes[peer.name] = peer
+
+    def __delitem__(self, peer_id: str) -> None:
+        self.pop(peer_id)
+
+    def pop(self, peer_id: str, *default: Any) -> Any:
+        if peer_id not in self:
+            if default:
+                return default[0]
+            raise KeyError(peer_id)
+        peer = super().pop(peer_id)
+        self.counts[peer.role] -= 1
+        if peer.role == Role.NODE and self.nodes.get(peer.name) is peer:
+            # Rare (a node leaves), so a scan: another node of that name may remain.
+            same = [p for p in self.values() if p.role == Role.NODE and p.name == peer.name]
+            if same:
+                self.nodes[peer.name] = same[-1]
+            else:
+                del self.nodes[peer.name]
+        return peer
+
+    def clear(self) -> None:
+        super().clear()
+        self.nodes.clear()
+        self.counts.clear()
+
+
 class Peers:
     """Remote peers by id (ident.hex()), and workers that exited cleanly awaiting their Bye."""
 
@@ -80,31 +123,15 @@ class Peers:
         self.shared = shared
         self.heartbeat_s = heartbeat_s
         self.supervised = supervised  # embedded mode: our own supervisor watches the workers
-        self.by_id: dict[str, Peer] = {}
+        self.by_id = PeerTable()
         self.exiting: dict[str, float] = {}
-        # Indexes kept by add/_pop, so a worker's Hello looks its node up without a scan.
-        self._nodes: dict[str, Peer] = {}
-        self._counts: dict[str, int] = {}
 
     def add(self, peer: Peer) -> None:
-        """Record a peer that joined (one already under its id must have been forgotten)."""
-        self._pop(peer.id)
+        """Record a peer that joined (one already under its id is replaced)."""
         self.by_id[peer.id] = peer
-        self._counts[peer.role] = self._counts.get(peer.role, 0) + 1
-        if peer.role == Role.NODE:
-            self._nodes[peer.name] = peer
 
     def _pop(self, peer_id: str) -> Peer | None:
-        peer = self.by_id.pop(peer_id, None)
-        if peer is not None:
-            self._counts[peer.role] -= 1
-            if peer.role == Role.NODE and self._nodes.get(peer.name) is peer:
-                # Rare (a node leaves), so a scan: another node of that name may remain.
-                same = [p for p in self.by_id.values() if p.role == Role.NODE and p.name == peer.name]
-                if same:
-                    self._nodes[peer.name] = same[-1]
-                else:
-                    del self._nodes[peer.name]
+        peer: Peer | None = self.by_id.pop(peer_id, None)
         return peer
 
     def who(self, peer_id: str | None, local: bool = False) -> str:
@@ -116,10 +143,10 @@ class Peers:
 
     def node(self, name: str) -> Peer | None:
         """The joined node called ``name`` (the latest to join under it), or None."""
-        return self._nodes.get(name)
+        return self.by_id.nodes.get(name)
 
     def count(self, role: str) -> int:
-        return self._counts.get(role, 0)
+        return self.by_id.counts.get(role, 0)
 
     def forget(self, peer_id: str, out: Departures, *, local: bool = False, crashed: bool = False) -> None:
         """A peer said Bye, went silent or said Hello again; ``local``: an in-process client;
@@ -142,6 +169,7 @@ class Peers:
             if peer is not None:
                 sched.remove_node(peer.name)
             for worker in [w for w in sched.workers.values() if w.node == (peer.name if peer else "")]:
+                self._clients_of(self.by_id.get(worker.peer), out, crashed=True)
                 self._drop(worker.peer, out)
                 out.cmds += sched.remove_worker(worker.peer, None)
 
@@ -152,9 +180,11 @@ class Peers:
             out.dropped.append(peer)
 
     def worker_exit(
-        self, peer_id: str, exitcode: int, running: int, now: float, out: Departures, timed_out: bool = False
+        self, peer_id: str, exitcode: int, running: int, now: float, out: Departures, timed_out: bool = False,
+        cause: WorkerDeath | None = None,
     ) -> None:
         """A worker process exited (its node or our supervisor says so)."""
+        self._clients_of(self.by_id.get(peer_id), out, crashed=exitcode != 0)
         if exitcode == 0 and running < 0 and peer_id in self.scheduler.workers:
             # A clean exit: the worker said Bye after its last results, on its
             # own socket, which may still be in flight. Wait for it a little,
@@ -162,7 +192,16 @@ class Peers:
             self.exiting[peer_id] = now + EXIT_GRACE_S
             return
         self._drop(peer_id, out)
-        out.cmds += self.scheduler.remove_worker(peer_id, exitcode, running, timed_out)
+        out.cmds += self.scheduler.remove_worker(peer_id, exitcode, running, timed_out, cause)
+
+    def _clients_of(self, worker: Peer | None, out: Departures, *, crashed: bool) -> None:
+        """The connections a worker process made as a client (its tasks' proxies, Pipe ends,
+        pools: same host, same pid) end with it, now rather than after missed heartbeats:
+        what they held is released and a Pipe end it held is closed (EOF for the other end)."""
+        if worker is None or worker.role != Role.WORKER or not worker.pid:
+            return
+        for peer in [p for p in self.by_id.values() if p.role == Role.CLIENT and (p.host, p.pid) == (worker.host, worker.pid)]:
+            self.forget(peer.id, out, crashed=crashed)
 
     def tick(self, now: float, out: Departures, late: float = 0.0) -> list[Peer]:
         """Once a beat: expire late Byes and silent peers; returns the peers to heartbeat.

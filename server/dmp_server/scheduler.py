@@ -6,8 +6,8 @@ workers to kill). The manager's reactor and the local engine both drive it,
 which is what makes local mode and cluster mode one engine.
 
     client --DefineJob/Submit--> [job queues, per client] --round robin-->
-        [worker credit] --Dispatch--> worker --Results--> [match attempt]
-        --Results--> client
+        [worker credit] --Dispatch--> worker --TaskDone--> [match attempt]
+        --JobResults--> client
 
 Two limits travel with a job's definition. ``timeout``: the worker's node
 (or the local supervisor) kills a worker whose task runs past it, and
@@ -18,6 +18,8 @@ is given to a worker until its outcome; such a task is given only to an idle
 worker, so it never waits behind another task while holding them.
 
 Payload frames pass through untouched: this module never unpickles.
+Which task goes to which worker (credit, fairness, resources) is
+``placement.py``; this module keeps the books of peers, jobs and outcomes.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ import math
 from collections import deque
 from typing import Any
 
-from dmp.errors import signal_name
+from dmp.deaths import WorkerDeath, loss_text
 from dmp.wire import protocol
 from dmp.wire.protocol import Status
 from dmp_server.hungry import Hungry
+from dmp_server.placement import Placement
 from dmp_server.records import Client, Command, Job, Kill, Node, Send, Task, Totals, Worker
 
 __all__ = ["Client", "Command", "Job", "Kill", "Node", "Scheduler", "Send", "Task", "Totals", "Worker"]
@@ -43,15 +46,16 @@ MAX_IN_FLIGHT = 256
 # Before any task has finished, nothing is known of durations: keep one task
 # queued behind the running one to hide the dispatch round trip.
 INITIAL_IN_FLIGHT = 2
-# Tasks given to a worker at once, when they fit its credit, however many
-# workers are idle (see schedule()).
-DISPATCH_BATCH = 32
 # Smoothing of the task duration estimate (exponentially weighted mean).
 EWMA_ALPHA = 0.2
 
 
-class Scheduler:
-    """Queues tasks per client, spreads them over worker credit fairly."""
+class Scheduler(Placement):
+    """Queues tasks per client, spreads them over worker credit fairly.
+
+    This half keeps the books (peers, jobs, outcomes, retries, cancels);
+    ``Placement`` (placement.py) decides which queued task goes to which worker.
+    """
 
     def __init__(self) -> None:
         self.clients: dict[str, Client] = {}
@@ -111,12 +115,14 @@ class Scheduler:
         return self.schedule()
 
     def remove_worker(
-        self, peer: str, exitcode: int | None, running: int | None = None, timed_out: bool = False
+        self, peer: str, exitcode: int | None, running: int | None = None, timed_out: bool = False,
+        cause: WorkerDeath | None = None,
     ) -> list[Command]:
         """A worker died or vanished. The task it was running (``running``;
         -1 means it was between tasks; None means unknown, and then its oldest
         task is blamed) is charged an attempt; the rest of its queue goes back
-        untouched. With ``timed_out`` its supervisor killed it for running
+        untouched. ``cause`` is what its node knows of the death (else the
+        exit code alone speaks); the task's LOST text says it. With ``timed_out`` its supervisor killed it for running
         ``running`` past its job's timeout: that task fails as TIMEOUT, not
         charged and never retried."""
         worker = self.workers.pop(peer, None)
@@ -126,6 +132,9 @@ class Scheduler:
         assigned = list(worker.assigned.values())
         if not timed_out and (exitcode != 0 or running != -1):
             self.totals.workers_lost += 1
+            self.totals.last_lost = f"worker process pid {worker.pid} on node {worker.node!r} " + str(
+                cause or WorkerDeath.of_exit(exitcode)
+            )
         if running is None:
             running = assigned[0].key if assigned else -1
         cmds: list[Command] = []
@@ -146,11 +155,9 @@ class Scheduler:
                 continue
             if task.key == running:
                 task.attempt += 1
-                text = (
-                    f"worker process pid {worker.pid} on node {worker.node!r} died "
-                    f"({signal_name(exitcode)}) while running this task"
-                )
-                task.last_loss = [text, worker.node, worker.pid, exitcode]
+                death = cause or WorkerDeath.of_exit(exitcode)
+                text = loss_text(death, worker.node, worker.pid)
+                task.last_loss = [text, worker.node, worker.pid, exitcode, death.to_wire()]
                 if task.attempt > job.max_retries:
                     info = [f"{text}; gave up after {task.attempt} attempts", *task.last_loss[1:]]
                     cmds += self._finish(task, Status.LOST, [], info)
@@ -205,8 +212,8 @@ class Scheduler:
         if job is None:
             return [Send(peer, protocol.Error(protocol.ErrorCode.UNKNOWN_JOB, f"unknown job {job_id}", job_id))]
         if job.refused:
-            items = [[job_id, task_id, int(Status.REFUSED), 0, 0.0, job.refused] for task_id, _ in tasks]
-            return [Send(peer, protocol.Results(items))]
+            items = [[job_id, task_id, int(Status.REFUSED), 0, job.refused] for task_id, _ in tasks]
+            return [Send(peer, protocol.JobResults(items))]
         was_idle = not job.pending
         for task_id, frames in tasks:
             task = Task(self._next_task, job, task_id, frames)
@@ -266,7 +273,7 @@ class Scheduler:
             self._count(client, status)
             if client is not None and job.job_id in client.jobs:
                 batch = out.setdefault(client.peer, ([], []))
-                batch[0].append([job.job_id, task.task_id, status, nframes, 0.0, info])
+                batch[0].append([job.job_id, task.task_id, status, nframes, info])
                 batch[1].extend(payload)
                 cmds += self._maybe_forget(client, job)
         self.hungry.touch(worker)
@@ -276,151 +283,10 @@ class Scheduler:
             est = mean if est is None else est + EWMA_ALPHA * (mean - est)
             self.est_run_s = est
             self.in_flight = max(1, min(MAX_IN_FLIGHT, math.ceil(PREFETCH_SECONDS / max(est, 1e-7))))
-        sends: list[Command] = [Send(to, protocol.Results(its), frs) for to, (its, frs) in out.items()]
+        sends: list[Command] = [Send(to, protocol.JobResults(its), frs) for to, (its, frs) in out.items()]
         return sends + cmds + self.schedule()
 
-    # --- scheduling ------------------------------------------------------------------
-
-    def credit(self, worker: Worker) -> int:
-        if worker.doomed:
-            return 0
-        free = self.in_flight - len(worker.assigned)
-        if worker.tasks_left >= 0:
-            free = min(free, worker.tasks_left)
-        return free
-
-    def schedule(self) -> list[Command]:
-        """Give idle credit work, one task per client in turn.
-
-        Workers come from the ``hungry`` index (idle ones first), never from
-        a scan of every worker: a dispatch costs the workers it visits.
-        """
-        if not self._ready:
-            return []
-        hungry = self.hungry
-        if not hungry:
-            return []
-        cmds: list[Command] = []
-        # Spread evenly: no worker takes more than its share of what is queued,
-        # so two tasks on two idle workers run side by side, not one behind the other.
-        # But once tasks are known to be short, a worker takes up to
-        # DISPATCH_BATCH of them at once (at most PREFETCH_SECONDS of work, as
-        # its credit says): spreading them one per worker over a thousand
-        # workers would cost a Dispatch and a Results message per task.
-        share = -(-self.queued_total // len(hungry))
-        if self.est_run_s is not None and share < DISPATCH_BATCH:
-            share = max(share, min(self.in_flight, DISPATCH_BATCH))
-        visited: list[Worker] = []
-        while self._ready:
-            worker = hungry.pop()
-            if worker is None:
-                break
-            free = min(self.credit(worker), share)
-            if free <= 0:
-                continue  # full: indexed again at its next results
-            visited.append(worker)
-            jobs: list[list[Any]] = []
-            job_frames: list[Any] = []
-            items: list[list[int]] = []
-            frames: list[Any] = []
-            while free > 0 and self._ready:
-                job = self._pick(worker)
-                if job is None:
-                    break  # every waiting client is at its cap of workers, or needs resources not free here
-                client = self._ready[0]
-                task = job.pending.popleft()
-                if not job.pending:
-                    client.active.remove(job)  # the first, unless others wait for resources
-                if not client.active:
-                    self._ready.popleft()
-                elif len(self._ready) > 1:
-                    self._ready.rotate(-1)
-                if job.resources:
-                    node = self.nodes[worker.node]  # _pick saw it there
-                    for res, amount in job.resources.items():
-                        node.free[res] -= amount
-                    task.held = node
-                if worker.peer not in job.holders:
-                    job.holders.add(worker.peer)
-                    jobs.append([job.key, len(job.runner), job.timeout])
-                    job_frames.extend(job.runner)
-                task.worker = worker.peer
-                worker.assigned[task.key] = task
-                if worker.tasks_left > 0:
-                    worker.tasks_left -= 1
-                client.queued -= 1
-                self.queued_total -= 1
-                client.running += 1
-                client.on[worker.peer] = client.on.get(worker.peer, 0) + 1
-                items.append([task.key, job.key, task.attempt, len(task.frames)])
-                frames.extend(task.frames)
-                free -= 1
-            if items:
-                cmds.append(Send(worker.peer, protocol.Dispatch(jobs, items), job_frames + frames))
-        hungry.put_back([w for w in visited if self.credit(w) > 0])
-        return cmds
-
-    # --- internals ---------------------------------------------------------------
-
-    def _pick(self, worker: Worker) -> Job | None:
-        """Rotate the ready clients until the first may use ``worker``; its
-        first job that may run there (None if no client has one).
-
-        A job with resources may run only on an idle worker of a node that
-        has them free (so no task waits behind another holding them).
-        """
-        ready = self._ready
-        for _ in range(len(ready)):
-            c = ready[0]
-            if not c.max_workers or worker.peer in c.on or len(c.on) < c.max_workers:
-                for job in c.active:
-                    if not job.resources:
-                        return job
-                    node = self.nodes.get(worker.node)
-                    if node is not None and not worker.assigned and node.covers(job.resources, now=True):
-                        return job
-            ready.rotate(-1)
-        return None
-
-    @staticmethod
-    def _unhold(task: Task) -> None:
-        """Give back the resources ``task`` holds, once (to the node record it took them from)."""
-        node = task.held
-        if node is None:
-            return
-        task.held = None
-        for res, amount in task.job.resources.items():
-            node.free[res] = node.free.get(res, 0.0) + amount
-
-    def _release(self, client: Client, worker: str) -> None:
-        """One of ``client``'s tasks left ``worker`` (done, lost or cancelled)."""
-        client.running -= 1
-        n = client.on.get(worker, 0) - 1
-        if n > 0:
-            client.on[worker] = n
-        else:
-            client.on.pop(worker, None)
-
-    def _activate(self, client: Client, job: Job) -> None:
-        client.active.append(job)
-        if len(client.active) == 1:
-            self._ready.append(client)
-
-    def _requeue(self, task: Task) -> None:
-        job = task.job
-        client = self.clients.get(job.client)
-        if client is None or job.job_id not in client.jobs:
-            self.tasks.pop(task.key, None)
-            return
-        if not job.pending:
-            job.pending.appendleft(task)
-            client.active.appendleft(job)
-            if len(client.active) == 1:
-                self._ready.appendleft(client)
-        else:
-            job.pending.appendleft(task)
-        client.queued += 1
-        self.queued_total += 1
+    # --- bookkeeping ---------------------------------------------------------------
 
     def _count(self, client: Client | None, status: int) -> None:
         failed = status != Status.OK
@@ -438,7 +304,7 @@ class Scheduler:
         self._count(client, status)
         if client is None or job.job_id not in client.jobs:
             return []
-        msg = protocol.Results([[job.job_id, task.task_id, int(status), len(frames), 0.0, info]])
+        msg = protocol.JobResults([[job.job_id, task.task_id, int(status), len(frames), info]])
         return [Send(client.peer, msg, frames), *self._maybe_forget(client, job)]
 
     def _maybe_forget(self, client: Client, job: Job) -> list[Command]:
@@ -475,7 +341,7 @@ class Scheduler:
             cmds.append(Kill(worker.peer))
         cmds += self._drop(client, job)
         if notify:
-            cmds.append(Send(client.peer, protocol.Results([[job.job_id, -1, int(Status.CANCELLED), 0, 0.0, "cancelled"]])))
+            cmds.append(Send(client.peer, protocol.JobResults([[job.job_id, -1, int(Status.CANCELLED), 0, "cancelled"]])))
         return cmds + self.schedule()
 
     # --- status ----------------------------------------------------------------

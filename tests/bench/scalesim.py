@@ -3,7 +3,7 @@
     nodes + workers process   one DEALER per node and per worker (the worker's identity is its
                               worker id, as in dmp.node.worker), real Hello / Welcome / proof
                               through dmp.wire.transport.Channel (signed with the authkey);
-                              a Dispatch is answered at once with one Results carrying, per
+                              a Dispatch is answered at once with one TaskDone carrying, per
                               task, the pickled list of its items doubled (the task's frame is
                               the pickled list of its items); heartbeats as a node's real
                               workers send them: one a beat while idle, none while answering
@@ -151,7 +151,7 @@ def serve_workers(ctl: Connection, address: str, key: bytes | None, nodes: list[
     peers = _Peers()
     node_ix = []
     for name in nodes:
-        node_ix.append(peers.add(_channel(address, key), _hello(protocol.Role.NODE, name, slots=per_node)))
+        node_ix.append(peers.add(_channel(address, key), _hello(protocol.Role.NODE, name)))
     peers.welcome(node_ix)
     _wait_nodes(address, key, set(nodes))  # admitted (their proofs read), so their workers are not refused
     worker_ix = []
@@ -159,7 +159,7 @@ def serve_workers(ctl: Connection, address: str, key: bytes | None, nodes: list[
         for _ in range(per_node):
             wid = f"sim-{uuid.uuid4().hex[:16]}"
             chan = _channel(address, key, identity=wid.encode())
-            worker_ix.append(peers.add(chan, _hello(protocol.Role.WORKER, wid, slots=1, node=name)))
+            worker_ix.append(peers.add(chan, _hello(protocol.Role.WORKER, wid, node=name)))
     peers.welcome(worker_ix)
     ctl.send("ready")
     is_worker = [False] * len(peers.chans)
@@ -198,7 +198,7 @@ def serve_workers(ctl: Connection, address: str, key: bytes | None, nodes: list[
                     pos += n
                     out.append(pickle.dumps([2 * v for v in values], protocol=5))
                     items.append([key_, attempt, ok, 1, 0.0, ""])
-                chan.send(protocol.Results(items), out)
+                chan.send(protocol.TaskDone(items), out)
                 last_sent[i] = time.monotonic()
                 tasks += len(items)
                 messages += 1
@@ -258,10 +258,10 @@ def serve_clients(ctl: Connection, address: str, key: bytes | None, clients: int
         for i in peers.ready(1.0):
             n = ixs.index(i)
             for msg, frames in peers.messages(i):
-                if not isinstance(msg, protocol.Results):
+                if not isinstance(msg, protocol.JobResults):
                     continue
                 pos = 0
-                for _job, task_id, status, nframes, _run, _info in msg.items:
+                for _job, task_id, status, nframes, _info in msg.items:
                     if status != protocol.Status.OK or pickle.loads(frames[pos]) != [2 * v for v in task_items(task_id, chunk)]:
                         bad += 1
                     pos += nframes

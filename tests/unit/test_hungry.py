@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 from dmp_server.hungry import Hungry
+from dmp_server.placement import DISPATCH_BATCH
 from dmp_server.records import Worker
-from dmp_server.scheduler import DISPATCH_BATCH, Scheduler, Send
+from dmp_server.scheduler import Scheduler, Send
 
 from dmp.wire import protocol
 from dmp.wire.protocol import Status

@@ -100,7 +100,7 @@ def _next_hello(router: transport.Channel, loop: peer.PeerLoop, deadline: float)
 
 def test_refused_hellos_back_off_and_a_welcome_resets(manager_socket: tuple[str, transport.Channel]) -> None:
     address, router = manager_socket
-    hello = protocol.Hello(protocol.Role.WORKER, "w", "host", 1, 1, "node")
+    hello = protocol.Hello(protocol.Role.WORKER, "w", "host", 1, node="node")
     loop = peer.PeerLoop(address, None, hello, expects_beats=False)
     try:
         loop.say_hello()
@@ -117,7 +117,7 @@ def test_refused_hellos_back_off_and_a_welcome_resets(manager_socket: tuple[str,
             delays.append(loop.backoff.delay)
             ident = _next_hello(router, loop, deadline)
         assert delays == pytest.approx([peer.HELLO_BACKOFF_S, 2 * peer.HELLO_BACKOFF_S, 4 * peer.HELLO_BACKOFF_S])
-        router.send(protocol.Welcome("p", "0", 0.5), to=ident)
+        router.send(protocol.Welcome("p", 0.5), to=ident)
         while not loop.joined:
             loop.poll(0.05)
             list(loop.messages())
@@ -146,13 +146,13 @@ def test_tick_beats_once_a_beat_and_reports_silence(manager_socket: tuple[str, t
 
 def test_a_worker_beats_once_every_beat_every_of_the_managers_beats(manager_socket: tuple[str, transport.Channel]) -> None:
     address, router = manager_socket
-    hello = protocol.Hello(protocol.Role.WORKER, "w", "host", 1, 1, "node")
+    hello = protocol.Hello(protocol.Role.WORKER, "w", "host", 1, node="node")
     loop = peer.PeerLoop(address, None, hello, expects_beats=False, beat_every=4)
     try:
         loop.say_hello()
         deadline = time.monotonic() + 20
         ident = _next_hello(router, loop, deadline)
-        router.send(protocol.Welcome("p", "0", 0.5), to=ident)
+        router.send(protocol.Welcome("p", 0.5), to=ident)
         while not loop.joined and time.monotonic() < deadline:
             loop.poll(0.05)
             list(loop.messages())
