@@ -6,6 +6,13 @@ runs it against the standard library (``stdlib``) or with dmp answering that imp
 in local mode, and ``dmp`` with DMP_ADDRESS/DMP_AUTHKEY naming a loopback manager
 with two worker nodes of two processes each (tests/daemons.py). Their stdout must be
 identical to the standard library's.
+
+The cluster has an authkey, as every cluster off loopback must: DMP_AUTHKEY is
+then also the key of the managers the examples start themselves, which is how
+a Process on a node can use their proxies (docs/managers.md). On a keyless
+cluster custom_manager.py's remote children get AuthenticationError from the
+manager's random key, and on nodes of other hosts they could not reach its
+ipc:// address at all.
 """
 
 from __future__ import annotations
