@@ -32,9 +32,6 @@ RUNNER = EXAMPLES_DIR / "run.py"
 EXAMPLES = sorted(p.name for p in EXAMPLES_DIR.glob("*.py") if p.name not in ("run.py", "quickstart.py"))
 RUN_TIMEOUT_S = 150
 
-# Examples that fail in a mode because of a known dmp bug: strict xfail, so a fix shows up.
-KNOWN_BUGS: dict[tuple[str, str], str] = {}
-
 pytestmark = pytest.mark.timeout(RUN_TIMEOUT_S * 2 + 60)
 
 
@@ -79,8 +76,6 @@ def test_every_example_is_an_ordinary_multiprocessing_program() -> None:
 @pytest.mark.parametrize("mode", ["stdlib", "dmp", "cluster"])
 @pytest.mark.parametrize("script", EXAMPLES)
 def test_example_prints_what_multiprocessing_prints(script: str, mode: str, request: pytest.FixtureRequest) -> None:
-    if (script, mode) in KNOWN_BUGS:
-        request.applymarker(pytest.mark.xfail(reason=KNOWN_BUGS[script, mode], strict=True))
     expected = stdlib_output(script)
     assert expected.strip(), f"{script} printed nothing under the standard library"
     if mode == "stdlib":
