@@ -141,7 +141,7 @@ class _ClusterPopen(Sink):
         if status == Status.OK:
             code = serialization.loads(frames)
             self._finish(code if isinstance(code, int) else 1)
-        elif status == Status.LOST and isinstance(info, list) and len(info) == 4:
+        elif status == Status.LOST and isinstance(info, list) and len(info) in (4, 5):
             self.pid = self.pid or int(info[2] or 0) or None
             self._finish(int(info[3]) if info[3] is not None else -signal.SIGKILL)
         elif status == Status.REFUSED:

@@ -47,7 +47,8 @@ class Sink(abc.ABC):
         """One task's outcome (``CANCELLED`` included); True when the job needs nothing more.
 
         ``info`` is the Results item's info: for ``LOST`` ``[text, node, pid,
-        exitcode]``, for ``CANCELLED`` a text. A user callback raising here
+        exitcode, cause]`` (cause: dmp.deaths.WorkerDeath.to_wire), for
+        ``CANCELLED`` a text. A user callback raising here
         propagates; the session reports it and asks :meth:`finished`.
         """
 

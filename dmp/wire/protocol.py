@@ -68,7 +68,7 @@ class Status(enum.IntEnum):
 
     OK = 0  # payload: the pickled return value
     RAISED = 1  # payload: the pickled (exception, traceback text)
-    LOST = 2  # no payload; info names node, pid and exit code
+    LOST = 2  # no payload; info names node, pid, exit code and cause
     CANCELLED = 3  # no payload; the job was cancelled
     TIMEOUT = 4  # no payload; ran past the job's timeout: info names node, pid and timeout
     REFUSED = 5  # no payload; never run: info says why (resources no joined node has)
@@ -264,7 +264,7 @@ class Results(Message):
     """Outcomes, batched. Worker -> manager items: [task key, attempt, status,
     nframes, run seconds, info]; manager -> client items: [job, task id,
     status, nframes, 0.0, info]. ``info`` is "" except for LOST, where it is
-    [text, node, pid, exitcode], TIMEOUT, where it is [text, node, pid,
+    [text, node, pid, exitcode, cause], TIMEOUT, where it is [text, node, pid,
     timeout], and CANCELLED and REFUSED, where it is a text."""
 
     items: list[list[Any]] = field(default_factory=list)
@@ -332,13 +332,16 @@ class SignalWorker(Message):
 class WorkerExited(Message):
     """Node -> manager: a worker process ended. ``running`` is the task key it
     was running (-1 for none), read from the worker's shared slot;
-    ``timed_out`` is 1 if the node killed it for running past its deadline."""
+    ``timed_out`` is 1 if the node killed it for running past its deadline;
+    ``cause`` is what the node knows of why (dmp.deaths.WorkerDeath.to_wire:
+    ``{"kind": ..., "rss": ..., "limit": ..., "maybe_oom": ...}``)."""
 
     worker: str
     pid: int
     exitcode: int
     running: int = -1
     timed_out: int = 0
+    cause: dict[str, Any] = field(default_factory=dict)
 
 
 @message(21)

@@ -22,6 +22,7 @@ import zmq
 
 from dmp import _config
 from dmp._version import __version__
+from dmp.deaths import WorkerDeath
 from dmp.errors import ProtocolError
 from dmp.wire import handshake, protocol, transport
 from dmp.wire.protocol import ErrorCode, Role
@@ -102,7 +103,8 @@ class Routing:
             self._handle_client(peer_id, msg, frames)
         elif peer.role == Role.NODE:
             if isinstance(msg, protocol.WorkerExited):
-                self._worker_exit(worker_peer(msg.worker), msg.exitcode, msg.running, bool(msg.timed_out))
+                cause = WorkerDeath.from_wire(msg.cause, msg.exitcode)
+                self._worker_exit(worker_peer(msg.worker), msg.exitcode, msg.running, bool(msg.timed_out), cause)
             elif isinstance(msg, protocol.Bye):
                 self._forget(peer_id)
         elif isinstance(msg, protocol.StatusRequest):
@@ -260,9 +262,11 @@ class Routing:
         out = protocol.Output(job.job_id, task.task_id, msg.stream, msg.text, msg.origin)
         self._send(job.client, out, [])
 
-    def _worker_exit(self, peer_id: str, exitcode: int, running: int, timed_out: bool = False) -> None:
+    def _worker_exit(
+        self, peer_id: str, exitcode: int, running: int, timed_out: bool = False, cause: WorkerDeath | None = None
+    ) -> None:
         out = Departures()
-        self.peers.worker_exit(peer_id, exitcode, running, time.monotonic(), out, timed_out)
+        self.peers.worker_exit(peer_id, exitcode, running, time.monotonic(), out, timed_out, cause)
         self._depart(out)
 
     # --- peers going away ---------------------------------------------------------------

@@ -28,7 +28,7 @@ import math
 from collections import deque
 from typing import Any
 
-from dmp.errors import signal_name
+from dmp.deaths import WorkerDeath, loss_text
 from dmp.wire import protocol
 from dmp.wire.protocol import Status
 from dmp_server.placement import Placement
@@ -112,12 +112,14 @@ class Scheduler(Placement):
         return self.schedule()
 
     def remove_worker(
-        self, peer: str, exitcode: int | None, running: int | None = None, timed_out: bool = False
+        self, peer: str, exitcode: int | None, running: int | None = None, timed_out: bool = False,
+        cause: WorkerDeath | None = None,
     ) -> list[Command]:
         """A worker died or vanished. The task it was running (``running``;
         -1 means it was between tasks; None means unknown, and then its oldest
         task is blamed) is charged an attempt; the rest of its queue goes back
-        untouched. With ``timed_out`` its supervisor killed it for running
+        untouched. ``cause`` is what its node knows of the death (else the
+        exit code alone speaks); the task's LOST text says it. With ``timed_out`` its supervisor killed it for running
         ``running`` past its job's timeout: that task fails as TIMEOUT, not
         charged and never retried."""
         worker = self.workers.pop(peer, None)
@@ -126,6 +128,9 @@ class Scheduler(Placement):
         assigned = list(worker.assigned.values())
         if not timed_out and (exitcode != 0 or running != -1):
             self.totals.workers_lost += 1
+            self.totals.last_lost = f"worker process pid {worker.pid} on node {worker.node!r} " + str(
+                cause or WorkerDeath.of_exit(exitcode)
+            )
         if running is None:
             running = assigned[0].key if assigned else -1
         cmds: list[Command] = []
@@ -146,11 +151,9 @@ class Scheduler(Placement):
                 continue
             if task.key == running:
                 task.attempt += 1
-                text = (
-                    f"worker process pid {worker.pid} on node {worker.node!r} died "
-                    f"({signal_name(exitcode)}) while running this task"
-                )
-                task.last_loss = [text, worker.node, worker.pid, exitcode]
+                death = cause or WorkerDeath.of_exit(exitcode)
+                text = loss_text(death, worker.node, worker.pid)
+                task.last_loss = [text, worker.node, worker.pid, exitcode, death.to_wire()]
                 if task.attempt > job.max_retries:
                     info = [f"{text}; gave up after {task.attempt} attempts", *task.last_loss[1:]]
                     cmds += self._finish(task, Status.LOST, [], info)

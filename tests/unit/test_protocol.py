@@ -100,7 +100,7 @@ def test_round_trip_without_sizes_and_from_memoryview() -> None:
 def test_header_layout_is_version_type_sizes_fields() -> None:
     msg = SAMPLES["WorkerExited"]
     raw = msgpack.unpackb(encode(msg, [5]), raw=False)
-    assert raw == [PROTOCOL_VERSION, 20, [5], "w-1", 4242, -9, 100, 0]
+    assert raw == [PROTOCOL_VERSION, 20, [5], "w-1", 4242, -9, 100, 0, {}]
 
 
 def test_trailing_defaults_may_be_left_off() -> None:

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from dmp_server.scheduler import Command, Kill, Scheduler, Send
 
+from dmp import deaths
+from dmp.deaths import WorkerDeath
 from dmp.wire import protocol
 from dmp.wire.protocol import Status
 
@@ -88,10 +90,12 @@ class Harness:
             frames.append(b"result-of-" + bytes(task_frames[0]))
         return self.apply(self.s.results(worker, items, frames))
 
-    def die(self, worker: str, exitcode: int | None = -9, running: int | None = -1) -> list[Command]:
+    def die(
+        self, worker: str, exitcode: int | None = -9, running: int | None = -1, cause: WorkerDeath | None = None
+    ) -> list[Command]:
         self.given.pop(worker, None)
         self.runners.pop(worker, None)
-        return self.apply(self.s.remove_worker(worker, exitcode, running))
+        return self.apply(self.s.remove_worker(worker, exitcode, running, cause=cause))
 
     def results_for(self, client: str) -> list[tuple[list[Any], list[Any]]]:
         """Every Results item the client got, with its payload frames; clears them."""
@@ -430,11 +434,11 @@ def test_past_max_retries_the_client_gets_lost_naming_node_pid_signal(h: Harness
     ((item, frames),) = got
     job, task_id, status, nframes, _run_s, info = item
     assert (job, task_id, status, nframes, frames) == (1, 42, Status.LOST, 0, [])
-    text, node, pid, exitcode = info
+    text, node, pid, exitcode, cause = info
     assert (node, pid, exitcode) == ("gpu-box-7", 5000 + max_retries, -9)
     assert "gpu-box-7" in text
     assert str(5000 + max_retries) in text
-    assert "SIGKILL" in text
+    assert "was killed by signal 9 (SIGKILL)" in text and cause == {"kind": "signal"}
     assert f"{max_retries + 1} attempts" in text
     assert h.s.queued() == 0 and not h.s.tasks and h.s.tasks_done == 0
 
@@ -449,9 +453,31 @@ def test_lost_task_names_exit_code_and_ends_the_job(h: Harness) -> None:
     h.worker("w2")  # holds nothing of the job
     cmds = h.die("w1", 3, running=key)
     ((item, _),) = h.results_for("A")
-    assert item[2] == Status.LOST and "exit code 3" in item[5][0] and item[5][1:] == ["node-a", 77, 3]
+    assert item[2] == Status.LOST and "exited with code 3" in item[5][0]
+    assert item[5][1:] == ["node-a", 77, 3, {"kind": "exit"}]
     assert 1 not in h.s.clients["A"].jobs  # ended and nothing outstanding: forgotten
     assert sends_of(cmds, protocol.ForgetJobs) == []  # its only holder is dead
+
+
+def test_task_over_the_memory_limit_is_blamed_and_retried_like_any_loss(h: Harness) -> None:
+    h.client("A")
+    h.job("A", 1, max_retries=1)
+    h.submit("A", 1, [1])
+    over = WorkerDeath(deaths.MEMORY_LIMIT, -9, rss=612 << 20, limit=500 << 20)
+    h.worker("w1", pid=77)
+    (key, *_rest) = h.given["w1"][0]
+    h.die("w1", -9, running=key, cause=over)
+    assert h.results_for("A") == []  # within max_retries: rerun
+    h.worker("w2", pid=78)
+    (key, *_rest) = h.given["w2"][0]
+    h.die("w2", -9, running=key, cause=over)
+    ((item, _),) = h.results_for("A")
+    text = item[5][0]
+    assert item[2] == Status.LOST and text.startswith(
+        "task exceeded the worker memory limit (RSS 612 MiB > limit 500 MiB) on node 'node-a' pid 78"
+    ), text
+    assert "gave up after 2 attempts" in text, text
+    assert item[5][4] == {"kind": "memory_limit", "rss": 612 << 20, "limit": 500 << 20}
 
 
 def test_lost_info_fills_worker_lost_error_attributes(h: Harness) -> None:
@@ -725,6 +751,7 @@ def test_totals_count_outcomes_failures_retries_and_lost_workers(h: Harness) -> 
     h.die("w3", 0, running=-1)  # a clean exit (maxtasksperchild) is not a loss
     t = h.s.totals
     assert (t.done, t.failed, t.retried, t.workers_lost) == (4, 2, 1, 2)
+    assert t.last_lost == "worker process pid 100 on node 'node-a' was killed by signal 9 (SIGKILL)", t.last_lost
     a, b = h.s.clients["A"], h.s.clients["B"]
     assert (a.done, a.failed, a.retried) == (3, 2, 1)
     assert (b.done, b.failed, b.retried) == (1, 0, 0)
