@@ -79,6 +79,7 @@ class Cluster:
         self.nodes = nodes
         self.procs = max(1, min(procs, nodes))
         self.pid = 0
+        self.rehellos = 0  # Hellos the simulated workers said again after joining (handshakes dropped)
 
     def __enter__(self) -> Cluster:
         try:
@@ -149,7 +150,8 @@ class Cluster:
         for ctl, proc in self.sims:
             try:
                 ctl.send("stop")
-                ctl.poll(10) and ctl.recv()
+                if ctl.poll(10):
+                    self.rehellos += ctl.recv().get("rehellos", 0)
             except (OSError, EOFError):
                 pass
             proc.join(10)
@@ -203,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'workers':>7} {'nodes':>5} {'clients':>7} {'chunk':>6} {'tasks':>7} {'items/s':>9} {'tasks/s':>8} "
           f"{'mgr CPU%':>8} {'mgr µs/task':>11}", flush=True)
     with tempfile.TemporaryDirectory(prefix="dmp-scale-") as tmp:
-        for shape in args.shapes.split(","):
+        for shape in filter(None, args.shapes.split(",")):
             workers, nodes = (int(x) for x in shape.split("x"))
             profile = str(Path(args.profile).resolve() / f"{shape}.prof") if args.profile else None
             with Cluster(workers, nodes, args.procs, Path(tmp) / shape, profile) as cluster:
@@ -220,9 +222,11 @@ def main(argv: list[str] | None = None) -> int:
             with Cluster(args.idle, args.idle_nodes, args.procs, Path(tmp) / "idle", profile) as cluster:
                 time.sleep(2.0)  # the join settles
                 pct = cluster.idle_cpu(args.idle_s)
-            rows.append({"idle_workers": args.idle, "nodes": args.idle_nodes, "cpu_pct": pct})
+            rows.append({"idle_workers": args.idle, "nodes": args.idle_nodes, "cpu_pct": pct,
+                         "rehellos": cluster.rehellos})
             print(f"idle: {args.idle} workers on {args.idle_nodes} nodes, heartbeats only: manager at {pct:.2f}% "
-                  f"of one core ({pct / args.idle * 1000:.3f}% per 1000 workers)", flush=True)
+                  f"of one core ({pct / args.idle * 1000:.3f}% per 1000 workers; {cluster.rehellos} workers "
+                  "said Hello again after joining)", flush=True)
     print(f"load average {os.getloadavg()[0]:.1f} at the end", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
