@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from dmp import _config, context
+from dmp.client import toplevel
 
 _managers: dict[tuple[str, bytes | None], Any] = {}
 _lock = threading.Lock()
@@ -65,7 +66,7 @@ def Queue(maxsize: int = 0) -> Any:
         AuthenticationError: (cluster mode) the manager refused the authkey.
     """
     m = _cluster()
-    return _local().Queue(maxsize) if m is None else m.Queue(maxsize)
+    return _local().Queue(maxsize) if m is None else toplevel.make(m, "Queue", toplevel.Queue, maxsize)
 
 
 def JoinableQueue(maxsize: int = 0) -> Any:
@@ -76,7 +77,9 @@ def JoinableQueue(maxsize: int = 0) -> Any:
         AuthenticationError: (cluster mode) the manager refused the authkey.
     """
     m = _cluster()
-    return _local().JoinableQueue(maxsize) if m is None else m.JoinableQueue(maxsize)
+    if m is None:
+        return _local().JoinableQueue(maxsize)
+    return toplevel.make(m, "JoinableQueue", toplevel.JoinableQueue, maxsize)
 
 
 def SimpleQueue() -> Any:
@@ -87,7 +90,7 @@ def SimpleQueue() -> Any:
         AuthenticationError: (cluster mode) the manager refused the authkey.
     """
     m = _cluster()
-    return _local().SimpleQueue() if m is None else m.Queue()
+    return _local().SimpleQueue() if m is None else toplevel.make(m, "Queue", toplevel.SimpleQueue)
 
 
 def Lock() -> Any:
@@ -98,7 +101,7 @@ def Lock() -> Any:
         AuthenticationError: (cluster mode) the manager refused the authkey.
     """
     m = _cluster()
-    return _local().Lock() if m is None else m.Lock()
+    return _local().Lock() if m is None else toplevel.make(m, "Lock", toplevel.Lock)
 
 
 def RLock() -> Any:
@@ -109,7 +112,7 @@ def RLock() -> Any:
         AuthenticationError: (cluster mode) the manager refused the authkey.
     """
     m = _cluster()
-    return _local().RLock() if m is None else m.RLock()
+    return _local().RLock() if m is None else toplevel.make(m, "RLock", toplevel.RLock)
 
 
 def Semaphore(value: int = 1) -> Any:
@@ -120,7 +123,7 @@ def Semaphore(value: int = 1) -> Any:
         AuthenticationError: (cluster mode) the manager refused the authkey.
     """
     m = _cluster()
-    return _local().Semaphore(value) if m is None else m.Semaphore(value)
+    return _local().Semaphore(value) if m is None else toplevel.make(m, "Semaphore", toplevel.Semaphore, value)
 
 
 def BoundedSemaphore(value: int = 1) -> Any:
@@ -131,7 +134,9 @@ def BoundedSemaphore(value: int = 1) -> Any:
         AuthenticationError: (cluster mode) the manager refused the authkey.
     """
     m = _cluster()
-    return _local().BoundedSemaphore(value) if m is None else m.BoundedSemaphore(value)
+    if m is None:
+        return _local().BoundedSemaphore(value)
+    return toplevel.make(m, "BoundedSemaphore", toplevel.Semaphore, value)
 
 
 def Event() -> Any:
@@ -153,7 +158,7 @@ def Condition(lock: Any = None) -> Any:
         AuthenticationError: (cluster mode) the manager refused the authkey.
     """
     m = _cluster()
-    return _local().Condition(lock) if m is None else m.Condition()
+    return _local().Condition(lock) if m is None else toplevel.make(m, "Condition", toplevel.Condition)
 
 
 def Barrier(parties: int, action: Any = None, timeout: float | None = None) -> Any:
@@ -175,7 +180,9 @@ def Value(typecode_or_type: Any, *args: Any, lock: Any = True) -> Any:
         AuthenticationError: (cluster mode) the manager refused the authkey.
     """
     m = _cluster()
-    return _local().Value(typecode_or_type, *args, lock=lock) if m is None else m.Value(typecode_or_type, *args)
+    if m is None:
+        return _local().Value(typecode_or_type, *args, lock=lock)
+    return toplevel.value(m, typecode_or_type, args, lock)
 
 
 def Array(typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) -> Any:
@@ -188,7 +195,7 @@ def Array(typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) 
     m = _cluster()
     if m is None:
         return _local().Array(typecode_or_type, size_or_initializer, lock=lock)
-    return m.Array(typecode_or_type, size_or_initializer)
+    return toplevel.array_of(m, typecode_or_type, size_or_initializer, lock)
 
 
 def Pipe(duplex: bool = True) -> tuple[Any, Any]:

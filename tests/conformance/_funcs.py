@@ -239,6 +239,11 @@ def try_acquire(lock: Any, out: Any) -> None:
     out.put(got)
 
 
+def acquire_lock(lock: Any) -> None:
+    """Takes the lock and exits holding it."""
+    assert lock.acquire(timeout=5)
+
+
 def locked_increment(lock: Any, value: Any, n: int) -> None:
     for _ in range(n):
         with lock:
