@@ -48,7 +48,7 @@ class Node:
         template = WorkerConfig(
             address=address, node=name, key=key, by_value=True, heartbeat=True, forward_output=True
         )
-        self.supervisor = Supervisor(template, count=processes, name_prefix="dmp-worker")
+        self.supervisor = Supervisor(template, count=processes, name_prefix=f"dmp-worker-{name}")
         self._stop = False
         self._welcomed_once = False
         self.status = 0

@@ -17,6 +17,8 @@ the task. A runner whose ``announce`` is True has its task announced
 
 from __future__ import annotations
 
+import multiprocessing.process
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -144,14 +146,15 @@ class RunProcess(Runner):
 
     announce = True
 
-    def __init__(self, cls: Any, state: dict[str, Any]) -> None:
+    def __init__(self, cls: Any, state: dict[str, Any], daemon: bool = False) -> None:
         self.cls = cls
         self.state = state
+        self.daemon = daemon
 
     @classmethod
     def of(cls, process: Any) -> RunProcess:
         state = {k: v for k, v in vars(process).items() if k not in _PARENT_ONLY}
-        return cls(type(process), state)
+        return cls(type(process), state, process.daemon)
 
     def __call__(self, _task: Any, ctx: TaskContext) -> int:
         import sys
@@ -160,7 +163,15 @@ class RunProcess(Runner):
         ctx.retire = True
         obj = self.cls.__new__(self.cls)
         obj.__dict__.update(self.state)
-        obj._config = {}
+        worker: Any = multiprocessing.process.current_process()
+        # This process *is* the Process now, as a forked child is: its name,
+        # its daemon flag (a non-daemon one may have children), the worker's
+        # authkey and identity (the worker retires after it).
+        obj._config = {**worker._config, "daemon": bool(self.daemon)}
+        obj._identity = worker._identity
+        obj._parent_pid, obj._parent_name = os.getppid(), worker.name
+        obj._popen, obj._closed = None, False
+        multiprocessing.process._current_process = obj  # type: ignore[attr-defined]
         try:
             obj.run()
             code = 0
@@ -177,9 +188,10 @@ class RunProcess(Runner):
             traceback.print_exc()
             code = 1
         finally:
+            multiprocessing.process._current_process = worker  # type: ignore[attr-defined]
             sys.stdout.flush()
             sys.stderr.flush()
         return code
 
     def __reduce__(self) -> Any:
-        return (RunProcess, (self.cls, self.state))
+        return (RunProcess, (self.cls, self.state, self.daemon))

@@ -20,11 +20,12 @@ pytestmark = pytest.mark.timeout(90)
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def where(x: int) -> tuple[int, str, int]:
+def where(x: int) -> tuple[int, str, int, str]:
+    import multiprocessing
     import os
     import socket
 
-    return x * x, socket.gethostname(), os.getpid()
+    return x * x, socket.gethostname(), os.getpid(), multiprocessing.current_process().name
 
 
 def test_pool_map_spreads_over_both_nodes(cluster) -> None:
@@ -32,6 +33,10 @@ def test_pool_map_spreads_over_both_nodes(cluster) -> None:
         results = pool.map(where, range(200), chunksize=1)
     assert [r[0] for r in results] == [x * x for x in range(200)]
     assert len({r[2] for r in results}) >= 3  # pids on both nodes (2 workers each)
+    # Worker names say their node, so they are unique across nodes: one name per process.
+    names = {r[2]: r[3] for r in results}
+    assert len(set(names.values())) == len(names), names
+    assert all(re.fullmatch(r"dmp-worker-node[12]-\d+", n) for n in names.values()), names
     status = cluster.wait_slots(4)
     done = {n["name"]: n["tasks_done"] for n in status["nodes"]}
     assert set(done) == {"node1", "node2"} and all(v > 0 for v in done.values()), done
