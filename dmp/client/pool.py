@@ -145,6 +145,13 @@ class Pool:
         self._apply = _ApplySink()
         apply_runner = serialization.dumps(runners.Apply(self._init), by_value=True) if self._init else []
         self._apply_job = self._session.new_job(self._apply, apply_runner, max_retries, self._timeout, self._resources)
+        if self._init is not None and initializer is not None:
+            # The nodes' workers are shared between pools, so none starts for
+            # this one: each slot it may use gets a start-up task, which runs
+            # the initializer on a free worker now (a busy one runs it before
+            # its first task of this pool). Their outcomes go to nobody.
+            start = serialization.dumps((runners.initialize, (), {}))
+            self._session.submit(self._apply_job, [(next(self._ids), start) for _ in range(self._processes)])
         self._feed: collections.deque[tuple[int, MapSink, Iterator[Any]]] = collections.deque()
         self._feed_cond = threading.Condition(threading.Lock())
         # Started by the first map: a pool used only for apply never pays for it.

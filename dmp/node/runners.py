@@ -6,8 +6,11 @@ triples. Runners pickle by value together with the user's function.
 
 In cluster mode a worker serves many pools, so a pool's ``initializer`` and
 ``maxtasksperchild`` travel with its runners (:class:`PoolInit`): the
-initializer runs the first time a worker meets that pool, and a worker that
-has run ``maxtasksperchild`` of the pool's tasks retires after the current one.
+initializer runs the first time a worker meets that pool, before that task,
+and a worker that has run ``maxtasksperchild`` of the pool's tasks retires
+after the current one. A pool with an initializer also sends, when it
+starts, one :func:`initialize` task per slot it may use, so that free workers
+run the initializer at once, as the standard library's do at worker start.
 
 A runner is called ``runner(task, ctx)``; ``ctx`` is the worker's
 :class:`TaskContext`, through which a runner asks its worker to retire after
@@ -25,6 +28,8 @@ from typing import Any
 # Pools (by uid) this worker process has initialized, and tasks run per pool.
 _initialized: set[str] = set()
 _counts: dict[str, int] = {}
+# Per pool: the globals its initializer ran with, when it travelled by value.
+_init_globals: dict[str, dict[str, Any]] = {}
 
 
 class TaskContext:
@@ -61,11 +66,17 @@ class PoolInit:
         self.initargs = initargs
         self.max_tasks = max_tasks
 
-    def before(self) -> None:
+    def before(self, func: Any = None) -> None:
+        """Run the initializer if this worker has not yet; then let ``func`` see what it set."""
         if self.uid not in _initialized:
             if self.initializer is not None:
                 self.initializer(*self.initargs)
+                found = getattr(self.initializer, "__globals__", None)
+                if isinstance(found, dict):
+                    _init_globals[self.uid] = found
             _initialized.add(self.uid)
+        if func is not None:
+            _adopt(self.uid, func)
 
     def after(self, ctx: TaskContext) -> None:
         if self.max_tasks:
@@ -76,6 +87,31 @@ class PoolInit:
 
     def __reduce__(self) -> Any:
         return (PoolInit, (self.uid, self.initializer, self.initargs, self.max_tasks))
+
+
+def _adopt(uid: str, func: Any) -> None:
+    """Give ``func`` the globals pool ``uid``'s initializer ran with.
+
+    A function sent by value (``__main__``'s, a lambda) is rebuilt from each
+    pickle with a globals dict of its own, so what an initializer from the
+    same module set (``global model; model = load()``) would be invisible to
+    the tasks pickled apart from it. Their globals take the initializer's
+    objects instead, as a forked pool's workers share one module: the values
+    as the pool started, plus what the initializer did.
+    """
+    source = _init_globals.get(uid)
+    target = getattr(func, "__globals__", None)
+    if source is None or not isinstance(target, dict) or target is source:
+        return
+    if target.get("__name__") != source.get("__name__"):
+        return
+    for name, value in source.items():
+        if not name.startswith("__"):
+            target[name] = value
+
+
+def initialize() -> None:
+    """A cluster pool's start-up task: its :class:`Apply` runner runs the pool's initializer (once per worker)."""
 
 
 def call(task: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:
@@ -96,7 +132,9 @@ class Apply(Runner):
         init = self.init
         if init is None:
             return call(task)
-        init.before()
+        init.before(task[0])
+        if task[0] is initialize:
+            return None  # not one of the pool's tasks: maxtasksperchild does not count it
         try:
             return call(task)
         finally:
@@ -119,7 +157,7 @@ class MapChunk(Runner):
     def __call__(self, items: list[Any], ctx: TaskContext) -> list[Any]:
         init = self.init
         if init is not None:
-            init.before()
+            init.before(self.func)
         try:
             func = self.func
             if self.star:
