@@ -22,7 +22,7 @@ import multiprocessing.sharedctypes
 from collections.abc import Iterator
 from typing import Any
 
-from dmp.client.proxies import (
+from dmp.client.reactor_proxies import (
     AcquirerProxy,
     ArrayProxy,
     ConditionProxy,

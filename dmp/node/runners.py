@@ -111,7 +111,13 @@ def _adopt(uid: str, func: Any) -> None:
 
 
 def initialize() -> None:
-    """A cluster pool's start-up task: its :class:`Apply` runner runs the pool's initializer (once per worker)."""
+    """A cluster pool's start-up task: its :class:`Apply` runner runs the pool's initializer (once per worker).
+
+    The nodes' workers are shared between pools, so none starts for a new
+    pool: it sends one of these per slot it may use, so free workers run the
+    initializer at once (a busy one runs it before its first task of the
+    pool). Their outcomes go to nobody.
+    """
 
 
 def call(task: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:
