@@ -303,7 +303,8 @@ class RawArray:
         return int(i)
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self[:])
+        items = self[:]
+        return (bytes([b]) for b in items) if self._chars else iter(items)
 
     @property
     def raw(self) -> bytes:
@@ -360,6 +361,8 @@ def array_of(manager: Any, typecode_or_type: Any, size_or_initializer: Any, lock
     if code not in array.typecodes:
         raise TypeError(f"cluster mode cannot share an Array of {ctype.__name__}")
     if isinstance(size_or_initializer, int):
+        if size_or_initializer < 0:
+            raise ValueError(f"Array length must be >= 0, not {size_or_initializer}")
         items = array.array(code, bytes(array.array(code).itemsize * size_or_initializer))
     elif ctype._type_ == "c":
         items = array.array(code, bytes(size_or_initializer))

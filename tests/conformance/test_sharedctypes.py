@@ -75,6 +75,21 @@ def test_value_bad_typecode(mp: Any) -> None:
         mp.Value("not-a-typecode", 0)
 
 
+def test_bad_values_raise_as_ctypes_does(mp: Any) -> None:
+    with pytest.raises(TypeError):
+        mp.Value("i", "x")
+    with pytest.raises(TypeError):
+        mp.Array("i", [1, "a"])
+    with pytest.raises(ValueError):
+        mp.Array("i", -1)
+    a = mp.Array("d", 3)
+    with pytest.raises(ValueError):
+        a[0:2] = [1.0]
+    with pytest.raises(IndexError):
+        a[-4]
+    assert mp.Value("d").value == 0.0
+
+
 def test_array_int(mp: Any) -> None:
     a = mp.Array("i", 10)
     assert len(a) == 10
@@ -105,6 +120,10 @@ def test_array_char(mp: Any) -> None:
     assert a.value == b"hi"
     assert a.raw == b"hi\x00lo"
     assert a[0] == b"h"
+    assert a[1:3] == b"i\x00"
+    assert list(a) == [b"h", b"i", b"\x00", b"l", b"o"]
+    a[3:5] = b"LO"
+    assert a.raw == b"hi\x00LO"
 
 
 def test_array_get_lock(mp: Any) -> None:
