@@ -29,7 +29,7 @@ from dmp.client.results import (
     MapResult,
 )
 from dmp.client.session import Session
-from dmp.client.sink import ApplySink, MapSink
+from dmp.client.sink import ApplySink, MapSink, StartupSink
 from dmp.errors import MessageTooLargeError, ProcessError
 from dmp.node import runners
 
@@ -104,8 +104,10 @@ class Pool:
         self._apply_job = self._session.new_job(self._apply, apply_runner, max_retries, self._timeout, self._resources)
         if self._init is not None and initializer is not None:
             # No node worker starts for this pool: a start-up task per slot (see runners.initialize).
+            job = self._session.new_job(StartupSink(self._processes), apply_runner, 0, 0.0, self._resources, idle_only=True)
             start = serialization.dumps((runners.initialize, (), {}))
-            self._session.submit(self._apply_job, [(next(self._ids), start) for _ in range(self._processes)])
+            self._session.submit(job, [(i, start) for i in range(self._processes)])
+            self._session.end_job(job)
         self._feeder = Feeder(self._session, self._by_value, lambda: self._state)
 
     # --- bookkeeping -------------------------------------------------------------------

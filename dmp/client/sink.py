@@ -97,3 +97,21 @@ class ApplySink(Sink):
         results, self.results = self.results, {}
         for result in results.values():
             result.on_failure(exc)
+
+
+class StartupSink(Sink):
+    """A cluster pool's start-up tasks (``runners.initialize``): their outcomes go to nobody.
+
+    An initializer that raised there raises again, and fails that task,
+    when the worker meets the pool's first task.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+
+    def on_result(self, task_id: int, status: Status, frames: list[Any], info: Any) -> bool:
+        self.left -= 1
+        return self.left <= 0
+
+    def on_failure(self, exc: BaseException) -> None:
+        pass

@@ -114,9 +114,10 @@ def initialize() -> None:
     """A cluster pool's start-up task: its :class:`Apply` runner runs the pool's initializer (once per worker).
 
     The nodes' workers are shared between pools, so none starts for a new
-    pool: it sends one of these per slot it may use, so free workers run the
+    pool: it sends one of these per slot it may use, in a job whose tasks go
+    only to idle workers (``DefineJob.idle_only``), so free workers run the
     initializer at once (a busy one runs it before its first task of the
-    pool). Their outcomes go to nobody.
+    pool) and none waits behind another task. Their outcomes go to nobody.
     """
 
 

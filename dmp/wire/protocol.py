@@ -106,6 +106,8 @@ def _wire_type(annotation: Any) -> type | tuple[type, ...] | None:
         return str
     if text == "int":
         return int
+    if text == "bool":
+        return bool
     if text == "float":
         return (int, float)
     if text == "bytes":
@@ -211,6 +213,8 @@ class DefineJob(Message):
     is itself a callable. ``max_retries`` bounds reruns after worker deaths.
     ``timeout`` (seconds, 0: none) bounds each task's run time; ``resources``
     (name -> amount) is what each task holds on its node while it runs.
+    ``idle_only``: each task goes only to an idle worker, never queued behind
+    another task (a cluster pool's start-up tasks).
     """
 
     job: int
@@ -218,6 +222,7 @@ class DefineJob(Message):
     max_retries: int = 3
     timeout: float = 0.0
     resources: dict[str, Any] = field(default_factory=dict)
+    idle_only: bool = False
 
 
 @message(11)
