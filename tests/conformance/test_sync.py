@@ -63,6 +63,21 @@ def test_lock_taken_by_a_child_that_exits_is_released_by_the_parent(mp: Any) -> 
     lock.release()
 
 
+def test_lock_held_by_a_killed_child_stays_held_and_the_parent_may_release_it(mp: Any) -> None:
+    lock, holding = mp.Lock(), mp.Event()
+    p = _start(mp, f.hold_lock, lock, holding)
+    try:
+        assert holding.wait(10)
+    finally:
+        p.kill()
+        _finish(p)
+    assert p.exitcode == -9
+    assert lock.acquire(timeout=0.1) is False
+    lock.release()
+    assert lock.acquire(timeout=5) is True
+    lock.release()
+
+
 def test_lock_across_processes(mp: Any) -> None:
     lock, out = mp.Lock(), mp.Queue()
     with lock:
