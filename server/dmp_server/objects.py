@@ -1,7 +1,7 @@
 """Shared objects served by the manager reactor: the ObjectServer (a state machine, no I/O).
 
     client --ObjCreate/ObjCall--> ObjectServer
-        reactor kind (KINDS: Queue, Lock, Event, Value, ...; shared_data, shared_sync):
+        reactor kind (KINDS: Queue, Lock, Event, Value, Pipe, ...; shared_data, shared_sync, pipes):
             <Kind>.call(req) --> ObjReply now, or parked with a deadline
             and answered by the call that frees it, or by tick() when it expires
         host kind (dict, list, Namespace, Pool, every registered typeid):
