@@ -26,6 +26,8 @@ from __future__ import annotations
 import abc
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from dmp import serialization
+from dmp.node import runners
 from dmp.wire.protocol import Status
 
 if TYPE_CHECKING:
@@ -116,3 +118,11 @@ class StartupSink(Sink):
 
     def on_failure(self, exc: BaseException) -> None:
         pass
+
+
+def start_up(session: Any, runner: list[Any], count: int, resources: dict[str, float] | None) -> None:
+    """Send a cluster pool's ``count`` start-up tasks (see ``runners.initialize``), for idle workers only."""
+    job = session.new_job(StartupSink(count), runner, 0, 0.0, resources, idle_only=True)
+    start = serialization.dumps((runners.initialize, (), {}))
+    session.submit(job, [(i, start) for i in range(count)])
+    session.end_job(job)
