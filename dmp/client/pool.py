@@ -106,7 +106,7 @@ class Pool:
         apply_runner = serialization.dumps(runners.Apply(self._init), by_value=True) if self._init else []
         self._apply_job = self._session.new_job(self._apply, apply_runner, max_retries, self._timeout, self._resources)
         if self._init is not None and initializer is not None:  # no node worker starts for this pool
-            start_up(self._session, apply_runner, self._processes, self._resources)
+            start_up(self._session, apply_runner, min(self._processes, self._engine.slots or 1), self._resources)
         self._feeder = Feeder(self._session, self._by_value, lambda: self._state)
 
     # --- bookkeeping -------------------------------------------------------------------
