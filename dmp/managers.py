@@ -27,7 +27,7 @@ import weakref
 from typing import Any
 
 from dmp import _config, serialization
-from dmp.client import hosted, proxies, proxylink, registry
+from dmp.client import hosted, mgrkeys, proxies, proxylink, registry
 from dmp.client.manager_server import START_TIMEOUT_S, Server, finalize_manager, run_server
 from dmp.client.proxies import (
     AutoProxy,
@@ -164,8 +164,14 @@ class BaseManager:
             raise ProcessError("Manager has shut down")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        address = self._address or f"ipc://@dmp-manager-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        key = self._authkey
+        address, key = self._address, self._authkey
+        cluster = _config.resolve()
+        if address is None and cluster.address is not None:
+            # Its remote Processes must reach it: tcp on the interface that reaches
+            # the cluster, and the cluster's key by default (dmp.client.mgrkeys).
+            address = mgrkeys.bind_address(cluster.address)
+            key = key if key is not None else cluster.authkey
+        address = address or f"ipc://@dmp-manager-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         if key is None and self._address is None:
             key = os.urandom(32)  # only this process and its children know it
         reader, writer = _fork.Pipe(duplex=False)

@@ -28,7 +28,8 @@ from multiprocessing import util as _mp_util
 from typing import Any
 
 from dmp import _config
-from dmp.errors import ManagerUnavailableError
+from dmp.client import mgrkeys
+from dmp.errors import AuthenticationError, ManagerUnavailableError
 from dmp.wire import protocol
 from dmp.wire.protocol import ObjStatus
 
@@ -40,6 +41,11 @@ _conns_pid = os.getpid()
 
 def remember_key(address: str, key: bytes | None) -> None:
     _keys[address] = key
+
+
+def known_keys() -> dict[str, bytes | None]:
+    """The keys this process's managers were started or connected with, by address."""
+    return dict(_keys)
 
 
 def key_for(address: str) -> bytes | None:
@@ -234,7 +240,13 @@ def connection(address: str, key: bytes | None = None, *, timeout: float = _conf
             _conns_pid = os.getpid()
         conn = _conns.get(address)
         if conn is None or conn.closed is not None:
-            conn = Connection(address, key if key is not None else key_for(address), timeout)
+            try:
+                conn = Connection(address, key if key is not None else key_for(address), timeout)
+            except AuthenticationError as exc:
+                why = mgrkeys.why_refused(address)
+                if why is None:
+                    raise
+                raise AuthenticationError(f"{exc}: {why}") from None
             _conns[address] = conn
         return conn
 

@@ -131,8 +131,9 @@ class MapChunk(Runner):
         return (MapChunk, (self.func, self.star, self.init))
 
 
-# Attributes of a multiprocessing Process that belong to the parent's side.
-_PARENT_ONLY = frozenset({"_config", "_popen", "_parent_pid", "_parent_name", "_identity", "_closed"})
+# Attributes of a multiprocessing Process that belong to the parent's side;
+# _dmp_target holds the cluster's authkey, which must never ride in a payload.
+_PARENT_ONLY = frozenset({"_config", "_popen", "_parent_pid", "_parent_name", "_identity", "_closed", "_dmp_target"})
 
 
 class RunProcess(Runner):
@@ -144,14 +145,15 @@ class RunProcess(Runner):
 
     announce = True
 
-    def __init__(self, cls: Any, state: dict[str, Any]) -> None:
+    def __init__(self, cls: Any, state: dict[str, Any], grant: Any = None) -> None:
         self.cls = cls
         self.state = state
+        self.grant = grant  # dmp.client.mgrkeys.KeyGrant: the caller's keys that may travel
 
     @classmethod
-    def of(cls, process: Any) -> RunProcess:
+    def of(cls, process: Any, grant: Any = None) -> RunProcess:
         state = {k: v for k, v in vars(process).items() if k not in _PARENT_ONLY}
-        return cls(type(process), state)
+        return cls(type(process), state, grant)
 
     def __call__(self, _task: Any, ctx: TaskContext) -> int:
         import sys
@@ -162,6 +164,10 @@ class RunProcess(Runner):
         obj.__dict__.update(self.state)
         obj._config = {}
         try:
+            from dmp import _config
+            from dmp.client import mgrkeys
+
+            mgrkeys.adopt(self.grant, obj, _config.cluster_key())
             obj.run()
             code = 0
         except SystemExit as exc:
@@ -182,4 +188,4 @@ class RunProcess(Runner):
         return code
 
     def __reduce__(self) -> Any:
-        return (RunProcess, (self.cls, self.state))
+        return (RunProcess, (self.cls, self.state, self.grant))
