@@ -55,7 +55,7 @@ from dmp.client.reactor_proxies import (
 from dmp.client.registry import HOST_BUILTINS, ReactorKind, Registration
 from dmp.client.xmlserial import xml_roundtrip
 from dmp.errors import ManagerUnavailableError, ProcessError
-from dmp.wire import protocol
+from dmp.wire import protocol, transport
 from dmp.wire.address import normalize_address
 
 __all__ = [
@@ -190,11 +190,14 @@ class BaseManager:
         if status != "ok":
             process.join(5)
             raise ValueError(f"the manager process could not serve {address}: {value}")
-        self._address, self._authkey, self._process = value, key, process
-        proxies.remember_key(value, key)
+        endpoint, curve_public = value
+        self._address, self._authkey, self._process = endpoint, key, process
+        if curve_public is not None:  # under CURVE it serves with a key pair of its own
+            transport.remember_server_key(endpoint, curve_public)
+        proxies.remember_key(endpoint, key)
         self._state = State.STARTED
         self._finalizer = weakref.finalize(
-            self, finalize_manager, process, value, os.getpid(), self._shutdown_timeout
+            self, finalize_manager, process, endpoint, os.getpid(), self._shutdown_timeout
         )
 
     def shutdown(self) -> None:

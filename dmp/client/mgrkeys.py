@@ -41,6 +41,7 @@ class KeyGrant:
     authkey: bytes | None = None  # the caller's current_process().authkey
     keys: dict[str, bytes | str] = field(default_factory=dict)  # manager address -> key or CLUSTER_KEY
     withheld: dict[str, str] = field(default_factory=dict)  # manager address -> why not
+    servers: dict[str, bytes] = field(default_factory=dict)  # manager address -> CURVE public key
 
     def __repr__(self) -> str:  # never print a key
         return f"KeyGrant(authkey={'yes' if self.authkey else 'no'}, keys={sorted(self.keys)}, withheld={sorted(self.withheld)})"
@@ -74,9 +75,17 @@ def may_ship(cluster_key: bytes | None, curve: bool) -> bool:
     return curve or cluster_key is None
 
 
-def grant(cluster: str, cluster_key: bytes | None, known: dict[str, bytes | None]) -> KeyGrant:
-    """What goes with a Process started on ``cluster``; ``known``: this process's manager keys by address."""
-    ship = may_ship(cluster_key, transport.curve_enabled())
+def grant(
+    cluster: str, cluster_key: bytes | None, known: dict[str, bytes | None], curve: bool,
+    servers: dict[str, bytes] | None = None,
+) -> KeyGrant:
+    """What goes with a Process started on ``cluster``.
+
+    ``known``: this process's manager keys by address; ``curve``: the cluster link
+    is encrypted; ``servers``: the CURVE public keys of managers this process
+    started under CURVE (public: they always travel).
+    """
+    ship = may_ship(cluster_key, curve)
     keys: dict[str, bytes | str] = {}
     withheld: dict[str, str] = {}
     for address, key in known.items():
@@ -94,7 +103,7 @@ def grant(cluster: str, cluster_key: bytes | None, known: dict[str, bytes | None
                 "key), or encrypt the cluster with CURVE (DMP_CURVE)"
             )
     authkey = bytes(multiprocessing.current_process().authkey) if ship else None
-    return KeyGrant(authkey, keys, withheld)
+    return KeyGrant(authkey, keys, withheld, dict(servers or {}))
 
 
 def adopt(grant: KeyGrant | None, process: Any, cluster_key: bytes | None) -> None:
@@ -110,6 +119,8 @@ def adopt(grant: KeyGrant | None, process: Any, cluster_key: bytes | None) -> No
     for address, key in grant.keys.items():
         proxylink.remember_key(address, cluster_key if key == CLUSTER_KEY else key)  # type: ignore[arg-type]
     _withheld.update(grant.withheld)
+    for address, public in grant.servers.items():
+        transport.remember_server_key(address, public)
 
 
 def why_refused(address: str) -> str | None:

@@ -28,6 +28,7 @@ from dmp import _config, context, serialization
 from dmp.client import mgrkeys, proxylink
 from dmp.client.sink import Sink
 from dmp.node import runners
+from dmp.wire import transport
 from dmp.wire.protocol import Status
 
 _ForkProcess: Any = multiprocessing.get_context("fork").Process
@@ -124,7 +125,9 @@ class _ClusterPopen(Sink):
         engine = shared_cluster(target.address or "", target.authkey)
         self._session = engine.session
         address = target.address or ""
-        grant = mgrkeys.grant(address, target.authkey, proxylink.known_keys())
+        grant = mgrkeys.grant(
+            address, target.authkey, proxylink.known_keys(), transport.curve_enabled(), transport.server_keys()
+        )
         runner = serialization.dumps(runners.RunProcess.of(process_obj, grant), by_value=True)
         self._refused: str | None = None
         resources = getattr(process_obj, "_dmp_resources", None)

@@ -130,3 +130,23 @@ def test_keyed_cluster_withholds_a_managers_own_key(keyed_cluster: Daemons, tmp_
     assert "DMP_AUTHKEY" in stderr and "CURVE" in stderr, stderr
     assert own.encode() not in sent
     assert bytes.fromhex(lines["keys"][2]) not in sent  # nor the caller's current_process().authkey
+
+
+def test_curve_cluster_ships_a_managers_own_key_encrypted(tmp_path: Path) -> None:
+    # Under CURVE the client's managers serve with key pairs of their own (they have
+    # no cluster secret), and a key of their own may travel: the link is encrypted.
+    keys = tmp_path / "curve"
+    cluster = Daemons(tmp_path / "logs", authkey=b"curve and key", manager_args=("--curve", str(keys)))
+    try:
+        cluster.start(nodes=0)
+        cluster.spawn("worker", cluster.address, "--processes", "1", "--name", "enc", "--curve", str(keys))
+        cluster.env = {**cluster.env, "DMP_CURVE": str(keys)}
+        own = secrets.token_hex(16)
+        lines, stderr, sent = run_client(cluster, tmp_path, manager_key=own)
+    finally:
+        cluster.stop()
+    assert lines["exitcode"] == ["0"], stderr
+    assert lines["seen"] == ["5", "5"]
+    assert lines["same"] == ["authkey", "True"]
+    assert own.encode() not in sent  # it went, but encrypted
+    assert bytes.fromhex(lines["keys"][2]) not in sent
