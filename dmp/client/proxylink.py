@@ -51,7 +51,9 @@ def known_keys() -> dict[str, bytes | None]:
 def key_for(address: str) -> bytes | None:
     if address in _keys:
         return _keys[address]
-    return _config.resolve(address).authkey
+    key = _config.resolve(address).authkey
+    # In a node's worker: a manager it was told nothing of may share the cluster's key.
+    return key if key is not None else _config.cluster_key()
 
 
 class _Slot:

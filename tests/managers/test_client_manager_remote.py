@@ -65,15 +65,23 @@ if __name__ == "__main__":
     if p.exitcode == 0:
         print("seen", d["seen"], counter.add(0))
         print("same authkey", d["authkey"] == bytes(current_process().authkey).hex())
+    if os.environ.get("POOL_TOO"):  # a pool task gets no keys: the node's own must open the manager
+        from dmp import Pool
+        with Pool(1) as pool:
+            print("pool", pool.apply(child, (d, counter)), d["seen"])
     sync.shutdown()
     mine.shutdown()
 '''
 
 
-def run_client(cluster: Daemons, tmp_path: Path, manager_key: str = "") -> tuple[dict[str, list[str]], str, bytes]:
+def run_client(
+    cluster: Daemons, tmp_path: Path, manager_key: str = "", pool_too: bool = False
+) -> tuple[dict[str, list[str]], str, bytes]:
     """Run SCRIPT against ``cluster`` through a relay: (its printed lines by first word, stderr, bytes sent)."""
     with relay(cluster.address) as r:
         env = {**cluster.env, "DMP_ADDRESS": r.address}
+        if pool_too:
+            env["POOL_TOO"] = "1"
         if manager_key:
             env["MGR_AUTHKEY"] = manager_key
         proc = run_script(SCRIPT, env, timeout=120)
@@ -111,9 +119,10 @@ def test_keyless_cluster_remote_process_uses_the_clients_managers(tmp_path: Path
 
 
 def test_keyed_cluster_managers_share_the_cluster_key(keyed_cluster: Daemons, tmp_path: Path) -> None:
-    lines, stderr, sent = run_client(keyed_cluster, tmp_path)
+    lines, stderr, sent = run_client(keyed_cluster, tmp_path, pool_too=True)
     assert lines["exitcode"] == ["0"], stderr
     assert lines["seen"] == ["5", "5"]
+    assert lines["pool"] == ["None", "10"], stderr  # a pool task too: the node's key opens them
     assert lines["same"] == ["authkey", "False"]  # signed, not encrypted: the process key stays home
     assert keyed_cluster.authkey is not None
     sync_key, mine_key, process_key = (bytes.fromhex(k) for k in lines["keys"])
