@@ -72,7 +72,7 @@ class Curve:
 
         if directory is None:  # a pinned public key (from a join token), or a pair in memory: no files
             if public is None or (server and secret is None):
-                raise ValueError("a CURVE client needs the server's public key")
+                raise ValueError("a CURVE server needs its key pair" if server else "a CURVE client needs the server's public key")
             self.public: bytes = public
             self.secret: bytes | None = secret if server else None
             return
