@@ -8,7 +8,8 @@
                               the pickled list of its items); heartbeats as a node's real
                               workers send them: one a beat while idle, none while answering
     clients process           one DEALER per client: DefineJob, then Submit batches of up to
-                              64 tasks while under the client's credit (MAX_OUTSTANDING_TASKS),
+                              64 tasks, each once the client's credit (MAX_OUTSTANDING_TASKS)
+                              has room for all of it, as dmp.client.feeder does,
                               every result unpickled and checked against its task's items
 
 Each process is started with multiprocessing's spawn and steered over a Pipe:
@@ -34,8 +35,9 @@ from dmp import _config
 from dmp.client.cluster import fetch_status
 from dmp.wire import protocol, transport
 
-SUBMIT_BATCH = 64
+SUBMIT_BATCH = 64  # dmp.client.feeder.FEED_BATCH
 JOIN_TIMEOUT_S = 120.0
+JOIN_WAVE = 250  # workers whose Hellos one simulator process sends at once
 
 
 def _prepare() -> None:
@@ -65,6 +67,8 @@ class _Peers:
         self.by_sock: dict[Any, int] = {}
         self.chans: list[transport.Channel] = []
         self.hellos: list[protocol.Hello] = []
+        self.nodes: list[int] = []  # channels that beat every beat, joining or not
+        self.beat_at = 0.0
 
     def add(self, chan: transport.Channel, hello: protocol.Hello) -> int:
         """Register ``chan`` and say ``hello`` on it."""
@@ -115,6 +119,10 @@ class _Peers:
             now = time.monotonic()
             if now > deadline:
                 raise RuntimeError(f"{len(waiting | set(again))} simulated peers were never welcomed")
+            if now >= self.beat_at:  # nodes keep beating while their workers join (or they are dropped)
+                self.beat_at = now + _config.HEARTBEAT_S
+                for i in self.nodes:
+                    self.chans[i].send(protocol.Heartbeat())
             refused: list[int] = []
             for i in self.ready(0.1):
                 if any(isinstance(m, protocol.Welcome) for m, _ in self.messages(i, refused)):
@@ -153,14 +161,24 @@ def serve_workers(ctl: Connection, address: str, key: bytes | None, nodes: list[
     for name in nodes:
         node_ix.append(peers.add(_channel(address, key), _hello(protocol.Role.NODE, name)))
     peers.welcome(node_ix)
+    peers.nodes = node_ix
     _wait_nodes(address, key, set(nodes))  # admitted (their proofs read), so their workers are not refused
-    worker_ix = []
+    # Workers join in waves: thousands of Hellos at once overflow the manager's
+    # pending handshakes (handshake.MAX_PENDING) and its 4-beat proof window
+    # on a loaded host, and the re-Hellos keep the storm going (see the report).
+    worker_ix: list[int] = []
+    wave: list[int] = []
     for name in nodes:
         for _ in range(per_node):
             wid = f"sim-{uuid.uuid4().hex[:16]}"
             chan = _channel(address, key, identity=wid.encode())
-            worker_ix.append(peers.add(chan, _hello(protocol.Role.WORKER, wid, node=name)))
-    peers.welcome(worker_ix)
+            wave.append(peers.add(chan, _hello(protocol.Role.WORKER, wid, node=name)))
+            if len(wave) >= JOIN_WAVE:
+                peers.welcome(wave)
+                worker_ix += wave
+                wave = []
+    peers.welcome(wave)
+    worker_ix += wave
     ctl.send("ready")
     is_worker = [False] * len(peers.chans)
     for i in worker_ix:
@@ -240,9 +258,13 @@ def serve_clients(ctl: Connection, address: str, key: bytes | None, clients: int
     t0 = time.perf_counter()
 
     def refill(n: int) -> None:
+        # As dmp.client.feeder does: whole batches of SUBMIT_BATCH, each sent once
+        # the credit has room for all of it (Credit.take), the last one shorter.
         chan = peers.chans[ixs[n]]
-        while sent[n] < share[n] and sent[n] - done[n] < credit:
-            batch = min(SUBMIT_BATCH, share[n] - sent[n], credit - (sent[n] - done[n]))
+        while sent[n] < share[n]:
+            batch = min(SUBMIT_BATCH, share[n] - sent[n])
+            if sent[n] - done[n] + batch > credit:
+                break
             ids = range(sent[n], sent[n] + batch)
             frames = [pickle.dumps(task_items(t, chunk), protocol=5) for t in ids]
             chan.send(protocol.Submit(1, [[t, 1] for t in ids]), frames)
