@@ -274,10 +274,16 @@ def serve_clients(ctl: Connection, address: str, key: bytes | None, clients: int
         refill(n)
     bad = 0
     deadline = time.monotonic() + max(600.0, tasks / 50)
+    beat_at = time.monotonic() + _config.HEARTBEAT_S
     while sum(done) < tasks:
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             raise RuntimeError(f"only {sum(done)} of {tasks} tasks came back")
-        for i in peers.ready(1.0):
+        if now >= beat_at:  # a client beats every beat, busy or not (or the manager drops it)
+            beat_at = now + _config.HEARTBEAT_S
+            for i in ixs:
+                peers.chans[i].send(protocol.Heartbeat())
+        for i in peers.ready(min(1.0, max(0.0, beat_at - now))):
             n = ixs.index(i)
             for msg, frames in peers.messages(i):
                 if not isinstance(msg, protocol.JobResults):
