@@ -77,6 +77,9 @@ def trim_memory() -> None:
         pass
 
 
+_STATUSES = frozenset(int(s) for s in Status)
+
+
 def check_results(items: list[Any]) -> None:
     """Validate a worker's Results items: [task key, attempt, status, nframes, run s, info].
 
@@ -87,7 +90,7 @@ def check_results(items: list[Any]) -> None:
         key, attempt, status, _nframes, run_s, info = item
         if type(key) is not int or type(attempt) is not int or attempt < 0:
             raise ProtocolError(f"Results item {item[:3]!r}: task key and attempt must be ints >= 0")
-        if type(status) is not int or status not in Status.__members__.values():
+        if type(status) is not int or status not in _STATUSES:
             raise ProtocolError(f"Results item for task {key}: unknown status {status!r}")
         if type(run_s) not in (int, float) or not math.isfinite(run_s) or not 0 <= run_s <= MAX_RUN_S:
             raise ProtocolError(f"Results item for task {key}: run time {run_s!r} is not a finite number of seconds")
