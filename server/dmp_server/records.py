@@ -38,7 +38,7 @@ class Task:
     frames: list[Any]
     attempt: int = 0
     worker: str = ""
-    last_loss: list[Any] = field(default_factory=list)  # [text, node, pid, exitcode]
+    last_loss: list[Any] = field(default_factory=list)  # [text, node, pid, exitcode, cause dict]
     held: Node | None = None  # the node whose resources it holds (given to a worker there)
 
 
@@ -56,6 +56,7 @@ class Job:
     timeout: float = 0.0  # seconds each task may run (0: no limit)
     resources: dict[str, float] = field(default_factory=dict)  # each task's need, held while it runs
     refused: str = ""  # why no joined node could ever satisfy ``resources`` ("": one could)
+    idle_only: bool = False  # each task only to an idle worker (never queued behind another)
 
 
 @dataclass(slots=True, eq=False)
@@ -80,6 +81,7 @@ class Totals:
     failed: int = 0
     retried: int = 0
     workers_lost: int = 0
+    last_lost: str = ""  # how the last lost worker died, in words (dmp.deaths)
 
 
 @dataclass(slots=True, eq=False)
