@@ -69,12 +69,13 @@ def test_a_large_array_is_forwarded_and_rebuilt_without_a_copy(relay: Any) -> No
     frames = serialization.dumps((data, "tag"))
     assert len(frames) == 2  # the pickle and the array's buffer, out of band
 
-    client.send(protocol.Results([[1, 0, 0, len(frames), 0.0, ""]]), frames)
+    client.send(protocol.Submit(1, [[7, len(frames)]]), frames)
     tracemalloc.start()
     try:
         ident, msg, got = manager.recv()
-        assert ident == b"client" and isinstance(msg, protocol.Results)
-        manager.send(msg, got, to=b"worker")  # forwarded as the manager forwards results
+        assert ident == b"client" and isinstance(msg, protocol.Submit)
+        # Forwarded as the manager dispatches a task: the frames it received, as they are.
+        manager.send(protocol.Dispatch([], [[1, 1, 0, len(got)]]), got, to=b"worker")
         del got
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -82,6 +83,7 @@ def test_a_large_array_is_forwarded_and_rebuilt_without_a_copy(relay: Any) -> No
     assert peak < MiB, f"forwarding an 8 MiB payload allocated {peak} bytes in Python"
 
     _, msg, got = worker.recv()
+    assert isinstance(msg, protocol.Dispatch)
     arr, tag = serialization.loads(got)
     assert tag == "tag" and np.array_equal(arr, data)
     assert isinstance(_base_buffer(arr), zmq.Frame), "the array was copied out of the received frame"
@@ -90,7 +92,7 @@ def test_a_large_array_is_forwarded_and_rebuilt_without_a_copy(relay: Any) -> No
 def test_the_pack_keeps_small_frames_and_large_ones_travel_alone(relay: Any) -> None:
     client, manager, _ = relay
     big = bytes(range(256)) * (protocol.PACK_LIMIT // 256 + 1)
-    client.send(protocol.Results([[1, 0, 0, 3, 0.0, ""]]), [b"a", big, b"bc"])
+    client.send(protocol.Submit(1, [[1, 3]]), [b"a", big, b"bc"])
     _, _, got = manager.recv()
     assert [bytes(f) for f in got] == [b"a", big, b"bc"]
     assert isinstance(got[1].obj, zmq.Frame)  # the large one is the received frame itself
@@ -99,7 +101,7 @@ def test_the_pack_keeps_small_frames_and_large_ones_travel_alone(relay: Any) -> 
 @pytest.mark.parametrize("pack_frame", [b"x" * 9, b"x" * 11], ids=["short", "long"])
 def test_a_pack_frame_that_lies_about_its_size_is_refused(relay: Any, pack_frame: bytes) -> None:
     client, manager, _ = relay
-    header = protocol.encode(protocol.Results([[1, 0, 0, 1, 0.0, ""]]), [10])
+    header = protocol.encode(protocol.Submit(1, [[1, 1]]), [10])
     client.sock.send_multipart([b"", header, pack_frame])  # unsigned, no key: signature frame empty
     with pytest.raises(transport.Refused) as refused:
         manager.recv()
@@ -111,7 +113,7 @@ def test_a_pack_frame_that_lies_about_its_size_is_refused(relay: Any, pack_frame
 
 def test_a_missing_large_frame_is_refused(relay: Any) -> None:
     client, manager, _ = relay
-    header = protocol.encode(protocol.Results([[1, 0, 0, 2, 0.0, ""]]), [3, -1])
+    header = protocol.encode(protocol.Submit(1, [[1, 2]]), [3, -1])
     client.sock.send_multipart([b"", header, b"abc"])  # the -1 frame never comes
     with pytest.raises(transport.Refused, match="layout"):
         manager.recv()
