@@ -46,16 +46,16 @@ def make(manager: Any, typeid: str, proxytype: Any, *args: Any) -> Any:
 # --- locks: acquire(block=True, timeout=None), as multiprocessing.synchronize ------------------
 
 
-def _block_timeout(block: bool, timeout: float | None) -> tuple[bool, float | None]:
-    """multiprocessing ignores the timeout of a non-blocking acquire."""
-    return (True, timeout) if block else (False, None)
-
-
-class Lock(LockProxy):
-    """A managed lock with ``multiprocessing.Lock``'s API: releasing it unlocked raises ValueError."""
+class _BlockAcquire:
+    """acquire(block=True, timeout=None) as multiprocessing.synchronize has it;
+    like multiprocessing, a non-blocking acquire ignores its timeout."""
 
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
-        return super().acquire(*_block_timeout(block, timeout))
+        return super().acquire(*((True, timeout) if block else (False, None)))  # type: ignore[misc, no-any-return]
+
+
+class Lock(_BlockAcquire, LockProxy):
+    """A managed lock with ``multiprocessing.Lock``'s API: releasing it unlocked raises ValueError."""
 
     def release(self) -> None:
         try:
@@ -64,11 +64,8 @@ class Lock(LockProxy):
             raise ValueError("semaphore or lock released too many times") from None
 
 
-class RLock(AcquirerProxy):
+class RLock(_BlockAcquire, AcquirerProxy):
     """A managed recursive lock with ``multiprocessing.RLock``'s API."""
-
-    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
-        return super().acquire(*_block_timeout(block, timeout))
 
     def release(self) -> None:
         try:
@@ -77,18 +74,12 @@ class RLock(AcquirerProxy):
             raise AssertionError("attempt to release recursive lock not owned by thread") from None
 
 
-class Semaphore(SemaphoreProxy):
+class Semaphore(_BlockAcquire, SemaphoreProxy):
     """A managed (bounded) semaphore with ``multiprocessing.Semaphore``'s API."""
 
-    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
-        return super().acquire(*_block_timeout(block, timeout))
 
-
-class Condition(ConditionProxy):
+class Condition(_BlockAcquire, ConditionProxy):
     """A managed condition with ``multiprocessing.Condition``'s API."""
-
-    def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
-        return super().acquire(*_block_timeout(block, timeout))
 
 
 # --- queues: close() and join_thread(), as multiprocessing.queues ----------------------------
