@@ -31,7 +31,9 @@ RECV_TIMEOUT_MS = 10_000
 
 
 @pytest.fixture
-def relay(tmp_path: Path) -> Iterator[tuple[transport.Channel, transport.Channel, transport.Channel]]:
+def relay(
+    tmp_path: Path,
+) -> Iterator[tuple[transport.Channel, transport.Channel, transport.Channel]]:
     """(client, manager, worker) Channels on ipc sockets in one process, no key."""
     endpoint = f"ipc://{tmp_path}/relay"
     router = transport.make_socket(zmq.ROUTER)
@@ -86,7 +88,9 @@ def test_a_large_array_is_forwarded_and_rebuilt_without_a_copy(relay: Any) -> No
     assert isinstance(msg, protocol.Dispatch)
     arr, tag = serialization.loads(got)
     assert tag == "tag" and np.array_equal(arr, data)
-    assert isinstance(_base_buffer(arr), zmq.Frame), "the array was copied out of the received frame"
+    assert isinstance(_base_buffer(arr), zmq.Frame), (
+        "the array was copied out of the received frame"
+    )
 
 
 def test_the_pack_keeps_small_frames_and_large_ones_travel_alone(relay: Any) -> None:
@@ -108,7 +112,10 @@ def test_a_pack_frame_that_lies_about_its_size_is_refused(relay: Any, pack_frame
     assert refused.value.ident == b"client"
     assert isinstance(refused.value.error, ProtocolError)
     assert "layout" in str(refused.value.error)
-    assert refused.value.reply is not None and refused.value.reply.code == protocol.ErrorCode.BAD_MESSAGE
+    assert (
+        refused.value.reply is not None
+        and refused.value.reply.code == protocol.ErrorCode.BAD_MESSAGE
+    )
 
 
 def test_a_missing_large_frame_is_refused(relay: Any) -> None:
