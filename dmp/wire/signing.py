@@ -6,7 +6,7 @@ computes and compares MACs.
 
 A frame of at least ``DIGEST_ABOVE`` bytes enters the MAC as its SHA-256
 digest (hash-then-MAC), every other frame as its bytes. The digests of the
-large frames last *verified* are remembered (by object identity, holding
+large frames of the messages last *verified* are remembered (by object identity, holding
 the object, a few at a time), so the manager, which verifies a payload
 frame and then forwards that same received frame object in another
 session, hashes each large payload once per hop instead of twice. Frames
@@ -42,15 +42,26 @@ class Signer:
         self._digests: dict[int, tuple[Any, int, bytes]] = {}
         self._digest_bytes = 0
 
-    def sign(
-        self,
-        frames: Sequence[bytes | memoryview | Any],
-        context: bytes = b"",
-        *,
-        remember: bool = False,
+    def sign(self, frames: Sequence[bytes | memoryview | Any], context: bytes = b"") -> bytes:
+        """MAC of ``context`` (session nonce and counter) and the frames."""
+        return self._mac(frames, context, None)
+
+    def verify(
+        self, signature: bytes | memoryview, frames: Sequence[Any], context: bytes = b""
+    ) -> bool:
+        """True if ``signature`` is the MAC of the frames; then their digests are remembered."""
+        if self.key is None:
+            return True
+        fresh: list[tuple[Any, int, bytes]] = []
+        if not hmac.compare_digest(bytes(signature), self._mac(frames, context, fresh)):
+            return False
+        for frame, n, value in fresh:
+            self._remember(frame, n, value)
+        return True
+
+    def _mac(
+        self, frames: Sequence[Any], context: bytes, fresh: list[tuple[Any, int, bytes]] | None
     ) -> bytes:
-        """MAC of ``context`` (session nonce and counter) and the frames
-        (``remember``: keep the digests of the large ones, received frames only)."""
         if self.key is None:
             return b""
         mac = hmac.new(self.key, context, digestmod=hashlib.sha256)
@@ -59,25 +70,26 @@ class Signer:
             # across a frame boundary without breaking the signature.
             n = frame.nbytes if isinstance(frame, memoryview) else len(frame)
             mac.update(n.to_bytes(8, "little"))
-            mac.update(self.digest(frame, n, remember) if n >= DIGEST_ABOVE else frame)
+            mac.update(self.digest(frame, n, fresh) if n >= DIGEST_ABOVE else frame)
         return mac.digest()
 
-    def verify(
-        self, signature: bytes | memoryview, frames: Sequence[Any], context: bytes = b""
-    ) -> bool:
-        if self.key is None:
-            return True
-        return hmac.compare_digest(bytes(signature), self.sign(frames, context, remember=True))
-
-    def digest(self, frame: Any, n: int, remember: bool = False) -> bytes:
-        """SHA-256 of a large frame: once per received frame object while it is remembered."""
+    def digest(
+        self, frame: Any, n: int, fresh: list[tuple[Any, int, bytes]] | None = None
+    ) -> bytes:
+        """SHA-256 of a large frame: once per received frame object while it is remembered
+        (``fresh`` collects what had to be computed)."""
         known = self._digests.get(id(frame))
         if known is not None and known[0] is frame:
             return known[2]
         value = _sha256(frame).digest()
-        if not remember:
-            return value
+        if fresh is not None:
+            fresh.append((frame, n, value))
+        return value
+
+    def _remember(self, frame: Any, n: int, value: bytes) -> None:
         digests = self._digests
+        if id(frame) in digests:
+            return
         digests[id(frame)] = (frame, n, value)
         self._digest_bytes += n
         while len(digests) > 1 and (
@@ -85,4 +97,3 @@ class Signer:
         ):
             _, size, _ = digests.pop(next(iter(digests)))
             self._digest_bytes -= size
-        return value

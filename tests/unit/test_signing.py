@@ -95,3 +95,11 @@ def test_remembered_digests_are_bounded_in_count_and_bytes(monkeypatch: pytest.M
         id(big)
     ]  # the newest always stays, alone when over the bytes bound
     assert signer._digest_bytes == 3 * BIG
+
+
+def test_a_message_that_fails_to_verify_leaves_nothing_remembered() -> None:
+    """A stranger's large frames are not kept alive by the memory of digests."""
+    signer = Signer(KEY)
+    frame = memoryview(os.urandom(BIG))
+    assert not signer.verify(Signer(b"other").sign([frame]), [frame])
+    assert signer._digests == {} and signer._digest_bytes == 0
