@@ -24,7 +24,7 @@ from typing import Any
 # Frames this large enter the MAC as their SHA-256 digest.
 DIGEST_ABOVE = 64 * 1024
 # Digests remembered: at most this many frames, and no more bytes of frames
-# than this kept alive by the memory (the newest one always stays).
+# than this kept alive by the memory (a larger frame is not remembered).
 DIGESTS_KEPT = 16
 DIGEST_BYTES_KEPT = 256 * 1024 * 1024
 
@@ -34,10 +34,11 @@ _sha256 = hashlib.sha256  # the payload pass (tests count its calls)
 class Signer:
     """HMAC-SHA256 over the header and payload frames; a no-op without a key."""
 
-    __slots__ = ("_digest_bytes", "_digests", "key")
+    __slots__ = ("_digest_bytes", "_digests", "key", "remember")
 
-    def __init__(self, key: bytes | None) -> None:
+    def __init__(self, key: bytes | None, *, remember: bool = False) -> None:
         self.key = key or None
+        self.remember = remember
         # id(frame) -> (frame, its length, its SHA-256): the frame is held, so the id stays its own.
         self._digests: dict[int, tuple[Any, int, bytes]] = {}
         self._digest_bytes = 0
@@ -55,8 +56,9 @@ class Signer:
         fresh: list[tuple[Any, int, bytes]] = []
         if not hmac.compare_digest(bytes(signature), self._mac(frames, context, fresh)):
             return False
-        for frame, n, value in fresh:
-            self._remember(frame, n, value)
+        if self.remember:
+            for frame, n, value in fresh:
+                self._remember(frame, n, value)
         return True
 
     def _mac(
@@ -80,6 +82,9 @@ class Signer:
         (``fresh`` collects what had to be computed)."""
         known = self._digests.get(id(frame))
         if known is not None and known[0] is frame:
+            if fresh is None:  # signed: forwarded once, forgotten
+                del self._digests[id(frame)]
+                self._digest_bytes -= n
             return known[2]
         value = _sha256(frame).digest()
         if fresh is not None:
@@ -88,12 +93,10 @@ class Signer:
 
     def _remember(self, frame: Any, n: int, value: bytes) -> None:
         digests = self._digests
-        if id(frame) in digests:
+        if id(frame) in digests or n > DIGEST_BYTES_KEPT:
             return
         digests[id(frame)] = (frame, n, value)
         self._digest_bytes += n
-        while len(digests) > 1 and (
-            len(digests) > DIGESTS_KEPT or self._digest_bytes > DIGEST_BYTES_KEPT
-        ):
+        while len(digests) > DIGESTS_KEPT or self._digest_bytes > DIGEST_BYTES_KEPT:
             _, size, _ = digests.pop(next(iter(digests)))
             self._digest_bytes -= size

@@ -51,7 +51,7 @@ def test_small_and_large_frames_are_bound_to_their_boundaries() -> None:
 
 def test_a_received_frame_forwarded_is_hashed_once(hashed: list[int]) -> None:
     """What the manager does: verify in the sender's session, sign the same frame in the receiver's."""
-    sender, manager, receiver = Signer(KEY), Signer(KEY), Signer(KEY)
+    sender, manager, receiver = Signer(KEY), Signer(KEY, remember=True), Signer(KEY)
     frames: list[Any] = [b"header", memoryview(os.urandom(BIG))]
     sig = sender.sign(frames, b"session 1")
     received = [memoryview(bytes(f)) for f in frames]  # the manager's own frame objects
@@ -60,6 +60,17 @@ def test_a_received_frame_forwarded_is_hashed_once(hashed: list[int]) -> None:
     forwarded = manager.sign([b"new header", received[1]], b"session 2")
     assert hashed == [BIG]  # one pass for both
     assert receiver.verify(forwarded, [b"new header", memoryview(bytes(received[1]))], b"session 2")
+    assert manager._digests == {} and manager._digest_bytes == 0  # forwarded once: forgotten
+    hashed.clear()
+    manager.sign([received[1]], b"session 3")
+    assert hashed == [BIG]
+
+
+def test_peers_that_do_not_forward_remember_nothing(hashed: list[int]) -> None:
+    signer = Signer(KEY)
+    frame = memoryview(os.urandom(BIG))
+    assert signer.verify(Signer(KEY).sign([frame]), [frame])
+    assert signer._digests == {}
 
 
 def test_frames_made_here_are_hashed_every_time(hashed: list[int]) -> None:
@@ -82,7 +93,7 @@ def test_small_frames_are_never_hashed_on_their_own(hashed: list[int]) -> None:
 
 
 def test_remembered_digests_are_bounded_in_count_and_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    signer = Signer(KEY)
+    signer = Signer(KEY, remember=True)
     frames = [memoryview(os.urandom(BIG)) for _ in range(signing.DIGESTS_KEPT + 5)]
     for frame in frames:
         assert signer.verify(Signer(KEY).sign([frame]), [frame])
@@ -91,15 +102,15 @@ def test_remembered_digests_are_bounded_in_count_and_bytes(monkeypatch: pytest.M
     monkeypatch.setattr(signing, "DIGEST_BYTES_KEPT", 2 * BIG)
     big = memoryview(os.urandom(3 * BIG))
     assert signer.verify(Signer(KEY).sign([big]), [big])
-    assert list(signer._digests) == [
-        id(big)
-    ]  # the newest always stays, alone when over the bytes bound
-    assert signer._digest_bytes == 3 * BIG
+    assert id(big) not in signer._digests  # larger than the whole memory: not remembered
+    two = [memoryview(os.urandom(BIG)) for _ in range(2)]
+    assert signer.verify(Signer(KEY).sign(two), two)
+    assert list(signer._digests) == [id(f) for f in two] and signer._digest_bytes == 2 * BIG
 
 
 def test_a_message_that_fails_to_verify_leaves_nothing_remembered() -> None:
     """A stranger's large frames are not kept alive by the memory of digests."""
-    signer = Signer(KEY)
+    signer = Signer(KEY, remember=True)
     frame = memoryview(os.urandom(BIG))
     assert not signer.verify(Signer(b"other").sign([frame]), [frame])
     assert signer._digests == {} and signer._digest_bytes == 0
