@@ -7,9 +7,8 @@
 
 Before each task the worker writes the task key (and, if its job has a
 timeout, the task's deadline) into a small shared-memory slot
-(dmp.node.slot) its supervisor reads, and clears it once its queue runs dry
-(between queued tasks the next key overwrites it: one write per task, not
-two), so that when the process dies the supervisor knows exactly which task
+(dmp.node.slot) its supervisor reads, cleared once its queue runs dry (one
+write per task), so that when the process dies the supervisor knows which task
 killed it (the others queued here are requeued uncharged), and so that the
 supervisor can kill a task that runs past its deadline, even one stuck in C.
 """
@@ -237,8 +236,7 @@ class WorkerLoop:
         return f"node {self.cfg.node!r} ({socket.gethostname()}), pid {os.getpid()}, task {key}"
 
     def clear_slot(self) -> None:
-        """No task runs here now: written once the queue runs dry (and before
-        exiting), not after each task, since the next task's key overwrites it."""
+        """No task runs here now: once the queue runs dry (the next task's key overwrites it)."""
         if self.slot_busy and self.cfg.slot is not None:
             SLOT.pack_into(self.cfg.slot, 0, -1, 0, 0.0)
         self.slot_busy = False
@@ -288,10 +286,7 @@ class WorkerLoop:
                 payload = serialization.dump_exception(wrapped, by_value=by_value)
         self.last_end = t1 = time.perf_counter()
         run_s = t1 - t0
-        if len(payload) == 1 and type(payload[0]) is bytes:  # the usual small result
-            size = len(payload[0])
-        else:
-            size = sum(f.nbytes if isinstance(f, memoryview) else len(f) for f in payload)
+        size = len(payload[0]) if len(payload) == 1 else sum(f.nbytes if isinstance(f, memoryview) else len(f) for f in payload)
         limit = self.max_message - RESULT_HEADROOM
         if self.max_message and size > limit:
             status = protocol.Status.RAISED
