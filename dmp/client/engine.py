@@ -13,7 +13,6 @@ is the cluster's manager code.
 
 from __future__ import annotations
 
-import atexit
 import os
 import threading
 import uuid
@@ -22,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dmp import _config
+from dmp.client import exiting
 from dmp.client import session as session_mod
 from dmp.client.turns import Turns
 from dmp.deaths import parse_size
@@ -121,7 +121,7 @@ def shared_cluster(address: str, authkey: bytes | None) -> ClusterEngine:
         return engine
 
 
-@atexit.register
+@exiting.after_children
 def _stop_all() -> None:
     for engine in list(_live):
         try:

@@ -17,7 +17,6 @@ manager releases what the process held at once.
 from __future__ import annotations
 
 import _thread
-import atexit
 import contextlib
 import itertools
 import os
@@ -28,6 +27,7 @@ from multiprocessing import util as _mp_util
 from typing import Any
 
 from dmp import _config
+from dmp.client import exiting
 from dmp.errors import ManagerUnavailableError
 from dmp.wire import protocol
 from dmp.wire.protocol import ObjStatus
@@ -252,7 +252,7 @@ def close_all() -> None:
     _close_all()
 
 
-@atexit.register
+@exiting.after_children
 def _close_all() -> None:
     # Say Bye so the manager releases our holds and locks at once, not after heartbeats.
     if _conns_pid != os.getpid():

@@ -106,6 +106,8 @@ def _wire_type(annotation: Any) -> type | tuple[type, ...] | None:
         return str
     if text == "int":
         return int
+    if text == "bool":
+        return bool
     if text == "float":
         return (int, float)
     if text == "bytes":
@@ -211,6 +213,9 @@ class DefineJob(Message):
     is itself a callable. ``max_retries`` bounds reruns after worker deaths.
     ``timeout`` (seconds, 0: none) bounds each task's run time; ``resources``
     (name -> amount) is what each task holds on its node while it runs.
+    ``solo``: each task goes to an idle worker only, never queued behind
+    another task (a remote ``Process``: it starts as soon as it is given out,
+    and withdrawing or signalling it touches no other task).
     """
 
     job: int
@@ -218,6 +223,7 @@ class DefineJob(Message):
     max_retries: int = 3
     timeout: float = 0.0
     resources: dict[str, Any] = field(default_factory=dict)
+    solo: bool = False
 
 
 @message(11)

@@ -217,7 +217,7 @@ class Routing:
             except ValueError as exc:
                 self._send(peer, protocol.Error(ErrorCode.BAD_MESSAGE, str(exc), msg.job), [])
                 return
-            self._carry_out(sched.define_job(peer, msg.job, frames, msg.max_retries, timeout, resources))
+            self._carry_out(sched.define_job(peer, msg.job, frames, msg.max_retries, timeout, resources, msg.solo))
         elif isinstance(msg, protocol.EndJob):
             self._carry_out(sched.end_job(peer, msg.job))
         elif isinstance(msg, protocol.CancelJob):

@@ -334,6 +334,7 @@ _BY_TYPE: dict[Any, st.SearchStrategy[Any]] = {
     bytes: st.binary(max_size=32),
     int: _int,
     float: st.floats(allow_nan=False),
+    bool: st.booleans(),
     list[int]: st.lists(_int, max_size=8),
     list[list[int]]: st.lists(st.lists(_int, max_size=5), max_size=8),
     list[list[Any]]: st.lists(st.lists(_plain, max_size=6), max_size=6),
