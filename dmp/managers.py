@@ -162,10 +162,12 @@ class BaseManager:
             raise ProcessError("Manager has shut down")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        address = self._address or f"ipc://@dmp-manager-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        address = self._address or f"{proxylink.LOCAL_MANAGER}{os.getpid()}-{uuid.uuid4().hex[:12]}"
         key = self._authkey
         if key is None and self._address is None:
-            key = os.urandom(32)  # only this process and its children know it
+            # As multiprocessing: this process's authkey, which only it and its
+            # children know, also those started before this manager.
+            key = bytes(multiprocessing.current_process().authkey)
         reader, writer = _fork.Pipe(duplex=False)
         process = _fork.Process(
             target=run_server, args=(self._registry, address, key, writer, initializer, tuple(initargs)),

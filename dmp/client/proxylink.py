@@ -23,6 +23,7 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from multiprocessing import process as _mp_process
 from multiprocessing import util as _mp_util
 from typing import Any
 
@@ -42,10 +43,20 @@ def remember_key(address: str, key: bytes | None) -> None:
     _keys[address] = key
 
 
+#: Addresses of the managers ``BaseManager.start()`` forks when given none.
+LOCAL_MANAGER = "ipc://@dmp-manager-"
+
+
 def key_for(address: str) -> bytes | None:
+    """The authkey for ``address``: one a manager made here or a proxy brought,
+    else the configured one; for a manager some ancestor started without an
+    address, this process's authkey (as multiprocessing's proxies use)."""
     if address in _keys:
         return _keys[address]
-    return _config.resolve(address).authkey
+    key = _config.resolve(address).authkey
+    if key is None and address.startswith(LOCAL_MANAGER):
+        return bytes(_mp_process.current_process().authkey)
+    return key
 
 
 class _Slot:
