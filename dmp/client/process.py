@@ -8,9 +8,10 @@ the exit code comes back. ``_ClusterPopen`` stands in for multiprocessing's
 Popen object, so join/is_alive/exitcode/terminate/kill/sentinel keep their
 standard meaning.
 
-    start() -> DefineJob(RunProcess, solo) + Submit -> manager -> an idle worker
-    worker --TaskStarted(pid)--> client        worker --Output--> client's stdout
-    worker --Results(exit code)--> client      (or LOST: the signal's exit code)
+    start() -> DefineJob(RunProcess, idle_only) + Submit -> manager -> an idle worker
+    worker --TaskStarted(pid)--> manager --JobTaskStarted(pid)--> client
+    worker --TaskOutput--> manager --JobOutput--> client's stdout
+    worker --TaskDone(exit code)--> manager --JobResults--> client  (or LOST: the signal's exit code)
     terminate()/kill() -> SignalJob -> manager -> node -> os.kill(worker pid)
                           (not yet started: CancelJob, so it never runs)
 """
@@ -126,7 +127,7 @@ class _ClusterPopen(Sink):
         runner = serialization.dumps(runners.RunProcess.of(process_obj), by_value=True)
         self._refused: str | None = None
         resources = getattr(process_obj, "_dmp_resources", None)
-        self._job = self._session.new_job(self, runner, 0, 0.0, resources, solo=True)
+        self._job = self._session.new_job(self, runner, 0, 0.0, resources, idle_only=True)
         self._session.submit(self._job, [(0, serialization.dumps(None, by_value=True))])
         self._session.end_job(self._job)
         if resources:

@@ -7,12 +7,12 @@ also drives, subclass :class:`MapSink`. Nobody probes a sink with
 ``getattr``: what is not overridden here has a default that does nothing.
 
     Session.on_message (link thread, or a caller leading the link):
-        Results      -> on_result(task, status, frames, info) per outcome
-                        (a raising on_result is reported, then finished() asked)
-        TaskStarted  -> on_started(pid, node)
-        Error(job)   -> on_failure(exc)        the manager refused the job
+        JobResults      -> on_result(task, status, frames, info) per outcome
+                           (a raising on_result is reported, then finished() asked)
+        JobTaskStarted  -> on_started(pid, node)
+        Error(job)      -> on_failure(exc)        the manager refused the job
     Session.fail_all (any thread: link lost, pool closed or terminated)
-                     -> on_failure(exc)
+                        -> on_failure(exc)
     Pool feeder thread (MapSink only):
         abandoned()  before each batch: stop feeding a job nobody reads
         fail_chunk() a chunk that never left (did not pickle, iterable raised)
@@ -26,6 +26,8 @@ from __future__ import annotations
 import abc
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from dmp import serialization
+from dmp.node import runners
 from dmp.wire.protocol import Status
 
 if TYPE_CHECKING:
@@ -46,7 +48,7 @@ class Sink(abc.ABC):
     def on_result(self, task_id: int, status: Status, frames: list[Any], info: Any) -> bool:
         """One task's outcome (``CANCELLED`` included); True when the job needs nothing more.
 
-        ``info`` is the Results item's info: for ``LOST`` ``[text, node, pid,
+        ``info`` is the JobResults item's info: for ``LOST`` ``[text, node, pid,
         exitcode, cause]`` (cause: dmp.deaths.WorkerDeath.to_wire), for
         ``CANCELLED`` a text. A user callback raising here
         propagates; the session reports it and asks :meth:`finished`.
@@ -57,7 +59,7 @@ class Sink(abc.ABC):
         """The whole job failed (session lost, pool stopped, job refused); may come more than once."""
 
     def on_started(self, pid: int, node: str) -> None:
-        """A worker announced it is running this job's task (``TaskStarted``)."""
+        """A worker announced it is running this job's task (``JobTaskStarted``)."""
         return None  # most jobs do not care
 
     def finished(self) -> bool:
@@ -98,3 +100,29 @@ class ApplySink(Sink):
         results, self.results = self.results, {}
         for result in results.values():
             result.on_failure(exc)
+
+
+class StartupSink(Sink):
+    """A cluster pool's start-up tasks (``runners.initialize``): their outcomes go to nobody.
+
+    An initializer that raised there raises again, and fails that task,
+    when the worker meets the pool's first task.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+
+    def on_result(self, task_id: int, status: Status, frames: list[Any], info: Any) -> bool:
+        self.left -= 1
+        return self.left <= 0
+
+    def on_failure(self, exc: BaseException) -> None:
+        pass
+
+
+def start_up(session: Any, runner: list[Any], count: int, resources: dict[str, float] | None) -> None:
+    """Send a cluster pool's ``count`` start-up tasks (see ``runners.initialize``), for idle workers only."""
+    job = session.new_job(StartupSink(count), runner, 0, 0.0, resources, idle_only=True)
+    start = serialization.dumps((runners.initialize, (), {}))
+    session.submit(job, [(i, start) for i in range(count)])
+    session.end_job(job)

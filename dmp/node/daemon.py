@@ -1,7 +1,7 @@
 """The worker node daemon (``dmp worker``): keeps N worker processes joined to a manager.
 
     node --Hello(node)/Heartbeat/WorkerExited--> manager
-    node --fork--> worker processes --Hello(worker)/Results--> manager (directly)
+    node --fork--> worker processes --Hello(worker)/TaskDone--> manager (directly)
     worker sentinel readable -> reap -> WorkerExited(running task) -> respawn
 
 The node never carries task data: workers talk to the manager themselves, so
@@ -53,7 +53,7 @@ class NodeDaemon:
         template = WorkerConfig(
             address=address, node=name, key=key, by_value=True, heartbeat=True, forward_output=True
         )
-        self.supervisor = Supervisor(template, count=processes, name_prefix="dmp-worker", memory_limit=memory_limit)
+        self.supervisor = Supervisor(template, count=processes, name_prefix=f"dmp-worker-{name}", memory_limit=memory_limit)
         self._stop = False
         self._welcomed_once = False
         self.status = 0
@@ -66,8 +66,7 @@ class NodeDaemon:
         # Fork the workers before this process has a live ZeroMQ context.
         self.supervisor.start()
         hello = protocol.Hello(
-            protocol.Role.NODE, self.name, socket.gethostname(), os.getpid(), self.supervisor.count,
-            resources=self.resources,
+            protocol.Role.NODE, self.name, socket.gethostname(), os.getpid(), resources=self.resources
         )
         peer = PeerLoop(self.address, self.key, hello, on_refused=self._refused)
         peer.watch_handshake()

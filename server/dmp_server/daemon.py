@@ -248,7 +248,7 @@ class Daemon(Routing):
         exited = self.supervisor.reap(fd)
         if exited is None:
             return
-        # Results it sent just before exiting may still be in the socket.
+        # TaskDone it sent just before exiting may still be in the socket.
         self._drain_socket()
         peer_id = worker_peer(exited.worker)
         if exited.exitcode != 0:

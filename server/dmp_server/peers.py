@@ -53,7 +53,6 @@ class Peer:
     host: str
     pid: int
     node: str
-    slots: int
     last_seen: float
     version: str = ""  # what its Hello said: dmp's and Python's versions
 

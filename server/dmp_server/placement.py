@@ -32,8 +32,8 @@ class Placement:
     def credit(self, worker: Worker) -> int:
         if worker.doomed:
             return 0
-        if worker.assigned and next(iter(worker.assigned.values())).job.solo:
-            return 0  # a remote Process runs there (given to it idle, so first): nothing queues behind it
+        if worker.assigned and next(iter(worker.assigned.values())).job.idle_only:
+            return 0  # given to it idle, so first: nothing queues behind it (a remote Process, a start-up task)
         free = self.in_flight - len(worker.assigned)
         if worker.tasks_left >= 0:
             free = min(free, worker.tasks_left)
@@ -102,16 +102,16 @@ class Placement:
         first job that may run there (None if no client has one).
 
         A job with resources may run only on an idle worker of a node that
-        has them free (so no task waits behind another holding them); a solo
-        job (a remote Process) only on an idle worker.
+        has them free (so no task waits behind another holding them); an
+        ``idle_only`` job only on an idle worker.
         """
         ready = self._ready
         for _ in range(len(ready)):
             c = ready[0]
             if not c.max_workers or worker.peer in c.on or len(c.on) < c.max_workers:
                 for job in c.active:
-                    if job.solo and worker.assigned:
-                        continue  # a remote Process waits for an idle worker, never behind a task
+                    if job.idle_only and worker.assigned:
+                        continue
                     if not job.resources:
                         return job
                     node = self.nodes.get(worker.node)

@@ -6,8 +6,8 @@ workers to kill). The manager's reactor and the local engine both drive it,
 which is what makes local mode and cluster mode one engine.
 
     client --DefineJob/Submit--> [job queues, per client] --round robin-->
-        [worker credit] --Dispatch--> worker --Results--> [match attempt]
-        --Results--> client
+        [worker credit] --Dispatch--> worker --TaskDone--> [match attempt]
+        --JobResults--> client
 
 Two limits travel with a job's definition. ``timeout``: the worker's node
 (or the local supervisor) kills a worker whose task runs past it, and
@@ -177,10 +177,10 @@ class Scheduler(Placement):
         max_retries: int,
         timeout: float = 0.0,
         resources: dict[str, float] | None = None,
-        solo: bool = False,
+        idle_only: bool = False,
     ) -> list[Command]:
         """Define a job (``timeout`` and ``resources`` checked by the caller;
-        ``solo``: its tasks go to idle workers only).
+        ``idle_only``: its tasks go only to idle workers).
 
         A job whose ``resources`` no joined node has is refused: each of its
         tasks is answered REFUSED as it arrives (the client raises
@@ -193,7 +193,7 @@ class Scheduler(Placement):
             return [Send(peer, protocol.Error(protocol.ErrorCode.BAD_MESSAGE, f"job {job_id} defined twice", job_id))]
         need = dict(resources or {})
         job = Job(self._next_job, peer, job_id, runner, max(0, max_retries), timeout=timeout, resources=need,
-                  solo=solo)
+                  idle_only=bool(idle_only))
         client.jobs[job_id] = job
         self._next_job += 1
         if need and not any(node.covers(need, now=False) for node in self.nodes.values()):
@@ -211,8 +211,8 @@ class Scheduler(Placement):
         if job is None:
             return [Send(peer, protocol.Error(protocol.ErrorCode.UNKNOWN_JOB, f"unknown job {job_id}", job_id))]
         if job.refused:
-            items = [[job_id, task_id, int(Status.REFUSED), 0, 0.0, job.refused] for task_id, _ in tasks]
-            return [Send(peer, protocol.Results(items))]
+            items = [[job_id, task_id, int(Status.REFUSED), 0, job.refused] for task_id, _ in tasks]
+            return [Send(peer, protocol.JobResults(items))]
         was_idle = not job.pending
         for task_id, frames in tasks:
             task = Task(self._next_task, job, task_id, frames)
@@ -272,7 +272,7 @@ class Scheduler(Placement):
             self._count(client, status)
             if client is not None and job.job_id in client.jobs:
                 batch = out.setdefault(client.peer, ([], []))
-                batch[0].append([job.job_id, task.task_id, status, nframes, 0.0, info])
+                batch[0].append([job.job_id, task.task_id, status, nframes, info])
                 batch[1].extend(payload)
                 cmds += self._maybe_forget(client, job)
         if items:
@@ -281,7 +281,7 @@ class Scheduler(Placement):
             est = mean if est is None else est + EWMA_ALPHA * (mean - est)
             self.est_run_s = est
             self.in_flight = max(1, min(MAX_IN_FLIGHT, math.ceil(PREFETCH_SECONDS / max(est, 1e-7))))
-        sends: list[Command] = [Send(to, protocol.Results(its), frs) for to, (its, frs) in out.items()]
+        sends: list[Command] = [Send(to, protocol.JobResults(its), frs) for to, (its, frs) in out.items()]
         return sends + cmds + self.schedule()
 
     # --- bookkeeping ---------------------------------------------------------------
@@ -302,7 +302,7 @@ class Scheduler(Placement):
         self._count(client, status)
         if client is None or job.job_id not in client.jobs:
             return []
-        msg = protocol.Results([[job.job_id, task.task_id, int(status), len(frames), 0.0, info]])
+        msg = protocol.JobResults([[job.job_id, task.task_id, int(status), len(frames), info]])
         return [Send(client.peer, msg, frames), *self._maybe_forget(client, job)]
 
     def _maybe_forget(self, client: Client, job: Job) -> list[Command]:
@@ -338,7 +338,7 @@ class Scheduler(Placement):
             cmds.append(Kill(worker.peer))
         cmds += self._drop(client, job)
         if notify:
-            cmds.append(Send(client.peer, protocol.Results([[job.job_id, -1, int(Status.CANCELLED), 0, 0.0, "cancelled"]])))
+            cmds.append(Send(client.peer, protocol.JobResults([[job.job_id, -1, int(Status.CANCELLED), 0, "cancelled"]])))
         return cmds + self.schedule()
 
     # --- status ----------------------------------------------------------------

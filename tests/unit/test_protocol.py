@@ -27,8 +27,8 @@ from dmp.wire.protocol import (
 pytestmark = pytest.mark.timeout(60)
 
 SAMPLES: dict[str, protocol.Message] = {
-    "Hello": protocol.Hello("worker", "w-1", "box", 4242, 1, "node-a", 10, "0.1.0"),
-    "Welcome": protocol.Welcome("77-31", "0.1.0", 1.5),
+    "Hello": protocol.Hello("worker", "w-1", "box", 4242, "dmp 0.1.0, Python 3.12", b"", 0, "node-a", 10),
+    "Welcome": protocol.Welcome("77-31", 1.5),
     "Heartbeat": protocol.Heartbeat(),
     "Bye": protocol.Bye("manager shutting down"),
     "Error": protocol.Error(protocol.ErrorCode.UNKNOWN_JOB, "unknown job 7", 7),
@@ -37,13 +37,16 @@ SAMPLES: dict[str, protocol.Message] = {
     "EndJob": protocol.EndJob(3),
     "CancelJob": protocol.CancelJob(3),
     "Dispatch": protocol.Dispatch([[9, 1, 0.0]], [[100, 9, 0, 1], [101, 9, 2, 1]]),
-    "Results": protocol.Results([[100, 0, 0, 1, 0.25, ""], [101, 2, 2, 0, 0.0, "pid 7 died"]]),
+    "TaskDone": protocol.TaskDone([[100, 0, 0, 1, 0.25, ""], [101, 2, 1, 2, 0.0, ""]]),
+    "JobResults": protocol.JobResults([[3, 1, 0, 1, ""], [3, 2, 2, 0, ["pid 7 died", "node-a", 7, -9]]]),
     "ForgetJobs": protocol.ForgetJobs([9, 10]),
-    "Output": protocol.Output(3, 1, "stdout", "hello\n", "node-a:4242"),
+    "TaskOutput": protocol.TaskOutput(100, "stdout", "hello\n", "node-a:4242"),
+    "JobOutput": protocol.JobOutput(3, 1, "stdout", "hello\n", "node-a:4242"),
     "WorkerExited": protocol.WorkerExited("w-1", 4242, -9, 100),
     "StatusRequest": protocol.StatusRequest(),
     "StatusReply": protocol.StatusReply({"slots": 8, "nodes": [{"name": "a", "busy": 1}]}),
-    "TaskStarted": protocol.TaskStarted(3, 1, 4242, "node-a"),
+    "TaskStarted": protocol.TaskStarted(100, 4242, "node-a"),
+    "JobTaskStarted": protocol.JobTaskStarted(3, 1, 4242, "node-a"),
     "SignalJob": protocol.SignalJob(3, 15),
     "SignalWorker": protocol.SignalWorker("node-a/1-1", 4242, 9),
 }
@@ -113,7 +116,7 @@ def test_codes_are_unique_and_registered() -> None:
     codes = [cls.TYPE for cls in types.values()]
     assert len(codes) == len(set(codes))
     with pytest.raises(RuntimeError):
-        protocol.message(protocol.Hello.TYPE)(type("Dup", (protocol.Message,), {}))
+        protocol.message(protocol.Hello.TYPE, ("client",), ("manager",))(type("Dup", (protocol.Message,), {}))
 
 
 @pytest.mark.parametrize("version", [0, PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, 99])
@@ -129,6 +132,13 @@ def test_version_mismatch_names_both_versions(version: int) -> None:
 def test_boolean_version_is_refused() -> None:
     with pytest.raises(ProtocolError):
         decode(_header(True, protocol.Heartbeat.TYPE, []))
+
+
+def test_a_bool_field_takes_only_a_bool() -> None:
+    ok = decode(_header(protocol.PROTOCOL_VERSION, protocol.DefineJob.TYPE, [], 1, 0, 3, 0.0, {}, True))
+    assert ok[0] == protocol.DefineJob(1, 0, 3, 0.0, {}, True)
+    with pytest.raises(ProtocolError, match="idle_only must be bool, not int"):
+        decode(_header(protocol.PROTOCOL_VERSION, protocol.DefineJob.TYPE, [], 1, 0, 3, 0.0, {}, 1))
 
 
 @pytest.mark.parametrize(

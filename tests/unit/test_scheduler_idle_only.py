@@ -1,4 +1,4 @@
-"""Solo jobs (a remote Process: DefineJob.solo) as a pure state machine:
+"""Idle-only jobs (a remote Process: DefineJob.idle_only) as a pure state machine:
 each task goes to an idle worker only, and nothing queues behind it, so
 withdrawing or signalling a Process never touches another task."""
 
@@ -12,15 +12,15 @@ from dmp.wire.protocol import Status
 pytestmark = pytest.mark.timeout(30)
 
 
-def _solo(h: Harness, client: str, job: int) -> None:
-    assert h.apply(h.s.define_job(client, job, [b"runner-%d" % job], 0, 0.0, None, True)) == []
+def _idle_only(h: Harness, client: str, job: int) -> None:
+    assert h.apply(h.s.define_job(client, job, [b"runner-%d" % job], 0, 0.0, None, idle_only=True)) == []
 
 
-def test_a_solo_task_waits_for_an_idle_worker_not_behind_a_busy_one() -> None:
+def test_an_idle_only_task_waits_for_an_idle_worker_not_behind_a_busy_one() -> None:
     h = Harness()
     h.client("c")
     h.job("c", 1)
-    _solo(h, "c", 2)
+    _idle_only(h, "c", 2)
     h.worker("w1")
     h.submit("c", 1, [0])  # w1 busy with a pool task (it could hold one more)
     h.submit("c", 2, [0])
@@ -30,10 +30,10 @@ def test_a_solo_task_waits_for_an_idle_worker_not_behind_a_busy_one() -> None:
     assert [t[1] for t in h.given["w2"]] == [h.s.clients["c"].jobs[2].key]
 
 
-def test_nothing_queues_behind_a_solo_task() -> None:
+def test_nothing_queues_behind_an_idle_only_task() -> None:
     h = Harness()
     h.client("c")
-    _solo(h, "c", 1)
+    _idle_only(h, "c", 1)
     h.job("c", 2)
     h.worker("w1")
     h.submit("c", 1, [0])
@@ -44,11 +44,11 @@ def test_nothing_queues_behind_a_solo_task() -> None:
     assert h.given["w1"] and h.s.queued() < 2  # free again: the pool tasks run
 
 
-def test_cancelling_a_waiting_solo_task_kills_no_worker() -> None:
+def test_cancelling_a_waiting_idle_only_task_kills_no_worker() -> None:
     h = Harness()
     h.client("c")
     h.job("c", 1)
-    _solo(h, "c", 2)
+    _idle_only(h, "c", 2)
     h.worker("w1")
     h.submit("c", 1, [0])
     h.submit("c", 2, [0])
