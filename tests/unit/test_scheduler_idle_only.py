@@ -13,7 +13,10 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def _idle_only(h: Harness, client: str, job: int) -> None:
-    assert h.apply(h.s.define_job(client, job, [b"runner-%d" % job], 0, 0.0, None, idle_only=True)) == []
+    assert (
+        h.apply(h.s.define_job(client, job, [b"runner-%d" % job], 0, 0.0, None, idle_only=True))
+        == []
+    )
 
 
 def test_an_idle_only_task_waits_for_an_idle_worker_not_behind_a_busy_one() -> None:
