@@ -28,8 +28,8 @@ from multiprocessing import util as _mp_util
 from typing import Any
 
 from dmp import _config
-from dmp.client import exiting
-from dmp.errors import ManagerUnavailableError
+from dmp.client import exiting, mgrkeys
+from dmp.errors import AuthenticationError, ManagerUnavailableError
 from dmp.wire import protocol
 from dmp.wire.protocol import ObjStatus
 
@@ -47,6 +47,11 @@ def remember_key(address: str, key: bytes | None) -> None:
 LOCAL_MANAGER = "ipc://@dmp-manager-"
 
 
+def known_keys() -> dict[str, bytes | None]:
+    """The keys this process's managers were started or connected with, by address."""
+    return dict(_keys)
+
+
 def key_for(address: str) -> bytes | None:
     """The authkey for ``address``: one a manager made here or a proxy brought,
     else the configured one; for a manager some ancestor started without an
@@ -56,7 +61,8 @@ def key_for(address: str) -> bytes | None:
     key = _config.resolve(address).authkey
     if key is None and address.startswith(LOCAL_MANAGER):
         return bytes(_mp_process.current_process().authkey)
-    return key
+    # In a node's worker: a manager it was told nothing of may share the cluster's key.
+    return key if key is not None else _config.cluster_key()
 
 
 class _Slot:
@@ -245,7 +251,13 @@ def connection(address: str, key: bytes | None = None, *, timeout: float = _conf
             _conns_pid = os.getpid()
         conn = _conns.get(address)
         if conn is None or conn.closed is not None:
-            conn = Connection(address, key if key is not None else key_for(address), timeout)
+            try:
+                conn = Connection(address, key if key is not None else key_for(address), timeout)
+            except AuthenticationError as exc:
+                why = mgrkeys.why_refused(address)
+                if why is None:
+                    raise
+                raise AuthenticationError(f"{exc}: {why}") from None
             _conns[address] = conn
         return conn
 

@@ -178,8 +178,9 @@ class MapChunk(Runner):
         return (MapChunk, (self.func, self.star, self.init))
 
 
-# Attributes of a multiprocessing Process that belong to the parent's side.
-_PARENT_ONLY = frozenset({"_config", "_popen", "_parent_pid", "_parent_name", "_identity", "_closed"})
+# Attributes of a multiprocessing Process that belong to the parent's side;
+# _dmp_target holds the cluster's authkey, which must never ride in a payload.
+_PARENT_ONLY = frozenset({"_config", "_popen", "_parent_pid", "_parent_name", "_identity", "_closed", "_dmp_target"})
 
 
 class RunProcess(Runner):
@@ -191,15 +192,16 @@ class RunProcess(Runner):
 
     announce = True
 
-    def __init__(self, cls: Any, state: dict[str, Any], daemon: bool = False) -> None:
+    def __init__(self, cls: Any, state: dict[str, Any], daemon: bool = False, grant: Any = None) -> None:
         self.cls = cls
         self.state = state
         self.daemon = daemon
+        self.grant = grant  # dmp.client.mgrkeys.KeyGrant: the caller's keys that may travel
 
     @classmethod
-    def of(cls, process: Any) -> RunProcess:
+    def of(cls, process: Any, grant: Any = None) -> RunProcess:
         state = {k: v for k, v in vars(process).items() if k not in _PARENT_ONLY}
-        return cls(type(process), state, process.daemon)
+        return cls(type(process), state, process.daemon, grant)
 
     def __call__(self, _task: Any, ctx: TaskContext) -> int:
         import sys
@@ -218,6 +220,10 @@ class RunProcess(Runner):
         obj._popen, obj._closed = None, False
         multiprocessing.process._current_process = obj  # type: ignore[attr-defined]
         try:
+            from dmp import _config
+            from dmp.client import mgrkeys
+
+            mgrkeys.adopt(self.grant, obj, _config.cluster_key())
             obj.run()
             code = 0
         except SystemExit as exc:
@@ -239,4 +245,4 @@ class RunProcess(Runner):
         return code
 
     def __reduce__(self) -> Any:
-        return (RunProcess, (self.cls, self.state, self.daemon))
+        return (RunProcess, (self.cls, self.state, self.daemon, self.grant))
