@@ -7,9 +7,11 @@ negative priority. dmp imports ``multiprocessing`` before it could register
 any :mod:`atexit` handler of its own, and :mod:`atexit` runs handlers last in,
 first out: an :mod:`atexit` handler of dmp would run *before* that join, and
 closing a cluster link there lost every non-daemonic remote ``Process`` the
-script had not joined. So dmp's teardown at exit (cluster links, local
-engines, loopback clusters, proxy connections) is a finalizer of negative
-priority instead.
+script had not joined. So dmp's teardown at exit of what remote processes
+use (cluster links, loopback clusters, proxy connections) is a finalizer of
+negative priority instead. Local pools' engines still stop in an
+:mod:`atexit` handler, before that join: their workers are multiprocessing
+children the engine itself reaps.
 """
 
 from __future__ import annotations
