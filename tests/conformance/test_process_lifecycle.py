@@ -138,3 +138,43 @@ def test_unjoined_child_is_waited_for_at_exit(mp: Any, request: Any, tmp_path: P
             proc.wait(10)
         if proc.stdout:
             proc.stdout.close()
+
+
+_OPEN_POOL_SCRIPT = """
+    import sys
+
+    mode, method = sys.argv[1], sys.argv[2]
+    if mode == "stdlib":
+        import multiprocessing
+        mp = multiprocessing.get_context(method)
+    else:
+        import dmp
+        mp = dmp.get_context(method)
+        if mode == "cluster":
+            dmp.connect(sys.argv[3], bytes.fromhex(sys.argv[4]) if sys.argv[4] else None)
+
+    def square(x):
+        return x * x
+
+    if __name__ == "__main__":
+        pool = mp.Pool(2)  # never closed: the interpreter's exit ends it
+        print(pool.map(square, range(4)))
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_pool_left_open_ends_quietly_at_exit(
+    mp: Any, request: Any, tmp_path: Path, method: str
+) -> None:
+    mode = request.node.callspec.params["mp"]
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(_OPEN_POOL_SCRIPT))
+    argv = [sys.executable, str(script), mode, method]
+    if mode == "cluster":
+        cluster = request.getfixturevalue("loopback_cluster")
+        argv += [cluster.address, (cluster.authkey or b"").hex()]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DMP_")}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[0, 1, 4, 9]"
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
