@@ -139,12 +139,21 @@ def _cloud_dumps(obj: Any, take: Any) -> bytes:
     return out.getvalue()
 
 
+# Exact types whose pickle is the same by value and by reference, and never
+# holds a large buffer: plain pickle, without building a cloudpickle Pickler
+# (most task results: ~0.2 µs instead of ~1.7 µs).
+_PLAIN = frozenset({int, float, bool, type(None), complex})
+
+
 def dumps(obj: Any, *, by_value: bool = True) -> list[Any]:
     """Pickle ``obj`` into frames.
 
     Raises:
         Exception: whatever pickling raised (PicklingError, TypeError, ...).
     """
+    kind = type(obj)
+    if kind in _PLAIN or (kind is str and len(obj) < OOB_THRESHOLD):
+        return [pickle.dumps(obj, protocol=5)]
     return _pickle(_wrap_large(obj), by_value)
 
 

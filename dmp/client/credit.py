@@ -21,7 +21,7 @@ ALIVE_CHECK_S = 0.5
 class Credit:
     """Counts tasks submitted and not yet finished against ``limit``; thread-safe."""
 
-    __slots__ = ("_cond", "_outstanding", "limit")
+    __slots__ = ("_cond", "_outstanding", "_waiting", "limit")
 
     def __init__(self, limit: int) -> None:
         """Raises ValueError if ``limit`` is not a positive int."""
@@ -29,6 +29,7 @@ class Credit:
             raise ValueError(f"credit limit must be a positive int, not {limit!r}")
         self.limit = limit
         self._outstanding = 0
+        self._waiting = 0  # feeders in take(): release() notifies only when there is one
         self._cond = threading.Condition(threading.Lock())
 
     @property
@@ -45,7 +46,11 @@ class Credit:
             while self._outstanding > 0 and self._outstanding + n > self.limit:
                 if not alive():
                     return False
-                self._cond.wait(ALIVE_CHECK_S)
+                self._waiting += 1
+                try:
+                    self._cond.wait(ALIVE_CHECK_S)
+                finally:
+                    self._waiting -= 1
             self._outstanding += n
             return True
 
@@ -58,4 +63,5 @@ class Credit:
         """``n`` counted tasks are finished (or were never sent); wake a waiting feeder."""
         with self._cond:
             self._outstanding -= n
-            self._cond.notify()
+            if self._waiting:  # Condition.notify costs a few microseconds even with nobody waiting
+                self._cond.notify()

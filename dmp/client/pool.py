@@ -135,7 +135,9 @@ class Pool:
     def _job_done(self, result: Any) -> None:
         with self._pending_cond:
             self._pending.discard(result)
-            if not self._pending:
+            # Only join() waits here, after close()/terminate(): a running pool
+            # skips notify_all, which costs microseconds on every apply_async.
+            if not self._pending and self._state != RUN:
                 self._pending_cond.notify_all()
 
     # --- apply ---------------------------------------------------------------------------

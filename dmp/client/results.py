@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dmp import serialization
+from dmp.client.flag import Flag
 from dmp.client.progress import Progress
 from dmp.client.sink import MapSink, Sink
 from dmp.deaths import WorkerDeath
@@ -70,7 +71,7 @@ class _Waitable(Sink):
         # The waiting caller serves the link itself when it can (see dmp.client.link).
         self._link = link
         self._on_done = on_done
-        self._event = threading.Event()
+        self._event = Flag()  # a threading.Event, cheaper (dmp.client.flag)
         self._callback = callback
         self._error_callback = error_callback
         self._success = True

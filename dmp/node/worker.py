@@ -7,7 +7,8 @@
 
 Before each task the worker writes the task key (and, if its job has a
 timeout, the task's deadline) into a small shared-memory slot
-(dmp.node.slot) its supervisor reads, so that when the process dies the supervisor knows exactly which task
+(dmp.node.slot) its supervisor reads, cleared once its queue runs dry (one
+write per task), so that when the process dies the supervisor knows which task
 killed it (the others queued here are requeued uncharged), and so that the
 supervisor can kill a task that runs past its deadline, even one stuck in C.
 """
@@ -143,7 +144,9 @@ class WorkerLoop:
         self.queue: collections.deque[tuple[int, int, int, list[Any]]] = collections.deque()
         self.out_items: list[list[Any]] = []
         self.out_frames: list[Any] = []
-        self.first_unflushed = 0.0
+        self.first_unflushed = 0.0  # time.perf_counter() when the batch's first task started
+        self.last_end = 0.0  # ... and when the last task ended
+        self.slot_busy = False  # the slot names a task (cleared only once the queue runs dry)
         self.done = 0
         self.stopping = False
         self.exit_code = 0  # EXIT_REFUSED: the manager refused our key or version
@@ -159,6 +162,7 @@ class WorkerLoop:
         try:
             while not self.stopping:
                 if not self.queue:
+                    self.clear_slot()
                     self.flush()
                     if max_tasks and self.done >= max_tasks:
                         return
@@ -173,11 +177,11 @@ class WorkerLoop:
                 if self.queue:
                     self.run_one()
                     if self.out_items and (
-                        len(self.out_items) >= FLUSH_ITEMS
-                        or time.monotonic() - self.first_unflushed >= FLUSH_SECONDS
+                        len(self.out_items) >= FLUSH_ITEMS or self.last_end - self.first_unflushed >= FLUSH_SECONDS
                     ):
                         self.flush()
         finally:
+            self.clear_slot()
             self.flush()
             # Said on the socket the results went out on, so the manager knows
             # every result is in before it hears of the exit from our supervisor.
@@ -231,19 +235,27 @@ class WorkerLoop:
             return ""
         return f"node {self.cfg.node!r} ({socket.gethostname()}), pid {os.getpid()}, task {key}"
 
+    def clear_slot(self) -> None:
+        """No task runs here now: once the queue runs dry (the next task's key overwrites it)."""
+        if self.slot_busy and self.cfg.slot is not None:
+            SLOT.pack_into(self.cfg.slot, 0, -1, 0, 0.0)
+        self.slot_busy = False
+
     def run_one(self) -> None:
         key, job_key, attempt, frames = self.queue.popleft()
         self.current = key
-        slot = self.cfg.slot
+        cfg = self.cfg
+        slot = cfg.slot
         if slot is not None:
             timeout = self.timeouts.get(job_key, 0.0)
             SLOT.pack_into(slot, 0, key, attempt, time.monotonic() + timeout if timeout else 0.0)
+            self.slot_busy = True
         t0 = time.perf_counter()
         if not self.out_items:
             # The batch's age counts from the start of its first task, so a
             # long task's result is sent as soon as it is done.
-            self.first_unflushed = time.monotonic()
-        by_value = self.cfg.by_value
+            self.first_unflushed = t0
+        by_value = cfg.by_value
         status = protocol.Status.OK
         info = ""
         try:
@@ -272,8 +284,9 @@ class WorkerLoop:
                 status = protocol.Status.RAISED
                 wrapped = MaybeEncodingError(exc, result)
                 payload = serialization.dump_exception(wrapped, by_value=by_value)
-        run_s = time.perf_counter() - t0
-        size = sum(f.nbytes if isinstance(f, memoryview) else len(f) for f in payload)
+        self.last_end = t1 = time.perf_counter()
+        run_s = t1 - t0
+        size = len(payload[0]) if len(payload) == 1 else sum(f.nbytes if isinstance(f, memoryview) else len(f) for f in payload)
         limit = self.max_message - RESULT_HEADROOM
         if self.max_message and size > limit:
             status = protocol.Status.RAISED
@@ -287,15 +300,13 @@ class WorkerLoop:
             size = sum(len(f) for f in payload)
         if self.out_items and self.max_message and self.out_bytes + size > limit:
             self.flush()  # keep each TaskDone message under the limit
-        if self.cfg.forward_output:
+        if cfg.forward_output:
             sys.stdout.flush()
             sys.stderr.flush()
         self.current = -1
-        if slot is not None:
-            SLOT.pack_into(slot, 0, -1, 0, 0.0)
         if self.context.retire:
             self.stopping = True  # maxtasksperchild of a cluster pool: a fresh process next
-        if self.cfg.heartbeat and os.getppid() != self.parent:
+        if cfg.heartbeat and os.getppid() != self.parent:
             self.stopping = True  # our node died while we ran: an orphan must not go on
         self.done += 1
         self.out_items.append([key, attempt, int(status), len(payload), run_s, info])
