@@ -171,9 +171,11 @@ class BaseManager:
             # the cluster, and the cluster's key by default (dmp.client.mgrkeys).
             address = mgrkeys.bind_address(cluster.address)
             key = key if key is not None else cluster.authkey
-        address = address or f"ipc://@dmp-manager-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        address = address or f"{proxylink.LOCAL_MANAGER}{os.getpid()}-{uuid.uuid4().hex[:12]}"
         if key is None and self._address is None:
-            key = os.urandom(32)  # only this process and its children know it
+            # As multiprocessing: this process's authkey, which only it and its
+            # children know, also those started before this manager.
+            key = bytes(multiprocessing.current_process().authkey)
         reader, writer = _fork.Pipe(duplex=False)
         process = _fork.Process(
             target=run_server, args=(self._registry, address, key, writer, initializer, tuple(initargs)),

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import atexit
 import os
 import secrets
 import shutil
@@ -22,6 +21,7 @@ import weakref
 from typing import Any
 
 from dmp import _config
+from dmp.client import exiting
 from dmp.deaths import parse_size
 from dmp.errors import AuthenticationError, ManagerUnavailableError, TimeoutError
 
@@ -120,10 +120,12 @@ def wait_for_workers(
 _live: weakref.WeakSet[LocalCluster] = weakref.WeakSet()
 
 
-@atexit.register
 def _stop_all() -> None:
     for cluster in list(_live):
         cluster.stop()
+
+
+exiting.after_children(_stop_all, exiting.CLUSTERS)
 
 
 class LocalCluster:

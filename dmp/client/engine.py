@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dmp import _config
+from dmp.client import exiting
 from dmp.client import session as session_mod
 from dmp.client.turns import Turns
 from dmp.deaths import parse_size
@@ -121,13 +122,28 @@ def shared_cluster(address: str, authkey: bytes | None) -> ClusterEngine:
         return engine
 
 
-@atexit.register
-def _stop_all() -> None:
+def _stop(local: bool) -> None:
     for engine in list(_live):
-        try:
-            engine.stop(kill=True, timeout=1.0)
-        except Exception:
-            pass
+        if isinstance(engine, LocalEngine) == local:
+            try:
+                engine.stop(kill=True, timeout=1.0)
+            except Exception:
+                pass
+
+
+@atexit.register
+def _stop_local() -> None:
+    # Local pools end first, before multiprocessing's exit handler: their
+    # workers are (daemonic) multiprocessing children, which that handler
+    # would otherwise terminate and join while this engine reaps them.
+    _stop(local=True)
+
+
+@exiting.after_children
+def _stop_cluster() -> None:
+    # Cluster links last: multiprocessing's exit handler first waits, through
+    # them, for the remote Processes the script did not join.
+    _stop(local=False)
 
 
 def for_pool(

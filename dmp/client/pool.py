@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -386,11 +387,11 @@ class Pool:
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__qualname__} state={self._state} pool_size={self._processes}>"
 
-    def __del__(self) -> None:
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        # (_warn bound early, as multiprocessing's Pool does: at interpreter
+        # shutdown nothing can be imported any more.)
         if getattr(self, "_state", TERMINATE) == RUN and getattr(self, "_engine", None) is not None:
-            import warnings
-
-            warnings.warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, stacklevel=2, source=self)
+            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, stacklevel=2, source=self)
         if getattr(self, "_state", TERMINATE) != TERMINATE and getattr(self, "_engine", None) is not None:
             try:
                 self.terminate()

@@ -8,11 +8,12 @@ the exit code comes back. ``_ClusterPopen`` stands in for multiprocessing's
 Popen object, so join/is_alive/exitcode/terminate/kill/sentinel keep their
 standard meaning.
 
-    start() -> DefineJob(RunProcess) + Submit -> manager -> worker
+    start() -> DefineJob(RunProcess, idle_only) + Submit -> manager -> an idle worker
     worker --TaskStarted(pid)--> manager --JobTaskStarted(pid)--> client
     worker --TaskOutput--> manager --JobOutput--> client's stdout
     worker --TaskDone(exit code)--> manager --JobResults--> client  (or LOST: the signal's exit code)
     terminate()/kill() -> SignalJob -> manager -> node -> os.kill(worker pid)
+                          (not yet started: CancelJob, so it never runs)
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from dmp.wire.protocol import Status
 
 _ForkProcess: Any = multiprocessing.get_context("fork").Process
 
-# How long start() waits for a worker to pick the process up (to know its pid)
-# before returning; a busy cluster may run it later.
+# How long reading ``pid`` (and start() with ``resources=``, to hear of a
+# refusal) waits for a worker to pick the process up; a busy cluster may run
+# it later. start() itself never waits for a free slot, as in multiprocessing.
 START_WAIT_S = 5.0
 
 
@@ -117,7 +119,7 @@ class _ClusterPopen(Sink):
         from dmp.client.engine import shared_cluster
 
         self.returncode: int | None = None
-        self.pid: int | None = None
+        self._pid: int | None = None
         self.node = ""
         self._started = threading.Event()
         self._done = threading.Event()
@@ -131,17 +133,27 @@ class _ClusterPopen(Sink):
         runner = serialization.dumps(runners.RunProcess.of(process_obj, grant), by_value=True)
         self._refused: str | None = None
         resources = getattr(process_obj, "_dmp_resources", None)
-        self._job = self._session.new_job(self, runner, 0, 0.0, resources)
+        self._job = self._session.new_job(self, runner, 0, 0.0, resources, idle_only=True)
         self._session.submit(self._job, [(0, serialization.dumps(None, by_value=True))])
         self._session.end_job(self._job)
-        self._started.wait(START_WAIT_S)
+        if resources:
+            # A refusal (no joined node has them) comes back at once; wait for it or the start.
+            self._started.wait(START_WAIT_S)
         if self._refused is not None:
             raise ValueError(self._refused)
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's pid once one runs the process: waits up to START_WAIT_S
+        for that (every slot may be busy), then None until it starts."""
+        if self._pid is None:
+            self._started.wait(START_WAIT_S)
+        return self._pid
 
     # --- session sink ------------------------------------------------------
 
     def on_started(self, pid: int, node: str) -> None:
-        self.pid, self.node = pid, node
+        self._pid, self.node = pid, node
         self._started.set()
 
     def on_result(self, task_id: int, status: Status, frames: list[Any], info: Any) -> bool:
@@ -149,7 +161,7 @@ class _ClusterPopen(Sink):
             code = serialization.loads(frames)
             self._finish(code if isinstance(code, int) else 1)
         elif status == Status.LOST and isinstance(info, list) and len(info) in (4, 5):
-            self.pid = self.pid or int(info[2] or 0) or None
+            self._pid = self._pid or int(info[2] or 0) or None
             self._finish(int(info[3]) if info[3] is not None else -signal.SIGKILL)
         elif status == Status.REFUSED:
             self._refused = str(info)
@@ -188,8 +200,16 @@ class _ClusterPopen(Sink):
         self._signal(signal.SIGKILL)
 
     def _signal(self, signum: int) -> None:
-        if not self._done.is_set():
-            self._session.signal_job(self._job, signum)
+        if self._done.is_set():
+            return
+        if not self._started.is_set():
+            # No worker announced it yet (every slot may be busy): withdraw it, so
+            # it never runs, as a signal kills a process before it gets anywhere.
+            # One a worker took meanwhile is killed with that worker.
+            self._finish(-signum)  # first: the cancel's own answer must not set the exit code
+            self._session.cancel_job(self._job)
+            return
+        self._session.signal_job(self._job, signum)
 
     def close(self) -> None:
         try:

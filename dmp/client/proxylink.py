@@ -17,18 +17,18 @@ manager releases what the process held at once.
 from __future__ import annotations
 
 import _thread
-import atexit
 import contextlib
 import itertools
 import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from multiprocessing import process as _mp_process
 from multiprocessing import util as _mp_util
 from typing import Any
 
 from dmp import _config
-from dmp.client import mgrkeys
+from dmp.client import exiting, mgrkeys
 from dmp.errors import AuthenticationError, ManagerUnavailableError
 from dmp.wire import protocol
 from dmp.wire.protocol import ObjStatus
@@ -43,15 +43,24 @@ def remember_key(address: str, key: bytes | None) -> None:
     _keys[address] = key
 
 
+#: Addresses of the managers ``BaseManager.start()`` forks when given none.
+LOCAL_MANAGER = "ipc://@dmp-manager-"
+
+
 def known_keys() -> dict[str, bytes | None]:
     """The keys this process's managers were started or connected with, by address."""
     return dict(_keys)
 
 
 def key_for(address: str) -> bytes | None:
+    """The authkey for ``address``: one a manager made here or a proxy brought,
+    else the configured one; for a manager some ancestor started without an
+    address, this process's authkey (as multiprocessing's proxies use)."""
     if address in _keys:
         return _keys[address]
     key = _config.resolve(address).authkey
+    if key is None and address.startswith(LOCAL_MANAGER):
+        return bytes(_mp_process.current_process().authkey)
     # In a node's worker: a manager it was told nothing of may share the cluster's key.
     return key if key is not None else _config.cluster_key()
 
@@ -266,7 +275,7 @@ def close_all() -> None:
     _close_all()
 
 
-@atexit.register
+@exiting.after_children
 def _close_all() -> None:
     # Say Bye so the manager releases our holds and locks at once, not after heartbeats.
     if _conns_pid != os.getpid():

@@ -39,6 +39,8 @@ class Placement:
     def credit(self, worker: Worker) -> int:
         if worker.doomed:
             return 0
+        if worker.assigned and next(iter(worker.assigned.values())).job.idle_only:
+            return 0  # given to it idle, so first: nothing queues behind it (a remote Process, a start-up task)
         free = self.in_flight - len(worker.assigned)
         if worker.tasks_left >= 0:
             free = min(free, worker.tasks_left)

@@ -184,3 +184,23 @@ def test_cancelled_futures_never_run(executor_cls: Any, tmp_path: Any) -> None:
         assert all(futs[i].result() == i for i in finished)
     finally:
         ex.shutdown(wait=True)
+
+
+def _wait_at(barrier: Any) -> int:
+    return int(barrier.wait(30))
+
+
+def test_default_executor_is_as_wide_as_default_pool(mp: Any) -> None:
+    # Executor() (max_workers=None) runs as many calls at once as Pool() has
+    # workers: the CPU count locally, every worker slot of a cluster.
+    with mp.Pool() as p:
+        width = p._processes
+    if isinstance(mp, types.ModuleType):
+        ex = mp.Executor()
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        ex = ProcessPoolExecutor(mp_context=mp)
+    with mp.Manager() as m, ex:
+        barrier = m.Barrier(width)  # passes only once `width` calls wait at once
+        assert sorted(ex.map(_wait_at, [barrier] * width)) == list(range(width))
