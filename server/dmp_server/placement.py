@@ -112,6 +112,8 @@ class Placement:
                 items.append([task.key, job.key, task.attempt, len(task.frames)])
                 frames.extend(task.frames)
                 free -= 1
+                if job.idle_only:
+                    break  # nothing queues behind it, not even in this Dispatch
             if items:
                 cmds.append(Send(worker.peer, protocol.Dispatch(jobs, items), job_frames + frames))
         hungry.put_back([w for w in visited if self.credit(w) > 0])
