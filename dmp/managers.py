@@ -374,6 +374,8 @@ class BaseManager:
             name, text = reply.value
             raise proxies._ERRORS.get(name, RuntimeError)(text)
         exposed = reply.value[1] if isinstance(reply.value, list) and len(reply.value) == 2 else reg.exposed
+        if reply.direct:
+            conn.direct[reply.oid] = reply.direct
         return Token(typeid, self._address, reply.oid, info), exposed
 
     @classmethod

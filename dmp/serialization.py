@@ -138,12 +138,36 @@ def _cloud_dumps(obj: Any, take: Any) -> bytes:
     return out.getvalue()
 
 
+# Types that pickle the same by reference and by value (nothing of the
+# sender's code in them): small plain data skips cloudpickle's pickler.
+_SCALARS = frozenset({int, float, str, bool, type(None), complex})
+_SMALL_BYTES = frozenset({bytes, bytearray})
+
+
+def _plain(obj: Any, depth: int = 3) -> bool:
+    """Small plain data: scalars, short bytes, and short tuples, lists and dicts of them."""
+    kind = type(obj)
+    if kind in _SCALARS:
+        return True
+    if kind in _SMALL_BYTES:
+        return len(obj) < OOB_THRESHOLD
+    if not depth:
+        return False
+    if kind is tuple or kind is list:
+        return len(obj) <= 16 and all(_plain(x, depth - 1) for x in obj)
+    if kind is dict:
+        return len(obj) <= 16 and all(type(k) in _SCALARS and _plain(v, depth - 1) for k, v in obj.items())
+    return False
+
+
 def dumps(obj: Any, *, by_value: bool = True) -> list[Any]:
     """Pickle ``obj`` into frames.
 
     Raises:
         Exception: whatever pickling raised (PicklingError, TypeError, ...).
     """
+    if _plain(obj):
+        return [pickle.dumps(obj, protocol=5)]
     return _pickle(_wrap_large(obj), by_value)
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from dmp import serialization
-from dmp.client import proxylink
+from dmp.client import directlink, proxylink
 
 # The connection API, named here too (dmp.managers, the object host and tests use it).
 from dmp.client.proxylink import Connection as Connection
@@ -145,6 +145,7 @@ class BaseProxy:
                 del live[key]
                 conn = proxylink.existing(self._token.address)
                 if not count[1] and conn is not None:
+                    conn.direct.pop(self._token.id, None)
                     conn.post(protocol.ObjRelease([self._token.id]))
         except Exception:  # interpreter shutdown: nothing left to tell
             pass
@@ -185,7 +186,19 @@ class BaseProxy:
     def _callmethod(self, methodname: str, args: Sequence[Any] = (), kwds: dict[str, Any] | None = None) -> Any:
         """Call ``methodname`` on the object in the object host; its exception is raised here."""
         frames = serialization.dumps((tuple(args), dict(kwds or {})))
-        reply, out = self._request(protocol.ObjCall(0, self._token.id, methodname), frames)
+        oid = self._token.id
+        conn = self._conn()
+        address = conn.direct.get(oid)
+        if address is not None:
+            got = directlink.call(address, conn.key, oid, methodname, frames)
+            if got is not None:
+                reply, out = got
+                if reply.status == ObjStatus.RAISED:
+                    raise serialization.load_exception(out)
+                return serialization.loads(out) if out else None
+        reply, out = self._request(protocol.ObjCall(0, oid, methodname), frames)
+        if reply.direct:  # the manager holds this object for us: later calls may go straight to its host
+            conn.direct[reply.oid or oid] = reply.direct
         if reply.oid:  # method_to_typeid made a new object: value is [typeid, exposed]
             typeid, exposed = reply.value
             return make_proxy(Token(typeid, self._token.address, reply.oid), exposed, self._manager)

@@ -107,6 +107,9 @@ class Connection:
         # ref -> a call given up on whose late reply must be undone
         self.abandoned: dict[int, _Abandoned] = {}
         self._abandoned_lock = threading.Lock()
+        # oid -> the object host's direct-route address, for objects this process
+        # holds at the manager (granted in an ObjReply; dropped on release)
+        self.direct: dict[int, str] = {}
         self.link = RemoteLink(self, address, key, timeout)
 
     # called on whichever thread dispatches (the link's, or a waiting caller's)

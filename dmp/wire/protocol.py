@@ -376,6 +376,7 @@ class ObjStatus(enum.IntEnum):
     OK = 0  # value (plain data) and/or payload (the pickled result)
     RAISED = 1  # payload: the pickled (exception, traceback text) from the object host
     FAILED = 2  # value: [exception name, text] from the manager (Empty, Full, ...)
+    REDIRECT = 3  # direct route only: not run; ask through the manager (dmp.wire.direct)
 
 
 @message(30)
@@ -416,12 +417,14 @@ class ObjCall(Message):
 @dataclass(slots=True)
 class ObjReply(Message):
     """Manager -> client: the outcome of request ``ref`` (an ``ObjStatus``).
-    ``oid`` is non-zero when the request made a new object."""
+    ``oid`` is non-zero when the request made a new object; ``direct``, when
+    set, is where this client may call that object directly (dmp.wire.direct)."""
 
     ref: int
     status: int
     value: Any = None
     oid: int = 0
+    direct: str = ""
 
 
 @message(33)
@@ -459,13 +462,15 @@ class HostReply(Message):
     """Object host -> manager: outcome of ``tag`` (an ``ObjStatus``). ``made``
     names the typeid of the object made under id ``tag`` (``value``: its
     exposed methods); ``retain`` lists the objects whose proxies the host
-    unpickled and keeps."""
+    unpickled and keeps; ``direct`` is the host's direct-route address for
+    this object ("" for none), passed on in the ObjReply."""
 
     tag: int
     status: int
     value: Any = None
     made: str = ""
     retain: list[int] = field(default_factory=list)
+    direct: str = ""
 
 
 @message(37)

@@ -1,0 +1,92 @@
+"""A process's direct-route connections to object hosts (internal; see dmp.wire.direct).
+
+    proxy._callmethod --oid granted a direct address?--> call() on this thread's
+        own socket to that host: one write, one blocking read, no other thread woken
+    REDIRECT, no route (another machine, refused) --> None: the caller asks the manager
+
+Each thread has its own socket per host (as multiprocessing's proxies have a
+connection per thread), so a call takes no lock and wakes nobody. A forked
+child drops what it inherited. A host that fails its key proof or cannot be
+reached is not tried again by this process.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from dmp.wire import direct, protocol
+from dmp.wire.protocol import ObjStatus
+
+_unreachable: set[str] = set()  # addresses this process could not use
+
+
+class _Local(threading.local):
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.socks: dict[str, tuple[socket.socket, direct.Reader]] = {}
+
+
+_local = _Local()
+
+
+def _sock(address: str, key: bytes | None) -> tuple[socket.socket, direct.Reader] | None:
+    local = _local
+    if local.pid != os.getpid():  # a forked child: the parent's connections are not ours
+        for sock, _ in local.socks.values():
+            sock.close()
+        local.socks.clear()
+        local.pid = os.getpid()
+    got = local.socks.get(address)
+    if got is None:
+        if address in _unreachable:
+            return None
+        try:
+            got = (direct.connect(address, key), direct.Reader())
+        except direct.DirectError:
+            _unreachable.add(address)
+            return None
+        local.socks[address] = got
+    return got
+
+
+def call(
+    address: str, key: bytes | None, oid: int, method: str, frames: Sequence[Any]
+) -> tuple[protocol.ObjReply, list[Any]] | None:
+    """Call ``method`` of ``oid`` at the host ``address``; None: ask the manager instead.
+
+    Raises:
+        ReferenceError: the host went away during the call (its objects are lost with it).
+        BaseException: an interruption (Ctrl-C) is raised as is; the connection is closed,
+            since its reply could still come.
+    """
+    got = _sock(address, key)
+    if got is None:
+        return None
+    sock, reader = got
+    try:
+        reply, out = direct.request(sock, reader, protocol.ObjCall(0, oid, method), frames)
+    except (direct.DirectError, OSError) as exc:
+        _drop(address)
+        _unreachable.add(address)
+        raise ReferenceError(
+            f"the object host went away during the call ({exc}); objects it held are lost"
+        ) from None
+    except BaseException:
+        _drop(address)
+        raise
+    if not isinstance(reply, protocol.ObjReply):
+        _drop(address)
+        raise ReferenceError(f"the object host answered with a {type(reply).__name__}")
+    if reply.status == ObjStatus.REDIRECT:
+        return None
+    return reply, out
+
+
+def _drop(address: str) -> None:
+    got = _local.socks.pop(address, None)
+    if got is not None:
+        got[0].close()

@@ -1,0 +1,224 @@
+"""The direct route: a unix stream socket between a client and the object host on one machine (internal).
+
+    client thread --connect(abstract unix socket)--> object host
+        <-- b"DMPD1" + Ns              the host's fresh nonce
+        --> Nc + MAC(key, "C", Ns, Nc)  the client proves the key
+        <-- MAC(key, "S", Nc, Ns)       the host proves it too
+    client --[ObjCall header, payload]--> host --[ObjReply header, payload]--> client
+
+The manager stays the authority: it creates and releases objects, tracks who
+holds them and tells a client, in a signed ``ObjReply.direct``, where the
+host listens for an object this client already holds. Messages are the
+dmp protocol's own headers (``protocol.encode``) and payload frames, framed
+as ``<u32 header length> <u64 payload length> header frames...``.
+
+The key proof is the manager's (HMAC-SHA256 with the same authkey, over a
+mutual challenge of fresh nonces), made once per connection: a connected
+unix stream socket carries only what its two ends write, so there is nothing
+to replay or inject, and messages are not signed one by one. Without a key
+(a loopback manager with no authkey), nothing is proved, as on its endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+from dmp.errors import ProtocolError
+from dmp.wire import protocol
+
+MAGIC = b"DMPD1"
+NONCE_BYTES = 16
+PREFIX = "unix:@"
+# Largest message either side accepts (as the manager's default limit).
+MAX_MESSAGE_BYTES = 1 << 30
+HANDSHAKE_TIMEOUT_S = 5.0
+_PREFIX = struct.Struct("<IQ")
+
+
+class DirectError(ConnectionError):
+    """The direct route failed: refused, closed, a failed key proof or a malformed message."""
+
+
+def new_address() -> str:
+    """A fresh abstract unix socket name (Linux; nothing on the file system to clean up)."""
+    return f"{PREFIX}dmp-objhost-{os.getpid()}-{os.urandom(8).hex()}"
+
+
+def sockaddr(address: str) -> str:
+    if not address.startswith(PREFIX):
+        raise DirectError(f"not a direct-route address: {address!r}")
+    return "\0" + address[len(PREFIX) :]
+
+
+def listen(address: str) -> socket.socket:
+    """A listening socket at ``address``; raises OSError where abstract unix sockets do not exist."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(sockaddr(address))
+        sock.listen(64)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _mac(key: bytes | None, side: bytes, first: bytes, second: bytes) -> bytes:
+    return protocol.Signer(key).sign([first, second], b"dmp-direct " + side)
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            raise DirectError("the other side closed the connection during the key proof")
+        out += chunk
+    return bytes(out)
+
+
+def serve_handshake(sock: socket.socket, key: bytes | None) -> None:
+    """Host side: challenge the client, check its proof, prove ours. Raises DirectError when refused."""
+    ns = os.urandom(NONCE_BYTES)
+    sock.sendall(MAGIC + ns)
+    maclen = len(_mac(key, b"C", ns, ns))
+    got = _read_exactly(sock, NONCE_BYTES + maclen)
+    nc, proof = got[:NONCE_BYTES], got[NONCE_BYTES:]
+    expected = _mac(key, b"C", ns, nc)
+    if key is not None and not _equal(proof, expected):
+        raise DirectError("a client failed the key proof (wrong authkey)")
+    sock.sendall(_mac(key, b"S", nc, ns))
+
+
+def connect(address: str, key: bytes | None, timeout: float = HANDSHAKE_TIMEOUT_S) -> socket.socket:
+    """Client side: a blocking socket to the host at ``address`` that proved the key both ways.
+
+    Raises:
+        DirectError: nothing listens there, or either side failed the key proof.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(sockaddr(address))
+            hello = _read_exactly(sock, len(MAGIC) + NONCE_BYTES)
+            if hello[: len(MAGIC)] != MAGIC:
+                raise DirectError(f"{address} does not speak the dmp direct route")
+            ns, nc = hello[len(MAGIC) :], os.urandom(NONCE_BYTES)
+            sock.sendall(nc + _mac(key, b"C", ns, nc))
+            expected = _mac(key, b"S", nc, ns)
+            if expected and not _equal(_read_exactly(sock, len(expected)), expected):
+                raise DirectError(f"the object host at {address} failed the key proof")
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, DirectError):
+                raise
+            raise DirectError(f"cannot reach the object host at {address}: {exc}") from exc
+        sock.settimeout(None)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _equal(a: bytes, b: bytes) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a, b)
+
+
+# --- messages ----------------------------------------------------------------------------
+# A message is <u32 header length> <u64 payload length> header payload: the
+# header is ``protocol.encode(msg, sizes)`` with every logical frame's size,
+# the payload the frames back to back (written without a copy, read as views).
+
+
+def encode(msg: protocol.Message, frames: Sequence[Any] = ()) -> list[Any]:
+    """The buffers of one framed message: prefix, header, then each payload frame."""
+    sizes = [f.nbytes if isinstance(f, memoryview) else len(f) for f in frames]
+    header = protocol.encode(msg, sizes)
+    return [_PREFIX.pack(len(header), sum(sizes)) + header, *frames]
+
+
+def send(sock: socket.socket, buffers: list[Any]) -> None:
+    """Send every byte of ``buffers`` on a blocking socket (a partial sendmsg continues)."""
+    sent = sock.sendmsg(buffers)
+    total = sum(b.nbytes if isinstance(b, memoryview) else len(b) for b in buffers)
+    if sent == total:
+        return
+    views = [memoryview(b).cast("B") for b in buffers]
+    while views:
+        while views and sent >= views[0].nbytes:
+            sent -= views[0].nbytes
+            views.pop(0)
+        if views and sent:
+            views[0] = views[0][sent:]
+        if views:
+            sent = sock.sendmsg(views)
+
+
+def decode(message: memoryview) -> tuple[protocol.Message, list[Any]]:
+    """A whole framed message's header and logical payload frames (views into it). Raises ProtocolError."""
+    hlen, plen = _PREFIX.unpack_from(message, 0)
+    msg, sizes = protocol.decode(message[_PREFIX.size : _PREFIX.size + hlen])
+    if any(n < 0 for n in sizes) or sum(sizes) != plen:
+        raise ProtocolError("direct-route payload does not match the header's layout")
+    return msg, protocol.unpack(sizes, [message[_PREFIX.size + hlen :]]) if sizes else []
+
+
+class Reader:
+    """Cuts framed messages out of a byte stream fed in pieces (either side)."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+
+    def next(self) -> memoryview | None:
+        """The next whole message, or None. Raises DirectError when it is over the size limit."""
+        buf = self.buf
+        if len(buf) < _PREFIX.size:
+            return None
+        hlen, plen = _PREFIX.unpack_from(buf, 0)
+        total = _PREFIX.size + hlen + plen
+        if hlen > protocol.MAX_HEADER_BYTES or total > MAX_MESSAGE_BYTES:
+            raise DirectError(
+                f"direct-route message of {total} bytes is over the {MAX_MESSAGE_BYTES}-byte limit"
+            )
+        if len(buf) < total:
+            return None
+        if len(buf) == total:
+            self.buf = bytearray()
+            return memoryview(buf)
+        with memoryview(buf) as view:
+            data = bytes(view[:total])
+        del buf[:total]
+        return memoryview(data)
+
+
+def request(
+    sock: socket.socket, reader: Reader, msg: protocol.Message, frames: Sequence[Any]
+) -> tuple[protocol.Message, list[Any]]:
+    """Send one request on a blocking client socket and read its reply.
+
+    Raises:
+        DirectError: the host closed the connection, or sent garbage.
+    """
+    send(sock, encode(msg, frames))
+    while True:
+        whole = reader.next()
+        if whole is not None:
+            try:
+                return decode(whole)
+            except ProtocolError as exc:
+                raise DirectError(f"the object host sent a bad reply: {exc}") from exc
+        chunk = sock.recv(1 << 18)
+        if not chunk:
+            raise DirectError("the object host closed the connection")
+        reader.feed(chunk)
