@@ -1,7 +1,7 @@
 """The direct route: a unix stream socket between a client and the object host on one machine (internal).
 
     client thread --connect(abstract unix socket)--> object host
-        <-- b"DMPD1" + Ns              the host's fresh nonce
+        <-- b"DMPD1" + K|- + Ns        the host's fresh nonce (K: it has a key)
         --> Nc + MAC(key, "C", Ns, Nc)  the client proves the key
         <-- MAC(key, "S", Nc, Ns)       the host proves it too
     client --[ObjCall header, payload]--> host --[ObjReply header, payload]--> client
@@ -32,6 +32,7 @@ from dmp.wire import protocol
 
 MAGIC = b"DMPD1"
 NONCE_BYTES = 16
+MAC_BYTES = 32  # HMAC-SHA256
 PREFIX = "unix:@"
 # Largest message either side accepts (as the manager's default limit).
 MAX_MESSAGE_BYTES = 1 << 30
@@ -84,14 +85,13 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes:
 def serve_handshake(sock: socket.socket, key: bytes | None) -> None:
     """Host side: challenge the client, check its proof, prove ours. Raises DirectError when refused."""
     ns = os.urandom(NONCE_BYTES)
-    sock.sendall(MAGIC + ns)
-    maclen = len(_mac(key, b"C", ns, ns))
-    got = _read_exactly(sock, NONCE_BYTES + maclen)
-    nc, proof = got[:NONCE_BYTES], got[NONCE_BYTES:]
-    expected = _mac(key, b"C", ns, nc)
-    if key is not None and not _equal(proof, expected):
-        raise DirectError("a client failed the key proof (wrong authkey)")
-    sock.sendall(_mac(key, b"S", nc, ns))
+    sock.sendall(MAGIC + (b"K" if key else b"-") + ns)
+    nc = _read_exactly(sock, NONCE_BYTES)
+    if key:
+        proof = _read_exactly(sock, MAC_BYTES)
+        if not _equal(proof, _mac(key, b"C", ns, nc)):
+            raise DirectError("a client failed the key proof (wrong authkey)")
+        sock.sendall(_mac(key, b"S", nc, ns))
 
 
 def connect(address: str, key: bytes | None, timeout: float = HANDSHAKE_TIMEOUT_S) -> socket.socket:
@@ -105,14 +105,25 @@ def connect(address: str, key: bytes | None, timeout: float = HANDSHAKE_TIMEOUT_
         sock.settimeout(timeout)
         try:
             sock.connect(sockaddr(address))
-            hello = _read_exactly(sock, len(MAGIC) + NONCE_BYTES)
+            hello = _read_exactly(sock, len(MAGIC) + 1 + NONCE_BYTES)
             if hello[: len(MAGIC)] != MAGIC:
                 raise DirectError(f"{address} does not speak the dmp direct route")
-            ns, nc = hello[len(MAGIC) :], os.urandom(NONCE_BYTES)
-            sock.sendall(nc + _mac(key, b"C", ns, nc))
-            expected = _mac(key, b"S", nc, ns)
-            if expected and not _equal(_read_exactly(sock, len(expected)), expected):
-                raise DirectError(f"the object host at {address} failed the key proof")
+            keyed, ns, nc = (
+                hello[len(MAGIC)] == ord("K"),
+                hello[len(MAGIC) + 1 :],
+                os.urandom(NONCE_BYTES),
+            )
+            if keyed != bool(key):
+                why = "requires an authkey" if keyed else "has no authkey and cannot prove ours"
+                raise DirectError(
+                    f"the object host at {address} {why}: the key proof cannot be made"
+                )
+            if not key:
+                sock.sendall(nc)
+            else:
+                sock.sendall(nc + _mac(key, b"C", ns, nc))
+                if not _equal(_read_exactly(sock, MAC_BYTES), _mac(key, b"S", nc, ns)):
+                    raise DirectError(f"the object host at {address} failed the key proof")
         except (OSError, ValueError) as exc:
             if isinstance(exc, DirectError):
                 raise
