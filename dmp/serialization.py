@@ -142,6 +142,7 @@ def _cloud_dumps(obj: Any, take: Any) -> bytes:
 # sender's code in them): small plain data skips cloudpickle's pickler.
 _SCALARS = frozenset({int, float, str, bool, type(None), complex})
 _SMALL_BYTES = frozenset({bytes, bytearray})
+_CONTAINERS = frozenset({tuple, list, dict})
 
 
 def _plain(obj: Any, depth: int = 3) -> bool:
@@ -151,13 +152,17 @@ def _plain(obj: Any, depth: int = 3) -> bool:
         return True
     if kind in _SMALL_BYTES:
         return len(obj) < OOB_THRESHOLD
-    if not depth:
+    if not depth or kind not in _CONTAINERS or len(obj) > 16:
         return False
-    if kind is tuple or kind is list:
-        return len(obj) <= 16 and all(_plain(x, depth - 1) for x in obj)
     if kind is dict:
-        return len(obj) <= 16 and all(type(k) in _SCALARS and _plain(v, depth - 1) for k, v in obj.items())
-    return False
+        for k, v in obj.items():
+            if type(k) not in _SCALARS or (type(v) not in _SCALARS and not _plain(v, depth - 1)):
+                return False
+        return True
+    for x in obj:
+        if type(x) not in _SCALARS and not _plain(x, depth - 1):
+            return False
+    return True
 
 
 def dumps(obj: Any, *, by_value: bool = True) -> list[Any]:

@@ -14,7 +14,6 @@ holds is released when it leaves or dies.
 from __future__ import annotations
 
 import array
-import contextlib
 import os
 import queue
 import threading
@@ -52,13 +51,18 @@ def _live_here() -> dict[tuple[str, int], list[int]]:
 _state = threading.local()  # .retain: list collecting oids unpickled (in the object host)
 
 
-@contextlib.contextmanager
-def collecting(retain: list[int]) -> Iterator[None]:
+class collecting:
     """In the object host: note the ids of proxies unpickled meanwhile, and keep them."""
-    _state.retain = retain
-    try:
-        yield
-    finally:
+
+    __slots__ = ("retain",)
+
+    def __init__(self, retain: list[int]) -> None:
+        self.retain = retain
+
+    def __enter__(self) -> None:
+        _state.retain = self.retain
+
+    def __exit__(self, *exc: object) -> None:
         _state.retain = None
 
 

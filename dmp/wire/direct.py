@@ -147,28 +147,35 @@ def _equal(a: bytes, b: bytes) -> bool:
 # the payload the frames back to back (written without a copy, read as views).
 
 
+# Messages up to this many bytes are joined into one buffer before writing
+# (one copy is cheaper than a scatter list); bigger payloads go without a copy.
+JOIN_BELOW = 64 * 1024
+
+
 def encode(msg: protocol.Message, frames: Sequence[Any] = ()) -> list[Any]:
     """The buffers of one framed message: prefix, header, then each payload frame."""
     sizes = [f.nbytes if isinstance(f, memoryview) else len(f) for f in frames]
     header = protocol.encode(msg, sizes)
-    return [_PREFIX.pack(len(header), sum(sizes)) + header, *frames]
+    payload = sum(sizes)
+    prefix = _PREFIX.pack(len(header), payload)
+    if payload < JOIN_BELOW:
+        return [b"".join([prefix, header, *frames])]
+    return [prefix + header, *frames]
 
 
 def send(sock: socket.socket, buffers: list[Any]) -> None:
     """Send every byte of ``buffers`` on a blocking socket (a partial sendmsg continues)."""
-    sent = sock.sendmsg(buffers)
-    total = sum(b.nbytes if isinstance(b, memoryview) else len(b) for b in buffers)
-    if sent == total:
+    if len(buffers) == 1:
+        sock.sendall(buffers[0])
         return
     views = [memoryview(b).cast("B") for b in buffers]
     while views:
+        sent = sock.sendmsg(views)
         while views and sent >= views[0].nbytes:
             sent -= views[0].nbytes
             views.pop(0)
         if views and sent:
             views[0] = views[0][sent:]
-        if views:
-            sent = sock.sendmsg(views)
 
 
 def decode(message: memoryview) -> tuple[protocol.Message, list[Any]]:
@@ -186,10 +193,15 @@ class Reader:
     __slots__ = ("buf",)
 
     def __init__(self) -> None:
-        self.buf = bytearray()
+        self.buf: bytes | bytearray = b""
 
     def feed(self, data: bytes) -> None:
-        self.buf += data
+        if not self.buf:
+            self.buf = data  # the usual case, one whole message a read: no copy
+        elif isinstance(self.buf, bytearray):
+            self.buf += data
+        else:
+            self.buf = bytearray(self.buf) + data
 
     def next(self) -> memoryview | None:
         """The next whole message, or None. Raises DirectError when it is over the size limit."""
@@ -205,12 +217,12 @@ class Reader:
         if len(buf) < total:
             return None
         if len(buf) == total:
-            self.buf = bytearray()
+            self.buf = b""
             return memoryview(buf)
         with memoryview(buf) as view:
-            data = bytes(view[:total])
-        del buf[:total]
-        return memoryview(data)
+            whole, rest = bytes(view[:total]), bytearray(view[total:])
+        self.buf = rest
+        return memoryview(whole)
 
 
 def request(
