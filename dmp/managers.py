@@ -10,49 +10,52 @@
         --ObjCreate("host")--> object host; the callable travels with cloudpickle
         when the host may not have it (a daemon that never saw the user's code)
     proxy.method() --ObjCall--> (see dmp.client.proxies)
+
+The manager process and ``Server`` live in dmp.client.manager_server; what a
+typeid is (Registration, ReactorKind and the argument encoders) in
+dmp.client.registry; both are re-exported here where they are public.
 """
 
 from __future__ import annotations
 
-import array
 import enum
 import multiprocessing
 import multiprocessing.managers
 import os
-import signal
-import threading
 import uuid
 import weakref
-from dataclasses import dataclass
 from typing import Any
 
 from dmp import _config, serialization
-from dmp.client import hosted, proxies, proxylink
+from dmp.client import hosted, proxies, proxylink, registry
+from dmp.client.manager_server import START_TIMEOUT_S, Server, finalize_manager, run_server
 from dmp.client.proxies import (
-    AcquirerProxy,
-    ArrayProxy,
     AutoProxy,
-    BarrierProxy,
     BaseProxy,
-    ConditionProxy,
     DictProxy,
-    EventProxy,
     IteratorProxy,
-    JoinableQueueProxy,
     ListProxy,
-    LockProxy,
     MakeProxyType,
     NamespaceProxy,
     PoolProxy,
+    Token,
+)
+from dmp.client.reactor_proxies import (
+    AcquirerProxy,
+    ArrayProxy,
+    BarrierProxy,
+    ConditionProxy,
+    EventProxy,
+    JoinableQueueProxy,
+    LockProxy,
     QueueProxy,
     SemaphoreProxy,
-    Token,
     ValueProxy,
 )
+from dmp.client.registry import HOST_BUILTINS, ReactorKind, Registration
 from dmp.errors import ManagerUnavailableError, ProcessError
-from dmp.node import objhost
-from dmp.wire import protocol, transport
-from dmp.wire.address import is_loopback, normalize_address
+from dmp.wire import protocol
+from dmp.wire.address import normalize_address
 
 __all__ = [
     "AutoProxy",
@@ -71,155 +74,12 @@ RemoteError = multiprocessing.managers.RemoteError
 Namespace = multiprocessing.managers.Namespace
 """``multiprocessing.managers.Namespace`` itself: what ``SyncManager.Namespace()`` hosts."""
 _fork = multiprocessing.get_context("fork")
-# Seconds start() waits for the forked manager process to say where it listens.
-START_TIMEOUT_S = 30.0
-# Typeids every object host knows itself: their callables never travel.
-_HOST_BUILTINS = frozenset({"dict", "list", "Namespace", "Pool", "Iterator", "AsyncResult", "ActionBarrier"})
 
 
 class State(enum.Enum):
     INITIAL = 0
     STARTED = 1
     SHUTDOWN = 2
-
-
-class ReactorKind:
-    """A typeid the manager serves itself; turns constructor arguments into plain data."""
-
-    def __init__(self, kind: str, encode: Any) -> None:
-        self.kind = kind
-        self.encode = encode  # (*args, **kwds) -> (plain args, payload frames, token info)
-
-    def __repr__(self) -> str:
-        return f"<dmp reactor kind {self.kind}>"
-
-
-def _no_args() -> tuple[list[Any], list[Any], Any]:
-    return [], [], None
-
-
-def _queue(maxsize: int = 0) -> tuple[list[Any], list[Any], Any]:
-    return [int(maxsize)], [], None
-
-
-def _semaphore(value: int = 1) -> tuple[list[Any], list[Any], Any]:
-    if value < 0:
-        raise ValueError("semaphore initial value must be >= 0")
-    return [int(value)], [], None
-
-
-def _condition(lock: Any = None) -> tuple[list[Any], list[Any], Any]:
-    if lock is not None:
-        raise TypeError("a managed Condition has its own lock in dmp; lock= is not supported")
-    return [], [], None
-
-
-def _barrier(parties: int, action: Any = None, timeout: float | None = None) -> tuple[list[Any], list[Any], Any]:
-    if action is not None:  # SyncManager.Barrier sends these to the object host instead
-        raise TypeError("the manager's reactor Barrier runs no action")
-    return [int(parties), timeout], [], None
-
-
-def _value(typecode: str, value: Any, lock: Any = True) -> tuple[list[Any], list[Any], Any]:
-    return [typecode], serialization.dumps(value), typecode
-
-
-def _array(typecode: str, sequence: Any, lock: Any = True) -> tuple[list[Any], list[Any], Any]:
-    return [typecode], [array.array(typecode, sequence).tobytes()], typecode
-
-
-@dataclass(frozen=True)
-class Registration:
-    callable: Any
-    exposed: tuple[str, ...] | None
-    method_to_typeid: dict[str, str] | None
-    proxytype: Any
-    create_method: bool = True
-
-
-class Server:
-    """What ``get_server()`` returns: ``serve_forever()`` runs the manager in this process."""
-
-    def __init__(self, registry: dict[str, Registration], address: str, authkey: bytes | None) -> None:
-        self.registry = registry
-        self.address = address
-        self.authkey = authkey
-        self._daemon: Any = None
-
-    def serve_forever(self) -> None:
-        """Serve until SIGINT or SIGTERM (or :meth:`stop` from another thread).
-
-        Raises:
-            ValueError: a non-loopback address without an authkey.
-        """
-        daemon = _make_daemon(self.registry, self.address, self.authkey)
-        self._daemon = daemon
-        self.address = daemon.endpoints[0]
-        previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, lambda *_: daemon.stop())
-        try:
-            daemon.run()
-        finally:
-            daemon.objects.launcher.stop()
-            for sig, handler in previous.items():  # the caller's handlers again (Ctrl-C raises as before)
-                signal.signal(sig, handler)
-
-    def stop(self) -> None:
-        """Make :meth:`serve_forever` return (from another thread). Never raises."""
-        if self._daemon is not None:
-            self._daemon.stop()
-
-
-def _make_daemon(registry: dict[str, Registration], address: str, key: bytes | None) -> Any:
-    from dmp_server.daemon import Daemon
-
-    if key is None and not is_loopback(address):
-        raise ValueError(
-            f"refusing to serve {address} without an authkey: anyone who can reach it could run "
-            "code in the object host. Pass authkey=..., set DMP_AUTHKEY, or bind to 127.0.0.1."
-        )
-    daemon = Daemon(bind=[address], key=key)
-    daemon.objects.launcher = objhost.ForkLauncher(daemon.host_endpoint, key, registry, daemon.endpoints[0])
-    return daemon
-
-
-def _run_server(registry: dict[str, Registration], address: str, key: bytes | None, writer: Any,
-                initializer: Any, initargs: tuple[Any, ...]) -> None:
-    """The body of the manager process that start() forks."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the user's process, as in multiprocessing
-    transport.forget_context_after_fork()
-    if initializer is not None:
-        initializer(*initargs)
-    try:
-        daemon = _make_daemon(registry, address, key)
-    except Exception as exc:
-        writer.send(("error", f"{type(exc).__name__}: {exc}"))
-        writer.close()
-        return
-    signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
-    writer.send(("ok", daemon.endpoints[0]))
-    writer.close()
-    try:
-        daemon.run()
-    finally:
-        daemon.objects.launcher.stop()
-
-
-def _finalize_manager(process: Any, address: str, creator: int, timeout: float) -> None:
-    if os.getpid() != creator:
-        return  # a forked child must not stop its parent's manager
-    proxies.forget(address)
-    if process.exitcode is None:
-        try:
-            os.kill(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        process.join(timeout)
-        if process.exitcode is None:
-            process.kill()
-            process.join(timeout)
 
 
 class BaseManager:
@@ -308,7 +168,7 @@ class BaseManager:
             key = os.urandom(32)  # only this process and its children know it
         reader, writer = _fork.Pipe(duplex=False)
         process = _fork.Process(
-            target=_run_server, args=(self._registry, address, key, writer, initializer, tuple(initargs)),
+            target=run_server, args=(self._registry, address, key, writer, initializer, tuple(initargs)),
             name=f"{type(self).__name__}-manager",
         )
         process.start()
@@ -326,7 +186,7 @@ class BaseManager:
         proxies.remember_key(value, key)
         self._state = State.STARTED
         self._finalizer = weakref.finalize(
-            self, _finalize_manager, process, value, os.getpid(), self._shutdown_timeout
+            self, finalize_manager, process, value, os.getpid(), self._shutdown_timeout
         )
 
     def shutdown(self) -> None:
@@ -360,7 +220,7 @@ class BaseManager:
             plain, frames, info = reg.callable.encode(*args, **kwds)
             msg = protocol.ObjCreate(0, reg.callable.kind, typeid, plain)
         else:
-            shipped = None if typeid in _HOST_BUILTINS else reg.callable
+            shipped = None if typeid in HOST_BUILTINS else reg.callable
             to_typeid = reg.method_to_typeid
             try:
                 frames = serialization.dumps((shipped, args, kwds, reg.exposed, to_typeid))
@@ -368,11 +228,7 @@ class BaseManager:
                 frames = serialization.dumps((None, args, kwds, reg.exposed, to_typeid))
             msg, info = protocol.ObjCreate(0, "host", typeid), None
         reply, out = conn.request(msg, frames)
-        if reply.status == protocol.ObjStatus.RAISED:
-            raise serialization.load_exception(out)
-        if reply.status != protocol.ObjStatus.OK:
-            name, text = reply.value
-            raise proxies._ERRORS.get(name, RuntimeError)(text)
+        proxies.raise_for(reply, out)
         exposed = reply.value[1] if isinstance(reply.value, list) and len(reply.value) == 2 else reg.exposed
         if reply.direct:
             conn.direct[reply.oid] = reply.direct
@@ -437,17 +293,17 @@ class SyncManager(BaseManager):
     """
 
 
-SyncManager.register("Queue", ReactorKind("Queue", _queue), QueueProxy)
-SyncManager.register("JoinableQueue", ReactorKind("JoinableQueue", _queue), JoinableQueueProxy)
-SyncManager.register("Event", ReactorKind("Event", _no_args), EventProxy)
-SyncManager.register("Lock", ReactorKind("Lock", _no_args), LockProxy)
-SyncManager.register("RLock", ReactorKind("RLock", _no_args), AcquirerProxy)
-SyncManager.register("Semaphore", ReactorKind("Semaphore", _semaphore), SemaphoreProxy)
-SyncManager.register("BoundedSemaphore", ReactorKind("BoundedSemaphore", _semaphore), SemaphoreProxy)
-SyncManager.register("Condition", ReactorKind("Condition", _condition), ConditionProxy)
-SyncManager.register("Barrier", ReactorKind("Barrier", _barrier), BarrierProxy)
-SyncManager.register("Value", ReactorKind("Value", _value), ValueProxy)
-SyncManager.register("Array", ReactorKind("Array", _array), ArrayProxy)
+SyncManager.register("Queue", ReactorKind("Queue", registry.queue_args), QueueProxy)
+SyncManager.register("JoinableQueue", ReactorKind("JoinableQueue", registry.queue_args), JoinableQueueProxy)
+SyncManager.register("Event", ReactorKind("Event", registry.no_args), EventProxy)
+SyncManager.register("Lock", ReactorKind("Lock", registry.no_args), LockProxy)
+SyncManager.register("RLock", ReactorKind("RLock", registry.no_args), AcquirerProxy)
+SyncManager.register("Semaphore", ReactorKind("Semaphore", registry.semaphore_args), SemaphoreProxy)
+SyncManager.register("BoundedSemaphore", ReactorKind("BoundedSemaphore", registry.semaphore_args), SemaphoreProxy)
+SyncManager.register("Condition", ReactorKind("Condition", registry.condition_args), ConditionProxy)
+SyncManager.register("Barrier", ReactorKind("Barrier", registry.barrier_args), BarrierProxy)
+SyncManager.register("Value", ReactorKind("Value", registry.value_args), ValueProxy)
+SyncManager.register("Array", ReactorKind("Array", registry.array_args), ArrayProxy)
 SyncManager.register("Pool", hosted.pool, PoolProxy)
 SyncManager.register("list", list, ListProxy)
 SyncManager.register("dict", dict, DictProxy)

@@ -20,6 +20,7 @@ import pickle
 import re
 import traceback
 import types
+from collections.abc import Iterable
 from typing import Any
 
 import cloudpickle
@@ -235,3 +236,18 @@ def with_local_source(tb: str) -> str:
         if source:
             out.append(f"    {source}")
     return "\n".join(out)
+
+
+def send_by_value(modules: Iterable[Any]) -> None:
+    """Pickle these modules' functions and classes by value (for nodes that lack them).
+
+    Raises TypeError for something that is neither a module nor a module name.
+    """
+    import importlib
+
+    for module in modules:
+        if isinstance(module, str):
+            module = importlib.import_module(module)
+        if not isinstance(module, types.ModuleType):
+            raise TypeError(f"modules= takes modules or module names, not {module!r}")
+        cloudpickle.register_pickle_by_value(module)

@@ -148,7 +148,7 @@ def test_progress_true_draws_on_stderr(pool: Any, capsys: pytest.CaptureFixture[
 
 
 def test_executor_map_bar(cluster: Any) -> None:
-    dmp.client.pool._send_by_value([sys.modules[__name__]])  # Executor has no modules= yet
+    dmp.serialization.send_by_value([sys.modules[__name__]])  # Executor has no modules= yet
     for address, authkey in ((None, None), (cluster.address, cluster.authkey)):
         with dmp.Executor(2, address=address, authkey=authkey) as ex:
             bar = Bar()

@@ -1,4 +1,4 @@
-"""Local mode's engine: the manager daemon's reactor embedded in this process.
+"""The engines a Pool runs on; local mode's: the manager daemon's reactor embedded in this process.
 
     Pool --Session--> LocalLink --> Turns --> Daemon.poll/handle --ipc://--> workers
                                       ^ caller waiting, or the engine thread
@@ -21,9 +21,11 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from dmp import _config
 from dmp.client import session as session_mod
 from dmp.client.turns import Turns
 from dmp.errors import ProcessError
+from dmp.node import runners
 from dmp.node.supervisor import Supervisor
 from dmp.node.worker import WorkerConfig
 
@@ -124,3 +126,35 @@ def _stop_all() -> None:
             engine.stop(kill=True, timeout=1.0)
         except Exception:
             pass
+
+
+def for_pool(
+    target: _config.Target,
+    processes: int | None,
+    initializer: Callable[..., Any] | None,
+    initargs: tuple[Any, ...],
+    maxtasksperchild: int | None,
+    context: Any,
+) -> tuple[LocalEngine | ClusterEngine, runners.PoolInit | None, int]:
+    """The engine a Pool runs on, the initializer its cluster workers run (or
+    None), and its size: a ClusterEngine when ``target`` names a manager, else
+    a LocalEngine forking ``processes`` workers."""
+    if target.address is not None:
+        init = None
+        if initializer is not None or maxtasksperchild is not None:
+            init = runners.PoolInit(uuid.uuid4().hex, initializer, initargs, maxtasksperchild or 0)
+        # Pool(k): the manager runs this pool's tasks on at most k workers at once.
+        cluster = ClusterEngine(address=target.address, authkey=target.authkey, max_workers=processes or 0)
+        return cluster, init, processes or max(1, cluster.slots)
+    from dmp import context as context_mod
+
+    processes = processes or _config.cpu_count()
+    method = context.get_start_method() if context is not None else context_mod.get_start_method()
+    local = LocalEngine(
+        processes=processes,
+        initializer=initializer,
+        initargs=initargs,
+        max_tasks=maxtasksperchild or 0,
+        method=method or "fork",
+    )
+    return local, None, processes

@@ -80,6 +80,9 @@ class RemoteLink:
         if not self._ready.wait(timeout):
             self._stop = True
             self._turns.stop()
+            # Let the thread close the socket: a socket left open at exit can block the
+            # interpreter's teardown of the ZeroMQ context forever.
+            self._thread.join(5.0)
             raise ManagerUnavailableError(f"no dmp manager answered at {address} within {timeout:g} s")
         if self._failure is not None:
             raise self._failure

@@ -5,22 +5,22 @@
     link thread --results--> ApplyResult / MapResult / IMapIterator (sinks)
 
 ``progress=`` hangs a tqdm bar (dmp.client.progress) on the map's sink.
-The feeder pulls from the caller's iterable only as fast as the session's
-credit allows (``MAX_OUTSTANDING_TASKS``), so a huge generator is never held
-in memory. The pool counts no credit itself: the session does.
+The feeder (dmp.client.feeder) pulls from the caller's iterable only as fast
+as the session's credit allows (``MAX_OUTSTANDING_TASKS``), so a huge
+generator is never held in memory. The pool counts no credit itself: the
+session does. Which engine a pool runs on is ``dmp.client.engine.for_pool``.
 """
 
 from __future__ import annotations
 
-import collections
 import itertools
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from dmp import _config, serialization
 from dmp.client import progress as bars
+from dmp.client.feeder import CLOSE, RUN, TERMINATE, Feeder, chunks
 from dmp.client.results import (
     ApplyResult,
     IMapIterator,
@@ -29,37 +29,11 @@ from dmp.client.results import (
     MapResult,
 )
 from dmp.client.session import Session
-from dmp.client.sink import MapSink, Sink
+from dmp.client.sink import ApplySink, MapSink
 from dmp.errors import MessageTooLargeError, ProcessError
 from dmp.node import runners
-from dmp.wire.protocol import Status
 
-RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 ProgressArg = bool | dict[str, Any]  # the map family's progress= (see dmp.client.progress)
-
-# Tasks pickled before they are handed to the engine in one message; a batch
-# also goes out once its first task has waited FEED_FLUSH_S.
-FEED_BATCH = 64
-FEED_FLUSH_S = 0.0005
-
-
-class _ApplySink(Sink):
-    """The pool's one long-lived apply job: task id -> ApplyResult."""
-
-    def __init__(self) -> None:
-        self.results: dict[int, ApplyResult] = {}
-
-    def on_result(self, task_id: int, status: Status, frames: list[Any], info: str) -> bool:
-        result = self.results.pop(task_id, None)
-        if result is not None:
-            result.on_result(task_id, status, frames, info)
-        return False
-
-    def on_failure(self, exc: BaseException) -> None:
-        results, self.results = self.results, {}
-        for result in results.values():
-            result.on_failure(exc)
-
 
 class Pool:
     """A pool of worker processes, local (forked) or on a dmp cluster.
@@ -110,45 +84,25 @@ class Pool:
         if self._resources and target.address is None:
             raise ValueError("resources= needs a cluster whose nodes declare them (dmp worker --resources); "
                              "a local pool has none")
-        _send_by_value(modules)
+        serialization.send_by_value(modules)
         self._max_retries = max_retries
         self._by_value = target.address is not None
-        from dmp.client.engine import ClusterEngine, LocalEngine
+        from dmp.client.engine import for_pool
 
         self._engine: Any
-        self._init: runners.PoolInit | None = None
-        if target.address is not None:
-            if initializer is not None or maxtasksperchild is not None:
-                import uuid
-
-                self._init = runners.PoolInit(uuid.uuid4().hex, initializer, tuple(initargs), maxtasksperchild or 0)
-            # Pool(k): the manager runs this pool's tasks on at most k workers at once.
-            self._engine = ClusterEngine(address=target.address, authkey=target.authkey, max_workers=processes or 0)
-            self._processes = processes or max(1, self._engine.slots)
-        else:
-            from dmp import context as context_mod
-
-            self._processes = processes or _config.cpu_count()
-            method = context.get_start_method() if context is not None else context_mod.get_start_method()
-            self._engine = LocalEngine(
-                processes=self._processes,
-                initializer=initializer,
-                initargs=tuple(initargs),
-                max_tasks=maxtasksperchild or 0,
-                method=method or "fork",
-            )
+        self._init: runners.PoolInit | None
+        self._engine, self._init, self._processes = for_pool(
+            target, processes, initializer, tuple(initargs), maxtasksperchild, context
+        )
         self._session: Session = self._engine.session
         self._link = self._session.link  # what a caller waiting on a result serves
         self._pending: set[Any] = set()
         self._pending_cond = threading.Condition(threading.Lock())
         self._ids = itertools.count()
-        self._apply = _ApplySink()
+        self._apply = ApplySink()
         apply_runner = serialization.dumps(runners.Apply(self._init), by_value=True) if self._init else []
         self._apply_job = self._session.new_job(self._apply, apply_runner, max_retries, self._timeout, self._resources)
-        self._feed: collections.deque[tuple[int, MapSink, Iterator[Any]]] = collections.deque()
-        self._feed_cond = threading.Condition(threading.Lock())
-        # Started by the first map: a pool used only for apply never pays for it.
-        self._feeder = threading.Thread(target=self._feed_loop, name="dmp-feeder", daemon=True)
+        self._feeder = Feeder(self._session, self._by_value, lambda: self._state)
 
     # --- bookkeeping -------------------------------------------------------------------
 
@@ -313,7 +267,7 @@ class Pool:
         bar = bars.start(progress, length, chunksize)
         result = MapResult(chunksize, length, callback, error_callback, link=self._link, on_done=self._job_done, progress=bar)
         if length:
-            self._start_job(func, star, result, _chunks(items, chunksize))
+            self._start_job(func, star, result, chunks(items, chunksize))
         return result
 
     def _default_chunksize(self, length: int) -> int:
@@ -360,12 +314,12 @@ class Pool:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
         it = cls(self._session.credit.release, self._job_done, bars.start(progress, total, chunksize))
-        self._start_job(func, False, it, _chunks(iterable, chunksize))
+        self._start_job(func, False, it, chunks(iterable, chunksize))
         if chunksize == 1:
             return IMapResults(it, unwrap=True)
         return (item for chunk in IMapResults(it, unwrap=False) for item in chunk)
 
-    def _start_job(self, func: Any, star: bool, sink: MapSink, chunks: Iterator[tuple[int, list[Any]]]) -> None:
+    def _start_job(self, func: Any, star: bool, sink: MapSink, tasks: Iterator[tuple[int, list[Any]]]) -> None:
         self._track(sink)
         try:
             runner = serialization.dumps(runners.MapChunk(func, star, self._init), by_value=self._by_value)
@@ -374,81 +328,7 @@ class Pool:
             self._job_done(sink)
             return
         job = self._session.new_job(sink, runner, self._max_retries, self._timeout, self._resources)
-        with self._feed_cond:
-            self._feed.append((job, sink, chunks))
-            self._feed_cond.notify()
-            if self._feeder.ident is None:
-                self._feeder.start()
-
-    # --- the feeder thread ----------------------------------------------------------------
-
-    def _feed_loop(self) -> None:
-        while True:
-            with self._feed_cond:
-                while not self._feed:
-                    if self._state != RUN:  # closed or terminated, and nothing left to feed
-                        return
-                    self._feed_cond.wait(0.5)
-                job, sink, chunks = self._feed[0]
-            try:
-                self._feed_one(job, sink, chunks)
-            except Exception as exc:  # the feeder must outlive any one job
-                if self._state == RUN:
-                    sink.on_failure(exc)
-            finally:
-                with self._feed_cond:
-                    self._feed.popleft()
-                # Hold nothing of a finished job while waiting for the next one:
-                # its arguments and results belong to the caller alone.
-                del job, sink, chunks
-
-    def _feed_one(self, job: int, sink: MapSink, chunks: Iterator[tuple[int, list[Any]]]) -> None:
-        alive = lambda: self._state != TERMINATE and not sink.abandoned()  # noqa: E731
-        batch: list[tuple[int, list[Any]]] = []
-        started = 0.0
-        handed = 0  # tasks sent or failed here: what the sink will hear about
-        next_id = 0
-        by_value = self._by_value
-        try:
-            for task_id, chunk in chunks:
-                next_id = task_id + 1
-                try:
-                    frames = serialization.dumps(chunk, by_value=by_value)
-                except Exception as exc:
-                    self._session.fail_unsent(sink, task_id, exc)
-                    handed += 1
-                    continue
-                if not batch:
-                    started = time.monotonic()
-                batch.append((task_id, frames))
-                if len(batch) >= FEED_BATCH or time.monotonic() - started >= FEED_FLUSH_S:
-                    if not self._send(job, batch, alive, sink):
-                        break
-                    handed += len(batch)
-                    batch = []
-            else:
-                if batch and self._send(job, batch, alive, sink):
-                    handed += len(batch)
-        except Exception as exc:  # the caller's iterable raised: that item fails
-            if batch and self._send(job, batch, alive, sink):
-                handed += len(batch)
-            self._session.fail_unsent(sink, next_id, exc)
-            handed += 1
-        if self._state == TERMINATE:
-            return
-        sink.set_length(handed)
-        self._session.end_job(job)
-
-    def _send(self, job: int, batch: list[tuple[int, list[Any]]], alive: Callable[[], bool], sink: MapSink) -> bool:
-        """Submit ``batch`` once credit allows; False if the job stopped being wanted first."""
-        try:
-            return self._session.submit(job, batch, alive)
-        except MessageTooLargeError as exc:  # the session released the batch's credit
-            if len(batch) == 1:  # this task alone is too big: it fails, the rest go on
-                self._session.fail_unsent(sink, batch[0][0], exc)
-                return True
-            half = len(batch) // 2
-            return self._send(job, batch[:half], alive, sink) and self._send(job, batch[half:], alive, sink)
+        self._feeder.add(job, sink, tasks)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -456,16 +336,14 @@ class Pool:
         """Accept no more work; the workers exit once the queued tasks are done. Never raises."""
         if self._state == RUN:
             self._state = CLOSE
-            with self._feed_cond:
-                self._feed_cond.notify_all()
+            self._feeder.wake()
 
     def terminate(self) -> None:
         """Stop the workers now; unfinished results fail with ``ProcessError``. Never raises."""
         if self._state == TERMINATE:
             return
         self._state = TERMINATE
-        with self._feed_cond:
-            self._feed_cond.notify_all()
+        self._feeder.wake()
         self._engine.stop(kill=True)
         self._session.fail_all(ProcessError("the pool was terminated before the task finished"))
         with self._pending_cond:
@@ -481,8 +359,7 @@ class Pool:
         if self._state == RUN:
             raise ValueError("Pool is still running")
         if self._state == CLOSE:
-            if self._feeder.ident is not None:
-                self._feeder.join()
+            self._feeder.join()
             with self._pending_cond:
                 while self._pending:
                     self._pending_cond.wait(0.5)
@@ -512,31 +389,3 @@ class Pool:
                 self.terminate()
             except Exception:
                 pass
-
-
-def _send_by_value(modules: Iterable[Any]) -> None:
-    """Pickle these modules' functions and classes by value (for nodes that lack them)."""
-    import importlib
-    import types
-
-    import cloudpickle
-
-    for module in modules:
-        if isinstance(module, str):
-            module = importlib.import_module(module)
-        if not isinstance(module, types.ModuleType):
-            raise TypeError(f"modules= takes modules or module names, not {module!r}")
-        cloudpickle.register_pickle_by_value(module)
-
-
-def _chunks(iterable: Iterable[Any], size: int) -> Iterator[tuple[int, list[Any]]]:
-    it = iter(iterable)
-    if size == 1:
-        for i, x in enumerate(it):
-            yield i, [x]
-        return
-    for i in itertools.count():
-        chunk = list(itertools.islice(it, size))
-        if not chunk:
-            return
-        yield i, chunk

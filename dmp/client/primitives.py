@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -192,50 +191,21 @@ def Array(typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) 
 
 
 def Pipe(duplex: bool = True) -> tuple[Any, Any]:
-    """Two connected ends; in cluster mode, built on two managed queues."""
+    """Two connected ends (``multiprocessing.connection.Connection``); in cluster mode the
+    manager hosts the pipe (``dmp.client.pipes``): ends pickle, and EOF comes when the
+    other end's last holder closes it or exits.
+
+    Raises:
+        ManagerUnavailableError: (cluster mode) no manager answered in time.
+        AuthenticationError: (cluster mode) the manager refused the authkey.
+    """
     m = _cluster()
     if m is None:
         a_end, b_end = _local().Pipe(duplex)
         return a_end, b_end
-    a, b = m.Queue(), m.Queue()
-    if duplex:
-        return _QueueConnection(a, b), _QueueConnection(b, a)
-    return _QueueConnection(a, None), _QueueConnection(None, a)
+    from dmp.client import pipes
 
-
-class _QueueConnection:
-    """A Pipe end over managed queues: send/recv/poll/close (picklable)."""
-
-    def __init__(self, inbox: Any, outbox: Any) -> None:
-        self._inbox = inbox
-        self._outbox = outbox
-        self.closed = False
-
-    def send(self, obj: Any) -> None:
-        if self._outbox is None:
-            raise OSError("connection is read-only")
-        self._outbox.put(obj)
-
-    def recv(self) -> Any:
-        if self._inbox is None:
-            raise OSError("connection is write-only")
-        return self._inbox.get()
-
-    send_bytes = send
-    recv_bytes = recv
-
-    def poll(self, timeout: float | None = 0.0) -> bool:
-        if self._inbox is None:
-            raise OSError("connection is write-only")
-        end = None if timeout is None else time.monotonic() + timeout
-        while self._inbox.empty():
-            if end is not None and time.monotonic() >= end:
-                return False
-            time.sleep(0.005)
-        return True
-
-    def close(self) -> None:
-        self.closed = True
+    return pipes.create(m.address, duplex)
 
 
 # Raw shared memory needs no lock and no manager: the standard library's, in both modes.

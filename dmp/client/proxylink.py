@@ -250,6 +250,11 @@ def forget(address: str) -> None:
         conn.close()
 
 
+def close_all() -> None:
+    """Say Bye on this process's connections now (a process that leaves by ``os._exit``: a node's worker)."""
+    _close_all()
+
+
 @atexit.register
 def _close_all() -> None:
     # Say Bye so the manager releases our holds and locks at once, not after heartbeats.

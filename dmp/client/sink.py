@@ -24,9 +24,12 @@ Sinks run on the link's thread: they must be quick and must not block.
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from dmp.wire.protocol import Status
+
+if TYPE_CHECKING:
+    from dmp.client.results import ApplyResult
 
 
 class Sink(abc.ABC):
@@ -76,3 +79,21 @@ class MapSink(Sink):
     def set_length(self, length: int) -> None:
         """The feeder handed over ``length`` tasks in all (sent or failed); nothing more comes."""
         return None  # a sink that knew its length from the start
+
+
+class ApplySink(Sink):
+    """The pool's one long-lived apply job: task id -> ApplyResult."""
+
+    def __init__(self) -> None:
+        self.results: dict[int, ApplyResult] = {}
+
+    def on_result(self, task_id: int, status: Status, frames: list[Any], info: str) -> bool:
+        result = self.results.pop(task_id, None)
+        if result is not None:
+            result.on_result(task_id, status, frames, info)
+        return False
+
+    def on_failure(self, exc: BaseException) -> None:
+        results, self.results = self.results, {}
+        for result in results.values():
+            result.on_failure(exc)

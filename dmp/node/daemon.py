@@ -37,7 +37,9 @@ log = logging.getLogger("dmp.node")
 EXIT_REFUSED = 3
 
 
-class Node:
+class NodeDaemon:
+    """The node daemon (`dmp worker`): keeps this node's worker processes joined, reports their exits."""
+
     def __init__(
         self, address: str, *, processes: int, name: str, key: bytes | None, resources: dict[str, float] | None = None
     ) -> None:
@@ -172,7 +174,7 @@ def run_node(
 
     ``resources`` (name -> amount) is what the node declares it has.
     """
-    node = Node(address, processes=processes, name=name, key=key, resources=resources)
+    node = NodeDaemon(address, processes=processes, name=name, key=key, resources=resources)
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)
     return node.run()

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from dmp.node import slot as slot_mod
 from dmp.node import worker as worker_mod
 
 _pool_counter = itertools.count(1)
@@ -86,14 +87,14 @@ class Supervisor:
         # The routing identity: unguessable, so nobody can take it first.
         worker_id = f"{self.node}/{self._tag}-{n}-{secrets.token_hex(8)}"
         if self.method == "fork":
-            slot = worker_mod.new_slot()
+            slot = slot_mod.new_slot()
             target: Any = worker_mod.worker_main
             args: tuple[Any, ...] = (dataclasses.replace(self.template, worker_id=worker_id, slot=slot),)
         else:
             # A fresh interpreter: the config travels cloudpickled, the slot as a passed fd.
             import cloudpickle
 
-            slot = worker_mod.FdSlot()
+            slot = slot_mod.FdSlot()
             cfg = dataclasses.replace(self.template, worker_id=worker_id, slot=None)
             args = (cloudpickle.dumps(cfg), slot)
             target = worker_mod.spawned_main
@@ -128,7 +129,7 @@ class Supervisor:
         proc = handle.process
         proc.join(1.0)
         exitcode = proc.exitcode if proc.exitcode is not None else -signal.SIGKILL
-        running = worker_mod.read_slot(handle.slot)
+        running = slot_mod.read_slot(handle.slot)
         handle.slot.close()
         pid = proc.pid or 0
         try:
@@ -150,7 +151,7 @@ class Supervisor:
         killed: list[tuple[int, int]] = []
         upcoming: float | None = None
         for handle in self.handles.values():
-            key, deadline = worker_mod.read_deadline(handle.slot)
+            key, deadline = slot_mod.read_deadline(handle.slot)
             if key < 0 or deadline <= 0.0 or handle.overdue == key:
                 continue
             if deadline > now:

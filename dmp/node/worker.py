@@ -6,8 +6,8 @@
         FLUSH_SECONDS / FLUSH_ITEMS while it is busy
 
 Before each task the worker writes the task key (and, if its job has a
-timeout, the task's deadline) into a small shared-memory slot its supervisor
-reads, so that when the process dies the supervisor knows exactly which task
+timeout, the task's deadline) into a small shared-memory slot
+(dmp.node.slot) its supervisor reads, so that when the process dies the supervisor knows exactly which task
 killed it (the others queued here are requeued uncharged), and so that the
 supervisor can kill a task that runs past its deadline, even one stuck in C.
 """
@@ -20,7 +20,6 @@ import mmap
 import os
 import signal
 import socket
-import struct
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from typing import Any
 from dmp import _config, serialization
 from dmp.errors import MessageTooLargeError, ProtocolError
 from dmp.node import runners
+from dmp.node.slot import SLOT
 from dmp.wire import protocol, transport
 from dmp.wire.peer import PeerLoop
 
@@ -51,65 +51,6 @@ HELLO_BACKOFF_S = 1.0
 HELLO_BACKOFF_MAX_S = 30.0
 # Exit status of a worker or node the manager refused (wrong or missing key, other version).
 EXIT_REFUSED = 3
-
-# Slot layout: running task key (-1: none), its attempt, and its deadline in
-# time.monotonic() seconds (0: none). CLOCK_MONOTONIC is one clock for every
-# process of a host, so the supervisor can compare it with its own.
-_SLOT = struct.Struct("<qqd")
-SLOT_SIZE = _SLOT.size
-
-
-def new_slot() -> mmap.mmap:
-    """Shared memory (inherited across fork) holding the running task key."""
-    slot = mmap.mmap(-1, SLOT_SIZE)
-    _SLOT.pack_into(slot, 0, -1, 0, 0.0)
-    return slot
-
-
-class FdSlot(mmap.mmap):
-    """A slot that a spawned or forkserver worker can share: memfd-backed, it
-    pickles as a duplicate of its fd (only while a process is being started)."""
-
-    fd: int
-
-    def __new__(cls) -> FdSlot:
-        fd = os.memfd_create("dmp-slot", os.MFD_CLOEXEC)
-        os.ftruncate(fd, SLOT_SIZE)
-        self = super().__new__(cls, fd, SLOT_SIZE)
-        self.fd = fd
-        _SLOT.pack_into(self, 0, -1, 0, 0.0)
-        return self
-
-    def __reduce__(self) -> Any:
-        from multiprocessing import reduction
-
-        return (_attach_slot, (reduction.DupFd(self.fd),))
-
-    def close(self) -> None:
-        super().close()
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-def _attach_slot(dup: Any) -> mmap.mmap:
-    fd = dup.detach()
-    try:
-        return mmap.mmap(fd, SLOT_SIZE)
-    finally:
-        os.close(fd)
-
-
-def read_slot(slot: mmap.mmap) -> int:
-    key, _attempt, _deadline = _SLOT.unpack_from(slot, 0)
-    return int(key)
-
-
-def read_deadline(slot: mmap.mmap) -> tuple[int, float]:
-    """(running task key, its deadline) from a slot; the deadline is 0.0 if none."""
-    key, _attempt, deadline = _SLOT.unpack_from(slot, 0)
-    return int(key), float(deadline)
-
 
 @dataclass(slots=True)
 class WorkerConfig:
@@ -157,21 +98,29 @@ def worker_main(cfg: WorkerConfig) -> None:
     # once still lets its workers finish their initializer, as multiprocessing
     # does; a SIGTERM that came meanwhile takes effect now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-    worker = Worker(cfg)
+    worker = WorkerLoop(cfg)
     if cfg.forward_output:
         sys.stdout = _Forward(worker, "stdout")
         sys.stderr = _Forward(worker, "stderr")
     try:
         worker.run()
     finally:
-        # The process ends with os._exit: without this, the last Results and
-        # the Bye could die unsent in ZeroMQ's queue (bounded by LINGER_MS).
+        # The process ends with os._exit, so atexit never runs: the proxy
+        # connections our tasks made say their Bye here, and the manager lets
+        # go of what they held (a Pipe end is closed) at once.
+        proxylink = sys.modules.get("dmp.client.proxylink")
+        if proxylink is not None:
+            proxylink.close_all()
+        # Without this, the last Results and the Bye could die unsent in
+        # ZeroMQ's queue (bounded by LINGER_MS).
         transport.context().term()
     if worker.exit_code:
         raise SystemExit(worker.exit_code)  # the manager refused our key or version
 
 
-class Worker:
+class WorkerLoop:
+    """A worker process's peer and main loop: Dispatch in, tasks run in order, Results out."""
+
     def __init__(self, cfg: WorkerConfig) -> None:
         self.cfg = cfg
         self.parent = os.getppid()
@@ -289,7 +238,7 @@ class Worker:
         slot = self.cfg.slot
         if slot is not None:
             timeout = self.timeouts.get(job_key, 0.0)
-            _SLOT.pack_into(slot, 0, key, attempt, time.monotonic() + timeout if timeout else 0.0)
+            SLOT.pack_into(slot, 0, key, attempt, time.monotonic() + timeout if timeout else 0.0)
         t0 = time.perf_counter()
         if not self.out_items:
             # The batch's age counts from the start of its first task, so a
@@ -344,7 +293,7 @@ class Worker:
             sys.stderr.flush()
         self.current = -1
         if slot is not None:
-            _SLOT.pack_into(slot, 0, -1, 0, 0.0)
+            SLOT.pack_into(slot, 0, -1, 0, 0.0)
         if self.context.retire:
             self.stopping = True  # maxtasksperchild of a cluster pool: a fresh process next
         if self.cfg.heartbeat and os.getppid() != self.parent:
@@ -389,7 +338,7 @@ def _die_with_parent() -> None:
 class _Forward(io.TextIOBase):
     """sys.stdout/sys.stderr of a cluster worker: whole lines become Output messages."""
 
-    def __init__(self, worker: Worker, stream: str) -> None:
+    def __init__(self, worker: WorkerLoop, stream: str) -> None:
         self.worker = worker
         self.stream = stream
         self.buf = ""

@@ -45,7 +45,7 @@ STALE = "message signature does not verify in this session (replayed, stale or f
 NO_SESSION = "message is not part of an authenticated session (say Hello)"
 
 
-class Session:
+class SigningSession:
     """One authenticated conversation: its nonce (Nc + Ns) and a counter each way."""
 
     __slots__ = ("nonce", "seen", "sent")
@@ -80,8 +80,8 @@ class Keyring:
     def __init__(self, key: bytes | None, routed: bool) -> None:
         self.signer = protocol.Signer(key)
         self.routed = routed
-        self.sessions: dict[bytes | None, Session] = {}
-        self.pending: dict[bytes, Session] = {}  # manager: Welcome sent, no proof yet
+        self.sessions: dict[bytes | None, SigningSession] = {}
+        self.pending: dict[bytes, SigningSession] = {}  # manager: Welcome sent, no proof yet
         self.answer: dict[bytes, bytes] = {}  # manager: Nc of a verified Hello not yet answered
         self.challenge: bytes | None = None  # peer: Nc of our outstanding Hello
         self.fresh: bytes | None = None  # manager: the ident the last message authenticated
@@ -96,7 +96,7 @@ class Keyring:
             return b""
         ns = os.urandom(NONCE_BYTES)
         self.pending.pop(ident, None)
-        self.pending[ident] = Session(nc + ns)
+        self.pending[ident] = SigningSession(nc + ns)
         while len(self.pending) > MAX_PENDING:
             del self.pending[next(iter(self.pending))]
         return ns
@@ -215,7 +215,7 @@ class Keyring:
         if kind == ANSWER:
             assert self.challenge is not None
             if isinstance(msg, protocol.Welcome) and len(msg.nonce) == NONCE_BYTES:
-                self.sessions[None] = Session(self.challenge + msg.nonce)
+                self.sessions[None] = SigningSession(self.challenge + msg.nonce)
                 self.challenge = None
                 return True
             if isinstance(msg, protocol.Error):

@@ -1,8 +1,8 @@
 """Shared objects served by the manager reactor: the ObjectServer (a state machine, no I/O).
 
     client --ObjCreate/ObjCall--> ObjectServer
-        reactor kind (shared.KINDS: Queue, Lock, Event, Value, ...):
-            shared.<Kind>.call(req) --> ObjReply now, or parked with a deadline
+        reactor kind (KINDS: Queue, Lock, Event, Value, Pipe, ...; shared_data, shared_sync, pipes):
+            <Kind>.call(req) --> ObjReply now, or parked with a deadline
             and answered by the call that frees it, or by tick() when it expires
         host kind (dict, list, Namespace, Pool, every registered typeid):
             --HostCall(tag)--> object host (a process beside the daemon:
@@ -28,8 +28,18 @@ from typing import Any, Protocol
 
 from dmp.wire import protocol
 from dmp.wire.protocol import ObjStatus
-from dmp_server import shared
+from dmp_server import pipes, shared
 from dmp_server.scheduler import Command, Send
+from dmp_server.shared_data import Array, JoinableQueue, Queue, Value
+from dmp_server.shared_sync import (
+    Barrier,
+    BoundedSemaphore,
+    Condition,
+    Event,
+    Lock,
+    RLock,
+    Semaphore,
+)
 
 log = logging.getLogger("dmp.manager")
 
@@ -40,6 +50,12 @@ HOST_START_TIMEOUT_S = 30.0
 HOST_POLL_S = 0.25
 
 HOST = "host"
+
+# The kinds the reactor hosts itself, by the name ObjCreate gives them.
+KINDS: dict[str, type[shared.Shared]] = {
+    cls.KIND: cls
+    for cls in (Queue, JoinableQueue, Lock, RLock, Condition, Semaphore, BoundedSemaphore, Event, Barrier, Value, Array)
+} | pipes.KINDS
 
 # The (peer, ref) -> parked request map is swept of answered requests when it
 # reaches this size, and then at twice what is left: amortised O(1) a call,
@@ -179,13 +195,15 @@ class ObjectServer:
             if not msg.typeid:
                 raise shared.Refusal("TypeError", "a host object needs a typeid")
             return self._to_host(peer, msg.ref, protocol.HostCall(0, 0, "__create__", msg.typeid), frames, now)
-        cls = shared.KINDS.get(msg.kind)
+        cls = KINDS.get(msg.kind)
         if cls is None:
             raise shared.Refusal("TypeError", f"unknown shared object kind {msg.kind!r}")
         if not isinstance(msg.args, list):
             raise shared.Refusal("TypeError", "constructor arguments must be a list")
         oid = next(self._ids)
-        self.entries[oid] = Entry(oid, msg.typeid or msg.kind, cls(msg.args, frames))
+        obj = cls(msg.args, frames)
+        obj.created(peer)
+        self.entries[oid] = Entry(oid, msg.typeid or msg.kind, obj)
         self._hold(peer, oid)
         return [Send(peer, protocol.ObjReply(msg.ref, ObjStatus.OK, None, oid))]
 
@@ -211,6 +229,10 @@ class ObjectServer:
             self._remember(entry.oid, parked)
         for note in out.notes:
             log.warning("%s", note)
+        if entry.obj.TRACKS_HOLDERS:
+            for holder in [p for p in entry.holders if not entry.obj.holds(p)]:
+                self.held.get(holder, set()).discard(entry.oid)
+                out.commands += self._unhold(holder, {entry.oid})
         return out.commands
 
     def _remember(self, oid: int, req: shared.Request) -> None:

@@ -117,6 +117,7 @@ class Peers:
             if peer is not None:
                 sched.remove_node(peer.name)
             for worker in [w for w in sched.workers.values() if w.node == (peer.name if peer else "")]:
+                self._clients_of(self.by_id.get(worker.peer), out, crashed=True)
                 self._drop(worker.peer, out)
                 out.cmds += sched.remove_worker(worker.peer, None)
 
@@ -130,6 +131,7 @@ class Peers:
         self, peer_id: str, exitcode: int, running: int, now: float, out: Departures, timed_out: bool = False
     ) -> None:
         """A worker process exited (its node or our supervisor says so)."""
+        self._clients_of(self.by_id.get(peer_id), out, crashed=exitcode != 0)
         if exitcode == 0 and running < 0 and peer_id in self.scheduler.workers:
             # A clean exit: the worker said Bye after its last results, on its
             # own socket, which may still be in flight. Wait for it a little,
@@ -138,6 +140,15 @@ class Peers:
             return
         self._drop(peer_id, out)
         out.cmds += self.scheduler.remove_worker(peer_id, exitcode, running, timed_out)
+
+    def _clients_of(self, worker: Peer | None, out: Departures, *, crashed: bool) -> None:
+        """The connections a worker process made as a client (its tasks' proxies, Pipe ends,
+        pools: same host, same pid) end with it, now rather than after missed heartbeats:
+        what they held is released and a Pipe end it held is closed (EOF for the other end)."""
+        if worker is None or worker.role != Role.WORKER or not worker.pid:
+            return
+        for peer in [p for p in self.by_id.values() if p.role == Role.CLIENT and (p.host, p.pid) == (worker.host, worker.pid)]:
+            self.forget(peer.id, out, crashed=crashed)
 
     def tick(self, now: float, out: Departures, late: float = 0.0) -> list[Peer]:
         """Once a beat: expire late Byes and silent peers; returns the peers to heartbeat.

@@ -18,6 +18,8 @@ is given to a worker until its outcome; such a task is given only to an idle
 worker, so it never waits behind another task while holding them.
 
 Payload frames pass through untouched: this module never unpickles.
+Which task goes to which worker (credit, fairness, resources) is
+``placement.py``; this module keeps the books of peers, jobs and outcomes.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 from dmp.errors import signal_name
 from dmp.wire import protocol
 from dmp.wire.protocol import Status
+from dmp_server.placement import Placement
 from dmp_server.records import Client, Command, Job, Kill, Node, Send, Task, Totals, Worker
 
 __all__ = ["Client", "Command", "Job", "Kill", "Node", "Scheduler", "Send", "Task", "Totals", "Worker"]
@@ -46,8 +49,12 @@ INITIAL_IN_FLIGHT = 2
 EWMA_ALPHA = 0.2
 
 
-class Scheduler:
-    """Queues tasks per client, spreads them over worker credit fairly."""
+class Scheduler(Placement):
+    """Queues tasks per client, spreads them over worker credit fairly.
+
+    This half keeps the books (peers, jobs, outcomes, retries, cancels);
+    ``Placement`` (placement.py) decides which queued task goes to which worker.
+    """
 
     def __init__(self) -> None:
         self.clients: dict[str, Client] = {}
@@ -271,133 +278,7 @@ class Scheduler:
         sends: list[Command] = [Send(to, protocol.Results(its), frs) for to, (its, frs) in out.items()]
         return sends + cmds + self.schedule()
 
-    # --- scheduling ------------------------------------------------------------------
-
-    def credit(self, worker: Worker) -> int:
-        if worker.doomed:
-            return 0
-        free = self.in_flight - len(worker.assigned)
-        if worker.tasks_left >= 0:
-            free = min(free, worker.tasks_left)
-        return free
-
-    def schedule(self) -> list[Command]:
-        """Give idle credit work, one task per client in turn."""
-        if not self._ready:
-            return []
-        cmds: list[Command] = []
-        hungry = [(w, free) for w in self.workers.values() if (free := self.credit(w)) > 0]
-        if not hungry:
-            return []
-        hungry.sort(key=lambda wf: len(wf[0].assigned))  # idle workers first
-        # Spread evenly: no worker takes more than its share of what is queued,
-        # so two tasks on two idle workers run side by side, not one behind the other.
-        share = -(-self.queued_total // len(hungry))
-        for worker, free in hungry:
-            free = min(free, share)
-            jobs: list[list[Any]] = []
-            job_frames: list[Any] = []
-            items: list[list[int]] = []
-            frames: list[Any] = []
-            while free > 0 and self._ready:
-                job = self._pick(worker)
-                if job is None:
-                    break  # every waiting client is at its cap of workers, or needs resources not free here
-                client = self._ready[0]
-                task = job.pending.popleft()
-                if not job.pending:
-                    client.active.remove(job)  # the first, unless others wait for resources
-                if not client.active:
-                    self._ready.popleft()
-                elif len(self._ready) > 1:
-                    self._ready.rotate(-1)
-                if job.resources:
-                    node = self.nodes[worker.node]  # _pick saw it there
-                    for res, amount in job.resources.items():
-                        node.free[res] -= amount
-                    task.held = node
-                if worker.peer not in job.holders:
-                    job.holders.add(worker.peer)
-                    jobs.append([job.key, len(job.runner), job.timeout])
-                    job_frames.extend(job.runner)
-                task.worker = worker.peer
-                worker.assigned[task.key] = task
-                if worker.tasks_left > 0:
-                    worker.tasks_left -= 1
-                client.queued -= 1
-                self.queued_total -= 1
-                client.running += 1
-                client.on[worker.peer] = client.on.get(worker.peer, 0) + 1
-                items.append([task.key, job.key, task.attempt, len(task.frames)])
-                frames.extend(task.frames)
-                free -= 1
-            if items:
-                cmds.append(Send(worker.peer, protocol.Dispatch(jobs, items), job_frames + frames))
-            if not self._ready:
-                break
-        return cmds
-
-    # --- internals ---------------------------------------------------------------
-
-    def _pick(self, worker: Worker) -> Job | None:
-        """Rotate the ready clients until the first may use ``worker``; its
-        first job that may run there (None if no client has one).
-
-        A job with resources may run only on an idle worker of a node that
-        has them free (so no task waits behind another holding them).
-        """
-        ready = self._ready
-        for _ in range(len(ready)):
-            c = ready[0]
-            if not c.max_workers or worker.peer in c.on or len(c.on) < c.max_workers:
-                for job in c.active:
-                    if not job.resources:
-                        return job
-                    node = self.nodes.get(worker.node)
-                    if node is not None and not worker.assigned and node.covers(job.resources, now=True):
-                        return job
-            ready.rotate(-1)
-        return None
-
-    @staticmethod
-    def _unhold(task: Task) -> None:
-        """Give back the resources ``task`` holds, once (to the node record it took them from)."""
-        node = task.held
-        if node is None:
-            return
-        task.held = None
-        for res, amount in task.job.resources.items():
-            node.free[res] = node.free.get(res, 0.0) + amount
-
-    def _release(self, client: Client, worker: str) -> None:
-        """One of ``client``'s tasks left ``worker`` (done, lost or cancelled)."""
-        client.running -= 1
-        n = client.on.get(worker, 0) - 1
-        if n > 0:
-            client.on[worker] = n
-        else:
-            client.on.pop(worker, None)
-
-    def _activate(self, client: Client, job: Job) -> None:
-        client.active.append(job)
-        if len(client.active) == 1:
-            self._ready.append(client)
-
-    def _requeue(self, task: Task) -> None:
-        job = task.job
-        client = self.clients.get(job.client)
-        if client is None or job.job_id not in client.jobs:
-            self.tasks.pop(task.key, None)
-            return
-        if not job.pending:
-            job.pending.appendleft(task)
-            client.active.appendleft(job)
-            if len(client.active) == 1:
-                self._ready.appendleft(client)
-        else:
-            job.pending.appendleft(task)
-        client.queued += 1
-        self.queued_total += 1
+    # --- bookkeeping ---------------------------------------------------------------
 
     def _count(self, client: Client | None, status: int) -> None:
         failed = status != Status.OK

@@ -228,6 +228,30 @@ def pipe_send(conn: Any, items: list[Any]) -> None:
     conn.close()
 
 
+def pipe_send_then_leave(conn: Any, items: list[Any], how: str) -> None:
+    """Sends ``items`` and leaves without closing ``conn``: returns, ``os._exit(3)`` or SIGKILL."""
+    for item in items:
+        conn.send(item)
+    if how == "exit":
+        os._exit(3)
+    if how == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def pipe_from_queue(q: Any, items: list[Any]) -> None:
+    """Takes a Pipe end from ``q``, sends ``items`` on it and closes it."""
+    conn = q.get()
+    for item in items:
+        conn.send(item)
+    conn.close()
+
+
+def pipe_reply_once(conn: Any) -> None:
+    """Answers one message with its double, then closes."""
+    conn.send(conn.recv() * 2)
+    conn.close()
+
+
 # --- synchronisation targets ---------------------------------------------------
 
 

@@ -230,7 +230,6 @@ def test_pipe_duplex_send_recv_poll(mp: Any) -> None:
         b.close()
 
 
-@pytest.mark.cluster_bug("Pipe connections lack send_bytes(buf, offset, size)")
 def test_pipe_bytes(mp: Any) -> None:
     a, b = mp.Pipe()
     try:
@@ -249,7 +248,6 @@ def test_pipe_bytes(mp: Any) -> None:
         b.close()
 
 
-@pytest.mark.cluster_bug("Pipe connections lack recv_bytes_into()")
 def test_pipe_recv_bytes_into_too_short(mp: Any) -> None:
     a, b = mp.Pipe()
     try:
@@ -263,7 +261,6 @@ def test_pipe_recv_bytes_into_too_short(mp: Any) -> None:
         b.close()
 
 
-@pytest.mark.cluster_bug("Pipe connections lack readable/writable")
 def test_pipe_one_way(mp: Any) -> None:
     r, w = mp.Pipe(duplex=False)
     try:
@@ -280,7 +277,6 @@ def test_pipe_one_way(mp: Any) -> None:
         w.close()
 
 
-@pytest.mark.cluster_bug("recv() after the other end closed waits forever instead of raising EOFError", hangs=True)
 def test_pipe_eof_after_close(mp: Any) -> None:
     r, w = mp.Pipe(duplex=False)
     w.send("last")
@@ -293,7 +289,6 @@ def test_pipe_eof_after_close(mp: Any) -> None:
         r.close()
 
 
-@pytest.mark.cluster_bug("a closed Pipe connection does not raise OSError on use")
 def test_pipe_use_after_close_raises(mp: Any) -> None:
     a, b = mp.Pipe()
     a.close()
@@ -303,7 +298,6 @@ def test_pipe_use_after_close_raises(mp: Any) -> None:
         a.send(1)
 
 
-@pytest.mark.cluster_bug("a Pipe passed to a remote Process: the exchange hangs", hangs=True)
 def test_pipe_with_process_duplex(mp: Any) -> None:
     parent, child = mp.Pipe()
     p = _start(mp, f.pipe_echo, child)
@@ -323,7 +317,6 @@ def test_pipe_with_process_duplex(mp: Any) -> None:
     assert p.exitcode == 0
 
 
-@pytest.mark.cluster_bug("a Pipe passed to a remote Process: EOFError never comes, recv() hangs", hangs=True)
 def test_pipe_with_process_one_way(mp: Any) -> None:
     r, w = mp.Pipe(duplex=False)
     p = _start(mp, f.pipe_send, w, list(range(10)))
@@ -337,7 +330,6 @@ def test_pipe_with_process_one_way(mp: Any) -> None:
         _finish(p)
 
 
-@pytest.mark.cluster_bug("Pipe connections are not context managers")
 def test_pipe_context_manager(mp: Any) -> None:
     a, b = mp.Pipe()
     with a, b:

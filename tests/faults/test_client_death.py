@@ -82,7 +82,11 @@ def test_dead_clients_queued_tasks_never_run(cluster: FaultCluster, markers: Pat
     assert len(started) <= 8  # four running, at most four prefetched behind them
     # Every slot is free again and runs another client's tasks: a task of the dead
     # client prefetched behind a running one would have started before these.
-    cluster.wait_slots(4)
+    def all_free() -> bool:
+        status = cluster.wait_slots(4)
+        return status["busy"] == 0 and len(status["nodes"]) == 2 and all(n["slots"] == 2 and n["busy"] == 0 for n in status["nodes"])
+
+    wait_for(all_free, 60, "every slot of both nodes to be free")
     with dmp.Pool(address=cluster.address) as other:
         values = other.map_async(tasks.where, range(100), chunksize=1).get(60)
     assert {node for _, node, _ in values} == {"node1", "node2"}

@@ -13,11 +13,10 @@ import pytest
 
 from dmp import serialization
 from dmp.client.credit import Credit
-from dmp.client.pool import _ApplySink
 from dmp.client.process import _ClusterPopen
 from dmp.client.results import ApplyResult, IMapIterator, IMapUnorderedIterator, MapResult
 from dmp.client.session import Session
-from dmp.client.sink import MapSink, Sink
+from dmp.client.sink import ApplySink, MapSink, Sink
 from dmp.errors import MessageTooLargeError, ProcessError
 from dmp.node import runners
 from dmp.wire import protocol
@@ -200,7 +199,7 @@ def test_fail_all_fails_every_sink_and_closes_the_session() -> None:
 # --- every sink keeps the contract ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cls", [ApplyResult, MapResult, IMapIterator, IMapUnorderedIterator, _ApplySink, _ClusterPopen])
+@pytest.mark.parametrize("cls", [ApplyResult, MapResult, IMapIterator, IMapUnorderedIterator, ApplySink, _ClusterPopen])
 def test_every_sink_is_a_sink(cls: type) -> None:
     assert issubclass(cls, Sink)
 
