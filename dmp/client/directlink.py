@@ -33,23 +33,33 @@ class _Local(threading.local):
 _local = _Local()
 
 
-def _sock(address: str, key: bytes | None) -> tuple[socket.socket, direct.Reader] | None:
+def _sock(
+    address: str, key: bytes | None, claim: str | None = None
+) -> tuple[socket.socket, direct.Reader] | None:
     local = _local
     if local.pid != os.getpid():  # a forked child: the parent's connections are not ours
         for sock, _ in local.socks.values():
             sock.close()
         local.socks.clear()
         local.pid = os.getpid()
-    got = local.socks.get(address)
+    slot = address if claim is None else f"{address}#{claim}"  # a connection speaks for one peer
+    got = local.socks.get(slot)
     if got is None:
         if address in _unreachable:
             return None
         try:
-            got = (direct.connect(address, key), direct.Reader())
-        except direct.DirectError:
+            sock = direct.connect(address, key)
+            if claim is not None:
+                try:
+                    direct.send_claim(sock, claim)
+                except BaseException:
+                    sock.close()
+                    raise
+            got = (sock, direct.Reader())
+        except (direct.DirectError, OSError):
             _unreachable.add(address)
             return None
-        local.socks[address] = got
+        local.socks[slot] = got
     return got
 
 
@@ -86,7 +96,7 @@ def call(
     return reply, out
 
 
-def _drop(address: str) -> None:
-    got = _local.socks.pop(address, None)
+def _drop(address: str, claim: str | None = None) -> None:
+    got = _local.socks.pop(address if claim is None else f"{address}#{claim}", None)
     if got is not None:
         got[0].close()

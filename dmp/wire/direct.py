@@ -135,6 +135,23 @@ def connect(address: str, key: bytes | None, timeout: float = HANDSHAKE_TIMEOUT_
     return sock
 
 
+MAX_CLAIM_BYTES = 255
+
+
+def send_claim(sock: socket.socket, peer_id: str) -> None:
+    """Client side, after the key proof: which of the manager's peers this connection speaks for."""
+    raw = peer_id.encode()
+    if len(raw) > MAX_CLAIM_BYTES:
+        raise DirectError("peer id too long")
+    sock.sendall(bytes([len(raw)]) + raw)
+
+
+def read_claim(sock: socket.socket) -> str:
+    """Host side: the peer id a proven client speaks for."""
+    n = _read_exactly(sock, 1)[0]
+    return _read_exactly(sock, n).decode()
+
+
 def _equal(a: bytes, b: bytes) -> bool:
     import hmac
 

@@ -173,6 +173,7 @@ class Welcome(Message):
     slots: int = 0  # worker slots in the cluster now
     max_message: int = 0  # bytes; larger messages are refused (0: no limit)
     nonce: bytes = b""  # with an authkey: the manager's half of the session nonce
+    direct: str = ""  # where the manager's door takes this client's calls directly ("" for none)
 
 
 @message(3)

@@ -26,6 +26,7 @@ from dmp.errors import ProtocolError
 from dmp.wire import handshake, protocol, transport
 from dmp.wire.protocol import ErrorCode, Role
 from dmp_server import gate, objects
+from dmp_server.door import Door
 from dmp_server.peers import Departures, LocalClient, LocalSupervisor, Peer, Peers, describe
 from dmp_server.scheduler import Command, Kill, Scheduler, Send
 
@@ -52,6 +53,8 @@ class Routing:
     max_message: int
     max_clients: int
     max_queued: int
+    door: Door | None  # the direct route for calls on the reactor kinds (dmp_server.door)
+    _poller: zmq.Poller
 
     def status(self) -> dict[str, Any]:
         """The ``dmp status --json`` object; dmp_server.daemon.Daemon provides it."""
@@ -135,7 +138,10 @@ class Routing:
             return
         host = self.chan.peer_address or msg.host
         nonce = self.chan.open_session(ident)
-        welcome = protocol.Welcome(peer_id, VERSION, self.heartbeat_s, len(self.scheduler.workers), self.max_message, nonce)
+        door = self.door.address if self.door is not None else ""
+        welcome = protocol.Welcome(
+            peer_id, VERSION, self.heartbeat_s, len(self.scheduler.workers), self.max_message, nonce, door
+        )
         if self.key is None:
             self._send_raw(ident, welcome)
             self._join(ident, msg, host)
@@ -229,6 +235,11 @@ class Routing:
         elif not isinstance(msg, protocol.Heartbeat):
             self._send(peer, protocol.Error(ErrorCode.BAD_MESSAGE, f"clients may not send {type(msg).__name__}"), [])
 
+    def _door_client(self, peer_id: str) -> bool:
+        """Whether the door may take calls for ``peer_id``: a joined client."""
+        peer = self.peers.by_id.get(peer_id)
+        return peer is not None and peer.role == Role.CLIENT
+
     def _forward_started(self, msg: protocol.TaskStarted) -> None:
         task = self.scheduler.tasks.get(msg.task)
         if task is not None:
@@ -297,6 +308,12 @@ class Routing:
                 self._kill_worker(cmd.worker, signal.SIGKILL)
 
     def _send(self, peer_id: str, msg: protocol.Message, frames: list[Any]) -> None:
+        door = self.door
+        if door is not None and door.routes and type(msg) is protocol.ObjReply:
+            conn = door.routes.pop((peer_id, msg.ref), None)
+            if conn is not None:  # the request came through the door: so does its reply
+                door.reply(conn, msg, frames, self._poller)
+                return
         local = self.locals.get(peer_id)
         if local is not None:
             local.on_message(msg, frames)
