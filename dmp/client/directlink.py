@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +23,8 @@ from dmp.wire import direct, protocol
 from dmp.wire.protocol import ObjStatus
 
 _unreachable: set[str] = set()  # addresses this process could not use
+# Seconds a read on the manager's door waits before the caller looks at its session.
+LOOK_S = 1
 
 
 class _Local(threading.local):
@@ -52,6 +55,9 @@ def _sock(
             if claim is not None:
                 try:
                     direct.send_claim(sock, claim)
+                    # A blocking read that gives up after LOOK_S (EAGAIN), with no extra
+                    # poll per call as a Python-level timeout would cost.
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", LOOK_S, 0))
                 except BaseException:
                     sock.close()
                     raise

@@ -14,6 +14,7 @@ failed (a manager gone silent), so a call never waits forever.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,9 +23,8 @@ from dmp.errors import ManagerUnavailableError
 from dmp.wire import direct, protocol
 from dmp.wire.protocol import ObjStatus
 
-# Seconds between looks at the session while a call waits; and the longest a
-# cancel waits for the manager's ack before the socket is given up.
-LOOK_S = 1.0
+# The longest a cancel waits for the manager's ack before the socket is given
+# up (reads wake every directlink.LOOK_S to look at the session meanwhile).
 CANCEL_WAIT_S = 2.0
 
 
@@ -63,7 +63,6 @@ def request(
 def _await(
     conn: Any, sock: socket.socket, reader: direct.Reader, ref: int
 ) -> tuple[protocol.ObjReply, list[Any]]:
-    sock.settimeout(LOOK_S)
     while True:
         whole = reader.next()
         if whole is not None:
@@ -73,7 +72,7 @@ def _await(
             continue  # the late answer to an undo we did not wait for
         try:
             chunk = sock.recv(1 << 18)
-        except TimeoutError:
+        except BlockingIOError:  # SO_RCVTIMEO passed: is the session still alive?
             if conn.closed is not None:
                 raise ManagerUnavailableError(str(conn.closed)) from None
             continue
@@ -94,11 +93,16 @@ def _cancel(
     a door that does not answer is given up, and the call is cancelled through ZeroMQ instead."""
     try:
         _send_cancel(sock, msg.ref)
-        sock.settimeout(CANCEL_WAIT_S)
+        deadline = time.monotonic() + CANCEL_WAIT_S
         while True:
             whole = reader.next()
             if whole is None:
-                chunk = sock.recv(1 << 18)
+                try:
+                    chunk = sock.recv(1 << 18)
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise
+                    continue
                 if not chunk:
                     raise direct.DirectError("closed")
                 reader.feed(chunk)

@@ -33,6 +33,8 @@ from dmp.wire.protocol import ObjStatus
 
 log = logging.getLogger("dmp.manager")
 
+# Plain ints: zmq's flag enums cost an enum operation per test.
+POLLIN, POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
 MAX_HANDSHAKES = 16
 MAX_CONNECTIONS = 4096
 # A connection whose client stops reading is dropped once this much waits unsent.
@@ -81,15 +83,15 @@ class Door:
         while self.joined:
             sock, peer = self.joined.popleft()
             self.conns[sock.fileno()] = DoorConn(sock, peer)
-            poller.register(sock.fileno(), zmq.POLLIN)
+            poller.register(sock.fileno(), POLLIN)
         for fd, events in ready.items():
             conn = self.conns.get(fd) if type(fd) is int else None
             if conn is None:
                 continue
             ok = True
-            if events & zmq.POLLOUT:
+            if events & POLLOUT:
                 ok = self._flush(conn, poller)
-            if ok and events & zmq.POLLIN:
+            if ok and events & POLLIN:
                 ok = self._read(conn, poller, known, handle)
             if not ok:
                 self._close(conn, poller)
@@ -115,7 +117,7 @@ class Door:
                 return
             if sent < len(data):
                 conn.pending += data[sent:]
-                poller.register(conn.sock.fileno(), zmq.POLLIN | zmq.POLLOUT)
+                poller.register(conn.sock.fileno(), POLLIN | POLLOUT)
         if len(conn.pending) > MAX_PENDING_BYTES:
             log.warning(
                 "direct route: a client stopped reading its replies; dropping its connection"
@@ -202,7 +204,7 @@ class Door:
             return False
         del conn.pending[:sent]
         if not conn.pending:
-            poller.register(conn.sock.fileno(), zmq.POLLIN)
+            poller.register(conn.sock.fileno(), POLLIN)
         return True
 
     def _close(self, conn: DoorConn, poller: zmq.Poller) -> None:
