@@ -20,6 +20,7 @@ from typing import Any
 from dmp import __version__ as VERSION
 from dmp import _config, discovery
 from dmp.client.cluster import fetch_status
+from dmp.deaths import parse_size
 from dmp.errors import AuthenticationError
 from dmp.wire import transport
 from dmp.wire.address import is_loopback, normalize_address
@@ -205,6 +206,14 @@ def _resources(text: str) -> dict[str, float]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _size(text: str) -> int:
+    """``--worker-memory-limit``: 2GiB, 500MB, 1048576 (dmp.deaths.parse_size)."""
+    try:
+        return parse_size(text, "the worker memory limit")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from dmp.node.daemon import run_node
 
@@ -213,7 +222,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"
     _logging(args)
     try:
-        return run_node(target.address, processes=processes, name=name, key=target.key, resources=args.resources)
+        return run_node(target.address, processes=processes, name=name, key=target.key, resources=args.resources,
+                        memory_limit=args.worker_memory_limit or 0)
     except transport.ZMQError as exc:
         raise UsageError(f"cannot connect to {target.address}: {exc.strerror}") from None
 
@@ -315,6 +325,9 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     p.add_argument("--resources", type=_resources, default=None, metavar="NAME=AMOUNT,...",
                    help="what this node has, e.g. GPU=2,MEM=64e9: a Pool(resources={'GPU': 1}) task runs only "
                         "where that much is free, and holds it while it runs")
+    p.add_argument("--worker-memory-limit", type=_size, default=None, metavar="SIZE",
+                   help="resident memory a worker process may use while it runs a task, e.g. 2GiB or 500MB: "
+                        "past it the node kills it and the task's error says so (default: no limit)")
     p.add_argument("--manager-file", metavar="F", help="find the manager through the file `dmp manager --manager-file` wrote")
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("status", help="nodes, slots, queued tasks and clients of a manager")

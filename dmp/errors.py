@@ -26,6 +26,8 @@ import multiprocessing
 from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
 from multiprocessing.pool import RemoteTraceback as _RemoteTraceback  # type: ignore[attr-defined]
 
+from dmp.deaths import WorkerDeath
+
 ProcessError = multiprocessing.ProcessError
 """``multiprocessing.ProcessError`` itself: the base of every dmp error but a task's own."""
 BufferTooShort = multiprocessing.BufferTooShort
@@ -46,6 +48,7 @@ __all__ = [
     "RemoteTraceback",
     "TaskTimeoutError",
     "TimeoutError",
+    "WorkerDeath",
     "WorkerLostError",
 ]
 
@@ -54,23 +57,29 @@ class WorkerLostError(ProcessError):
     """The process running a task died and the task cannot be retried.
 
     Carries the node name, the pid and the exit code (negative for a signal)
-    of the last process that died running it.
+    of the last process that died running it, and ``cause``: a
+    :class:`WorkerDeath` saying what its node knows of why (None when the
+    node went away with it).
     """
 
     def __init__(
-        self, message: str, *, node: str = "", pid: int = 0, exitcode: int | None = None
+        self, message: str, *, node: str = "", pid: int = 0, exitcode: int | None = None,
+        cause: WorkerDeath | None = None,
     ) -> None:
         super().__init__(message)
         self.node = node
         self.pid = pid
         self.exitcode = exitcode
+        self.cause = cause
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_worker_lost, (str(self), self.node, self.pid, self.exitcode))
+        return (_rebuild_worker_lost, (str(self), self.node, self.pid, self.exitcode, self.cause))
 
 
-def _rebuild_worker_lost(message: str, node: str, pid: int, exitcode: int | None) -> WorkerLostError:
-    return WorkerLostError(message, node=node, pid=pid, exitcode=exitcode)
+def _rebuild_worker_lost(
+    message: str, node: str, pid: int, exitcode: int | None, cause: WorkerDeath | None = None
+) -> WorkerLostError:
+    return WorkerLostError(message, node=node, pid=pid, exitcode=exitcode, cause=cause)
 
 
 class TaskTimeoutError(TimeoutError):

@@ -53,6 +53,7 @@ from dmp.client.reactor_proxies import (
     ValueProxy,
 )
 from dmp.client.registry import HOST_BUILTINS, ReactorKind, Registration
+from dmp.client.xmlserial import xml_roundtrip
 from dmp.errors import ManagerUnavailableError, ProcessError
 from dmp.wire import protocol
 from dmp.wire.address import normalize_address
@@ -98,8 +99,9 @@ class BaseManager:
         self._authkey = _config.authkey_from(authkey)
         if serializer not in ("pickle", "xmlrpclib"):
             raise ValueError(f"unknown serializer {serializer!r}: dmp's managers take 'pickle' or 'xmlrpclib'")
-        # Both travel as cloudpickle payloads on ZeroMQ: what xmlrpclib can
-        # carry is a subset of what pickle can.
+        # Both travel as cloudpickle payloads on ZeroMQ; with xmlrpclib the
+        # proxies pass values through xmlrpc's dumps/loads, so tuples come back
+        # lists and what xmlrpc cannot marshal is refused, as in multiprocessing.
         self._serializer = serializer
         self._state = State.INITIAL
         self._process: Any = None
@@ -216,6 +218,9 @@ class BaseManager:
         assert self._address is not None
         conn = proxies.connection(self._address, self._authkey)
         reg = self._registry[typeid]
+        # The standard library's create request goes through xmlrpc too.
+        if self._serializer == "xmlrpclib":
+            args, kwds = tuple(xml_roundtrip(list(args))), xml_roundtrip(kwds)
         if isinstance(reg.callable, ReactorKind):
             plain, frames, info = reg.callable.encode(*args, **kwds)
             msg = protocol.ObjCreate(0, reg.callable.kind, typeid, plain)

@@ -135,12 +135,18 @@ class Daemons:
 
     # --- starting ---------------------------------------------------------------------
 
-    def spawn(self, *args: str, name: str | None = None, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """Run ``python -m dmp ARGS`` in its own process group, logging to ``logdir/NAME.log``."""
+    def spawn(
+        self, *args: str, name: str | None = None, env: dict[str, str] | None = None, wrap: tuple[str, ...] = ()
+    ) -> subprocess.Popen[bytes]:
+        """Run ``python -m dmp ARGS`` in its own process group, logging to ``logdir/NAME.log``.
+
+        ``wrap``: a command that runs first and execs its arguments (say, one that
+        puts itself into a cgroup); the process started is still the daemon's.
+        """
         log_name = name or args[0]
         with open(self.logdir / f"{log_name}.log", "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "dmp", *args], env=env or self.env, cwd=ROOT,
+                [*wrap, sys.executable, "-m", "dmp", *args], env=env or self.env, cwd=ROOT,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         with self._lock:
@@ -177,11 +183,13 @@ class Daemons:
             raise AssertionError(f"{exc}\n{self.logs()}") from None
         return proc
 
-    def start_node(self, name: str, processes: int = 2, *extra: str) -> subprocess.Popen[bytes]:
-        """Start ``dmp worker`` node ``name`` (FAULT_NODE=name) joined to ``self.address``."""
+    def start_node(
+        self, name: str, processes: int = 2, *extra: str, wrap: tuple[str, ...] = ()
+    ) -> subprocess.Popen[bytes]:
+        """Start ``dmp worker`` node ``name`` (FAULT_NODE=name) joined to ``self.address`` (``wrap``: see spawn)."""
         env = dict(self.env, FAULT_NODE=name)
         proc = self.spawn("worker", self.address, "--processes", str(processes), "--name", name, *extra,
-                          name=name, env=env)
+                          name=name, env=env, wrap=wrap)
         self.nodes[name] = proc
         self.processes[name] = processes
         return proc

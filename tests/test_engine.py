@@ -35,14 +35,19 @@ def raw(pool: Any) -> Iterator[Any]:
 
 
 
+# A Hello as protocol 2 wrote it (slots, node, max_tasks before version), and one from the future.
+OLD_HELLO = [2, protocol.Hello.TYPE, [], "client", "x", "h", 1, 4, "", 0, protocol.software_version()]
+NEW_HELLO = [protocol.PROTOCOL_VERSION + 1, protocol.Hello.TYPE, [], "client", "x", "h", 1]
+
+
 @pytest.mark.timeout(30)
-def test_other_protocol_version_gets_a_clear_error(pool, raw) -> None:
-    header = msgpack.packb([protocol.PROTOCOL_VERSION + 1, protocol.Hello.TYPE, [], "client", "x", "h", 1])
-    raw.send_multipart([b"", header])
+@pytest.mark.parametrize("fields", [OLD_HELLO, NEW_HELLO], ids=["protocol-2", "next"])
+def test_other_protocol_version_gets_a_clear_error(pool, raw, fields) -> None:
+    raw.send_multipart([b"", msgpack.packb(fields)])
     msg = reply(raw)
     assert isinstance(msg, protocol.Error)
     assert msg.code == protocol.ErrorCode.VERSION
-    assert str(protocol.PROTOCOL_VERSION + 1) in msg.text and str(protocol.PROTOCOL_VERSION) in msg.text
+    assert msg.text == f"peer speaks dmp protocol version {fields[0]}, this side speaks {protocol.PROTOCOL_VERSION}"
     assert pool.map(square, range(10)) == [x * x for x in range(10)]
 
 

@@ -63,7 +63,7 @@ def test_bad_job_limits_get_a_clear_error(pool: dmp.Pool, raw: zmq.Socket, field
 
 
 def test_a_node_with_bad_resources_is_refused(pool: dmp.Pool, raw: zmq.Socket) -> None:
-    send(raw, protocol.Hello("node", "n", "h", 1, 2, version=protocol.software_version(), resources={"GPU": -1}))
+    send(raw, protocol.Hello("node", "n", "h", 1, version=protocol.software_version(), resources={"GPU": -1}))
     msg = reply(raw)
     assert isinstance(msg, protocol.Error) and "Hello.resources" in msg.text
     assert pool.map(square, range(10)) == [x * x for x in range(10)]

@@ -22,6 +22,7 @@ import weakref
 from typing import Any
 
 from dmp import _config
+from dmp.deaths import parse_size
 from dmp.errors import AuthenticationError, ManagerUnavailableError, TimeoutError
 
 # How often wait_for_workers() and LocalCluster ask the manager again.
@@ -132,22 +133,25 @@ class LocalCluster:
     ``authkey`` None makes a fresh random key (loopback is shared with every
     local user). ``dashboard`` (``HOST:PORT``, port 0 for any free one) makes
     the manager serve its dashboard there; ``dashboard_url`` is then its URL.
+    ``worker_memory_limit`` (bytes, or a text such as ``"2GiB"``) is each
+    node's ``--worker-memory-limit``.
 
     Raises (from the constructor):
-        ValueError: bad ``nodes`` or ``processes``.
+        ValueError: bad ``nodes``, ``processes`` or ``worker_memory_limit``.
         dmp.TimeoutError: the daemons did not all join within START_TIMEOUT_S.
         ManagerUnavailableError: the manager daemon exited at start (its log is quoted).
     """
 
     def __init__(
         self, nodes: int = 2, processes: int | None = None, *, authkey: bytes | str | None = None,
-        dashboard: str | None = None,
+        dashboard: str | None = None, worker_memory_limit: int | str | None = None,
     ) -> None:
         for label, value in (("nodes", nodes), ("processes", processes)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{label} must be a positive int, not {value!r}")
         self.nodes = nodes
         self.processes = processes or _config.cpu_count()
+        self.worker_memory_limit = 0 if worker_memory_limit is None else parse_size(worker_memory_limit)
         key = _config.authkey_from(authkey)
         self.authkey: bytes = key or secrets.token_hex(16).encode()
         self.address = ""
@@ -202,9 +206,10 @@ class LocalCluster:
         info = discovery.read_manager_file(manager_file)
         self.address = info["address"]
         self.dashboard_url = info.get("dashboard")
+        memory = ["--worker-memory-limit", str(self.worker_memory_limit)] if self.worker_memory_limit else []
         for i in range(self.nodes):
             self._spawn("worker", "--manager-file", manager_file, "--authkey-file", self._keyfile,
-                        "--processes", str(self.processes),
+                        "--processes", str(self.processes), *memory,
                         "--name", f"local-{i + 1}", log=f"node-{i + 1}.log")
         left = max(0.0, deadline - time.monotonic())
         try:

@@ -24,6 +24,7 @@ from typing import Any
 from dmp import _config
 from dmp.client import session as session_mod
 from dmp.client.turns import Turns
+from dmp.deaths import parse_size
 from dmp.errors import ProcessError
 from dmp.node import runners
 from dmp.node.supervisor import Supervisor
@@ -41,6 +42,7 @@ class LocalEngine:
         initargs: tuple[Any, ...],
         max_tasks: int,
         method: str = "fork",
+        memory_limit: int = 0,
     ) -> None:
         from dmp_server.daemon import Daemon
 
@@ -48,7 +50,7 @@ class LocalEngine:
         template = WorkerConfig(
             address=endpoint, node="local", initializer=initializer, initargs=initargs, max_tasks=max_tasks
         )
-        self.supervisor = Supervisor(template, count=processes, method=method)
+        self.supervisor = Supervisor(template, count=processes, method=method, memory_limit=memory_limit)
         self.daemon = Daemon(bind=[endpoint], supervisor=self.supervisor)
         self.turns = Turns(self.daemon.poll, self.daemon.handle, self.daemon.wake, reenter=False)
         self.session = session_mod.Session()
@@ -135,11 +137,26 @@ def for_pool(
     initargs: tuple[Any, ...],
     maxtasksperchild: int | None,
     context: Any,
+    worker_memory_limit: int | str | None = None,
 ) -> tuple[LocalEngine | ClusterEngine, runners.PoolInit | None, int]:
     """The engine a Pool runs on, the initializer its cluster workers run (or
     None), and its size: a ClusterEngine when ``target`` names a manager, else
-    a LocalEngine forking ``processes`` workers."""
+    a LocalEngine forking ``processes`` workers.
+
+    ``worker_memory_limit`` (bytes, or a text such as ``"2GiB"``; local pools
+    only, a cluster's nodes set theirs with ``dmp worker
+    --worker-memory-limit``): a worker whose resident memory passes it while
+    running a task is killed, and the task is retried or fails as for any
+    lost worker.
+
+    Raises:
+        ValueError: a bad ``worker_memory_limit``, or one for a cluster.
+    """
+    memory_limit = 0 if worker_memory_limit is None else parse_size(worker_memory_limit)
     if target.address is not None:
+        if memory_limit:
+            raise ValueError("worker_memory_limit= is for a local pool; a cluster's nodes set theirs "
+                             "(dmp worker --worker-memory-limit)")
         init = None
         if initializer is not None or maxtasksperchild is not None:
             init = runners.PoolInit(uuid.uuid4().hex, initializer, initargs, maxtasksperchild or 0)
@@ -156,5 +173,6 @@ def for_pool(
         initargs=initargs,
         max_tasks=maxtasksperchild or 0,
         method=method or "fork",
+        memory_limit=memory_limit,
     )
     return local, None, processes

@@ -43,8 +43,9 @@ class Executor(cf.Executor):
         max_tasks_per_child: int | None = None,
         task_timeout: float | None = None,
         resources: dict[str, float] | None = None,
+        worker_memory_limit: int | str | None = None,
     ) -> None:
-        """``task_timeout`` and ``resources`` are as for ``dmp.Pool``.
+        """``task_timeout``, ``resources`` and ``worker_memory_limit`` are as for ``dmp.Pool``.
 
         Raises ValueError for a bad argument.
         """
@@ -53,7 +54,7 @@ class Executor(cf.Executor):
         # None: the CPU count locally, every worker slot of a cluster (as Pool does).
         self._pool = Pool(
             max_workers, initializer, initargs, max_tasks_per_child, address=address, authkey=authkey,
-            task_timeout=task_timeout, resources=resources,
+            task_timeout=task_timeout, resources=resources, worker_memory_limit=worker_memory_limit,
         )
         self._max_workers = self._pool._processes
         # Like concurrent.futures' call queue: at most this many submitted

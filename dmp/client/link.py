@@ -72,7 +72,7 @@ class RemoteLink:
         self._poller = select.poll()  # polled by the turn's holder only
         self._poller.register(self._fd, select.POLLIN)
         self._poller.register(self._wake.fd, select.POLLIN)
-        hello = protocol.Hello(protocol.Role.CLIENT, f"client-{os.getpid()}", socket.gethostname(), os.getpid(), max_workers)
+        hello = protocol.Hello(protocol.Role.CLIENT, f"client-{os.getpid()}", socket.gethostname(), os.getpid(), max_workers=max_workers)
         with self._io:
             self._chan.send(hello)
         self._thread = threading.Thread(target=self._run, name="dmp-link", daemon=True)

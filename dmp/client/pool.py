@@ -40,8 +40,9 @@ class Pool:
 
     ``multiprocessing.Pool``'s arguments, plus ``address``/``authkey`` (a
     cluster; else ``dmp.connect()``'s or ``DMP_ADDRESS``, else local),
-    ``max_retries`` (reruns of a task whose worker died) and ``modules``
-    (modules whose code travels by value to nodes that lack them).
+    ``max_retries`` (reruns of a task whose worker died), ``modules``
+    (modules whose code travels by value to nodes that lack them) and
+    ``worker_memory_limit`` (local pools: see dmp.client.engine.for_pool).
 
     Raises:
         ValueError: ``processes`` below 1, a bad ``maxtasksperchild`` or
@@ -66,9 +67,11 @@ class Pool:
         modules: Iterable[Any] = (),
         task_timeout: float | None = None,
         resources: dict[str, float] | None = None,
+        worker_memory_limit: int | str | None = None,
     ) -> None:
-        """Raises ValueError (a bad argument; ``resources`` in local mode) or
-        TypeError (``initializer`` not callable)."""
+        """Raises ValueError (a bad argument; ``resources`` in local mode,
+        ``worker_memory_limit`` in cluster mode) or TypeError (``initializer``
+        not callable)."""
         self._state = RUN
         if processes is not None and processes < 1:
             raise ValueError("Number of processes must be at least 1")
@@ -92,7 +95,7 @@ class Pool:
         self._engine: Any
         self._init: runners.PoolInit | None
         self._engine, self._init, self._processes = for_pool(
-            target, processes, initializer, tuple(initargs), maxtasksperchild, context
+            target, processes, initializer, tuple(initargs), maxtasksperchild, context, worker_memory_limit
         )
         self._session: Session = self._engine.session
         self._link = self._session.link  # what a caller waiting on a result serves

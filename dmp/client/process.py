@@ -9,8 +9,9 @@ Popen object, so join/is_alive/exitcode/terminate/kill/sentinel keep their
 standard meaning.
 
     start() -> DefineJob(RunProcess) + Submit -> manager -> worker
-    worker --TaskStarted(pid)--> client        worker --Output--> client's stdout
-    worker --Results(exit code)--> client      (or LOST: the signal's exit code)
+    worker --TaskStarted(pid)--> manager --JobTaskStarted(pid)--> client
+    worker --TaskOutput--> manager --JobOutput--> client's stdout
+    worker --TaskDone(exit code)--> manager --JobResults--> client  (or LOST: the signal's exit code)
     terminate()/kill() -> SignalJob -> manager -> node -> os.kill(worker pid)
 """
 
@@ -141,7 +142,7 @@ class _ClusterPopen(Sink):
         if status == Status.OK:
             code = serialization.loads(frames)
             self._finish(code if isinstance(code, int) else 1)
-        elif status == Status.LOST and isinstance(info, list) and len(info) == 4:
+        elif status == Status.LOST and isinstance(info, list) and len(info) in (4, 5):
             self.pid = self.pid or int(info[2] or 0) or None
             self._finish(int(info[3]) if info[3] is not None else -signal.SIGKILL)
         elif status == Status.REFUSED:

@@ -34,6 +34,7 @@ from dmp.client.proxylink import connection as connection
 from dmp.client.proxylink import forget as forget
 from dmp.client.proxylink import key_for as key_for
 from dmp.client.proxylink import remember_key as remember_key
+from dmp.client.xmlserial import xml_roundtrip
 from dmp.wire import protocol
 from dmp.wire.protocol import ObjStatus
 
@@ -132,6 +133,7 @@ class BaseProxy:
     ) -> None:
         self._token = token
         self._manager = manager
+        self._serializer = "xmlrpclib" if serializer == "xmlrpclib" else "pickle"
         self._exposed = tuple(exposed) if exposed is not None else None
         self._tracked = False
         if authkey is not None:
@@ -175,7 +177,7 @@ class BaseProxy:
         if count is not None:
             count[1] = 1  # shared: never released by garbage collection here
         auto = getattr(type(self), "_dmp_auto", False)
-        return (RebuildProxy, (None if auto else type(self), self._token, self._exposed, auto))
+        return (RebuildProxy, (None if auto else type(self), self._token, self._exposed, auto, self._serializer))
 
     def __deepcopy__(self, memo: Any) -> Any:
         return self._getvalue()
@@ -194,6 +196,14 @@ class BaseProxy:
 
     # --- calls ---
 
+    def _dumps(self, obj: Any) -> list[Any]:
+        """The payload frames of a value sent to the shared object (see xml_roundtrip)."""
+        return serialization.dumps(xml_roundtrip(obj) if self._serializer == "xmlrpclib" else obj)
+
+    def _loads(self, frames: list[Any]) -> Any:
+        obj = serialization.loads(frames)
+        return xml_roundtrip(obj) if self._serializer == "xmlrpclib" else obj
+
     def _request(self, msg: Any, frames: Sequence[Any] = (), undo: Undo | None = None) -> tuple[Any, list[Any]]:
         reply, out = self._conn().request(msg, frames, undo)
         raise_for(reply, out)
@@ -201,6 +211,8 @@ class BaseProxy:
 
     def _callmethod(self, methodname: str, args: Sequence[Any] = (), kwds: dict[str, Any] | None = None) -> Any:
         """Call ``methodname`` on the object in the object host; its exception is raised here."""
+        if self._serializer == "xmlrpclib":
+            args, kwds = xml_roundtrip(list(args)), xml_roundtrip(dict(kwds or {}))
         frames = serialization.dumps((tuple(args), dict(kwds or {})))
         oid = self._token.id
         conn = self._conn()
@@ -217,14 +229,15 @@ class BaseProxy:
             conn.direct[reply.oid or oid] = reply.direct
         if reply.oid:  # method_to_typeid made a new object: value is [typeid, exposed]
             typeid, exposed = reply.value
-            return make_proxy(Token(typeid, self._token.address, reply.oid), exposed, self._manager)
-        return serialization.loads(out) if out else None
+            token = Token(typeid, self._token.address, reply.oid)
+            return make_proxy(token, exposed, self._manager, serializer=self._serializer)
+        return self._loads(out) if out else None
 
     def _getvalue(self) -> Any:
         return self._callmethod("#GETVALUE")
 
 
-def make_proxy(token: Token, exposed: Any, manager: Any = None, incref: bool = True) -> BaseProxy:
+def make_proxy(token: Token, exposed: Any, manager: Any = None, incref: bool = True, serializer: str = "pickle") -> BaseProxy:
     """A proxy of the registered type for ``token.typeid`` (an AutoProxy if none)."""
     proxytype = PROXY_TYPES.get(token.typeid)
     if manager is not None:
@@ -232,19 +245,19 @@ def make_proxy(token: Token, exposed: Any, manager: Any = None, incref: bool = T
         if reg is not None:
             proxytype = reg.proxytype
     if proxytype is None or proxytype is AutoProxy:
-        return AutoProxy(token, manager=manager, exposed=exposed, incref=incref)
-    return proxytype(token, manager=manager, exposed=exposed, incref=incref)  # type: ignore[no-any-return]
+        return AutoProxy(token, serializer, manager=manager, exposed=exposed, incref=incref)
+    return proxytype(token, serializer, manager=manager, exposed=exposed, incref=incref)  # type: ignore[no-any-return]
 
 
-def RebuildProxy(proxytype: Any, token: Token, exposed: Any, auto: bool = False) -> BaseProxy:
+def RebuildProxy(proxytype: Any, token: Token, exposed: Any, auto: bool = False, serializer: str = "pickle") -> BaseProxy:
     """Unpickle a proxy. In the object host it is kept (held by the host), not tracked."""
     retain = getattr(_state, "retain", None)
     incref = retain is None
     if retain is not None:
         retain.append(token.id)
     if auto:
-        return AutoProxy(token, exposed=exposed, incref=incref)
-    return proxytype(token, exposed=exposed, incref=incref)  # type: ignore[no-any-return]
+        return AutoProxy(token, serializer, exposed=exposed, incref=incref)
+    return proxytype(token, serializer, exposed=exposed, incref=incref)  # type: ignore[no-any-return]
 
 
 def MakeProxyType(name: str, exposed: Sequence[str], _cache: dict[tuple[str, tuple[str, ...]], type] = {}) -> type:  # noqa: B006
@@ -276,7 +289,7 @@ def AutoProxy(token: Token, serializer: Any = None, manager: Any = None, authkey
     """A proxy built from the exposed methods the object host reported."""
     cls = MakeProxyType(f"AutoProxy[{token.typeid}]", tuple(exposed or ()))
     cls._dmp_auto = True  # type: ignore[attr-defined]
-    return cls(token, manager=manager, exposed=exposed, incref=incref, manager_owned=manager_owned)  # type: ignore[no-any-return]
+    return cls(token, serializer, manager=manager, exposed=exposed, incref=incref, manager_owned=manager_owned)  # type: ignore[no-any-return]
 
 
 # --- proxies of the host kinds (as in multiprocessing.managers) -----------------------------------

@@ -17,7 +17,6 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from dmp import serialization
 from dmp.client.proxies import BaseProxy, Undo
 from dmp.wire import protocol
 
@@ -57,10 +56,10 @@ class QueueProxy(_ReactorProxy):
     _undo_ = {"get": Undo("unget")}
 
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
-        self._call("put", None, serialization.dumps(obj), _timeout(block, timeout))
+        self._call("put", None, self._dumps(obj), _timeout(block, timeout))
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        return serialization.loads(self._call("get", None, (), _timeout(block, timeout))[1])
+        return self._loads(self._call("get", None, (), _timeout(block, timeout))[1])
 
     def put_nowait(self, obj: Any) -> None:
         self.put(obj, False)
@@ -217,10 +216,10 @@ class ValueProxy(_ReactorProxy):
     _exposed_: tuple[str, ...] = ("get", "set")
 
     def get(self) -> Any:
-        return serialization.loads(self._call("get")[1])
+        return self._loads(self._call("get")[1])
 
     def set(self, value: Any) -> None:
-        self._call("set", None, serialization.dumps(value))
+        self._call("set", None, self._dumps(value))
 
     value = property(get, set)
 

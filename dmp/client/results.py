@@ -23,6 +23,7 @@ from typing import Any
 from dmp import serialization
 from dmp.client.progress import Progress
 from dmp.client.sink import MapSink, Sink
+from dmp.deaths import WorkerDeath
 from dmp.errors import ProcessError, TaskTimeoutError, TimeoutError, WorkerLostError
 from dmp.wire.protocol import Status
 
@@ -37,9 +38,12 @@ def decode(status: int, frames: list[Any], info: Any) -> tuple[bool, Any]:
     except Exception as exc:  # unpickling a result can fail on this side too
         return False, exc
     if status == Status.LOST:
-        if isinstance(info, list) and len(info) == 4:
-            text, node, pid, exitcode = info
-            return False, WorkerLostError(str(text), node=str(node), pid=int(pid or 0), exitcode=exitcode)
+        if isinstance(info, list) and len(info) in (4, 5):
+            text, node, pid, exitcode = info[:4]
+            cause = WorkerDeath.from_wire(info[4], exitcode) if len(info) == 5 else None
+            return False, WorkerLostError(
+                str(text), node=str(node), pid=int(pid or 0), exitcode=exitcode, cause=cause
+            )
         return False, WorkerLostError(str(info))
     if status == Status.TIMEOUT:
         if isinstance(info, list) and len(info) == 4:

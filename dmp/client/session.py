@@ -3,7 +3,7 @@
     user thread --new_job/submit--> credit.charge/take --> link.post(msg, frames)
         local link:  the embedded daemon, on this thread or queued (same process)
         remote link: a DEALER socket to the manager daemon (cluster)
-    link thread --on_message(Results)--> credit.release, sink.on_result(...)
+    link thread --on_message(JobResults)--> credit.release, sink.on_result(...)
 
 ``Session`` here always means this: the client's job bookkeeping (job ids,
 each job's sink, the credit). The signed conversation on the wire is the
@@ -126,11 +126,11 @@ class Session:
     # --- called on the link's thread -------------------------------------------------
 
     def on_message(self, msg: protocol.Message, frames: list[Any]) -> None:
-        if isinstance(msg, protocol.Results):
+        if isinstance(msg, protocol.JobResults):
             sinks = self.sinks
             pos = 0
             finished = 0
-            for job, task_id, status, nframes, _run_s, info in msg.items:
+            for job, task_id, status, nframes, info in msg.items:
                 payload = frames[pos : pos + nframes]
                 pos += nframes
                 sink = sinks.get(job)
@@ -140,11 +140,11 @@ class Session:
                     sinks.pop(job, None)
             if finished:
                 self.credit.release(finished)
-        elif isinstance(msg, protocol.TaskStarted):
+        elif isinstance(msg, protocol.JobTaskStarted):
             sink = self.sinks.get(msg.job)
             if sink is not None:
                 sink.on_started(msg.pid, msg.node)
-        elif isinstance(msg, protocol.Output):
+        elif isinstance(msg, protocol.JobOutput):
             stream = sys.stderr if msg.stream == "stderr" else sys.stdout
             if stream is not None:
                 prefix = f"({msg.origin}) "

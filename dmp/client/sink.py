@@ -7,12 +7,12 @@ also drives, subclass :class:`MapSink`. Nobody probes a sink with
 ``getattr``: what is not overridden here has a default that does nothing.
 
     Session.on_message (link thread, or a caller leading the link):
-        Results      -> on_result(task, status, frames, info) per outcome
-                        (a raising on_result is reported, then finished() asked)
-        TaskStarted  -> on_started(pid, node)
-        Error(job)   -> on_failure(exc)        the manager refused the job
+        JobResults      -> on_result(task, status, frames, info) per outcome
+                           (a raising on_result is reported, then finished() asked)
+        JobTaskStarted  -> on_started(pid, node)
+        Error(job)      -> on_failure(exc)        the manager refused the job
     Session.fail_all (any thread: link lost, pool closed or terminated)
-                     -> on_failure(exc)
+                        -> on_failure(exc)
     Pool feeder thread (MapSink only):
         abandoned()  before each batch: stop feeding a job nobody reads
         fail_chunk() a chunk that never left (did not pickle, iterable raised)
@@ -46,8 +46,9 @@ class Sink(abc.ABC):
     def on_result(self, task_id: int, status: Status, frames: list[Any], info: Any) -> bool:
         """One task's outcome (``CANCELLED`` included); True when the job needs nothing more.
 
-        ``info`` is the Results item's info: for ``LOST`` ``[text, node, pid,
-        exitcode]``, for ``CANCELLED`` a text. A user callback raising here
+        ``info`` is the JobResults item's info: for ``LOST`` ``[text, node, pid,
+        exitcode, cause]`` (cause: dmp.deaths.WorkerDeath.to_wire), for
+        ``CANCELLED`` a text. A user callback raising here
         propagates; the session reports it and asks :meth:`finished`.
         """
 
@@ -56,7 +57,7 @@ class Sink(abc.ABC):
         """The whole job failed (session lost, pool stopped, job refused); may come more than once."""
 
     def on_started(self, pid: int, node: str) -> None:
-        """A worker announced it is running this job's task (``TaskStarted``)."""
+        """A worker announced it is running this job's task (``JobTaskStarted``)."""
         return None  # most jobs do not care
 
     def finished(self) -> bool:

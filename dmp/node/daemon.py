@@ -1,13 +1,14 @@
 """The worker node daemon (``dmp worker``): keeps N worker processes joined to a manager.
 
     node --Hello(node)/Heartbeat/WorkerExited--> manager
-    node --fork--> worker processes --Hello(worker)/Results--> manager (directly)
+    node --fork--> worker processes --Hello(worker)/TaskDone--> manager (directly)
     worker sentinel readable -> reap -> WorkerExited(running task) -> respawn
 
 The node never carries task data: workers talk to the manager themselves, so
 a node is only liveness and supervision (dmp.wire.peer.PeerLoop: it beats as
 the manager's Welcome says, and kills a worker stopped for as long as the
-manager would take to drop a silent peer). When the manager goes away the
+manager would take to drop a silent peer, or busy past ``--worker-memory-limit``).
+Its WorkerExited says what it knows of the death (dmp.deaths.WorkerDeath). When the manager goes away the
 sockets reconnect by themselves and node and workers say Hello again.
 
 Before it first joins, a node that the manager refuses (a wrong authkey, or
@@ -25,6 +26,7 @@ import time
 from typing import Any
 
 from dmp import _config
+from dmp.deaths import format_size
 from dmp.errors import AuthenticationError
 from dmp.node.supervisor import Supervisor
 from dmp.node.worker import WorkerConfig
@@ -41,7 +43,8 @@ class NodeDaemon:
     """The node daemon (`dmp worker`): keeps this node's worker processes joined, reports their exits."""
 
     def __init__(
-        self, address: str, *, processes: int, name: str, key: bytes | None, resources: dict[str, float] | None = None
+        self, address: str, *, processes: int, name: str, key: bytes | None, resources: dict[str, float] | None = None,
+        memory_limit: int = 0,
     ) -> None:
         self.address = address
         self.name = name
@@ -50,7 +53,7 @@ class NodeDaemon:
         template = WorkerConfig(
             address=address, node=name, key=key, by_value=True, heartbeat=True, forward_output=True
         )
-        self.supervisor = Supervisor(template, count=processes, name_prefix="dmp-worker")
+        self.supervisor = Supervisor(template, count=processes, name_prefix="dmp-worker", memory_limit=memory_limit)
         self._stop = False
         self._welcomed_once = False
         self.status = 0
@@ -63,8 +66,7 @@ class NodeDaemon:
         # Fork the workers before this process has a live ZeroMQ context.
         self.supervisor.start()
         hello = protocol.Hello(
-            protocol.Role.NODE, self.name, socket.gethostname(), os.getpid(), self.supervisor.count,
-            resources=self.resources,
+            protocol.Role.NODE, self.name, socket.gethostname(), os.getpid(), resources=self.resources
         )
         peer = PeerLoop(self.address, self.key, hello, on_refused=self._refused)
         peer.watch_handshake()
@@ -106,9 +108,10 @@ class NodeDaemon:
                     exited = self.supervisor.reap(fd)
                     if exited is None:
                         continue
-                    log.warning("worker pid %d exited (%d)", exited.pid, exited.exitcode)
+                    log.warning("worker pid %d %s", exited.pid, exited.cause)
                     peer.send(protocol.WorkerExited(
-                        exited.worker, exited.pid, exited.exitcode, exited.running, int(exited.timed_out)
+                        exited.worker, exited.pid, exited.exitcode, exited.running, int(exited.timed_out),
+                        exited.cause.to_wire(),
                     ))
                     if not self._stop:
                         self.supervisor.spawn()
@@ -119,6 +122,9 @@ class NodeDaemon:
                     killed, upcoming = self.supervisor.kill_overdue(now)
                     for pid, key in killed:
                         log.warning("worker pid %d ran task %d past its timeout: killed", pid, key)
+                    for pid, key, rss in self.supervisor.kill_over_memory():
+                        log.warning("worker pid %d running task %d used %s, over the worker memory limit of %s: "
+                                    "killed", pid, key, format_size(rss), format_size(self.supervisor.memory_limit))
                     check_at = now + _config.DEADLINE_CHECK_S
                     if upcoming is not None and upcoming < check_at:
                         check_at = upcoming
@@ -168,13 +174,16 @@ class NodeDaemon:
 
 
 def run_node(
-    address: str, *, processes: int, name: str, key: bytes | None, resources: dict[str, float] | None = None
+    address: str, *, processes: int, name: str, key: bytes | None, resources: dict[str, float] | None = None,
+    memory_limit: int = 0,
 ) -> int:
     """Run a node until SIGTERM/SIGINT; returns its exit status (0, or EXIT_REFUSED).
 
-    ``resources`` (name -> amount) is what the node declares it has.
+    ``resources`` (name -> amount) is what the node declares it has;
+    ``memory_limit`` the resident bytes a busy worker may use (0: no limit).
     """
-    node = NodeDaemon(address, processes=processes, name=name, key=key, resources=resources)
+    node = NodeDaemon(address, processes=processes, name=name, key=key, resources=resources,
+                      memory_limit=memory_limit)
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)
     return node.run()

@@ -6,7 +6,13 @@ owner registers the sentinels in its reactor's poller (:meth:`watch`); a
 readable sentinel is a death to :meth:`reap`, which says which task the
 worker was running at the time. On its timer the owner calls
 :meth:`kill_overdue`: a worker whose task ran past the deadline in its slot
-(its job's ``task_timeout``) is killed, and its reaping says so.
+(its job's ``task_timeout``) is killed, and its reaping says so; and
+:meth:`kill_over_memory`: with a worker memory limit, a busy worker whose
+resident set (``/proc/PID/statm``) passed it is killed, its task blamed.
+
+Every reaping carries a :class:`dmp.deaths.WorkerDeath`: the exit code, plus
+what the supervisor knows of it (its own kills; for any other SIGKILL, the
+memory cgroup's OOM-kill count, dmp.node.oomwatch).
 """
 
 from __future__ import annotations
@@ -22,8 +28,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from dmp import deaths
+from dmp.deaths import WorkerDeath
 from dmp.node import slot as slot_mod
 from dmp.node import worker as worker_mod
+from dmp.node.oomwatch import OomCounter
 
 _pool_counter = itertools.count(1)
 
@@ -35,6 +44,7 @@ class Exited:
     exitcode: int
     running: int  # task key it was running, -1 for none
     timed_out: bool = False  # killed by kill_overdue for running ``running`` too long
+    cause: WorkerDeath = dataclasses.field(default_factory=lambda: WorkerDeath(deaths.UNKNOWN))
 
 
 @dataclass(slots=True)
@@ -44,6 +54,21 @@ class _Handle:
     slot: Any
     stopped_since: float = 0.0  # monotonic time it was first seen stopped (0: running)
     overdue: int = -1  # key of the task it was killed for running past its deadline
+    over_memory: int = -1  # key of the task it was killed for passing the memory limit
+    rss: int = 0  # its resident set then, bytes
+    killed: str = ""  # why we killed it otherwise: "stopped" (kill_frozen), "asked" (kill)
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_bytes(pid: int) -> int:
+    """The resident set of ``pid`` in bytes (``/proc/PID/statm``), 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def _is_stopped(pid: int) -> bool:
@@ -60,10 +85,12 @@ class Supervisor:
     """Keeps ``count`` worker processes alive until told to stop."""
 
     def __init__(
-        self, template: worker_mod.WorkerConfig, *, count: int, name_prefix: str | None = None, method: str = "fork"
+        self, template: worker_mod.WorkerConfig, *, count: int, name_prefix: str | None = None, method: str = "fork",
+        memory_limit: int = 0,
     ) -> None:
         """``method``: the start method of the workers (local mode may spawn them;
-        a node always forks, from a process that holds no live context)."""
+        a node always forks, from a process that holds no live context).
+        ``memory_limit``: bytes of resident memory a busy worker may use (0: no limit)."""
         self.template = template
         self.method = method
         self._ctx: Any = multiprocessing.get_context(method)
@@ -76,6 +103,8 @@ class Supervisor:
         self._serial = itertools.count(1)
         self._tag = f"{os.getpid()}-{next(_pool_counter)}"
         self.respawn = True
+        self.memory_limit = memory_limit
+        self._oom = OomCounter()
 
     def start(self) -> None:
         """Fork the initial workers (from the calling thread)."""
@@ -137,7 +166,44 @@ class Supervisor:
         except ValueError:
             pass
         timed_out = handle.overdue >= 0 and handle.overdue == running
-        return Exited(handle.worker_id, pid, exitcode, running, timed_out)
+        return Exited(handle.worker_id, pid, exitcode, running, timed_out, self._cause(handle, exitcode, running))
+
+    def _cause(self, handle: _Handle, exitcode: int, running: int) -> WorkerDeath:
+        if handle.over_memory >= 0 and handle.over_memory == running:
+            return WorkerDeath(deaths.MEMORY_LIMIT, exitcode, handle.rss, self.memory_limit)
+        if handle.killed == "stopped":
+            return WorkerDeath(deaths.STOPPED, exitcode)
+        if exitcode == -signal.SIGKILL and not handle.killed and handle.overdue < 0 and handle.over_memory < 0:
+            # Nobody here sent it: the OOM killer's count tells whether it did.
+            return WorkerDeath.of_exit(exitcode, oom=self._oom.explains_sigkill())
+        return WorkerDeath.of_exit(exitcode)
+
+    def kill_over_memory(self) -> list[tuple[int, int, int]]:
+        """SIGKILL every busy worker whose resident set is over ``memory_limit``.
+
+        Read from ``/proc/PID/statm`` (one small read per busy worker; idle
+        ones are not charged for what they hold between tasks). Its death then
+        reaches :meth:`reap`, whose cause says the task passed the limit.
+        Returns the (pid, task key, RSS bytes) of those killed.
+        """
+        killed: list[tuple[int, int, int]] = []
+        if not self.memory_limit:
+            return killed
+        for handle in self.handles.values():
+            key = slot_mod.read_slot(handle.slot)
+            pid = handle.process.pid
+            if key < 0 or handle.over_memory == key or not pid:
+                continue
+            rss = resident_bytes(pid)
+            if rss <= self.memory_limit:
+                continue
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            handle.over_memory, handle.rss = key, rss
+            killed.append((pid, key, rss))
+        return killed
 
     def kill_overdue(self, now: float) -> tuple[list[tuple[int, int]], float | None]:
         """SIGKILL every worker whose running task is past its deadline.
@@ -186,6 +252,7 @@ class Supervisor:
             elif now - handle.stopped_since > limit:
                 try:
                     os.kill(pid, signal.SIGKILL)
+                    handle.killed = "stopped"
                     killed.append(pid)
                 except ProcessLookupError:
                     pass
@@ -198,6 +265,7 @@ class Supervisor:
     def kill(self, worker_id: str) -> None:
         handle = self.by_id.get(worker_id)
         if handle is not None and handle.process.pid:
+            handle.killed = handle.killed or "asked"
             try:
                 os.kill(handle.process.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -209,6 +277,7 @@ class Supervisor:
         sig = signal.SIGKILL if kill else signal.SIGTERM
         for handle in list(self.handles.values()):
             pid = handle.process.pid
+            handle.killed = handle.killed or "asked"
             if pid and handle.process.exitcode is None:
                 try:
                     os.kill(pid, sig)

@@ -2,7 +2,7 @@
 
     manager --Dispatch(jobs, tasks)--> [runner cache] [task queue]
         run one task -> pickle result (or exception) -> batch
-    manager <--Results(batch)-- flushed when the queue runs dry, or every
+    manager <--TaskDone(batch)-- flushed when the queue runs dry, or every
         FLUSH_SECONDS / FLUSH_ITEMS while it is busy
 
 Before each task the worker writes the task key (and, if its job has a
@@ -34,12 +34,12 @@ from dmp.node.slot import SLOT
 from dmp.wire import protocol, transport
 from dmp.wire.peer import PeerLoop
 
-# Results wait at most this long (or this many) in the worker before being
+# Outcomes wait at most this long (or this many) in the worker before being
 # sent, while more tasks are queued; an idle worker sends at once. Batching
 # turns 100k tiny results into ~1k messages; the delay bounds added latency.
 FLUSH_SECONDS = 0.001
 FLUSH_ITEMS = 128
-# Room left in a Results message for its header and signature.
+# Room left in a TaskDone message for its header and signature.
 RESULT_HEADROOM = 64 * 1024
 # A busy worker looks for new messages (ForgetJobs, Bye) every this many tasks.
 DRAIN_EVERY = 32
@@ -111,7 +111,7 @@ def worker_main(cfg: WorkerConfig) -> None:
         proxylink = sys.modules.get("dmp.client.proxylink")
         if proxylink is not None:
             proxylink.close_all()
-        # Without this, the last Results and the Bye could die unsent in
+        # Without this, the last TaskDone and the Bye could die unsent in
         # ZeroMQ's queue (bounded by LINGER_MS).
         transport.context().term()
     if worker.exit_code:
@@ -119,7 +119,7 @@ def worker_main(cfg: WorkerConfig) -> None:
 
 
 class WorkerLoop:
-    """A worker process's peer and main loop: Dispatch in, tasks run in order, Results out."""
+    """A worker process's peer and main loop: Dispatch in, tasks run in order, TaskDone out."""
 
     def __init__(self, cfg: WorkerConfig) -> None:
         self.cfg = cfg
@@ -129,7 +129,6 @@ class WorkerLoop:
             name=cfg.worker_id,
             host=socket.gethostname(),
             pid=os.getpid(),
-            slots=1,
             node=cfg.node,
             max_tasks=cfg.max_tasks,
         )
@@ -257,7 +256,7 @@ class WorkerLoop:
                 result = runners.call(task)
             else:
                 if fn.announce:
-                    self.chan.send(protocol.TaskStarted(0, key, os.getpid(), self.cfg.node))
+                    self.chan.send(protocol.TaskStarted(key, os.getpid(), self.cfg.node))
                 result = fn(task, self.context)
         except BaseException as exc:  # a task's SystemExit is its result, not our exit
             if isinstance(exc, KeyboardInterrupt):
@@ -287,7 +286,7 @@ class WorkerLoop:
             )
             size = sum(len(f) for f in payload)
         if self.out_items and self.max_message and self.out_bytes + size > limit:
-            self.flush()  # keep each Results message under the limit
+            self.flush()  # keep each TaskDone message under the limit
         if self.cfg.forward_output:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -309,13 +308,13 @@ class WorkerLoop:
         items, frames = self.out_items, self.out_frames
         self.out_items, self.out_frames = [], []
         self.out_bytes = 0
-        self.chan.send(protocol.Results(items), frames)
+        self.chan.send(protocol.TaskDone(items), frames)
         if sys.stdout is not None:
             sys.stdout.flush()
 
     def output(self, stream: str, text: str) -> None:
         """Lines a task printed go to the client that submitted it."""
-        self.chan.send(protocol.Output(0, self.current, stream, text, self.origin))
+        self.chan.send(protocol.TaskOutput(self.current, stream, text, self.origin))
 
 
 def _die_with_parent() -> None:
@@ -336,7 +335,7 @@ def _die_with_parent() -> None:
 
 
 class _Forward(io.TextIOBase):
-    """sys.stdout/sys.stderr of a cluster worker: whole lines become Output messages."""
+    """sys.stdout/sys.stderr of a cluster worker: whole lines become TaskOutput messages."""
 
     def __init__(self, worker: WorkerLoop, stream: str) -> None:
         self.worker = worker

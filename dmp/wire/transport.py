@@ -294,7 +294,7 @@ class Channel:
             frames = protocol.unpack(sizes, views[1:])
         except ProtocolError as exc:
             reply = protocol.Error(protocol.ErrorCode.BAD_MESSAGE, str(exc)) if kind == handshake.OK else None
-            if reply is not None and "version" in str(exc):
+            if reply is not None and isinstance(exc, protocol.VersionMismatch):
                 reply.code = protocol.ErrorCode.VERSION
             raise Refused(ident, exc, reply) from None
         if isinstance(msg, protocol.Hello):

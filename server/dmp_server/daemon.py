@@ -31,6 +31,7 @@ from typing import Any
 import zmq
 
 from dmp import _config
+from dmp.deaths import format_size
 from dmp.wire import protocol, transport
 from dmp.wire.protocol import ErrorCode, Role
 from dmp.wire.wakeup import Wakeup
@@ -260,12 +261,12 @@ class Daemon(Routing):
         exited = self.supervisor.reap(fd)
         if exited is None:
             return
-        # Results it sent just before exiting may still be in the socket.
+        # TaskDone it sent just before exiting may still be in the socket.
         self._drain_socket()
         peer_id = worker_peer(exited.worker)
         if exited.exitcode != 0:
-            log.warning("worker %s (pid %d) died: exit %d", exited.worker, exited.pid, exited.exitcode)
-        self._worker_exit(peer_id, exited.exitcode, exited.running, exited.timed_out)
+            log.warning("worker %s (pid %d) %s", exited.worker, exited.pid, exited.cause)
+        self._worker_exit(peer_id, exited.exitcode, exited.running, exited.timed_out, exited.cause)
         if self.supervisor.respawn and not self._stopping:
             self.supervisor.spawn()
 
@@ -276,6 +277,9 @@ class Daemon(Routing):
         killed, upcoming = self.supervisor.kill_overdue(now)
         for pid, key in killed:
             log.warning("worker pid %d ran task %d past its timeout: killed", pid, key)
+        for pid, key, rss in self.supervisor.kill_over_memory():
+            log.warning("worker pid %d running task %d used %s, over the worker memory limit: killed",
+                        pid, key, format_size(rss))
         self._check_at = now + _config.DEADLINE_CHECK_S
         if upcoming is not None and upcoming < self._check_at:
             self._check_at = upcoming

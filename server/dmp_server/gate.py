@@ -4,7 +4,7 @@ A stranger's flood must cost the manager neither its log nor its memory:
 :class:`Refusals` logs at most one line per peer per interval (with a count
 of what it held back) and at most ``MAX_LINES`` lines per interval in all,
 and answers a peer at most once per interval. :func:`check_results`
-validates every value of a worker's ``Results`` before the scheduler sees
+validates every value of a worker's ``TaskDone`` before the scheduler sees
 it, so a poison value is refused alone.
 """
 
@@ -78,7 +78,10 @@ def trim_memory() -> None:
 
 
 def check_results(items: list[Any]) -> None:
-    """Validate a worker's Results items: [task key, attempt, status, nframes, run s, info].
+    """Validate a worker's TaskDone items: [task key, attempt, status, nframes, run s, info].
+
+    A worker reports only what its task did (OK or RAISED, info ""); LOST,
+    TIMEOUT, CANCELLED and REFUSED are the manager's to say.
 
     Raises:
         ProtocolError: naming the first bad value.
@@ -86,16 +89,16 @@ def check_results(items: list[Any]) -> None:
     for item in items:
         key, attempt, status, _nframes, run_s, info = item
         if type(key) is not int or type(attempt) is not int or attempt < 0:
-            raise ProtocolError(f"Results item {item[:3]!r}: task key and attempt must be ints >= 0")
-        if type(status) is not int or status not in Status.__members__.values():
-            raise ProtocolError(f"Results item for task {key}: unknown status {status!r}")
+            raise ProtocolError(f"TaskDone item {item[:3]!r}: task key and attempt must be ints >= 0")
+        if type(status) is not int or status not in _WORKER_STATUSES:
+            raise ProtocolError(f"TaskDone item for task {key}: status {status!r} is not OK (0) or RAISED (1)")
         if type(run_s) not in (int, float) or not math.isfinite(run_s) or not 0 <= run_s <= MAX_RUN_S:
-            raise ProtocolError(f"Results item for task {key}: run time {run_s!r} is not a finite number of seconds")
-        if status == Status.LOST:
-            if not (isinstance(info, list) and len(info) == 4 and all(type(v) in (str, int) for v in info)):
-                raise ProtocolError(f"Results item for task {key}: bad LOST info")
-        elif type(info) is not str:
-            raise ProtocolError(f"Results item for task {key}: info must be a string, not {type(info).__name__}")
+            raise ProtocolError(f"TaskDone item for task {key}: run time {run_s!r} is not a finite number of seconds")
+        if info != "":
+            raise ProtocolError(f"TaskDone item for task {key}: info must be \"\", not {info!r:.80}")
+
+
+_WORKER_STATUSES = frozenset({int(Status.OK), int(Status.RAISED)})
 
 
 def _show(ident: bytes | None) -> str:

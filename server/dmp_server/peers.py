@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dmp import _config
+from dmp.deaths import WorkerDeath
 from dmp.wire import protocol
 from dmp.wire.protocol import Role
 from dmp_server import objects
@@ -40,6 +41,7 @@ class LocalSupervisor(Protocol):
     def spawn(self) -> str: ...
     def kill(self, worker_id: str) -> None: ...
     def kill_overdue(self, now: float) -> tuple[list[tuple[int, int]], float | None]: ...
+    def kill_over_memory(self) -> list[tuple[int, int, int]]: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -51,7 +53,6 @@ class Peer:
     host: str
     pid: int
     node: str
-    slots: int
     last_seen: float
     version: str = ""  # what its Hello said: dmp's and Python's versions
 
@@ -128,7 +129,8 @@ class Peers:
             out.dropped.append(peer)
 
     def worker_exit(
-        self, peer_id: str, exitcode: int, running: int, now: float, out: Departures, timed_out: bool = False
+        self, peer_id: str, exitcode: int, running: int, now: float, out: Departures, timed_out: bool = False,
+        cause: WorkerDeath | None = None,
     ) -> None:
         """A worker process exited (its node or our supervisor says so)."""
         self._clients_of(self.by_id.get(peer_id), out, crashed=exitcode != 0)
@@ -139,7 +141,7 @@ class Peers:
             self.exiting[peer_id] = now + EXIT_GRACE_S
             return
         self._drop(peer_id, out)
-        out.cmds += self.scheduler.remove_worker(peer_id, exitcode, running, timed_out)
+        out.cmds += self.scheduler.remove_worker(peer_id, exitcode, running, timed_out, cause)
 
     def _clients_of(self, worker: Peer | None, out: Departures, *, crashed: bool) -> None:
         """The connections a worker process made as a client (its tasks' proxies, Pipe ends,

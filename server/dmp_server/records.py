@@ -38,7 +38,7 @@ class Task:
     frames: list[Any]
     attempt: int = 0
     worker: str = ""
-    last_loss: list[Any] = field(default_factory=list)  # [text, node, pid, exitcode]
+    last_loss: list[Any] = field(default_factory=list)  # [text, node, pid, exitcode, cause dict]
     held: Node | None = None  # the node whose resources it holds (given to a worker there)
 
 
@@ -80,6 +80,7 @@ class Totals:
     failed: int = 0
     retried: int = 0
     workers_lost: int = 0
+    last_lost: str = ""  # how the last lost worker died, in words (dmp.deaths)
 
 
 @dataclass(slots=True, eq=False)

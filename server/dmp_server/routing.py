@@ -1,9 +1,12 @@
-"""The daemon's routing: what each message from each kind of peer means, and where replies go.
+"""The daemon's routing: what each message means, and where replies go.
 
     Hello --> version, limits (a worker's node must have joined) --> Welcome + session
           --> with a key: joining until the peer proves it, then admitted (a replayed Hello takes nothing)
+    any other message --> its sender's role among the type's SENDERS? else Error(bad-message)
+          --> the handler of its type (each type means one thing, whoever sends it):
     client: Submit / DefineJob / EndJob / CancelJob / SignalJob / Obj* --> Scheduler or ObjectServer
-    worker: Results / Output / TaskStarted / Bye     node: WorkerExited / Bye
+    worker: TaskDone --> Scheduler --> JobResults; TaskOutput --> JobOutput; TaskStarted --> JobTaskStarted
+    node: WorkerExited          anyone: Heartbeat, Bye, StatusRequest (client, status)
     commands (Send, Kill) --> a local client's on_message, or the ROUTER
 
 :class:`Routing` is the half of dmp_server.daemon.Daemon that turns decoded
@@ -16,12 +19,14 @@ from __future__ import annotations
 import logging
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import zmq
 
 from dmp import _config
 from dmp._version import __version__
+from dmp.deaths import WorkerDeath
 from dmp.errors import ProtocolError
 from dmp.wire import handshake, protocol, transport
 from dmp.wire.protocol import ErrorCode, Role
@@ -87,31 +92,36 @@ class Routing:
                 self._send_raw(ident, protocol.Error(ErrorCode.UNKNOWN_PEER, "say Hello first"))
             return
         peer.last_seen = time.monotonic()
-        if peer.role == Role.WORKER:
-            if isinstance(msg, protocol.Results):
-                if protocol.count_frames(msg.items, 3, width=6) != len(frames):
-                    raise ProtocolError("Results items do not match their frames")
-                gate.check_results(msg.items)
-                self._carry_out(self.scheduler.results(peer_id, msg.items, frames))
-            elif isinstance(msg, protocol.Output):
-                self._forward_output(msg)
-            elif isinstance(msg, protocol.TaskStarted):
-                self._forward_started(msg)
-            elif isinstance(msg, protocol.Bye):
-                self._forget(peer_id)
-            elif not isinstance(msg, protocol.Heartbeat):
-                self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"workers may not send {type(msg).__name__}"))
-        elif peer.role == Role.CLIENT:
-            self._handle_client(peer_id, msg, frames)
-        elif peer.role == Role.NODE:
-            if isinstance(msg, protocol.WorkerExited):
-                self._worker_exit(worker_peer(msg.worker), msg.exitcode, msg.running, bool(msg.timed_out))
-            elif isinstance(msg, protocol.Bye):
-                self._forget(peer_id)
-        elif isinstance(msg, protocol.StatusRequest):
-            self._send(peer_id, protocol.StatusReply(self.status()), [])
-        elif isinstance(msg, protocol.Bye):
-            self._forget(peer_id)  # a status probe done: gone now, not when it goes silent
+        self._dispatch(peer_id, peer.role, msg, frames)
+
+    def _dispatch(self, peer_id: str, role: str, msg: protocol.Message, frames: list[Any]) -> None:
+        """Hand ``msg`` to the handler of its type, if a ``role`` peer may send it."""
+        if role not in senders(type(msg)):
+            text = f"a {role} may not send {type(msg).__name__}"
+            self._send(peer_id, protocol.Error(ErrorCode.BAD_MESSAGE, text), [])
+            return
+        handler = _HANDLERS.get(type(msg))
+        if handler is not None:
+            handler(self, peer_id, msg, frames)
+        elif isinstance(msg, objects.MESSAGES):
+            self._carry_out(self.objects.handle(peer_id, msg, frames, time.monotonic()))
+        # Heartbeat: its arrival was the point (last_seen, above)
+
+    def _task_done(self, peer_id: str, msg: protocol.TaskDone, frames: list[Any]) -> None:
+        if protocol.count_frames(msg.items, 3, width=6) != len(frames):
+            raise ProtocolError("TaskDone items do not match their frames")
+        gate.check_results(msg.items)
+        self._carry_out(self.scheduler.results(peer_id, msg.items, frames))
+
+    def _worker_exited(self, peer_id: str, msg: protocol.WorkerExited, frames: list[Any]) -> None:
+        cause = WorkerDeath.from_wire(msg.cause, msg.exitcode)
+        self._worker_exit(worker_peer(msg.worker), msg.exitcode, msg.running, bool(msg.timed_out), cause)
+
+    def _status_request(self, peer_id: str, msg: protocol.StatusRequest, frames: list[Any]) -> None:
+        self._send(peer_id, protocol.StatusReply(self.status()), [])
+
+    def _bye(self, peer_id: str, msg: protocol.Bye, frames: list[Any]) -> None:
+        self._forget(peer_id)  # a status probe done, too: gone now, not when it goes silent
 
     def _hello(self, ident: bytes, peer_id: str, msg: protocol.Hello) -> None:
         """Answer a Hello. With a key the peer is admitted only once it proves
@@ -120,6 +130,11 @@ class Routing:
         if msg.role not in (Role.CLIENT, Role.WORKER, Role.NODE, Role.STATUS):
             self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"unknown role {msg.role!r}"))
             return
+        for name, owner in protocol.Hello.ROLE_FIELDS.items():
+            if owner != msg.role and getattr(msg, name):
+                text = f"Hello.{name} is a {owner}'s; a {msg.role} leaves it at its default"
+                self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, text))
+                return
         ours = protocol.software_version()
         if msg.version != ours:
             text = f"the manager runs {ours}, this {msg.role} runs {msg.version or 'an unknown version'}"
@@ -139,9 +154,7 @@ class Routing:
         host = self.chan.peer_address or msg.host
         nonce = self.chan.open_session(ident)
         door = self.door.address if self.door is not None else ""
-        welcome = protocol.Welcome(
-            peer_id, VERSION, self.heartbeat_s, len(self.scheduler.workers), self.max_message, nonce, door
-        )
+        welcome = protocol.Welcome(peer_id, self.heartbeat_s, len(self.scheduler.workers), self.max_message, nonce, door)
         if self.key is None:
             self._send_raw(ident, welcome)
             self._join(ident, msg, host)
@@ -184,11 +197,11 @@ class Routing:
         if msg.role == Role.NODE:  # checked in _hello before any Welcome
             resources = _config.check_resources(msg.resources, "Hello.resources")
         now = time.monotonic()
-        self.peers.by_id[peer_id] = Peer(peer_id, ident, msg.role, msg.name, host, msg.pid, msg.node, msg.slots, now, msg.version)
+        self.peers.by_id[peer_id] = Peer(peer_id, ident, msg.role, msg.name, host, msg.pid, msg.node, now, msg.version)
         if msg.role == Role.WORKER:
             self._carry_out(self.scheduler.add_worker(peer_id, msg.node, msg.pid, msg.max_tasks))
         elif msg.role == Role.CLIENT:
-            self.scheduler.add_client(peer_id, msg.slots)  # a client's slots: Pool(k)
+            self.scheduler.add_client(peer_id, msg.max_workers)  # Pool(k)
         elif msg.role == Role.NODE:
             self._carry_out(self.scheduler.add_node(msg.name, resources))
         # Nodes and clients at INFO; a worker process or a status probe at DEBUG.
@@ -196,61 +209,57 @@ class Routing:
         log.log(level, "%s joined (pid %s)", self._who(peer_id), msg.pid)
 
     def _handle_client(self, peer: str, msg: protocol.Message, frames: list[Any]) -> None:
-        sched = self.scheduler
-        if isinstance(msg, objects.MESSAGES):
-            self._carry_out(self.objects.handle(peer, msg, frames, time.monotonic()))
-        elif isinstance(msg, protocol.Submit):
-            if protocol.count_frames(msg.tasks, 1) != len(frames) or any(len(t) != 2 for t in msg.tasks):
-                self._send(peer, protocol.Error(ErrorCode.BAD_MESSAGE, "frame count mismatch", msg.job), [])
-                return
-            client = sched.clients.get(peer)
-            if client is not None and client.queued + len(msg.tasks) > self.max_queued:
-                text = f"the manager holds {client.queued} queued tasks of this client, its limit is {self.max_queued}"
-                self._send(peer, protocol.Error(ErrorCode.REFUSED, text, msg.job), [])
-                return
-            tasks = []
-            pos = 0
-            for task_id, n in msg.tasks:
-                tasks.append((task_id, frames[pos : pos + n]))
-                pos += n
-            self._carry_out(sched.submit(peer, msg.job, tasks))
-        elif isinstance(msg, protocol.DefineJob):
-            try:
-                timeout = _config.check_timeout(msg.timeout or None, "DefineJob.timeout")
-                resources = _config.check_resources(msg.resources, "DefineJob.resources")
-            except ValueError as exc:
-                self._send(peer, protocol.Error(ErrorCode.BAD_MESSAGE, str(exc), msg.job), [])
-                return
-            self._carry_out(sched.define_job(peer, msg.job, frames, msg.max_retries, timeout, resources))
-        elif isinstance(msg, protocol.EndJob):
-            self._carry_out(sched.end_job(peer, msg.job))
-        elif isinstance(msg, protocol.CancelJob):
-            self._carry_out(sched.cancel_job(peer, msg.job))
-        elif isinstance(msg, protocol.SignalJob):
-            self._signal_job(peer, msg.job, msg.signum)
-        elif isinstance(msg, protocol.StatusRequest):
-            self._send(peer, protocol.StatusReply(self.status()), [])
-        elif isinstance(msg, protocol.Bye):
-            self._forget(peer)
-        elif not isinstance(msg, protocol.Heartbeat):
-            self._send(peer, protocol.Error(ErrorCode.BAD_MESSAGE, f"clients may not send {type(msg).__name__}"), [])
+        """A message of client ``peer``: remote, or in this process (local mode)."""
+        self._dispatch(peer, Role.CLIENT, msg, frames)
 
     def _door_client(self, peer_id: str) -> bool:
         """Whether the door may take calls for ``peer_id``: a joined client."""
         peer = self.peers.by_id.get(peer_id)
         return peer is not None and peer.role == Role.CLIENT
 
-    def _forward_started(self, msg: protocol.TaskStarted) -> None:
+    def _submit(self, peer: str, msg: protocol.Submit, frames: list[Any]) -> None:
+        sched = self.scheduler
+        if protocol.count_frames(msg.tasks, 1) != len(frames) or any(len(t) != 2 for t in msg.tasks):
+            self._send(peer, protocol.Error(ErrorCode.BAD_MESSAGE, "frame count mismatch", msg.job), [])
+            return
+        client = sched.clients.get(peer)
+        if client is not None and client.queued + len(msg.tasks) > self.max_queued:
+            text = f"the manager holds {client.queued} queued tasks of this client, its limit is {self.max_queued}"
+            self._send(peer, protocol.Error(ErrorCode.REFUSED, text, msg.job), [])
+            return
+        tasks = []
+        pos = 0
+        for task_id, n in msg.tasks:
+            tasks.append((task_id, frames[pos : pos + n]))
+            pos += n
+        self._carry_out(sched.submit(peer, msg.job, tasks))
+
+    def _define_job(self, peer: str, msg: protocol.DefineJob, frames: list[Any]) -> None:
+        try:
+            timeout = _config.check_timeout(msg.timeout or None, "DefineJob.timeout")
+            resources = _config.check_resources(msg.resources, "DefineJob.resources")
+        except ValueError as exc:
+            self._send(peer, protocol.Error(ErrorCode.BAD_MESSAGE, str(exc), msg.job), [])
+            return
+        self._carry_out(self.scheduler.define_job(peer, msg.job, frames, msg.max_retries, timeout, resources))
+
+    def _end_job(self, peer: str, msg: protocol.EndJob, frames: list[Any]) -> None:
+        self._carry_out(self.scheduler.end_job(peer, msg.job))
+
+    def _cancel_job(self, peer: str, msg: protocol.CancelJob, frames: list[Any]) -> None:
+        self._carry_out(self.scheduler.cancel_job(peer, msg.job))
+
+    def _task_started(self, peer_id: str, msg: protocol.TaskStarted, frames: list[Any]) -> None:
         task = self.scheduler.tasks.get(msg.task)
         if task is not None:
             job = task.job
-            self._send(job.client, protocol.TaskStarted(job.job_id, task.task_id, msg.pid, msg.node), [])
+            self._send(job.client, protocol.JobTaskStarted(job.job_id, task.task_id, msg.pid, msg.node), [])
 
-    def _signal_job(self, peer: str, job_id: int, signum: int) -> None:
+    def _signal_job(self, peer: str, msg: protocol.SignalJob, frames: list[Any]) -> None:
         """Process.terminate/kill in cluster mode: signal the workers running the job."""
         for worker in list(self.scheduler.workers.values()):
-            if any(t.job.client == peer and t.job.job_id == job_id for t in worker.assigned.values()):
-                self._kill_worker(worker.peer, signum)
+            if any(t.job.client == peer and t.job.job_id == msg.job for t in worker.assigned.values()):
+                self._kill_worker(worker.peer, msg.signum)
 
     def _kill_worker(self, peer_id: str, signum: int) -> None:
         """Signal a worker process: ourselves in local mode, through its node otherwise."""
@@ -262,18 +271,20 @@ class Routing:
         if worker is not None and node is not None and node.ident is not None:
             self._send_raw(node.ident, protocol.SignalWorker(_worker_id(peer_id), worker.pid, signum))
 
-    def _forward_output(self, msg: protocol.Output) -> None:
+    def _task_output(self, peer_id: str, msg: protocol.TaskOutput, frames: list[Any]) -> None:
         task = self.scheduler.tasks.get(msg.task)
         if task is None:
             log.info("output from %s outside any task: %s", msg.origin, msg.text[:200])
             return
         job = task.job
-        out = protocol.Output(job.job_id, task.task_id, msg.stream, msg.text, msg.origin)
+        out = protocol.JobOutput(job.job_id, task.task_id, msg.stream, msg.text, msg.origin)
         self._send(job.client, out, [])
 
-    def _worker_exit(self, peer_id: str, exitcode: int, running: int, timed_out: bool = False) -> None:
+    def _worker_exit(
+        self, peer_id: str, exitcode: int, running: int, timed_out: bool = False, cause: WorkerDeath | None = None
+    ) -> None:
         out = Departures()
-        self.peers.worker_exit(peer_id, exitcode, running, time.monotonic(), out, timed_out)
+        self.peers.worker_exit(peer_id, exitcode, running, time.monotonic(), out, timed_out, cause)
         self._depart(out)
 
     # --- peers going away ---------------------------------------------------------------
@@ -334,6 +345,32 @@ class Routing:
     def _who(self, peer_id: str | None) -> str:
         """A peer as logs name it: role, name and host, never its socket id."""
         return self.peers.who(peer_id, local=peer_id in self.locals)
+
+
+# The handler of each message type a peer may send (Obj* and Host*: the ObjectServer).
+_HANDLERS: dict[type[protocol.Message], Callable[[Routing, str, Any, list[Any]], None]] = {
+    protocol.TaskDone: Routing._task_done,
+    protocol.TaskOutput: Routing._task_output,
+    protocol.TaskStarted: Routing._task_started,
+    protocol.WorkerExited: Routing._worker_exited,
+    protocol.Submit: Routing._submit,
+    protocol.DefineJob: Routing._define_job,
+    protocol.EndJob: Routing._end_job,
+    protocol.CancelJob: Routing._cancel_job,
+    protocol.SignalJob: Routing._signal_job,
+    protocol.StatusRequest: Routing._status_request,
+    protocol.Bye: Routing._bye,
+}
+
+# A type's senders as peer roles: the object host is a client peer.
+_SENDERS = {
+    cls: frozenset(Role.CLIENT if s == "host" else s for s in cls.SENDERS) for cls in protocol.message_types().values()
+}
+
+
+def senders(cls: type[protocol.Message]) -> frozenset[str]:
+    """The roles that may send message type ``cls`` to the manager (none: only the manager sends it)."""
+    return _SENDERS[cls]
 
 
 def worker_peer(worker_id: str) -> str:

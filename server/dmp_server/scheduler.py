@@ -6,8 +6,8 @@ workers to kill). The manager's reactor and the local engine both drive it,
 which is what makes local mode and cluster mode one engine.
 
     client --DefineJob/Submit--> [job queues, per client] --round robin-->
-        [worker credit] --Dispatch--> worker --Results--> [match attempt]
-        --Results--> client
+        [worker credit] --Dispatch--> worker --TaskDone--> [match attempt]
+        --JobResults--> client
 
 Two limits travel with a job's definition. ``timeout``: the worker's node
 (or the local supervisor) kills a worker whose task runs past it, and
@@ -28,7 +28,7 @@ import math
 from collections import deque
 from typing import Any
 
-from dmp.errors import signal_name
+from dmp.deaths import WorkerDeath, loss_text
 from dmp.wire import protocol
 from dmp.wire.protocol import Status
 from dmp_server.placement import Placement
@@ -112,12 +112,14 @@ class Scheduler(Placement):
         return self.schedule()
 
     def remove_worker(
-        self, peer: str, exitcode: int | None, running: int | None = None, timed_out: bool = False
+        self, peer: str, exitcode: int | None, running: int | None = None, timed_out: bool = False,
+        cause: WorkerDeath | None = None,
     ) -> list[Command]:
         """A worker died or vanished. The task it was running (``running``;
         -1 means it was between tasks; None means unknown, and then its oldest
         task is blamed) is charged an attempt; the rest of its queue goes back
-        untouched. With ``timed_out`` its supervisor killed it for running
+        untouched. ``cause`` is what its node knows of the death (else the
+        exit code alone speaks); the task's LOST text says it. With ``timed_out`` its supervisor killed it for running
         ``running`` past its job's timeout: that task fails as TIMEOUT, not
         charged and never retried."""
         worker = self.workers.pop(peer, None)
@@ -126,6 +128,9 @@ class Scheduler(Placement):
         assigned = list(worker.assigned.values())
         if not timed_out and (exitcode != 0 or running != -1):
             self.totals.workers_lost += 1
+            self.totals.last_lost = f"worker process pid {worker.pid} on node {worker.node!r} " + str(
+                cause or WorkerDeath.of_exit(exitcode)
+            )
         if running is None:
             running = assigned[0].key if assigned else -1
         cmds: list[Command] = []
@@ -146,11 +151,9 @@ class Scheduler(Placement):
                 continue
             if task.key == running:
                 task.attempt += 1
-                text = (
-                    f"worker process pid {worker.pid} on node {worker.node!r} died "
-                    f"({signal_name(exitcode)}) while running this task"
-                )
-                task.last_loss = [text, worker.node, worker.pid, exitcode]
+                death = cause or WorkerDeath.of_exit(exitcode)
+                text = loss_text(death, worker.node, worker.pid)
+                task.last_loss = [text, worker.node, worker.pid, exitcode, death.to_wire()]
                 if task.attempt > job.max_retries:
                     info = [f"{text}; gave up after {task.attempt} attempts", *task.last_loss[1:]]
                     cmds += self._finish(task, Status.LOST, [], info)
@@ -205,8 +208,8 @@ class Scheduler(Placement):
         if job is None:
             return [Send(peer, protocol.Error(protocol.ErrorCode.UNKNOWN_JOB, f"unknown job {job_id}", job_id))]
         if job.refused:
-            items = [[job_id, task_id, int(Status.REFUSED), 0, 0.0, job.refused] for task_id, _ in tasks]
-            return [Send(peer, protocol.Results(items))]
+            items = [[job_id, task_id, int(Status.REFUSED), 0, job.refused] for task_id, _ in tasks]
+            return [Send(peer, protocol.JobResults(items))]
         was_idle = not job.pending
         for task_id, frames in tasks:
             task = Task(self._next_task, job, task_id, frames)
@@ -266,7 +269,7 @@ class Scheduler(Placement):
             self._count(client, status)
             if client is not None and job.job_id in client.jobs:
                 batch = out.setdefault(client.peer, ([], []))
-                batch[0].append([job.job_id, task.task_id, status, nframes, 0.0, info])
+                batch[0].append([job.job_id, task.task_id, status, nframes, info])
                 batch[1].extend(payload)
                 cmds += self._maybe_forget(client, job)
         if items:
@@ -275,7 +278,7 @@ class Scheduler(Placement):
             est = mean if est is None else est + EWMA_ALPHA * (mean - est)
             self.est_run_s = est
             self.in_flight = max(1, min(MAX_IN_FLIGHT, math.ceil(PREFETCH_SECONDS / max(est, 1e-7))))
-        sends: list[Command] = [Send(to, protocol.Results(its), frs) for to, (its, frs) in out.items()]
+        sends: list[Command] = [Send(to, protocol.JobResults(its), frs) for to, (its, frs) in out.items()]
         return sends + cmds + self.schedule()
 
     # --- bookkeeping ---------------------------------------------------------------
@@ -296,7 +299,7 @@ class Scheduler(Placement):
         self._count(client, status)
         if client is None or job.job_id not in client.jobs:
             return []
-        msg = protocol.Results([[job.job_id, task.task_id, int(status), len(frames), 0.0, info]])
+        msg = protocol.JobResults([[job.job_id, task.task_id, int(status), len(frames), info]])
         return [Send(client.peer, msg, frames), *self._maybe_forget(client, job)]
 
     def _maybe_forget(self, client: Client, job: Job) -> list[Command]:
@@ -332,7 +335,7 @@ class Scheduler(Placement):
             cmds.append(Kill(worker.peer))
         cmds += self._drop(client, job)
         if notify:
-            cmds.append(Send(client.peer, protocol.Results([[job.job_id, -1, int(Status.CANCELLED), 0, 0.0, "cancelled"]])))
+            cmds.append(Send(client.peer, protocol.JobResults([[job.job_id, -1, int(Status.CANCELLED), 0, "cancelled"]])))
         return cmds + self.schedule()
 
     # --- status ----------------------------------------------------------------

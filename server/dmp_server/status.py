@@ -46,7 +46,7 @@ def report(address: str, version: str, started: float, peers: Peers, sched: Sche
         "busy": sched.busy_workers(),
         "queued": sched.queued(),
         "totals": {"done": sched.totals.done, "failed": sched.totals.failed, "retried": sched.totals.retried,
-                   "workers_lost": sched.totals.workers_lost},
+                   "workers_lost": sched.totals.workers_lost, "last_worker_lost": sched.totals.last_lost},
         "nodes": list(nodes.values()),
         "clients": clients,
     }

@@ -34,7 +34,7 @@ from tests.daemons import ROOT, Daemons
 
 IMPLS = ("stdlib", "dmp", "cluster")
 DMP_ONLY_REASON = "documented improvement: stdlib hangs/fails here"
-STDLIB_ONLY_REASON = "stdlib behaviour dmp does not reproduce by design (see DIFFERENCES.md)"
+STDLIB_ONLY_REASON = "stdlib behaviour dmp does not reproduce by design (see docs/differences.md)"
 
 #: How long leftover children may take to go away after a test.
 LEAK_GRACE_S = 5.0

@@ -103,3 +103,23 @@ def test_lock_taken_by_an_exited_child_stays_taken(mp: Any) -> None:
         lock.release()
         assert lock.acquire(timeout=5)
         lock.release()
+
+
+def test_xmlrpclib_serializer_turns_tuples_into_lists(mp: Any) -> None:
+    managers = _managers(mp)
+    with managers.SyncManager(serializer="xmlrpclib") as m:
+        q = m.Queue()
+        q.put((1, ("a", b"b"), {"k": (2,)}))
+        got = q.get(timeout=10)
+        assert got == [1, ["a", b"b"], {"k": [2]}]
+        assert type(got) is list and type(got[1]) is list and type(got[2]["k"]) is list
+        with pytest.raises(TypeError, match="cannot marshal"):
+            q.put(print)
+        shared = m.list([(1, 2)])
+        assert shared[0] == [1, 2] and type(shared[0]) is list
+        d = m.dict()
+        d["x"] = (1, 2)
+        assert type(d["x"]) is list and d.get("x") == [1, 2]
+        ns = m.Namespace()
+        ns.a = (3, 4)
+        assert ns.a == [3, 4]

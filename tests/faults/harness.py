@@ -57,7 +57,7 @@ class DeliveryCounter:
         inner = session.on_message
 
         def on_message(msg: protocol.Message, frames: list[Any]) -> None:
-            if isinstance(msg, protocol.Results):
+            if isinstance(msg, protocol.JobResults):
                 for job, task_id, status, *_ in msg.items:
                     if status != protocol.Status.CANCELLED:
                         self.counts[(job, task_id)] += 1

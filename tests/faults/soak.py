@@ -58,7 +58,7 @@ class Deliveries:
         apply_job = pool._apply_job
 
         def on_message(msg: protocol.Message, frames: list[Any]) -> None:
-            if isinstance(msg, protocol.Results):
+            if isinstance(msg, protocol.JobResults):
                 for job, task_id, status, *_ in msg.items:
                     if job != apply_job and status != protocol.Status.CANCELLED and 0 <= task_id < n:
                         self.jobs.add(job)

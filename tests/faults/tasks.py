@@ -107,3 +107,15 @@ def memory_error_under_rlimit(limit_mib: int) -> int:
         return len(hog)
     finally:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def hog(mib: int, directory: str) -> int:
+    """Log the attempt, then hold ``mib`` MiB of touched memory, growing 16 MiB at a
+    time, until something kills this process (returns only if nothing does, in 30 s)."""
+    log_attempt(directory, 0)
+    held = []
+    for _ in range(mib // 16):
+        held.append(b"\x01" * (16 << 20))
+        time.sleep(0.002)
+    time.sleep(30)
+    return len(held)

@@ -36,6 +36,11 @@ def test_a_frozen_worker_is_killed_and_its_tasks_rerun(tmp_path: Path) -> None:
         # The frozen worker was killed (not merely left stopped) and replaced.
         wait_for(lambda: not alive(victim), 30, f"frozen worker {victim} to be killed")
         cluster.wait_slots(2)
+        # The node says why it died; so does the manager's "last worker lost".
+        log = (tmp_path / "logs" / "node1.log").read_text()
+        assert f"worker pid {victim} was stopped (SIGSTOP or a debugger) for too long and killed by its node" in log
+        status = cluster.status()
+        assert status is not None and f"pid {victim} on node 'node1' was stopped" in status["totals"]["last_worker_lost"]
     finally:
         try:
             os.kill(victim, signal.SIGCONT)

@@ -180,11 +180,13 @@ def _corpus() -> list[list[bytes]]:
     task = serialization.dumps((tasks.square, (3,), {}), by_value=True)
     return [
         parts(protocol.Hello("client", "c", "h", 1)),
-        parts(protocol.Hello("node", "n", "h", 1, 2)),
+        parts(protocol.Hello("node", "n", "h", 1)),
         parts(protocol.DefineJob(7, 0)),
         parts(protocol.Submit(7, [[0, len(task)]]), task),
         parts(protocol.Submit(7, [[0, 1], [1, 1]]), [b"x" * 40, b"y" * 40_000]),
-        parts(protocol.Results([[1, 0, 0, 1, 0.1, ""]]), [b"r"]),
+        parts(protocol.TaskDone([[1, 0, 0, 1, 0.1, ""]]), [b"r"]),
+        parts(protocol.TaskOutput(1, "stdout", "x")),
+        parts(protocol.TaskStarted(1, 2)),
         parts(protocol.WorkerExited("w", 1, -9, 3)),
         parts(protocol.StatusRequest()),
         parts(protocol.ObjCreate(1, "Queue", "", [3])),
@@ -293,7 +295,7 @@ def test_fuzzed_frames_to_a_keyed_manager_are_all_refused(keyed_cluster: FaultCl
 def test_a_node_with_an_ill_typed_name_cannot_break_status(open_cluster: FaultCluster, sockets: Any, name: Any) -> None:
     c = open_cluster
     sock = sockets(c.address)
-    sock.send_multipart([b"", msgpack.packb([protocol.PROTOCOL_VERSION, protocol.Hello.TYPE, [], "node", name, "h", 1, 0])])
+    sock.send_multipart([b"", msgpack.packb([protocol.PROTOCOL_VERSION, protocol.Hello.TYPE, [], "node", name, "h", 1])])
     next_reply(sock, 30)  # the Hello was handled (welcomed or refused) before we look
     stop = threading.Event()
 
@@ -374,7 +376,7 @@ def _signed_session(sock: zmq.Socket[Any], markers: Path) -> tuple[transport.Cha
     task = serialization.dumps((tasks.log_attempt, (str(markers), 0), {}), by_value=True)
     chan.send(protocol.Submit(1, [[0, len(task)]]), task)
     _, results, _ = chan.recv()
-    assert isinstance(results, protocol.Results) and results.items[0][2] == protocol.Status.OK
+    assert isinstance(results, protocol.JobResults) and results.items[0][2] == protocol.Status.OK
     assert len(tasks.attempts(str(markers), 0)) == 1
     return chan, rec
 
@@ -475,7 +477,7 @@ def test_a_strangers_pickle_is_never_loaded_by_a_keyed_manager(keyed_cluster: Fa
         body(protocol.Hello("client", "x", "h", 1), []),
         body(protocol.DefineJob(1, 1), [evil]),
         body(protocol.Submit(1, [[0, 1]]), [evil]),
-        body(protocol.Results([[1, 0, 0, 1, 0.0, ""]]), [evil]),
+        body(protocol.TaskDone([[1, 0, 0, 1, 0.0, ""]]), [evil]),
         body(protocol.ObjCreate(1, "host", "evil", []), [evil]),
         body(protocol.ObjCall(2, 1, "put", [], 0.0), [evil]),
         [evil],  # the pickle as the header
@@ -538,7 +540,7 @@ def test_a_rogue_manager_cannot_make_a_worker_load_its_pickle(tmp_path: Path, ma
         # The worker's session with us, as a real manager would open it; then forged
         # messages inside it (no key: the attacker cannot compute the counters' MACs).
         nonce = chan.open_session(worker)
-        chan.send(protocol.Welcome("w", "0", 1.0, 1, 0, nonce), to=worker)
+        chan.send(protocol.Welcome("w", 1.0, 1, 0, nonce), to=worker)
         while not chan.has_session(worker):  # the worker proves the key (a Heartbeat)
             assert router.poll(20_000), "the worker never answered its Welcome"
             chan.recv()

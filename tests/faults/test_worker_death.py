@@ -4,7 +4,8 @@ Deaths: SIGKILL (the process kills itself), ``os._exit(3)``, a segfault via
 ctypes, and an out-of-memory kill. The OOM kill is *simulated*: the task
 grows its memory and a watchdog thread in the test (``harness.OomKiller``)
 SIGKILLs it once its resident set passes 200 MiB, which is what the kernel's
-(or a cgroup's) OOM killer does. An allocation that merely *fails*
+(or a cgroup's) OOM killer does; a real one, and the worker memory limit, are
+test_memory.py's. An allocation that merely *fails*
 (``RLIMIT_AS``) is not a death: Python raises ``MemoryError`` in the task,
 which reaches the caller like any exception of the task (tested below).
 """
@@ -25,7 +26,10 @@ from .harness import DeliveryCounter, OomKiller, alive
 
 HOWS = ["sigkill", "exit", "segv", "oom"]
 EXITCODE = {"sigkill": -signal.SIGKILL, "exit": 3, "segv": -signal.SIGSEGV, "oom": -signal.SIGKILL}
-DESCRIBED = {"sigkill": "signal SIGKILL", "exit": "exit code 3", "segv": "signal SIGSEGV", "oom": "signal SIGKILL"}
+DESCRIBED = {
+    "sigkill": "was killed by signal 9 (SIGKILL)", "exit": "exited with code 3",
+    "segv": "was killed by signal 11 (SIGSEGV)", "oom": "was killed by signal 9 (SIGKILL)",
+}
 
 
 @pytest.mark.timeout(90)
@@ -92,6 +96,10 @@ def test_task_that_always_kills_its_worker_fails_alone_after_max_retries(
     err = info.value
     last_pid, last_node = runs[-1]
     assert (err.pid, err.node, err.exitcode) == (last_pid, last_node, EXITCODE[how])
+    # The node's account of the death: never the OOM killer's here (the "oom" case is
+    # the test's own SIGKILL, and the cgroup's oom_kill count does not rise).
+    assert err.cause is not None and err.cause.exitcode == EXITCODE[how]
+    assert err.cause.kind == ("exit" if how == "exit" else "signal"), err.cause
     text = str(err)
     assert f"pid {last_pid}" in text and repr(last_node) in text and DESCRIBED[how] in text, text
     assert f"after {retries + 1} attempts" in text, text

@@ -49,7 +49,7 @@ def test_10_a_flood_of_strangers_costs_bounded_log_and_memory(cluster: FaultClus
         assert pool.map(tasks.square, range(4)) == [0, 1, 4, 9]  # warm: the baseline includes a served pool
         baseline_rss = _rss_kib(pid)
         baseline_log = log.stat().st_size
-        hello = protocol.encode(protocol.Hello("worker", "phantom", "h", 1, slots=1, node="node1"))
+        hello = protocol.encode(protocol.Hello("worker", "phantom", "h", 1, node="node1"))
         kinds = [[b"", hello], [os.urandom(40), hello], [b"junk"], [bytes(40), b"\x93\x02\x03\x90", b"x" * 256]]
         ctx: zmq.Context[Any] = zmq.Context()
         sent = [0]

@@ -41,7 +41,7 @@ messages = random_headers() | mangled() | st.lists(st.binary(max_size=64), min_s
 def _welcome(chan: transport.Channel, ident: bytes) -> None:
     """Answer the Hello just received from ``ident`` as the real manager would, and take the proof."""
     nonce = chan.open_session(ident)
-    chan.send(protocol.Welcome(ident.hex(), "fake", 1.0, 1, 0, nonce), to=ident)
+    chan.send(protocol.Welcome(ident.hex(), 1.0, 1, 0, nonce), to=ident)
     while not chan.has_session(ident):
         assert chan.sock.poll(20_000), "the peer never proved the key"
         chan.recv()

@@ -72,9 +72,9 @@ def test_5_an_empty_authkey_is_no_key_anywhere(monkeypatch: pytest.MonkeyPatch) 
 
 def test_6_a_poison_result_costs_only_its_message(cluster: FaultCluster, ctx: zmq.Context[Any]) -> None:
     fake = _keyed(ctx, cluster.address)
-    _join(fake, "worker", slots=1, node="node1")
+    _join(fake, "worker", node="node1")
     for run_s in (math.nan, math.inf, -1.0, "soon"):
-        fake.send(protocol.Results([[123456, 0, 0, 0, run_s, ""]]))
+        fake.send(protocol.TaskDone([[123456, 0, 0, 0, run_s, ""]]))
     replies = [_next(fake) for _ in range(1)]  # refusals are answered once an interval
     assert isinstance(replies[0], protocol.Error) and replies[0].code == protocol.ErrorCode.BAD_MESSAGE
     assert "run time" in replies[0].text
@@ -136,7 +136,7 @@ def test_9_strangers_get_nothing_signed(cluster: FaultCluster, ctx: zmq.Context[
 
 def test_12_another_version_is_refused_at_hello_naming_both(cluster: FaultCluster, ctx: zmq.Context[Any]) -> None:
     chan = _keyed(ctx, cluster.address)
-    chan.send(protocol.Hello("worker", "old", "h", 1, slots=1, node="node1", version="dmp 0.0.9, Python 3.10"))
+    chan.send(protocol.Hello("worker", "old", "h", 1, node="node1", version="dmp 0.0.9, Python 3.10"))
     reply = _next(chan)
     assert isinstance(reply, protocol.Error) and reply.code == protocol.ErrorCode.VERSION
     assert "dmp 0.0.9, Python 3.10" in reply.text and protocol.software_version() in reply.text

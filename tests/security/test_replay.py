@@ -105,10 +105,10 @@ def test_1_a_replayed_welcome_does_not_open_a_session_for_a_new_client(cluster: 
             assert pool.apply(str.upper, ("old",)) == "OLD"
         client = proxy.sent_by(protocol.Hello, role="client")[0][0]
         welcome = next(parts for who, parts in proxy.sent_to(protocol.Welcome) if who == client)
-        results = [parts for who, parts in proxy.sent_to(protocol.Results) if who == client]
+        results = [parts for who, parts in proxy.sent_to(protocol.JobResults) if who == client]
     stop = threading.Event()
     with FakeManager() as fake:
-        def play() -> None:  # a Welcome for every Hello, the old Results for every Submit
+        def play() -> None:  # a Welcome for every Hello, the old JobResults for every Submit
             while not stop.is_set():
                 got = fake.recv(0.1)
                 if got is None:

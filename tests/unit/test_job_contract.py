@@ -1,6 +1,6 @@
 """The client's job contract alone: Credit, the Session's credit rules, the Sink classes, runner retirement.
 
-No processes, no sockets: the session is driven with hand-made Results and
+No processes, no sockets: the session is driven with hand-made JobResults and
 posts into a recording list (the link interface, not the transport).
 """
 
@@ -106,11 +106,11 @@ def _session(fail: BaseException | None = None) -> Session:
 
 def _ok(job: int, task_id: int, value: Any) -> tuple[list[Any], list[Any]]:
     frames = serialization.dumps(value)
-    return [job, task_id, int(Status.OK), len(frames), 0.0, ""], frames
+    return [job, task_id, int(Status.OK), len(frames), ""], frames
 
 
-def _results(*outcomes: tuple[list[Any], list[Any]]) -> tuple[protocol.Results, list[Any]]:
-    return protocol.Results([o[0] for o in outcomes]), [f for o in outcomes for f in o[1]]
+def _results(*outcomes: tuple[list[Any], list[Any]]) -> tuple[protocol.JobResults, list[Any]]:
+    return protocol.JobResults([o[0] for o in outcomes]), [f for o in outcomes for f in o[1]]
 
 
 def test_session_releases_credit_when_a_result_arrives() -> None:

@@ -28,7 +28,7 @@ def daemon() -> Iterator[Daemon]:
 
 
 def _peer(daemon: Daemon, name: str, silent_for: float, now: float) -> None:
-    daemon.peers.by_id[name] = Peer(name, None, Role.NODE, name, "host", 1, "", 0, now - silent_for)
+    daemon.peers.by_id[name] = Peer(name, None, Role.NODE, name, "host", 1, "", now - silent_for)
 
 
 def test_the_manager_counts_the_shared_liveness() -> None:

@@ -100,7 +100,7 @@ def _next_hello(router: transport.Channel, loop: peer.PeerLoop, deadline: float)
 
 def test_refused_hellos_back_off_and_a_welcome_resets(manager_socket: tuple[str, transport.Channel]) -> None:
     address, router = manager_socket
-    hello = protocol.Hello(protocol.Role.WORKER, "w", "host", 1, 1, "node")
+    hello = protocol.Hello(protocol.Role.WORKER, "w", "host", 1, node="node")
     loop = peer.PeerLoop(address, None, hello, expects_beats=False)
     try:
         loop.say_hello()
@@ -117,7 +117,7 @@ def test_refused_hellos_back_off_and_a_welcome_resets(manager_socket: tuple[str,
             delays.append(loop.backoff.delay)
             ident = _next_hello(router, loop, deadline)
         assert delays == pytest.approx([peer.HELLO_BACKOFF_S, 2 * peer.HELLO_BACKOFF_S, 4 * peer.HELLO_BACKOFF_S])
-        router.send(protocol.Welcome("p", "0", 0.5), to=ident)
+        router.send(protocol.Welcome("p", 0.5), to=ident)
         while not loop.joined:
             loop.poll(0.05)
             list(loop.messages())

@@ -27,8 +27,8 @@ from dmp.wire.protocol import (
 pytestmark = pytest.mark.timeout(60)
 
 SAMPLES: dict[str, protocol.Message] = {
-    "Hello": protocol.Hello("worker", "w-1", "box", 4242, 1, "node-a", 10, "0.1.0"),
-    "Welcome": protocol.Welcome("77-31", "0.1.0", 1.5),
+    "Hello": protocol.Hello("worker", "w-1", "box", 4242, "dmp 0.1.0, Python 3.12", b"", 0, "node-a", 10),
+    "Welcome": protocol.Welcome("77-31", 1.5),
     "Heartbeat": protocol.Heartbeat(),
     "Bye": protocol.Bye("manager shutting down"),
     "Error": protocol.Error(protocol.ErrorCode.UNKNOWN_JOB, "unknown job 7", 7),
@@ -37,13 +37,16 @@ SAMPLES: dict[str, protocol.Message] = {
     "EndJob": protocol.EndJob(3),
     "CancelJob": protocol.CancelJob(3),
     "Dispatch": protocol.Dispatch([[9, 1, 0.0]], [[100, 9, 0, 1], [101, 9, 2, 1]]),
-    "Results": protocol.Results([[100, 0, 0, 1, 0.25, ""], [101, 2, 2, 0, 0.0, "pid 7 died"]]),
+    "TaskDone": protocol.TaskDone([[100, 0, 0, 1, 0.25, ""], [101, 2, 1, 2, 0.0, ""]]),
+    "JobResults": protocol.JobResults([[3, 1, 0, 1, ""], [3, 2, 2, 0, ["pid 7 died", "node-a", 7, -9]]]),
     "ForgetJobs": protocol.ForgetJobs([9, 10]),
-    "Output": protocol.Output(3, 1, "stdout", "hello\n", "node-a:4242"),
+    "TaskOutput": protocol.TaskOutput(100, "stdout", "hello\n", "node-a:4242"),
+    "JobOutput": protocol.JobOutput(3, 1, "stdout", "hello\n", "node-a:4242"),
     "WorkerExited": protocol.WorkerExited("w-1", 4242, -9, 100),
     "StatusRequest": protocol.StatusRequest(),
     "StatusReply": protocol.StatusReply({"slots": 8, "nodes": [{"name": "a", "busy": 1}]}),
-    "TaskStarted": protocol.TaskStarted(3, 1, 4242, "node-a"),
+    "TaskStarted": protocol.TaskStarted(100, 4242, "node-a"),
+    "JobTaskStarted": protocol.JobTaskStarted(3, 1, 4242, "node-a"),
     "SignalJob": protocol.SignalJob(3, 15),
     "SignalWorker": protocol.SignalWorker("node-a/1-1", 4242, 9),
 }
@@ -100,7 +103,7 @@ def test_round_trip_without_sizes_and_from_memoryview() -> None:
 def test_header_layout_is_version_type_sizes_fields() -> None:
     msg = SAMPLES["WorkerExited"]
     raw = msgpack.unpackb(encode(msg, [5]), raw=False)
-    assert raw == [PROTOCOL_VERSION, 20, [5], "w-1", 4242, -9, 100, 0]
+    assert raw == [PROTOCOL_VERSION, 20, [5], "w-1", 4242, -9, 100, 0, {}]
 
 
 def test_trailing_defaults_may_be_left_off() -> None:
@@ -113,7 +116,7 @@ def test_codes_are_unique_and_registered() -> None:
     codes = [cls.TYPE for cls in types.values()]
     assert len(codes) == len(set(codes))
     with pytest.raises(RuntimeError):
-        protocol.message(protocol.Hello.TYPE)(type("Dup", (protocol.Message,), {}))
+        protocol.message(protocol.Hello.TYPE, ("client",), ("manager",))(type("Dup", (protocol.Message,), {}))
 
 
 @pytest.mark.parametrize("version", [0, PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, 99])

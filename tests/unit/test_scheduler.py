@@ -1,7 +1,7 @@
 """The Scheduler as a pure state machine: method calls in, commands out, no I/O.
 
 A small harness plays the workers: it records every Dispatch a worker is
-sent, answers with Results when told to, and checks the scheduler's counters
+sent, answers with TaskDone items when told to, and checks the scheduler's counters
 after every call.
 """
 
@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from dmp_server.scheduler import Command, Kill, Scheduler, Send
 
+from dmp import deaths
+from dmp.deaths import WorkerDeath
 from dmp.wire import protocol
 from dmp.wire.protocol import Status
 
@@ -78,7 +80,7 @@ class Harness:
 
     def complete(self, worker: str, n: int | None = None, *, run_s: float = 0.01,
                  status: Status = Status.OK) -> list[Command]:
-        """``worker`` finishes its ``n`` oldest tasks (all by default), in one Results batch."""
+        """``worker`` finishes its ``n`` oldest tasks (all by default), in one TaskDone batch."""
         q = self.given[worker]
         n = len(q) if n is None else n
         items, frames = [], []
@@ -88,16 +90,18 @@ class Harness:
             frames.append(b"result-of-" + bytes(task_frames[0]))
         return self.apply(self.s.results(worker, items, frames))
 
-    def die(self, worker: str, exitcode: int | None = -9, running: int | None = -1) -> list[Command]:
+    def die(
+        self, worker: str, exitcode: int | None = -9, running: int | None = -1, cause: WorkerDeath | None = None
+    ) -> list[Command]:
         self.given.pop(worker, None)
         self.runners.pop(worker, None)
-        return self.apply(self.s.remove_worker(worker, exitcode, running))
+        return self.apply(self.s.remove_worker(worker, exitcode, running, cause=cause))
 
     def results_for(self, client: str) -> list[tuple[list[Any], list[Any]]]:
-        """Every Results item the client got, with its payload frames; clears them."""
+        """Every JobResults item the client got, with its payload frames; clears them."""
         out = []
         for msg, frames in self.sent.pop(client, []):
-            if isinstance(msg, protocol.Results):
+            if isinstance(msg, protocol.JobResults):
                 pos = 0
                 for item in msg.items:
                     out.append((item, frames[pos : pos + item[3]]))
@@ -260,8 +264,8 @@ def test_results_are_routed_to_the_right_client(h: Harness) -> None:
     assert sorted(item[1] for item, _ in b) == [20, 21]
     for client, got in (("A", a), ("B", b)):
         for item, frames in got:
-            job, task_id, status, nframes, run_s, info = item
-            assert (job, status, nframes, run_s, info) == (5, Status.OK, 1, 0.0, "")
+            job, task_id, status, nframes, info = item
+            assert (job, status, nframes, info) == (5, Status.OK, 1, "")
             assert frames == [f"result-of-{client}:5:{task_id}".encode()]
     assert h.s.tasks_done == 4
     assert h.s.queued() == 0 and h.s.busy_workers() == 0 and not h.s.tasks
@@ -276,7 +280,7 @@ def test_one_worker_batch_for_two_clients_is_split(h: Harness) -> None:
     h.submit("A", 1, [1])
     h.submit("B", 2, [2])
     cmds = h.complete("w1")
-    results = {s.to: s for s in sends_of(cmds, protocol.Results)}
+    results = {s.to: s for s in sends_of(cmds, protocol.JobResults)}
     assert set(results) == {"A", "B"}
     assert [i[:2] for i in results["A"].msg.items] == [[1, 1]]
     assert [i[:2] for i in results["B"].msg.items] == [[2, 2]]
@@ -291,9 +295,9 @@ def test_raised_status_and_frames_pass_through(h: Harness) -> None:
     h.submit("A", 1, [1])
     key, _job, attempt, _ = h.given["w1"].popleft()
     cmds = h.apply(h.s.results("w1", [[key, attempt, int(Status.RAISED), 2, 0.5, "x"]], [b"exc", b"tb"]))
-    (send,) = sends_of(cmds, protocol.Results)
+    (send,) = sends_of(cmds, protocol.JobResults)
     assert send.to == "A"
-    assert send.msg.items == [[1, 1, int(Status.RAISED), 2, 0.0, "x"]]
+    assert send.msg.items == [[1, 1, int(Status.RAISED), 2, "x"]]
     assert send.frames == [b"exc", b"tb"]
 
 
@@ -306,7 +310,7 @@ def test_result_with_wrong_attempt_is_dropped(h: Harness) -> None:
     # Called directly, not through h.apply: what becomes of the task afterwards is
     # test_stale_result_does_not_lose_the_current_attempt's business.
     cmds = h.s.results("w1", [[key, attempt + 1, 0, 1, 0.1, ""]], [b"stale"])
-    assert sends_of(cmds, protocol.Results) == []
+    assert sends_of(cmds, protocol.JobResults) == []
     assert h.s.tasks_done == 0 and h.s.workers["w1"].done == 0
 
 
@@ -318,7 +322,7 @@ def test_result_for_a_task_of_another_worker_is_dropped(h: Harness) -> None:
     h.submit("A", 1, [1, 2])
     key, _job, attempt, _ = h.given["w1"][0]
     cmds = h.apply(h.s.results("w2", [[key, attempt, 0, 1, 0.1, ""]], [b"not yours"]))
-    assert sends_of(cmds, protocol.Results) == []
+    assert sends_of(cmds, protocol.JobResults) == []
     assert len(h.s.workers["w1"].assigned) == 1 and len(h.s.workers["w2"].assigned) == 1
     h.complete("w1")
     assert [i[1] for i, _ in h.results_for("A")] == [1]
@@ -428,13 +432,13 @@ def test_past_max_retries_the_client_gets_lost_naming_node_pid_signal(h: Harness
         if death < max_retries:
             assert got == [] and h.s.queued() == 1
     ((item, frames),) = got
-    job, task_id, status, nframes, _run_s, info = item
+    job, task_id, status, nframes, info = item
     assert (job, task_id, status, nframes, frames) == (1, 42, Status.LOST, 0, [])
-    text, node, pid, exitcode = info
+    text, node, pid, exitcode, cause = info
     assert (node, pid, exitcode) == ("gpu-box-7", 5000 + max_retries, -9)
     assert "gpu-box-7" in text
     assert str(5000 + max_retries) in text
-    assert "SIGKILL" in text
+    assert "was killed by signal 9 (SIGKILL)" in text and cause == {"kind": "signal"}
     assert f"{max_retries + 1} attempts" in text
     assert h.s.queued() == 0 and not h.s.tasks and h.s.tasks_done == 0
 
@@ -449,9 +453,31 @@ def test_lost_task_names_exit_code_and_ends_the_job(h: Harness) -> None:
     h.worker("w2")  # holds nothing of the job
     cmds = h.die("w1", 3, running=key)
     ((item, _),) = h.results_for("A")
-    assert item[2] == Status.LOST and "exit code 3" in item[5][0] and item[5][1:] == ["node-a", 77, 3]
+    assert item[2] == Status.LOST and "exited with code 3" in item[4][0]
+    assert item[4][1:] == ["node-a", 77, 3, {"kind": "exit"}]
     assert 1 not in h.s.clients["A"].jobs  # ended and nothing outstanding: forgotten
     assert sends_of(cmds, protocol.ForgetJobs) == []  # its only holder is dead
+
+
+def test_task_over_the_memory_limit_is_blamed_and_retried_like_any_loss(h: Harness) -> None:
+    h.client("A")
+    h.job("A", 1, max_retries=1)
+    h.submit("A", 1, [1])
+    over = WorkerDeath(deaths.MEMORY_LIMIT, -9, rss=612 << 20, limit=500 << 20)
+    h.worker("w1", pid=77)
+    (key, *_rest) = h.given["w1"][0]
+    h.die("w1", -9, running=key, cause=over)
+    assert h.results_for("A") == []  # within max_retries: rerun
+    h.worker("w2", pid=78)
+    (key, *_rest) = h.given["w2"][0]
+    h.die("w2", -9, running=key, cause=over)
+    ((item, _),) = h.results_for("A")
+    text = item[4][0]
+    assert item[2] == Status.LOST and text.startswith(
+        "task exceeded the worker memory limit (RSS 612 MiB > limit 500 MiB) on node 'node-a' pid 78"
+    ), text
+    assert "gave up after 2 attempts" in text, text
+    assert item[4][4] == {"kind": "memory_limit", "rss": 612 << 20, "limit": 500 << 20}
 
 
 def test_lost_info_fills_worker_lost_error_attributes(h: Harness) -> None:
@@ -464,7 +490,7 @@ def test_lost_info_fills_worker_lost_error_attributes(h: Harness) -> None:
     h.worker("w1", node="n1", pid=999)
     h.die("w1", -9, running=h.given["w1"][0][0])
     ((item, frames),) = h.results_for("A")
-    ok, err = results.decode(item[2], frames, item[5])
+    ok, err = results.decode(item[2], frames, item[4])
     assert not ok and isinstance(err, WorkerLostError)
     assert (err.node, err.pid, err.exitcode) == ("n1", 999, -9)
 
@@ -543,11 +569,11 @@ def test_cancel_job_drops_queued_kills_running_and_says_cancelled(h: Harness) ->
     assert h.s.clients["A"].running == 0 and h.s.clients["A"].queued == 0
     assert 1 not in h.s.clients["A"].jobs
     assert len(h.s.workers["w1"].assigned) == 1  # B's task untouched
-    # Results of the cancelled tasks that were already on their way are dropped.
+    # Outcomes of the cancelled tasks that were already on their way are dropped.
     for w, keys in running_a.items():
         h.given[w] = collections.deque(t for t in h.given[w] if t[0] not in keys)
         items = [[k, 0, 0, 0, 0.1, ""] for k in keys]
-        assert sends_of(h.apply(h.s.results(w, items, [])), protocol.Results) == []
+        assert sends_of(h.apply(h.s.results(w, items, [])), protocol.JobResults) == []
     assert h.s.tasks_done == 0
     h.complete("w1")
     assert [i[1] for i, _ in h.results_for("B")] == [1]
@@ -725,6 +751,7 @@ def test_totals_count_outcomes_failures_retries_and_lost_workers(h: Harness) -> 
     h.die("w3", 0, running=-1)  # a clean exit (maxtasksperchild) is not a loss
     t = h.s.totals
     assert (t.done, t.failed, t.retried, t.workers_lost) == (4, 2, 1, 2)
+    assert t.last_lost == "worker process pid 100 on node 'node-a' was killed by signal 9 (SIGKILL)", t.last_lost
     a, b = h.s.clients["A"], h.s.clients["B"]
     assert (a.done, a.failed, a.retried) == (3, 2, 1)
     assert (b.done, b.failed, b.retried) == (1, 0, 0)

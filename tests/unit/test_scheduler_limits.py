@@ -66,7 +66,7 @@ def test_a_timed_out_task_fails_alone_uncharged_and_the_rest_requeue() -> None:
     h.apply(h.s.remove_worker("w1", -9, key, timed_out=True))
     results = h.results_for("c")
     assert [(item[1], item[2]) for item, _ in results] == [(0, Status.TIMEOUT)]
-    text, node, pid, timeout = results[0][0][5]
+    text, node, pid, timeout = results[0][0][4]
     assert "task 0" in text and "task_timeout of 1 s" in text and "77" in text and "'n1'" in text
     assert (node, pid, timeout) == ("n1", 77, 1.0)
     assert h.s.totals.retried == 0 and h.s.totals.workers_lost == 0
@@ -103,7 +103,7 @@ def test_a_request_no_joined_node_has_is_refused_at_once() -> None:
     assert not dispatched(cmds)
     results = h.results_for("c")
     assert [(item[1], item[2]) for item, _ in results] == [(0, Status.REFUSED), (1, Status.REFUSED)]
-    assert "GPU=1" in results[0][0][5] and "cpu-only: MEM=8e+09" in results[0][0][5]
+    assert "GPU=1" in results[0][0][4] and "cpu-only: MEM=8e+09" in results[0][0][4]
     h.apply(h.s.end_job("c", 1))
     assert 1 not in h.s.clients["c"].jobs
     # More than any one node has is refused too, even if two nodes together would do.
