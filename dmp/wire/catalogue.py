@@ -330,15 +330,13 @@ class ObjCall(Message):
 @message(32, M, CLIENT)
 @dataclass(slots=True)
 class ObjReply(Message):
-    """The outcome of request ``ref`` (an ``ObjStatus``). ``oid`` is non-zero
-    when the request made a new object; ``direct``, when set, is where this
-    client may call that object directly (dmp.wire.direct)."""
+    """The outcome of request ``ref`` (an ``ObjStatus``); ``oid``: a new object's, or 0."""
 
     ref: int
     status: int
     value: Any = None
     oid: int = 0
-    direct: str = ""
+    direct: str = ""  # where this client may call that object directly (dmp.wire.direct)
 
 
 @message(33, CLIENT, M)
@@ -352,9 +350,8 @@ class ObjRelease(Message):
 @message(38, CLIENT, M)
 @dataclass(slots=True)
 class ObjCancel(Message):
-    """Nobody waits for request ``ref`` any more (its caller was interrupted).
-    A parked request is dropped unanswered; anything else (unknown, already
-    answered) is ignored. No reply."""
+    """Nobody waits for request ``ref`` any more (its caller was interrupted). A parked
+    request is dropped unanswered; anything else (unknown, answered) is ignored. No reply."""
 
     ref: int
 
@@ -383,18 +380,15 @@ class HostCall(Message):
 @message(36, HOST, M)
 @dataclass(slots=True)
 class HostReply(Message):
-    """Outcome of ``tag`` (an ``ObjStatus``). ``made`` names the typeid of the
-    object made under id ``tag`` (``value``: its exposed methods); ``retain``
-    lists the objects whose proxies the host unpickled and keeps; ``direct``
-    is the host's direct-route address for this object ("" for none), passed
-    on in the ObjReply."""
+    """Outcome of ``tag`` (an ``ObjStatus``). ``made``: the typeid made under id ``tag``
+    (``value``: its exposed methods); ``retain``: objects whose proxies the host keeps."""
 
     tag: int
     status: int
     value: Any = None
     made: str = ""
     retain: list[int] = field(default_factory=list)
-    direct: str = ""
+    direct: str = ""  # the host's direct-route address for the object, passed on in ObjReply
 
 
 @message(37, M, HOST)
