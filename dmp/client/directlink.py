@@ -12,17 +12,22 @@ reached is not tried again by this process.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from dmp.wire import direct, protocol
 from dmp.wire.protocol import ObjStatus
 
-_unreachable: set[str] = set()  # addresses this process could not use
+# address -> when to try it again: never (inf) after nothing listened there or a
+# failed key proof; a second after a busy listener closed us (too many at once).
+_unreachable: dict[str, float] = {}
+RETRY_BUSY_S = 1.0
 # Seconds a read on the manager's door waits before the caller looks at its session.
 LOOK_S = 1
 
@@ -48,7 +53,7 @@ def _sock(
     slot = address if claim is None else f"{address}#{claim}"  # a connection speaks for one peer
     got = local.socks.get(slot)
     if got is None:
-        if address in _unreachable:
+        if address in _unreachable and time.monotonic() < _unreachable[address]:
             return None
         try:
             sock = direct.connect(address, key)
@@ -57,13 +62,16 @@ def _sock(
                     direct.send_claim(sock, claim)
                     # A blocking read that gives up after LOOK_S (EAGAIN), with no extra
                     # poll per call as a Python-level timeout would cost.
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", LOOK_S, 0))
+                    sock.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", LOOK_S, 0)
+                    )
                 except BaseException:
                     sock.close()
                     raise
             got = (sock, direct.Reader())
-        except (direct.DirectError, OSError):
-            _unreachable.add(address)
+        except (direct.DirectError, OSError) as exc:
+            busy = isinstance(exc, direct.DirectError) and exc.busy
+            _unreachable[address] = time.monotonic() + RETRY_BUSY_S if busy else math.inf
             return None
         local.socks[slot] = got
     return got
@@ -87,7 +95,7 @@ def call(
         reply, out = direct.request(sock, reader, protocol.ObjCall(0, oid, method), frames)
     except (direct.DirectError, OSError) as exc:
         _drop(address)
-        _unreachable.add(address)
+        _unreachable[address] = math.inf
         raise ReferenceError(
             f"the object host went away during the call ({exc}); objects it held are lost"
         ) from None

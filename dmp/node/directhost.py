@@ -53,16 +53,17 @@ class DirectServer:
     def fd(self) -> int:
         return self.listener.fileno()
 
-    def accept(self) -> None:
-        """Take every waiting connection (the listening socket was readable); never blocks."""
+    def accept(self) -> bool:
+        """Take every waiting connection (the listening socket was readable); never blocks.
+        False: out of file descriptors, stop polling the listener for a while (it stays readable)."""
         while True:
             try:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # out of fds: the next poll tries again
-                log.warning("direct route: accept failed: %s", exc)
-                return
+                return True
+            except OSError as exc:
+                log.warning("direct route: accept failed (%s); new connections wait", exc)
+                return False
             if not self._serving.acquire(blocking=False):
                 sock.close()
                 continue

@@ -23,6 +23,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from multiprocessing.managers import RemoteError
 from typing import Any
 
@@ -82,6 +83,7 @@ class Host:
             peer.watch(self.lifeline)
         if self.direct is not None:
             peer.watch(self.direct.fd)
+        paused_at = 0.0  # when the direct listener was last set aside (out of fds); 0: it is polled
         try:
             while True:
                 while self.outbox:
@@ -93,8 +95,8 @@ class Host:
                         return  # whoever started us is gone
                 if self._wake.fd in ready:
                     self._wake.clear()
-                if self.direct is not None and self.direct.fd in ready:
-                    self.direct.accept()
+                if self.direct is not None:
+                    paused_at = self._direct_accepts(peer, ready, paused_at)
                 for msg, frames in peer.messages():
                     if isinstance(msg, protocol.HostCall):
                         self.receive(msg, frames)
@@ -115,6 +117,17 @@ class Host:
             if self.direct is not None:
                 self.direct.close()
             peer.close()
+
+    def _direct_accepts(self, peer: PeerLoop, ready: set[int], paused_at: float) -> float:
+        """Accept direct-route connections; out of fds, stop polling the listener for a second."""
+        assert self.direct is not None
+        if paused_at and time.monotonic() - paused_at >= 1.0:
+            peer.watch(self.direct.fd)
+            paused_at = 0.0
+        if not paused_at and self.direct.fd in ready and not self.direct.accept():
+            peer.poller.unregister(self.direct.fd)
+            paused_at = time.monotonic()
+        return paused_at
 
     def receive(self, msg: protocol.HostCall, frames: list[Any]) -> None:
         entry = self.objs.get(msg.oid)

@@ -41,7 +41,12 @@ _PREFIX = struct.Struct("<IQ")
 
 
 class DirectError(ConnectionError):
-    """The direct route failed: refused, closed, a failed key proof or a malformed message."""
+    """The direct route failed: refused, closed, a failed key proof or a malformed message.
+    ``busy``: the listener closed us before its challenge (too many connecting at once)."""
+
+    def __init__(self, text: str, *, busy: bool = False) -> None:
+        super().__init__(text)
+        self.busy = busy
 
 
 def new_address() -> str:
@@ -105,7 +110,10 @@ def connect(address: str, key: bytes | None, timeout: float = HANDSHAKE_TIMEOUT_
         sock.settimeout(timeout)
         try:
             sock.connect(sockaddr(address))
-            hello = _read_exactly(sock, len(MAGIC) + 1 + NONCE_BYTES)
+            try:
+                hello = _read_exactly(sock, len(MAGIC) + 1 + NONCE_BYTES)
+            except (DirectError, TimeoutError) as exc:  # closed or not served before its challenge
+                raise DirectError(f"the listener at {address} is busy: {exc}", busy=True) from exc
             if hello[: len(MAGIC)] != MAGIC:
                 raise DirectError(f"{address} does not speak the dmp direct route")
             keyed, ns, nc = (

@@ -22,6 +22,7 @@ import collections
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -63,6 +64,7 @@ class Door:
         self.routes: dict[tuple[str, int], DoorConn] = {}  # (peer, ref) -> where its reply goes
         self.joined: collections.deque[tuple[socket.socket, str]] = collections.deque()
         self._proving = threading.BoundedSemaphore(MAX_HANDSHAKES)
+        self.paused_at = 0.0  # the listener was set aside then (out of fds); 0: it is polled
 
     @property
     def fd(self) -> int:
@@ -78,8 +80,12 @@ class Door:
         handle: Callable[[str, protocol.Message, list[Any]], None],
     ) -> None:
         """Accept, admit proven connections, read requests, write what waits."""
-        if self.fd in ready:
-            self._accept()
+        if self.paused_at and time.monotonic() - self.paused_at >= 1.0:
+            poller.register(self.fd, POLLIN)  # out of fds a second ago: try again
+            self.paused_at = 0.0
+        if not self.paused_at and self.fd in ready and not self._accept():
+            poller.unregister(self.fd)  # it stays readable: polling it now would spin
+            self.paused_at = time.monotonic()
         while self.joined:
             sock, peer = self.joined.popleft()
             self.conns[sock.fileno()] = DoorConn(sock, peer)
@@ -124,15 +130,16 @@ class Door:
             )
             self._close(conn, poller)
 
-    def _accept(self) -> None:
+    def _accept(self) -> bool:
+        """Take every waiting connection; False when out of file descriptors."""
         while True:
             try:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                return True
             except OSError as exc:
-                log.warning("direct route: accept failed: %s", exc)
-                return
+                log.warning("direct route: accept failed (%s); new connections wait", exc)
+                return False
             if len(self.conns) >= MAX_CONNECTIONS or not self._proving.acquire(blocking=False):
                 sock.close()
                 continue

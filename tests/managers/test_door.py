@@ -189,3 +189,28 @@ def test_manager_death_during_a_door_call_is_an_error_not_a_hang(tmp_path: Path)
         assert errors and isinstance(errors[0], ManagerUnavailableError), errors
     finally:
         d.stop()
+
+
+def test_many_threads_at_once_all_get_answers(daemon: Daemon) -> None:
+    """More threads than the door proves keys at once: those it turns away use ZeroMQ."""
+    m = dmp.Manager(address=daemon.address)
+    q, d = m.Queue(), m.dict()
+    errors: list[BaseException] = []
+    start = threading.Barrier(40)
+
+    def work(i: int) -> None:
+        try:
+            start.wait(10)
+            q.put(i)
+            d[i] = i
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert sorted(q.get(timeout=5) for _ in range(40)) == list(range(40))
+    assert dict(d) == {i: i for i in range(40)}
