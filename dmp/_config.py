@@ -76,10 +76,20 @@ _connected: Target | None = None
 _known_keys: dict[str, bytes | None] = {}  # address -> key this process was given for it
 
 
+_cluster_key: bytes | None = None  # in a node's worker: its manager's key
+
+
 def remember_key(address: str, key: bytes | None) -> None:
     """A daemon's worker knows its manager's key; proxies it unpickles use it too."""
+    global _cluster_key
     with _lock:
         _known_keys[address] = key
+        _cluster_key = key
+
+
+def cluster_key() -> bytes | None:
+    """In a node's worker, the key of the manager it serves (None elsewhere, or keyless)."""
+    return _cluster_key
 
 
 def set_default(address: str, authkey: bytes | None) -> None:

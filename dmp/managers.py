@@ -27,7 +27,7 @@ import weakref
 from typing import Any
 
 from dmp import _config, serialization
-from dmp.client import hosted, proxies, proxylink, registry
+from dmp.client import hosted, mgrkeys, proxies, proxylink, registry
 from dmp.client.manager_server import START_TIMEOUT_S, Server, finalize_manager, run_server
 from dmp.client.proxies import (
     AutoProxy,
@@ -55,7 +55,7 @@ from dmp.client.reactor_proxies import (
 from dmp.client.registry import HOST_BUILTINS, ReactorKind, Registration
 from dmp.client.xmlserial import xml_roundtrip
 from dmp.errors import ManagerUnavailableError, ProcessError
-from dmp.wire import protocol
+from dmp.wire import protocol, transport
 from dmp.wire.address import normalize_address
 
 __all__ = [
@@ -164,8 +164,14 @@ class BaseManager:
             raise ProcessError("Manager has shut down")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        address = self._address or f"ipc://@dmp-manager-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        key = self._authkey
+        address, key = self._address, self._authkey
+        cluster = _config.resolve()
+        if address is None and cluster.address is not None:
+            # Its remote Processes must reach it: tcp on the interface that reaches
+            # the cluster, and the cluster's key by default (dmp.client.mgrkeys).
+            address = mgrkeys.bind_address(cluster.address)
+            key = key if key is not None else cluster.authkey
+        address = address or f"ipc://@dmp-manager-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         if key is None and self._address is None:
             key = os.urandom(32)  # only this process and its children know it
         reader, writer = _fork.Pipe(duplex=False)
@@ -184,11 +190,14 @@ class BaseManager:
         if status != "ok":
             process.join(5)
             raise ValueError(f"the manager process could not serve {address}: {value}")
-        self._address, self._authkey, self._process = value, key, process
-        proxies.remember_key(value, key)
+        endpoint, curve_public = value
+        self._address, self._authkey, self._process = endpoint, key, process
+        if curve_public is not None:  # under CURVE it serves with a key pair of its own
+            transport.remember_server_key(endpoint, curve_public)
+        proxies.remember_key(endpoint, key)
         self._state = State.STARTED
         self._finalizer = weakref.finalize(
-            self, finalize_manager, process, value, os.getpid(), self._shutdown_timeout
+            self, finalize_manager, process, endpoint, os.getpid(), self._shutdown_timeout
         )
 
     def shutdown(self) -> None:

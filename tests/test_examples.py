@@ -9,10 +9,10 @@ identical to the standard library's.
 
 The cluster has an authkey, as every cluster off loopback must: DMP_AUTHKEY is
 then also the key of the managers the examples start themselves, which is how
-a Process on a node can use their proxies (docs/managers.md). On a keyless
-cluster custom_manager.py's remote children get AuthenticationError from the
-manager's random key, and on nodes of other hosts they could not reach its
-ipc:// address at all.
+a Process on a node can use their proxies (docs/managers.md). The examples that
+start a manager also run on a keyless cluster (``cluster-keyless``): there the
+manager's random key travels with each remote Process (loopback only), and in
+both the manager listens on tcp:// where the nodes reach it, not ipc://.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from tests.daemons import ROOT, Daemons, base_env
 EXAMPLES_DIR = ROOT / "docs" / "examples"
 RUNNER = EXAMPLES_DIR / "run.py"
 EXAMPLES = sorted(p.name for p in EXAMPLES_DIR.glob("*.py") if p.name not in ("run.py", "quickstart.py"))
+# Examples whose remote children use a manager the program starts itself.
+OWN_MANAGER_EXAMPLES = ["custom_manager.py"]
 RUN_TIMEOUT_S = 150
 
 pytestmark = pytest.mark.timeout(RUN_TIMEOUT_S * 2 + 60)
@@ -64,6 +66,17 @@ def example_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon
         cluster.stop()
 
 
+@pytest.fixture(scope="module")
+def keyless_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemons]:
+    """The same cluster without an authkey (allowed on loopback only)."""
+    cluster = Daemons(tmp_path_factory.mktemp("examples-keyless"))
+    cluster.start(nodes=2, processes=2)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 def test_every_example_is_an_ordinary_multiprocessing_program() -> None:
     assert len(EXAMPLES) >= 6, EXAMPLES
     for name in EXAMPLES:
@@ -89,3 +102,11 @@ def test_example_prints_what_multiprocessing_prints(script: str, mode: str, requ
         env = {**cluster.env, "DMP_ADDRESS": cluster.address}
     got = checked(run_example("dmp", script, env), f"{script} under dmp ({mode})")
     assert got == expected, f"{script} under dmp ({mode}) printed differently"
+
+
+@pytest.mark.parametrize("script", OWN_MANAGER_EXAMPLES)
+def test_own_manager_example_on_a_keyless_cluster(script: str, keyless_cluster: Daemons) -> None:
+    assert "BaseManager" in (EXAMPLES_DIR / script).read_text()
+    env = {**keyless_cluster.env, "DMP_ADDRESS": keyless_cluster.address}
+    got = checked(run_example("dmp", script, env), f"{script} under dmp (keyless cluster)")
+    assert got == stdlib_output(script), f"{script} on a keyless cluster printed differently"

@@ -3,7 +3,8 @@
     start() --fork--> run_server: the dmp_server reactor (ipc:// by default, or
         the address given), its object host forked from it on first need,
         inheriting this process's registered callables; says where it listens
-        on a pipe, then serves until SIGTERM
+        (and, under CURVE, the public key of the key pair it made) on a pipe,
+        then serves until SIGTERM
     get_server().serve_forever(): the same reactor in this process
     finalize_manager: the manager's owner is gone or shut down: SIGTERM, then kill
 """
@@ -81,13 +82,16 @@ def run_server(registry: dict[str, Registration], address: str, key: bytes | Non
     if initializer is not None:
         initializer(*initargs)
     try:
+        # Under CURVE this process has only the cluster's public key: it serves
+        # with a key pair of its own, whose public key its owner hands its peers.
+        public = transport.use_own_curve_server() if transport.curve_enabled() else None
         daemon = make_daemon(registry, address, key)
     except Exception as exc:
         writer.send(("error", f"{type(exc).__name__}: {exc}"))
         writer.close()
         return
     signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
-    writer.send(("ok", daemon.endpoints[0]))
+    writer.send(("ok", (daemon.endpoints[0], public)))
     writer.close()
     try:
         daemon.run()

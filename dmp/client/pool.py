@@ -29,7 +29,7 @@ from dmp.client.results import (
     MapResult,
 )
 from dmp.client.session import Session
-from dmp.client.sink import ApplySink, MapSink
+from dmp.client.sink import ApplySink, MapSink, start_up
 from dmp.errors import MessageTooLargeError, ProcessError
 from dmp.node import runners
 
@@ -105,6 +105,8 @@ class Pool:
         self._apply = ApplySink()
         apply_runner = serialization.dumps(runners.Apply(self._init), by_value=True) if self._init else []
         self._apply_job = self._session.new_job(self._apply, apply_runner, max_retries, self._timeout, self._resources)
+        if self._init is not None and initializer is not None:  # no node worker starts for this pool
+            start_up(self._session, apply_runner, min(self._processes, self._engine.slots or 1), self._resources)
         self._feeder = Feeder(self._session, self._by_value, lambda: self._state)
 
     # --- bookkeeping -------------------------------------------------------------------

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from dmp import _config, context
+from dmp.client import toplevel
 
 _managers: dict[tuple[str, bytes | None], Any] = {}
 _lock = threading.Lock()
@@ -64,7 +65,7 @@ def Queue(maxsize: int = 0) -> Any:
         AuthenticationError: (cluster mode) the manager refused the authkey.
     """
     m = _cluster()
-    return _local().Queue(maxsize) if m is None else m.Queue(maxsize)
+    return _local().Queue(maxsize) if m is None else toplevel.make(m, "Queue", toplevel.Queue, maxsize)
 
 
 def JoinableQueue(maxsize: int = 0) -> Any:
@@ -75,7 +76,9 @@ def JoinableQueue(maxsize: int = 0) -> Any:
         AuthenticationError: (cluster mode) the manager refused the authkey.
     """
     m = _cluster()
-    return _local().JoinableQueue(maxsize) if m is None else m.JoinableQueue(maxsize)
+    if m is None:
+        return _local().JoinableQueue(maxsize)
+    return toplevel.make(m, "JoinableQueue", toplevel.JoinableQueue, maxsize)
 
 
 def SimpleQueue() -> Any:
@@ -86,7 +89,7 @@ def SimpleQueue() -> Any:
         AuthenticationError: (cluster mode) the manager refused the authkey.
     """
     m = _cluster()
-    return _local().SimpleQueue() if m is None else m.Queue()
+    return _local().SimpleQueue() if m is None else toplevel.make(m, "Queue", toplevel.SimpleQueue)
 
 
 def Lock() -> Any:
@@ -97,7 +100,7 @@ def Lock() -> Any:
         AuthenticationError: (cluster mode) the manager refused the authkey.
     """
     m = _cluster()
-    return _local().Lock() if m is None else m.Lock()
+    return _local().Lock() if m is None else toplevel.make(m, "Lock", toplevel.Lock)
 
 
 def RLock() -> Any:
@@ -108,7 +111,7 @@ def RLock() -> Any:
         AuthenticationError: (cluster mode) the manager refused the authkey.
     """
     m = _cluster()
-    return _local().RLock() if m is None else m.RLock()
+    return _local().RLock() if m is None else toplevel.make(m, "RLock", toplevel.RLock)
 
 
 def Semaphore(value: int = 1) -> Any:
@@ -119,7 +122,7 @@ def Semaphore(value: int = 1) -> Any:
         AuthenticationError: (cluster mode) the manager refused the authkey.
     """
     m = _cluster()
-    return _local().Semaphore(value) if m is None else m.Semaphore(value)
+    return _local().Semaphore(value) if m is None else toplevel.make(m, "Semaphore", toplevel.Semaphore, value)
 
 
 def BoundedSemaphore(value: int = 1) -> Any:
@@ -130,7 +133,9 @@ def BoundedSemaphore(value: int = 1) -> Any:
         AuthenticationError: (cluster mode) the manager refused the authkey.
     """
     m = _cluster()
-    return _local().BoundedSemaphore(value) if m is None else m.BoundedSemaphore(value)
+    if m is None:
+        return _local().BoundedSemaphore(value)
+    return toplevel.make(m, "BoundedSemaphore", toplevel.Semaphore, value)
 
 
 def Event() -> Any:
@@ -152,7 +157,7 @@ def Condition(lock: Any = None) -> Any:
         AuthenticationError: (cluster mode) the manager refused the authkey.
     """
     m = _cluster()
-    return _local().Condition(lock) if m is None else m.Condition()
+    return _local().Condition(lock) if m is None else toplevel.make(m, "Condition", toplevel.Condition)
 
 
 def Barrier(parties: int, action: Any = None, timeout: float | None = None) -> Any:
@@ -174,7 +179,9 @@ def Value(typecode_or_type: Any, *args: Any, lock: Any = True) -> Any:
         AuthenticationError: (cluster mode) the manager refused the authkey.
     """
     m = _cluster()
-    return _local().Value(typecode_or_type, *args, lock=lock) if m is None else m.Value(typecode_or_type, *args)
+    if m is None:
+        return _local().Value(typecode_or_type, *args, lock=lock)
+    return toplevel.value(m, typecode_or_type, args, lock)
 
 
 def Array(typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) -> Any:
@@ -187,7 +194,7 @@ def Array(typecode_or_type: Any, size_or_initializer: Any, *, lock: Any = True) 
     m = _cluster()
     if m is None:
         return _local().Array(typecode_or_type, size_or_initializer, lock=lock)
-    return m.Array(typecode_or_type, size_or_initializer)
+    return toplevel.array_of(m, typecode_or_type, size_or_initializer, lock)
 
 
 def Pipe(duplex: bool = True) -> tuple[Any, Any]:

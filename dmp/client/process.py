@@ -25,8 +25,10 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from dmp import _config, context, serialization
+from dmp.client import mgrkeys, proxylink
 from dmp.client.sink import Sink
 from dmp.node import runners
+from dmp.wire import transport
 from dmp.wire.protocol import Status
 
 _ForkProcess: Any = multiprocessing.get_context("fork").Process
@@ -122,7 +124,11 @@ class _ClusterPopen(Sink):
         self.sentinel, self._write_end = os.pipe()
         engine = shared_cluster(target.address or "", target.authkey)
         self._session = engine.session
-        runner = serialization.dumps(runners.RunProcess.of(process_obj), by_value=True)
+        address = target.address or ""
+        grant = mgrkeys.grant(
+            address, target.authkey, proxylink.known_keys(), transport.curve_enabled(), transport.server_keys()
+        )
+        runner = serialization.dumps(runners.RunProcess.of(process_obj, grant), by_value=True)
         self._refused: str | None = None
         resources = getattr(process_obj, "_dmp_resources", None)
         self._job = self._session.new_job(self, runner, 0, 0.0, resources)

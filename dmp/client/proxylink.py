@@ -28,8 +28,8 @@ from multiprocessing import util as _mp_util
 from typing import Any
 
 from dmp import _config
-from dmp.client import doorlink
-from dmp.errors import ManagerUnavailableError
+from dmp.client import doorlink, mgrkeys
+from dmp.errors import AuthenticationError, ManagerUnavailableError
 from dmp.wire import protocol
 from dmp.wire.protocol import ObjStatus
 
@@ -43,10 +43,17 @@ def remember_key(address: str, key: bytes | None) -> None:
     _keys[address] = key
 
 
+def known_keys() -> dict[str, bytes | None]:
+    """The keys this process's managers were started or connected with, by address."""
+    return dict(_keys)
+
+
 def key_for(address: str) -> bytes | None:
     if address in _keys:
         return _keys[address]
-    return _config.resolve(address).authkey
+    key = _config.resolve(address).authkey
+    # In a node's worker: a manager it was told nothing of may share the cluster's key.
+    return key if key is not None else _config.cluster_key()
 
 
 class _Slot:
@@ -261,7 +268,13 @@ def connection(address: str, key: bytes | None = None, *, timeout: float = _conf
             _conns_pid = os.getpid()
         conn = _conns.get(address)
         if conn is None or conn.closed is not None:
-            conn = Connection(address, key if key is not None else key_for(address), timeout)
+            try:
+                conn = Connection(address, key if key is not None else key_for(address), timeout)
+            except AuthenticationError as exc:
+                why = mgrkeys.why_refused(address)
+                if why is None:
+                    raise
+                raise AuthenticationError(f"{exc}: {why}") from None
             _conns[address] = conn
         return conn
 

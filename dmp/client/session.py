@@ -61,9 +61,10 @@ class Session:
         max_retries: int,
         timeout: float = 0.0,
         resources: dict[str, float] | None = None,
+        idle_only: bool = False,
     ) -> int:
         """Define a job whose outcomes go to ``sink``; its id. ``timeout``
-        (seconds, 0: none) and ``resources`` apply to each of its tasks.
+        (seconds, 0: none), ``resources`` and ``idle_only`` apply to each of its tasks.
 
         Raises the session's failure if the session is closed.
         """
@@ -72,7 +73,7 @@ class Session:
                 raise self.closed
             job = next(self._ids)
             self.sinks[job] = sink
-        self._post(protocol.DefineJob(job, len(runner), max_retries, timeout, resources or {}), runner)
+        self._post(protocol.DefineJob(job, len(runner), max_retries, timeout, resources or {}, idle_only), runner)
         return job
 
     def submit(self, job: int, tasks: list[tuple[int, list[Any]]], alive: Callable[[], bool] | None = None) -> bool:

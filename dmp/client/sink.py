@@ -26,6 +26,8 @@ from __future__ import annotations
 import abc
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from dmp import serialization
+from dmp.node import runners
 from dmp.wire.protocol import Status
 
 if TYPE_CHECKING:
@@ -98,3 +100,29 @@ class ApplySink(Sink):
         results, self.results = self.results, {}
         for result in results.values():
             result.on_failure(exc)
+
+
+class StartupSink(Sink):
+    """A cluster pool's start-up tasks (``runners.initialize``): their outcomes go to nobody.
+
+    An initializer that raised there raises again, and fails that task,
+    when the worker meets the pool's first task.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+
+    def on_result(self, task_id: int, status: Status, frames: list[Any], info: Any) -> bool:
+        self.left -= 1
+        return self.left <= 0
+
+    def on_failure(self, exc: BaseException) -> None:
+        pass
+
+
+def start_up(session: Any, runner: list[Any], count: int, resources: dict[str, float] | None) -> None:
+    """Send a cluster pool's ``count`` start-up tasks (see ``runners.initialize``), for idle workers only."""
+    job = session.new_job(StartupSink(count), runner, 0, 0.0, resources, idle_only=True)
+    start = serialization.dumps((runners.initialize, (), {}))
+    session.submit(job, [(i, start) for i in range(count)])
+    session.end_job(job)

@@ -53,7 +53,7 @@ class NodeDaemon:
         template = WorkerConfig(
             address=address, node=name, key=key, by_value=True, heartbeat=True, forward_output=True
         )
-        self.supervisor = Supervisor(template, count=processes, name_prefix="dmp-worker", memory_limit=memory_limit)
+        self.supervisor = Supervisor(template, count=processes, name_prefix=f"dmp-worker-{name}", memory_limit=memory_limit)
         self._stop = False
         self._welcomed_once = False
         self.status = 0

@@ -6,8 +6,11 @@ triples. Runners pickle by value together with the user's function.
 
 In cluster mode a worker serves many pools, so a pool's ``initializer`` and
 ``maxtasksperchild`` travel with its runners (:class:`PoolInit`): the
-initializer runs the first time a worker meets that pool, and a worker that
-has run ``maxtasksperchild`` of the pool's tasks retires after the current one.
+initializer runs the first time a worker meets that pool, before that task,
+and a worker that has run ``maxtasksperchild`` of the pool's tasks retires
+after the current one. A pool with an initializer also sends, when it
+starts, one :func:`initialize` task per slot it may use, so that free workers
+run the initializer at once, as the standard library's do at worker start.
 
 A runner is called ``runner(task, ctx)``; ``ctx`` is the worker's
 :class:`TaskContext`, through which a runner asks its worker to retire after
@@ -17,12 +20,16 @@ the task. A runner whose ``announce`` is True has its task announced
 
 from __future__ import annotations
 
+import multiprocessing.process
+import os
 from collections.abc import Callable
 from typing import Any
 
 # Pools (by uid) this worker process has initialized, and tasks run per pool.
 _initialized: set[str] = set()
 _counts: dict[str, int] = {}
+# Per pool: the globals its initializer ran with, when it travelled by value.
+_init_globals: dict[str, dict[str, Any]] = {}
 
 
 class TaskContext:
@@ -59,11 +66,17 @@ class PoolInit:
         self.initargs = initargs
         self.max_tasks = max_tasks
 
-    def before(self) -> None:
+    def before(self, func: Any = None) -> None:
+        """Run the initializer if this worker has not yet; then let ``func`` see what it set."""
         if self.uid not in _initialized:
             if self.initializer is not None:
                 self.initializer(*self.initargs)
+                found = getattr(self.initializer, "__globals__", None)
+                if isinstance(found, dict):
+                    _init_globals[self.uid] = found
             _initialized.add(self.uid)
+        if func is not None:
+            _adopt(self.uid, func)
 
     def after(self, ctx: TaskContext) -> None:
         if self.max_tasks:
@@ -74,6 +87,38 @@ class PoolInit:
 
     def __reduce__(self) -> Any:
         return (PoolInit, (self.uid, self.initializer, self.initargs, self.max_tasks))
+
+
+def _adopt(uid: str, func: Any) -> None:
+    """Give ``func`` the globals pool ``uid``'s initializer ran with.
+
+    A function sent by value (``__main__``'s, a lambda) is rebuilt from each
+    pickle with a globals dict of its own, so what an initializer from the
+    same module set (``global model; model = load()``) would be invisible to
+    the tasks pickled apart from it. Their globals take the initializer's
+    objects instead, as a forked pool's workers share one module: the values
+    as the pool started, plus what the initializer did.
+    """
+    source = _init_globals.get(uid)
+    target = getattr(func, "__globals__", None)
+    if source is None or not isinstance(target, dict) or target is source:
+        return
+    if target.get("__name__") != source.get("__name__"):
+        return
+    for name, value in source.items():
+        if not name.startswith("__"):
+            target[name] = value
+
+
+def initialize() -> None:
+    """A cluster pool's start-up task: its :class:`Apply` runner runs the pool's initializer (once per worker).
+
+    The nodes' workers are shared between pools, so none starts for a new
+    pool: it sends one of these per slot it may use, in a job whose tasks go
+    only to idle workers (``DefineJob.idle_only``), so free workers run the
+    initializer at once (a busy one runs it before its first task of the
+    pool) and none waits behind another task. Their outcomes go to nobody.
+    """
 
 
 def call(task: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:
@@ -94,7 +139,9 @@ class Apply(Runner):
         init = self.init
         if init is None:
             return call(task)
-        init.before()
+        init.before(task[0])
+        if task[0] is initialize:
+            return None  # not one of the pool's tasks: maxtasksperchild does not count it
         try:
             return call(task)
         finally:
@@ -117,7 +164,7 @@ class MapChunk(Runner):
     def __call__(self, items: list[Any], ctx: TaskContext) -> list[Any]:
         init = self.init
         if init is not None:
-            init.before()
+            init.before(self.func)
         try:
             func = self.func
             if self.star:
@@ -131,8 +178,9 @@ class MapChunk(Runner):
         return (MapChunk, (self.func, self.star, self.init))
 
 
-# Attributes of a multiprocessing Process that belong to the parent's side.
-_PARENT_ONLY = frozenset({"_config", "_popen", "_parent_pid", "_parent_name", "_identity", "_closed"})
+# Attributes of a multiprocessing Process that belong to the parent's side;
+# _dmp_target holds the cluster's authkey, which must never ride in a payload.
+_PARENT_ONLY = frozenset({"_config", "_popen", "_parent_pid", "_parent_name", "_identity", "_closed", "_dmp_target"})
 
 
 class RunProcess(Runner):
@@ -144,14 +192,16 @@ class RunProcess(Runner):
 
     announce = True
 
-    def __init__(self, cls: Any, state: dict[str, Any]) -> None:
+    def __init__(self, cls: Any, state: dict[str, Any], daemon: bool = False, grant: Any = None) -> None:
         self.cls = cls
         self.state = state
+        self.daemon = daemon
+        self.grant = grant  # dmp.client.mgrkeys.KeyGrant: the caller's keys that may travel
 
     @classmethod
-    def of(cls, process: Any) -> RunProcess:
+    def of(cls, process: Any, grant: Any = None) -> RunProcess:
         state = {k: v for k, v in vars(process).items() if k not in _PARENT_ONLY}
-        return cls(type(process), state)
+        return cls(type(process), state, process.daemon, grant)
 
     def __call__(self, _task: Any, ctx: TaskContext) -> int:
         import sys
@@ -160,8 +210,20 @@ class RunProcess(Runner):
         ctx.retire = True
         obj = self.cls.__new__(self.cls)
         obj.__dict__.update(self.state)
-        obj._config = {}
+        worker: Any = multiprocessing.process.current_process()
+        # This process *is* the Process now, as a forked child is: its name,
+        # its daemon flag (a non-daemon one may have children), the worker's
+        # authkey and identity (the worker retires after it).
+        obj._config = {**worker._config, "daemon": bool(self.daemon)}
+        obj._identity = worker._identity
+        obj._parent_pid, obj._parent_name = os.getppid(), worker.name
+        obj._popen, obj._closed = None, False
+        multiprocessing.process._current_process = obj  # type: ignore[attr-defined]
         try:
+            from dmp import _config
+            from dmp.client import mgrkeys
+
+            mgrkeys.adopt(self.grant, obj, _config.cluster_key())
             obj.run()
             code = 0
         except SystemExit as exc:
@@ -177,9 +239,10 @@ class RunProcess(Runner):
             traceback.print_exc()
             code = 1
         finally:
+            multiprocessing.process._current_process = worker  # type: ignore[attr-defined]
             sys.stdout.flush()
             sys.stderr.flush()
         return code
 
     def __reduce__(self) -> Any:
-        return (RunProcess, (self.cls, self.state))
+        return (RunProcess, (self.cls, self.state, self.daemon, self.grant))

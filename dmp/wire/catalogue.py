@@ -93,19 +93,17 @@ class Error(Message):
 @message(10, CLIENT, M)
 @dataclass(slots=True)
 class DefineJob(Message):
-    """A job's runner (payload frames; may be none).
-
-    Every task of the job runs as ``runner(task)``; without a runner, the task
-    is itself a callable. ``max_retries`` bounds reruns after worker deaths.
-    ``timeout`` (seconds, 0: none) bounds each task's run time; ``resources``
-    (name -> amount) is what each task holds on its node while it runs.
-    """
+    """A job's runner (payload frames; may be none): each task runs as ``runner(task)``
+    (without one, the task is a callable). ``max_retries`` bounds reruns after worker
+    deaths, ``timeout`` (s, 0: none) each run; ``resources`` (name -> amount) are held on
+    the node per running task; ``idle_only``: tasks go only to idle workers, never queued."""
 
     job: int
     nframes: int
     max_retries: int = 3
     timeout: float = 0.0
     resources: dict[str, Any] = field(default_factory=dict)
+    idle_only: bool = False
 
 
 @message(11, CLIENT, M)

@@ -80,6 +80,8 @@ def _wire_type(annotation: Any) -> type | tuple[type, ...] | None:
         return str
     if text == "int":
         return int
+    if text == "bool":
+        return bool
     if text == "float":
         return (int, float)
     if text == "bytes":

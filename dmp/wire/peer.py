@@ -63,7 +63,7 @@ def connect(
     Raises:
         ValueError: the CURVE key files (``DMP_CURVE``) cannot be read.
     """
-    sock = transport.make_socket(zmq.DEALER, identity=identity)
+    sock = transport.make_socket(zmq.DEALER, identity=identity, server_key=transport.server_key_for(address))
     if linger_ms is not None:
         sock.setsockopt(zmq.LINGER, linger_ms)
     chan = transport.Channel(sock, key)

@@ -65,14 +65,16 @@ class Curve:
     throwaway key pair per socket: CURVE encrypts; the authkey authenticates.
     """
 
-    def __init__(self, directory: str | None, *, server: bool, public: bytes | None = None) -> None:
+    def __init__(
+        self, directory: str | None, *, server: bool, public: bytes | None = None, secret: bytes | None = None
+    ) -> None:
         import zmq.auth
 
-        if directory is None:  # a pinned public key (from a join token), no files
-            if public is None or server:
-                raise ValueError("a CURVE client needs the server's public key")
+        if directory is None:  # a pinned public key (from a join token), or a pair in memory: no files
+            if public is None or (server and secret is None):
+                raise ValueError("a CURVE server needs its key pair" if server else "a CURVE client needs the server's public key")
             self.public: bytes = public
-            self.secret: bytes | None = None
+            self.secret: bytes | None = secret if server else None
             return
 
         secret_file = os.path.join(directory, "server.key_secret")
@@ -93,7 +95,8 @@ class Curve:
         self.public = public
         self.secret = secret if server else None
 
-    def apply(self, sock: zmq.Socket[Any]) -> None:
+    def apply(self, sock: zmq.Socket[Any], server_key: bytes | None = None) -> None:
+        """Make ``sock`` a CURVE server (ROUTER) or client of ``server_key`` (default: ours)."""
         if sock.type == zmq.ROUTER:
             if self.secret is None:
                 raise ValueError("a CURVE server needs server.key_secret")
@@ -104,7 +107,7 @@ class Curve:
             public, secret = zmq.curve_keypair()
             sock.curve_publickey = public
             sock.curve_secretkey = secret
-            sock.curve_serverkey = self.public
+            sock.curve_serverkey = server_key or self.public
 
 
 _curve: Curve | None = None
@@ -128,6 +131,37 @@ def pin_curve_key(public: bytes) -> None:
     _curve_checked = True
 
 
+def use_own_curve_server() -> bytes:
+    """Serve CURVE with a fresh key pair of this process's own; returns its public key.
+
+    For a manager that a client under CURVE starts itself (dmp.managers): it has
+    no cluster secret; its peers learn this public key with its address.
+    """
+    global _curve, _curve_checked
+    public, secret = zmq.curve_keypair()
+    _curve = Curve(None, server=True, public=public, secret=secret)
+    _curve_checked = True
+    return public
+
+
+_server_keys: dict[str, bytes] = {}  # endpoint -> CURVE public key of a server that is not the cluster's
+
+
+def remember_server_key(endpoint: str, public: bytes) -> None:
+    """Sockets connecting to ``endpoint`` expect this CURVE server key (see use_own_curve_server)."""
+    _server_keys[endpoint] = public
+
+
+def server_keys() -> dict[str, bytes]:
+    """Every CURVE server key remembered by endpoint (public keys: they may travel)."""
+    return dict(_server_keys)
+
+
+def server_key_for(endpoint: str) -> bytes | None:
+    """The CURVE public key remembered for ``endpoint``, or None (the cluster's, if any)."""
+    return _server_keys.get(endpoint)
+
+
 def curve_public_key() -> bytes | None:
     """The manager's CURVE public key in use, or None without CURVE."""
     curve = _curve_settings()
@@ -144,11 +178,13 @@ def _curve_settings() -> Curve | None:
     return _curve
 
 
-def make_socket(kind: int, *, identity: bytes | None = None) -> zmq.Socket[Any]:
+def make_socket(kind: int, *, identity: bytes | None = None, server_key: bytes | None = None) -> zmq.Socket[Any]:
+    """A socket with dmp's options; under CURVE a ROUTER serves it, a DEALER is a client
+    of ``server_key`` (default: the cluster manager's)."""
     sock: zmq.Socket[Any] = context().socket(kind)
     curve = _curve_settings()
     if curve is not None and kind in (zmq.ROUTER, zmq.DEALER):
-        curve.apply(sock)
+        curve.apply(sock, server_key)
     sock.setsockopt(zmq.LINGER, LINGER_MS)
     sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
     sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)

@@ -100,13 +100,16 @@ class Placement:
         first job that may run there (None if no client has one).
 
         A job with resources may run only on an idle worker of a node that
-        has them free (so no task waits behind another holding them).
+        has them free (so no task waits behind another holding them); an
+        ``idle_only`` job only on an idle worker.
         """
         ready = self._ready
         for _ in range(len(ready)):
             c = ready[0]
             if not c.max_workers or worker.peer in c.on or len(c.on) < c.max_workers:
                 for job in c.active:
+                    if job.idle_only and worker.assigned:
+                        continue
                     if not job.resources:
                         return job
                     node = self.nodes.get(worker.node)

@@ -56,6 +56,7 @@ class Job:
     timeout: float = 0.0  # seconds each task may run (0: no limit)
     resources: dict[str, float] = field(default_factory=dict)  # each task's need, held while it runs
     refused: str = ""  # why no joined node could ever satisfy ``resources`` ("": one could)
+    idle_only: bool = False  # each task only to an idle worker (never queued behind another)
 
 
 @dataclass(slots=True, eq=False)

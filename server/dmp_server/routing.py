@@ -241,7 +241,9 @@ class Routing:
         except ValueError as exc:
             self._send(peer, protocol.Error(ErrorCode.BAD_MESSAGE, str(exc), msg.job), [])
             return
-        self._carry_out(self.scheduler.define_job(peer, msg.job, frames, msg.max_retries, timeout, resources))
+        self._carry_out(
+            self.scheduler.define_job(peer, msg.job, frames, msg.max_retries, timeout, resources, msg.idle_only)
+        )
 
     def _end_job(self, peer: str, msg: protocol.EndJob, frames: list[Any]) -> None:
         self._carry_out(self.scheduler.end_job(peer, msg.job))

@@ -177,8 +177,10 @@ class Scheduler(Placement):
         max_retries: int,
         timeout: float = 0.0,
         resources: dict[str, float] | None = None,
+        idle_only: bool = False,
     ) -> list[Command]:
-        """Define a job (``timeout`` and ``resources`` checked by the caller).
+        """Define a job (``timeout`` and ``resources`` checked by the caller;
+        ``idle_only``: its tasks go only to idle workers).
 
         A job whose ``resources`` no joined node has is refused: each of its
         tasks is answered REFUSED as it arrives (the client raises
@@ -190,7 +192,8 @@ class Scheduler(Placement):
         if job_id in client.jobs:
             return [Send(peer, protocol.Error(protocol.ErrorCode.BAD_MESSAGE, f"job {job_id} defined twice", job_id))]
         need = dict(resources or {})
-        job = Job(self._next_job, peer, job_id, runner, max(0, max_retries), timeout=timeout, resources=need)
+        job = Job(self._next_job, peer, job_id, runner, max(0, max_retries), timeout=timeout, resources=need,
+                  idle_only=bool(idle_only))
         client.jobs[job_id] = job
         self._next_job += 1
         if need and not any(node.covers(need, now=False) for node in self.nodes.values()):

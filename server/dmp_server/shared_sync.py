@@ -7,7 +7,7 @@ See ``dmp_server.shared`` for the contract every kind follows.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, ClassVar
 
 from dmp_server.shared import Out, Owner, Refusal, Request, Shared, abandon, arg, live
 
@@ -38,6 +38,7 @@ class Lock(_Waiting):
     """A lock held by one (peer, thread); any thread may release it, as threading.Lock."""
 
     KIND = "Lock"
+    OWNED: ClassVar[bool] = False  # only the holder may release it
 
     def __init__(self, args: list[Any], frames: list[Any]) -> None:
         self.owner: Owner | None = None
@@ -90,9 +91,14 @@ class Lock(_Waiting):
 
     def peer_gone(self, peer: str, out: Out) -> None:
         super().peer_gone(peer, out)
-        # Only a crash frees a lock, never a clean exit: the standard library
-        # never releases a lock whose holder exits, and code relies on it (a
-        # child takes the lock, the parent releases it).
+        # The standard library never releases a lock whose holder exits, and
+        # code relies on it: any process may release a plain Lock (a child
+        # takes it, the parent releases it), so a plain Lock stays held. Only
+        # an owned lock (RLock, Condition), which nobody else may release, is
+        # freed, and only when its holder crashed (no Bye): else it would be
+        # held forever.
+        if not self.OWNED:
+            return
         if self.owner is not None and self.owner[0] == peer and out.crashed:
             out.notes.append(f"{self.KIND} held by departed client {peer} (thread {self.owner[1]}) released")
             self.owner, self.count = None, 0
@@ -103,6 +109,7 @@ class RLock(Lock):
     """Recursive: the owning (peer, thread) may acquire again; only it may release."""
 
     KIND = "RLock"
+    OWNED = True
 
     def _mine(self, req: Request) -> bool:
         return self.owner == req.owner

@@ -20,11 +20,12 @@ pytestmark = pytest.mark.timeout(90)
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def where(x: int) -> tuple[int, str, int]:
+def where(x: int) -> tuple[int, str, int, str]:
+    import multiprocessing
     import os
     import socket
 
-    return x * x, socket.gethostname(), os.getpid()
+    return x * x, socket.gethostname(), os.getpid(), multiprocessing.current_process().name
 
 
 def test_pool_map_spreads_over_both_nodes(cluster) -> None:
@@ -32,6 +33,10 @@ def test_pool_map_spreads_over_both_nodes(cluster) -> None:
         results = pool.map(where, range(200), chunksize=1)
     assert [r[0] for r in results] == [x * x for x in range(200)]
     assert len({r[2] for r in results}) >= 3  # pids on both nodes (2 workers each)
+    # Worker names say their node, so they are unique across nodes: one name per process.
+    names = {r[2]: r[3] for r in results}
+    assert len(set(names.values())) == len(names), names
+    assert all(re.fullmatch(r"dmp-worker-node[12]-\d+", n) for n in names.values()), names
     status = cluster.wait_slots(4)
     done = {n["name"]: n["tasks_done"] for n in status["nodes"]}
     assert set(done) == {"node1", "node2"} and all(v > 0 for v in done.values()), done
@@ -167,10 +172,26 @@ def pid(_: object = None) -> int:
 
 def test_initializer_and_maxtasksperchild_on_nodes(cluster) -> None:
     with dmp.Pool(address=cluster.address, initializer=remember, initargs=("tok",)) as pool:
+        # Every task, of any call, sees what the initializer did (once per worker), though
+        # the functions travel by value, each call's pickled apart from the initializer.
         assert all(seen == ["tok"] for seen in pool.map(lambda _: initialized(), range(20), chunksize=1))
+        assert all(seen == ["tok"] for seen in pool.map(lambda _: initialized(), range(20), chunksize=1))
+        assert all(r.get(30) == ["tok"] for r in [pool.apply_async(initialized) for _ in range(8)])
     with dmp.Pool(address=cluster.address, maxtasksperchild=1) as pool:
         pids = pool.map(pid, range(12), chunksize=1)
     assert len(set(pids)) == 12  # every task ran in a fresh worker process
+
+
+def put_pid(q) -> None:
+    q.put(os.getpid())
+
+
+def test_a_pools_initializer_runs_on_free_workers_when_the_pool_starts(cluster) -> None:
+    q = dmp.Manager(address=cluster.address).Queue()
+    cluster.wait_slots(4)
+    with dmp.Pool(2, address=cluster.address, initializer=put_pid, initargs=(q,)):
+        # No task submitted: two free workers ran it, one each (the slots the pool may use).
+        assert len({q.get(timeout=30), q.get(timeout=30)}) == 2
 
 
 def test_missing_module_error_names_module_and_node(cluster) -> None:

@@ -509,3 +509,55 @@ def test_managed_queue_between_client_and_node_hosts(shared_cluster: NetCluster)
     assert lines[0] in ("('from', 'nodeA')", "('from', 'nodeB')"), out.stdout
     assert "node got back" in out.stdout  # the node's output is forwarded, too
     assert lines[-1] == "exitcode 0"
+
+
+@pytest.mark.timeout(60)
+def test_a_manager_the_client_starts_serves_its_process_on_another_host(shared_cluster: NetCluster) -> None:
+    # Issue 10: the client's own manager listens on its bridge address (not ipc://), with
+    # the cluster's key; the node's worker opens it with its own key (read from
+    # --authkey-file: no DMP_AUTHKEY on the nodes), told only "it is the cluster's".
+    c = shared_cluster
+    script = c.script("own_manager.py", """
+        import os
+        import dmp
+        from dmp.managers import BaseManager
+
+        class Tally:
+            def __init__(self):
+                self.items = []
+            def add(self, item):
+                self.items.append(item)
+                return len(self.items)
+
+        class TallyManager(BaseManager):
+            pass
+
+        TallyManager.register("Tally", Tally)
+
+        def child(d, tally):
+            d["node"] = os.environ.get("DMP_TEST_NODE")
+            tally.add("from the node")
+
+        if __name__ == "__main__":
+            dmp.connect(os.environ["DMP_CLUSTER"])
+            sync = dmp.managers.SyncManager()
+            sync.start()
+            with TallyManager() as tm:
+                d, tally = sync.dict(), tm.Tally()
+                p = dmp.Process(target=child, args=(d, tally))
+                p.start()
+                p.join(30)
+                print("addresses", sync.address, tm.address)
+                print("exitcode", p.exitcode)
+                print("node", d.get("node"))
+                print("tally", tally.add("from the client"))
+            sync.shutdown()
+    """)
+    out = c.python("client1", script, timeout=50)
+    assert out.returncode == 0, f"{out.stderr}\n{c.logs()}"
+    lines = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines() if line.strip()}
+    assert lines["exitcode"] == ["0"], out.stderr
+    ip = c.topo.ip("client1")
+    assert all(a.startswith(f"tcp://{ip}:") for a in lines["addresses"]), lines
+    assert lines["node"][0] in NODES
+    assert lines["tally"] == ["2"]

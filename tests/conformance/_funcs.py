@@ -263,6 +263,18 @@ def try_acquire(lock: Any, out: Any) -> None:
     out.put(got)
 
 
+def acquire_lock(lock: Any) -> None:
+    """Takes the lock and exits holding it."""
+    assert lock.acquire(timeout=5)
+
+
+def hold_lock(lock: Any, holding: Any) -> None:
+    """Takes the lock, says so, and waits (to be killed) holding it."""
+    assert lock.acquire(timeout=5)
+    holding.set()
+    time.sleep(60)
+
+
 def locked_increment(lock: Any, value: Any, n: int) -> None:
     for _ in range(n):
         with lock:

@@ -595,7 +595,6 @@ def test_pool_used_after_other_pool_closed(mp: Any) -> None:
         assert p.apply(f.square, (3,)) == 9
 
 
-@pytest.mark.cluster_bug("a Pool made inside a remote child delivers nothing (queue.Empty after 20 s)")
 def test_pool_inside_child_process(mp: Any) -> None:
     # A forked child builds its own pool (and, for dmp, its own engine).
     with mp.Pool(2) as p:

@@ -168,7 +168,6 @@ def test_close(mp: Any) -> None:
         _reap(p)
 
 
-@pytest.mark.cluster_bug("current_process().name in a remote child is the node worker's name, not Process(name=)")
 def test_name(mp: Any) -> None:
     q = mp.Queue()
     p = mp.Process(

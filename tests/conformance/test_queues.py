@@ -94,7 +94,6 @@ def test_queue_maxsize_full(mp: Any) -> None:
     assert [q.get(timeout=5), q.get(timeout=5)] == [2, 3]
 
 
-@pytest.mark.cluster_bug("the Queue proxy has no close()/join_thread()")
 def test_queue_close_join_thread(mp: Any) -> None:
     q = mp.Queue()
     q.put("x")
@@ -192,7 +191,6 @@ def test_joinable_queue_is_a_queue(mp: Any) -> None:
 # --- SimpleQueue ----------------------------------------------------------------------
 
 
-@pytest.mark.cluster_bug("the SimpleQueue proxy has no close()")
 def test_simple_queue(mp: Any) -> None:
     q = mp.SimpleQueue()
     assert q.empty()

@@ -31,7 +31,6 @@ def _finish(*procs: Any) -> None:
 # --- Lock -------------------------------------------------------------------------
 
 
-@pytest.mark.cluster_bug("the Lock proxy's acquire() does not take block=")
 def test_lock_basic(mp: Any) -> None:
     lock = mp.Lock()
     assert lock.acquire()
@@ -46,11 +45,37 @@ def test_lock_basic(mp: Any) -> None:
     lock.release()
 
 
-@pytest.mark.cluster_bug("releasing an unlocked Lock proxy raises RuntimeError, not ValueError")
 def test_lock_release_unlocked_raises(mp: Any) -> None:
     lock = mp.Lock()
     with pytest.raises(ValueError):
         lock.release()
+
+
+def test_lock_taken_by_a_child_that_exits_is_released_by_the_parent(mp: Any) -> None:
+    # Any process may release a Lock; its holder's exit does not.
+    lock = mp.Lock()
+    p = _start(mp, f.acquire_lock, lock)
+    _finish(p)
+    assert p.exitcode == 0
+    assert lock.acquire(timeout=0.1) is False
+    lock.release()
+    assert lock.acquire(timeout=5) is True
+    lock.release()
+
+
+def test_lock_held_by_a_killed_child_stays_held_and_the_parent_may_release_it(mp: Any) -> None:
+    lock, holding = mp.Lock(), mp.Event()
+    p = _start(mp, f.hold_lock, lock, holding)
+    try:
+        assert holding.wait(10)
+    finally:
+        p.kill()
+        _finish(p)
+    assert p.exitcode == -9
+    assert lock.acquire(timeout=0.1) is False
+    lock.release()
+    assert lock.acquire(timeout=5) is True
+    lock.release()
 
 
 def test_lock_across_processes(mp: Any) -> None:

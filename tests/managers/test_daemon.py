@@ -325,9 +325,10 @@ def test_garbage_frames_then_a_normal_client_is_served(daemon) -> None:
     assert daemon.manager is not None and daemon.manager.poll() is None
 
 
-def test_sigkilled_lock_holder_releases_the_lock(daemon) -> None:
+def test_sigkilled_rlock_holder_releases_the_rlock(daemon) -> None:
+    # Only an owned lock: a plain Lock stays held, as multiprocessing's (anyone may release it).
     m = dmp.Manager(address=daemon.address)
-    lock = m.Lock()
+    lock = m.RLock()
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import pickle, sys, time
         lock = pickle.loads(bytes.fromhex({pickle.dumps(lock).hex()!r}))

@@ -116,14 +116,36 @@ def test_lock_waiter_is_granted_on_release_and_timeouts_say_false() -> None:
     assert only(h.call("a", lock, "release")[1]).value == ["RuntimeError", "release unlocked lock"]
 
 
-def test_departed_lock_holder_is_released_and_the_next_waiter_granted() -> None:
+def test_crashed_rlock_holder_is_released_and_the_next_waiter_granted() -> None:
     h = Harness()
-    lock = h.create("a", "Lock")
+    lock = h.create("a", "RLock")
     h.call("holder", lock, "acquire")
     ref, cmds = h.call("b", lock, "acquire")
     assert cmds == []
     cmds = h.server.peer_gone("holder")
     assert replies(cmds)[("b", ref)].value is True
+
+
+def test_rlock_of_a_holder_that_said_bye_stays_held() -> None:
+    h = Harness()
+    lock = h.create("a", "RLock")
+    h.call("holder", lock, "acquire")
+    h.call("b", lock, "acquire")
+    assert replies(h.server.peer_gone("holder", crashed=False)) == {}
+    assert only(h.call("c", lock, "acquire", timeout=0)[1]).value is False
+
+
+def test_plain_lock_stays_held_when_its_holder_leaves_or_crashes_and_anyone_may_release_it() -> None:
+    # As multiprocessing.Lock: a child may take it and exit, the parent releases it.
+    for crashed in (False, True):
+        h = Harness()
+        lock = h.create("a", "Lock")
+        h.call("child", lock, "acquire")
+        ref, cmds = h.call("b", lock, "acquire")
+        assert replies(h.server.peer_gone("child", crashed=crashed)) == {}
+        assert only(h.call("a", lock, "locked")[1]).value is True
+        _, cmds = h.call("a", lock, "release")
+        assert replies(cmds)[("b", ref)].value is True
 
 
 def test_rlock_recursion_and_ownership() -> None:

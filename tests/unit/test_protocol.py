@@ -134,6 +134,13 @@ def test_boolean_version_is_refused() -> None:
         decode(_header(True, protocol.Heartbeat.TYPE, []))
 
 
+def test_a_bool_field_takes_only_a_bool() -> None:
+    ok = decode(_header(protocol.PROTOCOL_VERSION, protocol.DefineJob.TYPE, [], 1, 0, 3, 0.0, {}, True))
+    assert ok[0] == protocol.DefineJob(1, 0, 3, 0.0, {}, True)
+    with pytest.raises(ProtocolError, match="idle_only must be bool, not int"):
+        decode(_header(protocol.PROTOCOL_VERSION, protocol.DefineJob.TYPE, [], 1, 0, 3, 0.0, {}, 1))
+
+
 @pytest.mark.parametrize(
     "header",
     [
@@ -336,6 +343,7 @@ _BY_TYPE: dict[Any, st.SearchStrategy[Any]] = {
     str: st.text(max_size=40),
     bytes: st.binary(max_size=32),
     int: _int,
+    bool: st.booleans(),
     float: st.floats(allow_nan=False),
     list[int]: st.lists(_int, max_size=8),
     list[list[int]]: st.lists(st.lists(_int, max_size=5), max_size=8),

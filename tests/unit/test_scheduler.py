@@ -175,6 +175,25 @@ def test_every_idle_worker_gets_work_from_one_submit(h: Harness, n: int) -> None
     assert abs(len(got["w1"]) - len(got["w2"])) <= 1
 
 
+def test_idle_only_tasks_never_wait_behind_another_so_leaving_kills_nothing(h: Harness) -> None:
+    # A cluster pool's start-up tasks: never prefetched behind another client's task.
+    h.client("A")
+    h.client("B")
+    h.worker("w1")
+    h.worker("w2")
+    h.job("B", 1)
+    busy = next(iter(dispatched(h.submit("B", 1, [1]))))
+    idle = ({"w1", "w2"} - {busy}).pop()
+    assert h.apply(h.s.define_job("A", 2, [b"r"], 0, idle_only=True)) == []
+    got = dispatched(h.submit("A", 2, [10, 11, 12]))
+    assert {w: len(t) for w, t in got.items()} == {idle: 1}  # one, on the idle worker only
+    assert h.s.queued() == 2
+    assert dispatched(h.complete(idle)) == {idle: [[h.given[idle][0][0], h.s.clients["A"].jobs[2].key, 0, 1]]}
+    h.apply(h.s.remove_client("A"))  # A leaves: its queued start-up task goes, no worker is killed
+    assert h.kills == [idle]  # only the worker running A's own task
+    assert h.s.queued() == 0 and busy in {t.worker for t in h.s.tasks.values()}
+
+
 def test_queued_work_goes_to_a_worker_that_joins(h: Harness) -> None:
     h.client("A")
     h.job("A", 1, runner=[b"r1", b"r2"])
