@@ -200,6 +200,9 @@ class Door:
         except (direct.DirectError, ProtocolError) as exc:
             log.warning("direct route: dropped a connection: %s", exc)
             return False
+        except Exception as exc:  # one bad client must never stop the reactor
+            log.warning("direct route: dropped a connection after a bad request: %r", exc)
+            return False
         return conn.sock.fileno() >= 0
 
     def _flush(self, conn: DoorConn, poller: zmq.Poller) -> bool:

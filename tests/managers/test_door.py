@@ -214,3 +214,27 @@ def test_many_threads_at_once_all_get_answers(daemon: Daemon) -> None:
     assert not errors, errors
     assert sorted(q.get(timeout=5) for _ in range(40)) == list(range(40))
     assert dict(d) == {i: i for i in range(40)}
+
+
+def test_garbage_or_other_messages_at_the_door_drop_only_that_connection(daemon: Daemon) -> None:
+    q = dmp.Manager(address=daemon.address).Queue()
+    q.put(1)
+    assert q.get() == 1
+    conn = proxies.connection(daemon.address)
+    welcome = conn.link.welcome
+    assert welcome is not None
+    for junk in (
+        b"\xff" * 12 + b"garbage",  # a header over the limit
+        b"".join(bytes(b) for b in direct.encode(protocol.ObjCreate(1, "Queue"))),  # not a call
+        b"\x05\x00\x00\x00" + b"\x00" * 8 + b"\xc1\xc1\xc1\xc1\xc1",  # not msgpack
+    ):
+        sock = direct.connect(welcome.direct, None)
+        try:
+            direct.send_claim(sock, welcome.peer_id)
+            sock.sendall(junk)
+            sock.settimeout(10)
+            assert sock.recv(1) == b""  # the manager closed it
+        finally:
+            sock.close()
+    q.put(2)
+    assert q.get() == 2  # the manager and our own door connection serve on
