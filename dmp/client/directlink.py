@@ -111,6 +111,12 @@ def call(
 
 
 def _drop(address: str, claim: str | None = None) -> None:
+    """Give up this thread's connection (only ever after _sock, so it is this process's own):
+    shut down, so the other end sees EOF even while a forked child holds a copy."""
     got = _local.socks.pop(address if claim is None else f"{address}#{claim}", None)
     if got is not None:
+        try:
+            got[0].shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         got[0].close()

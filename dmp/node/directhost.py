@@ -90,6 +90,10 @@ class DirectServer:
                 self._proving.release()
             self._answer(sock)
         finally:
+            try:  # EOF for the client now, even if a forked child (a managed Pool's worker) holds a copy
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             sock.close()
             self._serving.release()
 

@@ -223,14 +223,24 @@ class Door:
             return
         poller.unregister(fd)
         self.conns.pop(fd, None)
-        conn.sock.close()
+        _shut(conn.sock)
         # Replies still due go through the peer's ZeroMQ session from now on.
         for key in [k for k, c in self.routes.items() if c is conn]:
             del self.routes[key]
 
     def close(self) -> None:
         for conn in self.conns.values():
-            conn.sock.close()
+            _shut(conn.sock)
         self.conns.clear()
         self.routes.clear()
         self.listener.close()
+
+
+def _shut(sock: socket.socket) -> None:
+    """Close for good: a process forked meanwhile (the object host) may hold a copy of the
+    descriptor, and the client must see EOF now, not when that copy goes."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()

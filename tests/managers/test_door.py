@@ -238,3 +238,22 @@ def test_garbage_or_other_messages_at_the_door_drop_only_that_connection(daemon:
             sock.close()
     q.put(2)
     assert q.get() == 2  # the manager and our own door connection serve on
+
+
+def test_a_dropped_door_connection_is_seen_at_once_though_the_host_forked_after_it() -> None:
+    """The object host is forked from the manager after our door connection was accepted,
+    so it holds a copy of the manager's end: dropping must still give us EOF (shutdown)."""
+    with dmp.Manager() as m:
+        q = m.Queue()
+        q.put(0)
+        assert q.get() == 0  # our door connection exists
+        d = m.dict()  # forks the object host now
+        d["k"] = 1
+        welcome = proxies.connection(m.address).link.welcome  # type: ignore[arg-type]
+        assert welcome is not None
+        sock, _ = directlink._local.socks[f"{welcome.direct}#{welcome.peer_id}"]
+        sock.sendall(b"\xff" * 12)  # garbage first: the manager drops this connection
+        with pytest.raises(ManagerUnavailableError, match="direct route"):
+            q.put(1)  # its reply never comes; EOF does, at once
+        q.put(2)  # a fresh connection
+        assert q.get(timeout=5) == 2
