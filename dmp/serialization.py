@@ -139,8 +139,10 @@ def _cloud_dumps(obj: Any, take: Any) -> bytes:
     return out.getvalue()
 
 
-# Types that pickle the same by reference and by value (nothing of the
-# sender's code in them): small plain data skips cloudpickle's pickler.
+# Exact types whose pickle is the same by value and by reference, and never
+# holds a large buffer: small plain data (most task results, proxy arguments)
+# is pickled with plain pickle, without building a cloudpickle Pickler
+# (~0.2 µs instead of ~1.7 µs for a scalar).
 _SCALARS = frozenset({int, float, str, bool, type(None), complex})
 _SMALL_BYTES = frozenset({bytes, bytearray})
 _CONTAINERS = frozenset({tuple, list, dict})

@@ -29,7 +29,8 @@ from dmp.errors import ProtocolError
 # trailing field with a default). 3: each message means one thing in one
 # direction (TaskDone / JobResults, TaskOutput / JobOutput, TaskStarted /
 # JobTaskStarted), Hello's slots became max_workers, Welcome lost version.
-PROTOCOL_VERSION = 3
+# 4: a frame of 64 KiB or more is signed by its SHA-256 (dmp.wire.signing).
+PROTOCOL_VERSION = 4
 
 class VersionMismatch(ProtocolError):
     """The header's protocol version is not this side's (the manager answers ``Error(version)``)."""

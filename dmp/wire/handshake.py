@@ -78,7 +78,8 @@ class Keyring:
     __slots__ = ("answer", "challenge", "fresh", "pending", "routed", "sessions", "signer")
 
     def __init__(self, key: bytes | None, routed: bool) -> None:
-        self.signer = protocol.Signer(key)
+        # Only the manager forwards what it receives: only it remembers payload digests.
+        self.signer = protocol.Signer(key, remember=routed)
         self.routed = routed
         self.sessions: dict[bytes | None, SigningSession] = {}
         self.pending: dict[bytes, SigningSession] = {}  # manager: Welcome sent, no proof yet

@@ -8,9 +8,17 @@ What one round trip costs on this machine before any dmp code runs:
     zmq relay     DEALER -> ROUTER relay -> DEALER worker and back (the shape of
                   a cluster apply: client, manager, worker)
 
+and what large payloads can move (16 MiB messages, sent with copy=False):
+
+    one-way       DEALER -> ROUTER in a forked child, MB/s received
+    relay         8 messages out through a relay to a worker that echoes them
+                  and back, bytes out + back per second (the shape of the
+                  numpy_payload row in cluster mode)
+
 A dmp row cannot beat its floor: a managed dict call is at least one zmq round
-trip (plus the object host hop), a cluster apply at least one relay. Prints
-medians in µs; nothing is asserted.
+trip (plus the object host hop), a cluster apply at least one relay, a
+cluster payload at most the relay's MB/s. Prints medians in µs and MB/s;
+nothing is asserted.
 """
 
 from __future__ import annotations
@@ -149,6 +157,104 @@ def zmq_relay_rtt(endpoint: str, n: int) -> float:
         ctx.term()
 
 
+BIG = 16 * 1024 * 1024
+
+
+def zmq_oneway_mbs(endpoint: str, count: int) -> float:
+    """MB/s of ``count`` 16 MiB messages one way (the receiver acknowledges the last)."""
+
+    def serve() -> None:
+        ctx = zmq.Context()
+        router = ctx.socket(zmq.ROUTER)
+        router.bind(endpoint)
+        while True:
+            ident, body = router.recv_multipart(copy=False)
+            if len(body) == 0:
+                return
+            if len(body) == 1:  # the sender asks: all received?
+                router.send_multipart([ident.bytes, b"k"])
+
+    pid = _forked(serve)
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.connect(endpoint)
+    data = os.urandom(BIG)
+    try:
+        dealer.send(b"?")
+        dealer.recv()  # connected
+        best = 0.0
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(count):
+                dealer.send(data, copy=False)
+            dealer.send(b"?")
+            dealer.recv()
+            best = max(best, count * BIG / 1e6 / (time.perf_counter() - t0))
+        return best
+    finally:
+        dealer.send(b"")
+        os.waitpid(pid, 0)
+        dealer.close(0)
+        ctx.term()
+
+
+def zmq_relay_mbs(endpoint: str, count: int) -> float:
+    """Bytes out + back per second of ``count`` 16 MiB messages through a relay to an echoing worker."""
+
+    def relay() -> None:
+        ctx = zmq.Context()
+        router = ctx.socket(zmq.ROUTER)
+        router.bind(endpoint)
+        client = worker = b""
+        while True:
+            ident, body = router.recv_multipart(copy=False)
+            if body.bytes[:1] == b"W" and len(body) == 1:
+                worker = ident.bytes
+            elif len(body) == 0:
+                router.send_multipart([worker, b""])
+                return
+            elif ident.bytes == worker:
+                router.send_multipart([client, body], copy=False)
+            else:
+                client = ident.bytes
+                router.send_multipart([worker, body], copy=False)
+
+    def work() -> None:
+        ctx = zmq.Context()
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.connect(endpoint)
+        dealer.send(b"W")
+        while len(msg := dealer.recv(copy=False)) != 0:
+            dealer.send(msg, copy=False)
+
+    pids = [_forked(relay)]
+    time.sleep(0.2)
+    pids.append(_forked(work))
+    time.sleep(0.2)
+    ctx = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.connect(endpoint)
+    data = os.urandom(BIG)
+    try:
+        dealer.send(b"xx")
+        dealer.recv()  # the worker is there
+        best = 0.0
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(count):
+                dealer.send(data, copy=False)
+            for _ in range(count):
+                dealer.recv(copy=False)
+            best = max(best, 2 * count * BIG / 1e6 / (time.perf_counter() - t0))
+        return best
+    finally:
+        dealer.send(b"")
+        for pid in pids:
+            os.waitpid(pid, 0)
+        dealer.close(0)
+        ctx.term()
+
+
 def _free_tcp() -> str:
     from tests.ports import free_port
 
@@ -158,6 +264,7 @@ def _free_tcp() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("-n", type=int, default=3000, help="round trips per measurement")
+    parser.add_argument("--big", type=int, default=8, help="16 MiB messages per payload measurement (best of 3)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         rows = [
@@ -168,9 +275,17 @@ def main(argv: list[str] | None = None) -> int:
             ("zmq relay ipc (client, relay, worker)", zmq_relay_rtt(f"ipc://{tmp}/relay", args.n)),
             ("zmq relay tcp loopback", zmq_relay_rtt(_free_tcp(), args.n)),
         ]
+        payload = [
+            ("zmq one-way ipc", zmq_oneway_mbs(f"ipc://{tmp}/oneway", args.big)),
+            ("zmq one-way tcp loopback", zmq_oneway_mbs(_free_tcp(), args.big)),
+            ("zmq relay tcp loopback, out + back", zmq_relay_mbs(_free_tcp(), args.big)),
+        ]
     print(f"transport floor: median round trip of a {len(PAYLOAD)}-byte message, {os.cpu_count()} CPUs")
     for name, us in rows:
         print(f"  {name:<40} {us:8.1f} µs")
+    print(f"payload floor: {args.big} messages of 16 MiB, copy=False, best of 3")
+    for name, mbs in payload:
+        print(f"  {name:<40} {mbs:8.0f} MB/s")
     return 0
 
 

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import cloudpickle
 import pytest
@@ -126,6 +127,23 @@ def test_wrong_authkey_is_refused_and_the_manager_keeps_serving() -> None:
             dmp.Pool(address=c.address, authkey=b"wrong key")
         with dmp.Pool(address=c.address, authkey=b"right key") as pool:
             assert pool.map(where, range(10))[3][0] == 9
+    finally:
+        c.stop()
+
+
+def flip(a: Any) -> Any:
+    return a[::-1].copy()
+
+
+def test_large_arrays_cross_a_keyed_cluster_both_ways_intact() -> None:
+    """Large frames are signed by their digest; the manager re-signs what it forwards."""
+    np = pytest.importorskip("numpy")
+    c = start_cluster(nodes=1, authkey=b"digest key")
+    try:
+        arrays = [np.random.default_rng(i).integers(0, 256, 3 * 1024 * 1024 + i, dtype=np.uint8) for i in range(4)]
+        with dmp.Pool(address=c.address, authkey=b"digest key") as pool:
+            out = pool.map(flip, arrays, chunksize=1)
+        assert all(np.array_equal(a[::-1], b) for a, b in zip(arrays, out))
     finally:
         c.stop()
 

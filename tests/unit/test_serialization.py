@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from dmp.errors import RemoteError, RemoteTraceback
-from dmp.serialization import OOB_THRESHOLD, dump_exception, dumps, load_exception, loads
+from dmp.serialization import (
+    OOB_THRESHOLD,
+    _cloud_dumps,
+    dump_exception,
+    dumps,
+    load_exception,
+    loads,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -48,6 +55,18 @@ def test_plain_data_round_trips(obj: Any, by_value: bool) -> None:
 def test_small_objects_make_exactly_one_frame() -> None:
     for obj in (1, "x" * 100, b"y" * (OOB_THRESHOLD - 1), list(range(1000)), {"k": b"v" * 100}):
         assert len(dumps(obj)) == 1, obj
+
+
+@pytest.mark.parametrize("obj", [0, -(2**70), 2.5, True, None, 1j, "", "text ✓", "s" * (OOB_THRESHOLD - 1)], ids=repr)
+def test_plain_scalars_pickle_exactly_as_cloudpickle_would(obj: Any) -> None:
+    """The fast path for scalars (most task results) skips cloudpickle, not its output."""
+    assert dumps(obj) == [_cloud_dumps(obj, lambda buf: True)]
+    assert dumps(obj, by_value=False) == [pickle.dumps(obj, protocol=5)]
+
+
+def test_large_str_still_takes_the_general_path() -> None:
+    text = "t" * (OOB_THRESHOLD + 1)
+    assert loads(_wire(dumps(text))) == text
 
 
 def test_lambda_and_closure_travel_by_value() -> None:
