@@ -15,10 +15,16 @@ from dataclasses import dataclass
 ENV_ADDRESS = "DMP_ADDRESS"
 ENV_AUTHKEY = "DMP_AUTHKEY"
 ENV_CURVE = "DMP_CURVE"
+ENV_DIRECT = "DMP_DIRECT_ROUTE"
 ENV_LOG_LEVEL = "DMP_LOG_LEVEL"
 ENV_TOKEN = "DMP_TOKEN"
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def direct_route() -> bool:
+    """Whether an object host offers the direct route (DMP_DIRECT_ROUTE=0 turns it off)."""
+    return os.environ.get(ENV_DIRECT, "1").strip() not in ("0", "false", "no", "off")
 
 # Seconds between heartbeats, both ways, between the manager and each peer,
 # unless the manager says otherwise (dmp manager --heartbeat-s, sent to every
