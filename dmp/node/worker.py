@@ -34,6 +34,7 @@ from dmp.node import runners
 from dmp.node.slot import SLOT
 from dmp.wire import protocol, transport
 from dmp.wire.peer import PeerLoop
+from dmp.wire.pipechan import WorkerPipe
 
 # Outcomes wait at most this long (or this many) in the worker before being
 # sent, while more tasks are queued; an idle worker sends at once. Batching
@@ -72,6 +73,8 @@ class WorkerConfig:
     forward_output: bool = False  # send what tasks print to their client
     worker_id: str = ""
     slot: mmap.mmap | None = None
+    pipe: socket.socket | None = None  # local mode, forked: our end of a pipe to the daemon (dmp.wire.pipechan)
+    close_in_child: tuple[socket.socket, ...] = ()  # the daemon's ends of the pipes, to close once forked
 
 
 def spawned_main(pickled: bytes, slot: mmap.mmap) -> None:
@@ -87,6 +90,9 @@ def spawned_main(pickled: bytes, slot: mmap.mmap) -> None:
 def worker_main(cfg: WorkerConfig) -> None:
     """Entry point of a forked worker process; returns when it should exit."""
     transport.forget_context_after_fork()
+    for end in cfg.close_in_child:
+        end.close()  # nobody but the daemon may hold them (see dmp.wire.pipechan)
+    cfg.close_in_child = ()
     # The parent's handlers (a node's graceful-stop handler, say) are not ours:
     # SIGTERM ends a worker at once.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -113,8 +119,9 @@ def worker_main(cfg: WorkerConfig) -> None:
         if proxylink is not None:
             proxylink.close_all()
         # Without this, the last TaskDone and the Bye could die unsent in
-        # ZeroMQ's queue (bounded by LINGER_MS).
-        transport.context().term()
+        # ZeroMQ's queue (bounded by LINGER_MS). A pipe's writes are done already.
+        if cfg.pipe is None:
+            transport.context().term()
     if worker.exit_code:
         raise SystemExit(worker.exit_code)  # the manager refused our key or version
 
@@ -135,8 +142,12 @@ class WorkerLoop:
         )
         # The manager does not heartbeat workers (our node answers for us, so we beat only every
         # WORKER_BEATS beats): its silence means nothing here; a refusal means Hello again, later.
-        self.peer = PeerLoop(cfg.address, cfg.key, hello, identity=cfg.worker_id.encode(), heartbeat=cfg.heartbeat,
-                             expects_beats=False, beat_every=_config.WORKER_BEATS)
+        self.peer: PeerLoop | WorkerPipe
+        if cfg.pipe is not None:
+            self.peer = WorkerPipe(cfg.pipe, hello)
+        else:
+            self.peer = PeerLoop(cfg.address, cfg.key, hello, identity=cfg.worker_id.encode(),
+                                 heartbeat=cfg.heartbeat, expects_beats=False, beat_every=_config.WORKER_BEATS)
         self.chan = self.peer.chan
         self.runners: dict[int, Any] = {}
         self.timeouts: dict[int, float] = {}  # job key -> each task's limit (seconds)
