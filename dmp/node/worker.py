@@ -16,7 +16,6 @@ supervisor can kill a task that runs past its deadline, even one stuck in C.
 from __future__ import annotations
 
 import collections
-import io
 import mmap
 import os
 import signal
@@ -31,6 +30,7 @@ from typing import Any
 from dmp import _config, serialization
 from dmp.errors import MessageTooLargeError, ProtocolError
 from dmp.node import runners
+from dmp.node.forward import Forward
 from dmp.node.slot import SLOT
 from dmp.wire import protocol, transport
 from dmp.wire.peer import PeerLoop
@@ -107,8 +107,8 @@ def worker_main(cfg: WorkerConfig) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     worker = WorkerLoop(cfg)
     if cfg.forward_output:
-        sys.stdout = _Forward(worker, "stdout")
-        sys.stderr = _Forward(worker, "stderr")
+        sys.stdout = Forward(worker.output, "stdout")
+        sys.stderr = Forward(worker.output, "stderr")
     try:
         worker.run()
     finally:
@@ -353,30 +353,6 @@ def _die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass
-
-
-class _Forward(io.TextIOBase):
-    """sys.stdout/sys.stderr of a cluster worker: whole lines become TaskOutput messages."""
-
-    def __init__(self, worker: WorkerLoop, stream: str) -> None:
-        self.worker = worker
-        self.stream = stream
-        self.buf = ""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        self.buf += text
-        if "\n" in text:
-            head, _, self.buf = self.buf.rpartition("\n")
-            self.worker.output(self.stream, head)
-        return len(text)
-
-    def flush(self) -> None:
-        if self.buf:
-            text, self.buf = self.buf, ""
-            self.worker.output(self.stream, text)
 
 
 def _name_the_node(exc: ImportError, node: str) -> ImportError:

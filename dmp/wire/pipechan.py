@@ -66,7 +66,7 @@ class WorkerPipe:
         try:
             direct.send(self.sock, direct.encode(msg, frames))
         except OSError:
-            self.eof = True
+            self._end("the pool's manager closed the pipe")
 
     def readable(self) -> bool:
         """True if a message (or the end of the pipe) waits."""
@@ -112,8 +112,7 @@ class WorkerPipe:
         except OSError:
             chunk = b""
         if not chunk:
-            self.eof = True
-            self.inbox.append((protocol.Bye("the pool's manager closed the pipe"), []))
+            self._end("the pool's manager closed the pipe")
             return
         self.reader.feed(chunk)
         try:
@@ -121,5 +120,10 @@ class WorkerPipe:
                 self.inbox.append(direct.decode(whole))
         except (direct.DirectError, ProtocolError) as exc:
             # Only the pool's own process writes here: garbage means it is broken.
+            self._end(f"bad message on the worker pipe: {exc}")
+
+    def _end(self, why: str) -> None:
+        """No more from the manager: the worker hears it once, as a Bye."""
+        if not self.eof:
             self.eof = True
-            self.inbox.append((protocol.Bye(f"bad message on the worker pipe: {exc}"), []))
+            self.inbox.append((protocol.Bye(why), []))

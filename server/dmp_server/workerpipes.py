@@ -15,6 +15,7 @@ fork needs none.
 from __future__ import annotations
 
 import collections
+import logging
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,8 @@ import zmq
 from dmp.errors import ProtocolError
 from dmp.wire import direct, protocol
 from dmp.wire.pipechan import READ_BYTES
+
+log = logging.getLogger("dmp.manager")
 
 POLLIN, POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
 
@@ -141,8 +144,14 @@ class WorkerPipes:
             while (whole := pipe.reader.next()) is not None:
                 msg, frames = direct.decode(whole)
                 handle(pipe.ident, msg, frames)
-        except (direct.DirectError, ProtocolError):
-            return -1  # only our own worker writes here: it is broken; its death follows
+        except (direct.DirectError, ProtocolError) as exc:
+            # Only our own worker writes here: it is broken. Closed, it sees EOF and exits.
+            log.warning(
+                "worker %s: bad message on its pipe (%s); closing it",
+                pipe.ident.decode(errors="replace"),
+                exc,
+            )
+            return -1
         return 1
 
     def _flush(self, pipe: _Pipe, poller: zmq.Poller) -> bool:
