@@ -325,17 +325,25 @@ class Scheduler(Placement):
             client.active.remove(job)
             if not client.active and client in self._ready:
                 self._ready.remove(client)
-        for worker in self.workers.values():
-            doomed = [t for t in worker.assigned.values() if t.job is job]
-            if not doomed:
+        # Only the workers the job was sent to can hold its tasks. A worker
+        # runs its tasks in dispatch order, so its oldest is the one running:
+        # it is killed only if that task is the job's; the job's tasks queued
+        # behind another job's are withdrawn (the ForgetJobs of _drop takes
+        # them off its queue; a result that comes anyway is stale, dropped).
+        for peer in job.holders:
+            worker = self.workers.get(peer)
+            if worker is None or not worker.assigned:
                 continue
+            running = next(iter(worker.assigned.values()))
+            doomed = [t for t in worker.assigned.values() if t.job is job]
             for t in doomed:
                 del worker.assigned[t.key]
                 self._unhold(t)
                 self.tasks.pop(t.key, None)
-                self._release(client, worker.peer)
-            worker.doomed = True
-            cmds.append(Kill(worker.peer))
+                self._release(client, peer)
+            if running.job is job:
+                worker.doomed = True
+                cmds.append(Kill(peer))
         cmds += self._drop(client, job)
         if notify:
             cmds.append(Send(client.peer, protocol.JobResults([[job.job_id, -1, int(Status.CANCELLED), 0, "cancelled"]])))
