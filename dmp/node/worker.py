@@ -173,9 +173,9 @@ class WorkerLoop:
                     if not self.peer.poll(IDLE_POLL_SECONDS):
                         self.idle()
                         continue
-                    # One message per poll; the next poll looks for more, where
-                    # drain()'s readable() would cost a system call per message.
-                    self.receive()
+                    # One message per poll, where drain()'s readable() would cost a system
+                    # call per message; all after a long task (a ForgetJobs behind a Dispatch).
+                    self.drain() if self.last_end - self.drained_at >= DRAIN_SECONDS else self.receive()
                 elif self.done % DRAIN_EVERY == 0 or self.last_end - self.drained_at >= DRAIN_SECONDS:
                     self.drain()
                 if self.queue:
