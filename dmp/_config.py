@@ -15,10 +15,16 @@ from dataclasses import dataclass
 ENV_ADDRESS = "DMP_ADDRESS"
 ENV_AUTHKEY = "DMP_AUTHKEY"
 ENV_CURVE = "DMP_CURVE"
+ENV_DIRECT = "DMP_DIRECT_ROUTE"
 ENV_LOG_LEVEL = "DMP_LOG_LEVEL"
 ENV_TOKEN = "DMP_TOKEN"
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def direct_route() -> bool:
+    """Whether an object host offers the direct route (DMP_DIRECT_ROUTE=0 turns it off)."""
+    return os.environ.get(ENV_DIRECT, "1").strip() not in ("0", "false", "no", "off")
 
 # Seconds between heartbeats, both ways, between the manager and each peer,
 # unless the manager says otherwise (dmp manager --heartbeat-s, sent to every
@@ -31,6 +37,14 @@ HEARTBEAT_S = 1.0
 # 4 to 5 beats after it last spoke: 3 lost or late beats (a loaded host, a
 # long GC pause) are tolerated, and a dead node is still noticed within 5 s.
 LIVENESS = 4
+# An idle worker of a node heartbeats once every this many beats. Its node
+# answers for it in between (it reports the worker's death at once and kills
+# a stopped one), so the beat only tells a restarted manager the worker is
+# there and lets the manager drop one its node lost track of; the manager
+# drops an idle node worker silent for more than LIVENESS of these longer
+# beats. A thousand idle workers then cost the manager a quarter of the
+# messages (see docs/performance.md).
+WORKER_BEATS = 4
 
 # Seconds a client waits for a manager to answer before ManagerUnavailableError.
 CONNECT_TIMEOUT_S = 10.0

@@ -246,6 +246,8 @@ class BaseManager:
         reply, out = conn.request(msg, frames)
         proxies.raise_for(reply, out)
         exposed = reply.value[1] if isinstance(reply.value, list) and len(reply.value) == 2 else reg.exposed
+        if reply.direct:
+            conn.direct[reply.oid] = reply.direct
         return Token(typeid, self._address, reply.oid, info), exposed
 
     @classmethod

@@ -18,15 +18,14 @@ dmp.client.reactor_proxies.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dmp import serialization
-from dmp.client import proxylink
+from dmp.client import directlink, proxylink
 
 # The connection API, named here too (dmp.managers, the object host and tests use it).
 from dmp.client.proxylink import Connection as Connection
@@ -57,13 +56,18 @@ def _live_here() -> dict[tuple[str, int], list[int]]:
 _state = threading.local()  # .retain: list collecting oids unpickled (in the object host)
 
 
-@contextlib.contextmanager
-def collecting(retain: list[int]) -> Iterator[None]:
+class collecting:
     """In the object host: note the ids of proxies unpickled meanwhile, and keep them."""
-    _state.retain = retain
-    try:
-        yield
-    finally:
+
+    __slots__ = ("retain",)
+
+    def __init__(self, retain: list[int]) -> None:
+        self.retain = retain
+
+    def __enter__(self) -> None:
+        _state.retain = self.retain
+
+    def __exit__(self, *exc: object) -> None:
         _state.retain = None
 
 
@@ -163,6 +167,7 @@ class BaseProxy:
                 del live[key]
                 conn = proxylink.existing(self._token.address)
                 if not count[1] and conn is not None:
+                    conn.direct.pop(self._token.id, None)
                     conn.post(protocol.ObjRelease([self._token.id]))
         except Exception:  # interpreter shutdown: nothing left to tell
             pass
@@ -209,7 +214,19 @@ class BaseProxy:
         if self._serializer == "xmlrpclib":
             args, kwds = xml_roundtrip(list(args)), xml_roundtrip(dict(kwds or {}))
         frames = serialization.dumps((tuple(args), dict(kwds or {})))
-        reply, out = self._request(protocol.ObjCall(0, self._token.id, methodname), frames)
+        oid = self._token.id
+        conn = self._conn()
+        address = conn.direct.get(oid)
+        if address is not None:
+            got = directlink.call(address, conn.key, oid, methodname, frames)
+            if got is not None:
+                reply, out = got
+                if reply.status == ObjStatus.RAISED:
+                    raise serialization.load_exception(out)
+                return serialization.loads(out) if out else None
+        reply, out = self._request(protocol.ObjCall(0, oid, methodname), frames)
+        if reply.direct:  # the manager holds this object for us: later calls may go straight to its host
+            conn.direct[reply.oid or oid] = reply.direct
         if reply.oid:  # method_to_typeid made a new object: value is [typeid, exposed]
             typeid, exposed = reply.value
             token = Token(typeid, self._token.address, reply.oid)

@@ -28,7 +28,7 @@ from multiprocessing import util as _mp_util
 from typing import Any
 
 from dmp import _config
-from dmp.client import exiting, mgrkeys
+from dmp.client import doorlink, exiting, mgrkeys
 from dmp.errors import AuthenticationError, ManagerUnavailableError
 from dmp.wire import protocol
 from dmp.wire.protocol import ObjStatus
@@ -124,6 +124,10 @@ class Connection:
         # ref -> a call given up on whose late reply must be undone
         self.abandoned: dict[int, _Abandoned] = {}
         self._abandoned_lock = threading.Lock()
+        # oid -> the object host's direct-route address, for objects this process
+        # holds at the manager (granted in an ObjReply; dropped on release)
+        self.direct: dict[int, str] = {}
+        self.use_door = _config.direct_route()  # calls on reactor kinds through the manager's door
         self.link = RemoteLink(self, address, key, timeout)
 
     # called on whichever thread dispatches (the link's, or a waiting caller's)
@@ -187,6 +191,23 @@ class Connection:
         if entry is not None:
             entry.fence = next(self._refs)  # any ref from here on was sent after the cancel
 
+    def abandon_elsewhere(self, call: protocol.ObjCall, undo: Undo | None) -> None:
+        """A call made through the manager's door whose door connection was given up:
+        cancel it through ZeroMQ, and undo its reply if that comes here instead. Never raises."""
+        if undo is not None:
+            with self._abandoned_lock:
+                if len(self.abandoned) >= MAX_ABANDONED:
+                    self.abandoned.pop(next(iter(self.abandoned)))
+                entry = self.abandoned[call.ref] = _Abandoned(call, undo)
+        if self.closed is not None:
+            return
+        try:
+            self.link.post(protocol.ObjCancel(call.ref), [])
+        except Exception:  # best effort: a failing session drops the request with us
+            return
+        if undo is not None:
+            entry.fence = next(self._refs)
+
     def fail_all(self, exc: BaseException) -> None:
         self.closed = exc
         pending, self.pending = self.pending, {}
@@ -208,6 +229,11 @@ class Connection:
         """
         if self.closed is not None:
             raise ManagerUnavailableError(str(self.closed))
+        if self.use_door and type(msg) is protocol.ObjCall:
+            msg.ref = next(self._refs)
+            got = doorlink.request(self, msg, frames, undo)
+            if got is not None:
+                return got
         slot = _Slot()
         msg.ref = ref = next(self._refs)
         self.pending[ref] = slot

@@ -22,12 +22,15 @@ import concurrent.futures
 import os
 import socket
 import sys
+import threading
+import time
 from multiprocessing.managers import RemoteError
 from typing import Any
 
-from dmp import serialization
+from dmp import _config, serialization
 from dmp.client import proxies
 from dmp.client.turns import Wakeup
+from dmp.node.directhost import DirectServer
 from dmp.wire import protocol, transport
 from dmp.wire.peer import PeerLoop, Tick
 from dmp.wire.protocol import ObjStatus
@@ -55,6 +58,15 @@ class Host:
         self.outbox: collections.deque[tuple[protocol.Message, list[Any]]] = collections.deque()
         self._wake = Wakeup(self)
         self.pool = concurrent.futures.ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="dmp-host")
+        # Held while an inline kind runs: the I/O thread's HostCalls and the
+        # direct route's connection threads take turns on those objects.
+        self.inline_lock = threading.Lock()
+        self.direct: DirectServer | None = None
+        if _config.direct_route():
+            try:
+                self.direct = DirectServer(key, self.call_direct)
+            except OSError:  # no abstract unix sockets here: every call goes through the manager
+                self.direct = None
         proxies.remember_key(endpoint, key)
         if public:
             proxies.remember_key(public, key)  # proxies inside host objects name the daemon so
@@ -69,6 +81,9 @@ class Host:
         peer.watch(self._wake.fd)
         if self.lifeline is not None:
             peer.watch(self.lifeline)
+        if self.direct is not None:
+            peer.watch(self.direct.fd)
+        paused_at = 0.0  # when the direct listener was last set aside (out of fds); 0: it is polled
         try:
             while True:
                 while self.outbox:
@@ -80,6 +95,8 @@ class Host:
                         return  # whoever started us is gone
                 if self._wake.fd in ready:
                     self._wake.clear()
+                if self.direct is not None:
+                    paused_at = self._direct_accepts(peer, ready, paused_at)
                 for msg, frames in peer.messages():
                     if isinstance(msg, protocol.HostCall):
                         self.receive(msg, frames)
@@ -97,13 +114,27 @@ class Host:
                     return  # the manager went silent (for as many beats as it gives us)
         finally:
             self.pool.shutdown(wait=False, cancel_futures=True)
+            if self.direct is not None:
+                self.direct.close()
             peer.close()
+
+    def _direct_accepts(self, peer: PeerLoop, ready: set[int], paused_at: float) -> float:
+        """Accept direct-route connections; out of fds, stop polling the listener for a second."""
+        assert self.direct is not None
+        if paused_at and time.monotonic() - paused_at >= 1.0:
+            peer.watch(self.direct.fd)
+            paused_at = 0.0
+        if not paused_at and self.direct.fd in ready and not self.direct.accept():
+            peer.poller.unregister(self.direct.fd)
+            paused_at = time.monotonic()
+        return paused_at
 
     def receive(self, msg: protocol.HostCall, frames: list[Any]) -> None:
         entry = self.objs.get(msg.oid)
         inline = msg.typeid in INLINE_TYPES if msg.method == "__create__" else entry is not None and entry[3]
         if inline:
-            self.outbox.append(self.execute(msg, frames))
+            with self.inline_lock:
+                self.outbox.append(self.execute(msg, frames))
         else:
             frames = [bytes(f) for f in frames]  # zmq may reuse the buffers
             self.pool.submit(self._threaded, msg, frames)
@@ -122,25 +153,51 @@ class Host:
                 entry = self.objs.get(msg.oid)
                 if entry is None:
                     raise ReferenceError(f"the object host holds no object {msg.oid}")
-                obj, exposed, to_typeid, _ = entry
                 args, kwds = serialization.loads(frames)
-                if msg.method == "#GETVALUE":
-                    result = obj
-                elif msg.method in ("__repr__", "__str__") and msg.method not in exposed:
-                    result = repr(obj) if msg.method == "__repr__" else str(obj)  # multiprocessing's fallback
-                elif msg.method not in exposed:
-                    # As multiprocessing's server: a RemoteError carrying the explanation.
-                    raise RemoteError(
-                        f"AttributeError: method {msg.method!r} of {type(obj)!r} object is not in exposed={sorted(exposed)!r}"
-                    )
-                else:
-                    result = getattr(obj, msg.method)(*args, **kwds)
-            typeid = to_typeid.get(msg.method)
+                result = self._invoke(entry, msg.method, args, kwds)
+            typeid = entry[2].get(msg.method)
             if typeid:
                 return self._made(msg.tag, typeid, result, None, None, retain)
-            return protocol.HostReply(msg.tag, ObjStatus.OK, None, "", retain), serialization.dumps(result)
+            reply = protocol.HostReply(msg.tag, ObjStatus.OK, None, "", retain, self._direct_for(entry))
+            return reply, serialization.dumps(result)
         except BaseException as exc:
             return protocol.HostReply(msg.tag, ObjStatus.RAISED, None, "", retain), serialization.dump_exception(exc)
+
+    def call_direct(self, msg: protocol.ObjCall, frames: list[Any]) -> tuple[protocol.ObjReply, list[Any]]:
+        """A call that came by the direct route: run it if the manager would only have passed it
+        through (an inline kind, no object made, no proxy kept), else answer REDIRECT unrun."""
+        entry = self.objs.get(msg.oid) if type(msg.oid) is int else None
+        if entry is None or not entry[3] or type(msg.method) is not str or msg.method in entry[2]:
+            return protocol.ObjReply(0, ObjStatus.REDIRECT), []
+        retain: list[int] = []
+        try:
+            with proxies.collecting(retain):
+                args, kwds = serialization.loads(frames)
+            if retain:  # the object would keep a proxy: the manager must record that hold
+                return protocol.ObjReply(0, ObjStatus.REDIRECT), []
+            with self.inline_lock:  # pickled under it too: another thread may change what it holds
+                out = serialization.dumps(self._invoke(entry, msg.method, args, kwds))
+            return protocol.ObjReply(0, ObjStatus.OK), out
+        except BaseException as exc:
+            return protocol.ObjReply(0, ObjStatus.RAISED), serialization.dump_exception(exc)
+
+    @staticmethod
+    def _invoke(entry: tuple[Any, frozenset[str], dict[str, str], bool], method: str, args: Any, kwds: Any) -> Any:
+        obj, exposed, _, _ = entry
+        if method == "#GETVALUE":
+            return obj
+        if method in ("__repr__", "__str__") and method not in exposed:
+            return repr(obj) if method == "__repr__" else str(obj)  # multiprocessing's fallback
+        if method not in exposed:
+            # As multiprocessing's server: a RemoteError carrying the explanation.
+            raise RemoteError(
+                f"AttributeError: method {method!r} of {type(obj)!r} object is not in exposed={sorted(exposed)!r}"
+            )
+        return getattr(obj, method)(*args, **kwds)
+
+    def _direct_for(self, entry: tuple[Any, frozenset[str], dict[str, str], bool]) -> str:
+        """Where this object may be called directly ("" for none)."""
+        return self.direct.address if self.direct is not None and entry[3] else ""
 
     def _create(self, msg: protocol.HostCall, frames: list[Any], retain: list[int]) -> tuple[protocol.Message, list[Any]]:
         shipped, args, kwds, exposed, to_typeid = serialization.loads(frames)
@@ -160,8 +217,8 @@ class Host:
         if exposed is None and reg is not None:
             exposed, to_typeid = reg.exposed, reg.method_to_typeid
         names = list(exposed) if exposed is not None else public_methods(obj)
-        self.objs[tag] = (obj, frozenset(names), dict(to_typeid or {}), typeid in INLINE_TYPES)
-        return protocol.HostReply(tag, ObjStatus.OK, [typeid, names], typeid, retain), []
+        entry = self.objs[tag] = (obj, frozenset(names), dict(to_typeid or {}), typeid in INLINE_TYPES)
+        return protocol.HostReply(tag, ObjStatus.OK, [typeid, names], typeid, retain, self._direct_for(entry)), []
 
 
 def serve(endpoint: str, key: bytes | None, registry: dict[str, Any], lifeline: int | None, public: str = "") -> None:

@@ -136,11 +136,10 @@ class WorkerLoop:
             node=cfg.node,
             max_tasks=cfg.max_tasks,
         )
-        # The manager does not heartbeat workers (our node answers for us), so
-        # its silence means nothing here; a refusal means Hello again, later.
-        self.peer = PeerLoop(
-            cfg.address, cfg.key, hello, identity=cfg.worker_id.encode(), heartbeat=cfg.heartbeat, expects_beats=False
-        )
+        # The manager does not heartbeat workers (our node answers for us, so we beat only every
+        # WORKER_BEATS beats): its silence means nothing here; a refusal means Hello again, later.
+        self.peer = PeerLoop(cfg.address, cfg.key, hello, identity=cfg.worker_id.encode(), heartbeat=cfg.heartbeat,
+                             expects_beats=False, beat_every=_config.WORKER_BEATS)
         self.chan = self.peer.chan
         self.runners: dict[int, Any] = {}
         self.timeouts: dict[int, float] = {}  # job key -> each task's limit (seconds)

@@ -60,6 +60,7 @@ class Welcome(Message):
     slots: int = 0  # worker slots in the cluster now
     max_message: int = 0  # bytes; larger messages are refused (0: no limit)
     nonce: bytes = b""  # with an authkey: the manager's half of the session nonce
+    direct: str = ""  # clients: where the manager's door takes their calls directly ("" for none)
 
 
 @message(3, EITHER, EITHER)
@@ -327,13 +328,13 @@ class ObjCall(Message):
 @message(32, M, CLIENT)
 @dataclass(slots=True)
 class ObjReply(Message):
-    """The outcome of request ``ref`` (an ``ObjStatus``). ``oid`` is non-zero
-    when the request made a new object."""
+    """The outcome of request ``ref`` (an ``ObjStatus``); ``oid``: a new object's, or 0."""
 
     ref: int
     status: int
     value: Any = None
     oid: int = 0
+    direct: str = ""  # where this client may call that object directly (dmp.wire.direct)
 
 
 @message(33, CLIENT, M)
@@ -347,9 +348,8 @@ class ObjRelease(Message):
 @message(38, CLIENT, M)
 @dataclass(slots=True)
 class ObjCancel(Message):
-    """Nobody waits for request ``ref`` any more (its caller was interrupted).
-    A parked request is dropped unanswered; anything else (unknown, already
-    answered) is ignored. No reply."""
+    """Nobody waits for request ``ref`` any more (its caller was interrupted). A parked
+    request is dropped unanswered; anything else (unknown, answered) is ignored. No reply."""
 
     ref: int
 
@@ -378,15 +378,15 @@ class HostCall(Message):
 @message(36, HOST, M)
 @dataclass(slots=True)
 class HostReply(Message):
-    """Outcome of ``tag`` (an ``ObjStatus``). ``made`` names the typeid of the
-    object made under id ``tag`` (``value``: its exposed methods); ``retain``
-    lists the objects whose proxies the host unpickled and keeps."""
+    """Outcome of ``tag`` (an ``ObjStatus``). ``made``: the typeid made under id ``tag``
+    (``value``: its exposed methods); ``retain``: objects whose proxies the host keeps."""
 
     tag: int
     status: int
     value: Any = None
     made: str = ""
     retain: list[int] = field(default_factory=list)
+    direct: str = ""  # the host's direct-route address for the object, passed on in ObjReply
 
 
 @message(37, M, HOST)

@@ -53,3 +53,4 @@ class ObjStatus(enum.IntEnum):
     OK = 0  # value (plain data) and/or payload (the pickled result)
     RAISED = 1  # payload: the pickled (exception, traceback text) from the object host
     FAILED = 2  # value: [exception name, text] from the manager (Empty, Full, ...)
+    REDIRECT = 3  # direct route only: not run; ask through ZeroMQ (dmp.wire.direct)

@@ -142,15 +142,18 @@ class PeerLoop:
     Hello again (with backoff) when refused or not yet welcomed at a beat.
     ``expects_beats``: the manager heartbeats us, so :meth:`tick` reports
     its silence (workers are not heartbeated: their node answers for them).
+    ``beat_every``: beat once every this many of the manager's beats (a
+    node's idle workers: ``_config.WORKER_BEATS``).
     Not thread-safe: one owner thread, as for a Channel.
     """
 
     def __init__(
         self, address: str, key: bytes | None, hello: protocol.Hello, *, identity: bytes | None = None,
         heartbeat: bool = True, rehello: bool = True, expects_beats: bool = True,
-        on_refused: Callable[[transport.Refused], None] | None = None,
+        on_refused: Callable[[transport.Refused], None] | None = None, beat_every: int = 1,
     ) -> None:
         self.hello = hello
+        self.beat_every = max(1, beat_every)
         self.heartbeat = heartbeat
         self.rehello = rehello
         self.expects_beats = expects_beats
@@ -216,7 +219,7 @@ class PeerLoop:
         now = time.monotonic()
         self.live.heard(now)
         if isinstance(msg, protocol.Welcome):
-            self.live.follow(msg.heartbeat_s, now)
+            self.live.follow(msg.heartbeat_s * self.beat_every, now)
             self.joined = True
             self.backoff.reset()
             self.hello_at = None

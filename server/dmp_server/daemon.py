@@ -37,6 +37,7 @@ from dmp.wire.protocol import ErrorCode, Role
 from dmp.wire.wakeup import Wakeup
 from dmp_server import gate, hostproc, objects, status
 from dmp_server.dashboard import PUBLISH_S, Board
+from dmp_server.door import Door
 from dmp_server.peers import LIVENESS, Departures, LocalClient, LocalSupervisor, Peers, describe
 from dmp_server.routing import VERSION, Routing, log, worker_peer
 from dmp_server.scheduler import Scheduler
@@ -96,6 +97,14 @@ class Daemon(Routing):
         self._poller = zmq.Poller()
         self._poller.register(self.chan.sock, zmq.POLLIN)
         self._poller.register(self._wake.fd, zmq.POLLIN)
+        # Calls on the reactor kinds from clients on this machine (dmp_server.door).
+        self.door: Door | None = None
+        if _config.direct_route() and self.endpoints and supervisor is None:  # not in a local Pool
+            try:
+                self.door = Door(key, self._wake.poke)
+                self._poller.register(self.door.fd, zmq.POLLIN)
+            except OSError:
+                self.door = None
         self._watched: set[int] = set()
         self._next_tick = time.monotonic() + heartbeat_s
         self._check_at = 0.0  # next look for local workers past their task_timeout
@@ -136,17 +145,34 @@ class Daemon(Routing):
     # --- the thread taking steps ---------------------------------------------------------
 
     def run(self) -> None:
-        """Take steps until :meth:`stop`, then :meth:`close`."""
+        """Take steps until :meth:`stop`, then :meth:`close`.
+
+        With ``DMP_MANAGER_PROFILE=FILE`` in the environment, the steps run
+        under cProfile and its stats are written to FILE at the end (see
+        docs/performance.md; ``python -m tests.bench.scale --profile DIR``).
+        """
+        profile_to = os.environ.get("DMP_MANAGER_PROFILE")
+        profiler = None
+        if profile_to:
+            import cProfile
+
+            profiler = cProfile.Profile(time.thread_time)  # this thread's CPU: a loaded host inflates wall time
+            profiler.enable()
         try:
             while not self._stopping:
                 self.step(None)
         finally:
             self.close()
+            if profiler is not None and profile_to:
+                profiler.disable()
+                profiler.dump_stats(profile_to)
 
     def close(self) -> None:
         """Tell remote peers we are going, and close the socket."""
         self._stopping = True
         self._shutdown_peers()
+        if self.door is not None:
+            self.door.close()
         self.chan.close()
         self.closed = True
 
@@ -175,6 +201,8 @@ class Daemon(Routing):
             self._receive()
         if self._wake.fd in ready:
             self._wake.clear()
+        if self.door is not None:
+            self.door.serve(ready, self._poller, self._door_client, self._handle_client)
         if self.inbox:
             self._drain_inbox()
         for fd in self._watched.intersection(ready):

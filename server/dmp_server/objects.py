@@ -340,7 +340,8 @@ class ObjectServer:
                 self._hold(pending.peer, oid)
             else:  # the asker left meanwhile: nobody holds the new object
                 cmds.append(Send(peer, protocol.HostDrop([msg.tag])))
-        cmds.append(Send(pending.peer, protocol.ObjReply(pending.ref, msg.status, msg.value, oid), frames))
+        direct = msg.direct if type(msg.direct) is str and msg.status == ObjStatus.OK else ""
+        cmds.append(Send(pending.peer, protocol.ObjReply(pending.ref, msg.status, msg.value, oid, direct), frames))
         return cmds
 
     def _host_gone(self, why: str) -> list[Command]:

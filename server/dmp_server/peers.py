@@ -71,6 +71,48 @@ class Departures:
     dropped: list[Peer] = field(default_factory=list)
 
 
+class PeerTable(dict[str, Peer]):
+    """Peers by id, indexed by node name and counted by role as they are set and
+    popped, so a worker's Hello finds its node, and a client's Hello the client
+    count, without a scan of every peer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nodes: dict[str, Peer] = {}
+        self.counts: dict[str, int] = {}
+
+    def __setitem__(self, peer_id: str, peer: Peer) -> None:
+        self.pop(peer_id, None)
+        super().__setitem__(peer_id, peer)
+        self.counts[peer.role] = self.counts.get(peer.role, 0) + 1
+        if peer.role == Role.NODE:
+            self.nodes[peer.name] = peer
+
+    def __delitem__(self, peer_id: str) -> None:
+        self.pop(peer_id)
+
+    def pop(self, peer_id: str, *default: Any) -> Any:
+        if peer_id not in self:
+            if default:
+                return default[0]
+            raise KeyError(peer_id)
+        peer = super().pop(peer_id)
+        self.counts[peer.role] -= 1
+        if peer.role == Role.NODE and self.nodes.get(peer.name) is peer:
+            # Rare (a node leaves), so a scan: another node of that name may remain.
+            same = [p for p in self.values() if p.role == Role.NODE and p.name == peer.name]
+            if same:
+                self.nodes[peer.name] = same[-1]
+            else:
+                del self.nodes[peer.name]
+        return peer
+
+    def clear(self) -> None:
+        super().clear()
+        self.nodes.clear()
+        self.counts.clear()
+
+
 class Peers:
     """Remote peers by id (ident.hex()), and workers that exited cleanly awaiting their Bye."""
 
@@ -81,8 +123,16 @@ class Peers:
         self.shared = shared
         self.heartbeat_s = heartbeat_s
         self.supervised = supervised  # embedded mode: our own supervisor watches the workers
-        self.by_id: dict[str, Peer] = {}
+        self.by_id = PeerTable()
         self.exiting: dict[str, float] = {}
+
+    def add(self, peer: Peer) -> None:
+        """Record a peer that joined (one already under its id is replaced)."""
+        self.by_id[peer.id] = peer
+
+    def _pop(self, peer_id: str) -> Peer | None:
+        peer: Peer | None = self.by_id.pop(peer_id, None)
+        return peer
 
     def who(self, peer_id: str | None, local: bool = False) -> str:
         """A peer as logs name it: role, name and host, never its socket id; ``local``: in-process."""
@@ -92,15 +142,16 @@ class Peers:
         return describe(peer)
 
     def node(self, name: str) -> Peer | None:
-        return next((p for p in self.by_id.values() if p.role == Role.NODE and p.name == name), None)
+        """The joined node called ``name`` (the latest to join under it), or None."""
+        return self.by_id.nodes.get(name)
 
     def count(self, role: str) -> int:
-        return sum(1 for p in self.by_id.values() if p.role == role)
+        return self.by_id.counts.get(role, 0)
 
     def forget(self, peer_id: str, out: Departures, *, local: bool = False, crashed: bool = False) -> None:
         """A peer said Bye, went silent or said Hello again; ``local``: an in-process client;
         ``crashed``: it never said goodbye (the locks it held are released)."""
-        peer = self.by_id.pop(peer_id, None)
+        peer = self._pop(peer_id)
         if peer is not None:
             out.gone.append(peer)
         elif not local:
@@ -124,7 +175,7 @@ class Peers:
 
     def _drop(self, peer_id: str, out: Departures) -> None:
         """Remove a peer without telling the scheduler; its session ends (``out.dropped``)."""
-        peer = self.by_id.pop(peer_id, None)
+        peer = self._pop(peer_id)
         if peer is not None:
             out.dropped.append(peer)
 
@@ -165,9 +216,11 @@ class Peers:
                 self._drop(peer_id, out)
                 out.cmds += self.scheduler.remove_worker(peer_id, 0, -1)
         deadline = now - self.heartbeat_s * LIVENESS - late
+        # A node's idle workers beat once every WORKER_BEATS beats (their node answers for them).
+        worker_deadline = now - self.heartbeat_s * LIVENESS * _config.WORKER_BEATS - late
         beat = []
         for peer in list(self.by_id.values()):
-            if self._silent(peer, deadline):
+            if self._silent(peer, worker_deadline if peer.role == Role.WORKER else deadline):
                 self.forget(peer.id, out, crashed=True)
             elif peer.role in (Role.CLIENT, Role.NODE) and peer.ident is not None:
                 beat.append(peer)

@@ -13,7 +13,12 @@ from collections import deque
 from typing import Any
 
 from dmp.wire import protocol
+from dmp_server.hungry import Hungry
 from dmp_server.records import Client, Command, Job, Node, Send, Task, Worker
+
+# Tasks given to a worker at once, when they fit its credit, however many
+# workers are idle (see Placement.schedule).
+DISPATCH_BATCH = 32
 
 
 class Placement:
@@ -26,6 +31,8 @@ class Placement:
     _ready: deque[Client]  # clients with pending tasks, round robin
     queued_total: int  # tasks waiting in any client's queue
     in_flight: int  # tasks a worker may hold
+    est_run_s: float | None  # mean task run time, once any task finished
+    hungry: Hungry  # workers that may take tasks (see dmp_server.hungry)
 
     # --- scheduling ------------------------------------------------------------------
 
@@ -40,19 +47,35 @@ class Placement:
         return free
 
     def schedule(self) -> list[Command]:
-        """Give idle credit work, one task per client in turn."""
+        """Give idle credit work, one task per client in turn.
+
+        Workers come from the ``hungry`` index (idle ones first), never from
+        a scan of every worker: a dispatch costs the workers it visits.
+        """
         if not self._ready:
             return []
-        cmds: list[Command] = []
-        hungry = [(w, free) for w in self.workers.values() if (free := self.credit(w)) > 0]
+        hungry = self.hungry
         if not hungry:
             return []
-        hungry.sort(key=lambda wf: len(wf[0].assigned))  # idle workers first
+        cmds: list[Command] = []
         # Spread evenly: no worker takes more than its share of what is queued,
         # so two tasks on two idle workers run side by side, not one behind the other.
+        # But once tasks are known to be short, a worker takes up to
+        # DISPATCH_BATCH of them at once (at most PREFETCH_SECONDS of work, as
+        # its credit says): spreading them one per worker over a thousand
+        # workers would cost a Dispatch and a Results message per task.
         share = -(-self.queued_total // len(hungry))
-        for worker, free in hungry:
-            free = min(free, share)
+        if self.est_run_s is not None and share < DISPATCH_BATCH:
+            share = max(share, min(self.in_flight, DISPATCH_BATCH))
+        visited: list[Worker] = []
+        while self._ready:
+            worker = hungry.pop()
+            if worker is None:
+                break
+            free = min(self.credit(worker), share)
+            if free <= 0:
+                continue  # full: indexed again at its next results
+            visited.append(worker)
             jobs: list[list[Any]] = []
             job_frames: list[Any] = []
             items: list[list[int]] = []
@@ -89,10 +112,11 @@ class Placement:
                 items.append([task.key, job.key, task.attempt, len(task.frames)])
                 frames.extend(task.frames)
                 free -= 1
+                if job.idle_only:
+                    break  # nothing queues behind it, not even in this Dispatch
             if items:
                 cmds.append(Send(worker.peer, protocol.Dispatch(jobs, items), job_frames + frames))
-            if not self._ready:
-                break
+        hungry.put_back([w for w in visited if self.credit(w) > 0])
         return cmds
 
     # --- internals ---------------------------------------------------------------

@@ -31,6 +31,7 @@ from dmp.errors import ProtocolError
 from dmp.wire import handshake, protocol, transport
 from dmp.wire.protocol import ErrorCode, Role
 from dmp_server import gate, objects
+from dmp_server.door import Door
 from dmp_server.peers import Departures, LocalClient, LocalSupervisor, Peer, Peers, describe
 from dmp_server.scheduler import Command, Kill, Scheduler, Send
 
@@ -57,6 +58,8 @@ class Routing:
     max_message: int
     max_clients: int
     max_queued: int
+    door: Door | None  # the direct route for calls on the reactor kinds (dmp_server.door)
+    _poller: zmq.Poller
 
     def status(self) -> dict[str, Any]:
         """The ``dmp status --json`` object; dmp_server.daemon.Daemon provides it."""
@@ -150,7 +153,8 @@ class Routing:
             return
         host = self.chan.peer_address or msg.host
         nonce = self.chan.open_session(ident)
-        welcome = protocol.Welcome(peer_id, self.heartbeat_s, len(self.scheduler.workers), self.max_message, nonce)
+        door = self.door.address if self.door is not None else ""
+        welcome = protocol.Welcome(peer_id, self.heartbeat_s, len(self.scheduler.workers), self.max_message, nonce, door)
         if self.key is None:
             self._send_raw(ident, welcome)
             self._join(ident, msg, host)
@@ -193,7 +197,7 @@ class Routing:
         if msg.role == Role.NODE:  # checked in _hello before any Welcome
             resources = _config.check_resources(msg.resources, "Hello.resources")
         now = time.monotonic()
-        self.peers.by_id[peer_id] = Peer(peer_id, ident, msg.role, msg.name, host, msg.pid, msg.node, now, msg.version)
+        self.peers.add(Peer(peer_id, ident, msg.role, msg.name, host, msg.pid, msg.node, now, msg.version))
         if msg.role == Role.WORKER:
             self._carry_out(self.scheduler.add_worker(peer_id, msg.node, msg.pid, msg.max_tasks))
         elif msg.role == Role.CLIENT:
@@ -207,6 +211,11 @@ class Routing:
     def _handle_client(self, peer: str, msg: protocol.Message, frames: list[Any]) -> None:
         """A message of client ``peer``: remote, or in this process (local mode)."""
         self._dispatch(peer, Role.CLIENT, msg, frames)
+
+    def _door_client(self, peer_id: str) -> bool:
+        """Whether the door may take calls for ``peer_id``: a joined client."""
+        peer = self.peers.by_id.get(peer_id)
+        return peer is not None and peer.role == Role.CLIENT
 
     def _submit(self, peer: str, msg: protocol.Submit, frames: list[Any]) -> None:
         sched = self.scheduler
@@ -312,6 +321,12 @@ class Routing:
                 self._kill_worker(cmd.worker, signal.SIGKILL)
 
     def _send(self, peer_id: str, msg: protocol.Message, frames: list[Any]) -> None:
+        door = self.door
+        if door is not None and door.routes and type(msg) is protocol.ObjReply:
+            conn = door.routes.pop((peer_id, msg.ref), None)
+            if conn is not None:  # the request came through the door: so does its reply
+                door.reply(conn, msg, frames, self._poller)
+                return
         local = self.locals.get(peer_id)
         if local is not None:
             local.on_message(msg, frames)

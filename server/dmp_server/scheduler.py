@@ -31,6 +31,7 @@ from typing import Any
 from dmp.deaths import WorkerDeath, loss_text
 from dmp.wire import protocol
 from dmp.wire.protocol import Status
+from dmp_server.hungry import Hungry
 from dmp_server.placement import Placement
 from dmp_server.records import Client, Command, Job, Kill, Node, Send, Task, Totals, Worker
 
@@ -62,6 +63,7 @@ class Scheduler(Placement):
         self.tasks: dict[int, Task] = {}
         self.nodes: dict[str, Node] = {}  # by name: their declared resources
         self._ready: deque[Client] = deque()  # clients with pending tasks, round robin
+        self.hungry = Hungry()  # workers that may take tasks, without a scan
         self.queued_total = 0  # tasks waiting in any client's queue
         self._next_task = 1
         self._next_job = 1
@@ -108,7 +110,8 @@ class Scheduler(Placement):
         self.nodes.pop(name, None)
 
     def add_worker(self, peer: str, node: str, pid: int, max_tasks: int) -> list[Command]:
-        self.workers[peer] = Worker(peer, node, pid, max_tasks if max_tasks > 0 else -1)
+        worker = self.workers[peer] = Worker(peer, node, pid, max_tasks if max_tasks > 0 else -1)
+        self.hungry.touch(worker)
         return self.schedule()
 
     def remove_worker(
@@ -125,6 +128,7 @@ class Scheduler(Placement):
         worker = self.workers.pop(peer, None)
         if worker is None:
             return []
+        self.hungry.discard(peer)
         assigned = list(worker.assigned.values())
         if not timed_out and (exitcode != 0 or running != -1):
             self.totals.workers_lost += 1
@@ -275,6 +279,7 @@ class Scheduler(Placement):
                 batch[0].append([job.job_id, task.task_id, status, nframes, info])
                 batch[1].extend(payload)
                 cmds += self._maybe_forget(client, job)
+        self.hungry.touch(worker)
         if items:
             mean = run_total / len(items)
             est = self.est_run_s
@@ -332,10 +337,10 @@ class Scheduler(Placement):
         # them off its queue; a result that comes anyway is stale, dropped).
         for peer in job.holders:
             worker = self.workers.get(peer)
-            if worker is None or not worker.assigned:
+            doomed = [t for t in worker.assigned.values() if t.job is job] if worker is not None else []
+            if worker is None or not doomed:
                 continue
             running = next(iter(worker.assigned.values()))
-            doomed = [t for t in worker.assigned.values() if t.job is job]
             for t in doomed:
                 del worker.assigned[t.key]
                 self._unhold(t)
@@ -343,7 +348,10 @@ class Scheduler(Placement):
                 self._release(client, peer)
             if running.job is job:
                 worker.doomed = True
+                self.hungry.discard(peer)
                 cmds.append(Kill(peer))
+            else:
+                self.hungry.touch(worker)  # its load fell: the withdrawn tasks' credit is free again
         cmds += self._drop(client, job)
         if notify:
             cmds.append(Send(client.peer, protocol.JobResults([[job.job_id, -1, int(Status.CANCELLED), 0, "cancelled"]])))

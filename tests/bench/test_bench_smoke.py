@@ -77,3 +77,27 @@ def test_percentile_nearest_rank() -> None:
     assert percentile(values, 99) == 99.0
     assert percentile(values, 100) == 100.0
     assert percentile([7.0], 99) == 7.0
+
+
+@pytest.mark.timeout(180)
+def test_scale_quick_runs_the_real_manager_against_simulated_peers(tmp_path: Path) -> None:
+    """``python -m tests.bench.scale --quick``: one tiny configuration, every result checked by the
+    simulated clients, the manager's CPU read from /proc; only that the rows exist is asserted."""
+    out = tmp_path / "scale.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.bench.scale", "--quick", "--json", str(out)],
+        cwd=REPO_ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    rows = json.loads(out.read_text())
+    runs = [r for r in rows if "tasks" in r]
+    assert [(r["workers"], r["clients"], r["chunk"] == 1) for r in runs] == [(4, 2, True), (4, 2, False)]
+    for r in runs:
+        assert r["items"] == r["tasks"] * r["chunk"] and r["cpu_s"] > 0 and r["wall_s"] > 0
+    (idle,) = [r for r in rows if "idle_workers" in r]
+    assert idle["idle_workers"] == 20 and idle["cpu_pct"] >= 0
+    assert "idle: 20 workers on 2 nodes" in proc.stdout

@@ -152,6 +152,13 @@ class Interrupted(BaseException):
     """Stands in for KeyboardInterrupt in a thread of this process."""
 
 
+@pytest.fixture(autouse=True)
+def _zeromq_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests drive the ZeroMQ link's waits and posts: calls must not take the
+    manager's door (its interruptions are tested in test_door.py)."""
+    monkeypatch.setenv("DMP_DIRECT_ROUTE", "0")
+
+
 @pytest.fixture
 def conn(daemon: Daemon) -> Iterator[proxies.Connection]:
     dmp.Manager(address=daemon.address)  # remembers the (no) key for this address

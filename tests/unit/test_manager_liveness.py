@@ -28,7 +28,7 @@ def daemon() -> Iterator[Daemon]:
 
 
 def _peer(daemon: Daemon, name: str, silent_for: float, now: float) -> None:
-    daemon.peers.by_id[name] = Peer(name, None, Role.NODE, name, "host", 1, "", now - silent_for)
+    daemon.peers.add(Peer(name, None, Role.NODE, name, "host", 1, "", now - silent_for))
 
 
 def test_the_manager_counts_the_shared_liveness() -> None:
@@ -50,3 +50,29 @@ def test_time_the_reactor_was_held_up_is_not_held_against_peers(daemon: Daemon) 
     assert set(daemon.peers.by_id) == {"queued"}
     daemon._tick(now + BEAT)  # on time again: by now the backlog was read, or it is gone
     assert daemon.peers.by_id == {}
+
+
+def test_an_idle_node_worker_beats_less_often_and_gets_a_window_as_much_longer(daemon: Daemon) -> None:
+    """A node's idle workers beat once every WORKER_BEATS beats (their node answers for them)."""
+    now = time.monotonic()
+    window = BEAT * LIVENESS * _config.WORKER_BEATS
+    daemon.peers.add(Peer("node", None, Role.NODE, "n", "host", 1, "", now))
+    for name, silent_for in (("quiet", window - 0.05), ("gone", window + 0.05)):
+        daemon.peers.add(Peer(name, None, Role.WORKER, name, "host", 2, "n", now - silent_for))
+        daemon.scheduler.add_worker(name, "n", 2, 0)
+    daemon._tick(now)
+    assert set(daemon.peers.by_id) == {"node", "quiet"}
+    assert set(daemon.scheduler.workers) == {"quiet"}
+
+
+def test_the_node_index_follows_joins_and_departures(daemon: Daemon) -> None:
+    now = time.monotonic()
+    first = Peer("a", None, Role.NODE, "n", "host", 1, "", now)
+    second = Peer("b", None, Role.NODE, "n", "host", 2, "", now)  # the same name from another process
+    daemon.peers.add(first)
+    daemon.peers.add(second)
+    assert daemon.peers.node("n") is second and daemon.peers.count(Role.NODE) == 2
+    daemon._forget("b")
+    assert daemon.peers.node("n") is first and daemon.peers.count(Role.NODE) == 1
+    daemon._forget("a")
+    assert daemon.peers.node("n") is None and daemon.peers.count(Role.NODE) == 0

@@ -142,3 +142,20 @@ def test_tick_beats_once_a_beat_and_reports_silence(manager_socket: tuple[str, t
         assert loop.tick() is peer.Tick.SILENT
     finally:
         loop.close()
+
+
+def test_a_worker_beats_once_every_beat_every_of_the_managers_beats(manager_socket: tuple[str, transport.Channel]) -> None:
+    address, router = manager_socket
+    hello = protocol.Hello(protocol.Role.WORKER, "w", "host", 1, node="node")
+    loop = peer.PeerLoop(address, None, hello, expects_beats=False, beat_every=4)
+    try:
+        loop.say_hello()
+        deadline = time.monotonic() + 20
+        ident = _next_hello(router, loop, deadline)
+        router.send(protocol.Welcome("p", 0.5), to=ident)
+        while not loop.joined and time.monotonic() < deadline:
+            loop.poll(0.05)
+            list(loop.messages())
+        assert loop.live.beat == 2.0
+    finally:
+        loop.close()

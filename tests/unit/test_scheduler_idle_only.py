@@ -59,3 +59,18 @@ def test_cancelling_a_waiting_idle_only_task_kills_no_worker() -> None:
     assert h.kills == []
     assert [item[2] for item, _ in h.results_for("c")] == [Status.CANCELLED]
     assert h.s.queued() == 0
+
+
+def test_nothing_joins_an_idle_only_task_in_the_same_dispatch() -> None:
+    """Queued together before any worker joins: the idle worker that takes the
+    Process takes nothing else with it, however much credit it has."""
+    h = Harness()
+    h.client("c")
+    _idle_only(h, "c", 1)
+    h.job("c", 2)
+    h.submit("c", 1, [0])
+    h.submit("c", 2, [0, 1, 2])
+    h.worker("w1")
+    assert [t[1] for t in h.given["w1"]] == [h.s.clients["c"].jobs[1].key]
+    h.worker("w2")
+    assert h.given["w2"] and all(t[1] == h.s.clients["c"].jobs[2].key for t in h.given["w2"])

@@ -1,0 +1,246 @@
+"""The manager's end of the direct route for the reactor kinds (Queue, Lock, Event, ...).
+
+    reactor: listening socket readable --> accept --> a short-lived thread
+        proves the key both ways (dmp.wire.direct) and reads the peer id the
+        client was given in its Welcome --> the connection joins the reactor's poll
+    connection readable (reactor thread) --> ObjCall / ObjCancel handled as
+        if they came from that peer over ZeroMQ (its holds, its locks)
+    an ObjReply to a request that came through a door connection goes back
+        on it (in order); once that connection is gone, through the peer's
+        ZeroMQ session, where the client undoes what it gave up on
+
+The door only carries calls: objects are created and released, and peers
+join and leave, through ZeroMQ. A call for a peer the manager does not know
+(not joined yet, or gone) is answered ``REDIRECT`` unrun, and an
+``ObjCancel`` is acknowledged with an ``ObjReply`` of ref 0 once handled, so
+the client knows no reply to the cancelled call can follow.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from dmp.errors import ProtocolError
+from dmp.wire import direct, protocol
+from dmp.wire.protocol import ObjStatus
+
+log = logging.getLogger("dmp.manager")
+
+# Plain ints: zmq's flag enums cost an enum operation per test.
+POLLIN, POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
+MAX_HANDSHAKES = 16
+MAX_CONNECTIONS = 4096
+# A connection whose client stops reading is dropped once this much waits unsent.
+MAX_PENDING_BYTES = 64 << 20
+
+
+class DoorConn:
+    __slots__ = ("peer", "pending", "reader", "sock")
+
+    def __init__(self, sock: socket.socket, peer: str) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.reader = direct.Reader()
+        self.pending = bytearray()  # bytes the socket would not take yet
+
+
+class Door:
+    """Owned by the reactor thread, except the key-proof threads (which only hand over sockets)."""
+
+    def __init__(self, key: bytes | None, poke: Callable[[], None]) -> None:
+        self.address = direct.new_address()
+        self.listener = direct.listen(self.address)  # OSError: no direct route here
+        self.key = key
+        self.poke = poke
+        self.conns: dict[int, DoorConn] = {}
+        self.routes: dict[tuple[str, int], DoorConn] = {}  # (peer, ref) -> where its reply goes
+        self.joined: collections.deque[tuple[socket.socket, str]] = collections.deque()
+        self._proving = threading.BoundedSemaphore(MAX_HANDSHAKES)
+        self.paused_at = 0.0  # the listener was set aside then (out of fds); 0: it is polled
+
+    @property
+    def fd(self) -> int:
+        return self.listener.fileno()
+
+    # --- the reactor thread --------------------------------------------------------------
+
+    def serve(
+        self,
+        ready: dict[Any, int],
+        poller: zmq.Poller,
+        known: Callable[[str], bool],
+        handle: Callable[[str, protocol.Message, list[Any]], None],
+    ) -> None:
+        """Accept, admit proven connections, read requests, write what waits."""
+        if self.paused_at and time.monotonic() - self.paused_at >= 1.0:
+            poller.register(self.fd, POLLIN)  # out of fds a second ago: try again
+            self.paused_at = 0.0
+        if not self.paused_at and self.fd in ready and not self._accept():
+            poller.unregister(self.fd)  # it stays readable: polling it now would spin
+            self.paused_at = time.monotonic()
+        while self.joined:
+            sock, peer = self.joined.popleft()
+            self.conns[sock.fileno()] = DoorConn(sock, peer)
+            poller.register(sock.fileno(), POLLIN)
+        for fd, events in ready.items():
+            conn = self.conns.get(fd) if type(fd) is int else None
+            if conn is None:
+                continue
+            ok = True
+            if events & POLLOUT:
+                ok = self._flush(conn, poller)
+            if ok and events & POLLIN:
+                ok = self._read(conn, poller, known, handle)
+            if not ok:
+                self._close(conn, poller)
+
+    def reply(
+        self, conn: DoorConn, msg: protocol.Message, frames: list[Any], poller: zmq.Poller
+    ) -> None:
+        """Write a reply on ``conn`` without blocking (the rest waits for POLLOUT)."""
+        if conn.sock.fileno() < 0:
+            return
+        data = b"".join(
+            bytes(b) if isinstance(b, memoryview) else b for b in direct.encode(msg, frames)
+        )
+        if conn.pending:
+            conn.pending += data
+        else:
+            try:
+                sent = conn.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._close(conn, poller)
+                return
+            if sent < len(data):
+                conn.pending += data[sent:]
+                poller.register(conn.sock.fileno(), POLLIN | POLLOUT)
+        if len(conn.pending) > MAX_PENDING_BYTES:
+            log.warning(
+                "direct route: a client stopped reading its replies; dropping its connection"
+            )
+            self._close(conn, poller)
+
+    def _accept(self) -> bool:
+        """Take every waiting connection; False when out of file descriptors."""
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError as exc:
+                log.warning("direct route: accept failed (%s); new connections wait", exc)
+                return False
+            if len(self.conns) >= MAX_CONNECTIONS or not self._proving.acquire(blocking=False):
+                sock.close()
+                continue
+            threading.Thread(
+                target=self._prove, args=(sock,), name="dmp-door-proof", daemon=True
+            ).start()
+
+    def _prove(self, sock: socket.socket) -> None:
+        try:
+            sock.settimeout(direct.HANDSHAKE_TIMEOUT_S)
+            direct.serve_handshake(sock, self.key)
+            peer = direct.read_claim(sock)
+            sock.setblocking(False)
+        except (OSError, direct.DirectError, ValueError) as exc:
+            log.info("direct route: refused a connection: %s", exc)
+            sock.close()
+            return
+        finally:
+            self._proving.release()
+        self.joined.append((sock, peer))
+        self.poke()
+
+    def _read(
+        self,
+        conn: DoorConn,
+        poller: zmq.Poller,
+        known: Callable[[str], bool],
+        handle: Callable[[str, protocol.Message, list[Any]], None],
+    ) -> bool:
+        try:
+            chunk = conn.sock.recv(1 << 18)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        if not chunk:
+            return False
+        conn.reader.feed(chunk)
+        try:
+            while (whole := conn.reader.next()) is not None:
+                msg, frames = direct.decode(whole)
+                if isinstance(msg, protocol.ObjCall):
+                    if not known(conn.peer):
+                        self.reply(conn, protocol.ObjReply(msg.ref, ObjStatus.REDIRECT), [], poller)
+                        continue
+                    self.routes[(conn.peer, msg.ref)] = conn
+                    handle(
+                        conn.peer, msg, [bytes(f) for f in frames]
+                    )  # the reactor may keep them (parked)
+                elif isinstance(msg, protocol.ObjCancel):
+                    if known(conn.peer):
+                        handle(conn.peer, msg, [])
+                    self.reply(conn, protocol.ObjReply(0, ObjStatus.OK), [], poller)
+                else:
+                    raise direct.DirectError(
+                        f"only ObjCall and ObjCancel go through the door, not {type(msg).__name__}"
+                    )
+        except (direct.DirectError, ProtocolError) as exc:
+            log.warning("direct route: dropped a connection: %s", exc)
+            return False
+        except Exception as exc:  # one bad client must never stop the reactor
+            log.warning("direct route: dropped a connection after a bad request: %r", exc)
+            return False
+        return conn.sock.fileno() >= 0
+
+    def _flush(self, conn: DoorConn, poller: zmq.Poller) -> bool:
+        try:
+            sent = conn.sock.send(conn.pending)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        del conn.pending[:sent]
+        if not conn.pending:
+            poller.register(conn.sock.fileno(), POLLIN)
+        return True
+
+    def _close(self, conn: DoorConn, poller: zmq.Poller) -> None:
+        fd = conn.sock.fileno()
+        if fd < 0:
+            return
+        poller.unregister(fd)
+        self.conns.pop(fd, None)
+        _shut(conn.sock)
+        # Replies still due go through the peer's ZeroMQ session from now on.
+        for key in [k for k, c in self.routes.items() if c is conn]:
+            del self.routes[key]
+
+    def close(self) -> None:
+        for conn in self.conns.values():
+            _shut(conn.sock)
+        self.conns.clear()
+        self.routes.clear()
+        self.listener.close()
+
+
+def _shut(sock: socket.socket) -> None:
+    """Close for good: a process forked meanwhile (the object host) may hold a copy of the
+    descriptor, and the client must see EOF now, not when that copy goes."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
