@@ -153,7 +153,9 @@ class Scheduler(Placement):
                 )
                 cmds += self._finish(task, Status.TIMEOUT, [], [text, worker.node, worker.pid, job.timeout])
                 continue
-            if task.key == running:
+            # A worker killed for a cancel (doomed) ran the cancelled task as far as we knew; if it
+            # ran this one (its oldest's result was still batched there), the kill was not its fault.
+            if task.key == running and not worker.doomed:
                 task.attempt += 1
                 death = cause or WorkerDeath.of_exit(exitcode)
                 text = loss_text(death, worker.node, worker.pid)

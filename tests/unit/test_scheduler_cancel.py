@@ -97,3 +97,27 @@ def test_withdrawing_frees_credit_for_the_next_task() -> None:
     assert h.s.tasks[key].job.client == "B" and h.s.tasks[key].task_id == 2
     assert h.s.queued() == 1 and h.s.clients["B"].running == 2
     assert a_key not in h.s.workers["w1"].assigned
+
+
+def test_a_task_killed_by_a_cancel_it_did_not_belong_to_is_not_charged() -> None:
+    """The worker had finished A's task (its result still batched there) and ran B's
+    when A's job was cancelled: the manager, taking A's for the running one, killed it.
+    B's task goes back uncharged, even with no retries left."""
+    h = Harness()
+    h.client("A")
+    h.client("B")
+    h.worker("w1")
+    h.job("A", 1)
+    h.job("B", 1, max_retries=0)
+    h.submit("A", 1, [1])
+    h.submit("B", 1, [1])
+    (_a_key, *_), (b_key, *_) = h.given["w1"]
+    h.apply(h.s.cancel_job("A", 1))
+    assert h.kills == ["w1"]
+    h.die("w1", exitcode=-9, running=b_key)
+    assert h.results_for("B") == []
+    assert h.s.totals.retried == 0
+    h.worker("w2")
+    assert [t[0] for t in h.given["w2"]] == [b_key] and h.s.tasks[b_key].attempt == 0
+    h.complete("w2")
+    assert [i[:3] for i, _ in h.results_for("B")] == [[1, 1, Status.OK]]
