@@ -31,8 +31,11 @@ SIG_BYTES = 8 + 32
 TO_MANAGER = b"P"  # a peer's messages
 TO_PEER = b"M"  # the manager's messages
 # Handshakes the manager holds open at once (a Welcome sent, no proof yet);
-# past it the oldest is dropped: a Hello flood costs bounded memory.
-MAX_PENDING = 4096
+# past it the oldest is dropped: a Hello flood costs bounded memory (about
+# 1 KiB each with the manager's note of the Hello, so 16 MiB at most). Only
+# a Hello signed with the key (or a replayed one) takes a place; room for a
+# cluster of 100 nodes x 50 workers joining at once, three times over.
+MAX_PENDING = 16384
 
 OK = 0  # verified in a session (or no key at all)
 HELLO = 1  # manager: a validly signed Hello, possibly replayed: not yet trusted

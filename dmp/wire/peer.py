@@ -4,8 +4,9 @@
     loop: poll until the next timer -> drain the socket -> act -> tick:
         a heartbeat every beat; silence for LIVENESS beats -> the peer decides
         (the node says Hello again, the object host exits, the client link fails)
-    refused (Error UNKNOWN_PEER or REFUSED), or not welcomed by a beat ->
-        Hello again after a backoff, doubling from HELLO_BACKOFF_S to HELLO_BACKOFF_MAX_S
+    refused (Error UNKNOWN_PEER or REFUSED), or no answer for LIVENESS beats ->
+        Hello again after a backoff, doubling from HELLO_BACKOFF_S to HELLO_BACKOFF_MAX_S,
+        each wait drawn at random within +-HELLO_JITTER of it (no lockstep)
 
 :class:`Liveness` is the timers alone (no I/O); :class:`PeerLoop` adds the
 socket and serves the node daemon, its workers and the object host. The
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import math
+import random
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -34,6 +36,10 @@ from dmp.wire import protocol, transport
 # reconnect (transport: 100 ms up to 5 s).
 HELLO_BACKOFF_S = 0.1
 HELLO_BACKOFF_MAX_S = 5.0
+# Each wait is the doubling delay times a random factor in [1 - J, 1 + J]:
+# thousands of workers refused together (a join storm) come back spread
+# over a window instead of all at once.
+HELLO_JITTER = 0.5
 
 # poll() reports the socket as this; other sources by their fd.
 SOCKET = -1
@@ -118,18 +124,29 @@ class Liveness:
 
 
 class Backoff:
-    """Delays between repeated Hellos: doubling from ``first`` up to ``cap`` seconds."""
+    """Delays between repeated Hellos: doubling from ``first`` up to ``cap`` seconds
+    (:attr:`delay`), each wait :meth:`next` returns drawn within ``+-jitter`` of it."""
 
-    __slots__ = ("cap", "delay", "first")
+    __slots__ = ("cap", "delay", "first", "jitter", "rng")
 
-    def __init__(self, first: float = HELLO_BACKOFF_S, cap: float = HELLO_BACKOFF_MAX_S) -> None:
+    def __init__(
+        self, first: float = HELLO_BACKOFF_S, cap: float = HELLO_BACKOFF_MAX_S, jitter: float = HELLO_JITTER,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 0.0 <= jitter < 1.0:
+            raise ValueError(f"Backoff jitter must be in [0, 1), not {jitter!r}")
         self.first = first
         self.cap = cap
+        self.jitter = jitter
+        self.rng = rng if rng is not None else random.Random()
         self.delay = 0.0
 
     def next(self) -> float:
+        """The next wait: the doubled delay, times a random factor in [1 - jitter, 1 + jitter]."""
         self.delay = self.first if not self.delay else min(self.cap, self.delay * 2)
-        return self.delay
+        if not self.jitter:
+            return self.delay
+        return self.delay * self.rng.uniform(1.0 - self.jitter, 1.0 + self.jitter)
 
     def reset(self) -> None:
         self.delay = 0.0
@@ -139,7 +156,9 @@ class PeerLoop:
     """A DEALER to the manager with heartbeats, liveness and re-Hello; the owner drives it.
 
     ``heartbeat``: send a Heartbeat each beat once welcomed. ``rehello``: say
-    Hello again (with backoff) when refused or not yet welcomed at a beat.
+    Hello again (with backoff) when refused, or when our Hello went unanswered
+    for more than LIVENESS beats (not sooner: a new Hello voids the handshake
+    the manager may be about to answer, so a busy manager would never catch up).
     ``expects_beats``: the manager heartbeats us, so :meth:`tick` reports
     its silence (workers are not heartbeated: their node answers for them).
     ``beat_every``: beat once every this many of the manager's beats (a
@@ -252,8 +271,8 @@ class PeerLoop:
         if self.joined or not self.rehello:
             if self.heartbeat:
                 self.chan.send(protocol.Heartbeat())
-        elif self.hello_at is None:
-            self.hello_at = now + self.backoff.next()  # not welcomed yet: ask again
+        elif self.hello_at is None and self.live.silent(now):
+            self.hello_at = now + self.backoff.next()  # unanswered for LIVENESS beats: ask again
         return Tick.BEAT
 
     def close(self) -> None:

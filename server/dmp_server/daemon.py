@@ -46,6 +46,9 @@ from dmp_server.workerpipes import WorkerPipes
 HEARTBEAT_S = _config.HEARTBEAT_S
 # Messages drained from the socket at once when a worker dies (its last results).
 DRAIN_BATCH = 512
+# Beats of a backlog in our own socket not held against a peer's silence or
+# key proof (see _tick): twice the LIVENESS window.
+BACKLOG_GRACE_BEATS = 2 * LIVENESS
 
 
 class Daemon(Routing):
@@ -75,6 +78,9 @@ class Daemon(Routing):
         self.chan.max_message = max_message  # the whole message, not one frame
         self.refusals = gate.Refusals(log)
         self._joining = {}
+        # When a poll last found the socket read empty: every message that came
+        # before then has been handled (see _tick: the key-proof window).
+        self._read_all_at = time.monotonic()
         self.endpoints: list[str] = []
         for endpoint in bind:
             self.chan.sock.bind(endpoint)
@@ -203,7 +209,11 @@ class Daemon(Routing):
         wait = max(0.0, wake_at - time.monotonic())
         if timeout is not None and timeout < wait:
             wait = timeout
-        return dict(self._poller.poll(int(wait * 1000) + 1))
+        before = time.monotonic()
+        ready = dict(self._poller.poll(int(wait * 1000) + 1))
+        if self.chan.sock not in ready:
+            self._read_all_at = before
+        return ready
 
     def handle(self, ready: dict[Any, int]) -> None:
         """Handle what :meth:`poll` found ready, then anything posted, then due timers."""
@@ -323,10 +333,16 @@ class Daemon(Routing):
             self._check_at = upcoming
 
     def _tick(self, now: float, late: float = 0.0) -> None:
-        """Expire silent peers (``late``: see Peers.tick) and peers that never
-        proved the key, end the refusal log's interval, heartbeat the others."""
+        """Expire silent peers (``late``: see Peers.tick; a backlog counts as late
+        too) and peers that never proved the key, end the refusal log's interval, heartbeat the others."""
+        # What came in time may wait unread behind a backlog (thousands of workers
+        # saying Hello at once): silence is counted only up to when a poll last
+        # found the socket read empty, so a peer is not blamed for our queue;
+        # by at most BACKLOG_GRACE_BEATS beats (a manager saturated for good
+        # still finds a dead peer).
+        late = max(late, min(now - self._read_all_at, self.heartbeat_s * BACKLOG_GRACE_BEATS))
         deadline = now - self.heartbeat_s * LIVENESS - late
-        while self._joining:
+        while self._joining:  # a Hello answered more than LIVENESS beats ago, its proof never came
             ident = next(iter(self._joining))
             if self._joining[ident][2] >= deadline:
                 break

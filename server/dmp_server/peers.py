@@ -75,13 +75,15 @@ class Departures:
 
 class PeerTable(dict[str, Peer]):
     """Peers by id, indexed by node name and counted by role as they are set and
-    popped, so a worker's Hello finds its node, and a client's Hello the client
-    count, without a scan of every peer."""
+    popped, so a worker's Hello finds its node, a client's Hello the client
+    count, and a worker's exit the clients its process made (same host and
+    pid), without a scan of every peer."""
 
     def __init__(self) -> None:
         super().__init__()
         self.nodes: dict[str, Peer] = {}
         self.counts: dict[str, int] = {}
+        self.clients_at: dict[tuple[str, int], dict[str, Peer]] = {}
 
     def __setitem__(self, peer_id: str, peer: Peer) -> None:
         self.pop(peer_id, None)
@@ -89,6 +91,8 @@ class PeerTable(dict[str, Peer]):
         self.counts[peer.role] = self.counts.get(peer.role, 0) + 1
         if peer.role == Role.NODE:
             self.nodes[peer.name] = peer
+        elif peer.role == Role.CLIENT:
+            self.clients_at.setdefault((peer.host, peer.pid), {})[peer_id] = peer
 
     def __delitem__(self, peer_id: str) -> None:
         self.pop(peer_id)
@@ -100,7 +104,13 @@ class PeerTable(dict[str, Peer]):
             raise KeyError(peer_id)
         peer = super().pop(peer_id)
         self.counts[peer.role] -= 1
-        if peer.role == Role.NODE and self.nodes.get(peer.name) is peer:
+        if peer.role == Role.CLIENT:
+            at = self.clients_at.get((peer.host, peer.pid))
+            if at is not None:
+                at.pop(peer_id, None)
+                if not at:
+                    del self.clients_at[(peer.host, peer.pid)]
+        elif peer.role == Role.NODE and self.nodes.get(peer.name) is peer:
             # Rare (a node leaves), so a scan: another node of that name may remain.
             same = [p for p in self.values() if p.role == Role.NODE and p.name == peer.name]
             if same:
@@ -113,6 +123,7 @@ class PeerTable(dict[str, Peer]):
         super().clear()
         self.nodes.clear()
         self.counts.clear()
+        self.clients_at.clear()
 
 
 class Peers:
@@ -202,7 +213,7 @@ class Peers:
         what they held is released and a Pipe end it held is closed (EOF for the other end)."""
         if worker is None or worker.role != Role.WORKER or not worker.pid:
             return
-        for peer in [p for p in self.by_id.values() if p.role == Role.CLIENT and (p.host, p.pid) == (worker.host, worker.pid)]:
+        for peer in list(self.by_id.clients_at.get((worker.host, worker.pid), {}).values()):
             self.forget(peer.id, out, crashed=crashed)
 
     def tick(self, now: float, out: Departures, late: float = 0.0) -> list[Peer]:

@@ -68,7 +68,10 @@ def default_chunksize(items: int, workers: int) -> int:
 class Cluster:
     """A manager plus ``workers`` simulated workers over ``nodes`` nodes in ``procs`` processes."""
 
-    def __init__(self, workers: int, nodes: int, procs: int, logdir: Path, profile: str | None = None) -> None:
+    def __init__(
+        self, workers: int, nodes: int, procs: int, logdir: Path, profile: str | None = None,
+        wave: int = scalesim.JOIN_WAVE, old_rules: bool = False,
+    ) -> None:
         self.key = secrets.token_hex(16).encode()
         self.daemons = Daemons(logdir, authkey=self.key)
         if profile:
@@ -80,17 +83,27 @@ class Cluster:
         self.procs = max(1, min(procs, nodes))
         self.pid = 0
         self.rehellos = 0  # Hellos the simulated workers said again after joining (handshakes dropped)
+        self.wave = wave  # workers each simulator says Hello for at once (0: all)
+        self.old_rules = old_rules  # simulated peers say Hello again as before the join-storm fix
+        self.joins: list[dict[str, Any]] = []  # each simulator's join: seconds, Hellos, refusals
+        self.join = {"wall_s": 0.0, "cpu_s": 0.0}  # the manager's, from start to every worker joined
 
     def __enter__(self) -> Cluster:
         try:
             self.pid = self.daemons.start_manager().pid
+            cpu0, t0 = cpu_seconds(self.pid), time.perf_counter()
             per_node = self.workers // self.nodes
             names = [f"simnode{i}" for i in range(self.nodes)]
             for p in range(self.procs):
-                self.sims.append(self._start(scalesim.serve_workers, names[p :: self.procs], per_node))
+                args = (names[p :: self.procs], per_node, self.wave, self.old_rules)
+                self.sims.append(self._start(scalesim.serve_workers, *args))
             for ctl, _ in self.sims:
-                _expect(ctl, "ready")
+                got = _answer(ctl)
+                if not isinstance(got, dict) or not got.get("ready"):
+                    raise RuntimeError(f"a simulator said {got!r}, expected it ready")
+                self.joins.append(got)
             wait_for(lambda: self._slots() >= per_node * self.nodes, 300, "every simulated worker to join")
+            self.join = {"wall_s": time.perf_counter() - t0, "cpu_s": cpu_seconds(self.pid) - cpu0}
         except BaseException:
             self.__exit__()
             raise

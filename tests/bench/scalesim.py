@@ -33,11 +33,11 @@ import zmq
 
 from dmp import _config
 from dmp.client.cluster import fetch_status
-from dmp.wire import protocol, transport
+from dmp.wire import peer, protocol, transport
 
 SUBMIT_BATCH = 64  # dmp.client.feeder.FEED_BATCH
 JOIN_TIMEOUT_S = 120.0
-JOIN_WAVE = 250  # workers whose Hellos one simulator process sends at once
+JOIN_WAVE = 250  # workers whose Hellos one simulator process sends at once (0: all of them)
 
 
 def _prepare() -> None:
@@ -66,19 +66,28 @@ class _Peers:
         self.poller = zmq.Poller()
         self.by_sock: dict[Any, int] = {}
         self.chans: list[transport.Channel] = []
-        self.hellos: list[protocol.Hello] = []
+        self.hellos_of: list[protocol.Hello] = []
+        self.hellos = 0  # Hellos said, first ones included
+        self.refusals = 0  # refusals received while joining (dropped handshakes among them)
+        self.why: dict[str, int] = {}  # refusals by their text
+        self.stale = 0  # Welcomes that answered an earlier Hello (voided by a later one)
         self.nodes: list[int] = []  # channels that beat every beat, joining or not
         self.beat_at = 0.0
 
-    def add(self, chan: transport.Channel, hello: protocol.Hello) -> int:
-        """Register ``chan`` and say ``hello`` on it."""
+    def add(self, chan: transport.Channel, hello: protocol.Hello, say: bool = True) -> int:
+        """Register ``chan`` and say ``hello`` on it (``say`` False: later, by :meth:`say`)."""
         index = len(self.chans)
         self.chans.append(chan)
-        self.hellos.append(hello)
-        chan.send(hello)
+        self.hellos_of.append(hello)
+        if say:
+            self.say(index)
         self.by_sock[chan.sock] = index
         self.poller.register(chan.sock, zmq.POLLIN)
         return index
+
+    def say(self, index: int) -> None:
+        self.hellos += 1
+        self.chans[index].send(self.hellos_of[index])
 
     def ready(self, timeout_s: float) -> list[int]:
         return [self.by_sock[s] for s, _ in self.poller.poll(int(timeout_s * 1000) + 1)]
@@ -93,49 +102,61 @@ class _Peers:
             except zmq.Again:
                 break
             except transport.Refused:
-                # An unsigned Error: our proof came after the manager gave up on the
-                # handshake (it was swamped by Hellos). Joining, say Hello again.
+                # A Welcome answering an earlier Hello of ours (its challenge is gone):
+                # ignored, as dmp.wire.peer.PeerLoop does; the answer to the last one follows.
                 if refused is None:
                     raise
-                refused.append(index)
+                self.stale += 1
                 continue
             if isinstance(msg, protocol.Error):
                 if refused is not None and msg.code in (protocol.ErrorCode.REFUSED, protocol.ErrorCode.UNKNOWN_PEER):
                     refused.append(index)
+                    self.why[msg.text] = self.why.get(msg.text, 0) + 1
                     continue
                 raise RuntimeError(f"the manager refused a simulated peer: {msg.code}: {msg.text}")
             got.append((msg, frames))
         return got
 
-    def welcome(self, indexes: list[int]) -> None:
-        """Wait until each channel is admitted; a refused Hello (a worker whose node's
-        proof the manager has not read yet) is said again after a moment, as
-        dmp.wire.peer does. Raise on any other Error."""
+    def welcome(self, indexes: list[int], old_rules: bool = False) -> None:
+        """Wait until each channel is admitted, saying Hello again as dmp.wire.peer.PeerLoop
+        does: after a refusal (a worker whose node's proof the manager has not read yet, or
+        a handshake the manager dropped), or when unanswered for LIVENESS beats, after a
+        jittered doubling backoff (``old_rules``: as before the join-storm fix, unanswered
+        for one beat, no jitter). Counts Hellos and refusals; raises on any other Error."""
         waiting = set(indexes)
         deadline = time.monotonic() + JOIN_TIMEOUT_S
-        backoff: dict[int, float] = {}
+        jitter = 0.0 if old_rules else peer.HELLO_JITTER
+        backoff = {i: peer.Backoff(jitter=jitter) for i in indexes}
+        unanswered_s = _config.HEARTBEAT_S * (1 if old_rules else _config.LIVENESS)
+        said = dict.fromkeys(indexes, time.monotonic())  # when each last said Hello (or heard)
         again: dict[int, float] = {}  # index -> when to say Hello again
-        while waiting or again:
+        while waiting:
             now = time.monotonic()
             if now > deadline:
-                raise RuntimeError(f"{len(waiting | set(again))} simulated peers were never welcomed")
+                raise RuntimeError(f"{len(waiting)} simulated peers were never welcomed")
             if now >= self.beat_at:  # nodes keep beating while their workers join (or they are dropped)
                 self.beat_at = now + _config.HEARTBEAT_S
                 for i in self.nodes:
                     self.chans[i].send(protocol.Heartbeat())
+                for i in waiting:  # PeerLoop.tick: unanswered too long, ask again
+                    if i not in again and now - said.get(i, now) > unanswered_s:
+                        again[i] = now + backoff[i].next()
             refused: list[int] = []
             for i in self.ready(0.1):
+                said[i] = now
                 if any(isinstance(m, protocol.Welcome) for m, _ in self.messages(i, refused)):
                     waiting.discard(i)
-            for i in refused:
-                if i not in again:  # backing off from 0.1 s to 5 s, as dmp.wire.peer does
-                    backoff[i] = min(5.0, backoff.get(i, 0.05) * 2)
-                    again[i] = now + backoff[i]
+                    again.pop(i, None)
+            self.refusals += len(refused)
+            for i in refused:  # a node among them too: its handshake was dropped
+                if i not in again:
+                    again[i] = now + backoff.setdefault(i, peer.Backoff(jitter=jitter)).next()
                     waiting.add(i)
             for i, when in list(again.items()):
                 if when <= now:
                     del again[i]
-                    self.chans[i].send(self.hellos[i])
+                    said[i] = now
+                    self.say(i)
 
     def close(self) -> None:
         for chan in self.chans:
@@ -153,8 +174,14 @@ def _wait_nodes(address: str, key: bytes | None, names: set[str]) -> None:
         time.sleep(0.1)
 
 
-def serve_workers(ctl: Connection, address: str, key: bytes | None, nodes: list[str], per_node: int) -> None:
-    """Nodes ``nodes`` with ``per_node`` workers each; answer tasks until told to stop."""
+def serve_workers(
+    ctl: Connection, address: str, key: bytes | None, nodes: list[str], per_node: int,
+    wave: int = JOIN_WAVE, old_rules: bool = False,
+) -> None:
+    """Nodes ``nodes`` with ``per_node`` workers each; answer tasks until told to stop.
+
+    Workers say Hello ``wave`` at a time (0: all at once, a join storm), saying
+    it again as dmp.wire.peer does (``old_rules``: as it did before)."""
     _prepare()
     peers = _Peers()
     node_ix = []
@@ -163,23 +190,30 @@ def serve_workers(ctl: Connection, address: str, key: bytes | None, nodes: list[
     peers.welcome(node_ix)
     peers.nodes = node_ix
     _wait_nodes(address, key, set(nodes))  # admitted (their proofs read), so their workers are not refused
-    # Workers join in waves: thousands of Hellos at once overflow the manager's
-    # pending handshakes (handshake.MAX_PENDING) and its 4-beat proof window
-    # on a loaded host, and the re-Hellos keep the storm going (see the report).
+    # Workers join in waves (or, wave 0, all at once: see docs/performance.md).
     worker_ix: list[int] = []
-    wave: list[int] = []
+    batch: list[int] = []
+    wave_size = wave
     for name in nodes:
         for _ in range(per_node):
             wid = f"sim-{uuid.uuid4().hex[:16]}"
             chan = _channel(address, key, identity=wid.encode())
-            wave.append(peers.add(chan, _hello(protocol.Role.WORKER, wid, node=name)))
-            if len(wave) >= JOIN_WAVE:
-                peers.welcome(wave)
-                worker_ix += wave
-                wave = []
-    peers.welcome(wave)
-    worker_ix += wave
-    ctl.send("ready")
+            batch.append(peers.add(chan, _hello(protocol.Role.WORKER, wid, node=name), say=wave_size > 0))
+            if wave_size and len(batch) >= wave_size:
+                peers.welcome(batch, old_rules)
+                worker_ix += batch
+                batch = []
+    if not wave_size:  # a storm: every socket made and connected first, then every Hello at once
+        time.sleep(1.0)
+    joined_nodes = time.monotonic()
+    if not wave_size:
+        for i in batch:
+            peers.say(i)
+    peers.welcome(batch, old_rules)
+    worker_ix += batch
+    join_s = time.monotonic() - joined_nodes
+    ctl.send({"ready": True, "join_s": join_s, "hellos": peers.hellos, "refusals": peers.refusals,
+              "stale": peers.stale, "why": peers.why})
     is_worker = [False] * len(peers.chans)
     for i in worker_ix:
         is_worker[i] = True
@@ -205,7 +239,7 @@ def serve_workers(ctl: Connection, address: str, key: bytes | None, nodes: list[
                 # Its handshake was dropped (the manager, swamped by a join storm, read
                 # the proof too late): say Hello again, as a real worker does.
                 rehellos += 1
-                chan.send(peers.hellos[i])
+                chan.send(peers.hellos_of[i])
             for msg, frames in got:
                 if not isinstance(msg, protocol.Dispatch) or not is_worker[i]:
                     continue
