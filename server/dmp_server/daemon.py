@@ -38,7 +38,7 @@ from dmp.wire.wakeup import Wakeup
 from dmp_server import gate, hostproc, objects, status
 from dmp_server.dashboard import PUBLISH_S, Board
 from dmp_server.door import Door
-from dmp_server.peers import LIVENESS, Departures, LocalClient, LocalSupervisor, Peers, describe
+from dmp_server.peers import LIVENESS, Departures, LocalClient, LocalSupervisor, Peers, describe, excused
 from dmp_server.routing import VERSION, Routing, log, worker_peer
 from dmp_server.scheduler import Scheduler
 from dmp_server.workerpipes import WorkerPipes
@@ -46,9 +46,6 @@ from dmp_server.workerpipes import WorkerPipes
 HEARTBEAT_S = _config.HEARTBEAT_S
 # Messages drained from the socket at once when a worker dies (its last results).
 DRAIN_BATCH = 512
-# Beats of a backlog in our own socket not held against a peer's silence or
-# key proof (see _tick): twice the LIVENESS window.
-BACKLOG_GRACE_BEATS = 2 * LIVENESS
 
 
 class Daemon(Routing):
@@ -340,7 +337,7 @@ class Daemon(Routing):
         # found the socket read empty, so a peer is not blamed for our queue;
         # by at most BACKLOG_GRACE_BEATS beats (a manager saturated for good
         # still finds a dead peer).
-        late = max(late, min(now - self._read_all_at, self.heartbeat_s * BACKLOG_GRACE_BEATS))
+        late = excused(now, late, self._read_all_at, self.heartbeat_s)
         deadline = now - self.heartbeat_s * LIVENESS - late
         while self._joining:  # a Hello answered more than LIVENESS beats ago, its proof never came
             ident = next(iter(self._joining))

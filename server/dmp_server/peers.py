@@ -21,6 +21,9 @@ from dmp_server.scheduler import Command, Scheduler
 # dmp._config); expiry is checked once a beat, so with the default 1 s beat a
 # node that vanishes is declared lost 4 to 5 s after its last heartbeat.
 LIVENESS = _config.LIVENESS
+# Beats of a backlog in the manager's own socket not held against a peer's
+# silence or key proof (see excused): twice the LIVENESS window.
+BACKLOG_GRACE_BEATS = 2 * LIVENESS
 # How long a cleanly exited worker's Bye may lag its supervisor's report.
 EXIT_GRACE_S = 2.0
 
@@ -248,6 +251,15 @@ class Peers:
             return True
         worker = self.scheduler.workers.get(peer.id)
         return not self.supervised and (worker is None or not worker.assigned)
+
+
+def excused(now: float, late: float, read_all_at: float, heartbeat_s: float) -> float:
+    """Seconds of a peer's silence (or wait for its key proof) not held against it:
+    ``late``, how far past due the check runs, or, if longer, how long ago a poll
+    last found the socket read empty (what came since may wait unread behind a
+    backlog, such as thousands of workers saying Hello at once), that by at most
+    BACKLOG_GRACE_BEATS beats, so a manager saturated for good still finds a dead peer."""
+    return max(late, min(now - read_all_at, heartbeat_s * BACKLOG_GRACE_BEATS))
 
 
 def describe(peer: Peer) -> str:

@@ -68,6 +68,7 @@ class _Peers:
         self.chans: list[transport.Channel] = []
         self.hellos_of: list[protocol.Hello] = []
         self.hellos = 0  # Hellos said, first ones included
+        self.said: dict[int, int] = {}  # Hellos said by each channel
         self.refusals = 0  # refusals received while joining (dropped handshakes among them)
         self.why: dict[str, int] = {}  # refusals by their text
         self.stale = 0  # Welcomes that answered an earlier Hello (voided by a later one)
@@ -87,6 +88,7 @@ class _Peers:
 
     def say(self, index: int) -> None:
         self.hellos += 1
+        self.said[index] = self.said.get(index, 0) + 1
         self.chans[index].send(self.hellos_of[index])
 
     def ready(self, timeout_s: float) -> list[int]:
@@ -213,7 +215,7 @@ def serve_workers(
     worker_ix += batch
     join_s = time.monotonic() - joined_nodes
     ctl.send({"ready": True, "join_s": join_s, "hellos": peers.hellos, "refusals": peers.refusals,
-              "stale": peers.stale, "why": peers.why})
+              "stale": peers.stale, "why": peers.why, "most": max(peers.said.values(), default=0)})
     is_worker = [False] * len(peers.chans)
     for i in worker_ix:
         is_worker[i] = True

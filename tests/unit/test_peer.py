@@ -4,6 +4,7 @@ PeerLoop against a real ROUTER (in-process) that refuses it and then welcomes it
 from __future__ import annotations
 
 import math
+import random
 import time
 import uuid
 from collections.abc import Iterator
@@ -58,15 +59,49 @@ def test_liveness_silence_is_more_than_liveness_beats() -> None:
 
 def test_backoff_doubles_up_to_its_cap_and_resets() -> None:
     backoff = peer.Backoff(0.1, 1.0)
-    assert [backoff.next() for _ in range(6)] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+    delays = []
+    for _ in range(6):
+        backoff.next()
+        delays.append(backoff.delay)
+    assert delays == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
     backoff.reset()
-    assert backoff.next() == pytest.approx(0.1)
+    backoff.next()
+    assert backoff.delay == pytest.approx(0.1)
+
+
+def test_backoff_waits_are_jittered_around_the_doubling_delay() -> None:
+    backoff = peer.Backoff(0.1, 1.0, jitter=0.5, rng=random.Random(7))
+    for expected in [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0]:
+        wait = backoff.next()
+        assert backoff.delay == pytest.approx(expected)
+        assert 0.5 * expected <= wait <= 1.5 * expected
+
+
+def test_backoffs_refused_together_do_not_come_back_in_lockstep() -> None:
+    """A thousand peers refused at the same moment: their next Hellos spread over the window."""
+    rng = random.Random(11)
+    waits = [peer.Backoff(1.0, 5.0, rng=rng).next() for _ in range(1000)]
+    assert min(waits) >= 0.5 and max(waits) <= 1.5
+    buckets = [0] * 10  # tenths of [0.5, 1.5)
+    for w in waits:
+        buckets[min(9, int((w - 0.5) * 10))] += 1
+    assert max(buckets) < 200  # never more than a fifth of them in one tenth of the window
+
+
+def test_backoff_without_jitter_is_exact_and_bad_jitter_is_refused() -> None:
+    backoff = peer.Backoff(0.1, 1.0, jitter=0.0)
+    assert [backoff.next() for _ in range(3)] == pytest.approx([0.1, 0.2, 0.4])
+    for bad in (-0.1, 1.0, 2.0):
+        with pytest.raises(ValueError, match="jitter"):
+            peer.Backoff(jitter=bad)
 
 
 def test_default_backoff_is_capped() -> None:
     backoff = peer.Backoff()
-    delays = [backoff.next() for _ in range(20)]
-    assert delays[0] == peer.HELLO_BACKOFF_S and max(delays) == peer.HELLO_BACKOFF_MAX_S
+    waits = [backoff.next() for _ in range(20)]
+    assert backoff.delay == peer.HELLO_BACKOFF_MAX_S
+    assert max(waits) <= peer.HELLO_BACKOFF_MAX_S * (1 + peer.HELLO_JITTER)
+    assert waits[0] >= peer.HELLO_BACKOFF_S * (1 - peer.HELLO_JITTER)
 
 
 # --- PeerLoop against a real socket -----------------------------------------------------------
@@ -122,6 +157,28 @@ def test_refused_hellos_back_off_and_a_welcome_resets(manager_socket: tuple[str,
             loop.poll(0.05)
             list(loop.messages())
         assert loop.live.beat == 0.5 and loop.backoff.delay == 0 and loop.hello_at is None
+    finally:
+        loop.close()
+
+
+def test_an_unanswered_hello_is_said_again_only_after_liveness_beats(
+    manager_socket: tuple[str, transport.Channel],
+) -> None:
+    """A busy manager answers late: a new Hello at every beat would void the handshake it is
+    about to answer. The Hello is said again only once unanswered for LIVENESS beats."""
+    address, _router = manager_socket
+    hello = protocol.Hello(protocol.Role.WORKER, "w", "host", 1, node="node")
+    loop = peer.PeerLoop(address, None, hello, expects_beats=False)
+    try:
+        loop.say_hello()
+        for _ in range(_config.LIVENESS):  # beats within the window: no new Hello planned
+            loop.live.next_beat = time.monotonic()
+            assert loop.tick() is peer.Tick.BEAT
+            assert loop.hello_at is None
+        loop.live.heard(time.monotonic() - loop.live.window - 0.01)  # silent past the window
+        loop.live.next_beat = time.monotonic()
+        assert loop.tick() is peer.Tick.BEAT
+        assert loop.hello_at is not None and loop.backoff.delay == peer.HELLO_BACKOFF_S
     finally:
         loop.close()
 
