@@ -72,6 +72,11 @@ _REGISTRY: dict[int, type[Message]] = {}
 _FIELD_COUNT: dict[int, int] = {}
 _FIELD_NAMES: dict[int, tuple[str, ...]] = {}
 _FIELD_TYPES: dict[int, tuple[type | tuple[type, ...] | None, ...]] = {}
+# Per type, the tuples of field types (as decoded) that passed the field check:
+# a header of a known shape skips the per-field loop. Bounded, so a peer
+# trying every combination only makes its own messages slower.
+_GOOD_SHAPES: dict[int, set[tuple[type, ...]]] = {}
+MAX_SHAPES = 32
 
 
 def _wire_type(annotation: Any) -> type | tuple[type, ...] | None:
@@ -112,6 +117,7 @@ def message(code: int, senders: tuple[str, ...], receivers: tuple[str, ...]) -> 
         _FIELD_COUNT[code] = len(names)
         _FIELD_NAMES[code] = names
         _FIELD_TYPES[code] = tuple(_wire_type(f.type) for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        _GOOD_SHAPES[code] = set()
         return cls
 
     return wrap
@@ -153,6 +159,23 @@ def decode(header: bytes | memoryview) -> tuple[Message, list[int]]:
     if type(sizes) is not list or not _JUST_INT.issuperset(map(type, sizes)) or (sizes and min(sizes) < -1):
         raise ProtocolError("header's payload layout is not a list of sizes")
     args = obj[3:]
+    shape = tuple(map(type, args))
+    good = _GOOD_SHAPES[code]
+    if shape not in good:
+        _check_fields(cls, code, args)
+        if len(good) < MAX_SHAPES:
+            good.add(shape)
+    try:
+        return cls(*args), sizes
+    except TypeError as exc:
+        raise ProtocolError(f"malformed {cls.__name__}: {exc}") from None
+
+
+_JUST_INT = frozenset({int})
+
+
+def _check_fields(cls: type[Message], code: int, args: list[Any]) -> None:
+    """Raise ProtocolError unless ``args`` fit the fields of ``cls`` (count and types)."""
     if len(args) > _FIELD_COUNT[code]:
         raise ProtocolError(f"{cls.__name__} has {len(args)} fields, expected {_FIELD_COUNT[code]}")
     for value, expected, name in zip(args, _FIELD_TYPES[code], _FIELD_NAMES[code]):
@@ -164,13 +187,6 @@ def decode(header: bytes | memoryview) -> tuple[Message, list[int]]:
             continue
         if expected is int or not isinstance(value, expected):
             raise ProtocolError(f"{cls.__name__}.{name} must be {_type_name(expected)}, not {type(value).__name__}")
-    try:
-        return cls(*args), sizes
-    except TypeError as exc:
-        raise ProtocolError(f"malformed {cls.__name__}: {exc}") from None
-
-
-_JUST_INT = frozenset({int})
 
 
 def _type_name(expected: type | tuple[type, ...]) -> str:
