@@ -18,6 +18,7 @@ declares them with :func:`message`, which registers each here.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -65,7 +66,7 @@ class Message:
     RECEIVERS: ClassVar[tuple[str, ...]]
 
     def fields(self) -> list[Any]:
-        return [getattr(self, name) for name in _FIELD_NAMES[self.TYPE]]
+        return list(_FIELDS_OF[self.TYPE](self))
 
 
 _REGISTRY: dict[int, type[Message]] = {}
@@ -76,6 +77,8 @@ _FIELD_TYPES: dict[int, tuple[type | tuple[type, ...] | None, ...]] = {}
 # a header of a known shape skips the per-field loop. Bounded, so a peer
 # trying every combination only makes its own messages slower.
 _GOOD_SHAPES: dict[int, set[tuple[type, ...]]] = {}
+# Per type, a C getter of every field value in order (encode's one call per message).
+_FIELDS_OF: dict[int, Callable[[Any], tuple[Any, ...]]] = {}
 MAX_SHAPES = 32
 
 
@@ -118,9 +121,20 @@ def message(code: int, senders: tuple[str, ...], receivers: tuple[str, ...]) -> 
         _FIELD_NAMES[code] = names
         _FIELD_TYPES[code] = tuple(_wire_type(f.type) for f in dataclasses.fields(cls))  # type: ignore[arg-type]
         _GOOD_SHAPES[code] = set()
+        _FIELDS_OF[code] = _getter(names)
         return cls
 
     return wrap
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """A function of a message returning its field values as a tuple, in order."""
+    if len(names) > 1:
+        return operator.attrgetter(*names)
+    if names:
+        one = operator.attrgetter(names[0])
+        return lambda msg: (one(msg),)
+    return lambda msg: ()
 
 
 def message_types() -> dict[str, type[Message]]:
@@ -130,7 +144,8 @@ def message_types() -> dict[str, type[Message]]:
 
 def encode(msg: Message, sizes: list[int] | None = None) -> bytes:
     """The msgpack header frame for ``msg`` with its payload layout ``sizes``."""
-    out: bytes = msgpack.packb([PROTOCOL_VERSION, msg.TYPE, sizes or [], *msg.fields()], use_bin_type=True)
+    code = msg.TYPE
+    out: bytes = _packb([PROTOCOL_VERSION, code, sizes or [], *_FIELDS_OF[code](msg)], use_bin_type=True)
     return out
 
 
@@ -172,6 +187,7 @@ def decode(header: bytes | memoryview) -> tuple[Message, list[int]]:
 
 
 _JUST_INT = frozenset({int})
+_packb = msgpack.packb
 
 
 def _check_fields(cls: type[Message], code: int, args: list[Any]) -> None:

@@ -205,8 +205,9 @@ class Daemon(Routing):
             self.door.serve(ready, self._poller, self._door_client, self._handle_client)
         if self.inbox:
             self._drain_inbox()
-        for fd in self._watched.intersection(ready):
-            self._worker_died(fd)
+        if self._watched:  # local mode's worker sentinels
+            for fd in self._watched.intersection(ready):
+                self._worker_died(fd)
         now = time.monotonic()
         deadline = self._due
         if deadline is not None and now >= deadline:
