@@ -146,6 +146,17 @@ class Turns:
             with self._count:
                 self._followers -= 1
 
+    def run_held(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the turn, waiting for it as long as it takes (a step is short)."""
+        with critical:
+            self._turn.acquire()
+            try:
+                self._runner = threading.get_ident()
+                return fn(*args)
+            finally:
+                self._runner = 0
+                self._turn.release()
+
     def run_now(self, fn: Callable[..., Any], *args: Any) -> bool:
         """From any thread: ``fn(*args)`` on the turn if nobody holds it; False (not run) otherwise."""
         with critical:
@@ -162,6 +173,11 @@ class Turns:
                 self._turn.release()
 
     # --- the serving thread ---------------------------------------------------------------------
+
+    def step_back(self) -> None:
+        """Keep the serving thread out for STEP_BACK_S, as after a caller led: one will likely
+        wait at once (a new pool's first apply), and then takes the turn without a handover."""
+        self._last_led = time.monotonic()
 
     def serve(self, limit: float | None) -> None:
         """One step unless a caller leads (then step back a moment); returns within about ``limit``."""
