@@ -56,27 +56,14 @@ class LocalEngine:
         self.turns = Turns(self.daemon.poll, self.daemon.handle, self.daemon.wake, reenter=False)
         self.session = session_mod.Session()
         self.session.link = session_mod.LocalLink(self.daemon, self.turns, self.session)
+        self.supervisor.start()
         self._thread = threading.Thread(target=self._run, name="dmp-engine", daemon=True)
         self._done = False
-        _live.add(self)
-
-    def start(self) -> None:
-        """Start the serving thread, then fork the workers: the last step of a pool's set-up.
-
-        After a fork every page the parent writes to is copied first (the
-        workers share them), so whatever can be made before, is. The serving
-        thread starts before the forks (Thread.start() waits until it runs,
-        which freshly forked workers busy on the CPUs would delay) and steps
-        back a moment: the forks happen on the turn, and the pool's first
-        apply() will likely lead the reactor at once, without a handover.
-        """
+        # The pool's first apply() will likely lead the reactor at once: the
+        # thread stays out of its way meanwhile (no handover of the turn).
         self.turns.step_back()
         self._thread.start()
-        try:
-            self.turns.run_held(self.supervisor.start)
-        except BaseException:
-            self.stop(kill=True, timeout=1.0)  # the workers forked so far, too
-            raise
+        _live.add(self)
 
     def _run(self) -> None:
         try:
@@ -99,9 +86,7 @@ class LocalEngine:
         self.turns.stop()
         # A callback on the reactor's turn (terminate() from a callback, say)
         # cannot wait for the reactor to end: it ends once the callback returns.
-        if self._thread.ident is None:  # never started: no reactor thread, no workers
-            self.turns.close(self.daemon.close)
-        elif threading.current_thread() is not self._thread and not self.turns.runs_here():
+        if threading.current_thread() is not self._thread and not self.turns.runs_here():
             self._thread.join(timeout)
         self.supervisor.stop(kill=kill, timeout=timeout)
         _live.discard(self)
@@ -120,9 +105,6 @@ class ClusterEngine:
         self.slots = welcome.slots if welcome is not None else 0
         self.processes: list[Any] = []
         _live.add(self)  # type: ignore[arg-type]
-
-    def start(self) -> None:
-        """Nothing to start: the link joined the manager in ``__init__``."""
 
     def stop(self, *, kill: bool, timeout: float = 10.0) -> None:
         self.link.close()
@@ -178,7 +160,7 @@ def for_pool(
 ) -> tuple[LocalEngine | ClusterEngine, runners.PoolInit | None, int]:
     """The engine a Pool runs on, the initializer its cluster workers run (or
     None), and its size: a ClusterEngine when ``target`` names a manager, else
-    a LocalEngine that forks ``processes`` workers once its ``start()`` is called.
+    a LocalEngine forking ``processes`` workers.
 
     ``worker_memory_limit`` (bytes, or a text such as ``"2GiB"``; local pools
     only, a cluster's nodes set theirs with ``dmp worker

@@ -146,17 +146,6 @@ class Turns:
             with self._count:
                 self._followers -= 1
 
-    def run_held(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)`` on the turn, waiting for it as long as it takes (a step is short)."""
-        with critical:
-            self._turn.acquire()
-            try:
-                self._runner = threading.get_ident()
-                return fn(*args)
-            finally:
-                self._runner = 0
-                self._turn.release()
-
     def run_now(self, fn: Callable[..., Any], *args: Any) -> bool:
         """From any thread: ``fn(*args)`` on the turn if nobody holds it; False (not run) otherwise."""
         with critical:
