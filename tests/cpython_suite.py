@@ -114,6 +114,9 @@ def main() -> int:
         loader.testNamePatterns = [f"*{k}*" for k in args.k]
     tests = loader.loadTestsFromModule(module)
     signal.signal(signal.SIGALRM, _alarm)
+    # A job started in the background (``cmd &``) inherits SIGINT ignored; the
+    # suite's Ctrl-C tests need Python's default handler, as in a terminal.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     t0 = time.monotonic()
     setUpModule()  # type: ignore[name-defined]  # noqa: F821 (installed above)
     try:

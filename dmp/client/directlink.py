@@ -19,7 +19,7 @@ import struct
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from dmp.wire import direct, protocol
 from dmp.wire.protocol import ObjStatus
@@ -32,10 +32,21 @@ RETRY_BUSY_S = 1.0
 LOOK_S = 1
 
 
+class _Conn(NamedTuple):
+    """One thread's connection; closed when dropped, so a thread's or the
+    process's end closes it quietly (no ResourceWarning for an open socket)."""
+
+    sock: socket.socket
+    reader: direct.Reader
+
+    def __del__(self) -> None:
+        self.sock.close()
+
+
 class _Local(threading.local):
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.socks: dict[str, tuple[socket.socket, direct.Reader]] = {}
+        self.socks: dict[str, _Conn] = {}
 
 
 _local = _Local()
@@ -68,7 +79,7 @@ def _sock(
                 except BaseException:
                     sock.close()
                     raise
-            got = (sock, direct.Reader())
+            got = _Conn(sock, direct.Reader())
         except (direct.DirectError, OSError) as exc:
             busy = isinstance(exc, direct.DirectError) and exc.busy
             _unreachable[address] = time.monotonic() + RETRY_BUSY_S if busy else math.inf

@@ -25,6 +25,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from dmp import serialization
+
 # Pools (by uid) this worker process has initialized, and tasks run per pool.
 _initialized: set[str] = set()
 _counts: dict[str, int] = {}
@@ -246,3 +248,21 @@ class RunProcess(Runner):
 
     def __reduce__(self) -> Any:
         return (RunProcess, (self.cls, self.state, self.daemon, self.grant))
+
+
+class LazyRunner:
+    """A job's runner, unpickled at first use (a failure fails each task)."""
+
+    __slots__ = ("frames", "value")
+
+    _UNSET: Any = object()
+
+    def __init__(self, frames: list[Any]) -> None:
+        self.frames = frames
+        self.value: Any = LazyRunner._UNSET
+
+    def get(self) -> Any:
+        if self.value is LazyRunner._UNSET:
+            self.value = serialization.loads(self.frames) if self.frames else None
+            self.frames = []
+        return self.value

@@ -42,8 +42,11 @@ FLUSH_SECONDS = 0.001
 FLUSH_ITEMS = 128
 # Room left in a TaskDone message for its header and signature.
 RESULT_HEADROOM = 64 * 1024
-# A busy worker looks for new messages (ForgetJobs, Bye) every this many tasks.
+# A busy worker looks for new messages (ForgetJobs, Bye) every this many tasks,
+# and before a task that would start this long (of task time) after the last look:
+# a cancelled job's tasks queued behind a long task are dropped, never started.
 DRAIN_EVERY = 32
+DRAIN_SECONDS = 0.005
 # An idle worker wakes at least this often to check its parent (and at
 # each heartbeat, as often as the manager's Welcome says).
 IDLE_POLL_SECONDS = 1.0
@@ -145,6 +148,7 @@ class WorkerLoop:
         self.out_frames: list[Any] = []
         self.first_unflushed = 0.0  # time.perf_counter() when the batch's first task started
         self.last_end = 0.0  # ... and when the last task ended
+        self.drained_at = 0.0  # last_end when drain() last looked for messages
         self.slot_busy = False  # the slot names a task (cleared only once the queue runs dry)
         self.done = 0
         self.stopping = False
@@ -168,10 +172,10 @@ class WorkerLoop:
                     if not self.peer.poll(IDLE_POLL_SECONDS):
                         self.idle()
                         continue
-                    # One message per poll; the next poll looks for more, where
-                    # drain()'s readable() would cost a system call per message.
-                    self.receive()
-                elif self.done % DRAIN_EVERY == 0:
+                    # One message per poll, where drain()'s readable() would cost a system
+                    # call per message; all after a long task (a ForgetJobs behind a Dispatch).
+                    self.drain() if self.last_end - self.drained_at >= DRAIN_SECONDS else self.receive()
+                elif self.done % DRAIN_EVERY == 0 or self.last_end - self.drained_at >= DRAIN_SECONDS:
                     self.drain()
                 if self.queue:
                     self.run_one()
@@ -194,6 +198,7 @@ class WorkerLoop:
             self.peer.tick()  # heartbeat; or, refused or unanswered, Hello again (backoff)
 
     def drain(self) -> None:
+        self.drained_at = self.last_end
         while self.chan.readable():
             self.receive()
 
@@ -205,7 +210,7 @@ class WorkerLoop:
         if isinstance(msg, protocol.Dispatch):
             pos = 0
             for job_key, nframes, timeout in msg.jobs:
-                self.runners[job_key] = _LazyRunner(frames[pos : pos + nframes])
+                self.runners[job_key] = runners.LazyRunner(frames[pos : pos + nframes])
                 if timeout:
                     self.timeouts[job_key] = float(timeout)
                 pos += nframes
@@ -379,20 +384,3 @@ def _name_the_node(exc: ImportError, node: str) -> ImportError:
     except TypeError:
         return ImportError(text, name=exc.name)
 
-
-class _LazyRunner:
-    """A job's runner, unpickled at first use (a failure fails each task)."""
-
-    __slots__ = ("frames", "value")
-
-    _UNSET: Any = object()
-
-    def __init__(self, frames: list[Any]) -> None:
-        self.frames = frames
-        self.value: Any = _LazyRunner._UNSET
-
-    def get(self) -> Any:
-        if self.value is _LazyRunner._UNSET:
-            self.value = serialization.loads(self.frames) if self.frames else None
-            self.frames = []
-        return self.value

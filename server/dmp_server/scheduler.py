@@ -153,7 +153,9 @@ class Scheduler(Placement):
                 )
                 cmds += self._finish(task, Status.TIMEOUT, [], [text, worker.node, worker.pid, job.timeout])
                 continue
-            if task.key == running:
+            # A worker killed for a cancel (doomed) ran the cancelled task as far as we knew; if it
+            # ran this one (its oldest's result was still batched there), the kill was not its fault.
+            if task.key == running and not worker.doomed:
                 task.attempt += 1
                 death = cause or WorkerDeath.of_exit(exitcode)
                 text = loss_text(death, worker.node, worker.pid)
@@ -330,18 +332,28 @@ class Scheduler(Placement):
             client.active.remove(job)
             if not client.active and client in self._ready:
                 self._ready.remove(client)
-        for worker in self.workers.values():
-            doomed = [t for t in worker.assigned.values() if t.job is job]
-            if not doomed:
+        # Only the workers the job was sent to can hold its tasks. A worker
+        # runs its tasks in dispatch order, so its oldest is the one running:
+        # it is killed only if that task is the job's; the job's tasks queued
+        # behind another job's are withdrawn (the ForgetJobs of _drop takes
+        # them off its queue; a result that comes anyway is stale, dropped).
+        for peer in job.holders:
+            worker = self.workers.get(peer)
+            doomed = [t for t in worker.assigned.values() if t.job is job] if worker is not None else []
+            if worker is None or not doomed:
                 continue
+            running = next(iter(worker.assigned.values()))
             for t in doomed:
                 del worker.assigned[t.key]
                 self._unhold(t)
                 self.tasks.pop(t.key, None)
-                self._release(client, worker.peer)
-            worker.doomed = True
-            self.hungry.discard(worker.peer)
-            cmds.append(Kill(worker.peer))
+                self._release(client, peer)
+            if running.job is job:
+                worker.doomed = True
+                self.hungry.discard(peer)
+                cmds.append(Kill(peer))
+            else:
+                self.hungry.touch(worker)  # its load fell: the withdrawn tasks' credit is free again
         cmds += self._drop(client, job)
         if notify:
             cmds.append(Send(client.peer, protocol.JobResults([[job.job_id, -1, int(Status.CANCELLED), 0, "cancelled"]])))

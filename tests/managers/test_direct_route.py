@@ -200,3 +200,32 @@ def test_cluster_daemon_grants_the_route_on_loopback(tmp_path: Path) -> None:
         assert shared["x"] == 1
     finally:
         d.stop()
+
+
+def test_direct_connections_close_quietly_at_thread_and_process_exit(tmp_path: Path) -> None:
+    """A thread's direct connection is closed when the thread ends, and the main
+    thread's at exit: no ResourceWarning for an open socket under ``-X dev``."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "quiet.py"
+    script.write_text(textwrap.dedent("""
+        import threading
+        import dmp
+        if __name__ == "__main__":
+            m = dmp.Manager()
+            d = m.dict()
+            d[1] = 2
+            t = threading.Thread(target=d.__setitem__, args=(3, 4))
+            t.start()
+            t.join()
+            print(sorted(d.items()))
+            m.shutdown()
+    """))
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), str(root / "server")]))
+    out = subprocess.run([sys.executable, "-X", "dev", str(script)], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[(1, 2), (3, 4)]"
+    assert "ResourceWarning" not in out.stderr, out.stderr

@@ -564,7 +564,7 @@ def test_define_twice_and_submit_to_unknown_job_are_refused(h: Harness) -> None:
     assert h.s.queued() == 0
 
 
-def test_cancel_job_drops_queued_kills_running_and_says_cancelled(h: Harness) -> None:
+def test_cancel_job_drops_queued_kills_only_workers_running_it_and_says_cancelled(h: Harness) -> None:
     h.client("A")
     h.client("B")
     h.worker("w1")
@@ -581,7 +581,9 @@ def test_cancel_job_drops_queued_kills_running_and_says_cancelled(h: Harness) ->
     holders = sorted(w for w, keys in running_a.items() if keys)
     assert holders == ["w1", "w2", "w3"]  # w1 was given one of A's tasks behind B's
     cmds = h.apply(h.s.cancel_job("A", 1))
-    assert sorted(c.worker for c in cmds if isinstance(c, Kill)) == holders
+    # w1 runs B's task: A's task queued behind it is withdrawn (ForgetJobs), w1 lives.
+    assert sorted(c.worker for c in cmds if isinstance(c, Kill)) == ["w2", "w3"]
+    assert sorted(s.to for s in sends_of(cmds, protocol.ForgetJobs)) == holders
     (item, frames), = h.results_for("A")
     assert item[:3] == [1, -1, Status.CANCELLED] and frames == []
     assert h.s.queued() == 0

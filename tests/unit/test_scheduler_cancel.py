@@ -1,0 +1,123 @@
+"""Cancelling a job (CancelJob, a client gone) as a pure state machine: a
+worker is killed only when the task it runs (its oldest) is the job's; the
+job's tasks queued behind another job's task are withdrawn with ForgetJobs,
+and that other task, another client's, runs on untouched."""
+
+from __future__ import annotations
+
+import pytest
+from test_scheduler import Harness, dispatched, sends_of
+
+from dmp.wire import protocol
+from dmp.wire.protocol import Status
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _queued_behind(h: Harness) -> tuple[int, int]:
+    """One worker w1: B's task running, A's task queued behind it. Returns their keys."""
+    h.client("A")
+    h.client("B")
+    h.worker("w1")
+    h.job("A", 1)
+    h.job("B", 1)
+    h.submit("B", 1, [1])
+    h.submit("A", 1, [1])
+    (b_key, *_), (a_key, *_) = h.given["w1"]
+    assert h.s.tasks[b_key].job.client == "B" and h.s.tasks[a_key].job.client == "A"
+    return b_key, a_key
+
+
+@pytest.mark.parametrize("how", ["cancel", "client gone"])
+def test_a_task_queued_behind_another_clients_task_is_withdrawn_not_killed(how: str) -> None:
+    h = Harness()
+    b_key, a_key = _queued_behind(h)
+    a_job = h.s.clients["A"].jobs[1].key
+    cmds = h.apply(h.s.cancel_job("A", 1) if how == "cancel" else h.s.remove_client("A"))
+    assert h.kills == []
+    assert not h.s.workers["w1"].doomed
+    (forget,) = sends_of(cmds, protocol.ForgetJobs)
+    assert forget.to == "w1" and forget.msg.jobs == [a_job]
+    assert list(h.s.workers["w1"].assigned) == [b_key]
+    assert a_key not in h.s.tasks
+    if how == "cancel":
+        assert h.s.clients["A"].running == 0 and h.s.clients["A"].on == {}
+        ((item, _),) = h.results_for("A")
+        assert item[:3] == [1, -1, Status.CANCELLED]
+    # B's task completes on w1, first attempt, and reaches B.
+    h.given["w1"] = type(h.given["w1"])(t for t in h.given["w1"] if t[0] != a_key)
+    h.complete("w1")
+    ((item, frames),) = h.results_for("B")
+    assert item[:3] == [1, 1, Status.OK] and frames == [b"result-of-B:1:1"]
+    assert h.s.totals.retried == 0 and h.s.totals.done == 1
+    assert h.s.clients["B"].running == 0 and h.s.workers["w1"].assigned == {}
+
+
+def test_a_withdrawn_task_that_ran_anyway_has_its_result_dropped() -> None:
+    h = Harness()
+    _b_key, _a_key = _queued_behind(h)
+    h.apply(h.s.cancel_job("A", 1))
+    h.results_for("A")
+    h.complete("w1")  # the worker ran A's task before it read ForgetJobs
+    assert [i[1] for i, _ in h.results_for("B")] == [1]
+    assert h.results_for("A") == []
+    assert h.s.tasks_done == 1 and h.s.totals.done == 1
+    assert h.s.workers["w1"].assigned == {}
+
+
+def test_a_worker_running_the_cancelled_jobs_task_is_killed() -> None:
+    h = Harness()
+    h.client("A")
+    h.client("B")
+    h.worker("w1")
+    h.job("A", 1)
+    h.job("B", 1)
+    h.submit("A", 1, [1])
+    h.submit("B", 1, [1])  # queued on w1 behind A's running task
+    (_a_key, *_), (b_key, *_) = h.given["w1"]
+    cmds = h.apply(h.s.cancel_job("A", 1))
+    assert h.kills == ["w1"] and h.s.workers["w1"].doomed
+    assert "w1" not in dispatched(cmds)
+    assert list(h.s.workers["w1"].assigned) == [b_key]
+    # B's task dies with w1 uncharged (it had not started) and runs elsewhere.
+    h.die("w1", running=-1)
+    h.worker("w2")
+    assert [t[0] for t in h.given["w2"]] == [b_key]
+    assert h.s.tasks[b_key].attempt == 0
+
+
+def test_withdrawing_frees_credit_for_the_next_task() -> None:
+    h = Harness()
+    _b_key, a_key = _queued_behind(h)
+    h.submit("B", 1, [2, 3])  # w1 is full (two in flight): these wait
+    assert h.s.queued() == 2
+    cmds = h.apply(h.s.cancel_job("A", 1))
+    # A's slot on w1 went to B's next task.
+    ((key, *_),) = dispatched(cmds)["w1"]
+    assert h.s.tasks[key].job.client == "B" and h.s.tasks[key].task_id == 2
+    assert h.s.queued() == 1 and h.s.clients["B"].running == 2
+    assert a_key not in h.s.workers["w1"].assigned
+
+
+def test_a_task_killed_by_a_cancel_it_did_not_belong_to_is_not_charged() -> None:
+    """The worker had finished A's task (its result still batched there) and ran B's
+    when A's job was cancelled: the manager, taking A's for the running one, killed it.
+    B's task goes back uncharged, even with no retries left."""
+    h = Harness()
+    h.client("A")
+    h.client("B")
+    h.worker("w1")
+    h.job("A", 1)
+    h.job("B", 1, max_retries=0)
+    h.submit("A", 1, [1])
+    h.submit("B", 1, [1])
+    (_a_key, *_), (b_key, *_) = h.given["w1"]
+    h.apply(h.s.cancel_job("A", 1))
+    assert h.kills == ["w1"]
+    h.die("w1", exitcode=-9, running=b_key)
+    assert h.results_for("B") == []
+    assert h.s.totals.retried == 0
+    h.worker("w2")
+    assert [t[0] for t in h.given["w2"]] == [b_key] and h.s.tasks[b_key].attempt == 0
+    h.complete("w2")
+    assert [i[:3] for i, _ in h.results_for("B")] == [[1, 1, Status.OK]]
