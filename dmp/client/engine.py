@@ -59,9 +59,6 @@ class LocalEngine:
         self.supervisor.start()
         self._thread = threading.Thread(target=self._run, name="dmp-engine", daemon=True)
         self._done = False
-        # The pool's first apply() will likely lead the reactor at once: the
-        # thread stays out of its way meanwhile (no handover of the turn).
-        self.turns.step_back()
         self._thread.start()
         _live.add(self)
 

@@ -163,11 +163,6 @@ class Turns:
 
     # --- the serving thread ---------------------------------------------------------------------
 
-    def step_back(self) -> None:
-        """Keep the serving thread out for STEP_BACK_S, as after a caller led: one will likely
-        wait at once (a new pool's first apply), and then takes the turn without a handover."""
-        self._last_led = time.monotonic()
-
     def serve(self, limit: float | None) -> None:
         """One step unless a caller leads (then step back a moment); returns within about ``limit``."""
         if bool(self._leader or self._want_lead) or time.monotonic() - self._last_led < STEP_BACK_S:
