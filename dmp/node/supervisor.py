@@ -24,6 +24,7 @@ import os
 import secrets
 import select
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -105,6 +106,9 @@ class Supervisor:
         self.respawn = True
         self.memory_limit = memory_limit
         self._oom = OomCounter()
+        # Set by an embedded daemon (dmp_server.workerpipes.WorkerPipes): forked
+        # workers then talk to it over a socketpair made before the fork.
+        self.pipes: Any = None
 
     def start(self) -> None:
         """Fork the initial workers (from the calling thread)."""
@@ -115,10 +119,17 @@ class Supervisor:
         n = next(self._serial)
         # The routing identity: unguessable, so nobody can take it first.
         worker_id = f"{self.node}/{self._tag}-{n}-{secrets.token_hex(8)}"
+        ours: socket.socket | None = None
+        theirs: socket.socket | None = None
         if self.method == "fork":
             slot = slot_mod.new_slot()
             target: Any = worker_mod.worker_main
-            args: tuple[Any, ...] = (dataclasses.replace(self.template, worker_id=worker_id, slot=slot),)
+            cfg = dataclasses.replace(self.template, worker_id=worker_id, slot=slot)
+            if self.pipes is not None:
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                # The worker closes every parent end it inherits, its own pipe's included.
+                cfg.pipe, cfg.close_in_child = theirs, (*self.pipes.parent_ends, ours)
+            args: tuple[Any, ...] = (cfg,)
         else:
             # A fresh interpreter: the config travels cloudpickled, the slot as a passed fd.
             import cloudpickle
@@ -133,8 +144,16 @@ class Supervisor:
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         try:
             proc.start()
+        except BaseException:
+            for end in (ours, theirs):
+                if end is not None:
+                    end.close()
+            raise
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if ours is not None and theirs is not None:
+            theirs.close()  # the worker's alone now: a worker forked later must not inherit it
+            self.pipes.add(worker_id, ours)
         handle = _Handle(worker_id, proc, slot)
         self.handles[proc.sentinel] = handle
         self.by_id[worker_id] = handle

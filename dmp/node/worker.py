@@ -16,7 +16,6 @@ supervisor can kill a task that runs past its deadline, even one stuck in C.
 from __future__ import annotations
 
 import collections
-import io
 import mmap
 import os
 import signal
@@ -31,9 +30,11 @@ from typing import Any
 from dmp import _config, serialization
 from dmp.errors import MessageTooLargeError, ProtocolError
 from dmp.node import runners
+from dmp.node.forward import Forward
 from dmp.node.slot import SLOT
 from dmp.wire import protocol, transport
 from dmp.wire.peer import PeerLoop
+from dmp.wire.pipechan import WorkerPipe
 
 # Outcomes wait at most this long (or this many) in the worker before being
 # sent, while more tasks are queued; an idle worker sends at once. Batching
@@ -75,6 +76,8 @@ class WorkerConfig:
     forward_output: bool = False  # send what tasks print to their client
     worker_id: str = ""
     slot: mmap.mmap | None = None
+    pipe: socket.socket | None = None  # local mode, forked: our end of a pipe to the daemon (dmp.wire.pipechan)
+    close_in_child: tuple[socket.socket, ...] = ()  # the daemon's ends of the pipes, to close once forked
 
 
 def spawned_main(pickled: bytes, slot: mmap.mmap) -> None:
@@ -90,6 +93,9 @@ def spawned_main(pickled: bytes, slot: mmap.mmap) -> None:
 def worker_main(cfg: WorkerConfig) -> None:
     """Entry point of a forked worker process; returns when it should exit."""
     transport.forget_context_after_fork()
+    for end in cfg.close_in_child:
+        end.close()  # nobody but the daemon may hold them (see dmp.wire.pipechan)
+    cfg.close_in_child = ()
     # The parent's handlers (a node's graceful-stop handler, say) are not ours:
     # SIGTERM ends a worker at once.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -104,8 +110,8 @@ def worker_main(cfg: WorkerConfig) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     worker = WorkerLoop(cfg)
     if cfg.forward_output:
-        sys.stdout = _Forward(worker, "stdout")
-        sys.stderr = _Forward(worker, "stderr")
+        sys.stdout = Forward(worker.output, "stdout")
+        sys.stderr = Forward(worker.output, "stderr")
     try:
         worker.run()
     finally:
@@ -116,8 +122,9 @@ def worker_main(cfg: WorkerConfig) -> None:
         if proxylink is not None:
             proxylink.close_all()
         # Without this, the last TaskDone and the Bye could die unsent in
-        # ZeroMQ's queue (bounded by LINGER_MS).
-        transport.context().term()
+        # ZeroMQ's queue (bounded by LINGER_MS). A pipe's writes are done already.
+        if cfg.pipe is None:
+            transport.context().term()
     if worker.exit_code:
         raise SystemExit(worker.exit_code)  # the manager refused our key or version
 
@@ -138,8 +145,12 @@ class WorkerLoop:
         )
         # The manager does not heartbeat workers (our node answers for us, so we beat only every
         # WORKER_BEATS beats): its silence means nothing here; a refusal means Hello again, later.
-        self.peer = PeerLoop(cfg.address, cfg.key, hello, identity=cfg.worker_id.encode(), heartbeat=cfg.heartbeat,
-                             expects_beats=False, beat_every=_config.WORKER_BEATS)
+        self.peer: PeerLoop | WorkerPipe
+        if cfg.pipe is not None:
+            self.peer = WorkerPipe(cfg.pipe, hello)
+        else:
+            self.peer = PeerLoop(cfg.address, cfg.key, hello, identity=cfg.worker_id.encode(),
+                                 heartbeat=cfg.heartbeat, expects_beats=False, beat_every=_config.WORKER_BEATS)
         self.chan = self.peer.chan
         self.runners: dict[int, Any] = {}
         self.timeouts: dict[int, float] = {}  # job key -> each task's limit (seconds)
@@ -347,30 +358,6 @@ def _die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass
-
-
-class _Forward(io.TextIOBase):
-    """sys.stdout/sys.stderr of a cluster worker: whole lines become TaskOutput messages."""
-
-    def __init__(self, worker: WorkerLoop, stream: str) -> None:
-        self.worker = worker
-        self.stream = stream
-        self.buf = ""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        self.buf += text
-        if "\n" in text:
-            head, _, self.buf = self.buf.rpartition("\n")
-            self.worker.output(self.stream, head)
-        return len(text)
-
-    def flush(self) -> None:
-        if self.buf:
-            text, self.buf = self.buf, ""
-            self.worker.output(self.stream, text)
 
 
 def _name_the_node(exc: ImportError, node: str) -> ImportError:

@@ -41,6 +41,7 @@ from dmp_server.door import Door
 from dmp_server.peers import LIVENESS, Departures, LocalClient, LocalSupervisor, Peers, describe
 from dmp_server.routing import VERSION, Routing, log, worker_peer
 from dmp_server.scheduler import Scheduler
+from dmp_server.workerpipes import WorkerPipes
 
 HEARTBEAT_S = _config.HEARTBEAT_S
 # Messages drained from the socket at once when a worker dies (its last results).
@@ -105,6 +106,11 @@ class Daemon(Routing):
                 self._poller.register(self.door.fd, zmq.POLLIN)
             except OSError:
                 self.door = None
+        # Local mode's forked workers talk over pipes made before the fork (dmp_server.workerpipes).
+        self.pipes: WorkerPipes | None = None
+        if supervisor is not None and key is None and supervisor.method == "fork":
+            self.pipes = WorkerPipes()
+            supervisor.pipes = self.pipes
         self._watched: set[int] = set()
         self._next_tick = time.monotonic() + heartbeat_s
         self._check_at = 0.0  # next look for local workers past their task_timeout
@@ -173,6 +179,8 @@ class Daemon(Routing):
         self._shutdown_peers()
         if self.door is not None:
             self.door.close()
+        if self.pipes is not None:
+            self.pipes.close()
         self.chan.close()
         self.closed = True
 
@@ -184,6 +192,8 @@ class Daemon(Routing):
         """Wait until something is ready, the next timer is due, or ``timeout``; what is ready."""
         if self.supervisor is not None:
             self._watched = self.supervisor.watch(self._poller, self._watched)
+            if self.pipes is not None and self.pipes.joined:
+                self.pipes.watch(self._poller)
         wake_at = self._next_tick if self.board is None else min(self._next_tick, self._next_publish)
         if self.supervisor is not None and self._check_at < wake_at:
             wake_at = self._check_at
@@ -203,6 +213,8 @@ class Daemon(Routing):
             self._wake.clear()
         if self.door is not None:
             self.door.serve(ready, self._poller, self._door_client, self._handle_client)
+        if self.pipes is not None and self.pipes.by_fd:
+            self.pipes.serve(ready, self._poller, self._from_pipe)
         if self.inbox:
             self._drain_inbox()
         if self._watched:  # local mode's worker sentinels
@@ -263,6 +275,15 @@ class Daemon(Routing):
             self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"malformed {type(msg).__name__}: {exc}"))
         return True
 
+    def _from_pipe(self, ident: bytes, msg: protocol.Message, frames: list[Any]) -> None:
+        """A message of a local worker over its pipe: as if it came over ZeroMQ."""
+        self.chan.peer_address = ""  # a Hello's host is the worker's own word, as on ipc://
+        try:
+            self._handle_remote(ident, msg, frames)
+        except Exception as exc:  # one bad peer must never stop the daemon
+            self.refusals.refused(ident, f"bad {type(msg).__name__}: {exc!r}", time.monotonic())
+            self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"malformed {type(msg).__name__}: {exc}"))
+
     def _drain_inbox(self) -> None:
         inbox = self.inbox
         while inbox:
@@ -277,7 +298,9 @@ class Daemon(Routing):
         exited = self.supervisor.reap(fd)
         if exited is None:
             return
-        # TaskDone it sent just before exiting may still be in the socket.
+        # TaskDone it sent just before exiting may still be in the socket, or its pipe.
+        if self.pipes is not None:
+            self.pipes.drain(exited.worker, self._poller, self._from_pipe)
         self._drain_socket()
         peer_id = worker_peer(exited.worker)
         if exited.exitcode != 0:

@@ -35,6 +35,8 @@ class LocalSupervisor(Protocol):
     """Embedded mode's worker supervisor (see dmp.node.supervisor.Supervisor)."""
 
     respawn: bool
+    method: str  # the workers' start method: forked ones get pipes
+    pipes: Any  # set by the daemon: where spawn hands the parent end of a fork's pipe
 
     def watch(self, poller: Any, watched: set[int]) -> set[int]: ...
     def reap(self, fd: int) -> Any: ...

@@ -34,6 +34,7 @@ from dmp_server import gate, objects
 from dmp_server.door import Door
 from dmp_server.peers import Departures, LocalClient, LocalSupervisor, Peer, Peers, describe
 from dmp_server.scheduler import Command, Kill, Scheduler, Send
+from dmp_server.workerpipes import WorkerPipes
 
 log = logging.getLogger("dmp.manager")
 
@@ -58,6 +59,7 @@ class Routing:
     max_message: int
     max_clients: int
     max_queued: int
+    pipes: WorkerPipes | None  # local mode's worker pipes (dmp_server.workerpipes)
     door: Door | None  # the direct route for calls on the reactor kinds (dmp_server.door)
     _poller: zmq.Poller
 
@@ -338,6 +340,9 @@ class Routing:
             self._send_raw(ident, msg, frames)
 
     def _send_raw(self, ident: bytes, msg: protocol.Message, frames: list[Any] | None = None) -> None:
+        pipes = self.pipes
+        if pipes is not None and pipes.send(ident, msg, frames or [], self._poller):
+            return  # a local worker's pipe (dmp_server.workerpipes)
         try:
             self.chan.send(msg, frames or [], to=ident, flags=transport.NOBLOCK)
         except zmq.ZMQError as exc:

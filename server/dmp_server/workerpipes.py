@@ -1,0 +1,188 @@
+"""The embedded daemon's end of local mode's worker pipes (see dmp.wire.pipechan).
+
+    Supervisor.spawn --add(worker id, socket)--> joined (any thread that forks)
+    poll: new pipes join the reactor's zmq.Poller beside the ROUTER and the sentinels
+    readable --> cut into messages --> handled as the same worker's messages over ZeroMQ
+    routing._send_raw to a piped worker's identity --> written here, never blocking
+        (what the socket will not take waits for POLLOUT)
+    EOF (the worker died or exited) or garbage --> the pipe is closed; the
+        worker's death itself comes through its sentinel, as before
+
+No handshake: see dmp.wire.pipechan for why a socketpair made before the
+fork needs none.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from dmp.errors import ProtocolError
+from dmp.wire import direct, protocol
+from dmp.wire.pipechan import READ_BYTES
+
+log = logging.getLogger("dmp.manager")
+
+POLLIN, POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
+
+Handler = Callable[[bytes, protocol.Message, list[Any]], None]
+
+
+class _Pipe:
+    __slots__ = ("ident", "pending", "reader", "sock")
+
+    def __init__(self, ident: bytes, sock: socket.socket) -> None:
+        self.ident = ident
+        self.sock = sock
+        self.reader = direct.Reader()
+        self.pending = bytearray()  # bytes the socket would not take yet
+
+
+class WorkerPipes:
+    """Owned by the reactor's thread, but for :meth:`add` (under the fork, before the worker says anything)."""
+
+    def __init__(self) -> None:
+        self.by_ident: dict[bytes, _Pipe] = {}
+        self.by_fd: dict[int, _Pipe] = {}
+        self.joined: collections.deque[_Pipe] = collections.deque()
+        # Parent ends of the pipes still open: a worker forked later closes its copies.
+        self.parent_ends: list[socket.socket] = []
+
+    def add(self, worker_id: str, sock: socket.socket) -> None:
+        """The parent end of a new worker's pipe (its worker id is its identity)."""
+        sock.setblocking(False)
+        pipe = _Pipe(worker_id.encode(), sock)
+        self.by_ident[pipe.ident] = pipe
+        self.parent_ends.append(sock)
+        self.joined.append(pipe)
+
+    def watch(self, poller: zmq.Poller) -> None:
+        while self.joined:
+            pipe = self.joined.popleft()
+            if pipe.sock.fileno() >= 0:
+                self.by_fd[pipe.sock.fileno()] = pipe
+                poller.register(pipe.sock.fileno(), POLLIN)
+
+    def serve(self, ready: dict[Any, int], poller: zmq.Poller, handle: Handler) -> None:
+        """Read and write the pipes ``ready`` names."""
+        by_fd = self.by_fd
+        for fd, events in ready.items():
+            pipe = by_fd.get(fd) if type(fd) is int else None
+            if pipe is None:
+                continue
+            ok = True
+            if events & POLLOUT:
+                ok = self._flush(pipe, poller)
+            if ok and events & POLLIN:
+                ok = self._read(pipe, handle) >= 0
+            if not ok:
+                self._close(pipe, poller)
+
+    def drain(self, worker_id: str, poller: zmq.Poller, handle: Handler) -> None:
+        """The worker died: handle what it wrote before (its last results), then close its pipe."""
+        pipe = self.by_ident.get(worker_id.encode())
+        if pipe is None:
+            return
+        # Until nothing more waits: a process the worker forked may hold its end open.
+        while pipe.sock.fileno() >= 0 and self._read(pipe, handle) > 0:
+            pass
+        self._close(pipe, poller)
+
+    def send(
+        self, ident: bytes, msg: protocol.Message, frames: list[Any], poller: zmq.Poller
+    ) -> bool:
+        """Write ``msg`` to the piped worker ``ident`` without blocking; False if it has no pipe."""
+        pipe = self.by_ident.get(ident)
+        if pipe is None:
+            return False
+        if pipe.sock.fileno() < 0:
+            return True  # gone: dropped, as ZeroMQ drops a message to a dead peer
+        buffers = direct.encode(msg, frames)
+        if pipe.pending:
+            for b in buffers:
+                pipe.pending += b
+            return True
+        try:
+            sent = pipe.sock.sendmsg(buffers)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._close(pipe, poller)
+            return True
+        total = sum(memoryview(b).nbytes for b in buffers)
+        if sent < total:
+            rest = b"".join(bytes(b) if isinstance(b, memoryview) else b for b in buffers)
+            pipe.pending += rest[sent:]
+            poller.register(pipe.sock.fileno(), POLLIN | POLLOUT)
+        return True
+
+    def close(self) -> None:
+        for pipe in self.by_ident.values():
+            _shut(pipe.sock)
+        self.by_ident.clear()
+        self.by_fd.clear()
+        self.parent_ends.clear()
+
+    def _read(self, pipe: _Pipe, handle: Handler) -> int:
+        """Handle what one read brings: 1, or 0 if nothing waited, -1 at EOF or on
+        garbage (then the pipe is to close)."""
+        try:
+            chunk = pipe.sock.recv(READ_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError:
+            return -1
+        if not chunk:
+            return -1
+        pipe.reader.feed(chunk)
+        try:
+            while (whole := pipe.reader.next()) is not None:
+                msg, frames = direct.decode(whole)
+                handle(pipe.ident, msg, frames)
+        except (direct.DirectError, ProtocolError) as exc:
+            # Only our own worker writes here: it is broken. Closed, it sees EOF and exits.
+            log.warning(
+                "worker %s: bad message on its pipe (%s); closing it",
+                pipe.ident.decode(errors="replace"),
+                exc,
+            )
+            return -1
+        return 1
+
+    def _flush(self, pipe: _Pipe, poller: zmq.Poller) -> bool:
+        try:
+            sent = pipe.sock.send(pipe.pending)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        del pipe.pending[:sent]
+        if not pipe.pending:
+            poller.register(pipe.sock.fileno(), POLLIN)
+        return True
+
+    def _close(self, pipe: _Pipe, poller: zmq.Poller) -> None:
+        fd = pipe.sock.fileno()
+        if fd < 0:
+            return
+        if self.by_fd.pop(fd, None) is not None:
+            poller.unregister(fd)
+        self.by_ident.pop(pipe.ident, None)
+        try:
+            self.parent_ends.remove(pipe.sock)
+        except ValueError:
+            pass
+        _shut(pipe.sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()

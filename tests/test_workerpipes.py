@@ -1,0 +1,119 @@
+"""Local mode's worker pipes (dmp.wire.pipechan, dmp_server.workerpipes): forked workers talk to
+the embedded daemon over a socketpair; spawned ones keep ZeroMQ; a bad pipe harms nobody else."""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from typing import Any
+
+import pytest
+
+import dmp
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def pid(_: Any = None) -> int:
+    return os.getpid()
+
+
+def _pipe() -> Any:
+    from dmp.wire.pipechan import WorkerPipe
+
+    found = [o for o in gc.get_objects() if isinstance(o, WorkerPipe)]
+    assert len(found) == 1, "a forked local worker has exactly one pipe"
+    return found[0]
+
+
+def on_pipe(_: Any = None) -> tuple[bool, int]:
+    """In a worker: is it on a pipe, and how many sockets of other pipes did it keep open?"""
+    import socket
+
+    from dmp.wire.pipechan import WorkerPipe
+
+    mine = [o for o in gc.get_objects() if isinstance(o, WorkerPipe)]
+    others = [
+        o
+        for o in gc.get_objects()
+        if isinstance(o, socket.socket)
+        and o.family == socket.AF_UNIX
+        and o.fileno() >= 0
+        and not any(o is p.sock for p in mine)
+    ]
+    return len(mine) == 1, len(others)
+
+
+def garble_once(flag: str) -> str:
+    """Write garbage into this worker's pipe the first time (the daemon must drop only this worker)."""
+    if not os.path.exists(flag):
+        with open(flag, "w"):
+            pass
+        _pipe().sock.sendall(b"\xff\xff\xff\xff" + b"garbage" * 10)
+        return "garbled"
+    return "clean"
+
+
+def _wait(cond: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_forked_workers_talk_over_pipes_and_hold_no_other_end() -> None:
+    with dmp.Pool(2) as pool:
+        assert pool.map(square, range(50)) == [x * x for x in range(50)]
+        daemon = pool._engine.daemon
+        assert daemon.pipes is not None
+        ids = {h.worker_id.encode() for h in pool._engine.supervisor.handles.values()}
+        assert set(daemon.pipes.by_ident) == ids
+        # Every worker is on its pipe, and closed the daemon's ends (its own and the others').
+        for piped, others in pool.map(on_pipe, range(8), chunksize=1):
+            assert piped
+            assert others == 0
+
+
+def test_a_killed_worker_closes_its_pipe_and_is_replaced() -> None:
+    with dmp.Pool(1) as pool:
+        first = pool.apply(pid)
+        daemon = pool._engine.daemon
+        os.kill(first, 9)
+        _wait(lambda: pool.apply(pid) != first)
+        assert first not in {p.pid for p in pool._engine.processes}
+        assert len(daemon.pipes.by_ident) == 1
+        assert pool.apply(square, (7,)) == 49
+
+
+def test_garbage_on_a_pipe_drops_that_worker_only(tmp_path: Any) -> None:
+    flag = str(tmp_path / "garbled")
+    with dmp.Pool(2) as pool:
+        # The garbled worker's result is lost with its pipe; the task reruns on a fresh worker.
+        assert pool.apply(garble_once, (flag,)) == "clean"
+        assert os.path.exists(flag)
+        assert pool.map(square, range(20)) == [x * x for x in range(20)]
+        _wait(lambda: len(pool._engine.daemon.pipes.by_ident) == 2)
+
+
+def test_spawned_workers_keep_zeromq() -> None:
+    ctx = dmp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        assert pool.apply(square, (6,)) == 36
+        assert pool._engine.daemon.pipes is None
+
+
+def echo_big(data: bytes) -> bytes:
+    return data[::-1]
+
+
+def test_large_payloads_cross_the_pipe_both_ways() -> None:
+    data = os.urandom(24 << 20)
+    with dmp.Pool(2) as pool:
+        results = [pool.apply_async(echo_big, (data,)) for _ in range(3)]
+        for r in results:
+            assert r.get(timeout=60) == data[::-1]
