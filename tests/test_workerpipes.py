@@ -31,22 +31,19 @@ def _pipe() -> Any:
     return found[0]
 
 
-def on_pipe(_: Any = None) -> tuple[bool, int]:
-    """In a worker: is it on a pipe, and how many sockets of other pipes did it keep open?"""
-    import socket
-
+def on_pipe(daemon_inodes: set[int]) -> tuple[bool, int]:
+    """In a worker: is it on a pipe, and how many of the daemon's pipe ends (its own
+    pipe's and the other workers', named by socket inode) does it hold open?"""
     from dmp.wire.pipechan import WorkerPipe
 
     mine = [o for o in gc.get_objects() if isinstance(o, WorkerPipe)]
-    others = [
-        o
-        for o in gc.get_objects()
-        if isinstance(o, socket.socket)
-        and o.family == socket.AF_UNIX
-        and o.fileno() >= 0
-        and not any(o is p.sock for p in mine)
-    ]
-    return len(mine) == 1, len(others)
+    held = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            held += os.stat(int(fd)).st_ino in daemon_inodes
+        except OSError:
+            pass  # the listing's own fd, closed by now
+    return len(mine) == 1, held
 
 
 def garble_once(flag: str) -> str:
@@ -74,7 +71,9 @@ def test_forked_workers_talk_over_pipes_and_hold_no_other_end() -> None:
         ids = {h.worker_id.encode() for h in pool._engine.supervisor.handles.values()}
         assert set(daemon.pipes.by_ident) == ids
         # Every worker is on its pipe, and closed the daemon's ends (its own and the others').
-        for piped, others in pool.map(on_pipe, range(8), chunksize=1):
+        inodes = {os.fstat(p.sock.fileno()).st_ino for p in daemon.pipes.by_ident.values()}
+        assert len(inodes) == 2
+        for piped, others in pool.map(on_pipe, [inodes] * 8, chunksize=1):
             assert piped
             assert others == 0
 

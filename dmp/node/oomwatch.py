@@ -85,12 +85,24 @@ def _read_proc(name: str) -> str:
         return ""
 
 
+# (/proc/self/cgroup, the count file it led to): mountinfo is read and parsed
+# again only when our cgroup changes, not for every pool a process starts.
+_located: tuple[str, str | None] | None = None
+
+
 def locate() -> str | None:
     """The readable count file of this process's memory cgroup, or None."""
-    for path in candidates(_read_proc("cgroup"), _read_proc("mountinfo")):
+    global _located
+    cgroup = _read_proc("cgroup")
+    if _located is not None and _located[0] == cgroup:
+        return _located[1]
+    found = None
+    for path in candidates(cgroup, _read_proc("mountinfo")):
         if read_count(path) is not None:
-            return path
-    return None
+            found = path
+            break
+    _located = (cgroup, found)
+    return found
 
 
 class OomCounter:

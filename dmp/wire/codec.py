@@ -18,6 +18,7 @@ declares them with :func:`message`, which registers each here.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -65,13 +66,20 @@ class Message:
     RECEIVERS: ClassVar[tuple[str, ...]]
 
     def fields(self) -> list[Any]:
-        return [getattr(self, name) for name in _FIELD_NAMES[self.TYPE]]
+        return list(_FIELDS_OF[self.TYPE](self))
 
 
 _REGISTRY: dict[int, type[Message]] = {}
 _FIELD_COUNT: dict[int, int] = {}
 _FIELD_NAMES: dict[int, tuple[str, ...]] = {}
 _FIELD_TYPES: dict[int, tuple[type | tuple[type, ...] | None, ...]] = {}
+# Per type, the tuples of field types (as decoded) that passed the field check:
+# a header of a known shape skips the per-field loop. Bounded, so a peer
+# trying every combination only makes its own messages slower.
+_GOOD_SHAPES: dict[int, set[tuple[type, ...]]] = {}
+# Per type, a C getter of every field value in order (encode's one call per message).
+_FIELDS_OF: dict[int, Callable[[Any], tuple[Any, ...]]] = {}
+MAX_SHAPES = 32
 
 
 def _wire_type(annotation: Any) -> type | tuple[type, ...] | None:
@@ -112,9 +120,21 @@ def message(code: int, senders: tuple[str, ...], receivers: tuple[str, ...]) -> 
         _FIELD_COUNT[code] = len(names)
         _FIELD_NAMES[code] = names
         _FIELD_TYPES[code] = tuple(_wire_type(f.type) for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        _GOOD_SHAPES[code] = set()
+        _FIELDS_OF[code] = _getter(names)
         return cls
 
     return wrap
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """A function of a message returning its field values as a tuple, in order."""
+    if len(names) > 1:
+        return operator.attrgetter(*names)
+    if names:
+        one = operator.attrgetter(names[0])
+        return lambda msg: (one(msg),)
+    return lambda msg: ()
 
 
 def message_types() -> dict[str, type[Message]]:
@@ -124,7 +144,8 @@ def message_types() -> dict[str, type[Message]]:
 
 def encode(msg: Message, sizes: list[int] | None = None) -> bytes:
     """The msgpack header frame for ``msg`` with its payload layout ``sizes``."""
-    out: bytes = msgpack.packb([PROTOCOL_VERSION, msg.TYPE, sizes or [], *msg.fields()], use_bin_type=True)
+    code = msg.TYPE
+    out: bytes = _packb([PROTOCOL_VERSION, code, sizes or [], *_FIELDS_OF[code](msg)], use_bin_type=True)
     return out
 
 
@@ -153,6 +174,24 @@ def decode(header: bytes | memoryview) -> tuple[Message, list[int]]:
     if type(sizes) is not list or not _JUST_INT.issuperset(map(type, sizes)) or (sizes and min(sizes) < -1):
         raise ProtocolError("header's payload layout is not a list of sizes")
     args = obj[3:]
+    shape = tuple(map(type, args))
+    good = _GOOD_SHAPES[code]
+    if shape not in good:
+        _check_fields(cls, code, args)
+        if len(good) < MAX_SHAPES:
+            good.add(shape)
+    try:
+        return cls(*args), sizes
+    except TypeError as exc:
+        raise ProtocolError(f"malformed {cls.__name__}: {exc}") from None
+
+
+_JUST_INT = frozenset({int})
+_packb = msgpack.packb
+
+
+def _check_fields(cls: type[Message], code: int, args: list[Any]) -> None:
+    """Raise ProtocolError unless ``args`` fit the fields of ``cls`` (count and types)."""
     if len(args) > _FIELD_COUNT[code]:
         raise ProtocolError(f"{cls.__name__} has {len(args)} fields, expected {_FIELD_COUNT[code]}")
     for value, expected, name in zip(args, _FIELD_TYPES[code], _FIELD_NAMES[code]):
@@ -164,13 +203,6 @@ def decode(header: bytes | memoryview) -> tuple[Message, list[int]]:
             continue
         if expected is int or not isinstance(value, expected):
             raise ProtocolError(f"{cls.__name__}.{name} must be {_type_name(expected)}, not {type(value).__name__}")
-    try:
-        return cls(*args), sizes
-    except TypeError as exc:
-        raise ProtocolError(f"malformed {cls.__name__}: {exc}") from None
-
-
-_JUST_INT = frozenset({int})
 
 
 def _type_name(expected: type | tuple[type, ...]) -> str:

@@ -319,7 +319,7 @@ class Channel:
         keys = self.keys
         kind = keys.check(ident, parts[0].bytes, views)
         if self.max_message:
-            size = sum(v.nbytes for v in views)
+            size = sum(map(len, views))  # ZeroMQ frames' views are flat bytes: len is nbytes
             if size > self.max_message:
                 error = MessageTooLargeError(
                     f"a message of {size} bytes exceeds the manager's limit of {self.max_message} bytes"

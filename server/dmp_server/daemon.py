@@ -224,8 +224,9 @@ class Daemon(Routing):
             self.pipes.serve(ready, self._poller, self._from_pipe)
         if self.inbox:
             self._drain_inbox()
-        for fd in self._watched.intersection(ready):
-            self._worker_died(fd)
+        if self._watched:  # local mode's worker sentinels
+            for fd in self._watched.intersection(ready):
+                self._worker_died(fd)
         now = time.monotonic()
         deadline = self._due
         if deadline is not None and now >= deadline:

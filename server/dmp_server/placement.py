@@ -64,7 +64,9 @@ class Placement:
         # DISPATCH_BATCH of them at once (at most PREFETCH_SECONDS of work, as
         # its credit says): spreading them one per worker over a thousand
         # workers would cost a Dispatch and a Results message per task.
-        share = -(-self.queued_total // len(hungry))
+        # The run time known is the last jobs': a job none of whose tasks has finished yet
+        # (a GridSearchCV fold after quick warm-ups) is spread, never batched behind one worker.
+        spread = share = -(-self.queued_total // len(hungry))
         if self.est_run_s is not None and share < DISPATCH_BATCH:
             share = max(share, min(self.in_flight, DISPATCH_BATCH))
         visited: list[Worker] = []
@@ -84,6 +86,8 @@ class Placement:
                 job = self._pick(worker)
                 if job is None:
                     break  # every waiting client is at its cap of workers, or needs resources not free here
+                if not job.timed and len(items) >= spread:
+                    break  # its tasks' run time is unknown: spread them
                 client = self._ready[0]
                 task = job.pending.popleft()
                 if not job.pending:

@@ -57,6 +57,7 @@ class Job:
     resources: dict[str, float] = field(default_factory=dict)  # each task's need, held while it runs
     refused: str = ""  # why no joined node could ever satisfy ``resources`` ("": one could)
     idle_only: bool = False  # each task only to an idle worker (never queued behind another)
+    timed: bool = False  # a task of it has finished: only then may a worker take its tasks in batches
 
 
 @dataclass(slots=True, eq=False)

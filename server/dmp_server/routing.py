@@ -98,11 +98,12 @@ class Routing:
 
     def _dispatch(self, peer_id: str, role: str, msg: protocol.Message, frames: list[Any]) -> None:
         """Hand ``msg`` to the handler of its type, if a ``role`` peer may send it."""
-        if role not in senders(type(msg)):
-            text = f"a {role} may not send {type(msg).__name__}"
+        cls = type(msg)
+        if role not in _SENDERS[cls]:
+            text = f"a {role} may not send {cls.__name__}"
             self._send(peer_id, protocol.Error(ErrorCode.BAD_MESSAGE, text), [])
             return
-        handler = _HANDLERS.get(type(msg))
+        handler = _HANDLERS.get(cls)
         if handler is not None:
             handler(self, peer_id, msg, frames)
         elif isinstance(msg, objects.MESSAGES):

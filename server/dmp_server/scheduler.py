@@ -275,6 +275,7 @@ class Scheduler(Placement):
             self.tasks.pop(key, None)
             job = task.job
             job.outstanding -= 1
+            job.timed = True
             self._count(client, status)
             if client is not None and job.job_id in client.jobs:
                 batch = out.setdefault(client.peer, ([], []))

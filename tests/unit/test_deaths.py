@@ -155,3 +155,30 @@ def test_each_oom_kill_explains_one_death(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert counter.explains_sigkill() is False
     where[0] = None  # no memory cgroup to read
     assert counter.explains_sigkill() is None
+
+
+def test_locate_parses_mountinfo_again_only_when_the_cgroup_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "memory.events").write_text("oom 0\noom_kill 2\n")
+    proc = {"cgroup": "0::/a\n", "mountinfo": f"50 1 0:40 / {tmp_path} rw - cgroup2 cgroup2 rw\n"}
+    reads: list[str] = []
+
+    def read_proc(name: str) -> str:
+        reads.append(name)
+        return proc[name]
+
+    monkeypatch.setattr(oomwatch, "_read_proc", read_proc)
+    monkeypatch.setattr(oomwatch, "_located", None)
+    assert oomwatch.locate() == str(tmp_path / "a" / "memory.events")
+    assert oomwatch.locate() == str(tmp_path / "a" / "memory.events")  # a second pool of the process
+    assert reads.count("mountinfo") == 1 and reads.count("cgroup") == 2
+    proc["cgroup"] = "0::/b\n"  # moved to another cgroup: found again
+    assert oomwatch.locate() == str(tmp_path / "b" / "memory.events")
+    assert reads.count("mountinfo") == 2
+    counter = oomwatch.OomCounter()
+    assert counter.used == 2 and counter.explains_sigkill() is False
+    (tmp_path / "b" / "memory.events").write_text("oom 1\noom_kill 3\n")
+    assert counter.explains_sigkill() is True

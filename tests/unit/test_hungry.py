@@ -123,3 +123,20 @@ def test_short_tasks_go_out_in_batches_not_one_per_idle_worker() -> None:
     s.results(first[0], [[key, attempt, int(Status.OK), 0, 1e-6, ""]], [])  # a microsecond task
     spread = _dispatched(s.submit("c", 1, [(i, [b"x"]) for i in range(1, 65)]))
     assert sorted(len(t) for t in spread.values()) == [DISPATCH_BATCH, 64 - DISPATCH_BATCH]
+
+
+def test_a_new_job_after_short_tasks_is_spread_until_its_own_tasks_finish() -> None:
+    """The run time known is an earlier job's: four tasks of a new job on four
+    idle workers run side by side (they may wait on each other, or be long),
+    not in one worker's batch."""
+    s = Scheduler()
+    s.add_client("c")
+    s.define_job("c", 1, [], 3)
+    for i in range(4):
+        s.add_worker(f"w{i}", "n", i, 0)
+    (first,) = _dispatched(s.submit("c", 1, [(0, [b"x"])])).items()
+    key, _job, attempt, _n = first[1][0]
+    s.results(first[0], [[key, attempt, int(Status.OK), 0, 1e-6, ""]], [])  # a microsecond task
+    s.define_job("c", 2, [], 3)
+    spread = _dispatched(s.submit("c", 2, [(i, [b"x"]) for i in range(4)]))
+    assert sorted(len(t) for t in spread.values()) == [1, 1, 1, 1]

@@ -141,6 +141,35 @@ def test_a_bool_field_takes_only_a_bool() -> None:
         decode(_header(protocol.PROTOCOL_VERSION, protocol.DefineJob.TYPE, [], 1, 0, 3, 0.0, {}, 1))
 
 
+def test_a_known_field_shape_still_refuses_wrong_types() -> None:
+    """The decoder remembers field-type shapes that passed; a wrong one is still checked, every time."""
+    good = _header(protocol.PROTOCOL_VERSION, protocol.DefineJob.TYPE, [], 1, 0, 3, 0.0, {}, True)
+    bad = _header(protocol.PROTOCOL_VERSION, protocol.DefineJob.TYPE, [], 1, 0, 3, 0.0, {}, 1)
+    for _ in range(3):
+        assert decode(good)[0] == protocol.DefineJob(1, 0, 3, 0.0, {}, True)
+        with pytest.raises(ProtocolError, match="idle_only must be bool, not int"):
+            decode(bad)
+    too_many = _header(protocol.PROTOCOL_VERSION, protocol.EndJob.TYPE, [], 1, 2)
+    for _ in range(2):
+        with pytest.raises(ProtocolError, match="EndJob has 2 fields, expected 1"):
+            decode(too_many)
+
+
+def test_signature_is_hmac_sha256_over_lengths_and_frames() -> None:
+    """The one-shot MAC is the one the protocol doc describes: context, then each frame's length and bytes
+    (its SHA-256 from 64 KiB on)."""
+    import hashlib
+    import hmac
+
+    frames: list[Any] = [b"header", memoryview(b"x" * (64 * 1024)), bytearray(b"yy"), b""]
+    mac = hmac.new(b"secret", b"ctx", hashlib.sha256)
+    for f in frames:
+        n = len(f) if not isinstance(f, memoryview) else f.nbytes
+        mac.update(n.to_bytes(8, "little"))
+        mac.update(hashlib.sha256(f).digest() if n >= 64 * 1024 else f)
+    assert Signer(b"secret").sign(frames, b"ctx") == mac.digest()
+
+
 @pytest.mark.parametrize(
     "header",
     [
