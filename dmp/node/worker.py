@@ -51,9 +51,6 @@ DRAIN_SECONDS = 0.005
 # An idle worker wakes at least this often to check its parent (and at
 # each heartbeat, as often as the manager's Welcome says).
 IDLE_POLL_SECONDS = 1.0
-# A refused or unanswered Hello is repeated after 1 s, then 2, 4, ... up to 30 s.
-HELLO_BACKOFF_S = 1.0
-HELLO_BACKOFF_MAX_S = 30.0
 # Exit status of a worker or node the manager refused (wrong or missing key, other version).
 EXIT_REFUSED = 3
 

@@ -38,7 +38,15 @@ from dmp.wire.wakeup import Wakeup
 from dmp_server import gate, hostproc, objects, status
 from dmp_server.dashboard import PUBLISH_S, Board
 from dmp_server.door import Door
-from dmp_server.peers import LIVENESS, Departures, LocalClient, LocalSupervisor, Peers, describe, excused
+from dmp_server.peers import (
+    LIVENESS,
+    Departures,
+    LocalClient,
+    LocalSupervisor,
+    Peers,
+    describe,
+    excused,
+)
 from dmp_server.routing import VERSION, Routing, log, worker_peer
 from dmp_server.scheduler import Scheduler
 from dmp_server.workerpipes import WorkerPipes

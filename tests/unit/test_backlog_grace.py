@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from dmp_server.peers import BACKLOG_GRACE_BEATS, LIVENESS, excused
 
 
