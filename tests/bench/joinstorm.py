@@ -30,12 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wave", type=int, default=0, help="Hellos each simulator says at once (0: all)")
     ap.add_argument("--old-peer-rules", action="store_true",
                     help="re-Hello when unanswered for one beat, no jitter (before the fix)")
+    ap.add_argument("--heartbeat-s", type=float, default=1.0, help="the manager's beat (default %(default)s)")
     ap.add_argument("--profile", help="file: the manager runs under cProfile, its stats there")
     args = ap.parse_args(argv)
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start", flush=True)
     with tempfile.TemporaryDirectory(prefix="dmp-joinstorm-") as tmp:
         with Cluster(args.workers, args.nodes, args.procs, Path(tmp), args.profile, args.wave,
-                     args.old_peer_rules) as cluster:
+                     args.old_peer_rules, args.heartbeat_s) as cluster:
             joins = cluster.joins
             hellos = sum(j["hellos"] for j in joins)
             refusals = sum(j["refusals"] for j in joins)

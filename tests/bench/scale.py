@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dmp import _config
 from dmp.client.cluster import fetch_status
 from tests.bench import scalesim
 from tests.daemons import Daemons, wait_for
@@ -70,10 +71,11 @@ class Cluster:
 
     def __init__(
         self, workers: int, nodes: int, procs: int, logdir: Path, profile: str | None = None,
-        wave: int = scalesim.JOIN_WAVE, old_rules: bool = False,
+        wave: int = scalesim.JOIN_WAVE, old_rules: bool = False, heartbeat_s: float = _config.HEARTBEAT_S,
     ) -> None:
         self.key = secrets.token_hex(16).encode()
-        self.daemons = Daemons(logdir, authkey=self.key)
+        self.heartbeat_s = heartbeat_s  # the manager's --heartbeat-s, followed by the simulators
+        self.daemons = Daemons(logdir, authkey=self.key, manager_args=("--heartbeat-s", f"{heartbeat_s:g}"))
         if profile:
             self.daemons.env["DMP_MANAGER_PROFILE"] = profile
         self.mp = multiprocessing.get_context("spawn")
@@ -95,7 +97,7 @@ class Cluster:
             per_node = self.workers // self.nodes
             names = [f"simnode{i}" for i in range(self.nodes)]
             for p in range(self.procs):
-                args = (names[p :: self.procs], per_node, self.wave, self.old_rules)
+                args = (names[p :: self.procs], per_node, self.wave, self.old_rules, self.heartbeat_s)
                 self.sims.append(self._start(scalesim.serve_workers, *args))
             for ctl, _ in self.sims:
                 got = _answer(ctl)

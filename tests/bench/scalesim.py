@@ -74,6 +74,7 @@ class _Peers:
         self.stale = 0  # Welcomes that answered an earlier Hello (voided by a later one)
         self.nodes: list[int] = []  # channels that beat every beat, joining or not
         self.beat_at = 0.0
+        self.beat_s = _config.HEARTBEAT_S  # the manager's beat (its --heartbeat-s)
 
     def add(self, chan: transport.Channel, hello: protocol.Hello, say: bool = True) -> int:
         """Register ``chan`` and say ``hello`` on it (``say`` False: later, by :meth:`say`)."""
@@ -129,7 +130,7 @@ class _Peers:
         deadline = time.monotonic() + JOIN_TIMEOUT_S
         jitter = 0.0 if old_rules else peer.HELLO_JITTER
         backoff = {i: peer.Backoff(jitter=jitter) for i in indexes}
-        unanswered_s = _config.HEARTBEAT_S * (1 if old_rules else _config.LIVENESS)
+        unanswered_s = self.beat_s * (1 if old_rules else _config.LIVENESS)
         said = dict.fromkeys(indexes, time.monotonic())  # when each last said Hello (or heard)
         again: dict[int, float] = {}  # index -> when to say Hello again
         while waiting:
@@ -137,7 +138,7 @@ class _Peers:
             if now > deadline:
                 raise RuntimeError(f"{len(waiting)} simulated peers were never welcomed")
             if now >= self.beat_at:  # nodes keep beating while their workers join (or they are dropped)
-                self.beat_at = now + _config.HEARTBEAT_S
+                self.beat_at = now + self.beat_s
                 for i in self.nodes:
                     self.chans[i].send(protocol.Heartbeat())
                 for i in waiting:  # PeerLoop.tick: unanswered too long, ask again
@@ -178,7 +179,7 @@ def _wait_nodes(address: str, key: bytes | None, names: set[str]) -> None:
 
 def serve_workers(
     ctl: Connection, address: str, key: bytes | None, nodes: list[str], per_node: int,
-    wave: int = JOIN_WAVE, old_rules: bool = False,
+    wave: int = JOIN_WAVE, old_rules: bool = False, beat_s: float = _config.HEARTBEAT_S,
 ) -> None:
     """Nodes ``nodes`` with ``per_node`` workers each; answer tasks until told to stop.
 
@@ -186,6 +187,7 @@ def serve_workers(
     it again as dmp.wire.peer does (``old_rules``: as it did before)."""
     _prepare()
     peers = _Peers()
+    peers.beat_s = beat_s
     node_ix = []
     for name in nodes:
         node_ix.append(peers.add(_channel(address, key), _hello(protocol.Role.NODE, name)))
@@ -220,7 +222,7 @@ def serve_workers(
     for i in worker_ix:
         is_worker[i] = True
     last_sent = [time.monotonic()] * len(peers.chans)
-    beat = _config.HEARTBEAT_S
+    beat = beat_s
     # Nodes beat every beat, their workers every WORKER_BEATS beats while idle
     # (as dmp.node.worker does), spread over their period: a heap of (due, peer).
     start = time.monotonic()
