@@ -15,6 +15,7 @@ fork needs none.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import socket
 from collections.abc import Callable
@@ -28,6 +29,10 @@ from dmp.wire.pipechan import READ_BYTES
 
 log = logging.getLogger("dmp.manager")
 
+# At most this many buffers per sendmsg, and reads of one pipe per turn of the reactor.
+WRITE_VIEWS = 64
+READS_PER_TURN = 64
+
 POLLIN, POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
 
 Handler = Callable[[bytes, protocol.Message, list[Any]], None]
@@ -40,7 +45,9 @@ class _Pipe:
         self.ident = ident
         self.sock = sock
         self.reader = direct.Reader()
-        self.pending = bytearray()  # bytes the socket would not take yet
+        # What the socket would not take yet: views of the message buffers themselves,
+        # never copied (a 16 MiB array is not joined or shifted as it drains).
+        self.pending: collections.deque[memoryview] = collections.deque()
 
 
 class WorkerPipes:
@@ -102,22 +109,14 @@ class WorkerPipes:
             return False
         if pipe.sock.fileno() < 0:
             return True  # gone: dropped, as ZeroMQ drops a message to a dead peer
-        buffers = direct.encode(msg, frames)
-        if pipe.pending:
-            for b in buffers:
-                pipe.pending += b
+        views = [memoryview(b).cast("B") for b in direct.encode(msg, frames)]
+        if pipe.pending:  # behind what waits already, in order
+            pipe.pending.extend(views)
             return True
-        try:
-            sent = pipe.sock.sendmsg(buffers)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
+        pipe.pending.extend(views)
+        if not self._write(pipe):
             self._close(pipe, poller)
-            return True
-        total = sum(memoryview(b).nbytes for b in buffers)
-        if sent < total:
-            rest = b"".join(bytes(b) if isinstance(b, memoryview) else b for b in buffers)
-            pipe.pending += rest[sent:]
+        elif pipe.pending:
             poller.register(pipe.sock.fileno(), POLLIN | POLLOUT)
         return True
 
@@ -129,17 +128,24 @@ class WorkerPipes:
         self.parent_ends.clear()
 
     def _read(self, pipe: _Pipe, handle: Handler) -> int:
-        """Handle what one read brings: 1, or 0 if nothing waited, -1 at EOF or on
+        """Handle what a few reads bring: 1, or 0 if nothing waited, -1 at EOF or on
         garbage (then the pipe is to close)."""
-        try:
-            chunk = pipe.sock.recv(READ_BYTES)
-        except (BlockingIOError, InterruptedError):
+        got = False
+        for _ in range(READS_PER_TURN):  # a large message in a few turns of the reactor, not one per read
+            try:
+                chunk = pipe.sock.recv(READ_BYTES)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                return -1
+            if not chunk:
+                return -1
+            pipe.reader.feed(chunk)
+            got = True
+            if len(chunk) < READ_BYTES:
+                break
+        if not got:
             return 0
-        except OSError:
-            return -1
-        if not chunk:
-            return -1
-        pipe.reader.feed(chunk)
         try:
             while (whole := pipe.reader.next()) is not None:
                 msg, frames = direct.decode(whole)
@@ -155,15 +161,28 @@ class WorkerPipes:
         return 1
 
     def _flush(self, pipe: _Pipe, poller: zmq.Poller) -> bool:
-        try:
-            sent = pipe.sock.send(pipe.pending)
-        except (BlockingIOError, InterruptedError):
-            return True
-        except OSError:
+        """The socket takes more: write what waits; False if the pipe broke."""
+        if not self._write(pipe):
             return False
-        del pipe.pending[:sent]
         if not pipe.pending:
             poller.register(pipe.sock.fileno(), POLLIN)
+        return True
+
+    @staticmethod
+    def _write(pipe: _Pipe) -> bool:
+        """Write what waits until the socket would block; False if the pipe broke."""
+        pending = pipe.pending
+        while pending:
+            try:
+                sent = pipe.sock.sendmsg(list(itertools.islice(pending, WRITE_VIEWS)))
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError:
+                return False
+            while sent and sent >= pending[0].nbytes:
+                sent -= pending.popleft().nbytes
+            if sent:
+                pending[0] = pending[0][sent:]
         return True
 
     def _close(self, pipe: _Pipe, poller: zmq.Poller) -> None:
