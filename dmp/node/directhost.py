@@ -56,24 +56,16 @@ class DirectServer:
     def accept(self) -> bool:
         """Take every waiting connection (the listening socket was readable); never blocks.
         False: out of file descriptors, stop polling the listener for a while (it stays readable)."""
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return True
-            except OSError as exc:
-                log.warning("direct route: accept failed (%s); new connections wait", exc)
-                return False
-            if not self._serving.acquire(blocking=False):
-                sock.close()
-                continue
-            if not self._proving.acquire(blocking=False):
-                self._serving.release()
-                sock.close()
-                continue
-            threading.Thread(
-                target=self._serve, args=(sock,), name="dmp-host-direct", daemon=True
-            ).start()
+        return direct.accept_waiting(self.listener, self._admit, self._serve, "dmp-host-direct")
+
+    def _admit(self) -> bool:
+        """A connection may be served (and prove its key) now; else it is closed."""
+        if not self._serving.acquire(blocking=False):
+            return False
+        if not self._proving.acquire(blocking=False):
+            self._serving.release()
+            return False
+        return True
 
     def _serve(self, sock: socket.socket) -> None:
         try:

@@ -21,10 +21,12 @@ to replay or inject, and messages are not signed one by one. Without a key
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import struct
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dmp.errors import ProtocolError
@@ -270,3 +272,24 @@ def request(
         if not chunk:
             raise DirectError("the object host closed the connection")
         reader.feed(chunk)
+
+
+def accept_waiting(
+    listener: socket.socket, admit: Callable[[], bool], serve: Callable[[socket.socket], None], name: str
+) -> bool:
+    """Take every connection waiting on a non-blocking ``listener``: each that
+    ``admit()`` lets in is served by ``serve`` on a thread of its own, the rest
+    are closed. False when out of file descriptors (stop polling the listener
+    for a while: it stays readable)."""
+    while True:
+        try:
+            sock, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError as exc:
+            logging.getLogger("dmp.direct").warning("direct route: accept failed (%s); new connections wait", exc)
+            return False
+        if not admit():
+            sock.close()
+            continue
+        threading.Thread(target=serve, args=(sock,), name=name, daemon=True).start()

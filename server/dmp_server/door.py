@@ -132,20 +132,12 @@ class Door:
 
     def _accept(self) -> bool:
         """Take every waiting connection; False when out of file descriptors."""
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return True
-            except OSError as exc:
-                log.warning("direct route: accept failed (%s); new connections wait", exc)
-                return False
-            if len(self.conns) >= MAX_CONNECTIONS or not self._proving.acquire(blocking=False):
-                sock.close()
-                continue
-            threading.Thread(
-                target=self._prove, args=(sock,), name="dmp-door-proof", daemon=True
-            ).start()
+        return direct.accept_waiting(
+            self.listener,
+            lambda: len(self.conns) < MAX_CONNECTIONS and self._proving.acquire(blocking=False),
+            self._prove,
+            "dmp-door-proof",
+        )
 
     def _prove(self, sock: socket.socket) -> None:
         try:
