@@ -21,11 +21,13 @@ to replay or inject, and messages are not signed one by one. Without a key
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -293,3 +295,44 @@ def accept_waiting(
             sock.close()
             continue
         threading.Thread(target=serve, args=(sock,), name=name, daemon=True).start()
+
+
+class Outbox:
+    """What a non-blocking socket would not take yet, in order: views of the
+    message buffers themselves, never joined or shifted (a 16 MiB frame is not
+    copied as it drains)."""
+
+    __slots__ = ("nbytes", "views")
+
+    # At most this many buffers per sendmsg.
+    VIEWS_PER_WRITE = 64
+
+    def __init__(self) -> None:
+        self.views: deque[memoryview] = deque()
+        self.nbytes = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.views)
+
+    def add(self, buffers: Sequence[Any]) -> None:
+        for b in buffers:
+            view = memoryview(b).cast("B")
+            self.views.append(view)
+            self.nbytes += view.nbytes
+
+    def write(self, sock: socket.socket) -> bool:
+        """Write what waits until ``sock`` would block; False if the connection broke."""
+        views = self.views
+        while views:
+            try:
+                sent = sock.sendmsg(list(itertools.islice(views, self.VIEWS_PER_WRITE)))
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError:
+                return False
+            self.nbytes -= sent
+            while sent and sent >= views[0].nbytes:
+                sent -= views.popleft().nbytes
+            if sent:
+                views[0] = views[0][sent:]
+        return True

@@ -49,7 +49,7 @@ class DoorConn:
         self.sock = sock
         self.peer = peer
         self.reader = direct.Reader()
-        self.pending = bytearray()  # bytes the socket would not take yet
+        self.pending = direct.Outbox()  # what the socket would not take yet
 
 
 class Door:
@@ -108,23 +108,15 @@ class Door:
         """Write a reply on ``conn`` without blocking (the rest waits for POLLOUT)."""
         if conn.sock.fileno() < 0:
             return
-        data = b"".join(
-            bytes(b) if isinstance(b, memoryview) else b for b in direct.encode(msg, frames)
-        )
-        if conn.pending:
-            conn.pending += data
-        else:
-            try:
-                sent = conn.sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
+        waiting = bool(conn.pending)
+        conn.pending.add(direct.encode(msg, frames))
+        if not waiting:
+            if not conn.pending.write(conn.sock):
                 self._close(conn, poller)
                 return
-            if sent < len(data):
-                conn.pending += data[sent:]
+            if conn.pending:
                 poller.register(conn.sock.fileno(), POLLIN | POLLOUT)
-        if len(conn.pending) > MAX_PENDING_BYTES:
+        if conn.pending.nbytes > MAX_PENDING_BYTES:
             log.warning(
                 "direct route: a client stopped reading its replies; dropping its connection"
             )
@@ -198,13 +190,8 @@ class Door:
         return conn.sock.fileno() >= 0
 
     def _flush(self, conn: DoorConn, poller: zmq.Poller) -> bool:
-        try:
-            sent = conn.sock.send(conn.pending)
-        except (BlockingIOError, InterruptedError):
-            return True
-        except OSError:
+        if not conn.pending.write(conn.sock):
             return False
-        del conn.pending[:sent]
         if not conn.pending:
             poller.register(conn.sock.fileno(), POLLIN)
         return True

@@ -15,7 +15,6 @@ fork needs none.
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
 import socket
 from collections.abc import Callable
@@ -29,8 +28,7 @@ from dmp.wire.pipechan import READ_BYTES
 
 log = logging.getLogger("dmp.manager")
 
-# At most this many buffers per sendmsg, and reads of one pipe per turn of the reactor.
-WRITE_VIEWS = 64
+# At most this many reads of one pipe per turn of the reactor.
 READS_PER_TURN = 64
 
 POLLIN, POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
@@ -45,9 +43,7 @@ class _Pipe:
         self.ident = ident
         self.sock = sock
         self.reader = direct.Reader()
-        # What the socket would not take yet: views of the message buffers themselves,
-        # never copied (a 16 MiB array is not joined or shifted as it drains).
-        self.pending: collections.deque[memoryview] = collections.deque()
+        self.pending = direct.Outbox()  # what the socket would not take yet
 
 
 class WorkerPipes:
@@ -109,12 +105,11 @@ class WorkerPipes:
             return False
         if pipe.sock.fileno() < 0:
             return True  # gone: dropped, as ZeroMQ drops a message to a dead peer
-        views = [memoryview(b).cast("B") for b in direct.encode(msg, frames)]
-        if pipe.pending:  # behind what waits already, in order
-            pipe.pending.extend(views)
+        waiting = bool(pipe.pending)
+        pipe.pending.add(direct.encode(msg, frames))
+        if waiting:  # behind what waits already, in order
             return True
-        pipe.pending.extend(views)
-        if not self._write(pipe):
+        if not pipe.pending.write(pipe.sock):
             self._close(pipe, poller)
         elif pipe.pending:
             poller.register(pipe.sock.fileno(), POLLIN | POLLOUT)
@@ -162,27 +157,10 @@ class WorkerPipes:
 
     def _flush(self, pipe: _Pipe, poller: zmq.Poller) -> bool:
         """The socket takes more: write what waits; False if the pipe broke."""
-        if not self._write(pipe):
+        if not pipe.pending.write(pipe.sock):
             return False
         if not pipe.pending:
             poller.register(pipe.sock.fileno(), POLLIN)
-        return True
-
-    @staticmethod
-    def _write(pipe: _Pipe) -> bool:
-        """Write what waits until the socket would block; False if the pipe broke."""
-        pending = pipe.pending
-        while pending:
-            try:
-                sent = pipe.sock.sendmsg(list(itertools.islice(pending, WRITE_VIEWS)))
-            except (BlockingIOError, InterruptedError):
-                return True
-            except OSError:
-                return False
-            while sent and sent >= pending[0].nbytes:
-                sent -= pending.popleft().nbytes
-            if sent:
-                pending[0] = pending[0][sent:]
         return True
 
     def _close(self, pipe: _Pipe, poller: zmq.Poller) -> None:
