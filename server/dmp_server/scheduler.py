@@ -130,11 +130,10 @@ class Scheduler(Placement):
             return []
         self.hungry.discard(peer)
         assigned = list(worker.assigned.values())
+        death = cause or WorkerDeath.of_exit(exitcode)
         if not timed_out and (exitcode != 0 or running != -1):
             self.totals.workers_lost += 1
-            self.totals.last_lost = f"worker process pid {worker.pid} on node {worker.node!r} " + str(
-                cause or WorkerDeath.of_exit(exitcode)
-            )
+            self.totals.last_lost = f"worker process pid {worker.pid} on node {worker.node!r} {death}"
         if running is None:
             running = assigned[0].key if assigned else -1
         cmds: list[Command] = []
@@ -157,7 +156,6 @@ class Scheduler(Placement):
             # ran this one (its oldest's result was still batched there), the kill was not its fault.
             if task.key == running and not worker.doomed:
                 task.attempt += 1
-                death = cause or WorkerDeath.of_exit(exitcode)
                 text = loss_text(death, worker.node, worker.pid)
                 task.last_loss = [text, worker.node, worker.pid, exitcode, death.to_wire()]
                 if task.attempt > job.max_retries:
