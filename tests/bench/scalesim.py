@@ -232,6 +232,7 @@ def serve_workers(
     ]
     heapq.heapify(beats)
     tasks = messages = 0
+    sizes: dict[int, int] = {}  # tasks per Dispatch -> Dispatches
     ok = int(protocol.Status.OK)
     rehellos = 0
     while not ctl.poll():
@@ -254,6 +255,7 @@ def serve_workers(
                     pos += n
                     out.append(pickle.dumps([2 * v for v in values], protocol=5))
                     items.append([key_, attempt, ok, 1, 0.0, ""])
+                sizes[len(items)] = sizes.get(len(items), 0) + 1
                 chan.send(protocol.TaskDone(items), out)
                 last_sent[i] = time.monotonic()
                 tasks += len(items)
@@ -269,7 +271,7 @@ def serve_workers(
     for chan in peers.chans:
         chan.send(protocol.Bye("benchmark done"))
     peers.close()
-    ctl.send({"tasks": tasks, "results_messages": messages, "rehellos": rehellos})
+    ctl.send({"tasks": tasks, "results_messages": messages, "rehellos": rehellos, "sizes": sizes})
 
 
 def task_items(task_id: int, chunk: int) -> list[int]:

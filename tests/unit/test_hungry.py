@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from dmp_server import placement
 from dmp_server.hungry import Hungry
 from dmp_server.placement import DISPATCH_BATCH
 from dmp_server.records import Worker
@@ -79,7 +80,8 @@ def _dispatched(cmds: list[Any]) -> dict[str, list[list[Any]]]:
     return {c.to: c.msg.tasks for c in cmds if isinstance(c, Send) and isinstance(c.msg, protocol.Dispatch)}
 
 
-def test_results_of_one_worker_among_a_thousand_busy_ones_visit_only_a_few() -> None:
+def test_results_of_one_worker_among_a_thousand_busy_ones_visit_only_a_few(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(placement, "PROBE_WORKERS", 10**6)  # the new job goes everywhere at once
     s = CountingScheduler()
     s.add_client("c")
     s.define_job("c", 1, [], 3)
