@@ -213,15 +213,15 @@ class BaseProxy:
         """Call ``methodname`` on the object in the object host; its exception is raised here."""
         if self._serializer == "xmlrpclib":
             args, kwds = xml_roundtrip(list(args)), xml_roundtrip(dict(kwds or {}))
-        frames = serialization.dumps((tuple(args), dict(kwds or {})))
+        frames = serialization.dumps_quick((tuple(args), dict(kwds) if kwds else {}))
         oid = self._token.id
         conn = self._conn()
         address = conn.direct.get(oid)
         if address is not None:
             got = directlink.call(address, conn.key, oid, methodname, frames)
             if got is not None:
-                reply, out = got
-                if reply.status == ObjStatus.RAISED:
+                status, out = got
+                if status == ObjStatus.RAISED:
                     raise serialization.load_exception(out)
                 return serialization.loads(out) if out else None
         reply, out = self._request(protocol.ObjCall(0, oid, methodname), frames)
