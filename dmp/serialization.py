@@ -208,6 +208,8 @@ def dumps_quick(obj: Any) -> list[Any]:
 
 def loads(frames: list[Any]) -> Any:
     """Unpickle frames made by :func:`dumps`. Only ever call on authenticated data."""
+    if len(frames) == 1:
+        return pickle.loads(frames[0])
     return pickle.loads(frames[0], buffers=frames[1:])
 
 

@@ -96,9 +96,14 @@ def call(address: str, key: bytes | None, oid: int, method: str, frames: list[An
         BaseException: an interruption (Ctrl-C) is raised as is; the connection is closed,
             since its reply could still come.
     """
-    got = _sock(address, key)
+    local = _local
+    got: tuple[socket.socket, direct.Reader] | None = (
+        local.socks.get(address) if local.pid == _pid.here else None
+    )  # _sock's usual case, inline
     if got is None:
-        return None
+        got = _sock(address, key)
+        if got is None:
+            return None
     try:
         status, out = directcall.call(got[0], got[1], oid, method, frames)
     except (direct.DirectError, OSError) as exc:

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dmp import serialization
+from dmp import _pid, serialization
 from dmp.client import directlink, proxylink
 
 # The connection API, named here too (dmp.managers, the object host and tests use it).
@@ -214,8 +214,11 @@ class BaseProxy:
         if self._serializer == "xmlrpclib":
             args, kwds = xml_roundtrip(list(args)), xml_roundtrip(dict(kwds or {}))
         frames = serialization.dumps_quick((tuple(args), dict(kwds) if kwds else {}))
-        oid = self._token.id
-        conn = self._conn()
+        token = self._token
+        oid = token.id
+        conn = proxylink._conns.get(token.address)  # connection()'s usual case, inline
+        if conn is None or conn.closed is not None or proxylink._conns_pid != _pid.here:
+            conn = connection(token.address)
         address = conn.direct.get(oid)
         if address is not None:
             got = directlink.call(address, conn.key, oid, methodname, frames)

@@ -180,7 +180,11 @@ class Host:
             if retain:  # the object would keep a proxy: the manager must record that hold
                 return ObjStatus.REDIRECT, []
             with self.inline_lock:  # pickled under it too: another thread may change what it holds
-                out = serialization.dumps_quick(self._invoke(entry, method, args, kwds))
+                if method in entry[1] and method[0] != "#":  # _invoke's usual case, inline
+                    result = getattr(entry[0], method)(*args, **kwds)
+                else:
+                    result = self._invoke(entry, method, args, kwds)
+                out = serialization.dumps_quick(result)
             return ObjStatus.OK, out
         except BaseException as exc:
             return ObjStatus.RAISED, serialization.dump_exception(exc)

@@ -25,6 +25,11 @@ from dmp.wire.protocol import ObjStatus
 
 _PREFIX = direct._PREFIX
 _P = _PREFIX.size
+JOIN_BELOW = direct.JOIN_BELOW
+# Bytes asked for by a message's first read: a call or reply fits, and a buffer this
+# size comes from the heap (one of 256 KiB may cost an mmap and munmap per read where
+# malloc's mmap threshold was never raised); a longer message is read on in big pieces.
+FIRST_READ = 1 << 16
 # Entries per cache at most; a full cache starts again (headers are a few dozen bytes).
 MAX_CACHED = 4096
 
@@ -44,17 +49,10 @@ def _head(msg: protocol.Message, size: int) -> bytes:
     return _PREFIX.pack(len(header), size) + header
 
 
-def _write(sock: socket.socket, head: bytes, payload: Any) -> None:
-    if len(payload) < direct.JOIN_BELOW:
-        sock.sendall(head + payload)
-    else:
-        direct.send(sock, [head, payload])
-
-
 def read(sock: socket.socket, reader: direct.Reader) -> memoryview | None:
     """The next whole message on a blocking socket; None at EOF. Raises DirectError (over the limit)."""
     if not reader.buf:  # the usual case: one read brings exactly one message
-        chunk = sock.recv(1 << 18)
+        chunk = sock.recv(FIRST_READ)
         if not chunk:
             return None
         if len(chunk) >= _P:
@@ -90,7 +88,10 @@ def call(
         if head is None:
             head = _head(protocol.ObjCall(0, oid, method), key[2])
             _remember(_calls, key, head)
-        _write(sock, head, payload)
+        if key[2] < JOIN_BELOW:
+            sock.sendall(head + payload)
+        else:
+            direct.send(sock, [head, payload])
     else:
         direct.send(sock, direct.encode(protocol.ObjCall(0, oid, method), frames))
     whole = read(sock, reader)
@@ -158,6 +159,9 @@ class Calls:
                 head = _head(protocol.ObjReply(ref, status), key[2])
                 if not ref:
                     _remember(_replies_out, key, head)
-            _write(self.sock, head, payload)
+            if key[2] < JOIN_BELOW:
+                self.sock.sendall(head + payload)
+            else:
+                direct.send(self.sock, [head, payload])
         else:
             direct.send(self.sock, direct.encode(protocol.ObjReply(ref, status), frames))
