@@ -81,7 +81,7 @@ def call(
     Raises:
         DirectError: the host closed the connection, or sent garbage or not an ObjReply.
     """
-    if len(frames) == 1:
+    if len(frames) == 1 and type(frames[0]) is bytes:
         payload = frames[0]
         key = (oid, method, len(payload))
         head = _calls.get(key)
@@ -101,7 +101,7 @@ def call(
     header = bytes(whole[_P : _P + hlen])
     known = _replies_in.get(header)
     if known is not None and known[1] == plen:
-        return known[0], [whole[_P + hlen :]] if plen else []
+        return known[0], [whole[_P + hlen :]]
     try:
         reply, out = direct.decode(whole)
     except ProtocolError as exc:
@@ -151,7 +151,7 @@ class Calls:
 
     def reply(self, ref: int, status: ObjStatus, frames: list[Any]) -> None:
         """Write ObjReply(ref, status) with ``frames``."""
-        if len(frames) == 1 and type(ref) is int:
+        if len(frames) == 1 and type(frames[0]) is bytes and type(ref) is int:
             payload = frames[0]
             key = (ref, status, len(payload))
             head = _replies_out.get(key)
