@@ -30,6 +30,8 @@ JOIN_BELOW = direct.JOIN_BELOW
 # size comes from the heap (one of 256 KiB may cost an mmap and munmap per read where
 # malloc's mmap threshold was never raised); a longer message is read on in big pieces.
 FIRST_READ = 1 << 16
+# Messages up to this many bytes are sliced as bytes, longer ones as views.
+COPY_BELOW = 4096
 # Entries per cache at most; a full cache starts again (headers are a few dozen bytes).
 MAX_CACHED = 4096
 
@@ -49,21 +51,28 @@ def _head(msg: protocol.Message, size: int) -> bytes:
     return _PREFIX.pack(len(header), size) + header
 
 
-def read(sock: socket.socket, reader: direct.Reader) -> memoryview | None:
-    """The next whole message on a blocking socket; None at EOF. Raises DirectError (over the limit)."""
+def read(sock: socket.socket, reader: direct.Reader) -> tuple[bytes | memoryview, int, int] | None:
+    """The next whole message on a blocking socket and its header and payload lengths;
+    None at EOF. Raises DirectError (over the limit).
+
+    A short message that came in one read is returned as those bytes (slicing a few
+    dozen bytes costs less than making views of them), a longer one as a memoryview.
+    """
     if not reader.buf:  # the usual case: one read brings exactly one message
         chunk = sock.recv(FIRST_READ)
         if not chunk:
             return None
-        if len(chunk) >= _P:
+        n = len(chunk)
+        if n >= _P:
             hlen, plen = _PREFIX.unpack_from(chunk, 0)
-            if _P + hlen + plen == len(chunk) and hlen <= protocol.MAX_HEADER_BYTES:
-                return memoryview(chunk)
+            if _P + hlen + plen == n and hlen <= protocol.MAX_HEADER_BYTES:
+                return (chunk if n <= COPY_BELOW else memoryview(chunk)), hlen, plen
         reader.feed(chunk)
     while True:
         whole = reader.next()
         if whole is not None:
-            return whole
+            hlen, plen = _PREFIX.unpack_from(whole, 0)
+            return whole, hlen, plen
         chunk = sock.recv(1 << 18)
         if not chunk:
             return None
@@ -94,16 +103,16 @@ def call(
             direct.send(sock, [head, payload])
     else:
         direct.send(sock, direct.encode(protocol.ObjCall(0, oid, method), frames))
-    whole = read(sock, reader)
-    if whole is None:
+    got = read(sock, reader)
+    if got is None:
         raise direct.DirectError("the object host closed the connection")
-    hlen, plen = _PREFIX.unpack_from(whole, 0)
+    whole, hlen, plen = got
     header = bytes(whole[_P : _P + hlen])
     known = _replies_in.get(header)
     if known is not None and known[1] == plen:
         return known[0], [whole[_P + hlen :]]
     try:
-        reply, out = direct.decode(whole)
+        reply, out = direct.decode(memoryview(whole))
     except ProtocolError as exc:
         raise direct.DirectError(f"the object host sent a bad reply: {exc}") from exc
     if not isinstance(reply, protocol.ObjReply):
@@ -132,15 +141,15 @@ class Calls:
         Raises:
             DirectError, ProtocolError: malformed, over the limit, or not an ObjCall.
         """
-        whole = read(self.sock, self.reader)
-        if whole is None:
+        got = read(self.sock, self.reader)
+        if got is None:
             return None
-        hlen, plen = _PREFIX.unpack_from(whole, 0)
+        whole, hlen, plen = got
         header = bytes(whole[_P : _P + hlen])
         known = self.known.get(header)
         if known is not None and known[2] == plen:
             return 0, known[0], known[1], [whole[_P + hlen :]]
-        msg, frames = direct.decode(whole)
+        msg, frames = direct.decode(memoryview(whole))
         if not isinstance(msg, protocol.ObjCall):
             raise direct.DirectError(
                 f"only ObjCall travels the direct route, not {type(msg).__name__}"
