@@ -193,6 +193,11 @@ def test_a_known_header_with_another_payload_length_is_refused(
 
 def test_replies_of_every_kind_through_the_cached_path(manager: dmp.managers.SyncManager) -> None:
     d = manager.dict()
+
+    def through_the_manager(*args: object, **kwds: object) -> None:
+        raise AssertionError("a call went through the manager, not the direct route")
+
+    d._request = through_the_manager  # type: ignore[attr-defined]
     for i in range(3):  # the second and third replies come from the caches on both sides
         d[i] = i * i
         assert d[i] == i * i
@@ -201,3 +206,16 @@ def test_replies_of_every_kind_through_the_cached_path(manager: dmp.managers.Syn
         assert d.get(i + 100, "dflt") == "dflt"
     assert directlink._local.socks  # direct all along
     assert d.pop(2) == 4 and len(d) == 2
+    # Sizes across the read paths: one short read (bytes), a view, more than the first
+    # read brings (in band, a str), and out-of-band buffers (several frames).
+    for value in (
+        "s" * 3000,
+        "m" * 50_000,
+        "l" * 300_000,
+        b"b" * 300_000,
+        [b"x" * 70_000, b"y" * 70_000],
+    ):
+        d["v"] = value
+        assert d["v"] == value
+        assert d.get("v") == value
+    assert directlink._local.socks
