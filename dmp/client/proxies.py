@@ -211,6 +211,8 @@ class BaseProxy:
 
     def _callmethod(self, methodname: str, args: Sequence[Any] = (), kwds: dict[str, Any] | None = None) -> Any:
         """Call ``methodname`` on the object in the object host; its exception is raised here."""
+        if type(methodname) is not str:  # else the host drops the connection as malformed
+            raise TypeError(f"method name must be a str, not {type(methodname).__name__}")
         if self._serializer == "xmlrpclib":
             args, kwds = xml_roundtrip(list(args)), xml_roundtrip(dict(kwds or {}))
         frames = serialization.dumps_quick((tuple(args), dict(kwds) if kwds else {}))

@@ -219,3 +219,14 @@ def test_replies_of_every_kind_through_the_cached_path(manager: dmp.managers.Syn
         assert d["v"] == value
         assert d.get("v") == value
     assert directlink._local.socks
+
+
+def test_a_method_name_that_is_not_a_str_is_refused_here(manager: dmp.managers.SyncManager) -> None:
+    """Refused by the caller, as multiprocessing's server would: the direct route stays up."""
+    d = manager.dict()
+    with pytest.raises(TypeError, match="method name must be a str, not int"):
+        d._callmethod(123)  # type: ignore[arg-type]
+    d["k"] = 1
+    assert d["k"] == 1
+    address = next(iter(proxylink._conns.values())).direct.get(d._token.id)
+    assert address is not None and address not in directlink._unreachable
