@@ -19,7 +19,7 @@ from dmp_server.records import Client, Command, Job, Node, Send, Task, Worker
 
 # Tasks given to a worker at once, when they fit its credit, however many
 # workers are idle (see Placement.schedule).
-DISPATCH_BATCH = 32
+DISPATCH_BATCH = 64
 # A job none of whose tasks has finished goes to at most PROBE_WORKERS workers
 # until one finishes or PROBE_S seconds have passed since its first went out
 # (then its tasks are long: it is spread over every idle worker, at the next

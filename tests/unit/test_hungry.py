@@ -123,8 +123,9 @@ def test_short_tasks_go_out_in_batches_not_one_per_idle_worker() -> None:
     (first,) = _dispatched(s.submit("c", 1, [(0, [b"x"])])).items()
     key, _job, attempt, _n = first[1][0]
     s.results(first[0], [[key, attempt, int(Status.OK), 0, 1e-6, ""]], [])  # a microsecond task
-    spread = _dispatched(s.submit("c", 1, [(i, [b"x"]) for i in range(1, 65)]))
-    assert sorted(len(t) for t in spread.values()) == [DISPATCH_BATCH, 64 - DISPATCH_BATCH]
+    n = DISPATCH_BATCH + DISPATCH_BATCH // 2
+    spread = _dispatched(s.submit("c", 1, [(i, [b"x"]) for i in range(1, n + 1)]))
+    assert sorted(len(t) for t in spread.values()) == [DISPATCH_BATCH // 2, DISPATCH_BATCH]
 
 
 def test_a_new_job_after_short_tasks_is_spread_until_its_own_tasks_finish() -> None:
