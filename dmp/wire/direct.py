@@ -179,6 +179,8 @@ def _equal(a: bytes, b: bytes) -> bool:
 # Messages up to this many bytes are joined into one buffer before writing
 # (one copy is cheaper than a scatter list); bigger payloads go without a copy.
 JOIN_BELOW = 64 * 1024
+# Messages this large are read into a buffer of their own (Reader.recv_from).
+DIRECT_ABOVE = 1 << 20
 
 
 def encode(msg: protocol.Message, frames: Sequence[Any] = ()) -> list[Any]:
@@ -217,12 +219,22 @@ def decode(message: memoryview) -> tuple[protocol.Message, list[Any]]:
 
 
 class Reader:
-    """Cuts framed messages out of a byte stream fed in pieces (either side)."""
+    """Cuts framed messages out of a byte stream fed in pieces (either side).
 
-    __slots__ = ("buf",)
+    Fed by :meth:`feed` (bytes the caller read) or :meth:`recv_from` (reads
+    the socket itself): then a message of ``DIRECT_ABOVE`` bytes or more,
+    once its prefix is in, is read straight into a buffer of its own size, and
+    :meth:`next` hands out that buffer: its bytes are copied once, by the
+    kernel, not again into a growing stream buffer.
+    """
+
+    __slots__ = ("big", "buf", "have", "ready")
 
     def __init__(self) -> None:
         self.buf: bytes | bytearray = b""
+        self.big: bytearray | None = None  # the large message being read into its own buffer
+        self.have = 0  # bytes of it read
+        self.ready: deque[memoryview] = deque()  # large messages read whole, before what buf holds
 
     def feed(self, data: bytes) -> None:
         if not self.buf:
@@ -232,18 +244,57 @@ class Reader:
         else:
             self.buf = bytearray(self.buf) + data
 
-    def next(self) -> memoryview | None:
-        """The next whole message, or None. Raises DirectError when it is over the size limit."""
+    def recv_from(self, sock: socket.socket, size: int, flags: int = 0) -> int:
+        """One read from ``sock`` (at most ``size`` bytes but into a large message's
+        own buffer): the number of bytes read, 0 at EOF. Raises what ``recv`` raises
+        (BlockingIOError when ``flags`` say not to wait and nothing waits), and
+        DirectError when the message under way is over the size limit."""
+        big = self.big
+        if big is None:
+            total = self._total()
+            if total >= DIRECT_ABOVE and len(self.buf) < total:
+                # Allocated at the size the prefix claims: only for a peer
+                # that is trusted or has proved the key (the worker pipes).
+                big = self.big = bytearray(total)
+                self.have = len(self.buf)
+                big[: self.have] = self.buf
+                self.buf = b""
+        if big is not None:
+            with memoryview(big) as view:
+                n = sock.recv_into(view[self.have :], 0, flags)
+            self.have += n
+            if n and self.have == len(big):
+                self.big = None
+                self.ready.append(memoryview(big))
+            return n
+        chunk = sock.recv(size, flags)
+        if chunk:
+            self.feed(chunk)
+        return len(chunk)
+
+    def _total(self) -> int:
+        """The whole length of the message ``buf`` starts (0: its prefix is not in yet).
+        Raises DirectError when it is over the limit."""
         buf = self.buf
         if len(buf) < _PREFIX.size:
-            return None
+            return 0
         hlen, plen = _PREFIX.unpack_from(buf, 0)
-        total = _PREFIX.size + hlen + plen
+        total: int = _PREFIX.size + hlen + plen
         if hlen > protocol.MAX_HEADER_BYTES or total > MAX_MESSAGE_BYTES:
             raise DirectError(
                 f"direct-route message of {total} bytes is over the {MAX_MESSAGE_BYTES}-byte limit"
             )
-        if len(buf) < total:
+        return total
+
+    def next(self) -> memoryview | None:
+        """The next whole message, or None. Raises DirectError when it is over the size limit."""
+        if self.ready:
+            return self.ready.popleft()
+        if self.big is not None:
+            return None
+        total = self._total()
+        buf = self.buf
+        if not total or len(buf) < total:
             return None
         if len(buf) == total:
             self.buf = b""
