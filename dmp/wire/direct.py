@@ -25,7 +25,6 @@ import itertools
 import logging
 import os
 import socket
-import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -33,24 +32,18 @@ from typing import Any
 
 from dmp.errors import ProtocolError
 from dmp.wire import protocol
+from dmp.wire.streamread import DIRECT_ABOVE as DIRECT_ABOVE
+from dmp.wire.streamread import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
+from dmp.wire.streamread import PREFIX_STRUCT
+from dmp.wire.streamread import DirectError as DirectError
+from dmp.wire.streamread import Reader as Reader
 
 MAGIC = b"DMPD1"
 NONCE_BYTES = 16
 MAC_BYTES = 32  # HMAC-SHA256
 PREFIX = "unix:@"
-# Largest message either side accepts (as the manager's default limit).
-MAX_MESSAGE_BYTES = 1 << 30
 HANDSHAKE_TIMEOUT_S = 5.0
-_PREFIX = struct.Struct("<IQ")
-
-
-class DirectError(ConnectionError):
-    """The direct route failed: refused, closed, a failed key proof or a malformed message.
-    ``busy``: the listener closed us before its challenge (too many connecting at once)."""
-
-    def __init__(self, text: str, *, busy: bool = False) -> None:
-        super().__init__(text)
-        self.busy = busy
+_PREFIX = PREFIX_STRUCT
 
 
 def new_address() -> str:
@@ -179,8 +172,6 @@ def _equal(a: bytes, b: bytes) -> bool:
 # Messages up to this many bytes are joined into one buffer before writing
 # (one copy is cheaper than a scatter list); bigger payloads go without a copy.
 JOIN_BELOW = 64 * 1024
-# Messages this large are read into a buffer of their own (Reader.recv_from).
-DIRECT_ABOVE = 1 << 20
 
 
 def encode(msg: protocol.Message, frames: Sequence[Any] = ()) -> list[Any]:
@@ -216,93 +207,6 @@ def decode(message: memoryview) -> tuple[protocol.Message, list[Any]]:
     if any(n < 0 for n in sizes) or sum(sizes) != plen:
         raise ProtocolError("direct-route payload does not match the header's layout")
     return msg, protocol.unpack(sizes, [message[_PREFIX.size + hlen :]]) if sizes else []
-
-
-class Reader:
-    """Cuts framed messages out of a byte stream fed in pieces (either side).
-
-    Fed by :meth:`feed` (bytes the caller read) or :meth:`recv_from` (reads
-    the socket itself): then a message of ``DIRECT_ABOVE`` bytes or more,
-    once its prefix is in, is read straight into a buffer of its own size, and
-    :meth:`next` hands out that buffer: its bytes are copied once, by the
-    kernel, not again into a growing stream buffer.
-    """
-
-    __slots__ = ("big", "buf", "have", "ready")
-
-    def __init__(self) -> None:
-        self.buf: bytes | bytearray = b""
-        self.big: bytearray | None = None  # the large message being read into its own buffer
-        self.have = 0  # bytes of it read
-        self.ready: deque[memoryview] = deque()  # large messages read whole, before what buf holds
-
-    def feed(self, data: bytes) -> None:
-        if not self.buf:
-            self.buf = data  # the usual case, one whole message a read: no copy
-        elif isinstance(self.buf, bytearray):
-            self.buf += data
-        else:
-            self.buf = bytearray(self.buf) + data
-
-    def recv_from(self, sock: socket.socket, size: int, flags: int = 0) -> int:
-        """One read from ``sock`` (at most ``size`` bytes but into a large message's
-        own buffer): the number of bytes read, 0 at EOF. Raises what ``recv`` raises
-        (BlockingIOError when ``flags`` say not to wait and nothing waits), and
-        DirectError when the message under way is over the size limit."""
-        big = self.big
-        if big is None:
-            total = self._total()
-            if total >= DIRECT_ABOVE and len(self.buf) < total:
-                # Allocated at the size the prefix claims: only for a peer
-                # that is trusted or has proved the key (the worker pipes).
-                big = self.big = bytearray(total)
-                self.have = len(self.buf)
-                big[: self.have] = self.buf
-                self.buf = b""
-        if big is not None:
-            with memoryview(big) as view:
-                n = sock.recv_into(view[self.have :], 0, flags)
-            self.have += n
-            if n and self.have == len(big):
-                self.big = None
-                self.ready.append(memoryview(big))
-            return n
-        chunk = sock.recv(size, flags)
-        if chunk:
-            self.feed(chunk)
-        return len(chunk)
-
-    def _total(self) -> int:
-        """The whole length of the message ``buf`` starts (0: its prefix is not in yet).
-        Raises DirectError when it is over the limit."""
-        buf = self.buf
-        if len(buf) < _PREFIX.size:
-            return 0
-        hlen, plen = _PREFIX.unpack_from(buf, 0)
-        total: int = _PREFIX.size + hlen + plen
-        if hlen > protocol.MAX_HEADER_BYTES or total > MAX_MESSAGE_BYTES:
-            raise DirectError(
-                f"direct-route message of {total} bytes is over the {MAX_MESSAGE_BYTES}-byte limit"
-            )
-        return total
-
-    def next(self) -> memoryview | None:
-        """The next whole message, or None. Raises DirectError when it is over the size limit."""
-        if self.ready:
-            return self.ready.popleft()
-        if self.big is not None:
-            return None
-        total = self._total()
-        buf = self.buf
-        if not total or len(buf) < total:
-            return None
-        if len(buf) == total:
-            self.buf = b""
-            return memoryview(buf)
-        with memoryview(buf) as view:
-            whole, rest = bytes(view[:total]), bytearray(view[total:])
-        self.buf = rest
-        return memoryview(whole)
 
 
 def request(

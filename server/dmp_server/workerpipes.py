@@ -42,7 +42,7 @@ class _Pipe:
     def __init__(self, ident: bytes, sock: socket.socket) -> None:
         self.ident = ident
         self.sock = sock
-        self.reader = direct.Reader()
+        self.reader = direct.Reader(kept=True)  # workers' results, for the caller
         self.pending = direct.Outbox()  # what the socket would not take yet
 
 

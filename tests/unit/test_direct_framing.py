@@ -69,7 +69,8 @@ def _read_all(reader: direct.Reader, sock: socket.socket, want: int) -> list[tup
     return got
 
 
-def test_recv_from_reads_large_messages_into_their_own_buffer() -> None:
+@pytest.mark.parametrize("kept", [False, True])
+def test_recv_from_reads_large_messages_into_their_own_buffer(kept: bool) -> None:
     big = os.urandom(direct.DIRECT_ABOVE + 12345)
     other = os.urandom(direct.DIRECT_ABOVE * 2)
     stream = (
@@ -82,7 +83,7 @@ def test_recv_from_reads_large_messages_into_their_own_buffer() -> None:
     with ours, theirs:
         writer = threading.Thread(target=ours.sendall, args=(stream,))
         writer.start()
-        reader = direct.Reader()
+        reader = direct.Reader(kept=kept)
         got = _read_all(reader, theirs, 4)
         writer.join(timeout=30)
         ours.shutdown(socket.SHUT_WR)
