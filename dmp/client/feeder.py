@@ -109,7 +109,7 @@ class Feeder:
                     nbytes = 0
                 batch.append((task_id, frames))
                 # Frames are bytes or byte-format memoryviews (pickle buffers): len is their size.
-                nbytes += sum(map(len, frames))
+                nbytes += len(frames[0]) if len(frames) == 1 else sum(map(len, frames))
                 if (
                     len(batch) >= FEED_BATCH
                     or nbytes >= FEED_BATCH_BYTES

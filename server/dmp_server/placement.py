@@ -123,7 +123,8 @@ class Placement:
                 free -= 1
                 taken += 1
                 # Task frames are bytes or byte-format views: len is their size.
-                nbytes += sum(map(len, task.frames))
+                tf = task.frames
+                nbytes += len(tf[0]) if len(tf) == 1 else sum(map(len, tf))
                 if nbytes >= DISPATCH_BYTES:
                     cmds.append(Send(worker.peer, protocol.Dispatch(jobs, items), job_frames + frames))
                     jobs, job_frames, items, frames = [], [], [], []
