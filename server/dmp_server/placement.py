@@ -20,6 +20,10 @@ from dmp_server.records import Client, Command, Job, Node, Send, Task, Worker
 # Tasks given to a worker at once, when they fit its credit, however many
 # workers are idle (see Placement.schedule).
 DISPATCH_BATCH = 64
+# A Dispatch holds task frames of at most about this many bytes: a worker's
+# share of large tasks goes as several messages, so it runs the first while
+# the next arrives.
+DISPATCH_BYTES = 1 << 20
 # A job none of whose tasks has finished goes to at most PROBE_WORKERS workers
 # until one finishes or PROBE_S seconds have passed since its first went out
 # (then its tasks are long: it is spread over every idle worker, at the next
@@ -101,13 +105,15 @@ class Placement:
             job_frames: list[Any] = []
             items: list[list[int]] = []
             frames: list[Any] = []
+            taken = nbytes = 0
+            fresh: list[int] = []  # jobs this worker is given first in this visit (its Dispatches may be several)
             while free > 0 and self._ready:
-                job = self._pick(worker, jobs)
+                job = self._pick(worker, fresh)
                 if job is None:
-                    if not items and not particular:
+                    if not taken and not particular:
                         stop = True
                     break  # every waiting client is at its cap of workers, or needs resources not free here
-                if not job.timed and len(items) >= spread:
+                if not job.timed and taken >= spread:
                     break  # its tasks' run time is unknown: spread them
                 client = self._ready[0]
                 task = job.pending.popleft()
@@ -126,6 +132,7 @@ class Placement:
                     if not job.first_out:
                         job.first_out = self.clock()
                     job.holders.add(worker.peer)
+                    fresh.append(job.key)
                     jobs.append([job.key, len(job.runner), job.timeout])
                     job_frames.extend(job.runner)
                 task.worker = worker.peer
@@ -139,6 +146,14 @@ class Placement:
                 items.append([task.key, job.key, task.attempt, len(task.frames)])
                 frames.extend(task.frames)
                 free -= 1
+                taken += 1
+                # Task frames are bytes or byte-format views: len is their size.
+                tf = task.frames
+                nbytes += len(tf[0]) if len(tf) == 1 else sum(map(len, tf))
+                if nbytes >= DISPATCH_BYTES:
+                    cmds.append(Send(worker.peer, protocol.Dispatch(jobs, items), job_frames + frames))
+                    jobs, job_frames, items, frames = [], [], [], []
+                    nbytes = 0
                 if job.idle_only:
                     break  # nothing queues behind it, not even in this Dispatch
             if items:
@@ -148,16 +163,16 @@ class Placement:
 
     # --- internals ---------------------------------------------------------------
 
-    def _pick(self, worker: Worker, fresh: list[list[Any]]) -> Job | None:
+    def _pick(self, worker: Worker, fresh: list[int]) -> Job | None:
         """Rotate the ready clients until the first may use ``worker``; its
         first job that may run there (None if no client has one).
 
         A job with resources may run only on an idle worker of a node that
         has them free (so no task waits behind another holding them); an
         ``idle_only`` job only on an idle worker; a job none of whose tasks
-        has finished, only on a worker not running it yet, or in the Dispatch
-        that brings it (its runner among ``fresh``, the Dispatch's new jobs),
-        and on a new one only while probing allows it (PROBE_WORKERS).
+        has finished, only on a worker not running it yet, or in the visit
+        that brings it there (among ``fresh``, the jobs new to it in this
+        visit), and on a new one only while probing allows it (PROBE_WORKERS).
         """
         ready = self._ready
         peer = worker.peer
@@ -177,10 +192,10 @@ class Placement:
             ready.rotate(-1)
         return None
 
-    def _may_try(self, job: Job, peer: str, fresh: list[list[Any]]) -> bool:
+    def _may_try(self, job: Job, peer: str, fresh: list[int]) -> bool:
         """May worker ``peer`` take a task of ``job``, none of whose tasks has finished?"""
         if peer in job.holders:
-            return any(j[0] == job.key for j in fresh)
+            return job.key in fresh
         return len(job.holders) < PROBE_WORKERS or self.clock() - job.first_out >= PROBE_S
 
     @staticmethod

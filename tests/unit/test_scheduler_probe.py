@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from dmp_server.hungry import Hungry
-from dmp_server.placement import DISPATCH_BATCH, PROBE_S, PROBE_WORKERS
+from dmp_server.placement import DISPATCH_BATCH, DISPATCH_BYTES, PROBE_S, PROBE_WORKERS
 from dmp_server.records import Worker
 from dmp_server.scheduler import Scheduler, Send
 
@@ -145,3 +145,17 @@ def test_another_clients_known_job_still_flows_while_one_probes() -> None:
     assert len(probing) == PROBE_WORKERS and s.queued() > 0
     b_next = dispatches(s.submit("b", 1, [(i, [b"y"]) for i in range(1, 40)]))
     assert sum(len(t) for t in b_next.values()) == 39  # b is not held up by c's probe
+
+
+def test_an_unknown_jobs_share_split_into_several_dispatches_still_goes_whole() -> None:
+    """A worker's share of large tasks goes as several Dispatches (DISPATCH_BYTES) in one
+    visit: all of them count as its one turn of the unknown job, and the next worker gets its own."""
+    s = cluster(2)
+    big = bytes(DISPATCH_BYTES)
+    cmds = s.submit("c", 1, [(i, [b"x", big]) for i in range(4)])
+    per_worker: dict[str, int] = {}
+    for c in cmds:
+        if isinstance(c, Send) and isinstance(c.msg, protocol.Dispatch):
+            assert len(c.msg.tasks) == 1  # a MiB each: one to a Dispatch
+            per_worker[c.to] = per_worker.get(c.to, 0) + 1
+    assert per_worker == {"w0": 2, "w1": 2} and s.queued() == 0
