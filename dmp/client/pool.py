@@ -173,7 +173,7 @@ class Pool:
         self._check_running()
         result = ApplyResult(callback, error_callback, link=self._link, on_done=self._job_done)
         try:
-            frames = serialization.dumps((func, tuple(args), dict(kwds)), by_value=self._by_value)
+            frames = serialization.dumps_call(func, tuple(args), dict(kwds), by_value=self._by_value)
         except Exception as exc:
             result.on_failure(exc)
             return result

@@ -217,6 +217,17 @@ class Scheduler(Placement):
         if job.refused:
             items = [[job_id, task_id, int(Status.REFUSED), 0, job.refused] for task_id, _ in tasks]
             return [Send(peer, protocol.JobResults(items))]
+        if len(tasks) == 1 and not self._ready:
+            # One task (apply_async), nothing queued anywhere: straight to the
+            # worker schedule() would pick, without its general loop.
+            task_id, frames = tasks[0]
+            task = Task(self._next_task, job, task_id, frames)
+            sent = self.give_now(client, job, task)
+            if sent is not None:
+                self._next_task += 1
+                self.tasks[task.key] = task
+                job.outstanding += 1
+                return [sent]
         was_idle = not job.pending
         for task_id, frames in tasks:
             task = Task(self._next_task, job, task_id, frames)
