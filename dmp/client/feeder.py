@@ -28,9 +28,14 @@ from dmp.errors import MessageTooLargeError
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 
 # Tasks pickled before they are handed to the engine in one message; a batch
-# also goes out once its first task has waited FEED_FLUSH_S.
+# also goes out once its first task has waited FEED_FLUSH_S, or once it holds
+# FEED_BYTES of pickles (a big chunk goes at once: pickling it cost far more
+# than a message, and a worker may be idle meanwhile).
 FEED_BATCH = 64
 FEED_FLUSH_S = 0.0005
+FEED_BYTES = 16 * 1024
+# A local map of at most this many chunks is fed by its caller (Feeder.feed_here).
+FEED_HERE_MAX = 64
 
 
 class Feeder:
@@ -52,6 +57,34 @@ class Feeder:
             self._feed_cond.notify()
             if self._thread.ident is None:
                 self._thread.start()
+
+    def feed_here(self, job: int, sink: MapSink, chunks: Iterator[tuple[int, list[Any]]], count: int) -> bool:
+        """Feed ``job``'s ``count`` chunks on the calling thread, now, if it may;
+        False (nothing done) if not: ``count`` unknown (0) or above
+        FEED_HERE_MAX, a cluster pool, the caller on the reactor's turn (a
+        callback), too little credit to send them all without waiting, or
+        jobs queued for the feeder thread (they go first).
+
+        For a local map of a few chunks, whose caller would only wait for the
+        feeder thread: the first chunk reaches a worker as soon as it is
+        pickled, with no thread woken and no lock of the interpreter fought
+        over while the feeder thread pickles the next.
+        """
+        turns = getattr(self._session.link, "turns", None)  # the LocalLink's
+        credit = self._session.credit
+        if not 0 < count <= FEED_HERE_MAX or turns is None or turns.runs_here():
+            return False
+        if credit.outstanding + count > credit.limit:
+            return False
+        with self._feed_cond:
+            if self._feed:
+                return False
+        try:
+            self._feed_one(job, sink, chunks)
+        except Exception as exc:  # as the feeder thread: the job fails, the pool goes on
+            if self._state() == RUN:
+                sink.on_failure(exc)
+        return True
 
     def wake(self) -> None:
         """The pool's state changed: an idle feeder rechecks it (and exits if not RUN)."""
@@ -88,6 +121,7 @@ class Feeder:
         batch: list[tuple[int, list[Any]]] = []
         started = 0.0
         handed = 0  # tasks sent or failed here: what the sink will hear about
+        nbytes = 0  # of the batch's pickles
         next_id = 0
         by_value = self._by_value
         try:
@@ -101,8 +135,10 @@ class Feeder:
                     continue
                 if not batch:
                     started = time.monotonic()
+                    nbytes = 0
                 batch.append((task_id, frames))
-                if len(batch) >= FEED_BATCH or time.monotonic() - started >= FEED_FLUSH_S:
+                nbytes += len(frames[0])
+                if len(batch) >= FEED_BATCH or nbytes >= FEED_BYTES or time.monotonic() - started >= FEED_FLUSH_S:
                     if not self._send(job, batch, alive, sink):
                         break
                     handed += len(batch)
