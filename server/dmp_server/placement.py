@@ -133,7 +133,8 @@ class Placement:
         worker = self.hungry.pop_idle()
         if worker is None:
             return None
-        if self.credit(worker) <= 0:
+        free = self.credit(worker)
+        if free <= 0:
             self.hungry.touch(worker)
             return None
         jobs: list[list[Any]] = []
@@ -146,7 +147,7 @@ class Placement:
             worker.tasks_left -= 1
         client.running += 1
         client.on[worker.peer] = client.on.get(worker.peer, 0) + 1
-        if self.credit(worker) > 0:
+        if free > 1 and not job.idle_only:  # its credit now, as schedule() would find it
             self.hungry.touch(worker)
         items = [[task.key, job.key, task.attempt, len(task.frames)]]
         return Send(worker.peer, protocol.Dispatch(jobs, items), [*job.runner, *task.frames] if jobs else task.frames)
