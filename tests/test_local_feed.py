@@ -91,3 +91,28 @@ def test_a_small_map_waits_behind_an_imap_the_feeder_is_still_feeding(pool: Any)
     gate.set()
     assert result.get(timeout=60) == [x * x for x in range(100)]
     assert list(lazy) == [x * x for x in range(10)]
+
+
+class InterruptOnPickle:
+    """Pickling it sends this process a SIGINT (as a Ctrl-C in the middle of feeding a map)."""
+
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+    def __reduce__(self) -> Any:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGINT)
+        return (int, (self.x,))
+
+
+def test_ctrl_c_while_the_caller_feeds_a_map_waits_for_the_job_to_be_fed(pool: Any) -> None:
+    # Raised once every chunk is sent and the job ended: the map runs to its end
+    # in the background, so close() and join() return.
+    items: list[Any] = [1, 2, InterruptOnPickle(3), 4, 5, 6]
+    with pytest.raises(KeyboardInterrupt):
+        pool.map(square, items, chunksize=2)
+    assert pool.map(square, range(10)) == [x * x for x in range(10)]
+    pool.close()
+    pool.join()
+    assert pool._feeder._thread.ident is None  # fed on this thread

@@ -21,6 +21,7 @@ from typing import Any
 
 from dmp import serialization
 from dmp.client.session import Session
+from dmp.client.sigint import critical
 from dmp.client.sink import MapSink
 from dmp.errors import MessageTooLargeError
 
@@ -79,11 +80,14 @@ class Feeder:
         with self._feed_cond:
             if self._feed:
                 return False
-        try:
-            self._feed_one(job, sink, chunks)
-        except Exception as exc:  # as the feeder thread: the job fails, the pool goes on
-            if self._state() == RUN:
-                sink.on_failure(exc)
+        # A Ctrl-C waits for the job to be fed whole (and ended), then is raised:
+        # half fed, its result would never complete and join() would wait for it.
+        with critical:
+            try:
+                self._feed_one(job, sink, chunks)
+            except Exception as exc:  # as the feeder thread: the job fails, the pool goes on
+                if self._state() == RUN:
+                    sink.on_failure(exc)
         return True
 
     def wake(self) -> None:
