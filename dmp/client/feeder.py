@@ -30,11 +30,14 @@ RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 
 # Tasks pickled before they are handed to the engine in one message; a batch
 # also goes out once its first task has waited FEED_FLUSH_S, or once it holds
-# FEED_BYTES of pickles (a big chunk goes at once: pickling it cost far more
-# than a message, and a worker may be idle meanwhile).
+# FEED_BATCH_BYTES (a big chunk goes at once: pickling it cost far more than
+# a message, and a worker may be idle meanwhile).
 FEED_BATCH = 64
 FEED_FLUSH_S = 0.0005
-FEED_BYTES = 16 * 1024
+# A batch also goes out once its payload frames hold this many bytes: large
+# arguments travel one task a message, so the manager forwards the first to a
+# worker while the next is still on its way (never store-and-forward 128 MiB).
+FEED_BATCH_BYTES = 16 * 1024
 # A local map of at most this many chunks is fed by its caller (Feeder.feed_here).
 FEED_HERE_MAX = 64
 
@@ -124,8 +127,8 @@ class Feeder:
         alive = lambda: self._state() != TERMINATE and not sink.abandoned()  # noqa: E731
         batch: list[tuple[int, list[Any]]] = []
         started = 0.0
+        nbytes = 0  # of the batch's payload frames
         handed = 0  # tasks sent or failed here: what the sink will hear about
-        nbytes = 0  # of the batch's pickles
         next_id = 0
         by_value = self._by_value
         try:
@@ -141,8 +144,13 @@ class Feeder:
                     started = time.monotonic()
                     nbytes = 0
                 batch.append((task_id, frames))
-                nbytes += len(frames[0])
-                if len(batch) >= FEED_BATCH or nbytes >= FEED_BYTES or time.monotonic() - started >= FEED_FLUSH_S:
+                # Frames are bytes or byte-format memoryviews (pickle buffers): len is their size.
+                nbytes += len(frames[0]) if len(frames) == 1 else sum(map(len, frames))
+                if (
+                    len(batch) >= FEED_BATCH
+                    or nbytes >= FEED_BATCH_BYTES
+                    or time.monotonic() - started >= FEED_FLUSH_S
+                ):
                     if not self._send(job, batch, alive, sink):
                         break
                     handed += len(batch)
