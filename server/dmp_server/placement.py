@@ -168,6 +168,8 @@ class Placement:
         job needs resources, or the client is at its cap of workers."""
         if self._ready or job.resources or (client.max_workers and len(client.on) >= client.max_workers):
             return None
+        if not job.timed and not self._probe_open(job):
+            return None  # its probe is full: it waits for a task of it to finish (schedule)
         worker = self.hungry.pop_idle()
         if worker is None:
             return None
@@ -177,6 +179,8 @@ class Placement:
             return None
         jobs: list[list[Any]] = []
         if worker.peer not in job.holders:
+            if not job.first_out:
+                job.first_out = self.clock()
             job.holders.add(worker.peer)
             jobs.append([job.key, len(job.runner), job.timeout])
         task.worker = worker.peer
@@ -225,6 +229,10 @@ class Placement:
         """May worker ``peer`` take a task of ``job``, none of whose tasks has finished?"""
         if peer in job.holders:
             return job.key in fresh
+        return self._probe_open(job)
+
+    def _probe_open(self, job: Job) -> bool:
+        """May ``job``, none of whose tasks has finished, go to one more worker?"""
         return len(job.holders) < PROBE_WORKERS or self.clock() - job.first_out >= PROBE_S
 
     @staticmethod

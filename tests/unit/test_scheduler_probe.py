@@ -159,3 +159,16 @@ def test_an_unknown_jobs_share_split_into_several_dispatches_still_goes_whole() 
             assert len(c.msg.tasks) == 1  # a MiB each: one to a Dispatch
             per_worker[c.to] = per_worker.get(c.to, 0) + 1
     assert per_worker == {"w0": 2, "w1": 2} and s.queued() == 0
+
+
+def test_single_task_submits_keep_to_the_probe_too() -> None:
+    """apply_async-like submits of one task each, nothing queued: the direct path
+    (Placement.give_now) starts the probe's clock and stops at PROBE_WORKERS as schedule() does."""
+    s = cluster(PROBE_WORKERS + 10)
+    for i in range(PROBE_WORKERS + 5):
+        submit(s, range(i, i + 1))
+    job = s.clients["c"].jobs[1]
+    assert len(job.holders) == PROBE_WORKERS and job.first_out == s.now
+    assert s.queued() == 5
+    s.now += PROBE_S
+    assert len(dispatches(s.schedule())) == 5 and s.queued() == 0
