@@ -57,7 +57,7 @@ class LocalEngine:
         self.session = session_mod.Session()
         self.session.link = session_mod.LocalLink(self.daemon, self.turns, self.session)
         self.supervisor.start()
-        self._thread = threading.Thread(target=self._run, name="dmp-engine", daemon=True)
+        self._thread: threading.Thread | None = threading.Thread(target=self._run, name="dmp-engine", daemon=True)
         self._done = False
         self._thread.start()
         _live.add(self)
@@ -83,8 +83,13 @@ class LocalEngine:
         self.turns.stop()
         # A callback on the reactor's turn (terminate() from a callback, say)
         # cannot wait for the reactor to end: it ends once the callback returns.
-        if threading.current_thread() is not self._thread and not self.turns.runs_here():
-            self._thread.join(timeout)
+        thread = self._thread
+        if thread is not None and threading.current_thread() is not thread and not self.turns.runs_here():
+            thread.join(timeout)
+            if not thread.is_alive():
+                # Let go of it now, not when the pool's reference cycles are collected:
+                # every later fork in this process resets each Thread object still alive.
+                self._thread = None
         self.supervisor.stop(kill=kill, timeout=timeout)
         _live.discard(self)
 

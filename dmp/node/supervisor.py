@@ -49,6 +49,18 @@ class Exited:
 
 
 @dataclass(slots=True)
+class _Spawn:
+    """A worker made ready to fork (Supervisor._prepare)."""
+
+    worker_id: str
+    process: Any
+    slot: Any
+    cfg: worker_mod.WorkerConfig | None  # forked workers' (spawned ones get a pickled copy)
+    ours: socket.socket | None  # the daemon's end of its pipe
+    theirs: socket.socket | None  # the worker's end
+
+
+@dataclass(slots=True)
 class _Handle:
     worker_id: str
     process: Any
@@ -111,53 +123,79 @@ class Supervisor:
         self.pipes: Any = None
 
     def start(self) -> None:
-        """Fork the initial workers (from the calling thread)."""
-        for _ in range(self.count):
-            self.spawn()
+        """Fork the initial workers (from the calling thread), back to back.
+
+        Everything they need (configs, slots, pipes, Process objects) is made
+        first: each page the parent writes after a fork is copied (a page
+        fault of ~3 µs on a small VM), so the less it does between forks,
+        the sooner the workers run."""
+        self._launch([self._prepare() for _ in range(self.count)])
 
     def spawn(self) -> str:
+        """Fork one worker (a replacement); its worker id."""
+        return self._launch([self._prepare()])[0]
+
+    def _prepare(self) -> _Spawn:
         n = next(self._serial)
         # The routing identity: unguessable, so nobody can take it first.
         worker_id = f"{self.node}/{self._tag}-{n}-{secrets.token_hex(8)}"
         ours: socket.socket | None = None
         theirs: socket.socket | None = None
+        cfg: worker_mod.WorkerConfig | None = None
         if self.method == "fork":
             slot = slot_mod.new_slot()
             target: Any = worker_mod.worker_main
-            cfg = dataclasses.replace(self.template, worker_id=worker_id, slot=slot)
+            cfg = self.template.for_worker(worker_id, slot)
             if self.pipes is not None:
                 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-                # The worker closes every parent end it inherits, its own pipe's included.
-                cfg.pipe, cfg.close_in_child = theirs, (*self.pipes.parent_ends, ours)
+                cfg.pipe = theirs
             args: tuple[Any, ...] = (cfg,)
         else:
             # A fresh interpreter: the config travels cloudpickled, the slot as a passed fd.
             import cloudpickle
 
             slot = slot_mod.FdSlot()
-            cfg = dataclasses.replace(self.template, worker_id=worker_id, slot=None)
-            args = (cloudpickle.dumps(cfg), slot)
+            args = (cloudpickle.dumps(self.template.for_worker(worker_id, None)), slot)
             target = worker_mod.spawned_main
         proc = self._ctx.Process(target=target, args=args, name=f"{self.name_prefix}-{n}", daemon=True)
+        return _Spawn(worker_id, proc, slot, cfg, ours, theirs)
+
+    def _launch(self, spawns: list[_Spawn]) -> list[str]:
+        """Start the prepared workers; their worker ids. A worker that did not
+        start raises, after the ones started before it are kept."""
+        if self.pipes is not None:
+            # Each worker closes every daemon end it inherits, its own pipe's
+            # included, and the other new workers' ends too.
+            ends = [*self.pipes.parent_ends, *(s.ours for s in spawns), *(s.theirs for s in spawns)]
+            for s in spawns:
+                if s.cfg is not None:
+                    s.cfg.close_in_child = tuple(e for e in ends if e is not None and e is not s.theirs)
         # The worker starts with SIGTERM blocked until its initializer is done
         # (worker_main unblocks it); the mask is inherited through fork and exec.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        started = 0
         try:
-            proc.start()
-        except BaseException:
-            for end in (ours, theirs):
-                if end is not None:
-                    end.close()
-            raise
+            for s in spawns:
+                s.process.start()
+                started += 1
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        if ours is not None and theirs is not None:
-            theirs.close()  # the worker's alone now: a worker forked later must not inherit it
-            self.pipes.add(worker_id, ours)
-        handle = _Handle(worker_id, proc, slot)
-        self.handles[proc.sentinel] = handle
-        self.by_id[worker_id] = handle
-        return worker_id
+            ids = []
+            for i, s in enumerate(spawns):
+                if s.theirs is not None:
+                    s.theirs.close()  # the worker's alone now: a worker forked later must not inherit it
+                if i >= started:
+                    if s.ours is not None:
+                        s.ours.close()
+                    s.slot.close()
+                    continue
+                if s.ours is not None:
+                    self.pipes.add(s.worker_id, s.ours, s.process.pid, self.template.max_tasks)
+                handle = _Handle(s.worker_id, s.process, s.slot)
+                self.handles[s.process.sentinel] = handle
+                self.by_id[s.worker_id] = handle
+                ids.append(s.worker_id)
+        return ids
 
     def watch(self, poller: Any, watched: set[int]) -> set[int]:
         """Bring ``poller``'s registered sentinels up to date; returns the new set."""

@@ -76,6 +76,11 @@ class WorkerConfig:
     pipe: socket.socket | None = None  # local mode, forked: our end of a pipe to the daemon (dmp.wire.pipechan)
     close_in_child: tuple[socket.socket, ...] = ()  # the daemon's ends of the pipes, to close once forked
 
+    def for_worker(self, worker_id: str, slot: mmap.mmap | None) -> WorkerConfig:
+        """A copy of this template for one worker (what dataclasses.replace does, at a fraction of the cost)."""
+        return WorkerConfig(self.address, self.node, self.key, self.initializer, self.initargs, self.max_tasks,
+                            self.by_value, self.heartbeat, self.forward_output, worker_id, slot)
+
 
 def spawned_main(pickled: bytes, slot: mmap.mmap) -> None:
     """Entry point of a worker started by spawn or forkserver: its config
@@ -132,20 +137,20 @@ class WorkerLoop:
     def __init__(self, cfg: WorkerConfig) -> None:
         self.cfg = cfg
         self.parent = os.getppid()
-        hello = protocol.Hello(
-            role=protocol.Role.WORKER,
-            name=cfg.worker_id,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            node=cfg.node,
-            max_tasks=cfg.max_tasks,
-        )
         # The manager does not heartbeat workers (our node answers for us, so we beat only every
         # WORKER_BEATS beats): its silence means nothing here; a refusal means Hello again, later.
         self.peer: PeerLoop | WorkerPipe
         if cfg.pipe is not None:
-            self.peer = WorkerPipe(cfg.pipe, hello)
+            self.peer = WorkerPipe(cfg.pipe)  # no Hello: the daemon joined us when it forked us
         else:
+            hello = protocol.Hello(
+                role=protocol.Role.WORKER,
+                name=cfg.worker_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                node=cfg.node,
+                max_tasks=cfg.max_tasks,
+            )
             self.peer = PeerLoop(cfg.address, cfg.key, hello, identity=cfg.worker_id.encode(),
                                  heartbeat=cfg.heartbeat, expects_beats=False, beat_every=_config.WORKER_BEATS)
         self.chan = self.peer.chan

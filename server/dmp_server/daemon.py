@@ -204,7 +204,7 @@ class Daemon(Routing):
         if self.supervisor is not None:
             self._watched = self.supervisor.watch(self._poller, self._watched)
             if self.pipes is not None and self.pipes.joined:
-                self.pipes.watch(self._poller)
+                self._join_pipes()
         wake_at = self._next_tick if self.board is None else min(self._next_tick, self._next_publish)
         if self.supervisor is not None and self._check_at < wake_at:
             wake_at = self._check_at
@@ -253,6 +253,8 @@ class Daemon(Routing):
         """On the stepping thread, between steps: a message of in-process client ``peer``, now."""
         if self.closed:
             return
+        if self.pipes is not None and self.pipes.joined:
+            self._join_pipes()  # workers just forked take this message's tasks at once
         if self.inbox:
             self._drain_inbox()  # what was posted before it goes first
         self._handle_client(peer, msg, frames)
@@ -298,6 +300,12 @@ class Daemon(Routing):
         except Exception as exc:  # one bad peer must never stop the daemon
             self.refusals.refused(ident, f"bad {type(msg).__name__}: {exc!r}", time.monotonic())
             self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"malformed {type(msg).__name__}: {exc}"))
+
+    def _join_pipes(self) -> None:
+        """Workers forked onto pipes since the last step join (no Hello of theirs: see dmp_server.workerpipes)."""
+        assert self.pipes is not None
+        for ident, hello in self.pipes.watch(self._poller):
+            self._from_pipe(ident, hello, [])
 
     def _drain_inbox(self) -> None:
         inbox = self.inbox

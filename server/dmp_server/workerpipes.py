@@ -1,7 +1,8 @@
 """The embedded daemon's end of local mode's worker pipes (see dmp.wire.pipechan).
 
-    Supervisor.spawn --add(worker id, socket)--> joined (any thread that forks)
-    poll: new pipes join the reactor's zmq.Poller beside the ROUTER and the sentinels
+    Supervisor.spawn --add(worker id, socket, pid)--> joined (any thread that forks)
+    the reactor's next step: new pipes join its zmq.Poller beside the ROUTER and the
+        sentinels, and their workers join the scheduler at once, on the Hello made here
     readable --> cut into messages --> handled as the same worker's messages over ZeroMQ
     routing._send_raw to a piped worker's identity --> written here, never blocking
         (what the socket will not take waits for POLLOUT)
@@ -9,7 +10,10 @@
         worker's death itself comes through its sentinel, as before
 
 No handshake: see dmp.wire.pipechan for why a socketpair made before the
-fork needs none.
+fork needs none. Nor a Hello from the worker: its supervisor knows all a
+Hello would say (the daemon answers the one made here with the usual
+Welcome), so the first Dispatch can be on the pipe before the worker is
+even running, and the worker's first read takes both.
 """
 
 from __future__ import annotations
@@ -37,11 +41,12 @@ Handler = Callable[[bytes, protocol.Message, list[Any]], None]
 
 
 class _Pipe:
-    __slots__ = ("ident", "pending", "reader", "sock")
+    __slots__ = ("hello", "ident", "pending", "reader", "sock")
 
-    def __init__(self, ident: bytes, sock: socket.socket) -> None:
+    def __init__(self, ident: bytes, sock: socket.socket, hello: protocol.Hello) -> None:
         self.ident = ident
         self.sock = sock
+        self.hello = hello  # what the worker would have said: its daemon joins it on this
         self.reader = direct.Reader()
         self.pending = direct.Outbox()  # what the socket would not take yet
 
@@ -56,20 +61,26 @@ class WorkerPipes:
         # Parent ends of the pipes still open: a worker forked later closes its copies.
         self.parent_ends: list[socket.socket] = []
 
-    def add(self, worker_id: str, sock: socket.socket) -> None:
-        """The parent end of a new worker's pipe (its worker id is its identity)."""
+    def add(self, worker_id: str, sock: socket.socket, pid: int, max_tasks: int, node: str = "local") -> None:
+        """The parent end of a new worker's pipe (its worker id is its identity), just forked."""
         sock.setblocking(False)
-        pipe = _Pipe(worker_id.encode(), sock)
+        hello = protocol.Hello(role=protocol.Role.WORKER, name=worker_id, host=_host(), pid=pid, node=node,
+                               max_tasks=max_tasks, version=protocol.software_version())
+        pipe = _Pipe(worker_id.encode(), sock, hello)
         self.by_ident[pipe.ident] = pipe
         self.parent_ends.append(sock)
         self.joined.append(pipe)
 
-    def watch(self, poller: zmq.Poller) -> None:
+    def watch(self, poller: zmq.Poller) -> list[tuple[bytes, protocol.Hello]]:
+        """Poll the pipes added since; the (identity, Hello) of each, for the daemon to join."""
+        hellos = []
         while self.joined:
             pipe = self.joined.popleft()
             if pipe.sock.fileno() >= 0:
                 self.by_fd[pipe.sock.fileno()] = pipe
                 poller.register(pipe.sock.fileno(), POLLIN)
+                hellos.append((pipe.ident, pipe.hello))
+        return hellos
 
     def serve(self, ready: dict[Any, int], poller: zmq.Poller, handle: Handler) -> None:
         """Read and write the pipes ``ready`` names."""
@@ -175,6 +186,17 @@ class WorkerPipes:
         except ValueError:
             pass
         _shut(pipe.sock)
+
+
+_hostname = ""
+
+
+def _host() -> str:
+    """This machine's name, as a worker's own Hello would give it (asked once)."""
+    global _hostname
+    if not _hostname:
+        _hostname = socket.gethostname()
+    return _hostname
 
 
 def _shut(sock: socket.socket) -> None:
