@@ -116,3 +116,58 @@ def test_large_payloads_cross_the_pipe_both_ways() -> None:
         results = [pool.apply_async(echo_big, (data,)) for _ in range(3)]
         for r in results:
             assert r.get(timeout=60) == data[::-1]
+
+
+def connected_unix_sockets(_: Any = None) -> int:
+    """In a worker: how many connected unix stream sockets it holds besides its own pipe
+    (a daemon end, or another worker's end, inherited through the fork and left open)."""
+    import socket
+
+    own = _pipe().sock.fileno()
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd == own:
+            continue
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            dup = socket.fromfd(fd, socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError:
+            continue
+        try:
+            if dup.family == socket.AF_UNIX and dup.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_STREAM:
+                dup.getpeername()  # raises for a socket with no peer (a listener)
+                count += 1
+        except OSError:
+            pass
+        finally:
+            dup.close()
+    return count
+
+
+def test_workers_forked_together_hold_no_end_of_each_others_pipes() -> None:
+    with dmp.Pool(3) as pool:
+        assert pool.map(connected_unix_sockets, range(12), chunksize=1) == [0] * 12
+
+
+def wait_for(flag: str) -> None:
+    deadline = time.monotonic() + 60
+    while not os.path.exists(flag):
+        assert time.monotonic() < deadline, "the test never let the initializer finish"
+        time.sleep(0.01)
+
+
+def test_a_pipe_worker_gets_its_first_task_without_saying_hello(tmp_path: Any) -> None:
+    # The workers are stuck in their initializer, before their loop could say
+    # anything: the daemon knows them from the fork and has already handed one
+    # the task (it waits on the pipe); once free, the worker finds it there.
+    flag = str(tmp_path / "go")
+    with dmp.Pool(2, initializer=wait_for, initargs=(flag,)) as pool:
+        result = pool.apply_async(square, (9,))
+        scheduler = pool._engine.daemon.scheduler
+        _wait(lambda: len(scheduler.workers) == 2 and any(w.assigned for w in list(scheduler.workers.values())))
+        assert not result.ready()
+        with open(flag, "w"):
+            pass
+        assert result.get(timeout=60) == 81

@@ -17,6 +17,7 @@ memory cgroup's OOM-kill count, dmp.node.oomwatch).
 
 from __future__ import annotations
 
+import _signal
 import dataclasses
 import itertools
 import multiprocessing
@@ -49,18 +50,6 @@ class Exited:
 
 
 @dataclass(slots=True)
-class _Spawn:
-    """A worker made ready to fork (Supervisor._prepare)."""
-
-    worker_id: str
-    process: Any
-    slot: Any
-    cfg: worker_mod.WorkerConfig | None  # forked workers' (spawned ones get a pickled copy)
-    ours: socket.socket | None  # the daemon's end of its pipe
-    theirs: socket.socket | None  # the worker's end
-
-
-@dataclass(slots=True)
 class _Handle:
     worker_id: str
     process: Any
@@ -70,6 +59,16 @@ class _Handle:
     over_memory: int = -1  # key of the task it was killed for passing the memory limit
     rss: int = 0  # its resident set then, bytes
     killed: str = ""  # why we killed it otherwise: "stopped" (kill_frozen), "asked" (kill)
+
+
+@dataclass(slots=True)
+class _Spawn:
+    """A worker made ready to fork (Supervisor._prepare)."""
+
+    handle: _Handle
+    cfg: worker_mod.WorkerConfig | None  # forked workers' (spawned ones get a pickled copy)
+    pipe: Any  # the daemon's end of its pipe (dmp_server.workerpipes), or None
+    theirs: socket.socket | None  # the worker's end
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -139,7 +138,7 @@ class Supervisor:
         n = next(self._serial)
         # The routing identity: unguessable, so nobody can take it first.
         worker_id = f"{self.node}/{self._tag}-{n}-{secrets.token_hex(8)}"
-        ours: socket.socket | None = None
+        pipe: Any = None
         theirs: socket.socket | None = None
         cfg: worker_mod.WorkerConfig | None = None
         if self.method == "fork":
@@ -147,8 +146,8 @@ class Supervisor:
             target: Any = worker_mod.worker_main
             cfg = self.template.for_worker(worker_id, slot)
             if self.pipes is not None:
-                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-                cfg.pipe = theirs
+                pipe, theirs = self.pipes.prepare(worker_id, self.template.max_tasks)
+                cfg.pipe, cfg.max_message = theirs, self.pipes.max_message
             args: tuple[Any, ...] = (cfg,)
         else:
             # A fresh interpreter: the config travels cloudpickled, the slot as a passed fd.
@@ -158,7 +157,7 @@ class Supervisor:
             args = (cloudpickle.dumps(self.template.for_worker(worker_id, None)), slot)
             target = worker_mod.spawned_main
         proc = self._ctx.Process(target=target, args=args, name=f"{self.name_prefix}-{n}", daemon=True)
-        return _Spawn(worker_id, proc, slot, cfg, ours, theirs)
+        return _Spawn(_Handle(worker_id, proc, slot), cfg, pipe, theirs)
 
     def _launch(self, spawns: list[_Spawn]) -> list[str]:
         """Start the prepared workers; their worker ids. A worker that did not
@@ -166,35 +165,36 @@ class Supervisor:
         if self.pipes is not None:
             # Each worker closes every daemon end it inherits, its own pipe's
             # included, and the other new workers' ends too.
-            ends = [*self.pipes.parent_ends, *(s.ours for s in spawns), *(s.theirs for s in spawns)]
+            ends = [*self.pipes.parent_ends, *(s.pipe.sock for s in spawns), *(s.theirs for s in spawns)]
             for s in spawns:
                 if s.cfg is not None:
-                    s.cfg.close_in_child = tuple(e for e in ends if e is not None and e is not s.theirs)
+                    s.cfg.close_in_child = tuple(e for e in ends if e is not s.theirs)
         # The worker starts with SIGTERM blocked until its initializer is done
         # (worker_main unblocks it); the mask is inherited through fork and exec.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        # (_signal's own functions: signal's wrappers make enums of every signal number.)
+        mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, (_signal.SIGTERM,))
         started = 0
         try:
             for s in spawns:
-                s.process.start()
+                s.handle.process.start()
                 started += 1
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
             ids = []
             for i, s in enumerate(spawns):
+                handle = s.handle
                 if s.theirs is not None:
                     s.theirs.close()  # the worker's alone now: a worker forked later must not inherit it
                 if i >= started:
-                    if s.ours is not None:
-                        s.ours.close()
-                    s.slot.close()
+                    if s.pipe is not None:
+                        s.pipe.sock.close()
+                    handle.slot.close()
                     continue
-                if s.ours is not None:
-                    self.pipes.add(s.worker_id, s.ours, s.process.pid, self.template.max_tasks)
-                handle = _Handle(s.worker_id, s.process, s.slot)
-                self.handles[s.process.sentinel] = handle
-                self.by_id[s.worker_id] = handle
-                ids.append(s.worker_id)
+                if s.pipe is not None:
+                    self.pipes.add(s.pipe, handle.process.pid)
+                self.handles[handle.process.sentinel] = handle
+                self.by_id[handle.worker_id] = handle
+                ids.append(handle.worker_id)
         return ids
 
     def watch(self, poller: Any, watched: set[int]) -> set[int]:

@@ -15,6 +15,7 @@ supervisor can kill a task that runs past its deadline, even one stuck in C.
 
 from __future__ import annotations
 
+import _signal
 import collections
 import mmap
 import os
@@ -75,11 +76,13 @@ class WorkerConfig:
     slot: mmap.mmap | None = None
     pipe: socket.socket | None = None  # local mode, forked: our end of a pipe to the daemon (dmp.wire.pipechan)
     close_in_child: tuple[socket.socket, ...] = ()  # the daemon's ends of the pipes, to close once forked
+    max_message: int = 0  # a pipe worker's manager limit (no Welcome tells it); others learn it from the Welcome
 
     def for_worker(self, worker_id: str, slot: mmap.mmap | None) -> WorkerConfig:
         """A copy of this template for one worker (what dataclasses.replace does, at a fraction of the cost)."""
         return WorkerConfig(self.address, self.node, self.key, self.initializer, self.initargs, self.max_tasks,
-                            self.by_value, self.heartbeat, self.forward_output, worker_id, slot)
+                            self.by_value, self.heartbeat, self.forward_output, worker_id, slot,
+                            max_message=self.max_message)
 
 
 def spawned_main(pickled: bytes, slot: mmap.mmap) -> None:
@@ -99,8 +102,9 @@ def worker_main(cfg: WorkerConfig) -> None:
         end.close()  # nobody but the daemon may hold them (see dmp.wire.pipechan)
     cfg.close_in_child = ()
     # The parent's handlers (a node's graceful-stop handler, say) are not ours:
-    # SIGTERM ends a worker at once.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # SIGTERM ends a worker at once. (_signal's own functions: signal's wrappers
+    # make enums, and every object a fresh fork touches costs it a page copy.)
+    _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
     if cfg.heartbeat:
         _die_with_parent()
         _config.remember_key(cfg.address, cfg.key)  # for proxies our tasks unpickle
@@ -109,7 +113,7 @@ def worker_main(cfg: WorkerConfig) -> None:
     # Started with SIGTERM blocked (see Supervisor.spawn): a pool closed at
     # once still lets its workers finish their initializer, as multiprocessing
     # does; a SIGTERM that came meanwhile takes effect now.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, (_signal.SIGTERM,))
     worker = WorkerLoop(cfg)
     if cfg.forward_output:
         sys.stdout = Forward(worker.output, "stdout")
@@ -167,7 +171,7 @@ class WorkerLoop:
         self.stopping = False
         self.exit_code = 0  # EXIT_REFUSED: the manager refused our key or version
         self.current = -1  # key of the task running now
-        self.max_message = 0  # the manager's limit, from its Welcome
+        self.max_message = cfg.max_message  # the manager's limit, from its Welcome (or our config, on a pipe)
         self.out_bytes = 0
         self.origin = f"{cfg.node} pid={os.getpid()}"
         self.context = runners.TaskContext()  # a runner sets context.retire

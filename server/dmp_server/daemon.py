@@ -120,7 +120,7 @@ class Daemon(Routing):
         # Local mode's forked workers talk over pipes made before the fork (dmp_server.workerpipes).
         self.pipes: WorkerPipes | None = None
         if supervisor is not None and key is None and supervisor.method == "fork":
-            self.pipes = WorkerPipes()
+            self.pipes = WorkerPipes(max_message)
             supervisor.pipes = self.pipes
         self._watched: set[int] = set()
         self._next_tick = time.monotonic() + heartbeat_s
@@ -302,10 +302,11 @@ class Daemon(Routing):
             self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"malformed {type(msg).__name__}: {exc}"))
 
     def _join_pipes(self) -> None:
-        """Workers forked onto pipes since the last step join (no Hello of theirs: see dmp_server.workerpipes)."""
+        """Workers forked onto pipes since the last step join: no Hello of theirs,
+        no Welcome of ours (their config has our limit; see dmp_server.workerpipes)."""
         assert self.pipes is not None
         for ident, hello in self.pipes.watch(self._poller):
-            self._from_pipe(ident, hello, [])
+            self._join(ident, hello, hello.host)
 
     def _drain_inbox(self) -> None:
         inbox = self.inbox

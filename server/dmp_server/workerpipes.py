@@ -19,6 +19,7 @@ even running, and the worker's first read takes both.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import socket
 from collections.abc import Callable
@@ -54,21 +55,27 @@ class _Pipe:
 class WorkerPipes:
     """Owned by the reactor's thread, but for :meth:`add` (under the fork, before the worker says anything)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_message: int) -> None:
+        self.max_message = max_message  # the daemon's limit, which a worker would learn from its Welcome
         self.by_ident: dict[bytes, _Pipe] = {}
         self.by_fd: dict[int, _Pipe] = {}
         self.joined: collections.deque[_Pipe] = collections.deque()
         # Parent ends of the pipes still open: a worker forked later closes its copies.
         self.parent_ends: list[socket.socket] = []
 
-    def add(self, worker_id: str, sock: socket.socket, pid: int, max_tasks: int, node: str = "local") -> None:
-        """The parent end of a new worker's pipe (its worker id is its identity), just forked."""
-        sock.setblocking(False)
-        hello = protocol.Hello(role=protocol.Role.WORKER, name=worker_id, host=_host(), pid=pid, node=node,
-                               max_tasks=max_tasks, version=protocol.software_version())
-        pipe = _Pipe(worker_id.encode(), sock, hello)
+    def prepare(self, worker_id: str, max_tasks: int, node: str = "local") -> tuple[_Pipe, socket.socket]:
+        """Before a fork: the pipe for worker ``worker_id`` (its identity) and the worker's end of it."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setblocking(False)
+        hello = protocol.Hello(role=protocol.Role.WORKER, name=worker_id, host=_host(), pid=0, node=node,
+                               max_tasks=max_tasks, version=_version())
+        return _Pipe(worker_id.encode(), ours, hello), theirs
+
+    def add(self, pipe: _Pipe, pid: int) -> None:
+        """The worker of a prepared ``pipe`` was just forked as ``pid``: the daemon takes its pipe."""
+        pipe.hello.pid = pid
         self.by_ident[pipe.ident] = pipe
-        self.parent_ends.append(sock)
+        self.parent_ends.append(pipe.sock)
         self.joined.append(pipe)
 
     def watch(self, poller: zmq.Poller) -> list[tuple[bytes, protocol.Hello]]:
@@ -188,15 +195,15 @@ class WorkerPipes:
         _shut(pipe.sock)
 
 
-_hostname = ""
-
-
+@functools.cache
 def _host() -> str:
-    """This machine's name, as a worker's own Hello would give it (asked once)."""
-    global _hostname
-    if not _hostname:
-        _hostname = socket.gethostname()
-    return _hostname
+    """This machine's name, as a worker's own Hello would give it."""
+    return socket.gethostname()
+
+
+@functools.cache
+def _version() -> str:
+    return protocol.software_version()
 
 
 def _shut(sock: socket.socket) -> None:
