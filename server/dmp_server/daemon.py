@@ -26,7 +26,7 @@ import logging
 import os
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -36,7 +36,6 @@ from dmp.wire import protocol, transport
 from dmp.wire.protocol import ErrorCode, Role
 from dmp.wire.wakeup import Wakeup
 from dmp_server import gate, hostproc, objects, status
-from dmp_server.dashboard import PUBLISH_S, Board
 from dmp_server.door import Door
 from dmp_server.peers import (
     LIVENESS,
@@ -50,6 +49,9 @@ from dmp_server.peers import (
 from dmp_server.routing import VERSION, Routing, log, worker_peer
 from dmp_server.scheduler import Scheduler
 from dmp_server.workerpipes import WorkerPipes
+
+if TYPE_CHECKING:  # the dashboard (http.server and all it imports) only for `dmp manager --dashboard`
+    from dmp_server.dashboard import Board
 
 HEARTBEAT_S = _config.HEARTBEAT_S
 # Messages drained from the socket at once when a worker dies (its last results).
@@ -246,6 +248,8 @@ class Daemon(Routing):
             self._next_tick = now + self.heartbeat_s
             self._tick(now, late)
         if self.board is not None and now >= self._next_publish:
+            from dmp_server.dashboard import PUBLISH_S
+
             self._next_publish = now + PUBLISH_S
             self.board.publish(self.status())
 
