@@ -26,7 +26,8 @@ def pid(_: Any = None) -> int:
 def _pipe() -> Any:
     from dmp.wire.pipechan import WorkerPipe
 
-    found = [o for o in gc.get_objects() if isinstance(o, WorkerPipe)]
+    # (Its siblings' loops, made in the parent before the forks, are here too, their pipes closed.)
+    found = [o for o in gc.get_objects() if isinstance(o, WorkerPipe) and o.sock.fileno() >= 0]
     assert len(found) == 1, "a forked local worker has exactly one pipe"
     return found[0]
 
@@ -36,7 +37,7 @@ def on_pipe(daemon_inodes: set[int]) -> tuple[bool, int]:
     pipe's and the other workers', named by socket inode) does it hold open?"""
     from dmp.wire.pipechan import WorkerPipe
 
-    mine = [o for o in gc.get_objects() if isinstance(o, WorkerPipe)]
+    mine = [o for o in gc.get_objects() if isinstance(o, WorkerPipe) and o.sock.fileno() >= 0]
     held = 0
     for fd in os.listdir("/proc/self/fd"):
         try:

@@ -148,6 +148,7 @@ class Supervisor:
             if self.pipes is not None:
                 pipe, theirs = self.pipes.prepare(worker_id, self.template.max_tasks)
                 cfg.pipe, cfg.max_message = theirs, self.pipes.max_message
+                cfg.loop = worker_mod.WorkerLoop(cfg, parent=os.getpid())
             args: tuple[Any, ...] = (cfg,)
         else:
             # A fresh interpreter: the config travels cloudpickled, the slot as a passed fd.

@@ -77,6 +77,7 @@ class WorkerConfig:
     pipe: socket.socket | None = None  # local mode, forked: our end of a pipe to the daemon (dmp.wire.pipechan)
     close_in_child: tuple[socket.socket, ...] = ()  # the daemon's ends of the pipes, to close once forked
     max_message: int = 0  # a pipe worker's manager limit (no Welcome tells it); others learn it from the Welcome
+    loop: WorkerLoop | None = None  # a forked pipe worker's loop, made before the fork (see WorkerLoop)
 
     def for_worker(self, worker_id: str, slot: mmap.mmap | None) -> WorkerConfig:
         """A copy of this template for one worker (what dataclasses.replace does, at a fraction of the cost)."""
@@ -114,7 +115,8 @@ def worker_main(cfg: WorkerConfig) -> None:
     # once still lets its workers finish their initializer, as multiprocessing
     # does; a SIGTERM that came meanwhile takes effect now.
     _signal.pthread_sigmask(_signal.SIG_UNBLOCK, (_signal.SIGTERM,))
-    worker = WorkerLoop(cfg)
+    worker = cfg.loop if cfg.loop is not None else WorkerLoop(cfg)
+    cfg.loop = None
     if cfg.forward_output:
         sys.stdout = Forward(worker.output, "stdout")
         sys.stderr = Forward(worker.output, "stderr")
@@ -138,9 +140,13 @@ def worker_main(cfg: WorkerConfig) -> None:
 class WorkerLoop:
     """A worker process's peer and main loop: Dispatch in, tasks run in order, TaskDone out."""
 
-    def __init__(self, cfg: WorkerConfig) -> None:
+    def __init__(self, cfg: WorkerConfig, parent: int = 0) -> None:
+        """Made in the worker, or (a local pool's forked worker, ``parent`` its pid) by
+        the pool's process just before the fork: the worker then finds its loop
+        ready in a few pages, where making it would have copied a page for
+        every object it touched."""
         self.cfg = cfg
-        self.parent = os.getppid()
+        self.parent = parent or os.getppid()
         # The manager does not heartbeat workers (our node answers for us, so we beat only every
         # WORKER_BEATS beats): its silence means nothing here; a refusal means Hello again, later.
         self.peer: PeerLoop | WorkerPipe
@@ -173,7 +179,6 @@ class WorkerLoop:
         self.current = -1  # key of the task running now
         self.max_message = cfg.max_message  # the manager's limit, from its Welcome (or our config, on a pipe)
         self.out_bytes = 0
-        self.origin = f"{cfg.node} pid={os.getpid()}"
         self.context = runners.TaskContext()  # a runner sets context.retire
 
     def run(self) -> None:
@@ -346,7 +351,7 @@ class WorkerLoop:
 
     def output(self, stream: str, text: str) -> None:
         """Lines a task printed go to the client that submitted it."""
-        self.chan.send(protocol.TaskOutput(self.current, stream, text, self.origin))
+        self.chan.send(protocol.TaskOutput(self.current, stream, text, f"{self.cfg.node} pid={os.getpid()}"))
 
 
 def _die_with_parent() -> None:
