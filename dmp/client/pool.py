@@ -98,26 +98,18 @@ class Pool:
         self._engine, self._init, self._processes = for_pool(
             target, processes, initializer, tuple(initargs), maxtasksperchild, context, worker_memory_limit
         )
-        try:
-            self._session: Session = self._engine.session
-            self._link = self._session.link  # what a caller waiting on a result serves
-            self._pending: set[Any] = set()
-            self._pending_cond = threading.Condition(threading.Lock())
-            self._ids = itertools.count()
-            self._apply = ApplySink()
-            apply_runner = serialization.dumps(runners.Apply(self._init), by_value=True) if self._init else []
-            self._apply_job = self._session.new_job(
-                self._apply, apply_runner, max_retries, self._timeout, self._resources
-            )
-            if self._init is not None and initializer is not None:  # no node worker starts for this pool
-                start_up(self._session, apply_runner, min(self._processes, self._engine.slots or 1), self._resources)
-            self._feeder = Feeder(self._session, self._by_value, lambda: self._state)
-            # A local pool forks its workers only now (see dmp.client.engine.LocalEngine.start).
-            self._engine.start()
-        except BaseException:
-            self._state = TERMINATE
-            self._engine.stop(kill=True)
-            raise
+        self._session: Session = self._engine.session
+        self._link = self._session.link  # what a caller waiting on a result serves
+        self._pending: set[Any] = set()
+        self._pending_cond = threading.Condition(threading.Lock())
+        self._ids = itertools.count()
+        self._apply = ApplySink()
+        apply_runner = serialization.dumps(runners.Apply(self._init), by_value=True) if self._init else []
+        self._apply_job = self._session.new_job(self._apply, apply_runner, max_retries, self._timeout, self._resources)
+        if self._init is not None and initializer is not None:  # no node worker starts for this pool
+            start_up(self._session, apply_runner, min(self._processes, self._engine.slots or 1), self._resources)
+        self._feeder = Feeder(self._session, self._by_value, lambda: self._state)
+        self._engine.start()  # a local pool forks its workers only now (dmp.client.engine.LocalEngine.start)
 
     # --- bookkeeping -------------------------------------------------------------------
 
@@ -144,8 +136,7 @@ class Pool:
     def _job_done(self, result: Any) -> None:
         with self._pending_cond:
             self._pending.discard(result)
-            # Only join() waits here, after close()/terminate(): a running pool
-            # skips notify_all, which costs microseconds on every apply_async.
+            # Only join() waits here (after close/terminate): a running pool skips the notify_all.
             if not self._pending and self._state != RUN:
                 self._pending_cond.notify_all()
 
