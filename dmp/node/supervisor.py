@@ -72,6 +72,9 @@ class _Spawn:
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+# Send buffer of each end of a local worker pipe (the kernel caps it at
+# net.core.wmem_max): a large payload crosses in a few writes, not one per 208 KiB.
+PIPE_BUFFER_BYTES = 4 << 20
 
 
 def resident_bytes(pid: int) -> int:
@@ -146,7 +149,7 @@ class Supervisor:
             target: Any = worker_mod.worker_main
             cfg = self.template.for_worker(worker_id, slot)
             if self.pipes is not None:
-                pipe, theirs = self.pipes.prepare(worker_id, self.template.max_tasks)
+                pipe, theirs = self.pipes.prepare(worker_id, self.template.max_tasks, PIPE_BUFFER_BYTES)
                 cfg.pipe, cfg.max_message = theirs, self.pipes.max_message
                 cfg.loop = worker_mod.WorkerLoop(cfg, parent=os.getpid())
             args: tuple[Any, ...] = (cfg,)

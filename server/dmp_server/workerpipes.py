@@ -48,7 +48,7 @@ class _Pipe:
         self.ident = ident
         self.sock = sock
         self.hello = hello  # what the worker would have said: its daemon joins it on this
-        self.reader = direct.Reader()
+        self.reader = direct.Reader(kept=True)  # workers' results, for the caller
         self.pending = direct.Outbox()  # what the socket would not take yet
 
 
@@ -63,9 +63,14 @@ class WorkerPipes:
         # Parent ends of the pipes still open: a worker forked later closes its copies.
         self.parent_ends: list[socket.socket] = []
 
-    def prepare(self, worker_id: str, max_tasks: int, node: str = "local") -> tuple[_Pipe, socket.socket]:
-        """Before a fork: the pipe for worker ``worker_id`` (its identity) and the worker's end of it."""
+    def prepare(
+        self, worker_id: str, max_tasks: int, sndbuf: int, node: str = "local"
+    ) -> tuple[_Pipe, socket.socket]:
+        """Before a fork: the pipe for worker ``worker_id`` (its identity) and the
+        worker's end of it; ``sndbuf``: each end's send buffer, bytes."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for made in (ours, theirs):
+            made.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         ours.setblocking(False)
         hello = protocol.Hello(role=protocol.Role.WORKER, name=worker_id, host=_host(), pid=0, node=node,
                                max_tasks=max_tasks, version=_version())
@@ -146,16 +151,18 @@ class WorkerPipes:
         got = False
         for _ in range(READS_PER_TURN):  # a large message in a few turns of the reactor, not one per read
             try:
-                chunk = pipe.sock.recv(READ_BYTES)
+                n = pipe.reader.recv_from(pipe.sock, READ_BYTES)
             except (BlockingIOError, InterruptedError):
                 break
+            except direct.DirectError as exc:
+                log.warning("worker %s: %s; closing its pipe", pipe.ident.decode(errors="replace"), exc)
+                return -1
             except OSError:
                 return -1
-            if not chunk:
+            if not n:
                 return -1
-            pipe.reader.feed(chunk)
             got = True
-            if len(chunk) < READ_BYTES:
+            if n < READ_BYTES:
                 break
         if not got:
             return 0
