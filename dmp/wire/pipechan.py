@@ -2,11 +2,12 @@
 
     LocalEngine's Supervisor.start: socket.socketpair() --fork--> worker keeps one end
     worker (WorkerPipe) --[TaskDone, Bye...]--> daemon's reactor (dmp_server.workerpipes)
-    worker <--[Welcome, Dispatch, ForgetJobs, Bye...]-- daemon
+    worker <--[Dispatch, ForgetJobs, Bye...]-- daemon
 
-The worker says no Hello: the daemon joins it at the fork, from what its
-supervisor knows (dmp_server.workerpipes), and its Welcome and first
-Dispatch may be waiting on the pipe before the worker runs.
+The worker says no Hello and gets no Welcome: the daemon joins it at the
+fork, from what its supervisor knows (dmp_server.workerpipes), its config
+carries the daemon's message limit, and its first Dispatch may be waiting
+on the pipe before the worker runs.
 
 The messages are the protocol's own (``protocol.encode`` headers and
 payload frames), framed as on the direct route (``dmp.wire.direct``:

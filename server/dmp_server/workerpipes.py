@@ -11,9 +11,9 @@
 
 No handshake: see dmp.wire.pipechan for why a socketpair made before the
 fork needs none. Nor a Hello from the worker: its supervisor knows all a
-Hello would say (the daemon answers the one made here with the usual
-Welcome), so the first Dispatch can be on the pipe before the worker is
-even running, and the worker's first read takes both.
+Hello would say, and the daemon joins the worker on the one made here
+(sending no Welcome: the worker's config has the daemon's message limit),
+so the first Dispatch can be on the pipe before the worker is even running.
 """
 
 from __future__ import annotations
