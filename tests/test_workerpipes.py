@@ -172,3 +172,28 @@ def test_a_pipe_worker_gets_its_first_task_without_saying_hello(tmp_path: Any) -
         with open(flag, "w"):
             pass
         assert result.get(timeout=60) == 81
+
+
+def _pipes() -> int:
+    """Pipe descriptors this process holds (a worker's sentinel and its parent-death pipe end)."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{name}").startswith("pipe:")
+        except OSError:
+            pass  # the listing's own fd, closed by now
+    return count
+
+
+def test_ended_pools_leave_no_worker_pipe_open() -> None:
+    # dmp.node.forkproc registers no Finalize for them: the supervisor closes
+    # them when it reaps each worker, not the garbage collector.
+    with dmp.Pool(2) as pool:
+        assert pool.apply(square, (2,)) == 4
+    before = _pipes()
+    for _ in range(5):
+        with dmp.Pool(2) as pool:
+            assert pool.apply(square, (3,)) == 9
+            assert _pipes() >= before + 4  # two of each worker's
+        pool.join()
+    assert _pipes() == before

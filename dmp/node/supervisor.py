@@ -32,6 +32,7 @@ from typing import Any
 
 from dmp import deaths
 from dmp.deaths import WorkerDeath
+from dmp.node import forkproc
 from dmp.node import slot as slot_mod
 from dmp.node import worker as worker_mod
 from dmp.node.oomwatch import OomCounter
@@ -160,7 +161,8 @@ class Supervisor:
             slot = slot_mod.FdSlot()
             args = (cloudpickle.dumps(self.template.for_worker(worker_id, None)), slot)
             target = worker_mod.spawned_main
-        proc = self._ctx.Process(target=target, args=args, name=f"{self.name_prefix}-{n}", daemon=True)
+        process = forkproc.ForkProcess if self.method == "fork" else self._ctx.Process
+        proc = process(target=target, args=args, name=f"{self.name_prefix}-{n}", daemon=True)
         return _Spawn(_Handle(worker_id, proc, slot), cfg, pipe, theirs)
 
     def _launch(self, spawns: list[_Spawn]) -> list[str]:
