@@ -202,17 +202,16 @@ def test_ended_pools_leave_no_worker_pipe_open() -> None:
 def test_small_messages_the_socket_will_not_take_wait_in_order() -> None:
     # Small messages are sent with one send(); what the socket does not take
     # (a worker not reading) waits, cut mid-message, and goes out in order once it reads.
-    import socket
 
     import zmq
     from dmp_server.workerpipes import WorkerPipes
 
     from dmp.wire import direct, protocol
 
-    ours, theirs = socket.socketpair()
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    pipes = WorkerPipes()
-    pipes.add("w1", ours)
+    pipes = WorkerPipes(1 << 30)
+    pipe, theirs = pipes.prepare("w1", 0, sndbuf=4096)  # a small send buffer: soon full
+    ours = pipe.sock
+    pipes.add(pipe, 0)
     poller = zmq.Poller()
     pipes.watch(poller)
     sent = [protocol.ForgetJobs([i, i + 1]) for i in range(2000)]
