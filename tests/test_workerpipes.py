@@ -202,7 +202,6 @@ def test_ended_pools_leave_no_worker_pipe_open() -> None:
 def test_small_messages_the_socket_will_not_take_wait_in_order() -> None:
     # Small messages are sent with one send(); what the socket does not take
     # (a worker not reading) waits, cut mid-message, and goes out in order once it reads.
-
     import zmq
     from dmp_server.workerpipes import WorkerPipes
 
