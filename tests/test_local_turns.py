@@ -111,3 +111,25 @@ def test_an_executor_future_waiter_runs_the_reactor_too(turns) -> None:
         with pytest.raises(TimeoutError):
             ex.submit(nap, 1.0).result(timeout=0.1)
     assert turns[threading.main_thread().name] > 100, turns
+
+
+def test_a_new_pools_first_apply_is_handled_and_waited_on_by_its_caller(turns) -> None:
+    # The engine thread starts before the forks and steps back while they are
+    # made on the turn, and afterwards: the first apply is posted, handled and
+    # waited on by the calling thread, no step on the engine thread.
+    for _ in range(3):
+        with dmp.Pool(2) as pool:
+            turns.clear()
+            assert pool.apply(square, (7,)) == 49
+            assert turns["dmp-engine"] == 0, turns
+            assert turns[threading.main_thread().name] > 0, turns
+
+
+def test_callbacks_of_a_new_pool_run_with_nobody_waiting() -> None:
+    # ... and the engine thread serves them once it stops stepping back.
+    with dmp.Pool(2) as pool:
+        got: list[int] = []
+        done = threading.Event()
+        pool.apply_async(square, (5,), callback=lambda r: (got.append(r), done.set()))
+        assert done.wait(30)
+        assert got == [25]

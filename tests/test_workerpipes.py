@@ -26,7 +26,8 @@ def pid(_: Any = None) -> int:
 def _pipe() -> Any:
     from dmp.wire.pipechan import WorkerPipe
 
-    found = [o for o in gc.get_objects() if isinstance(o, WorkerPipe)]
+    # (Its siblings' loops, made in the parent before the forks, are here too, their pipes closed.)
+    found = [o for o in gc.get_objects() if isinstance(o, WorkerPipe) and o.sock.fileno() >= 0]
     assert len(found) == 1, "a forked local worker has exactly one pipe"
     return found[0]
 
@@ -36,7 +37,7 @@ def on_pipe(daemon_inodes: set[int]) -> tuple[bool, int]:
     pipe's and the other workers', named by socket inode) does it hold open?"""
     from dmp.wire.pipechan import WorkerPipe
 
-    mine = [o for o in gc.get_objects() if isinstance(o, WorkerPipe)]
+    mine = [o for o in gc.get_objects() if isinstance(o, WorkerPipe) and o.sock.fileno() >= 0]
     held = 0
     for fd in os.listdir("/proc/self/fd"):
         try:
@@ -118,20 +119,98 @@ def test_large_payloads_cross_the_pipe_both_ways() -> None:
             assert r.get(timeout=60) == data[::-1]
 
 
+def connected_unix_sockets(_: Any = None) -> int:
+    """In a worker: how many connected unix stream sockets it holds besides its own pipe
+    (a daemon end, or another worker's end, inherited through the fork and left open)."""
+    import socket
+
+    own = _pipe().sock.fileno()
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd == own:
+            continue
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            dup = socket.fromfd(fd, socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError:
+            continue
+        try:
+            if dup.family == socket.AF_UNIX and dup.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_STREAM:
+                dup.getpeername()  # raises for a socket with no peer (a listener)
+                count += 1
+        except OSError:
+            pass
+        finally:
+            dup.close()
+    return count
+
+
+def test_workers_forked_together_hold_no_end_of_each_others_pipes() -> None:
+    with dmp.Pool(3) as pool:
+        assert pool.map(connected_unix_sockets, range(12), chunksize=1) == [0] * 12
+
+
+def wait_for(flag: str) -> None:
+    deadline = time.monotonic() + 60
+    while not os.path.exists(flag):
+        assert time.monotonic() < deadline, "the test never let the initializer finish"
+        time.sleep(0.01)
+
+
+def test_a_pipe_worker_gets_its_first_task_without_saying_hello(tmp_path: Any) -> None:
+    # The workers are stuck in their initializer, before their loop could say
+    # anything: the daemon knows them from the fork and has already handed one
+    # the task (it waits on the pipe); once free, the worker finds it there.
+    flag = str(tmp_path / "go")
+    with dmp.Pool(2, initializer=wait_for, initargs=(flag,)) as pool:
+        result = pool.apply_async(square, (9,))
+        scheduler = pool._engine.daemon.scheduler
+        _wait(lambda: len(scheduler.workers) == 2 and any(w.assigned for w in list(scheduler.workers.values())))
+        assert not result.ready()
+        with open(flag, "w"):
+            pass
+        assert result.get(timeout=60) == 81
+
+
+def _pipes() -> int:
+    """Pipe descriptors this process holds (a worker's sentinel and its parent-death pipe end)."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{name}").startswith("pipe:")
+        except OSError:
+            pass  # the listing's own fd, closed by now
+    return count
+
+
+def test_ended_pools_leave_no_worker_pipe_open() -> None:
+    # dmp.node.forkproc registers no Finalize for them: the supervisor closes
+    # them when it reaps each worker, not the garbage collector.
+    with dmp.Pool(2) as pool:
+        assert pool.apply(square, (2,)) == 4
+    before = _pipes()
+    for _ in range(5):
+        with dmp.Pool(2) as pool:
+            assert pool.apply(square, (3,)) == 9
+            assert _pipes() >= before + 4  # two of each worker's
+        pool.join()
+    assert _pipes() == before
+
+
 def test_small_messages_the_socket_will_not_take_wait_in_order() -> None:
     # Small messages are sent with one send(); what the socket does not take
     # (a worker not reading) waits, cut mid-message, and goes out in order once it reads.
-    import socket
-
     import zmq
     from dmp_server.workerpipes import WorkerPipes
 
     from dmp.wire import direct, protocol
 
-    ours, theirs = socket.socketpair()
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    pipes = WorkerPipes()
-    pipes.add("w1", ours)
+    pipes = WorkerPipes(1 << 30)
+    pipe, theirs = pipes.prepare("w1", 0, sndbuf=4096)  # a small send buffer: soon full
+    ours = pipe.sock
+    pipes.add(pipe, 0)
     poller = zmq.Poller()
     pipes.watch(poller)
     sent = [protocol.ForgetJobs([i, i + 1]) for i in range(2000)]

@@ -56,11 +56,27 @@ class LocalEngine:
         self.turns = Turns(self.daemon.poll, self.daemon.handle, self.daemon.wake, reenter=False)
         self.session = session_mod.Session()
         self.session.link = session_mod.LocalLink(self.daemon, self.turns, self.session)
-        self.supervisor.start()
-        self._thread = threading.Thread(target=self._run, name="dmp-engine", daemon=True)
+        self._thread: threading.Thread | None = None
         self._done = False
-        self._thread.start()
         _live.add(self)
+
+    def start(self) -> None:
+        """Start the engine thread and fork the workers: last, once the pool has
+        defined its jobs (every page the process writes after a fork is copied,
+        and the workers need nothing more from it before their first task).
+
+        The thread starts before the forks (a thread start waits for the new
+        thread to run, which takes long once the workers hold the CPUs), and
+        the forks are made on the turn, so it does not step the reactor while
+        the supervisor adds the workers."""
+        self._thread = threading.Thread(target=self._run, name="dmp-engine", daemon=True)
+        try:
+            with self.turns.held():
+                self._thread.start()
+                self.supervisor.start()
+        except BaseException:
+            self.stop(kill=True)
+            raise
 
     def _run(self) -> None:
         try:
@@ -81,10 +97,19 @@ class LocalEngine:
         self._done = True
         self.supervisor.respawn = False
         self.turns.stop()
+        if self._thread is None or self._thread.ident is None:  # never started
+            self._thread = None
+            self.turns.close(self.daemon.close)
+            self.session.fail_all(ProcessError("the pool's engine stopped before the task finished"))
         # A callback on the reactor's turn (terminate() from a callback, say)
         # cannot wait for the reactor to end: it ends once the callback returns.
-        if threading.current_thread() is not self._thread and not self.turns.runs_here():
-            self._thread.join(timeout)
+        thread = self._thread
+        if thread is not None and threading.current_thread() is not thread and not self.turns.runs_here():
+            thread.join(timeout)
+            if not thread.is_alive():
+                # Let go of it now, not when the pool's reference cycles are collected:
+                # every later fork in this process resets each Thread object still alive.
+                self._thread = None
         self.supervisor.stop(kill=kill, timeout=timeout)
         _live.discard(self)
 
@@ -102,6 +127,9 @@ class ClusterEngine:
         self.slots = welcome.slots if welcome is not None else 0
         self.processes: list[Any] = []
         _live.add(self)  # type: ignore[arg-type]
+
+    def start(self) -> None:
+        """Nothing to start: the manager's workers are there already."""
 
     def stop(self, *, kill: bool, timeout: float = 10.0) -> None:
         self.link.close()

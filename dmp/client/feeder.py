@@ -51,15 +51,18 @@ class Feeder:
         self._state = state  # the pool's RUN / CLOSE / TERMINATE
         self._feed: collections.deque[tuple[int, MapSink, Iterable[Any]]] = collections.deque()
         self._feed_cond = threading.Condition(threading.Lock())
-        # Started by the first map: a pool used only for apply never pays for it.
-        self._thread = threading.Thread(target=self._feed_loop, name="dmp-feeder", daemon=True)
+        # Made and started by the first map: a pool used only for apply never pays
+        # for it (nor does every later fork in this process: each forked child
+        # resets every Thread object still alive, threading._after_fork).
+        self._thread: threading.Thread | None = None
 
     def add(self, job: int, sink: MapSink, chunks: Iterable[tuple[int, list[Any]]]) -> None:
         """Feed ``chunks`` to ``job`` once the jobs added before it are fed."""
         with self._feed_cond:
             self._feed.append((job, sink, chunks))
             self._feed_cond.notify()
-            if self._thread.ident is None:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._feed_loop, name="dmp-feeder", daemon=True)
                 self._thread.start()
 
     def feed_here(self, job: int, sink: MapSink, chunks: Iterable[tuple[int, list[Any]]], count: int) -> bool:
@@ -100,7 +103,7 @@ class Feeder:
 
     def join(self) -> None:
         """Wait for the thread to exit (it does once the pool is not RUN and all is fed)."""
-        if self._thread.ident is not None:
+        if self._thread is not None:
             self._thread.join()
 
     def _feed_loop(self) -> None:

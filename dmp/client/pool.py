@@ -92,7 +92,6 @@ class Pool:
         self._max_retries = max_retries
         self._by_value = target.address is not None
         from dmp.client.engine import for_pool
-
         self._engine: Any
         self._init: runners.PoolInit | None
         self._engine, self._init, self._processes = for_pool(
@@ -109,6 +108,7 @@ class Pool:
         if self._init is not None and initializer is not None:  # no node worker starts for this pool
             start_up(self._session, apply_runner, min(self._processes, self._engine.slots or 1), self._resources)
         self._feeder = Feeder(self._session, self._by_value, lambda: self._state)
+        self._engine.start()  # a local pool forks its workers only now (dmp.client.engine.LocalEngine.start)
 
     # --- bookkeeping -------------------------------------------------------------------
 

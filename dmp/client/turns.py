@@ -14,9 +14,10 @@ does needs no lock of its own. In the main thread a step is ``critical``
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from dmp.client.sigint import critical, interruptible
@@ -166,6 +167,24 @@ class Turns:
                 self._runner = 0
                 self._turn.release()
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """The calling thread holds the turn for the block without stepping (the
+        local engine forks its first workers so, its serving thread already
+        started); afterwards the serving thread stays out of the way as after
+        a caller led, so the pool's first calls are handled, and waited on,
+        on their own thread."""
+        with critical:
+            self._last_led = time.monotonic()  # a serving thread started meanwhile steps back, not waits here
+            self._turn.acquire()
+            self._runner = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._runner = 0
+                self._last_led = time.monotonic()
+                self._turn.release()
+
     # --- the serving thread ---------------------------------------------------------------------
 
     def serve(self, limit: float | None) -> None:
@@ -177,6 +196,8 @@ class Turns:
         if not self._turn.acquire(timeout=STEP_BACK_S):
             return
         try:
+            if self._leader or self._want_lead or time.monotonic() - self._last_led < STEP_BACK_S:
+                return  # a caller led while this thread waited for the turn: out of its way, as above
             self._runner = threading.get_ident()
             self._step(limit)
         finally:

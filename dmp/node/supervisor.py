@@ -17,6 +17,7 @@ memory cgroup's OOM-kill count, dmp.node.oomwatch).
 
 from __future__ import annotations
 
+import _signal
 import dataclasses
 import itertools
 import multiprocessing
@@ -31,6 +32,7 @@ from typing import Any
 
 from dmp import deaths
 from dmp.deaths import WorkerDeath
+from dmp.node import forkproc
 from dmp.node import slot as slot_mod
 from dmp.node import worker as worker_mod
 from dmp.node.oomwatch import OomCounter
@@ -58,6 +60,16 @@ class _Handle:
     over_memory: int = -1  # key of the task it was killed for passing the memory limit
     rss: int = 0  # its resident set then, bytes
     killed: str = ""  # why we killed it otherwise: "stopped" (kill_frozen), "asked" (kill)
+
+
+@dataclass(slots=True)
+class _Spawn:
+    """A worker made ready to fork (Supervisor._prepare)."""
+
+    handle: _Handle
+    cfg: worker_mod.WorkerConfig | None  # forked workers' (spawned ones get a pickled copy)
+    pipe: Any  # the daemon's end of its pipe (dmp_server.workerpipes), or None
+    theirs: socket.socket | None  # the worker's end
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -114,55 +126,82 @@ class Supervisor:
         self.pipes: Any = None
 
     def start(self) -> None:
-        """Fork the initial workers (from the calling thread)."""
-        for _ in range(self.count):
-            self.spawn()
+        """Fork the initial workers (from the calling thread), back to back.
+
+        Everything they need (configs, slots, pipes, Process objects) is made
+        first: each page the parent writes after a fork is copied (a page
+        fault of ~3 µs on a small VM), so the less it does between forks,
+        the sooner the workers run."""
+        self._launch([self._prepare() for _ in range(self.count)])
 
     def spawn(self) -> str:
+        """Fork one worker (a replacement); its worker id."""
+        return self._launch([self._prepare()])[0]
+
+    def _prepare(self) -> _Spawn:
         n = next(self._serial)
         # The routing identity: unguessable, so nobody can take it first.
         worker_id = f"{self.node}/{self._tag}-{n}-{secrets.token_hex(8)}"
-        ours: socket.socket | None = None
+        pipe: Any = None
         theirs: socket.socket | None = None
+        cfg: worker_mod.WorkerConfig | None = None
         if self.method == "fork":
             slot = slot_mod.new_slot()
             target: Any = worker_mod.worker_main
-            cfg = dataclasses.replace(self.template, worker_id=worker_id, slot=slot)
+            cfg = self.template.for_worker(worker_id, slot)
             if self.pipes is not None:
-                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-                for made in (ours, theirs):
-                    made.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PIPE_BUFFER_BYTES)
-                # The worker closes every parent end it inherits, its own pipe's included.
-                cfg.pipe, cfg.close_in_child = theirs, (*self.pipes.parent_ends, ours)
+                pipe, theirs = self.pipes.prepare(worker_id, self.template.max_tasks, PIPE_BUFFER_BYTES)
+                cfg.pipe, cfg.max_message = theirs, self.pipes.max_message
+                cfg.loop = worker_mod.WorkerLoop(cfg, parent=os.getpid())
             args: tuple[Any, ...] = (cfg,)
         else:
             # A fresh interpreter: the config travels cloudpickled, the slot as a passed fd.
             import cloudpickle
 
             slot = slot_mod.FdSlot()
-            cfg = dataclasses.replace(self.template, worker_id=worker_id, slot=None)
-            args = (cloudpickle.dumps(cfg), slot)
+            args = (cloudpickle.dumps(self.template.for_worker(worker_id, None)), slot)
             target = worker_mod.spawned_main
-        proc = self._ctx.Process(target=target, args=args, name=f"{self.name_prefix}-{n}", daemon=True)
+        process = forkproc.ForkProcess if self.method == "fork" else self._ctx.Process
+        proc = process(target=target, args=args, name=f"{self.name_prefix}-{n}", daemon=True)
+        return _Spawn(_Handle(worker_id, proc, slot), cfg, pipe, theirs)
+
+    def _launch(self, spawns: list[_Spawn]) -> list[str]:
+        """Start the prepared workers; their worker ids. A worker that did not
+        start raises, after the ones started before it are kept."""
+        if self.pipes is not None:
+            # Each worker closes every daemon end it inherits, its own pipe's
+            # included, and the other new workers' ends too.
+            ends = [*self.pipes.parent_ends, *(s.pipe.sock for s in spawns), *(s.theirs for s in spawns)]
+            for s in spawns:
+                if s.cfg is not None:
+                    s.cfg.close_in_child = tuple(e for e in ends if e is not s.theirs)
         # The worker starts with SIGTERM blocked until its initializer is done
         # (worker_main unblocks it); the mask is inherited through fork and exec.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        # (_signal's own functions: signal's wrappers make enums of every signal number.)
+        mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, (_signal.SIGTERM,))
+        started = 0
         try:
-            proc.start()
-        except BaseException:
-            for end in (ours, theirs):
-                if end is not None:
-                    end.close()
-            raise
+            for s in spawns:
+                s.handle.process.start()
+                started += 1
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        if ours is not None and theirs is not None:
-            theirs.close()  # the worker's alone now: a worker forked later must not inherit it
-            self.pipes.add(worker_id, ours)
-        handle = _Handle(worker_id, proc, slot)
-        self.handles[proc.sentinel] = handle
-        self.by_id[worker_id] = handle
-        return worker_id
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
+            ids = []
+            for i, s in enumerate(spawns):
+                handle = s.handle
+                if s.theirs is not None:
+                    s.theirs.close()  # the worker's alone now: a worker forked later must not inherit it
+                if i >= started:
+                    if s.pipe is not None:
+                        s.pipe.sock.close()
+                    handle.slot.close()
+                    continue
+                if s.pipe is not None:
+                    self.pipes.add(s.pipe, handle.process.pid)
+                self.handles[handle.process.sentinel] = handle
+                self.by_id[handle.worker_id] = handle
+                ids.append(handle.worker_id)
+        return ids
 
     def watch(self, poller: Any, watched: set[int]) -> set[int]:
         """Bring ``poller``'s registered sentinels up to date; returns the new set."""

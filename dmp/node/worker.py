@@ -15,6 +15,7 @@ supervisor can kill a task that runs past its deadline, even one stuck in C.
 
 from __future__ import annotations
 
+import _signal
 import collections
 import mmap
 import os
@@ -78,6 +79,14 @@ class WorkerConfig:
     slot: mmap.mmap | None = None
     pipe: socket.socket | None = None  # local mode, forked: our end of a pipe to the daemon (dmp.wire.pipechan)
     close_in_child: tuple[socket.socket, ...] = ()  # the daemon's ends of the pipes, to close once forked
+    max_message: int = 0  # a pipe worker's manager limit (no Welcome tells it); others learn it from the Welcome
+    loop: WorkerLoop | None = None  # a forked pipe worker's loop, made before the fork (see WorkerLoop)
+
+    def for_worker(self, worker_id: str, slot: mmap.mmap | None) -> WorkerConfig:
+        """A copy of this template for one worker (what dataclasses.replace does, at a fraction of the cost)."""
+        return WorkerConfig(self.address, self.node, self.key, self.initializer, self.initargs, self.max_tasks,
+                            self.by_value, self.heartbeat, self.forward_output, worker_id, slot,
+                            max_message=self.max_message)
 
 
 def spawned_main(pickled: bytes, slot: mmap.mmap) -> None:
@@ -97,8 +106,9 @@ def worker_main(cfg: WorkerConfig) -> None:
         end.close()  # nobody but the daemon may hold them (see dmp.wire.pipechan)
     cfg.close_in_child = ()
     # The parent's handlers (a node's graceful-stop handler, say) are not ours:
-    # SIGTERM ends a worker at once.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # SIGTERM ends a worker at once. (_signal's own functions: signal's wrappers
+    # make enums, and every object a fresh fork touches costs it a page copy.)
+    _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
     if cfg.heartbeat:
         _die_with_parent()
         _config.remember_key(cfg.address, cfg.key)  # for proxies our tasks unpickle
@@ -107,8 +117,9 @@ def worker_main(cfg: WorkerConfig) -> None:
     # Started with SIGTERM blocked (see Supervisor.spawn): a pool closed at
     # once still lets its workers finish their initializer, as multiprocessing
     # does; a SIGTERM that came meanwhile takes effect now.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-    worker = WorkerLoop(cfg)
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, (_signal.SIGTERM,))
+    worker = cfg.loop if cfg.loop is not None else WorkerLoop(cfg)
+    cfg.loop = None
     if cfg.forward_output:
         sys.stdout = Forward(worker.output, "stdout")
         sys.stderr = Forward(worker.output, "stderr")
@@ -132,23 +143,27 @@ def worker_main(cfg: WorkerConfig) -> None:
 class WorkerLoop:
     """A worker process's peer and main loop: Dispatch in, tasks run in order, TaskDone out."""
 
-    def __init__(self, cfg: WorkerConfig) -> None:
+    def __init__(self, cfg: WorkerConfig, parent: int = 0) -> None:
+        """Made in the worker, or (a local pool's forked worker, ``parent`` its pid) by
+        the pool's process just before the fork: the worker then finds its loop
+        ready in a few pages, where making it would have copied a page for
+        every object it touched."""
         self.cfg = cfg
-        self.parent = os.getppid()
-        hello = protocol.Hello(
-            role=protocol.Role.WORKER,
-            name=cfg.worker_id,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            node=cfg.node,
-            max_tasks=cfg.max_tasks,
-        )
+        self.parent = parent or os.getppid()
         # The manager does not heartbeat workers (our node answers for us, so we beat only every
         # WORKER_BEATS beats): its silence means nothing here; a refusal means Hello again, later.
         self.peer: PeerLoop | WorkerPipe
         if cfg.pipe is not None:
-            self.peer = WorkerPipe(cfg.pipe, hello)
+            self.peer = WorkerPipe(cfg.pipe)  # no Hello: the daemon joined us when it forked us
         else:
+            hello = protocol.Hello(
+                role=protocol.Role.WORKER,
+                name=cfg.worker_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                node=cfg.node,
+                max_tasks=cfg.max_tasks,
+            )
             self.peer = PeerLoop(cfg.address, cfg.key, hello, identity=cfg.worker_id.encode(),
                                  heartbeat=cfg.heartbeat, expects_beats=False, beat_every=_config.WORKER_BEATS)
         self.chan = self.peer.chan
@@ -165,9 +180,8 @@ class WorkerLoop:
         self.stopping = False
         self.exit_code = 0  # EXIT_REFUSED: the manager refused our key or version
         self.current = -1  # key of the task running now
-        self.max_message = 0  # the manager's limit, from its Welcome
+        self.max_message = cfg.max_message  # the manager's limit, from its Welcome (or our config, on a pipe)
         self.out_bytes = 0
-        self.origin = f"{cfg.node} pid={os.getpid()}"
         self.context = runners.TaskContext()  # a runner sets context.retire
 
     def run(self) -> None:
@@ -342,7 +356,7 @@ class WorkerLoop:
 
     def output(self, stream: str, text: str) -> None:
         """Lines a task printed go to the client that submitted it."""
-        self.chan.send(protocol.TaskOutput(self.current, stream, text, self.origin))
+        self.chan.send(protocol.TaskOutput(self.current, stream, text, f"{self.cfg.node} pid={os.getpid()}"))
 
 
 def _die_with_parent() -> None:

@@ -1,8 +1,13 @@
 """Local mode's worker pipes: a unix socketpair between the embedded daemon and a worker it forked.
 
-    LocalEngine's Supervisor.spawn: socket.socketpair() --fork--> worker keeps one end
-    worker (WorkerPipe) --[Hello, TaskDone, Bye...]--> daemon's reactor (dmp_server.workerpipes)
-    worker <--[Welcome, Dispatch, ForgetJobs, Bye...]-- daemon
+    LocalEngine's Supervisor.start: socket.socketpair() --fork--> worker keeps one end
+    worker (WorkerPipe) --[TaskDone, Bye...]--> daemon's reactor (dmp_server.workerpipes)
+    worker <--[Dispatch, ForgetJobs, Bye...]-- daemon
+
+The worker says no Hello and gets no Welcome: the daemon joins it at the
+fork, from what its supervisor knows (dmp_server.workerpipes), its config
+carries the daemon's message limit, and its first Dispatch may be waiting
+on the pipe before the worker runs.
 
 The messages are the protocol's own (``protocol.encode`` headers and
 payload frames), framed as on the direct route (``dmp.wire.direct``:
@@ -41,12 +46,11 @@ class WorkerPipe:
     ``recv`` brings is cut into messages kept in order here.
     """
 
-    __slots__ = ("_poll", "eof", "hello", "inbox", "reader", "sock")
+    __slots__ = ("_poll", "eof", "inbox", "reader", "sock")
 
-    def __init__(self, sock: socket.socket, hello: protocol.Hello) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(True)
         self.sock = sock
-        self.hello = hello
         self.reader = direct.Reader()
         self.inbox: collections.deque[tuple[protocol.Message, list[Any]]] = collections.deque()
         self.eof = False
@@ -82,7 +86,7 @@ class WorkerPipe:
     # --- PeerLoop -------------------------------------------------------------------------
 
     def say_hello(self) -> None:
-        self.send(self.hello)
+        """Nothing to say: the daemon joined this worker when it forked it."""
 
     def poll(self, limit: float | None = None) -> set[int]:
         """Wait up to ``limit`` seconds for a message; {-1} (the socket) if one waits."""

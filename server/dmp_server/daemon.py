@@ -26,7 +26,7 @@ import logging
 import os
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -36,7 +36,6 @@ from dmp.wire import protocol, transport
 from dmp.wire.protocol import ErrorCode, Role
 from dmp.wire.wakeup import Wakeup
 from dmp_server import gate, hostproc, objects, status
-from dmp_server.dashboard import PUBLISH_S, Board
 from dmp_server.door import Door
 from dmp_server.peers import (
     LIVENESS,
@@ -50,6 +49,9 @@ from dmp_server.peers import (
 from dmp_server.routing import VERSION, Routing, log, worker_peer
 from dmp_server.scheduler import Scheduler
 from dmp_server.workerpipes import WorkerPipes
+
+if TYPE_CHECKING:  # the dashboard (http.server and all it imports) only for `dmp manager --dashboard`
+    from dmp_server.dashboard import Board
 
 HEARTBEAT_S = _config.HEARTBEAT_S
 # Messages drained from the socket at once when a worker dies (its last results).
@@ -120,7 +122,7 @@ class Daemon(Routing):
         # Local mode's forked workers talk over pipes made before the fork (dmp_server.workerpipes).
         self.pipes: WorkerPipes | None = None
         if supervisor is not None and key is None and supervisor.method == "fork":
-            self.pipes = WorkerPipes()
+            self.pipes = WorkerPipes(max_message)
             supervisor.pipes = self.pipes
         self._watched: set[int] = set()
         self._next_tick = time.monotonic() + heartbeat_s
@@ -204,7 +206,7 @@ class Daemon(Routing):
         if self.supervisor is not None:
             self._watched = self.supervisor.watch(self._poller, self._watched)
             if self.pipes is not None and self.pipes.joined:
-                self.pipes.watch(self._poller)
+                self._join_pipes()
         wake_at = self._next_tick if self.board is None else min(self._next_tick, self._next_publish)
         if self.supervisor is not None and self._check_at < wake_at:
             wake_at = self._check_at
@@ -246,6 +248,8 @@ class Daemon(Routing):
             self._next_tick = now + self.heartbeat_s
             self._tick(now, late)
         if self.board is not None and now >= self._next_publish:
+            from dmp_server.dashboard import PUBLISH_S
+
             self._next_publish = now + PUBLISH_S
             self.board.publish(self.status())
 
@@ -253,6 +257,8 @@ class Daemon(Routing):
         """On the stepping thread, between steps: a message of in-process client ``peer``, now."""
         if self.closed:
             return
+        if self.pipes is not None and self.pipes.joined:
+            self._join_pipes()  # workers just forked take this message's tasks at once
         if self.inbox:
             self._drain_inbox()  # what was posted before it goes first
         if type(msg) is protocol.Submit:  # the common case (apply_async, map chunks): a client may send it
@@ -301,6 +307,13 @@ class Daemon(Routing):
         except Exception as exc:  # one bad peer must never stop the daemon
             self.refusals.refused(ident, f"bad {type(msg).__name__}: {exc!r}", time.monotonic())
             self._send_raw(ident, protocol.Error(ErrorCode.BAD_MESSAGE, f"malformed {type(msg).__name__}: {exc}"))
+
+    def _join_pipes(self) -> None:
+        """Workers forked onto pipes since the last step join: no Hello of theirs,
+        no Welcome of ours (their config has our limit; see dmp_server.workerpipes)."""
+        assert self.pipes is not None
+        for ident, hello in self.pipes.watch(self._poller):
+            self._join(ident, hello, hello.host)
 
     def _drain_inbox(self) -> None:
         inbox = self.inbox

@@ -1,7 +1,8 @@
 """The embedded daemon's end of local mode's worker pipes (see dmp.wire.pipechan).
 
-    Supervisor.spawn --add(worker id, socket)--> joined (any thread that forks)
-    poll: new pipes join the reactor's zmq.Poller beside the ROUTER and the sentinels
+    Supervisor.spawn --add(worker id, socket, pid)--> joined (any thread that forks)
+    the reactor's next step: new pipes join its zmq.Poller beside the ROUTER and the
+        sentinels, and their workers join the scheduler at once, on the Hello made here
     readable --> cut into messages --> handled as the same worker's messages over ZeroMQ
     routing._send_raw to a piped worker's identity --> written here, never blocking
         (what the socket will not take waits for POLLOUT)
@@ -9,12 +10,16 @@
         worker's death itself comes through its sentinel, as before
 
 No handshake: see dmp.wire.pipechan for why a socketpair made before the
-fork needs none.
+fork needs none. Nor a Hello from the worker: its supervisor knows all a
+Hello would say, and the daemon joins the worker on the one made here
+(sending no Welcome: the worker's config has the daemon's message limit),
+so the first Dispatch can be on the pipe before the worker is even running.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import socket
 from collections.abc import Callable
@@ -37,11 +42,12 @@ Handler = Callable[[bytes, protocol.Message, list[Any]], None]
 
 
 class _Pipe:
-    __slots__ = ("ident", "pending", "reader", "sock")
+    __slots__ = ("hello", "ident", "pending", "reader", "sock")
 
-    def __init__(self, ident: bytes, sock: socket.socket) -> None:
+    def __init__(self, ident: bytes, sock: socket.socket, hello: protocol.Hello) -> None:
         self.ident = ident
         self.sock = sock
+        self.hello = hello  # what the worker would have said: its daemon joins it on this
         self.reader = direct.Reader(kept=True)  # workers' results, for the caller
         self.pending = direct.Outbox()  # what the socket would not take yet
 
@@ -49,27 +55,44 @@ class _Pipe:
 class WorkerPipes:
     """Owned by the reactor's thread, but for :meth:`add` (under the fork, before the worker says anything)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_message: int) -> None:
+        self.max_message = max_message  # the daemon's limit, which a worker would learn from its Welcome
         self.by_ident: dict[bytes, _Pipe] = {}
         self.by_fd: dict[int, _Pipe] = {}
         self.joined: collections.deque[_Pipe] = collections.deque()
         # Parent ends of the pipes still open: a worker forked later closes its copies.
         self.parent_ends: list[socket.socket] = []
 
-    def add(self, worker_id: str, sock: socket.socket) -> None:
-        """The parent end of a new worker's pipe (its worker id is its identity)."""
-        sock.setblocking(False)
-        pipe = _Pipe(worker_id.encode(), sock)
+    def prepare(
+        self, worker_id: str, max_tasks: int, sndbuf: int, node: str = "local"
+    ) -> tuple[_Pipe, socket.socket]:
+        """Before a fork: the pipe for worker ``worker_id`` (its identity) and the
+        worker's end of it; ``sndbuf``: each end's send buffer, bytes."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        for made in (ours, theirs):
+            made.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        ours.setblocking(False)
+        hello = protocol.Hello(role=protocol.Role.WORKER, name=worker_id, host=_host(), pid=0, node=node,
+                               max_tasks=max_tasks, version=_version())
+        return _Pipe(worker_id.encode(), ours, hello), theirs
+
+    def add(self, pipe: _Pipe, pid: int) -> None:
+        """The worker of a prepared ``pipe`` was just forked as ``pid``: the daemon takes its pipe."""
+        pipe.hello.pid = pid
         self.by_ident[pipe.ident] = pipe
-        self.parent_ends.append(sock)
+        self.parent_ends.append(pipe.sock)
         self.joined.append(pipe)
 
-    def watch(self, poller: zmq.Poller) -> None:
+    def watch(self, poller: zmq.Poller) -> list[tuple[bytes, protocol.Hello]]:
+        """Poll the pipes added since; the (identity, Hello) of each, for the daemon to join."""
+        hellos = []
         while self.joined:
             pipe = self.joined.popleft()
             if pipe.sock.fileno() >= 0:
                 self.by_fd[pipe.sock.fileno()] = pipe
                 poller.register(pipe.sock.fileno(), POLLIN)
+                hellos.append((pipe.ident, pipe.hello))
+        return hellos
 
     def serve(self, ready: dict[Any, int], poller: zmq.Poller, handle: Handler) -> None:
         """Read and write the pipes ``ready`` names."""
@@ -189,6 +212,17 @@ class WorkerPipes:
         except ValueError:
             pass
         _shut(pipe.sock)
+
+
+@functools.cache
+def _host() -> str:
+    """This machine's name, as a worker's own Hello would give it."""
+    return socket.gethostname()
+
+
+@functools.cache
+def _version() -> str:
+    return protocol.software_version()
 
 
 def _shut(sock: socket.socket) -> None:

@@ -37,8 +37,7 @@ def test_each_large_result_leaves_in_its_own_task_done() -> None:
     thread.start()
     reader = direct.Reader()
     try:
-        hello, _ = _read(ours, reader)
-        assert isinstance(hello, protocol.Hello)
+        # (A pipe worker says no Hello: its daemon joins it when it forks it.)
         size = worker.FLUSH_BYTES + 1
         args = [bytes([i]) * size for i in range(3)]
         runner = serialization.dumps(runners.MapChunk(_identity, False), by_value=False)
