@@ -14,7 +14,6 @@ import multiprocessing as _mp
 from typing import TYPE_CHECKING, Any
 
 from dmp import _config
-from dmp._version import __version__ as __version__
 
 # Library code never configures logging; only the CLI does.
 _logging.getLogger("dmp").addHandler(_logging.NullHandler())
@@ -33,6 +32,8 @@ _LAZY = {
          "log_to_stderr", "reducer", "set_executable", "set_forkserver_preload", "set_start_method"],
         "dmp.context",
     ),
+    # importlib.metadata costs ~9 ms to import, and every forked worker would copy its pages.
+    "__version__": "dmp._version",
     "Executor": "dmp.client.executor",
     **dict.fromkeys(["LocalCluster", "status", "wait_for_workers"], "dmp.client.cluster"),
     "Pool": "dmp.client.pool",
@@ -47,6 +48,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from dmp._version import __version__ as __version__
     from dmp.client.cluster import LocalCluster, status, wait_for_workers
     from dmp.client.executor import Executor
     from dmp.client.pool import Pool
