@@ -13,10 +13,14 @@ failed (a manager gone silent), so a call never waits forever.
 
 from __future__ import annotations
 
+import os
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
+
+import msgpack
 
 from dmp.client import directlink
 from dmp.errors import ManagerUnavailableError
@@ -124,3 +128,140 @@ def _cancel(
 
 def _send_cancel(sock: socket.socket, ref: int) -> None:
     direct.send(sock, direct.encode(protocol.ObjCancel(ref)))
+
+
+# --- the short path: a reactor kind's call with no message objects -------------------------
+# (the same bytes on the wire as request(); see dmp.client.reactor_proxies._ReactorProxy._call)
+
+
+class _Open(threading.local):
+    """This thread's door connections already in use, by manager address:
+    (connection, its Welcome, socket, reader)."""
+
+    def __init__(self) -> None:
+        self.by_address: dict[str, tuple[Any, protocol.Welcome, socket.socket, direct.Reader]] = {}
+
+
+_open = _Open()
+# A forked child starts with none (only the forking thread lives on in it).
+os.register_at_fork(after_in_child=lambda: _open.by_address.clear())
+
+_PREFIX = direct.PREFIX_STRUCT
+_HEAD = _PREFIX.size
+_packb = msgpack.packb
+_unpackb = msgpack.unpackb
+_VERSION = protocol.PROTOCOL_VERSION
+_OBJCALL = protocol.ObjCall.TYPE
+_OBJREPLY = protocol.ObjReply.TYPE
+_get_ident = threading.get_ident
+
+
+def _door(address: str) -> tuple[Any, protocol.Welcome, socket.socket, direct.Reader] | None:
+    """This thread's door to the manager at ``address``, opened if need be; None: none to use."""
+    from dmp.client import proxylink
+
+    conn = proxylink.connection(address)
+    welcome = conn.link.welcome
+    if not conn.use_door or welcome is None or not welcome.direct:
+        return None
+    got = directlink._sock(welcome.direct, conn.key, welcome.peer_id)
+    if got is None:
+        return None
+    entry = _open.by_address[address] = (conn, welcome, got[0], got[1])
+    return entry
+
+
+def call(
+    address: str,
+    oid: int,
+    method: str,
+    args: list[Any],
+    frames: Sequence[Any],
+    timeout: float,
+    undo: Any,
+) -> tuple[int, Any, list[Any]] | None:
+    """Call ``method`` of reactor-kind object ``oid`` through the door: (status, value,
+    payload frames) of its reply; None: take the usual path (no door, not joined, ...).
+
+    Raises:
+        ManagerUnavailableError: the manager went away during the call.
+    """
+    entry = _open.by_address.get(address)
+    if entry is None:
+        entry = _door(address)
+        if entry is None:
+            return None
+    conn, welcome, sock, reader = entry
+    if conn.closed is not None or conn.link.welcome is not welcome or reader.buf:
+        del _open.by_address[address]  # the usual path sorts it out (and fails if it must)
+        return None
+    ref = next(conn._refs)
+    thread = _get_ident()
+    if frames and not all(type(f) is bytes for f in frames):  # big buffers: the usual framing
+        msg = protocol.ObjCall(ref, oid, method, args, timeout, thread)
+        buffers = direct.encode(msg, frames)
+    else:
+        sizes = [len(f) for f in frames]
+        header = _packb([_VERSION, _OBJCALL, sizes, ref, oid, method, args, timeout, thread])
+        buffers = [b"".join([_PREFIX.pack(len(header), sum(sizes)), header, *frames])]
+    try:
+        direct.send(sock, buffers)
+        got = _reply(conn, sock, reader, ref)
+    except (direct.DirectError, OSError) as exc:
+        _open.by_address.pop(address, None)
+        directlink._drop(welcome.direct, welcome.peer_id)
+        raise ManagerUnavailableError(
+            f"the manager closed its direct route during a call ({exc})"
+        ) from None
+    except BaseException:
+        _open.by_address.pop(address, None)
+        msg = protocol.ObjCall(ref, oid, method, args, timeout, thread)
+        _cancel(conn, welcome.direct, sock, reader, msg, undo)
+        raise
+    if got[0] == ObjStatus.REDIRECT:
+        return None
+    return got
+
+
+def _reply(
+    conn: Any, sock: socket.socket, reader: direct.Reader, ref: int
+) -> tuple[int, Any, list[Any]]:
+    """Read the reply to ``ref``: decoded here when it is one whole read, as it nearly always is."""
+    while True:
+        try:
+            chunk = sock.recv(1 << 18)
+        except BlockingIOError:  # SO_RCVTIMEO passed: is the session still alive?
+            if conn.closed is not None:
+                raise ManagerUnavailableError(str(conn.closed)) from None
+            continue
+        break
+    if not chunk:
+        raise direct.DirectError("the manager closed the connection")
+    n = len(chunk)
+    if n >= _HEAD:
+        hlen, plen = _PREFIX.unpack_from(chunk, 0)
+        if n == _HEAD + hlen + plen:
+            try:
+                head = _unpackb(chunk[_HEAD : _HEAD + hlen])
+            except Exception:
+                head = None
+            if (
+                type(head) is list
+                and len(head) >= 5
+                and head[1] == _OBJREPLY
+                and head[3] == ref
+                and head[0] == _VERSION
+                and type(head[4]) is int
+            ):
+                sizes = head[2]
+                if not sizes and not plen:
+                    return head[4], head[5] if len(head) > 5 else None, []
+                if type(sizes) is list and len(sizes) == 1 and sizes[0] == plen:
+                    return (
+                        head[4],
+                        head[5] if len(head) > 5 else None,
+                        [memoryview(chunk)[_HEAD + hlen :]],
+                    )
+    reader.feed(chunk)  # anything else: the usual reading and checks
+    reply, out = _await(conn, sock, reader, ref)
+    return reply.status, reply.value, out

@@ -41,7 +41,7 @@ PREFIX = "unix:@"
 # Largest message either side accepts (as the manager's default limit).
 MAX_MESSAGE_BYTES = 1 << 30
 HANDSHAKE_TIMEOUT_S = 5.0
-_PREFIX = struct.Struct("<IQ")
+_PREFIX = PREFIX_STRUCT = struct.Struct("<IQ")  # header length, payload length
 
 
 class DirectError(ConnectionError):
@@ -183,8 +183,15 @@ JOIN_BELOW = 64 * 1024
 
 def encode(msg: protocol.Message, frames: Sequence[Any] = ()) -> list[Any]:
     """The buffers of one framed message: prefix, header, then each payload frame."""
+    if not frames:
+        header = protocol.encode(msg)
+        return [_PREFIX.pack(len(header), 0) + header]
     sizes = [f.nbytes if isinstance(f, memoryview) else len(f) for f in frames]
-    header = protocol.encode(msg, sizes)
+    return frame(protocol.encode(msg, sizes), frames, sizes)
+
+
+def frame(header: bytes, frames: Sequence[Any], sizes: list[int]) -> list[Any]:
+    """The buffers of one message from its encoded ``header`` and payload ``frames`` (of ``sizes``)."""
     payload = sum(sizes)
     prefix = _PREFIX.pack(len(header), payload)
     if payload < JOIN_BELOW:

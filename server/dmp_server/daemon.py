@@ -22,6 +22,7 @@ class knows nothing of them. Payloads are never unpickled.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import time
@@ -35,9 +36,9 @@ from dmp.deaths import format_size
 from dmp.wire import protocol, transport
 from dmp.wire.protocol import ErrorCode, Role
 from dmp.wire.wakeup import Wakeup
-from dmp_server import gate, hostproc, objects, status
+from dmp_server import doorcall, gate, hostproc, objects, status
 from dmp_server.dashboard import PUBLISH_S, Board
-from dmp_server.door import Door
+from dmp_server.door import Door, FastCall
 from dmp_server.peers import (
     LIVENESS,
     Departures,
@@ -111,9 +112,11 @@ class Daemon(Routing):
         self._poller.register(self._wake.fd, zmq.POLLIN)
         # Calls on the reactor kinds from clients on this machine (dmp_server.door).
         self.door: Door | None = None
+        self._door_call: FastCall | None = None
         if _config.direct_route() and self.endpoints and supervisor is None:  # not in a local Pool
             try:
                 self.door = Door(key, self._wake.poke)
+                self._door_call = functools.partial(doorcall.serve, self)  # its short path
                 self._poller.register(self.door.fd, zmq.POLLIN)
             except OSError:
                 self.door = None
@@ -227,7 +230,7 @@ class Daemon(Routing):
         if self._wake.fd in ready:
             self._wake.clear()
         if self.door is not None:
-            self.door.serve(ready, self._poller, self._door_client, self._handle_client)
+            self.door.serve(ready, self._poller, self._door_client, self._handle_client, self._door_call)
         if self.pipes is not None and self.pipes.by_fd:
             self.pipes.serve(ready, self._poller, self._from_pipe)
         if self.inbox:
