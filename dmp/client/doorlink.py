@@ -197,16 +197,31 @@ def call(
         return None
     ref = next(conn._refs)
     thread = _get_ident()
-    if frames and not all(type(f) is bytes for f in frames):  # big buffers: the usual framing
-        msg = protocol.ObjCall(ref, oid, method, args, timeout, thread)
-        buffers = direct.encode(msg, frames)
-    else:
-        sizes = [len(f) for f in frames]
-        header = _packb([_VERSION, _OBJCALL, sizes, ref, oid, method, args, timeout, thread])
-        buffers = [b"".join([_PREFIX.pack(len(header), sum(sizes)), header, *frames])]
+    if not frames:
+        header = _packb([_VERSION, _OBJCALL, [], ref, oid, method, args, timeout, thread])
+        data = _PREFIX.pack(len(header), 0) + header
+    elif len(frames) == 1 and type(frames[0]) is bytes and len(frames[0]) < direct.JOIN_BELOW:
+        item = frames[0]
+        header = _packb([_VERSION, _OBJCALL, [len(item)], ref, oid, method, args, timeout, thread])
+        data = _PREFIX.pack(len(header), len(item)) + header + item
+    else:  # several frames, or big buffers: the usual framing
+        data = None
+        buffers = direct.encode(protocol.ObjCall(ref, oid, method, args, timeout, thread), frames)
     try:
-        direct.send(sock, buffers)
-        got = _reply(conn, sock, reader, ref)
+        if data is not None:
+            sock.sendall(data)
+        else:
+            direct.send(sock, buffers)
+        while True:
+            try:
+                chunk = sock.recv(1 << 18)
+                break
+            except BlockingIOError:  # SO_RCVTIMEO passed: is the session still alive?
+                if conn.closed is not None:
+                    raise ManagerUnavailableError(str(conn.closed)) from None
+        got = _decode(chunk, ref)
+        if got is None:
+            got = _reply(conn, sock, reader, ref, chunk)
     except (direct.DirectError, OSError) as exc:
         _open.by_address.pop(address, None)
         directlink._drop(welcome.direct, welcome.peer_id)
@@ -223,45 +238,42 @@ def call(
     return got
 
 
+def _decode(chunk: bytes, ref: int) -> tuple[int, Any, list[Any]] | None:
+    """``chunk`` as exactly the ObjReply to ``ref`` with at most one payload frame; None: else."""
+    n = len(chunk)
+    if n < _HEAD:
+        return None
+    hlen, plen = _PREFIX.unpack_from(chunk, 0)
+    if n != _HEAD + hlen + plen:
+        return None
+    try:
+        head = _unpackb(chunk[_HEAD : _HEAD + hlen])
+    except Exception:
+        return None
+    if (
+        type(head) is not list
+        or len(head) < 5
+        or head[1] != _OBJREPLY
+        or head[3] != ref
+        or head[0] != _VERSION
+        or type(head[4]) is not int
+    ):
+        return None
+    sizes = head[2]
+    value = head[5] if len(head) > 5 else None
+    if not sizes and not plen:
+        return head[4], value, []
+    if type(sizes) is list and len(sizes) == 1 and sizes[0] == plen:
+        return head[4], value, [memoryview(chunk)[_HEAD + hlen :]]
+    return None
+
+
 def _reply(
-    conn: Any, sock: socket.socket, reader: direct.Reader, ref: int
+    conn: Any, sock: socket.socket, reader: direct.Reader, ref: int, chunk: bytes
 ) -> tuple[int, Any, list[Any]]:
-    """Read the reply to ``ref``: decoded here when it is one whole read, as it nearly always is."""
-    while True:
-        try:
-            chunk = sock.recv(1 << 18)
-        except BlockingIOError:  # SO_RCVTIMEO passed: is the session still alive?
-            if conn.closed is not None:
-                raise ManagerUnavailableError(str(conn.closed)) from None
-            continue
-        break
+    """The reply to ``ref`` when the first read was not exactly it: the usual reading and checks."""
     if not chunk:
         raise direct.DirectError("the manager closed the connection")
-    n = len(chunk)
-    if n >= _HEAD:
-        hlen, plen = _PREFIX.unpack_from(chunk, 0)
-        if n == _HEAD + hlen + plen:
-            try:
-                head = _unpackb(chunk[_HEAD : _HEAD + hlen])
-            except Exception:
-                head = None
-            if (
-                type(head) is list
-                and len(head) >= 5
-                and head[1] == _OBJREPLY
-                and head[3] == ref
-                and head[0] == _VERSION
-                and type(head[4]) is int
-            ):
-                sizes = head[2]
-                if not sizes and not plen:
-                    return head[4], head[5] if len(head) > 5 else None, []
-                if type(sizes) is list and len(sizes) == 1 and sizes[0] == plen:
-                    return (
-                        head[4],
-                        head[5] if len(head) > 5 else None,
-                        [memoryview(chunk)[_HEAD + hlen :]],
-                    )
-    reader.feed(chunk)  # anything else: the usual reading and checks
+    reader.feed(chunk)
     reply, out = _await(conn, sock, reader, ref)
     return reply.status, reply.value, out

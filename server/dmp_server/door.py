@@ -115,19 +115,36 @@ class Door:
         self, conn: DoorConn, ref: int, value: Any, frames: list[Any], poller: zmq.Poller
     ) -> None:
         """``reply`` of ``ObjReply(ref, OK, value)``, its header made here (trailing
-        defaults left off, as the protocol allows)."""
+        defaults left off, as the protocol allows); one send when the socket takes it."""
         head = (
             [_VERSION, _OBJREPLY, [], ref, 0]
             if value is None
             else [_VERSION, _OBJREPLY, [], ref, 0, value]
         )
-        if frames:
-            head[2] = sizes = [f.nbytes if type(f) is memoryview else len(f) for f in frames]
+        if not frames:
             header = _packb(head)
-            self._write(conn, direct.frame(header, frames, sizes), poller)
+            data: bytes | memoryview = _PREFIX.pack(len(header), 0) + header
+        elif len(frames) == 1 and type(frames[0]) is bytes and len(frames[0]) < direct.JOIN_BELOW:
+            item = frames[0]
+            head[2] = [len(item)]
+            header = _packb(head)
+            data = _PREFIX.pack(len(header), len(item)) + header + item
         else:
-            header = _packb(head)
-            self._write(conn, [_PREFIX.pack(len(header), 0) + header], poller)
+            head[2] = sizes = [f.nbytes if type(f) is memoryview else len(f) for f in frames]
+            self._write(conn, direct.frame(_packb(head), frames, sizes), poller)
+            return
+        if not conn.pending:
+            try:
+                sent = conn.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._close(conn, poller)
+                return
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
+        self._write(conn, [data], poller)
 
     def _write(self, conn: DoorConn, buffers: list[Any], poller: zmq.Poller) -> None:
         sock = conn.sock

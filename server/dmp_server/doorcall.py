@@ -35,6 +35,7 @@ _HEAD = _PREFIX.size
 _unpackb = msgpack.unpackb
 _VERSION = protocol.PROTOCOL_VERSION
 _OBJCALL = protocol.ObjCall.TYPE
+_CLIENT = protocol.Role.CLIENT
 FAILED = protocol.ObjStatus.FAILED
 log = logging.getLogger("dmp.manager")
 _SCALARS = frozenset({int, float, str, bool, type(None)})
@@ -91,7 +92,8 @@ def serve(r: Routing, conn: DoorConn, chunk: bytes) -> bool:
     if call is None:
         return False
     peer = conn.peer
-    if not r._door_client(peer):
+    known = r.peers.by_id.get(peer)
+    if known is None or known.role != _CLIENT:  # as Routing._door_client
         return False  # the usual path answers REDIRECT
     ref, oid, method, args, timeout, thread, frames = call
     objects = r.objects
