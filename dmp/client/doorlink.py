@@ -233,7 +233,8 @@ def call(
         msg = protocol.ObjCall(ref, oid, method, args, timeout, thread)
         _cancel(conn, welcome.direct, sock, reader, msg, undo)
         raise
-    if got[0] == ObjStatus.REDIRECT:
+    if got[0] == ObjStatus.REDIRECT:  # not joined (any more): look the connection up again
+        _open.by_address.pop(address, None)
         return None
     return got
 

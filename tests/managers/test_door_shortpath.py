@@ -230,3 +230,28 @@ def test_which_calls_the_short_path_takes() -> None:
     whole = _chunk([v, t, [], 5, 1, "get", [], 0.0, 7])
     assert doorcall.decode(whole + whole) is None  # two messages in one read
     assert doorcall.decode(whole[:-1]) is None
+
+
+def test_a_connection_given_up_is_not_kept_for_door_calls(daemon: Daemon) -> None:
+    """After this process's connection is dropped (a manager forgotten and met again),
+    calls go through the door for the new connection's peer, not the old one's."""
+    from dmp.client import directlink, doorlink, proxylink
+
+    q = dmp.Manager(address=daemon.address).Queue()
+    q.put(1)
+    assert q.get() == 1
+    other = proxies.Connection(daemon.address, None)  # another peer holds the queue too
+    try:
+        reply, _ = other.request(protocol.ObjCall(0, q._token.id, "qsize", [], -1.0, 1))  # type: ignore[attr-defined]
+        assert reply.status == OK
+        old = proxylink.connection(daemon.address)
+        proxylink.forget(daemon.address)  # says Bye: the manager forgets that peer
+        for i in range(3):
+            q.put(i)
+            assert q.get(timeout=10) == i
+        new = proxylink.connection(daemon.address)
+        assert new is not old and new.link.welcome is not None
+        assert doorlink._open.by_address[daemon.address][0] is new
+        assert f"{new.link.welcome.direct}#{new.link.welcome.peer_id}" in directlink._local.socks
+    finally:
+        other.close()
