@@ -65,10 +65,12 @@ class QueueProxy(_ReactorProxy):
     _undo_ = {"get": Undo("unget")}
 
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
-        self._call("put", None, self._dumps(obj), _timeout(block, timeout))
+        wait = -1.0 if block and timeout is None else _timeout(block, timeout)
+        self._call("put", None, self._dumps(obj), wait)
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        return self._loads(self._call("get", None, (), _timeout(block, timeout))[1])
+        wait = -1.0 if block and timeout is None else _timeout(block, timeout)
+        return self._loads(self._call("get", None, (), wait)[1])
 
     def put_nowait(self, obj: Any) -> None:
         self.put(obj, False)
