@@ -133,7 +133,7 @@ class Door:
             head[2] = sizes = [f.nbytes if type(f) is memoryview else len(f) for f in frames]
             self._write(conn, direct.frame(_packb(head), frames, sizes), poller)
             return
-        if not conn.pending:
+        if not conn.pending.views:  # (its deque: Outbox.__bool__ would be a Python call)
             try:
                 sent = conn.sock.send(data)
             except (BlockingIOError, InterruptedError):
