@@ -179,6 +179,23 @@ def dumps(obj: Any, *, by_value: bool = True) -> list[Any]:
     return _pickle(_wrap_large(obj), by_value)
 
 
+def dumps_call(func: Any, args: tuple[Any, ...], kwds: dict[str, Any], *, by_value: bool = True) -> list[Any]:
+    """Frames of an apply task ``(func, args, kwds)``: :func:`dumps` of the triple.
+
+    When the arguments are small plain data (:func:`_plain`) nothing in the
+    triple can be a large buffer, so the scan for one is skipped (it costs
+    more than the pickling); a buffer the function itself holds (a numpy
+    array in a closure) still goes out of band.
+
+    Raises:
+        Exception: whatever pickling raised (PicklingError, TypeError, ...).
+    """
+    task = (func, args, kwds)
+    if _plain(args) and (not kwds or _plain(kwds)):
+        return _pickle(task, by_value)
+    return _pickle(_wrap_large(task), by_value)
+
+
 # cloudpickle's modules registered to travel by value (send_by_value); None if
 # this cloudpickle keeps them elsewhere: then dumps_quick never takes its shortcut.
 _BY_VALUE_MODULES: Any = getattr(getattr(cloudpickle, "cloudpickle", None), "_PICKLE_BY_VALUE_MODULES", None)

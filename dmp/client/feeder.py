@@ -21,6 +21,7 @@ from typing import Any
 
 from dmp import serialization
 from dmp.client.session import Session
+from dmp.client.sigint import critical
 from dmp.client.sink import MapSink
 from dmp.errors import MessageTooLargeError
 
@@ -28,9 +29,17 @@ from dmp.errors import MessageTooLargeError
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 
 # Tasks pickled before they are handed to the engine in one message; a batch
-# also goes out once its first task has waited FEED_FLUSH_S.
+# also goes out once its first task has waited FEED_FLUSH_S, or once it holds
+# FEED_BATCH_BYTES (a big chunk goes at once: pickling it cost far more than
+# a message, and a worker may be idle meanwhile).
 FEED_BATCH = 64
 FEED_FLUSH_S = 0.0005
+# A batch also goes out once its payload frames hold this many bytes: large
+# arguments travel one task a message, so the manager forwards the first to a
+# worker while the next is still on its way (never store-and-forward 128 MiB).
+FEED_BATCH_BYTES = 16 * 1024
+# A local map of at most this many chunks is fed by its caller (Feeder.feed_here).
+FEED_HERE_MAX = 64
 
 
 class Feeder:
@@ -40,18 +49,49 @@ class Feeder:
         self._session = session
         self._by_value = by_value
         self._state = state  # the pool's RUN / CLOSE / TERMINATE
-        self._feed: collections.deque[tuple[int, MapSink, Iterator[Any]]] = collections.deque()
+        self._feed: collections.deque[tuple[int, MapSink, Iterable[Any]]] = collections.deque()
         self._feed_cond = threading.Condition(threading.Lock())
         # Started by the first map: a pool used only for apply never pays for it.
         self._thread = threading.Thread(target=self._feed_loop, name="dmp-feeder", daemon=True)
 
-    def add(self, job: int, sink: MapSink, chunks: Iterator[tuple[int, list[Any]]]) -> None:
+    def add(self, job: int, sink: MapSink, chunks: Iterable[tuple[int, list[Any]]]) -> None:
         """Feed ``chunks`` to ``job`` once the jobs added before it are fed."""
         with self._feed_cond:
             self._feed.append((job, sink, chunks))
             self._feed_cond.notify()
             if self._thread.ident is None:
                 self._thread.start()
+
+    def feed_here(self, job: int, sink: MapSink, chunks: Iterable[tuple[int, list[Any]]], count: int) -> bool:
+        """Feed ``job``'s ``count`` chunks on the calling thread, now, if it may;
+        False (nothing done) if not: ``count`` unknown (0) or above
+        FEED_HERE_MAX, a cluster pool, the caller on the reactor's turn (a
+        callback), too little credit to send them all without waiting, or
+        jobs queued for the feeder thread (they go first).
+
+        For a local map of a few chunks, whose caller would only wait for the
+        feeder thread: the first chunk reaches a worker as soon as it is
+        pickled, with no thread woken and no lock of the interpreter fought
+        over while the feeder thread pickles the next.
+        """
+        turns = getattr(self._session.link, "turns", None)  # the LocalLink's
+        credit = self._session.credit
+        if not 0 < count <= FEED_HERE_MAX or turns is None or turns.runs_here():
+            return False
+        if credit.outstanding + count > credit.limit:
+            return False
+        with self._feed_cond:
+            if self._feed:
+                return False
+        # A Ctrl-C waits for the job to be fed whole (and ended), then is raised:
+        # half fed, its result would never complete and join() would wait for it.
+        with critical:
+            try:
+                self._feed_one(job, sink, chunks)
+            except Exception as exc:  # as the feeder thread: the job fails, the pool goes on
+                if self._state() == RUN:
+                    sink.on_failure(exc)
+        return True
 
     def wake(self) -> None:
         """The pool's state changed: an idle feeder rechecks it (and exits if not RUN)."""
@@ -83,13 +123,16 @@ class Feeder:
                 # its arguments and results belong to the caller alone.
                 del job, sink, chunks
 
-    def _feed_one(self, job: int, sink: MapSink, chunks: Iterator[tuple[int, list[Any]]]) -> None:
+    def _feed_one(self, job: int, sink: MapSink, chunks: Iterable[tuple[int, list[Any]]]) -> None:
         alive = lambda: self._state() != TERMINATE and not sink.abandoned()  # noqa: E731
         batch: list[tuple[int, list[Any]]] = []
         started = 0.0
+        nbytes = 0  # of the batch's payload frames
         handed = 0  # tasks sent or failed here: what the sink will hear about
         next_id = 0
         by_value = self._by_value
+        # A source that may wait for its next item gets no batch held across that wait.
+        eager = not getattr(chunks, "sized", False)
         try:
             for task_id, chunk in chunks:
                 next_id = task_id + 1
@@ -101,8 +144,16 @@ class Feeder:
                     continue
                 if not batch:
                     started = time.monotonic()
+                    nbytes = 0
                 batch.append((task_id, frames))
-                if len(batch) >= FEED_BATCH or time.monotonic() - started >= FEED_FLUSH_S:
+                # Frames are bytes or byte-format memoryviews (pickle buffers): len is their size.
+                nbytes += len(frames[0]) if len(frames) == 1 else sum(map(len, frames))
+                if (
+                    eager
+                    or len(batch) >= FEED_BATCH
+                    or nbytes >= FEED_BATCH_BYTES
+                    or time.monotonic() - started >= FEED_FLUSH_S
+                ):
                     if not self._send(job, batch, alive, sink):
                         break
                     handed += len(batch)
@@ -132,9 +183,27 @@ class Feeder:
             return self._send(job, batch[:half], alive, sink) and self._send(job, batch[half:], alive, sink)
 
 
-def chunks(iterable: Iterable[Any], size: int) -> Iterator[tuple[int, list[Any]]]:
-    """(chunk index, up to ``size`` items) pairs, pulled from ``iterable`` as they are asked for."""
-    it = iter(iterable)
+class Chunks:
+    """(chunk index, up to ``size`` items) pairs, pulled from ``iterable`` as they are asked for.
+
+    ``sized``: the iterable has a length (a list, a range, an array), so taking
+    its next item does not wait on anything. A generator's next item may wait
+    on anything, even on a result of the items it already gave (a feedback
+    loop): those are sent before it is asked for another, as multiprocessing
+    does, never held in a batch.
+    """
+
+    __slots__ = ("_it", "sized")
+
+    def __init__(self, iterable: Iterable[Any], size: int) -> None:
+        self.sized = hasattr(iterable, "__len__")
+        self._it = _chunked(iter(iterable), size)
+
+    def __iter__(self) -> Iterator[tuple[int, list[Any]]]:
+        return self._it
+
+
+def _chunked(it: Iterator[Any], size: int) -> Iterator[tuple[int, list[Any]]]:
     if size == 1:
         for i, x in enumerate(it):
             yield i, [x]
@@ -144,3 +213,6 @@ def chunks(iterable: Iterable[Any], size: int) -> Iterator[tuple[int, list[Any]]
         if not chunk:
             return
         yield i, chunk
+
+
+chunks = Chunks

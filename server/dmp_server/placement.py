@@ -19,6 +19,10 @@ from dmp_server.records import Client, Command, Job, Node, Send, Task, Worker
 # Tasks given to a worker at once, when they fit its credit, however many
 # workers are idle (see Placement.schedule).
 DISPATCH_BATCH = 32
+# A Dispatch holds task frames of at most about this many bytes: a worker's
+# share of large tasks goes as several messages, so it runs the first while
+# the next arrives.
+DISPATCH_BYTES = 1 << 20
 
 
 class Placement:
@@ -82,11 +86,12 @@ class Placement:
             job_frames: list[Any] = []
             items: list[list[int]] = []
             frames: list[Any] = []
+            taken = nbytes = 0
             while free > 0 and self._ready:
                 job = self._pick(worker)
                 if job is None:
                     break  # every waiting client is at its cap of workers, or needs resources not free here
-                if not job.timed and len(items) >= spread:
+                if not job.timed and taken >= spread:
                     break  # its tasks' run time is unknown: spread them
                 client = self._ready[0]
                 task = job.pending.popleft()
@@ -116,12 +121,49 @@ class Placement:
                 items.append([task.key, job.key, task.attempt, len(task.frames)])
                 frames.extend(task.frames)
                 free -= 1
+                taken += 1
+                # Task frames are bytes or byte-format views: len is their size.
+                tf = task.frames
+                nbytes += len(tf[0]) if len(tf) == 1 else sum(map(len, tf))
+                if nbytes >= DISPATCH_BYTES:
+                    cmds.append(Send(worker.peer, protocol.Dispatch(jobs, items), job_frames + frames))
+                    jobs, job_frames, items, frames = [], [], [], []
+                    nbytes = 0
                 if job.idle_only:
                     break  # nothing queues behind it, not even in this Dispatch
             if items:
                 cmds.append(Send(worker.peer, protocol.Dispatch(jobs, items), job_frames + frames))
         hungry.put_back([w for w in visited if self.credit(w) > 0])
         return cmds
+
+    def give_now(self, client: Client, job: Job, task: Task) -> Command | None:
+        """``task`` (not queued) to the first idle worker, as :meth:`schedule`
+        would give it when nothing else waits; None (nothing done) when it
+        would not be that simple: other clients wait, no worker is idle, the
+        job needs resources, or the client is at its cap of workers."""
+        if self._ready or job.resources or (client.max_workers and len(client.on) >= client.max_workers):
+            return None
+        worker = self.hungry.pop_idle()
+        if worker is None:
+            return None
+        free = self.credit(worker)
+        if free <= 0:
+            self.hungry.touch(worker)
+            return None
+        jobs: list[list[Any]] = []
+        if worker.peer not in job.holders:
+            job.holders.add(worker.peer)
+            jobs.append([job.key, len(job.runner), job.timeout])
+        task.worker = worker.peer
+        worker.assigned[task.key] = task
+        if worker.tasks_left > 0:
+            worker.tasks_left -= 1
+        client.running += 1
+        client.on[worker.peer] = client.on.get(worker.peer, 0) + 1
+        if free > 1 and not job.idle_only:  # its credit now, as schedule() would find it
+            self.hungry.touch(worker)
+        items = [[task.key, job.key, task.attempt, len(task.frames)]]
+        return Send(worker.peer, protocol.Dispatch(jobs, items), [*job.runner, *task.frames] if jobs else task.frames)
 
     # --- internals ---------------------------------------------------------------
 
