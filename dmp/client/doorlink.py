@@ -13,10 +13,14 @@ failed (a manager gone silent), so a call never waits forever.
 
 from __future__ import annotations
 
+import os
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
+
+import msgpack
 
 from dmp.client import directlink
 from dmp.errors import ManagerUnavailableError
@@ -124,3 +128,153 @@ def _cancel(
 
 def _send_cancel(sock: socket.socket, ref: int) -> None:
     direct.send(sock, direct.encode(protocol.ObjCancel(ref)))
+
+
+# --- the short path: a reactor kind's call with no message objects -------------------------
+# (the same bytes on the wire as request(); see dmp.client.reactor_proxies._ReactorProxy._call)
+
+
+class _Open(threading.local):
+    """This thread's door connections already in use, by manager address:
+    (connection, its Welcome, socket, reader)."""
+
+    def __init__(self) -> None:
+        self.by_address: dict[str, tuple[Any, protocol.Welcome, socket.socket, direct.Reader]] = {}
+
+
+_open = _Open()
+# A forked child starts with none (only the forking thread lives on in it).
+os.register_at_fork(after_in_child=lambda: _open.by_address.clear())
+
+_PREFIX = direct.PREFIX_STRUCT
+_HEAD = _PREFIX.size
+_packb = msgpack.packb
+_unpackb = msgpack.unpackb
+_VERSION = protocol.PROTOCOL_VERSION
+_OBJCALL = protocol.ObjCall.TYPE
+_OBJREPLY = protocol.ObjReply.TYPE
+_get_ident = threading.get_ident
+
+
+def _door(address: str) -> tuple[Any, protocol.Welcome, socket.socket, direct.Reader] | None:
+    """This thread's door to the manager at ``address``, opened if need be; None: none to use."""
+    from dmp.client import proxylink
+
+    conn = proxylink.connection(address)
+    welcome = conn.link.welcome
+    if not conn.use_door or welcome is None or not welcome.direct:
+        return None
+    got = directlink._sock(welcome.direct, conn.key, welcome.peer_id)
+    if got is None:
+        return None
+    entry = _open.by_address[address] = (conn, welcome, got[0], got[1])
+    return entry
+
+
+def call(
+    address: str,
+    oid: int,
+    method: str,
+    args: list[Any],
+    frames: Sequence[Any],
+    timeout: float,
+    undo: Any,
+) -> tuple[int, Any, list[Any]] | None:
+    """Call ``method`` of reactor-kind object ``oid`` through the door: (status, value,
+    payload frames) of its reply; None: take the usual path (no door, not joined, ...).
+
+    Raises:
+        ManagerUnavailableError: the manager went away during the call.
+    """
+    entry = _open.by_address.get(address)
+    if entry is None:
+        entry = _door(address)
+        if entry is None:
+            return None
+    conn, welcome, sock, reader = entry
+    if conn.closed is not None or conn.link.welcome is not welcome or reader.buf:
+        del _open.by_address[address]  # the usual path sorts it out (and fails if it must)
+        return None
+    ref = next(conn._refs)
+    thread = _get_ident()
+    if not frames:
+        header = _packb([_VERSION, _OBJCALL, [], ref, oid, method, args, timeout, thread])
+        data = _PREFIX.pack(len(header), 0) + header
+    elif len(frames) == 1 and type(frames[0]) is bytes and len(frames[0]) < direct.JOIN_BELOW:
+        item = frames[0]
+        header = _packb([_VERSION, _OBJCALL, [len(item)], ref, oid, method, args, timeout, thread])
+        data = _PREFIX.pack(len(header), len(item)) + header + item
+    else:  # several frames, or big buffers: the usual framing
+        data = None
+        buffers = direct.encode(protocol.ObjCall(ref, oid, method, args, timeout, thread), frames)
+    try:
+        if data is not None:
+            sock.sendall(data)
+        else:
+            direct.send(sock, buffers)
+        while True:
+            try:
+                chunk = sock.recv(1 << 18)
+                break
+            except BlockingIOError:  # SO_RCVTIMEO passed: is the session still alive?
+                if conn.closed is not None:
+                    raise ManagerUnavailableError(str(conn.closed)) from None
+        got = _decode(chunk, ref)
+        if got is None:
+            got = _reply(conn, sock, reader, ref, chunk)
+    except (direct.DirectError, OSError) as exc:
+        _open.by_address.pop(address, None)
+        directlink._drop(welcome.direct, welcome.peer_id)
+        raise ManagerUnavailableError(
+            f"the manager closed its direct route during a call ({exc})"
+        ) from None
+    except BaseException:
+        _open.by_address.pop(address, None)
+        msg = protocol.ObjCall(ref, oid, method, args, timeout, thread)
+        _cancel(conn, welcome.direct, sock, reader, msg, undo)
+        raise
+    if got[0] == ObjStatus.REDIRECT:  # not joined (any more): look the connection up again
+        _open.by_address.pop(address, None)
+        return None
+    return got
+
+
+def _decode(chunk: bytes, ref: int) -> tuple[int, Any, list[Any]] | None:
+    """``chunk`` as exactly the ObjReply to ``ref`` with at most one payload frame; None: else."""
+    n = len(chunk)
+    if n < _HEAD:
+        return None
+    hlen, plen = _PREFIX.unpack_from(chunk, 0)
+    if n != _HEAD + hlen + plen:
+        return None
+    try:
+        head = _unpackb(chunk[_HEAD : _HEAD + hlen])
+    except Exception:
+        return None
+    if (
+        type(head) is not list
+        or len(head) < 5
+        or head[1] != _OBJREPLY
+        or head[3] != ref
+        or head[0] != _VERSION
+        or type(head[4]) is not int
+    ):
+        return None
+    sizes = head[2]
+    value = head[5] if len(head) > 5 else None
+    if not sizes and not plen:
+        return head[4], value, []
+    if type(sizes) is list and len(sizes) == 1 and sizes[0] == plen:
+        return head[4], value, [memoryview(chunk)[_HEAD + hlen :]]
+    return None
+
+
+def _reply(
+    conn: Any, sock: socket.socket, reader: direct.Reader, ref: int, chunk: bytes
+) -> tuple[int, Any, list[Any]]:
+    """The reply to ``ref`` when the first read was not exactly it: the usual reading and checks."""
+    if not chunk:
+        raise direct.DirectError("the manager closed the connection")
+    reader.feed(chunk)
+    reply, out = _await(conn, sock, reader, ref)
+    return reply.status, reply.value, out

@@ -197,8 +197,9 @@ class BaseProxy:
     # --- calls ---
 
     def _dumps(self, obj: Any) -> list[Any]:
-        """The payload frames of a value sent to the shared object (see xml_roundtrip)."""
-        return serialization.dumps(xml_roundtrip(obj) if self._serializer == "xmlrpclib" else obj)
+        """The payload frames of a value sent to the shared object (see xml_roundtrip): plain
+        pickle where its bytes mean what cloudpickle's would, as for call arguments."""
+        return serialization.dumps_quick(xml_roundtrip(obj) if self._serializer == "xmlrpclib" else obj)
 
     def _loads(self, frames: list[Any]) -> Any:
         obj = serialization.loads(frames)

@@ -17,8 +17,10 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from dmp.client.proxies import BaseProxy, Undo
+from dmp.client import doorlink
+from dmp.client.proxies import BaseProxy, Undo, raise_for
 from dmp.wire import protocol
+from dmp.wire.protocol import ObjStatus
 
 
 def _timeout(block: bool, timeout: float | None) -> float:
@@ -41,7 +43,14 @@ class _ReactorProxy(BaseProxy):
     _undo_: dict[str, Undo] = {}
 
     def _call(self, method: str, args: list[Any] | None = None, frames: Sequence[Any] = (), timeout: float = -1.0) -> tuple[Any, list[Any]]:
-        msg = protocol.ObjCall(0, self._token.id, method, args or [], timeout, threading.get_ident())
+        token = self._token
+        got = doorlink.call(token.address, token.id, method, args or [], frames, timeout, self._undo_.get(method))
+        if got is not None:  # through the manager's door (the usual case on its machine)
+            status, value, out = got
+            if status != ObjStatus.OK:
+                raise_for(protocol.ObjReply(0, status, value), out)
+            return value, out
+        msg = protocol.ObjCall(0, token.id, method, args or [], timeout, threading.get_ident())
         reply, out = self._request(msg, frames, self._undo_.get(method))
         return reply.value, out
 
@@ -56,10 +65,12 @@ class QueueProxy(_ReactorProxy):
     _undo_ = {"get": Undo("unget")}
 
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
-        self._call("put", None, self._dumps(obj), _timeout(block, timeout))
+        wait = -1.0 if block and timeout is None else _timeout(block, timeout)
+        self._call("put", None, self._dumps(obj), wait)
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        return self._loads(self._call("get", None, (), _timeout(block, timeout))[1])
+        wait = -1.0 if block and timeout is None else _timeout(block, timeout)
+        return self._loads(self._call("get", None, (), wait)[1])
 
     def put_nowait(self, obj: Any) -> None:
         self.put(obj, False)

@@ -34,7 +34,7 @@ from dmp.errors import ProtocolError
 from dmp.wire import protocol
 from dmp.wire.streamread import DIRECT_ABOVE as DIRECT_ABOVE
 from dmp.wire.streamread import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
-from dmp.wire.streamread import PREFIX_STRUCT
+from dmp.wire.streamread import PREFIX_STRUCT as PREFIX_STRUCT
 from dmp.wire.streamread import DirectError as DirectError
 from dmp.wire.streamread import Reader as Reader
 
@@ -176,8 +176,15 @@ JOIN_BELOW = 64 * 1024
 
 def encode(msg: protocol.Message, frames: Sequence[Any] = ()) -> list[Any]:
     """The buffers of one framed message: prefix, header, then each payload frame."""
+    if not frames:
+        header = protocol.encode(msg)
+        return [_PREFIX.pack(len(header), 0) + header]
     sizes = [f.nbytes if isinstance(f, memoryview) else len(f) for f in frames]
-    header = protocol.encode(msg, sizes)
+    return frame(protocol.encode(msg, sizes), frames, sizes)
+
+
+def frame(header: bytes, frames: Sequence[Any], sizes: list[int]) -> list[Any]:
+    """The buffers of one message from its encoded ``header`` and payload ``frames`` (of ``sizes``)."""
     payload = sum(sizes)
     prefix = _PREFIX.pack(len(header), payload)
     if payload < JOIN_BELOW:

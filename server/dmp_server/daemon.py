@@ -6,22 +6,22 @@
     local client (embedded mode) --> handle_local, or inbox deque + eventfd
     local supervisor (embedded mode) --> sentinel fds --> worker deaths
 
-With a key, a peer's Hello is answered but the peer joins only once it has
-proved the key in the session that Hello opened (see dmp_server.routing);
-refused messages are logged and answered at a bounded rate (dmp_server.gate).
+With a key, a peer's Hello is answered but the peer joins only once it has proved the key in
+the session that Hello opened (see dmp_server.routing); refused messages are logged and
+answered at a bounded rate (dmp_server.gate).
 
-A step (:meth:`step` = :meth:`handle` of :meth:`poll`): poll until the next
-timer or the timeout, take one message from the socket (the next poll finds
-the rest) and all that the other ready sources hold, run due timers (peer
-expiry, parked shared-object calls). As ``dmp manager``, :meth:`run`'s
-thread takes every step. Embedded in a user's process for local mode, the
-steps are taken in turns by the threads of dmp.client.turns.Turns; this
-class knows nothing of them. Payloads are never unpickled.
+A step (:meth:`step` = :meth:`handle` of :meth:`poll`): poll until the next timer or the
+timeout, take one message from the socket (the next poll finds the rest) and all that the
+other ready sources hold, run due timers (peer expiry, parked shared-object calls). As
+``dmp manager``, :meth:`run`'s thread takes every step. Embedded in a user's process for
+local mode, the steps are taken in turns by the threads of dmp.client.turns.Turns; this class
+knows nothing of them. Payloads are never unpickled.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import time
@@ -35,8 +35,8 @@ from dmp.deaths import format_size
 from dmp.wire import protocol, transport
 from dmp.wire.protocol import ErrorCode, Role
 from dmp.wire.wakeup import Wakeup
-from dmp_server import gate, hostproc, objects, status
-from dmp_server.door import Door
+from dmp_server import doorcall, gate, hostproc, objects, status
+from dmp_server.door import Door, FastCall
 from dmp_server.peers import (
     LIVENESS,
     Departures,
@@ -77,9 +77,8 @@ class Daemon(Routing):
         self.max_clients = max_clients
         self.max_queued = max_queued
         router = transport.make_socket(zmq.ROUTER)
-        # A frame over the limit makes ZeroMQ drop that peer's connection
-        # before the bytes are ever buffered; honest clients check first and
-        # get MessageTooLargeError instead.
+        # A frame over the limit makes ZeroMQ drop that peer's connection before the bytes are
+        # ever buffered; honest clients check first and get MessageTooLargeError instead.
         router.setsockopt(zmq.MAXMSGSIZE, max_message)
         self.chan = transport.Channel(router, key)
         self.chan.max_message = max_message  # the whole message, not one frame
@@ -113,6 +112,7 @@ class Daemon(Routing):
         self._poller.register(self._wake.fd, zmq.POLLIN)
         # Calls on the reactor kinds from clients on this machine (dmp_server.door).
         self.door: Door | None = None
+        self._door_call: FastCall = functools.partial(doorcall.serve, self)  # the door's short path
         if _config.direct_route() and self.endpoints and supervisor is None:  # not in a local Pool
             try:
                 self.door = Door(key, self._wake.poke)
@@ -132,8 +132,7 @@ class Daemon(Routing):
         self.closed = False
         self.started = time.time()
         self._n_local = 0
-        # The dashboard's board, when `dmp manager --dashboard` serves one: a
-        # status snapshot is handed to it every PUBLISH_S (a reference swap).
+        # `dmp manager --dashboard`'s board: a status snapshot is handed to it every PUBLISH_S.
         self.board: Board | None = None
         self._next_publish = time.monotonic()
 
@@ -217,7 +216,8 @@ class Daemon(Routing):
         if timeout is not None and timeout < wait:
             wait = timeout
         before = time.monotonic()
-        ready = dict(self._poller.poll(int(wait * 1000) + 1))
+        # zmq_poll itself: Poller.poll is a Python layer over it, one more frame per step.
+        ready = dict(zmq.zmq_poll(self._poller.sockets, int(wait * 1000) + 1))
         if self.chan.sock not in ready:
             self._read_all_at = before
         return ready
@@ -229,7 +229,7 @@ class Daemon(Routing):
         if self._wake.fd in ready:
             self._wake.clear()
         if self.door is not None:
-            self.door.serve(ready, self._poller, self._door_client, self._handle_client)
+            self.door.serve(ready, self._poller, self._door_client, self._handle_client, self._door_call)
         if self.pipes is not None and self.pipes.by_fd:
             self.pipes.serve(ready, self._poller, self._from_pipe)
         if self.inbox:

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 import zmq
 
 from dmp.errors import ProtocolError
@@ -58,6 +59,7 @@ class Door:
     def __init__(self, key: bytes | None, poke: Callable[[], None]) -> None:
         self.address = direct.new_address()
         self.listener = direct.listen(self.address)  # OSError: no direct route here
+        self._fd = self.listener.fileno()
         self.key = key
         self.poke = poke
         self.conns: dict[int, DoorConn] = {}
@@ -68,7 +70,7 @@ class Door:
 
     @property
     def fd(self) -> int:
-        return self.listener.fileno()
+        return self._fd
 
     # --- the reactor thread --------------------------------------------------------------
 
@@ -78,6 +80,7 @@ class Door:
         poller: zmq.Poller,
         known: Callable[[str], bool],
         handle: Callable[[str, protocol.Message, list[Any]], None],
+        call: FastCall | None = None,
     ) -> None:
         """Accept, admit proven connections, read requests, write what waits."""
         if self.paused_at and time.monotonic() - self.paused_at >= 1.0:
@@ -98,7 +101,7 @@ class Door:
             if events & POLLOUT:
                 ok = self._flush(conn, poller)
             if ok and events & POLLIN:
-                ok = self._read(conn, poller, known, handle)
+                ok = self._read(conn, poller, known, handle, call)
             if not ok:
                 self._close(conn, poller)
 
@@ -106,10 +109,61 @@ class Door:
         self, conn: DoorConn, msg: protocol.Message, frames: list[Any], poller: zmq.Poller
     ) -> None:
         """Write a reply on ``conn`` without blocking (the rest waits for POLLOUT)."""
-        if conn.sock.fileno() < 0:
+        self._write(conn, direct.encode(msg, frames), poller)
+
+    def reply_ok(
+        self, conn: DoorConn, ref: int, value: Any, frames: list[Any], poller: zmq.Poller
+    ) -> None:
+        """``reply`` of ``ObjReply(ref, OK, value)``, its header made here (trailing
+        defaults left off, as the protocol allows); one send when the socket takes it."""
+        head = (
+            [_VERSION, _OBJREPLY, [], ref, 0]
+            if value is None
+            else [_VERSION, _OBJREPLY, [], ref, 0, value]
+        )
+        if not frames:
+            header = _packb(head)
+            data: bytes | memoryview = _PREFIX.pack(len(header), 0) + header
+        elif len(frames) == 1 and type(frames[0]) is bytes and len(frames[0]) < direct.JOIN_BELOW:
+            item = frames[0]
+            head[2] = [len(item)]
+            header = _packb(head)
+            data = _PREFIX.pack(len(header), len(item)) + header + item
+        else:
+            head[2] = sizes = [f.nbytes if type(f) is memoryview else len(f) for f in frames]
+            self._write(conn, direct.frame(_packb(head), frames, sizes), poller)
+            return
+        if not conn.pending.views:  # (its deque: Outbox.__bool__ would be a Python call)
+            try:
+                sent = conn.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._close(conn, poller)
+                return
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
+        self._write(conn, [data], poller)
+
+    def _write(self, conn: DoorConn, buffers: list[Any], poller: zmq.Poller) -> None:
+        sock = conn.sock
+        if sock.fileno() < 0:
             return
         waiting = bool(conn.pending)
-        conn.pending.add(direct.encode(msg, frames))
+        if not waiting and len(buffers) == 1:  # the usual reply: one send, no outbox
+            data = buffers[0]
+            try:
+                sent = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._close(conn, poller)
+                return
+            if sent == len(data):
+                return
+            buffers = [memoryview(data)[sent:]]
+        conn.pending.add(buffers)
         if not waiting:
             if not conn.pending.write(conn.sock):
                 self._close(conn, poller)
@@ -152,6 +206,7 @@ class Door:
         poller: zmq.Poller,
         known: Callable[[str], bool],
         handle: Callable[[str, protocol.Message, list[Any]], None],
+        call: FastCall | None = None,
     ) -> bool:
         try:
             chunk = conn.sock.recv(1 << 18)
@@ -160,6 +215,12 @@ class Door:
         except OSError:
             return False
         if not chunk:
+            return False
+        try:
+            if call is not None and not conn.reader.buf and call(conn, chunk):
+                return conn.sock.fileno() >= 0
+        except Exception as exc:  # one bad client must never stop the reactor
+            log.warning("direct route: dropped a connection after a bad request: %r", exc)
             return False
         conn.reader.feed(chunk)
         try:
@@ -213,6 +274,15 @@ class Door:
         self.conns.clear()
         self.routes.clear()
         self.listener.close()
+
+
+# The reactor's short path (dmp_server.doorcall): the connection and one read holding
+# exactly one message; False when it does not take it (the usual decoding then runs).
+FastCall = Callable[[DoorConn, bytes], bool]
+_PREFIX = direct.PREFIX_STRUCT
+_VERSION = protocol.PROTOCOL_VERSION
+_OBJREPLY = protocol.ObjReply.TYPE
+_packb = msgpack.packb
 
 
 def _shut(sock: socket.socket) -> None:

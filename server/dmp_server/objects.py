@@ -204,7 +204,7 @@ class ObjectServer:
         obj = cls(msg.args, frames)
         obj.created(peer)
         self.entries[oid] = Entry(oid, msg.typeid or msg.kind, obj)
-        self._hold(peer, oid)
+        self.hold(peer, oid)
         return [Send(peer, protocol.ObjReply(msg.ref, ObjStatus.OK, None, oid))]
 
     def _call(self, peer: str, msg: protocol.ObjCall, frames: list[Any], now: float) -> list[Command]:
@@ -217,20 +217,25 @@ class ObjectServer:
             raise shared.Refusal("TypeError", "malformed call")
         if not isinstance(msg.timeout, (int, float)) or not isinstance(msg.thread, int):
             raise shared.Refusal("TypeError", "malformed timeout or thread")
-        self._hold(peer, entry.oid)
+        self.hold(peer, entry.oid)
         if entry.obj is None:
             return self._to_host(peer, msg.ref, protocol.HostCall(0, entry.oid, msg.method), frames, now)
-        req = shared.Request(peer, msg.ref, msg.thread, msg.method, msg.args, frames, float(msg.timeout))
+        return self.run(entry, entry.obj, shared.Request(peer, msg.ref, msg.thread, msg.method, msg.args, frames, float(msg.timeout)), now)
+
+    def run(self, entry: Entry, obj: shared.Shared, req: shared.Request, now: float) -> list[Command]:
+        """Call reactor-kind ``obj`` and keep what the call parked; the replies to send."""
         out = shared.Out()
-        entry.obj.call(req, out)
+        obj.call(req, out)
+        if not out.parked and not out.notes and not obj.TRACKS_HOLDERS:
+            return out.commands  # the usual call: answered now, nothing else to do
         for parked, timeout in out.parked:
             if timeout >= 0:
                 heapq.heappush(self._heap, (now + timeout, next(self._seq), entry.oid, parked))
             self._remember(entry.oid, parked)
         for note in out.notes:
             log.warning("%s", note)
-        if entry.obj.TRACKS_HOLDERS:
-            for holder in [p for p in entry.holders if not entry.obj.holds(p)]:
+        if obj.TRACKS_HOLDERS:
+            for holder in [p for p in entry.holders if not obj.holds(p)]:
                 self.held.get(holder, set()).discard(entry.oid)
                 out.commands += self._unhold(holder, {entry.oid})
         return out.commands
@@ -261,7 +266,7 @@ class ObjectServer:
         entry.obj.cancel(req, out)
         return out.commands
 
-    def _hold(self, peer: str, oid: int) -> None:
+    def hold(self, peer: str, oid: int) -> None:
         entry = self.entries[oid]
         if peer not in entry.holders:
             entry.holders.add(peer)
@@ -330,14 +335,14 @@ class ObjectServer:
         if isinstance(msg.retain, list):
             for oid in msg.retain:
                 if type(oid) is int and oid in self.entries:
-                    self._hold(peer, oid)
+                    self.hold(peer, oid)
         oid = 0
         cmds: list[Command] = []
         if msg.made and msg.status == ObjStatus.OK:
             if pending.peer in self.held:
                 oid = msg.tag
                 self.entries[oid] = Entry(oid, str(msg.made), None)
-                self._hold(pending.peer, oid)
+                self.hold(pending.peer, oid)
             else:  # the asker left meanwhile: nobody holds the new object
                 cmds.append(Send(peer, protocol.HostDrop([msg.tag])))
         direct = msg.direct if type(msg.direct) is str and msg.status == ObjStatus.OK else ""

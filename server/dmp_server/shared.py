@@ -20,7 +20,7 @@ wait); ``objects.KINDS`` names them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -122,14 +122,27 @@ class Shared:
         """With TRACKS_HOLDERS: whether ``peer`` still holds the object after its call."""
         return True
 
+    # Per kind, method name -> its do_<name> (made once per class: no getattr per call).
+    _DO: ClassVar[dict[str, Callable[[Any, Request, Out], None]]] = {}
+
+    # Per kind, the calls it may answer without a Request: method name -> a function of
+    # (object, args, frames) giving (value, frames) when the call is answered now and
+    # changes nothing else (no parked call woken, nothing parked), else None (the
+    # full path, call(), then runs). A kind that tracks holders has none.
+    QUICK: ClassVar[dict[str, Callable[[Any, list[Any], list[Any]], tuple[Any, list[Any]] | None]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._DO = {name[3:]: getattr(cls, name) for name in dir(cls) if name.startswith("do_")}
+
     def call(self, req: Request, out: Out) -> None:
-        if req.method in ("__repr__", "__str__"):  # what str(proxy) shows, as multiprocessing's fallback
-            out.ok(req, self.describe())
-            return
-        handler = getattr(self, "do_" + req.method, None)
+        handler = self._DO.get(req.method)
         if handler is None:
+            if req.method in ("__repr__", "__str__"):  # what str(proxy) shows, as multiprocessing's fallback
+                out.ok(req, self.describe())
+                return
             raise Refusal("AttributeError", f"{self.KIND} has no method {req.method!r}")
-        handler(req, out)
+        handler(self, req, out)
 
     def describe(self) -> str:
         return f"<managed {self.KIND} object>"

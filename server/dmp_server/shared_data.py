@@ -79,6 +79,28 @@ class Queue(Shared):
                     out.ok(putter)
                     moved = True
 
+    # The quick calls (see Shared.QUICK): a put with room and nobody parked, a get of
+    # an item with nobody parked, and the three questions.
+
+    def _quick_put(self, args: list[Any], frames: list[Any]) -> tuple[Any, list[Any]] | None:
+        if self.getters or self.putters or self._full():
+            return None
+        self._accept(frames)
+        return None, []
+
+    def _quick_get(self, args: list[Any], frames: list[Any]) -> tuple[Any, list[Any]] | None:
+        if not self.items or self.getters or self.putters:
+            return None
+        return None, self.items.popleft()
+
+    QUICK = {
+        "put": _quick_put,
+        "get": _quick_get,
+        "qsize": lambda self, args, frames: (len(self.items), []),
+        "empty": lambda self, args, frames: (not self.items, []),
+        "full": lambda self, args, frames: (self._full(), []),
+    }
+
     def do_qsize(self, req: Request, out: Out) -> None:
         out.ok(req, len(self.items))
 
