@@ -29,6 +29,7 @@ import uuid
 from typing import Any
 
 import zmq
+from zmq.backend import zmq_poll
 
 from dmp import _config
 from dmp.deaths import format_size
@@ -211,11 +212,12 @@ class Daemon(Routing):
         self._due = deadline = self.objects.next_deadline()  # handle() runs what is due by then
         if deadline is not None and deadline < wake_at:
             wake_at = deadline
-        wait = max(0.0, wake_at - time.monotonic())
+        before = time.monotonic()
+        wait = max(0.0, wake_at - before)
         if timeout is not None and timeout < wait:
             wait = timeout
-        before = time.monotonic()
-        ready = dict(self._poller.poll(int(wait * 1000) + 1))
+        # zmq_poll itself: zmq.Poller.poll only wraps it in a Python call.
+        ready = dict(zmq_poll(self._poller.sockets, int(wait * 1000) + 1))
         if self.chan.sock not in ready:
             self._read_all_at = before
         return ready
