@@ -207,6 +207,10 @@ def make_socket(kind: int, *, identity: bytes | None = None, server_key: bytes |
 # routing_id/group handling and a Python frame per frame sent).
 _send = zmq.backend.Socket.send
 
+
+def _send_duck(sock: Any, data: Any, flags: int = 0, copy: bool = True) -> Any:
+    return sock.send(data, flags, copy=copy)
+
 # Plain ints: the zmq enums cost an enum construction per use.
 _SNDMORE = int(zmq.SNDMORE)
 _EVENTS = int(zmq.EVENTS)
@@ -227,10 +231,11 @@ class Channel:
     a whole message: header and every payload frame together.
     """
 
-    __slots__ = ("_held", "keys", "max_message", "peer_address", "routed", "sock")
+    __slots__ = ("_held", "_native", "keys", "max_message", "peer_address", "routed", "sock")
 
     def __init__(self, sock: zmq.Socket[Any], key: bytes | None) -> None:
         self.sock = sock
+        self._native = isinstance(sock, zmq.backend.Socket)  # else a stand-in with a send method (tests)
         self.routed = sock.type == zmq.ROUTER
         self.keys = handshake.Keyring(key or None, self.routed)
         self._held: list[tuple[protocol.Message, Sequence[Any], int]] = []
@@ -281,7 +286,7 @@ class Channel:
         # enum per frame. ZeroMQ still delivers the parts all or none. The
         # backend's send itself: pyzmq's Python wrapper only adds DRAFT options.
         sock = self.sock
-        send = _send
+        send = _send if self._native else _send_duck
         flags = int(flags)
         more = flags | _SNDMORE
         if to is not None:
