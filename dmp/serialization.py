@@ -212,8 +212,37 @@ def dumps(obj: Any, *, by_value: bool = True) -> list[Any]:
     return _pickle(_wrap_large(obj), by_value)
 
 
+# cloudpickle's modules registered to travel by value (send_by_value); None if
+# this cloudpickle keeps them elsewhere: then dumps_quick never takes its shortcut.
+_BY_VALUE_MODULES: Any = getattr(getattr(cloudpickle, "cloudpickle", None), "_PICKLE_BY_VALUE_MODULES", None)
+
+
+def dumps_quick(obj: Any) -> list[Any]:
+    """:func:`dumps` for shared-object calls: plain ``pickle`` first, whatever the object.
+
+    Plain pickle's bytes are kept when they mean what cloudpickle's would: it
+    succeeded (a lambda or a local function raises, and goes to cloudpickle),
+    the bytes name no ``__main__`` global (cloudpickle sends those by value:
+    the receiver may not have them), no module is registered to travel by
+    value (:func:`send_by_value`), and they are under ``OOB_THRESHOLD`` (a
+    big buffer inside would travel out of band). Anything else is pickled
+    again by :func:`dumps`, so only large payloads pay twice.
+    """
+    if _BY_VALUE_MODULES is not None and not _BY_VALUE_MODULES:
+        try:
+            data = pickle.dumps(obj, protocol=5)
+        except (pickle.PicklingError, AttributeError, TypeError):
+            pass
+        else:
+            if len(data) < OOB_THRESHOLD and b"__main__" not in data:
+                return [data]
+    return dumps(obj)
+
+
 def loads(frames: list[Any]) -> Any:
     """Unpickle frames made by :func:`dumps`. Only ever call on authenticated data."""
+    if len(frames) == 1:
+        return pickle.loads(frames[0])
     return pickle.loads(frames[0], buffers=frames[1:])
 
 

@@ -13,15 +13,14 @@ reached is not tried again by this process.
 from __future__ import annotations
 
 import math
-import os
 import socket
 import struct
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from dmp.wire import direct, protocol
+from dmp import _pid
+from dmp.wire import direct, directcall
 from dmp.wire.protocol import ObjStatus
 
 # address -> when to try it again: never (inf) after nothing listened there or a
@@ -45,7 +44,7 @@ class _Conn(NamedTuple):
 
 class _Local(threading.local):
     def __init__(self) -> None:
-        self.pid = os.getpid()
+        self.pid = _pid.here
         self.socks: dict[str, _Conn] = {}
 
 
@@ -56,11 +55,11 @@ def _sock(
     address: str, key: bytes | None, claim: str | None = None
 ) -> tuple[socket.socket, direct.Reader] | None:
     local = _local
-    if local.pid != os.getpid():  # a forked child: the parent's connections are not ours
+    if local.pid != _pid.here:  # a forked child: the parent's connections are not ours
         for sock, _ in local.socks.values():
             sock.close()
         local.socks.clear()
-        local.pid = os.getpid()
+        local.pid = _pid.here
     slot = address if claim is None else f"{address}#{claim}"  # a connection speaks for one peer
     got = local.socks.get(slot)
     if got is None:
@@ -88,22 +87,25 @@ def _sock(
     return got
 
 
-def call(
-    address: str, key: bytes | None, oid: int, method: str, frames: Sequence[Any]
-) -> tuple[protocol.ObjReply, list[Any]] | None:
-    """Call ``method`` of ``oid`` at the host ``address``; None: ask the manager instead.
+def call(address: str, key: bytes | None, oid: int, method: str, frames: list[Any]) -> tuple[int, list[Any]] | None:
+    """Call ``method`` of ``oid`` at the host ``address``: (ObjStatus, payload frames) of its
+    reply, OK or RAISED; None: ask the manager instead.
 
     Raises:
         ReferenceError: the host went away during the call (its objects are lost with it).
         BaseException: an interruption (Ctrl-C) is raised as is; the connection is closed,
             since its reply could still come.
     """
-    got = _sock(address, key)
+    local = _local
+    got: tuple[socket.socket, direct.Reader] | None = (
+        local.socks.get(address) if local.pid == _pid.here else None
+    )  # _sock's usual case, inline
     if got is None:
-        return None
-    sock, reader = got
+        got = _sock(address, key)
+        if got is None:
+            return None
     try:
-        reply, out = direct.request(sock, reader, protocol.ObjCall(0, oid, method), frames)
+        status, out = directcall.call(got[0], got[1], oid, method, frames)
     except (direct.DirectError, OSError) as exc:
         _drop(address)
         _unreachable[address] = math.inf
@@ -113,12 +115,9 @@ def call(
     except BaseException:
         _drop(address)
         raise
-    if not isinstance(reply, protocol.ObjReply):
-        _drop(address)
-        raise ReferenceError(f"the object host answered with a {type(reply).__name__}")
-    if reply.status == ObjStatus.REDIRECT:
+    if status == ObjStatus.REDIRECT:
         return None
-    return reply, out
+    return status, out
 
 
 def _drop(address: str, claim: str | None = None) -> None:

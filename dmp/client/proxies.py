@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dmp import serialization
+from dmp import _pid, serialization
 from dmp.client import directlink, proxylink
 
 # The connection API, named here too (dmp.managers, the object host and tests use it).
@@ -211,17 +211,22 @@ class BaseProxy:
 
     def _callmethod(self, methodname: str, args: Sequence[Any] = (), kwds: dict[str, Any] | None = None) -> Any:
         """Call ``methodname`` on the object in the object host; its exception is raised here."""
+        if type(methodname) is not str:  # else the host drops the connection as malformed
+            raise TypeError(f"method name must be a str, not {type(methodname).__name__}")
         if self._serializer == "xmlrpclib":
             args, kwds = xml_roundtrip(list(args)), xml_roundtrip(dict(kwds or {}))
-        frames = serialization.dumps((tuple(args), dict(kwds or {})))
-        oid = self._token.id
-        conn = self._conn()
+        frames = serialization.dumps_quick((tuple(args), dict(kwds) if kwds else {}))
+        token = self._token
+        oid = token.id
+        conn = proxylink._conns.get(token.address)  # connection()'s usual case, inline
+        if conn is None or conn.closed is not None or proxylink._conns_pid != _pid.here:
+            conn = connection(token.address)
         address = conn.direct.get(oid)
         if address is not None:
             got = directlink.call(address, conn.key, oid, methodname, frames)
             if got is not None:
-                reply, out = got
-                if reply.status == ObjStatus.RAISED:
+                status, out = got
+                if status == ObjStatus.RAISED:
                     raise serialization.load_exception(out)
                 return serialization.loads(out) if out else None
         reply, out = self._request(protocol.ObjCall(0, oid, methodname), frames)

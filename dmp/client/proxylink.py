@@ -27,7 +27,7 @@ from multiprocessing import process as _mp_process
 from multiprocessing import util as _mp_util
 from typing import Any
 
-from dmp import _config
+from dmp import _config, _pid
 from dmp.client import doorlink, exiting, mgrkeys
 from dmp.errors import AuthenticationError, ManagerUnavailableError
 from dmp.wire import protocol
@@ -271,6 +271,9 @@ def connection(address: str, key: bytes | None = None, *, timeout: float = _conf
         AuthenticationError: the manager refused our key.
     """
     global _conns_pid
+    conn = _conns.get(address)
+    if conn is not None and conn.closed is None and _conns_pid == _pid.here:
+        return conn  # the usual case, without the lock
     with _conns_lock:
         if _conns_pid != os.getpid():  # a forked child: the parent's links are not ours
             _conns.clear()

@@ -4,6 +4,7 @@
         connection: prove the key both ways (at most MAX_HANDSHAKES at once,
         HANDSHAKE_TIMEOUT_S each: a stranger cannot pile them up), then
         read ObjCall --> Host.call_direct --> write ObjReply, until EOF
+        (dmp.wire.directcall: headers cached, no message objects per call)
 
 As multiprocessing's manager serves each connection on a thread of its own,
 a call costs one read and one write on the host's side and wakes no other
@@ -24,7 +25,8 @@ from collections.abc import Callable
 from typing import Any
 
 from dmp.errors import ProtocolError
-from dmp.wire import direct, protocol
+from dmp.wire import direct, directcall
+from dmp.wire.protocol import ObjStatus
 
 log = logging.getLogger("dmp.objhost")
 
@@ -33,7 +35,8 @@ MAX_HANDSHAKES = 16
 # Authenticated connections served at once (one per client thread and host).
 MAX_CONNECTIONS = 1024
 
-Call = Callable[[protocol.ObjCall, list[Any]], tuple[protocol.ObjReply, list[Any]]]
+# (oid, method, payload frames) of an ObjCall -> (ObjStatus, payload frames) of its ObjReply
+Call = Callable[[Any, Any, list[Any]], tuple[ObjStatus, list[Any]]]
 
 
 class DirectServer:
@@ -91,24 +94,16 @@ class DirectServer:
 
     def _answer(self, sock: socket.socket) -> None:
         """Answer each whole request in order until the client leaves or misbehaves."""
-        reader = direct.Reader()
+        calls = directcall.Calls(sock)
+        call = self.call
         try:
             while not self.closed:
-                whole = reader.next()
-                if whole is None:
-                    chunk = sock.recv(1 << 18)
-                    if not chunk:
-                        return
-                    reader.feed(chunk)
-                    continue
-                msg, frames = direct.decode(whole)
-                if not isinstance(msg, protocol.ObjCall):
-                    raise direct.DirectError(
-                        f"only ObjCall travels the direct route, not {type(msg).__name__}"
-                    )
-                reply, out = self.call(msg, frames)
-                reply.ref = msg.ref
-                direct.send(sock, direct.encode(reply, out))
+                got = calls.next()
+                if got is None:
+                    return
+                ref, oid, method, frames = got
+                status, out = call(oid, method, frames)
+                calls.reply(ref, status, out)
         except (direct.DirectError, ProtocolError) as exc:
             log.warning("direct route: dropped a connection: %s", exc)
         except OSError:

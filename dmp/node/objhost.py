@@ -163,23 +163,31 @@ class Host:
         except BaseException as exc:
             return protocol.HostReply(msg.tag, ObjStatus.RAISED, None, "", retain), serialization.dump_exception(exc)
 
-    def call_direct(self, msg: protocol.ObjCall, frames: list[Any]) -> tuple[protocol.ObjReply, list[Any]]:
+    def call_direct(self, oid: Any, method: Any, frames: list[Any]) -> tuple[ObjStatus, list[Any]]:
         """A call that came by the direct route: run it if the manager would only have passed it
         through (an inline kind, no object made, no proxy kept), else answer REDIRECT unrun."""
-        entry = self.objs.get(msg.oid) if type(msg.oid) is int else None
-        if entry is None or not entry[3] or type(msg.method) is not str or msg.method in entry[2]:
-            return protocol.ObjReply(0, ObjStatus.REDIRECT), []
+        entry = self.objs.get(oid) if type(oid) is int else None
+        if entry is None or not entry[3] or type(method) is not str or method in entry[2]:
+            return ObjStatus.REDIRECT, []
         retain: list[int] = []
+        state = proxies._state
         try:
-            with proxies.collecting(retain):
+            state.retain = retain  # as proxies.collecting, without its two calls
+            try:
                 args, kwds = serialization.loads(frames)
+            finally:
+                state.retain = None
             if retain:  # the object would keep a proxy: the manager must record that hold
-                return protocol.ObjReply(0, ObjStatus.REDIRECT), []
+                return ObjStatus.REDIRECT, []
             with self.inline_lock:  # pickled under it too: another thread may change what it holds
-                out = serialization.dumps(self._invoke(entry, msg.method, args, kwds))
-            return protocol.ObjReply(0, ObjStatus.OK), out
+                if method in entry[1] and method[0] != "#":  # _invoke's usual case, inline
+                    result = getattr(entry[0], method)(*args, **kwds)
+                else:
+                    result = self._invoke(entry, method, args, kwds)
+                out = serialization.dumps_quick(result)
+            return ObjStatus.OK, out
         except BaseException as exc:
-            return protocol.ObjReply(0, ObjStatus.RAISED), serialization.dump_exception(exc)
+            return ObjStatus.RAISED, serialization.dump_exception(exc)
 
     @staticmethod
     def _invoke(entry: tuple[Any, frozenset[str], dict[str, str], bool], method: str, args: Any, kwds: Any) -> Any:
