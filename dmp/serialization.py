@@ -176,12 +176,16 @@ def _plain(obj: Any, depth: int = 3) -> bool:
 # holds them anyway); at most this many.
 _BY_REFERENCE: dict[Any, None] = {}
 _BY_REFERENCE_MAX = 4096
-_by_value_modules: set[str] = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", {""})
+
+# cloudpickle's modules registered to travel by value (send_by_value); None if
+# this cloudpickle keeps them elsewhere: then dumps_quick and _by_reference
+# never take their shortcuts.
+_BY_VALUE_MODULES: Any = getattr(getattr(cloudpickle, "cloudpickle", None), "_PICKLE_BY_VALUE_MODULES", None)
 
 
 def _by_reference(func: Any) -> bool:
     """Whether cloudpickle would pickle ``func`` by reference, i.e. plain pickle's way."""
-    if type(func) is not types.FunctionType or _by_value_modules:
+    if type(func) is not types.FunctionType or _BY_VALUE_MODULES is None or _BY_VALUE_MODULES:
         return False  # a module registered by value: cloudpickle decides, every time
     if func in _BY_REFERENCE:
         return True
@@ -210,11 +214,6 @@ def dumps(obj: Any, *, by_value: bool = True) -> list[Any]:
         except (pickle.PicklingError, AttributeError, TypeError):
             pass
     return _pickle(_wrap_large(obj), by_value)
-
-
-# cloudpickle's modules registered to travel by value (send_by_value); None if
-# this cloudpickle keeps them elsewhere: then dumps_quick never takes its shortcut.
-_BY_VALUE_MODULES: Any = getattr(getattr(cloudpickle, "cloudpickle", None), "_PICKLE_BY_VALUE_MODULES", None)
 
 
 def dumps_quick(obj: Any) -> list[Any]:
