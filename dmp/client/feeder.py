@@ -31,6 +31,10 @@ RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 # also goes out once its first task has waited FEED_FLUSH_S.
 FEED_BATCH = 64
 FEED_FLUSH_S = 0.0005
+# A batch also goes out once its payload frames hold this many bytes: large
+# arguments travel one task a message, so the manager forwards the first to a
+# worker while the next is still on its way (never store-and-forward 128 MiB).
+FEED_BATCH_BYTES = 1 << 20
 
 
 class Feeder:
@@ -87,6 +91,7 @@ class Feeder:
         alive = lambda: self._state() != TERMINATE and not sink.abandoned()  # noqa: E731
         batch: list[tuple[int, list[Any]]] = []
         started = 0.0
+        nbytes = 0
         handed = 0  # tasks sent or failed here: what the sink will hear about
         next_id = 0
         by_value = self._by_value
@@ -101,8 +106,15 @@ class Feeder:
                     continue
                 if not batch:
                     started = time.monotonic()
+                    nbytes = 0
                 batch.append((task_id, frames))
-                if len(batch) >= FEED_BATCH or time.monotonic() - started >= FEED_FLUSH_S:
+                # Frames are bytes or byte-format memoryviews (pickle buffers): len is their size.
+                nbytes += len(frames[0]) if len(frames) == 1 else sum(map(len, frames))
+                if (
+                    len(batch) >= FEED_BATCH
+                    or nbytes >= FEED_BATCH_BYTES
+                    or time.monotonic() - started >= FEED_FLUSH_S
+                ):
                     if not self._send(job, batch, alive, sink):
                         break
                     handed += len(batch)

@@ -61,6 +61,9 @@ class _Handle:
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+# Send buffer of each end of a local worker pipe (the kernel caps it at
+# net.core.wmem_max): a large payload crosses in a few writes, not one per 208 KiB.
+PIPE_BUFFER_BYTES = 4 << 20
 
 
 def resident_bytes(pid: int) -> int:
@@ -127,6 +130,8 @@ class Supervisor:
             cfg = dataclasses.replace(self.template, worker_id=worker_id, slot=slot)
             if self.pipes is not None:
                 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                for made in (ours, theirs):
+                    made.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PIPE_BUFFER_BYTES)
                 # The worker closes every parent end it inherits, its own pipe's included.
                 cfg.pipe, cfg.close_in_child = theirs, (*self.pipes.parent_ends, ours)
             args: tuple[Any, ...] = (cfg,)

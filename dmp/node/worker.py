@@ -41,6 +41,9 @@ from dmp.wire.pipechan import WorkerPipe
 # turns 100k tiny results into ~1k messages; the delay bounds added latency.
 FLUSH_SECONDS = 0.001
 FLUSH_ITEMS = 128
+# ... or once they hold this many bytes: a large result leaves at once, while
+# the next task runs, not behind it.
+FLUSH_BYTES = 1 << 20
 # Room left in a TaskDone message for its header and signature.
 RESULT_HEADROOM = 64 * 1024
 # A busy worker looks for new messages (ForgetJobs, Bye) every this many tasks,
@@ -188,7 +191,9 @@ class WorkerLoop:
                 if self.queue:
                     self.run_one()
                     if self.out_items and (
-                        len(self.out_items) >= FLUSH_ITEMS or self.last_end - self.first_unflushed >= FLUSH_SECONDS
+                        len(self.out_items) >= FLUSH_ITEMS
+                        or self.out_bytes >= FLUSH_BYTES
+                        or self.last_end - self.first_unflushed >= FLUSH_SECONDS
                     ):
                         self.flush()
         finally:

@@ -25,7 +25,6 @@ import itertools
 import logging
 import os
 import socket
-import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -33,24 +32,18 @@ from typing import Any
 
 from dmp.errors import ProtocolError
 from dmp.wire import protocol
+from dmp.wire.streamread import DIRECT_ABOVE as DIRECT_ABOVE
+from dmp.wire.streamread import MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
+from dmp.wire.streamread import PREFIX_STRUCT
+from dmp.wire.streamread import DirectError as DirectError
+from dmp.wire.streamread import Reader as Reader
 
 MAGIC = b"DMPD1"
 NONCE_BYTES = 16
 MAC_BYTES = 32  # HMAC-SHA256
 PREFIX = "unix:@"
-# Largest message either side accepts (as the manager's default limit).
-MAX_MESSAGE_BYTES = 1 << 30
 HANDSHAKE_TIMEOUT_S = 5.0
-_PREFIX = struct.Struct("<IQ")
-
-
-class DirectError(ConnectionError):
-    """The direct route failed: refused, closed, a failed key proof or a malformed message.
-    ``busy``: the listener closed us before its challenge (too many connecting at once)."""
-
-    def __init__(self, text: str, *, busy: bool = False) -> None:
-        super().__init__(text)
-        self.busy = busy
+_PREFIX = PREFIX_STRUCT
 
 
 def new_address() -> str:
@@ -214,44 +207,6 @@ def decode(message: memoryview) -> tuple[protocol.Message, list[Any]]:
     if any(n < 0 for n in sizes) or sum(sizes) != plen:
         raise ProtocolError("direct-route payload does not match the header's layout")
     return msg, protocol.unpack(sizes, [message[_PREFIX.size + hlen :]]) if sizes else []
-
-
-class Reader:
-    """Cuts framed messages out of a byte stream fed in pieces (either side)."""
-
-    __slots__ = ("buf",)
-
-    def __init__(self) -> None:
-        self.buf: bytes | bytearray = b""
-
-    def feed(self, data: bytes) -> None:
-        if not self.buf:
-            self.buf = data  # the usual case, one whole message a read: no copy
-        elif isinstance(self.buf, bytearray):
-            self.buf += data
-        else:
-            self.buf = bytearray(self.buf) + data
-
-    def next(self) -> memoryview | None:
-        """The next whole message, or None. Raises DirectError when it is over the size limit."""
-        buf = self.buf
-        if len(buf) < _PREFIX.size:
-            return None
-        hlen, plen = _PREFIX.unpack_from(buf, 0)
-        total = _PREFIX.size + hlen + plen
-        if hlen > protocol.MAX_HEADER_BYTES or total > MAX_MESSAGE_BYTES:
-            raise DirectError(
-                f"direct-route message of {total} bytes is over the {MAX_MESSAGE_BYTES}-byte limit"
-            )
-        if len(buf) < total:
-            return None
-        if len(buf) == total:
-            self.buf = b""
-            return memoryview(buf)
-        with memoryview(buf) as view:
-            whole, rest = bytes(view[:total]), bytearray(view[total:])
-        self.buf = rest
-        return memoryview(whole)
 
 
 def request(

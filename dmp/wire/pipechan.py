@@ -106,15 +106,17 @@ class WorkerPipe:
 
     def _read(self) -> None:
         try:
-            chunk = self.sock.recv(READ_BYTES, socket.MSG_DONTWAIT)
+            n = self.reader.recv_from(self.sock, READ_BYTES, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
+        except direct.DirectError as exc:
+            self._end(f"bad message on the worker pipe: {exc}")
+            return
         except OSError:
-            chunk = b""
-        if not chunk:
+            n = 0
+        if not n:
             self._end("the pool's manager closed the pipe")
             return
-        self.reader.feed(chunk)
         try:
             while (whole := self.reader.next()) is not None:
                 self.inbox.append(direct.decode(whole))

@@ -19,6 +19,10 @@ from dmp_server.records import Client, Command, Job, Node, Send, Task, Worker
 # Tasks given to a worker at once, when they fit its credit, however many
 # workers are idle (see Placement.schedule).
 DISPATCH_BATCH = 32
+# A Dispatch holds task frames of at most about this many bytes: a worker's
+# share of large tasks goes as several messages, so it runs the first while
+# the next arrives.
+DISPATCH_BYTES = 1 << 20
 
 
 class Placement:
@@ -82,11 +86,12 @@ class Placement:
             job_frames: list[Any] = []
             items: list[list[int]] = []
             frames: list[Any] = []
+            taken = nbytes = 0
             while free > 0 and self._ready:
                 job = self._pick(worker)
                 if job is None:
                     break  # every waiting client is at its cap of workers, or needs resources not free here
-                if not job.timed and len(items) >= spread:
+                if not job.timed and taken >= spread:
                     break  # its tasks' run time is unknown: spread them
                 client = self._ready[0]
                 task = job.pending.popleft()
@@ -116,6 +121,14 @@ class Placement:
                 items.append([task.key, job.key, task.attempt, len(task.frames)])
                 frames.extend(task.frames)
                 free -= 1
+                taken += 1
+                # Task frames are bytes or byte-format views: len is their size.
+                tf = task.frames
+                nbytes += len(tf[0]) if len(tf) == 1 else sum(map(len, tf))
+                if nbytes >= DISPATCH_BYTES:
+                    cmds.append(Send(worker.peer, protocol.Dispatch(jobs, items), job_frames + frames))
+                    jobs, job_frames, items, frames = [], [], [], []
+                    nbytes = 0
                 if job.idle_only:
                     break  # nothing queues behind it, not even in this Dispatch
             if items:

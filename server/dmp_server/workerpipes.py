@@ -42,7 +42,7 @@ class _Pipe:
     def __init__(self, ident: bytes, sock: socket.socket) -> None:
         self.ident = ident
         self.sock = sock
-        self.reader = direct.Reader()
+        self.reader = direct.Reader(kept=True)  # workers' results, for the caller
         self.pending = direct.Outbox()  # what the socket would not take yet
 
 
@@ -128,16 +128,18 @@ class WorkerPipes:
         got = False
         for _ in range(READS_PER_TURN):  # a large message in a few turns of the reactor, not one per read
             try:
-                chunk = pipe.sock.recv(READ_BYTES)
+                n = pipe.reader.recv_from(pipe.sock, READ_BYTES)
             except (BlockingIOError, InterruptedError):
                 break
+            except direct.DirectError as exc:
+                log.warning("worker %s: %s; closing its pipe", pipe.ident.decode(errors="replace"), exc)
+                return -1
             except OSError:
                 return -1
-            if not chunk:
+            if not n:
                 return -1
-            pipe.reader.feed(chunk)
             got = True
-            if len(chunk) < READ_BYTES:
+            if n < READ_BYTES:
                 break
         if not got:
             return 0
