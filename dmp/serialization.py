@@ -216,6 +216,30 @@ def dumps(obj: Any, *, by_value: bool = True) -> list[Any]:
     return _pickle(_wrap_large(obj), by_value)
 
 
+def dumps_call(func: Any, args: tuple[Any, ...], kwds: dict[str, Any], *, by_value: bool = True) -> list[Any]:
+    """Frames of an apply task ``(func, args, kwds)``: :func:`dumps` of the triple.
+
+    When the arguments are small plain data (:func:`_plain`) nothing in the
+    triple can be a large buffer, so the scan for one is skipped (it costs
+    more than the pickling); a buffer the function itself holds (a numpy
+    array in a closure) still goes out of band.
+
+    Raises:
+        Exception: whatever pickling raised (PicklingError, TypeError, ...).
+    """
+    task = (func, args, kwds)
+    if _plain(args) and (not kwds or _plain(kwds)):
+        if _by_reference(func):
+            # cloudpickle would write the very same references (see dumps);
+            # plain pickle still checks the name leads to this function.
+            try:
+                return [pickle.dumps(task, protocol=5)]
+            except (pickle.PicklingError, AttributeError, TypeError):
+                pass
+        return _pickle(task, by_value)
+    return _pickle(_wrap_large(task), by_value)
+
+
 def dumps_quick(obj: Any) -> list[Any]:
     """:func:`dumps` for shared-object calls: plain ``pickle`` first, whatever the object.
 

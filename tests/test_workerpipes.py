@@ -116,3 +116,42 @@ def test_large_payloads_cross_the_pipe_both_ways() -> None:
         results = [pool.apply_async(echo_big, (data,)) for _ in range(3)]
         for r in results:
             assert r.get(timeout=60) == data[::-1]
+
+
+def test_small_messages_the_socket_will_not_take_wait_in_order() -> None:
+    # Small messages are sent with one send(); what the socket does not take
+    # (a worker not reading) waits, cut mid-message, and goes out in order once it reads.
+    import socket
+
+    import zmq
+    from dmp_server.workerpipes import WorkerPipes
+
+    from dmp.wire import direct, protocol
+
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    pipes = WorkerPipes()
+    pipes.add("w1", ours)
+    poller = zmq.Poller()
+    pipes.watch(poller)
+    sent = [protocol.ForgetJobs([i, i + 1]) for i in range(2000)]
+    for msg in sent:
+        assert pipes.send(b"w1", msg, [b"x" * 100], poller)
+    pipe = pipes.by_ident[b"w1"]
+    assert pipe.pending, "the socket took everything: the test did not fill it"
+    reader, got = direct.Reader(), []
+    theirs.settimeout(10)
+    deadline = time.monotonic() + 30
+    while len(got) < len(sent):
+        assert time.monotonic() < deadline, "the waiting messages never came"
+        for fd, events in poller.poll(0):
+            if fd == ours.fileno():
+                pipes.serve({fd: events}, poller, lambda *a: None)
+        reader.feed(theirs.recv(1 << 16))
+        while (whole := reader.next()) is not None:
+            msg, frames = direct.decode(whole)
+            got.append((msg.jobs, bytes(frames[0])))
+    assert got == [(m.jobs, b"x" * 100) for m in sent]
+    assert not pipe.pending
+    pipes.close()
+    theirs.close()

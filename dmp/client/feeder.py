@@ -21,6 +21,7 @@ from typing import Any
 
 from dmp import serialization
 from dmp.client.session import Session
+from dmp.client.sigint import critical
 from dmp.client.sink import MapSink
 from dmp.errors import MessageTooLargeError
 
@@ -28,13 +29,17 @@ from dmp.errors import MessageTooLargeError
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 
 # Tasks pickled before they are handed to the engine in one message; a batch
-# also goes out once its first task has waited FEED_FLUSH_S.
+# also goes out once its first task has waited FEED_FLUSH_S, or once it holds
+# FEED_BATCH_BYTES (a big chunk goes at once: pickling it cost far more than
+# a message, and a worker may be idle meanwhile).
 FEED_BATCH = 64
 FEED_FLUSH_S = 0.0005
 # A batch also goes out once its payload frames hold this many bytes: large
 # arguments travel one task a message, so the manager forwards the first to a
 # worker while the next is still on its way (never store-and-forward 128 MiB).
-FEED_BATCH_BYTES = 1 << 20
+FEED_BATCH_BYTES = 16 * 1024
+# A local map of at most this many chunks is fed by its caller (Feeder.feed_here).
+FEED_HERE_MAX = 64
 
 
 class Feeder:
@@ -56,6 +61,37 @@ class Feeder:
             self._feed_cond.notify()
             if self._thread.ident is None:
                 self._thread.start()
+
+    def feed_here(self, job: int, sink: MapSink, chunks: Iterator[tuple[int, list[Any]]], count: int) -> bool:
+        """Feed ``job``'s ``count`` chunks on the calling thread, now, if it may;
+        False (nothing done) if not: ``count`` unknown (0) or above
+        FEED_HERE_MAX, a cluster pool, the caller on the reactor's turn (a
+        callback), too little credit to send them all without waiting, or
+        jobs queued for the feeder thread (they go first).
+
+        For a local map of a few chunks, whose caller would only wait for the
+        feeder thread: the first chunk reaches a worker as soon as it is
+        pickled, with no thread woken and no lock of the interpreter fought
+        over while the feeder thread pickles the next.
+        """
+        turns = getattr(self._session.link, "turns", None)  # the LocalLink's
+        credit = self._session.credit
+        if not 0 < count <= FEED_HERE_MAX or turns is None or turns.runs_here():
+            return False
+        if credit.outstanding + count > credit.limit:
+            return False
+        with self._feed_cond:
+            if self._feed:
+                return False
+        # A Ctrl-C waits for the job to be fed whole (and ended), then is raised:
+        # half fed, its result would never complete and join() would wait for it.
+        with critical:
+            try:
+                self._feed_one(job, sink, chunks)
+            except Exception as exc:  # as the feeder thread: the job fails, the pool goes on
+                if self._state() == RUN:
+                    sink.on_failure(exc)
+        return True
 
     def wake(self) -> None:
         """The pool's state changed: an idle feeder rechecks it (and exits if not RUN)."""
@@ -91,7 +127,7 @@ class Feeder:
         alive = lambda: self._state() != TERMINATE and not sink.abandoned()  # noqa: E731
         batch: list[tuple[int, list[Any]]] = []
         started = 0.0
-        nbytes = 0
+        nbytes = 0  # of the batch's payload frames
         handed = 0  # tasks sent or failed here: what the sink will hear about
         next_id = 0
         by_value = self._by_value

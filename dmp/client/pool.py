@@ -135,8 +135,7 @@ class Pool:
     def _job_done(self, result: Any) -> None:
         with self._pending_cond:
             self._pending.discard(result)
-            # Only join() waits here, after close()/terminate(): a running pool
-            # skips notify_all, which costs microseconds on every apply_async.
+            # Only join() waits here (after close/terminate): notify_all costs microseconds per apply_async.
             if not self._pending and self._state != RUN:
                 self._pending_cond.notify_all()
 
@@ -173,7 +172,7 @@ class Pool:
         self._check_running()
         result = ApplyResult(callback, error_callback, link=self._link, on_done=self._job_done)
         try:
-            frames = serialization.dumps((func, tuple(args), dict(kwds)), by_value=self._by_value)
+            frames = serialization.dumps_call(func, tuple(args), dict(kwds), by_value=self._by_value)
         except Exception as exc:
             result.on_failure(exc)
             return result
@@ -275,7 +274,7 @@ class Pool:
         bar = bars.start(progress, length, chunksize)
         result = MapResult(chunksize, length, callback, error_callback, link=self._link, on_done=self._job_done, progress=bar)
         if length:
-            self._start_job(func, star, result, chunks(items, chunksize))
+            self._start_job(func, star, result, chunks(items, chunksize), -(-length // chunksize))
         return result
 
     def _default_chunksize(self, length: int) -> int:
@@ -327,7 +326,7 @@ class Pool:
             return IMapResults(it, unwrap=True)
         return (item for chunk in IMapResults(it, unwrap=False) for item in chunk)
 
-    def _start_job(self, func: Any, star: bool, sink: MapSink, tasks: Iterator[tuple[int, list[Any]]]) -> None:
+    def _start_job(self, func: Any, star: bool, sink: MapSink, tasks: Iterator[tuple[int, list[Any]]], count: int = 0) -> None:
         self._track(sink)
         try:
             runner = serialization.dumps(runners.MapChunk(func, star, self._init), by_value=self._by_value)
@@ -336,7 +335,8 @@ class Pool:
             self._job_done(sink)
             return
         job = self._session.new_job(sink, runner, self._max_retries, self._timeout, self._resources)
-        self._feeder.add(job, sink, tasks)
+        if not self._feeder.feed_here(job, sink, tasks, count):  # ``count`` tasks (0: unknown); a few are fed here
+            self._feeder.add(job, sink, tasks)
 
     # --- lifecycle -------------------------------------------------------------------------
 

@@ -117,11 +117,16 @@ class Turns:
                         self._resume.set()  # the serving thread serves them from now on
 
     def _lead(self, done: Callable[[], bool], deadline: float | None) -> None:
+        # Always inside a critical section already (wait()'s, or the step running the callback
+        # that waits): each step needs only its interruptible poll, not a critical of its own.
+        poll, handle = self._poll, self._handle
         while not done() and not self.stopped:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return
-            self._step(LEAD_SLICE_S if left is None else min(LEAD_SLICE_S, left))
+            with interruptible:
+                ready = poll(LEAD_SLICE_S if left is None else min(LEAD_SLICE_S, left))
+            handle(ready)
 
     def _take_turn(self) -> bool:
         """The turn for a caller, asking the serving thread to step back if it has it."""

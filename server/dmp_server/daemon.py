@@ -257,7 +257,10 @@ class Daemon(Routing):
             return
         if self.inbox:
             self._drain_inbox()  # what was posted before it goes first
-        self._handle_client(peer, msg, frames)
+        if type(msg) is protocol.Submit:  # the common case (apply_async, map chunks): a client may send it
+            self._submit(peer, msg, frames)
+        else:
+            self._handle_client(peer, msg, frames)
 
     def _drain_socket(self) -> None:
         """Handle every message waiting now (up to DRAIN_BATCH)."""

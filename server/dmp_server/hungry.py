@@ -78,6 +78,12 @@ class Hungry:
             return self.open.popitem(last=False)[1]
         return None
 
+    def pop_idle(self) -> Worker | None:
+        """The first joined idle worker, taken off the index (as :meth:`pop` takes it); None if none is idle."""
+        if not self.idle:
+            return None
+        return self.pop()
+
     def put_back(self, workers: list[Worker]) -> None:
         """Workers visited but left with credit: indexed again, behind the others."""
         for worker in workers:

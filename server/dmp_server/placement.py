@@ -136,6 +136,35 @@ class Placement:
         hungry.put_back([w for w in visited if self.credit(w) > 0])
         return cmds
 
+    def give_now(self, client: Client, job: Job, task: Task) -> Command | None:
+        """``task`` (not queued) to the first idle worker, as :meth:`schedule`
+        would give it when nothing else waits; None (nothing done) when it
+        would not be that simple: other clients wait, no worker is idle, the
+        job needs resources, or the client is at its cap of workers."""
+        if self._ready or job.resources or (client.max_workers and len(client.on) >= client.max_workers):
+            return None
+        worker = self.hungry.pop_idle()
+        if worker is None:
+            return None
+        free = self.credit(worker)
+        if free <= 0:
+            self.hungry.touch(worker)
+            return None
+        jobs: list[list[Any]] = []
+        if worker.peer not in job.holders:
+            job.holders.add(worker.peer)
+            jobs.append([job.key, len(job.runner), job.timeout])
+        task.worker = worker.peer
+        worker.assigned[task.key] = task
+        if worker.tasks_left > 0:
+            worker.tasks_left -= 1
+        client.running += 1
+        client.on[worker.peer] = client.on.get(worker.peer, 0) + 1
+        if free > 1 and not job.idle_only:  # its credit now, as schedule() would find it
+            self.hungry.touch(worker)
+        items = [[task.key, job.key, task.attempt, len(task.frames)]]
+        return Send(worker.peer, protocol.Dispatch(jobs, items), [*job.runner, *task.frames] if jobs else task.frames)
+
     # --- internals ---------------------------------------------------------------
 
     def _pick(self, worker: Worker) -> Job | None:

@@ -217,6 +217,17 @@ class Scheduler(Placement):
         if job.refused:
             items = [[job_id, task_id, int(Status.REFUSED), 0, job.refused] for task_id, _ in tasks]
             return [Send(peer, protocol.JobResults(items))]
+        if len(tasks) == 1 and not self._ready:
+            # One task (apply_async), nothing queued anywhere: straight to the
+            # worker schedule() would pick, without its general loop.
+            task_id, frames = tasks[0]
+            task = Task(self._next_task, job, task_id, frames)
+            sent = self.give_now(client, job, task)
+            if sent is not None:
+                self._next_task += 1
+                self.tasks[task.key] = task
+                job.outstanding += 1
+                return [sent]
         was_idle = not job.pending
         for task_id, frames in tasks:
             task = Task(self._next_task, job, task_id, frames)
@@ -256,30 +267,42 @@ class Scheduler(Placement):
         pos = 0
         cmds: list[Command] = []
         run_total = 0.0
+        assigned, clients, totals = worker.assigned, self.clients, self.totals
+        done = 0
         for key, attempt, status, nframes, run_s, info in items:
-            payload = frames[pos : pos + nframes]
+            start = pos
             pos += nframes
-            task = worker.assigned.get(key)
+            task = assigned.get(key)
             if task is None or task.attempt != attempt:
                 continue  # late result of a task that was given to someone else
-            del worker.assigned[key]
-            self._unhold(task)
-            worker.done += 1
-            self.tasks_done += 1
+            del assigned[key]
+            if task.held is not None:
+                self._unhold(task)
+            done += 1
             run_total += float(run_s)
-            client = self.clients.get(task.job.client)
-            if client is not None:
-                self._release(client, peer)
-            self.tasks.pop(key, None)
             job = task.job
+            client = clients.get(job.client)
+            self.tasks.pop(key, None)
             job.outstanding -= 1
             job.timed = True
-            self._count(client, status)
-            if client is not None and job.job_id in client.jobs:
-                batch = out.setdefault(client.peer, ([], []))
+            failed = status != Status.OK  # as _count, inline: this loop runs once per task
+            totals.done += 1
+            totals.failed += failed
+            if client is None:
+                continue
+            self._release(client, peer)
+            client.done += 1
+            client.failed += failed
+            if job.job_id in client.jobs:
+                batch = out.get(client.peer)
+                if batch is None:
+                    batch = out[client.peer] = ([], [])
                 batch[0].append([job.job_id, task.task_id, status, nframes, info])
-                batch[1].extend(payload)
-                cmds += self._maybe_forget(client, job)
+                batch[1].extend(frames[start:pos])
+                if job.ended and job.outstanding <= 0:
+                    cmds += self._drop(client, job)  # as _maybe_forget
+        worker.done += done
+        self.tasks_done += done
         self.hungry.touch(worker)
         if items:
             mean = run_total / len(items)
@@ -288,7 +311,11 @@ class Scheduler(Placement):
             self.est_run_s = est
             self.in_flight = max(1, min(MAX_IN_FLIGHT, math.ceil(PREFETCH_SECONDS / max(est, 1e-7))))
         sends: list[Command] = [Send(to, protocol.JobResults(its), frs) for to, (its, frs) in out.items()]
-        return sends + cmds + self.schedule()
+        if cmds:
+            sends += cmds
+        if self._ready:
+            sends += self.schedule()
+        return sends
 
     # --- bookkeeping ---------------------------------------------------------------
 

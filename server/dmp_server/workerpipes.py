@@ -105,10 +105,22 @@ class WorkerPipes:
             return False
         if pipe.sock.fileno() < 0:
             return True  # gone: dropped, as ZeroMQ drops a message to a dead peer
-        waiting = bool(pipe.pending)
-        pipe.pending.add(direct.encode(msg, frames))
-        if waiting:  # behind what waits already, in order
+        buffers = direct.encode(msg, frames)
+        if pipe.pending:  # behind what waits already, in order
+            pipe.pending.add(buffers)
             return True
+        if len(buffers) == 1:  # the usual small message: one send, nothing left over
+            try:
+                sent = pipe.sock.send(buffers[0])
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._close(pipe, poller)
+                return True
+            if sent == len(buffers[0]):
+                return True
+            buffers = [memoryview(buffers[0])[sent:]]
+        pipe.pending.add(buffers)
         if not pipe.pending.write(pipe.sock):
             self._close(pipe, poller)
         elif pipe.pending:

@@ -15,6 +15,7 @@ from dmp.serialization import (
     _cloud_dumps,
     dump_exception,
     dumps,
+    dumps_call,
     load_exception,
     loads,
 )
@@ -90,6 +91,7 @@ def test_a_call_of_an_importable_function_pickles_exactly_as_cloudpickle_would()
 
     for call in ((operator.add, (2, 3), {}), (os.path.join, ("a", "b"), {"x": None}), (_square, (7,), {})):
         assert dumps(call) == [_cloud_dumps(call, lambda buf: True)], call
+        assert dumps_call(*call) == [_cloud_dumps(call, lambda buf: True)], call
     fn, args, kwds = loads(_wire(dumps((_square, (7,), {}))))
     assert fn is _square and fn(*args, **kwds) == 49
 
@@ -104,8 +106,11 @@ def test_a_call_of_an_importable_function_builds_no_cloudpickler(monkeypatch: py
     monkeypatch.setattr(serialization, "_BY_VALUE_MODULES", set())
     monkeypatch.setattr(serialization, "_Pickler", no_pickler)
     assert loads(_wire(dumps((_square, (7,), {"unused": None}))))[0] is _square
+    assert loads(_wire(dumps_call(_square, (7,), {"unused": None})))[0] is _square
     with pytest.raises(AssertionError, match="Pickler was built"):
         dumps((lambda x: x, (7,), {}))
+    with pytest.raises(AssertionError, match="Pickler was built"):
+        dumps_call(lambda x: x, (7,), {})
 
 
 def test_a_call_of_a_function_defined_in_a_test_module_or_main_still_travels_right() -> None:
@@ -346,6 +351,30 @@ def test_functions_sent_by_value_keep_their_file_name() -> None:
         while last.tb_next is not None:
             last = last.tb_next
         assert (last.tb_frame.f_code.co_filename, last.tb_lineno) == ("/srv/jobs/my_job.py", 2)
+
+
+@pytest.mark.parametrize("by_value", [True, False])
+def test_an_apply_task_round_trips_by_either_route(by_value: bool) -> None:
+    offset = 3
+    add = lambda x, y=0: x + y + offset  # noqa: E731  (by value even in by-reference mode)
+    for func, args, kwds in [(divmod, (7, 2), {}), (add, (1,), {"y": 2}), (sorted, ([3, 1, 2],), {})]:
+        frames = dumps_call(func, args, kwds, by_value=by_value)
+        assert len(frames) == 1
+        got_func, got_args, got_kwds = loads(_wire(frames))
+        assert got_args == args and got_kwds == kwds
+        assert got_func(*got_args, **got_kwds) == func(*args, **kwds)
+
+
+@pytest.mark.parametrize("by_value", [True, False])
+def test_an_apply_tasks_large_buffers_still_go_out_of_band(by_value: bool) -> None:
+    arr = np.ones(OOB_THRESHOLD, dtype=np.uint8)
+    big = bytes(OOB_THRESHOLD)
+    frames = dumps_call(len, (big,), {}, by_value=by_value)  # not plain: the general path
+    assert len(frames) == 2 and loads(_wire(frames))[1] == (big,)
+    held = lambda: int(arr.sum())  # noqa: E731  a buffer in the function's closure
+    frames = dumps_call(held, (), {}, by_value=by_value)
+    assert len(frames) == 2 and len(frames[0]) < OOB_THRESHOLD
+    assert loads(_wire(frames))[0]() == OOB_THRESHOLD
 
 
 def _square(x: int) -> int:
