@@ -30,9 +30,10 @@ def interrupt_maps_then_use(
     interrupted = 0
     for _ in range(rounds):
         timer = threading.Timer(rng.uniform(*delay), os.kill, (os.getpid(), signal.SIGINT))
-        timer.start()
         try:
             try:
+                # start() inside: on a loaded machine the timer can fire before start() returns
+                timer.start()
                 pool.map(square, range(20_000), chunksize=1)
             finally:
                 timer.join()  # the interrupt may come after the map: catch it here too

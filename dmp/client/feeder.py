@@ -49,12 +49,12 @@ class Feeder:
         self._session = session
         self._by_value = by_value
         self._state = state  # the pool's RUN / CLOSE / TERMINATE
-        self._feed: collections.deque[tuple[int, MapSink, Iterator[Any]]] = collections.deque()
+        self._feed: collections.deque[tuple[int, MapSink, Iterable[Any]]] = collections.deque()
         self._feed_cond = threading.Condition(threading.Lock())
         # Started by the first map: a pool used only for apply never pays for it.
         self._thread = threading.Thread(target=self._feed_loop, name="dmp-feeder", daemon=True)
 
-    def add(self, job: int, sink: MapSink, chunks: Iterator[tuple[int, list[Any]]]) -> None:
+    def add(self, job: int, sink: MapSink, chunks: Iterable[tuple[int, list[Any]]]) -> None:
         """Feed ``chunks`` to ``job`` once the jobs added before it are fed."""
         with self._feed_cond:
             self._feed.append((job, sink, chunks))
@@ -62,7 +62,7 @@ class Feeder:
             if self._thread.ident is None:
                 self._thread.start()
 
-    def feed_here(self, job: int, sink: MapSink, chunks: Iterator[tuple[int, list[Any]]], count: int) -> bool:
+    def feed_here(self, job: int, sink: MapSink, chunks: Iterable[tuple[int, list[Any]]], count: int) -> bool:
         """Feed ``job``'s ``count`` chunks on the calling thread, now, if it may;
         False (nothing done) if not: ``count`` unknown (0) or above
         FEED_HERE_MAX, a cluster pool, the caller on the reactor's turn (a
@@ -123,7 +123,7 @@ class Feeder:
                 # its arguments and results belong to the caller alone.
                 del job, sink, chunks
 
-    def _feed_one(self, job: int, sink: MapSink, chunks: Iterator[tuple[int, list[Any]]]) -> None:
+    def _feed_one(self, job: int, sink: MapSink, chunks: Iterable[tuple[int, list[Any]]]) -> None:
         alive = lambda: self._state() != TERMINATE and not sink.abandoned()  # noqa: E731
         batch: list[tuple[int, list[Any]]] = []
         started = 0.0
@@ -131,6 +131,8 @@ class Feeder:
         handed = 0  # tasks sent or failed here: what the sink will hear about
         next_id = 0
         by_value = self._by_value
+        # A source that may wait for its next item gets no batch held across that wait.
+        eager = not getattr(chunks, "sized", False)
         try:
             for task_id, chunk in chunks:
                 next_id = task_id + 1
@@ -147,7 +149,8 @@ class Feeder:
                 # Frames are bytes or byte-format memoryviews (pickle buffers): len is their size.
                 nbytes += len(frames[0]) if len(frames) == 1 else sum(map(len, frames))
                 if (
-                    len(batch) >= FEED_BATCH
+                    eager
+                    or len(batch) >= FEED_BATCH
                     or nbytes >= FEED_BATCH_BYTES
                     or time.monotonic() - started >= FEED_FLUSH_S
                 ):
@@ -180,9 +183,27 @@ class Feeder:
             return self._send(job, batch[:half], alive, sink) and self._send(job, batch[half:], alive, sink)
 
 
-def chunks(iterable: Iterable[Any], size: int) -> Iterator[tuple[int, list[Any]]]:
-    """(chunk index, up to ``size`` items) pairs, pulled from ``iterable`` as they are asked for."""
-    it = iter(iterable)
+class Chunks:
+    """(chunk index, up to ``size`` items) pairs, pulled from ``iterable`` as they are asked for.
+
+    ``sized``: the iterable has a length (a list, a range, an array), so taking
+    its next item does not wait on anything. A generator's next item may wait
+    on anything, even on a result of the items it already gave (a feedback
+    loop): those are sent before it is asked for another, as multiprocessing
+    does, never held in a batch.
+    """
+
+    __slots__ = ("_it", "sized")
+
+    def __init__(self, iterable: Iterable[Any], size: int) -> None:
+        self.sized = hasattr(iterable, "__len__")
+        self._it = _chunked(iter(iterable), size)
+
+    def __iter__(self) -> Iterator[tuple[int, list[Any]]]:
+        return self._it
+
+
+def _chunked(it: Iterator[Any], size: int) -> Iterator[tuple[int, list[Any]]]:
     if size == 1:
         for i, x in enumerate(it):
             yield i, [x]
@@ -192,3 +213,6 @@ def chunks(iterable: Iterable[Any], size: int) -> Iterator[tuple[int, list[Any]]
         if not chunk:
             return
         yield i, chunk
+
+
+chunks = Chunks

@@ -326,7 +326,7 @@ class Pool:
             return IMapResults(it, unwrap=True)
         return (item for chunk in IMapResults(it, unwrap=False) for item in chunk)
 
-    def _start_job(self, func: Any, star: bool, sink: MapSink, tasks: Iterator[tuple[int, list[Any]]], count: int = 0) -> None:
+    def _start_job(self, func: Any, star: bool, sink: MapSink, tasks: Iterable[tuple[int, list[Any]]], count: int = 0) -> None:
         self._track(sink)
         try:
             runner = serialization.dumps(runners.MapChunk(func, star, self._init), by_value=self._by_value)

@@ -273,6 +273,29 @@ def test_imap_generator_input(mp: Any) -> None:
         assert list(p.imap(f.square, (i for i in range(30)))) == [i * i for i in range(30)]
 
 
+@pytest.mark.parametrize("chunksize", [1, 2])
+@pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+def test_imap_generator_that_waits_on_its_own_results(mp: Any, method: str, chunksize: int) -> None:
+    """A feedback loop: the generator gives the next chunk only once the consumer has seen
+    the last one's results, so what it gave must be sent before it is asked for more."""
+    import queue
+
+    seen: queue.Queue[None] = queue.Queue()
+
+    def gen() -> Any:
+        for i in range(0, 8, chunksize):
+            yield from range(i, i + chunksize)
+            seen.get(timeout=10)  # queue.Empty fails the item: items were held unsent
+
+    out = []
+    with mp.Pool(2) as p:
+        for r in getattr(p, method)(f.square, gen(), chunksize):
+            out.append(r)
+            if len(out) % chunksize == 0:
+                seen.put(None)
+    assert sorted(out) == [i * i for i in range(8)]
+
+
 def test_imap_empty(mp: Any) -> None:
     with mp.Pool(2) as p:
         assert list(p.imap(f.square, [])) == []

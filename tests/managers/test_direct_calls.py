@@ -228,5 +228,5 @@ def test_a_method_name_that_is_not_a_str_is_refused_here(manager: dmp.managers.S
         d._callmethod(123)  # type: ignore[arg-type]
     d["k"] = 1
     assert d["k"] == 1
-    address = next(iter(proxylink._conns.values())).direct.get(d._token.id)
+    address = d._conn().direct.get(d._token.id)  # type: ignore[attr-defined]
     assert address is not None and address not in directlink._unreachable

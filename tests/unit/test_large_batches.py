@@ -87,9 +87,19 @@ def test_the_feeder_closes_a_batch_at_a_mib_of_payload(monkeypatch: pytest.Monke
     rec, sink = _Recorder(), _Sink()
     fd = feeder.Feeder(rec, False, lambda: RUN)
     big = bytes(feeder.FEED_BATCH_BYTES)
-    chunks = [(0, [b"x"]), (1, [big]), (2, [b"y"]), (3, [big]), (4, [b"z"])]
-    fd._feed_one(7, sink, iter(chunks))
+    fd._feed_one(7, sink, feeder.chunks([b"x", big, b"y", big, b"z"], 1))  # a list: batched
     # Every task once, in order; a batch closes right after each large one
     # (without the byte bound all five would go together).
     assert rec.batches == [[0, 1], [2, 3], [4]]
     assert sink.n == 5 and rec.ended == [7]
+
+
+def test_a_source_that_may_wait_is_never_held_in_a_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A generator's next item may wait on the results of those it gave: each goes at once."""
+    monkeypatch.setattr(feeder, "FEED_FLUSH_S", 3600.0)
+    rec, sink = _Recorder(), _Sink()
+    fd = feeder.Feeder(rec, False, lambda: RUN)
+    fd._feed_one(7, sink, feeder.chunks((b for b in [b"x", b"y", b"z"]), 1))
+    assert rec.batches == [[0], [1], [2]]
+    fd._feed_one(8, sink, feeder.chunks(range(3), 1))  # a range: batched
+    assert rec.batches[3:] == [[0, 1, 2]]
