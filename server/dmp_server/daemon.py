@@ -370,6 +370,8 @@ class Daemon(Routing):
                     "%s went silent; dropping it", describe(peer))
             log.log(logging.INFO if peer.role in (Role.NODE, Role.CLIENT) else logging.DEBUG, "%s left", describe(peer))
         self._depart(out)
+        if self.scheduler.queued_total:  # a job past its probe spreads now if nothing else came
+            self._carry_out(self.scheduler.schedule())
         for peer in beat:
             if peer.ident is not None:
                 self._send_raw(peer.ident, protocol.Heartbeat())

@@ -10,6 +10,7 @@ free. ``schedule()`` turns credit and queues into Dispatch commands.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from dmp.wire import protocol
@@ -18,11 +19,19 @@ from dmp_server.records import Client, Command, Job, Node, Send, Task, Worker
 
 # Tasks given to a worker at once, when they fit its credit, however many
 # workers are idle (see Placement.schedule).
-DISPATCH_BATCH = 32
+DISPATCH_BATCH = 64
 # A Dispatch holds task frames of at most about this many bytes: a worker's
 # share of large tasks goes as several messages, so it runs the first while
 # the next arrives.
 DISPATCH_BYTES = 1 << 20
+# A job none of whose tasks has finished goes to at most PROBE_WORKERS workers
+# until one finishes or PROBE_S seconds have passed since its first went out
+# (then its tasks are long: it is spread over every idle worker, at the next
+# schedule, the manager's next beat at the latest). Spreading a job of tiny
+# tasks over a thousand idle workers first would cost a Dispatch, a TaskDone
+# and a JobResults per task for the first thousand of them.
+PROBE_WORKERS = 64
+PROBE_S = 0.25
 
 
 class Placement:
@@ -37,6 +46,7 @@ class Placement:
     in_flight: int  # tasks a worker may hold
     est_run_s: float | None  # mean task run time, once any task finished
     hungry: Hungry  # workers that may take tasks (see dmp_server.hungry)
+    clock: Callable[[], float]  # seconds, monotonic (a job's probe: PROBE_S)
 
     # --- scheduling ------------------------------------------------------------------
 
@@ -70,11 +80,20 @@ class Placement:
         # workers would cost a Dispatch and a Results message per task.
         # The run time known is the last jobs': a job none of whose tasks has finished yet
         # (a GridSearchCV fold after quick warm-ups) is spread, never batched behind one worker.
+        # A job whose run time is unknown goes to a worker in one Dispatch of at most
+        # ``spread`` tasks, then no more of it until one of its tasks finishes (_pick):
+        # more one-task Dispatches to workers already running it would stack its tasks
+        # behind each other all the same, at a message pair per task (a thousand workers).
         spread = share = -(-self.queued_total // len(hungry))
         if self.est_run_s is not None and share < DISPATCH_BATCH:
             share = max(share, min(self.in_flight, DISPATCH_BATCH))
+        # Unless a waiting client is capped or a waiting job needs resources, a worker
+        # no waiting job may use means the others may not either (idle ones come
+        # first; the rest run the unknown jobs or are past their probe): stop there.
+        particular = any(c.max_workers or any(j.resources for j in c.active) for c in self._ready)
         visited: list[Worker] = []
-        while self._ready:
+        stop = False
+        while self._ready and not stop:
             worker = hungry.pop()
             if worker is None:
                 break
@@ -87,9 +106,12 @@ class Placement:
             items: list[list[int]] = []
             frames: list[Any] = []
             taken = nbytes = 0
+            fresh: list[int] = []  # jobs this worker is given first in this visit (its Dispatches may be several)
             while free > 0 and self._ready:
-                job = self._pick(worker)
+                job = self._pick(worker, fresh)
                 if job is None:
+                    if not taken and not particular:
+                        stop = True
                     break  # every waiting client is at its cap of workers, or needs resources not free here
                 if not job.timed and taken >= spread:
                     break  # its tasks' run time is unknown: spread them
@@ -107,7 +129,10 @@ class Placement:
                         node.free[res] -= amount
                     task.held = node
                 if worker.peer not in job.holders:
+                    if not job.first_out:
+                        job.first_out = self.clock()
                     job.holders.add(worker.peer)
+                    fresh.append(job.key)
                     jobs.append([job.key, len(job.runner), job.timeout])
                     job_frames.extend(job.runner)
                 task.worker = worker.peer
@@ -143,6 +168,8 @@ class Placement:
         job needs resources, or the client is at its cap of workers."""
         if self._ready or job.resources or (client.max_workers and len(client.on) >= client.max_workers):
             return None
+        if not job.timed and not self._probe_open(job):
+            return None  # its probe is full: it waits for a task of it to finish (schedule)
         worker = self.hungry.pop_idle()
         if worker is None:
             return None
@@ -152,6 +179,8 @@ class Placement:
             return None
         jobs: list[list[Any]] = []
         if worker.peer not in job.holders:
+            if not job.first_out:
+                job.first_out = self.clock()
             job.holders.add(worker.peer)
             jobs.append([job.key, len(job.runner), job.timeout])
         task.worker = worker.peer
@@ -167,20 +196,26 @@ class Placement:
 
     # --- internals ---------------------------------------------------------------
 
-    def _pick(self, worker: Worker) -> Job | None:
+    def _pick(self, worker: Worker, fresh: list[int]) -> Job | None:
         """Rotate the ready clients until the first may use ``worker``; its
         first job that may run there (None if no client has one).
 
         A job with resources may run only on an idle worker of a node that
         has them free (so no task waits behind another holding them); an
-        ``idle_only`` job only on an idle worker.
+        ``idle_only`` job only on an idle worker; a job none of whose tasks
+        has finished, only on a worker not running it yet, or in the visit
+        that brings it there (among ``fresh``, the jobs new to it in this
+        visit), and on a new one only while probing allows it (PROBE_WORKERS).
         """
         ready = self._ready
+        peer = worker.peer
         for _ in range(len(ready)):
             c = ready[0]
-            if not c.max_workers or worker.peer in c.on or len(c.on) < c.max_workers:
+            if not c.max_workers or peer in c.on or len(c.on) < c.max_workers:
                 for job in c.active:
                     if job.idle_only and worker.assigned:
+                        continue
+                    if not job.timed and not self._may_try(job, peer, fresh):
                         continue
                     if not job.resources:
                         return job
@@ -189,6 +224,16 @@ class Placement:
                         return job
             ready.rotate(-1)
         return None
+
+    def _may_try(self, job: Job, peer: str, fresh: list[int]) -> bool:
+        """May worker ``peer`` take a task of ``job``, none of whose tasks has finished?"""
+        if peer in job.holders:
+            return job.key in fresh
+        return self._probe_open(job)
+
+    def _probe_open(self, job: Job) -> bool:
+        """May ``job``, none of whose tasks has finished, go to one more worker?"""
+        return len(job.holders) < PROBE_WORKERS or self.clock() - job.first_out >= PROBE_S
 
     @staticmethod
     def _unhold(task: Task) -> None:

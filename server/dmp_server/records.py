@@ -58,6 +58,7 @@ class Job:
     refused: str = ""  # why no joined node could ever satisfy ``resources`` ("": one could)
     idle_only: bool = False  # each task only to an idle worker (never queued behind another)
     timed: bool = False  # a task of it has finished: only then may a worker take its tasks in batches
+    first_out: float = 0.0  # when its first task was given to a worker (the scheduler's clock; 0: not yet)
 
 
 @dataclass(slots=True, eq=False)

@@ -25,6 +25,7 @@ Which task goes to which worker (credit, fairness, resources) is
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from typing import Any
 
@@ -64,6 +65,7 @@ class Scheduler(Placement):
         self.nodes: dict[str, Node] = {}  # by name: their declared resources
         self._ready: deque[Client] = deque()  # clients with pending tasks, round robin
         self.hungry = Hungry()  # workers that may take tasks, without a scan
+        self.clock = time.monotonic
         self.queued_total = 0  # tasks waiting in any client's queue
         self._next_task = 1
         self._next_job = 1

@@ -10,11 +10,13 @@ workers)``, as multiprocessing computes it) and check every result. The
 manager's CPU time (user + system, from /proc/PID/stat) is read around
 the run:
 
-    workers nodes clients chunk  tasks  items/s  tasks/s  mgr CPU %  mgr µs/task
+    workers nodes clients chunk  tasks  items/s  tasks/s  mgr CPU %  mgr µs/task  tasks/Dispatch
 
 then, with ``--idle N``, the manager's CPU while N joined workers only
 heartbeat. The simulators share the machine with the manager, so items/s is
-a floor set by the slowest process; µs/task is the manager's own cost.
+a floor set by the slowest process; µs/task is the manager's own cost, and
+tasks/Dispatch how many tasks each Dispatch carried (each also costs a
+TaskDone and a JobResults per client in it): a count load blurs less.
 Nothing is asserted; ``--quick`` runs one tiny configuration (the smoke test).
 """
 
@@ -122,14 +124,24 @@ class Cluster:
         theirs.close()
         return ours, proc
 
+    def dispatches(self) -> int:
+        """Dispatches the simulated workers have answered so far."""
+        total = 0
+        for ctl, _ in self.sims:
+            ctl.send("count")
+            total += _answer(ctl)["dispatches"]
+        return total
+
     def run_clients(self, clients: int, tasks: int, chunk: int) -> dict[str, float]:
         ctl, proc = self._start(scalesim.serve_clients, clients, tasks, chunk)
         try:
             _expect(ctl, "ready")
+            sent0 = self.dispatches()
             cpu0, t0 = cpu_seconds(self.pid), time.perf_counter()
             ctl.send("go")
             got = _answer(ctl)
             cpu1, wall = cpu_seconds(self.pid), time.perf_counter() - t0
+            dispatches = self.dispatches() - sent0
             self.check()
         finally:
             proc.join(10)
@@ -140,7 +152,8 @@ class Cluster:
         cpu = cpu1 - cpu0
         return {"tasks": tasks, "items": tasks * chunk, "wall_s": wall, "cpu_s": cpu,
                 "items_per_s": tasks * chunk / wall, "tasks_per_s": tasks / wall,
-                "cpu_pct": 100 * cpu / wall, "us_per_task": 1e6 * cpu / tasks}
+                "cpu_pct": 100 * cpu / wall, "us_per_task": 1e6 * cpu / tasks,
+                "tasks_per_dispatch": tasks / max(1, dispatches)}
 
     def idle_cpu(self, seconds: float) -> float:
         """Percent of one core the manager spends over ``seconds`` with nothing but heartbeats.
@@ -218,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start", flush=True)
     print(f"{'workers':>7} {'nodes':>5} {'clients':>7} {'chunk':>6} {'tasks':>7} {'items/s':>9} {'tasks/s':>8} "
-          f"{'mgr CPU%':>8} {'mgr µs/task':>11}", flush=True)
+          f"{'mgr CPU%':>8} {'mgr µs/task':>11} {'tasks/Dispatch':>14}", flush=True)
     with tempfile.TemporaryDirectory(prefix="dmp-scale-") as tmp:
         for shape in filter(None, args.shapes.split(",")):
             workers, nodes = (int(x) for x in shape.split("x"))
@@ -231,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
                         row.update(workers=workers, nodes=nodes, clients=clients, chunk=chunk)
                         rows.append(row)
                         print(f"{workers:>7} {nodes:>5} {clients:>7} {chunk:>6} {tasks:>7} {row['items_per_s']:>9.0f} "
-                              f"{row['tasks_per_s']:>8.0f} {row['cpu_pct']:>8.1f} {row['us_per_task']:>11.1f}", flush=True)
+                              f"{row['tasks_per_s']:>8.0f} {row['cpu_pct']:>8.1f} {row['us_per_task']:>11.1f} "
+                              f"{row['tasks_per_dispatch']:>14.1f}", flush=True)
         if args.idle:
             profile = str(Path(args.profile).resolve() / "idle.prof") if args.profile else None
             with Cluster(args.idle, args.idle_nodes, args.procs, Path(tmp) / "idle", profile) as cluster:

@@ -5,7 +5,8 @@
                               through dmp.wire.transport.Channel (signed with the authkey);
                               a Dispatch is answered at once with one TaskDone carrying, per
                               task, the pickled list of its items doubled (the task's frame is
-                              the pickled list of its items); heartbeats as a node's real
+                              the pickled list of its items), and counted ("count" over the
+                              Pipe: tasks and Dispatches so far); heartbeats as a node's real
                               workers send them: one a beat while idle, none while answering
     clients process           one DEALER per client: DefineJob, then Submit batches of up to
                               64 tasks, each once the client's credit (MAX_OUTSTANDING_TASKS)
@@ -234,7 +235,12 @@ def serve_workers(
     tasks = messages = 0
     ok = int(protocol.Status.OK)
     rehellos = 0
-    while not ctl.poll():
+    while True:
+        if ctl.poll():
+            if ctl.recv() != "count":
+                break  # stop
+            ctl.send({"tasks": tasks, "dispatches": messages})  # each Dispatch is answered by one TaskDone
+            continue
         for i in peers.ready(min(0.2, max(0.0, beats[0][0] - time.monotonic()))):
             chan = peers.chans[i]
             refused: list[int] = []
@@ -265,7 +271,6 @@ def serve_workers(
             if not is_worker[i] or now - last_sent[i] >= period:  # a worker that just answered is not idle
                 peers.chans[i].send(protocol.Heartbeat())
             heapq.heappush(beats, (now + period, i))
-    ctl.recv()
     for chan in peers.chans:
         chan.send(protocol.Bye("benchmark done"))
     peers.close()

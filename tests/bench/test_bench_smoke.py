@@ -98,6 +98,7 @@ def test_scale_quick_runs_the_real_manager_against_simulated_peers(tmp_path: Pat
     assert [(r["workers"], r["clients"], r["chunk"] == 1) for r in runs] == [(4, 2, True), (4, 2, False)]
     for r in runs:
         assert r["items"] == r["tasks"] * r["chunk"] and r["cpu_s"] > 0 and r["wall_s"] > 0
+        assert 1 <= r["tasks_per_dispatch"] <= r["tasks"]  # every task went out in some Dispatch
     (idle,) = [r for r in rows if "idle_workers" in r]
     assert idle["idle_workers"] == 20 and idle["cpu_pct"] >= 0
     assert "idle: 20 workers on 2 nodes" in proc.stdout

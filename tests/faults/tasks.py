@@ -21,6 +21,12 @@ def where(x: int) -> tuple[int, str, int]:
     return x * x, os.environ.get("FAULT_NODE", "local"), os.getpid()
 
 
+def where_slow(x: int) -> tuple[int, str, int]:
+    """As :func:`where`, taking 50 ms: a map of these spreads over every free worker."""
+    time.sleep(0.05)
+    return where(x)
+
+
 def log_attempt(directory: str, i: int) -> None:
     fd = os.open(os.path.join(directory, f"run-{i}"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from dmp_server import placement
 from dmp_server.hungry import Hungry
 from dmp_server.placement import DISPATCH_BATCH
 from dmp_server.records import Worker
@@ -79,7 +80,8 @@ def _dispatched(cmds: list[Any]) -> dict[str, list[list[Any]]]:
     return {c.to: c.msg.tasks for c in cmds if isinstance(c, Send) and isinstance(c.msg, protocol.Dispatch)}
 
 
-def test_results_of_one_worker_among_a_thousand_busy_ones_visit_only_a_few() -> None:
+def test_results_of_one_worker_among_a_thousand_busy_ones_visit_only_a_few(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(placement, "PROBE_WORKERS", 10**6)  # the new job goes everywhere at once
     s = CountingScheduler()
     s.add_client("c")
     s.define_job("c", 1, [], 3)
@@ -121,8 +123,9 @@ def test_short_tasks_go_out_in_batches_not_one_per_idle_worker() -> None:
     (first,) = _dispatched(s.submit("c", 1, [(0, [b"x"])])).items()
     key, _job, attempt, _n = first[1][0]
     s.results(first[0], [[key, attempt, int(Status.OK), 0, 1e-6, ""]], [])  # a microsecond task
-    spread = _dispatched(s.submit("c", 1, [(i, [b"x"]) for i in range(1, 65)]))
-    assert sorted(len(t) for t in spread.values()) == [DISPATCH_BATCH, 64 - DISPATCH_BATCH]
+    n = DISPATCH_BATCH + DISPATCH_BATCH // 2
+    spread = _dispatched(s.submit("c", 1, [(i, [b"x"]) for i in range(1, n + 1)]))
+    assert sorted(len(t) for t in spread.values()) == [DISPATCH_BATCH // 2, DISPATCH_BATCH]
 
 
 def test_a_new_job_after_short_tasks_is_spread_until_its_own_tasks_finish() -> None:

@@ -88,7 +88,16 @@ def test_a_worker_running_the_cancelled_jobs_task_is_killed() -> None:
 
 def test_withdrawing_frees_credit_for_the_next_task() -> None:
     h = Harness()
-    _b_key, a_key = _queued_behind(h)
+    h.client("A")
+    h.client("B")
+    h.worker("w1")
+    h.job("A", 1)
+    h.job("B", 1)
+    h.submit("B", 1, [0])
+    h.complete("w1", run_s=0.001)  # B's tasks are known short: w1 may take two
+    h.submit("B", 1, [1])
+    h.submit("A", 1, [1])
+    (_b_key, *_), (a_key, *_) = h.given["w1"]
     h.submit("B", 1, [2, 3])  # w1 is full (two in flight): these wait
     assert h.s.queued() == 2
     cmds = h.apply(h.s.cancel_job("A", 1))
