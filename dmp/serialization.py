@@ -8,8 +8,10 @@ rebuilt on the received frame without a copy.
 
 Local mode pickles by reference first (the workers are forked, so they can
 import everything the parent could) and falls back to cloudpickle for what
-plain pickle refuses (lambdas, closures); cluster mode always uses
-cloudpickle so that ``__main__`` travels by value.
+plain pickle refuses (lambdas, closures); cluster mode uses cloudpickle so
+that ``__main__`` travels by value (small plain data, and a call of an
+importable function on it, go through plain pickle: cloudpickle would write
+the same bytes).
 """
 
 from __future__ import annotations
@@ -168,6 +170,32 @@ def _plain(obj: Any, depth: int = 3) -> bool:
     return True
 
 
+# Functions cloudpickle pickles by reference (importable, module-level, not
+# in ``__main__``), as cloudpickle judged them once: the judgement costs more
+# than pickling a small call. Only such functions are held (their module
+# holds them anyway); at most this many.
+_BY_REFERENCE: dict[Any, None] = {}
+_BY_REFERENCE_MAX = 4096
+
+# cloudpickle's modules registered to travel by value (send_by_value); None if
+# this cloudpickle keeps them elsewhere: then dumps_quick and _by_reference
+# never take their shortcuts.
+_BY_VALUE_MODULES: Any = getattr(getattr(cloudpickle, "cloudpickle", None), "_PICKLE_BY_VALUE_MODULES", None)
+
+
+def _by_reference(func: Any) -> bool:
+    """Whether cloudpickle would pickle ``func`` by reference, i.e. plain pickle's way."""
+    if type(func) is not types.FunctionType or _BY_VALUE_MODULES is None or _BY_VALUE_MODULES:
+        return False  # a module registered by value: cloudpickle decides, every time
+    if func in _BY_REFERENCE:
+        return True
+    if not cloudpickle.cloudpickle._should_pickle_by_reference(func):
+        return False
+    if len(_BY_REFERENCE) < _BY_REFERENCE_MAX:
+        _BY_REFERENCE[func] = None
+    return True
+
+
 def dumps(obj: Any, *, by_value: bool = True) -> list[Any]:
     """Pickle ``obj`` into frames.
 
@@ -176,6 +204,15 @@ def dumps(obj: Any, *, by_value: bool = True) -> list[Any]:
     """
     if _plain(obj):
         return [pickle.dumps(obj, protocol=5)]
+    if type(obj) is tuple and len(obj) == 3 and _by_reference(obj[0]) and _plain(obj[1]) and _plain(obj[2]):
+        # A call of an importable function on small plain arguments (an
+        # apply's task): cloudpickle would write the very same references.
+        # Plain pickle still checks the name leads to this function, else
+        # raises, and cloudpickle takes over.
+        try:
+            return [pickle.dumps(obj, protocol=5)]
+        except (pickle.PicklingError, AttributeError, TypeError):
+            pass
     return _pickle(_wrap_large(obj), by_value)
 
 
@@ -192,13 +229,15 @@ def dumps_call(func: Any, args: tuple[Any, ...], kwds: dict[str, Any], *, by_val
     """
     task = (func, args, kwds)
     if _plain(args) and (not kwds or _plain(kwds)):
+        if _by_reference(func):
+            # cloudpickle would write the very same references (see dumps);
+            # plain pickle still checks the name leads to this function.
+            try:
+                return [pickle.dumps(task, protocol=5)]
+            except (pickle.PicklingError, AttributeError, TypeError):
+                pass
         return _pickle(task, by_value)
     return _pickle(_wrap_large(task), by_value)
-
-
-# cloudpickle's modules registered to travel by value (send_by_value); None if
-# this cloudpickle keeps them elsewhere: then dumps_quick never takes its shortcut.
-_BY_VALUE_MODULES: Any = getattr(getattr(cloudpickle, "cloudpickle", None), "_PICKLE_BY_VALUE_MODULES", None)
 
 
 def dumps_quick(obj: Any) -> list[Any]:

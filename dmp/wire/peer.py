@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import zmq
+from zmq.backend import zmq_poll
 
 from dmp import _config
 from dmp.wire import protocol, transport
@@ -215,7 +216,7 @@ class PeerLoop:
         if limit is not None and limit < wait:
             wait = limit
         found: set[int] = set()
-        for fd, _ in self.poller.poll(int(max(0.0, wait) * 1000) + 1):
+        for fd, _ in zmq_poll(self.poller.sockets, int(max(0.0, wait) * 1000) + 1):  # Poller.poll wraps just this
             if fd is self.chan.sock:
                 found.add(SOCKET)
             elif fd is self._monitor:

@@ -203,6 +203,14 @@ def make_socket(kind: int, *, identity: bytes | None = None, server_key: bytes |
     return sock
 
 
+# The compiled send under pyzmq's Python Socket.send (which adds only DRAFT
+# routing_id/group handling and a Python frame per frame sent).
+_send = zmq.backend.Socket.send
+
+
+def _send_duck(sock: Any, data: Any, flags: int = 0, copy: bool = True) -> Any:
+    return sock.send(data, flags, copy=copy)
+
 # Plain ints: the zmq enums cost an enum construction per use.
 _SNDMORE = int(zmq.SNDMORE)
 _EVENTS = int(zmq.EVENTS)
@@ -223,10 +231,11 @@ class Channel:
     a whole message: header and every payload frame together.
     """
 
-    __slots__ = ("_held", "keys", "max_message", "peer_address", "routed", "sock")
+    __slots__ = ("_held", "_native", "keys", "max_message", "peer_address", "routed", "sock")
 
     def __init__(self, sock: zmq.Socket[Any], key: bytes | None) -> None:
         self.sock = sock
+        self._native = isinstance(sock, zmq.backend.Socket)  # else a stand-in with a send method (tests)
         self.routed = sock.type == zmq.ROUTER
         self.keys = handshake.Keyring(key or None, self.routed)
         self._held: list[tuple[protocol.Message, Sequence[Any], int]] = []
@@ -274,17 +283,22 @@ class Channel:
             self._held.append((msg, frames, flags))
             return
         # Frame by frame with plain int flags: send_multipart builds a zmq.Flag
-        # enum per frame. ZeroMQ still delivers the parts all or none.
-        send = self.sock.send
+        # enum per frame. ZeroMQ still delivers the parts all or none. The
+        # backend's send itself: pyzmq's Python wrapper only adds DRAFT options.
+        sock = self.sock
+        send = _send if self._native else _send_duck
         flags = int(flags)
         more = flags | _SNDMORE
         if to is not None:
-            send(to, more)
-        send(sig, more)
+            send(sock, to, more)
+        send(sock, sig, more)
+        if len(body) == 1:
+            send(sock, body[0], flags)
+            return
         last = len(body) - 1
         for i, frame in enumerate(body):
             # Small frames are copied either way; copy=False spares the big ones.
-            send(frame, more if i < last else flags, copy=i == 0)
+            send(sock, frame, more if i < last else flags, copy=i == 0)
 
     def readable(self) -> bool:
         """True if a message is waiting. A system call: a reactor that just

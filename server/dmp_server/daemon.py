@@ -29,6 +29,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import zmq
+from zmq.backend import zmq_poll
 
 from dmp import _config
 from dmp.deaths import format_size
@@ -84,8 +85,7 @@ class Daemon(Routing):
         self.chan.max_message = max_message  # the whole message, not one frame
         self.refusals = gate.Refusals(log)
         self._joining = {}
-        # When a poll last found the socket read empty: every message that came
-        # before then has been handled (see _tick: the key-proof window).
+        # When a poll last found the socket read empty: all that came before is handled (see _tick).
         self._read_all_at = time.monotonic()
         self.endpoints: list[str] = []
         for endpoint in bind:
@@ -212,12 +212,12 @@ class Daemon(Routing):
         self._due = deadline = self.objects.next_deadline()  # handle() runs what is due by then
         if deadline is not None and deadline < wake_at:
             wake_at = deadline
-        wait = max(0.0, wake_at - time.monotonic())
+        before = time.monotonic()
+        wait = max(0.0, wake_at - before)
         if timeout is not None and timeout < wait:
             wait = timeout
-        before = time.monotonic()
-        # zmq_poll itself: Poller.poll is a Python layer over it, one more frame per step.
-        ready = dict(zmq.zmq_poll(self._poller.sockets, int(wait * 1000) + 1))
+        # zmq_poll itself: zmq.Poller.poll only wraps it in a Python call.
+        ready = dict(zmq_poll(self._poller.sockets, int(wait * 1000) + 1))
         if self.chan.sock not in ready:
             self._read_all_at = before
         return ready

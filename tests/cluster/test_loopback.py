@@ -327,10 +327,12 @@ def test_replayed_and_forged_messages_are_refused() -> None:
         assert isinstance(welcome, protocol.Welcome) and len(welcome.nonce) == 16
         # Capture what the legitimate client sends: a StatusRequest in its session.
         captured: list[bytes] = []
-        real_send = legit.sock.send
-        legit.sock.send = lambda data, *a, **kw: (captured.append(bytes(data)), real_send(data, *a, **kw))[1]  # type: ignore[method-assign]
-        legit.send(protocol.StatusRequest())
-        legit.sock.send = real_send  # type: ignore[method-assign]
+        real_send = transport._send  # what Channel.send sends each frame with
+        transport._send = lambda sock, data, *a, **kw: (captured.append(bytes(data)), real_send(sock, data, *a, **kw))[1]
+        try:
+            legit.send(protocol.StatusRequest())
+        finally:
+            transport._send = real_send
         _, status, _ = legit.recv()
         assert isinstance(status, protocol.StatusReply)
         # Replayed on the same connection: the counter is old.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import types
 from typing import Any
 
 import numpy as np
@@ -81,6 +82,78 @@ def test_lambda_and_closure_travel_by_value() -> None:
     got = loads(_wire(frames))
     assert got(1) == 16
     assert loads(_wire(dumps(lambda: "hi", by_value=True)))() == "hi"
+
+
+def test_a_call_of_an_importable_function_pickles_exactly_as_cloudpickle_would() -> None:
+    """An apply's task (function, args, kwds) skips cloudpickle when it would write references only."""
+    import operator
+    import os.path
+
+    for call in ((operator.add, (2, 3), {}), (os.path.join, ("a", "b"), {"x": None}), (_square, (7,), {})):
+        assert dumps(call) == [_cloud_dumps(call, lambda buf: True)], call
+        assert dumps_call(*call) == [_cloud_dumps(call, lambda buf: True)], call
+    fn, args, kwds = loads(_wire(dumps((_square, (7,), {}))))
+    assert fn is _square and fn(*args, **kwds) == 49
+
+
+def test_a_call_of_an_importable_function_builds_no_cloudpickler(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dmp import serialization
+
+    def no_pickler(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("cloudpickle's Pickler was built")
+
+    # No module registered by value (another suite's conftest may register one in this process).
+    monkeypatch.setattr(serialization, "_BY_VALUE_MODULES", set())
+    monkeypatch.setattr(serialization, "_Pickler", no_pickler)
+    assert loads(_wire(dumps((_square, (7,), {"unused": None}))))[0] is _square
+    assert loads(_wire(dumps_call(_square, (7,), {"unused": None})))[0] is _square
+    with pytest.raises(AssertionError, match="Pickler was built"):
+        dumps((lambda x: x, (7,), {}))
+    with pytest.raises(AssertionError, match="Pickler was built"):
+        dumps_call(lambda x: x, (7,), {})
+
+
+def test_a_call_of_a_function_defined_in_a_test_module_or_main_still_travels_right() -> None:
+    """Whatever cloudpickle would send by value (a lambda, a closure, a __main__ function) still is."""
+    base = 3
+    closure = lambda x: x + base  # noqa: E731
+    fn, args, _ = loads(_wire(dumps((closure, (1,), {}))))
+    assert fn(*args) == 4
+    main_fn = types.FunctionType(_square.__code__, {"__name__": "__main__"}, "main_square")
+    main_fn.__module__ = "__main__"
+    main_fn.__qualname__ = "main_square"
+    frames = dumps((main_fn, (5,), {}))
+    assert frames == [_cloud_dumps((main_fn, (5,), {}), lambda buf: True)]  # by value: no name to look up
+    fn, args, _ = loads(_wire(frames))
+    assert fn(*args) == 25
+
+
+def test_a_module_registered_by_value_turns_the_shortcut_off() -> None:
+    import cloudpickle
+
+    from tests.unit import _by_value_helper as helper
+
+    reference = dumps((helper.triple, (2,), {}))
+    cloudpickle.register_pickle_by_value(helper)
+    try:
+        frames = dumps((helper.triple, (2,), {}))
+        assert frames != reference and frames == [_cloud_dumps((helper.triple, (2,), {}), lambda buf: True)]
+    finally:
+        cloudpickle.unregister_pickle_by_value(helper)
+    assert dumps((helper.triple, (2,), {})) == reference
+
+
+def test_a_function_its_name_no_longer_leads_to_falls_back_to_cloudpickle() -> None:
+    from tests.unit import _by_value_helper as helper
+
+    old = helper.triple
+    assert dumps((old, (2,), {}))  # judged once by reference
+    helper.triple = lambda x: -x  # type: ignore[assignment]
+    try:
+        fn, args, _ = loads(_wire(dumps((old, (2,), {}))))
+        assert fn(*args) == 6  # the old function itself, by value, not what the name means now
+    finally:
+        helper.triple = old  # type: ignore[method-assign]
 
 
 def test_lambda_falls_back_to_cloudpickle_by_reference_mode() -> None:
@@ -302,3 +375,7 @@ def test_an_apply_tasks_large_buffers_still_go_out_of_band(by_value: bool) -> No
     frames = dumps_call(held, (), {}, by_value=by_value)
     assert len(frames) == 2 and len(frames[0]) < OOB_THRESHOLD
     assert loads(_wire(frames))[0]() == OOB_THRESHOLD
+
+
+def _square(x: int) -> int:
+    return x * x
