@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,6 +121,7 @@ class Daemons:
         self, logdir: Path | None = None, *, authkey: bytes | None = None, address: str | None = None,
         manager_args: tuple[str, ...] = (),
     ) -> None:
+        self._own_logdir = logdir is None  # made here: removed by stop()
         self.logdir = logdir if logdir is not None else Path(tempfile.mkdtemp(prefix="dmp-daemons-"))
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.authkey = authkey
@@ -310,6 +312,8 @@ class Daemons:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
                     os.kill(pid, signal.SIGKILL)
+        if self._own_logdir:
+            shutil.rmtree(self.logdir, ignore_errors=True)
 
     def logs(self) -> str:
         out = []
