@@ -88,7 +88,7 @@ def test_dead_clients_queued_tasks_never_run(cluster: FaultCluster, markers: Pat
 
     wait_for(all_free, 60, "every slot of both nodes to be free")
     with dmp.Pool(address=cluster.address) as other:
-        values = other.map_async(tasks.where, range(100), chunksize=1).get(60)
+        values = other.map_async(tasks.where_slow, range(40), chunksize=1).get(60)
     assert {node for _, node, _ in values} == {"node1", "node2"}
     assert _attempts(markers) == started, "a task of the dead client started after it died"
 

@@ -49,7 +49,7 @@ def test_manager_restart_fails_in_flight_work_fast_and_nodes_rejoin(
     cluster.wait_slots(4)  # nobody touched the nodes
     rejoined_after = time.monotonic() - t2
     with dmp.Pool(address=cluster.address) as fresh:
-        values = fresh.map(tasks.where, range(60), chunksize=1)
+        values = fresh.map(tasks.where_slow, range(60), chunksize=1)
     assert [v for v, _, _ in values] == [x * x for x in range(60)]
     assert {node for _, node, _ in values} == {"node1", "node2"}
     print(f"{signal.Signals(sig).name}: in-flight work failed after {failed_after:.1f} s; "
