@@ -42,7 +42,7 @@ def test_a_small_map_is_fed_by_its_caller(pool: Any) -> None:
     assert pool.map(square, range(1000)) == [x * x for x in range(1000)]  # 8 chunks
     assert pool.starmap(pow, [(x, 2) for x in range(50)], chunksize=3) == [x * x for x in range(50)]
     assert pool.map_async(square, range(10)).get(timeout=60) == [x * x for x in range(10)]
-    assert pool._feeder._thread.ident is None  # the feeder thread never started
+    assert pool._feeder._thread is None  # the feeder thread never started
 
 
 def test_a_map_of_many_chunks_still_goes_to_the_feeder(pool: Any) -> None:
@@ -115,4 +115,4 @@ def test_ctrl_c_while_the_caller_feeds_a_map_waits_for_the_job_to_be_fed(pool: A
     assert pool.map(square, range(10)) == [x * x for x in range(10)]
     pool.close()
     pool.join()
-    assert pool._feeder._thread.ident is None  # fed on this thread
+    assert pool._feeder._thread is None  # fed on this thread

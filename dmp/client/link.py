@@ -73,11 +73,15 @@ class RemoteLink:
         self._poller.register(self._fd, select.POLLIN)
         self._poller.register(self._wake.fd, select.POLLIN)
         hello = protocol.Hello(protocol.Role.CLIENT, f"client-{os.getpid()}", socket.gethostname(), os.getpid(), max_workers=max_workers)
+        deadline = time.monotonic() + timeout
         with self._io:
-            self._chan.send(hello)
+            sent = peer.send_within(self._chan, hello, timeout)
+        if not sent:
+            self._chan.sock.close(linger=0)
+            raise ManagerUnavailableError(f"no dmp manager took a connection at {address} within {timeout:g} s")
         self._thread = threading.Thread(target=self._run, name="dmp-link", daemon=True)
         self._thread.start()
-        if not self._ready.wait(timeout):
+        if not self._ready.wait(max(0.0, deadline - time.monotonic())):
             self._stop = True
             self._turns.stop()
             # Let the thread close the socket: a socket left open at exit can block the

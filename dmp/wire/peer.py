@@ -78,6 +78,23 @@ def connect(
     return chan
 
 
+def send_within(chan: transport.Channel, msg: protocol.Message, timeout_s: float) -> bool:
+    """Send ``msg`` unless the socket takes nothing for ``timeout_s``; False then.
+
+    A DEALER with no connection to send on (one a failed CURVE handshake
+    dropped, say) would block a plain send forever.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            chan.send(msg, flags=transport.NOBLOCK)
+            return True
+        except zmq.Again:
+            left = deadline - time.monotonic()
+            if left <= 0 or not chan.sock.poll(int(left * 1000) + 1, zmq.POLLOUT):
+                return False
+
+
 def socket_fd(chan: transport.Channel) -> int:
     """The fd that becomes readable when ``chan`` may have messages (edge-triggered)."""
     return int(chan.sock.getsockopt(zmq.FD))
@@ -189,9 +206,11 @@ class PeerLoop:
 
     def say_hello(self) -> None:
         """Introduce ourselves (again); silence is counted from now."""
+        now = time.monotonic()
         self.hello_at = None
-        self.live.heard(time.monotonic())
-        self.chan.send(self.hello)
+        self.live.heard(now)
+        if not send_within(self.chan, self.hello, 0.0):  # no connection yet: ask again later
+            self.hello_at = now + self.backoff.next()
 
     def send(self, msg: protocol.Message, frames: Any = ()) -> None:
         self.chan.send(msg, frames)
