@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import dmp
 from tests.daemons import Daemons, alive, children, kill_leftovers, start_cluster, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -19,6 +20,7 @@ def test_the_manager_binds_port_0_and_reports_its_port(tmp_path: Path) -> None:
         assert d.address.startswith("tcp://127.0.0.1:") and not d.address.endswith(":0")
         status = d.status(10)
         assert status is not None and status["manager"]["address"] == d.address
+        assert status["manager"]["version"] == dmp.__version__
     finally:
         d.stop()
     assert d.manager is not None and not alive(d.manager.pid)

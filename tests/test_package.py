@@ -28,6 +28,20 @@ def test_version_is_read_from_the_installed_distribution() -> None:
     assert dmp.__version__ == importlib.metadata.version(DIST) == project["version"]
 
 
+def test_a_local_pool_never_reads_the_version() -> None:
+    # importlib.metadata (and the email parser it brings) is ~9 ms to import
+    # and ~35 modules every forked worker's page tables carry: a local pool's
+    # process goes without it (its workers' Hellos carry no version).
+    code = (
+        "import sys, dmp, operator\n"
+        "with dmp.Pool(2) as pool:\n"
+        "    assert pool.apply(operator.neg, (3,)) == -3\n"
+        "print('importlib.metadata' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
 def _public(module: object) -> list[tuple[str, object]]:
     return [(name, getattr(module, name)) for name in module.__all__]  # type: ignore[attr-defined]
 

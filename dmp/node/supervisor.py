@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import _signal
 import dataclasses
+import gc
 import itertools
 import multiprocessing
 import os
@@ -132,7 +133,7 @@ class Supervisor:
         first: each page the parent writes after a fork is copied (a page
         fault of ~3 µs on a small VM), so the less it does between forks,
         the sooner the workers run."""
-        self._launch([self._prepare() for _ in range(self.count)])
+        self._launch([self._prepare() for _ in range(self.count)], freeze=True)
 
     def spawn(self) -> str:
         """Fork one worker (a replacement); its worker id."""
@@ -165,9 +166,10 @@ class Supervisor:
         proc = process(target=target, args=args, name=f"{self.name_prefix}-{n}", daemon=True)
         return _Spawn(_Handle(worker_id, proc, slot), cfg, pipe, theirs)
 
-    def _launch(self, spawns: list[_Spawn]) -> list[str]:
+    def _launch(self, spawns: list[_Spawn], *, freeze: bool = False) -> list[str]:
         """Start the prepared workers; their worker ids. A worker that did not
-        start raises, after the ones started before it are kept."""
+        start raises, after the ones started before it are kept. ``freeze``:
+        the collector's objects are frozen over the forks (see below)."""
         if self.pipes is not None:
             # Each worker closes every daemon end it inherits, its own pipe's
             # included, and the other new workers' ends too.
@@ -179,12 +181,27 @@ class Supervisor:
         # (worker_main unblocks it); the mask is inherited through fork and exec.
         # (_signal's own functions: signal's wrappers make enums of every signal number.)
         mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, (_signal.SIGTERM,))
+        # A pool's first workers are forked with the collector's objects frozen
+        # (unless the program froze some itself): its next young collections,
+        # here and in the workers, then walk none of them, and so write (copy)
+        # none of their pages. gc.unfreeze puts them back, in the oldest
+        # generation, on both sides of the fork. Not for replacements: with
+        # maxtasksperchild they come often, and each would age the program's
+        # young garbage at once (docs/performance.md).
+        frozen = freeze and self.method == "fork" and gc.get_freeze_count() == 0
+        for s in spawns:
+            if s.cfg is not None:
+                s.cfg.gc_frozen = frozen
+        if frozen:
+            gc.freeze()
         started = 0
         try:
             for s in spawns:
                 s.handle.process.start()
                 started += 1
         finally:
+            if frozen:
+                gc.unfreeze()
             _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
             ids = []
             for i, s in enumerate(spawns):

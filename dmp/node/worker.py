@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import _signal
 import collections
+import gc
 import mmap
 import os
 import signal
@@ -81,6 +82,7 @@ class WorkerConfig:
     close_in_child: tuple[socket.socket, ...] = ()  # the daemon's ends of the pipes, to close once forked
     max_message: int = 0  # a pipe worker's manager limit (no Welcome tells it); others learn it from the Welcome
     loop: WorkerLoop | None = None  # a forked pipe worker's loop, made before the fork (see WorkerLoop)
+    gc_frozen: bool = False  # forked while its supervisor had frozen the collector's objects (Supervisor._launch)
 
     def for_worker(self, worker_id: str, slot: mmap.mmap | None) -> WorkerConfig:
         """A copy of this template for one worker (what dataclasses.replace does, at a fraction of the cost)."""
@@ -101,6 +103,8 @@ def spawned_main(pickled: bytes, slot: mmap.mmap) -> None:
 
 def worker_main(cfg: WorkerConfig) -> None:
     """Entry point of a forked worker process; returns when it should exit."""
+    if cfg.gc_frozen:
+        gc.unfreeze()  # the objects the fork gave us are tracked as ever, in the oldest generation
     transport.forget_context_after_fork()
     for end in cfg.close_in_child:
         end.close()  # nobody but the daemon may hold them (see dmp.wire.pipechan)

@@ -47,7 +47,7 @@ from dmp_server.peers import (
     describe,
     excused,
 )
-from dmp_server.routing import VERSION, Routing, log, worker_peer
+from dmp_server.routing import Routing, log, worker_peer
 from dmp_server.scheduler import Scheduler
 from dmp_server.workerpipes import WorkerPipes
 
@@ -395,5 +395,5 @@ class Daemon(Routing):
     def status(self) -> dict[str, Any]:
         """The ``dmp status --json`` object (see dmp_server.status)."""
         address = self.endpoints[0] if self.endpoints else ""
-        return status.report(address, VERSION, self.started, self.peers, self.scheduler)
+        return status.report(address, self.started, self.peers, self.scheduler)
 

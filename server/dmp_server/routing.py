@@ -25,7 +25,6 @@ from typing import Any
 import zmq
 
 from dmp import _config
-from dmp._version import __version__
 from dmp.deaths import WorkerDeath
 from dmp.errors import ProtocolError
 from dmp.wire import handshake, protocol, transport
@@ -37,8 +36,6 @@ from dmp_server.scheduler import Command, Kill, Scheduler, Send
 from dmp_server.workerpipes import WorkerPipes
 
 log = logging.getLogger("dmp.manager")
-
-VERSION = __version__
 
 
 class Routing:

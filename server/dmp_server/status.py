@@ -10,8 +10,11 @@ from dmp_server.peers import Peers
 from dmp_server.scheduler import Scheduler
 
 
-def report(address: str, version: str, started: float, peers: Peers, sched: Scheduler) -> dict[str, Any]:
+def report(address: str, started: float, peers: Peers, sched: Scheduler) -> dict[str, Any]:
     """Slots, load, nodes and clients as seen now; ``started`` is the daemon's time.time() at start."""
+    # dmp's version is read on first use: importlib.metadata is heavy (dmp/__init__.py).
+    from dmp import __version__ as version
+
     now = time.monotonic()
     nodes: dict[str, dict[str, Any]] = {}
     for peer in peers.by_id.values():

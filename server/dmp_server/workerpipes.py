@@ -72,8 +72,10 @@ class WorkerPipes:
         for made in (ours, theirs):
             made.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         ours.setblocking(False)
+        # No version: the worker runs this very code (read, the version would
+        # import importlib.metadata into the pool's process, pages every fork copies).
         hello = protocol.Hello(role=protocol.Role.WORKER, name=worker_id, host=_host(), pid=0, node=node,
-                               max_tasks=max_tasks, version=_version())
+                               max_tasks=max_tasks)
         return _Pipe(worker_id.encode(), ours, hello), theirs
 
     def add(self, pipe: _Pipe, pid: int) -> None:
@@ -218,11 +220,6 @@ class WorkerPipes:
 def _host() -> str:
     """This machine's name, as a worker's own Hello would give it."""
     return socket.gethostname()
-
-
-@functools.cache
-def _version() -> str:
-    return protocol.software_version()
 
 
 def _shut(sock: socket.socket) -> None:

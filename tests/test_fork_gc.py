@@ -1,0 +1,64 @@
+"""A local pool forks its first workers with the collector's objects frozen
+(dmp.node.supervisor, Supervisor._launch) and unfreezes them on both sides:
+nothing stays frozen, the program's garbage is still collected, and a
+program that froze objects itself keeps them frozen."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from typing import Any
+
+import pytest
+
+import dmp
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Node:
+    def __init__(self) -> None:
+        self.other: Any = None
+
+
+# Made before any pool: inherited by every forked worker.
+INHERITED = Node()
+
+
+def gc_view(_: Any = None) -> tuple[int, bool]:
+    """In a worker: its freeze count, and whether the collector sees what the fork gave it."""
+    return gc.get_freeze_count(), any(o is INHERITED for o in gc.get_objects())
+
+
+def test_nothing_stays_frozen_in_the_pool_or_its_workers() -> None:
+    assert gc.get_freeze_count() == 0
+    with dmp.Pool(2, maxtasksperchild=1) as pool:
+        assert gc.get_freeze_count() == 0
+        # Each task in a fresh worker: the first two forked at the start, the rest replacements.
+        for count, seen in pool.map(gc_view, range(4), chunksize=1):
+            assert count == 0 and seen
+    assert gc.get_freeze_count() == 0
+
+
+def test_cyclic_garbage_made_before_a_pool_is_still_collected() -> None:
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    gone = weakref.ref(a)
+    del a, b
+    with dmp.Pool(2) as pool:
+        assert pool.apply(gc_view)[0] == 0
+        gc.collect()  # a frozen object would survive this
+        assert gone() is None
+
+
+def test_objects_the_program_froze_stay_frozen_in_the_pool_and_its_workers() -> None:
+    gc.freeze()
+    try:
+        assert gc.get_freeze_count() > 0
+        with dmp.Pool(2) as pool:
+            # (Frozen objects freed since leave the count; an unfreeze empties it.)
+            assert gc.get_freeze_count() > 0
+            count, _ = pool.apply(gc_view)
+            assert count > 0  # the worker did not unfreeze the program's objects
+    finally:
+        gc.unfreeze()
