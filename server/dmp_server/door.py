@@ -133,24 +133,13 @@ class Door:
             head[2] = sizes = [f.nbytes if type(f) is memoryview else len(f) for f in frames]
             self._write(conn, direct.frame(_packb(head), frames, sizes), poller)
             return
-        if not conn.pending.views:  # (its deque: Outbox.__bool__ would be a Python call)
-            try:
-                sent = conn.sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                self._close(conn, poller)
-                return
-            if sent == len(data):
-                return
-            data = memoryview(data)[sent:]
         self._write(conn, [data], poller)
 
     def _write(self, conn: DoorConn, buffers: list[Any], poller: zmq.Poller) -> None:
         sock = conn.sock
         if sock.fileno() < 0:
             return
-        waiting = bool(conn.pending)
+        waiting = bool(conn.pending.views)  # (its deque: Outbox.__bool__ would be a Python call)
         if not waiting and len(buffers) == 1:  # the usual reply: one send, no outbox
             data = buffers[0]
             try:
