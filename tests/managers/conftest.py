@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import dmp
 from tests.daemons import Daemons
 
 Daemon = Daemons
@@ -37,3 +38,13 @@ def daemon(tmp_path: Path) -> Iterator[Daemons]:
 def run_script(code: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter (a client on another 'host')."""
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def manager() -> Iterator[dmp.managers.SyncManager]:
+    """A local manager (``dmp.Manager()``), shut down afterwards."""
+    m = dmp.Manager()
+    try:
+        yield m
+    finally:
+        m.shutdown()

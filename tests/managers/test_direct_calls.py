@@ -14,7 +14,6 @@ import subprocess
 import sys
 import textwrap
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import cloudpickle
@@ -149,15 +148,6 @@ def test_main_functions_lambdas_closures_round_trip_cluster(tmp_path: Path) -> N
 
 
 # --- a cached header is looked up by its bytes and checked against the payload length ---------
-
-
-@pytest.fixture
-def manager() -> Iterator[dmp.managers.SyncManager]:
-    m = dmp.Manager()
-    try:
-        yield m
-    finally:
-        m.shutdown()
 
 
 def _connect(d: object) -> tuple[str, bytes | None]:

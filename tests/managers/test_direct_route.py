@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,6 @@ import dmp
 from dmp.client import directlink, proxylink
 from dmp.wire import direct, protocol
 from tests.daemons import Daemons, alive, children, wait_for
-
-
-@pytest.fixture
-def manager() -> Iterator[dmp.managers.SyncManager]:
-    m = dmp.Manager()
-    try:
-        yield m
-    finally:
-        m.shutdown()
 
 
 def _route(proxy: object) -> str:
