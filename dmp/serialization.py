@@ -204,16 +204,24 @@ def dumps(obj: Any, *, by_value: bool = True) -> list[Any]:
     """
     if _plain(obj):
         return [pickle.dumps(obj, protocol=5)]
-    if type(obj) is tuple and len(obj) == 3 and _by_reference(obj[0]) and _plain(obj[1]) and _plain(obj[2]):
-        # A call of an importable function on small plain arguments (an
-        # apply's task): cloudpickle would write the very same references.
-        # Plain pickle still checks the name leads to this function, else
-        # raises, and cloudpickle takes over.
-        try:
-            return [pickle.dumps(obj, protocol=5)]
-        except (pickle.PicklingError, AttributeError, TypeError):
-            pass
+    if type(obj) is tuple and len(obj) == 3 and _plain(obj[1]) and _plain(obj[2]):
+        frames = _call_by_reference(obj)  # an apply's task
+        if frames is not None:
+            return frames
     return _pickle(_wrap_large(obj), by_value)
+
+
+def _call_by_reference(task: tuple[Any, Any, Any]) -> list[Any] | None:
+    """Plain pickle's frames of a call ``(func, args, kwds)`` whose arguments are small
+    plain data, if ``func`` is importable: cloudpickle would write the very same
+    references. None if not, or if plain pickle refused (the name does not lead
+    to this function): cloudpickle takes over."""
+    if not _by_reference(task[0]):
+        return None
+    try:
+        return [pickle.dumps(task, protocol=5)]
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return None
 
 
 def dumps_call(func: Any, args: tuple[Any, ...], kwds: dict[str, Any], *, by_value: bool = True) -> list[Any]:
@@ -229,14 +237,8 @@ def dumps_call(func: Any, args: tuple[Any, ...], kwds: dict[str, Any], *, by_val
     """
     task = (func, args, kwds)
     if _plain(args) and (not kwds or _plain(kwds)):
-        if _by_reference(func):
-            # cloudpickle would write the very same references (see dumps);
-            # plain pickle still checks the name leads to this function.
-            try:
-                return [pickle.dumps(task, protocol=5)]
-            except (pickle.PicklingError, AttributeError, TypeError):
-                pass
-        return _pickle(task, by_value)
+        frames = _call_by_reference(task)
+        return frames if frames is not None else _pickle(task, by_value)
     return _pickle(_wrap_large(task), by_value)
 
 
