@@ -354,7 +354,10 @@ class WorkerLoop:
         items, frames = self.out_items, self.out_frames
         self.out_items, self.out_frames = [], []
         self.out_bytes = 0
-        self.chan.send(protocol.TaskDone(items), frames)
+        if isinstance(self.chan, WorkerPipe):
+            self.chan.send_done(items, frames)  # the same bytes, in fewer calls
+        else:
+            self.chan.send(protocol.TaskDone(items), frames)
         if sys.stdout is not None:
             sys.stdout.flush()
 
