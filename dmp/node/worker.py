@@ -105,9 +105,10 @@ def worker_main(cfg: WorkerConfig) -> None:
     """Entry point of a forked worker process; returns when it should exit."""
     if cfg.gc_frozen:
         gc.unfreeze()  # the objects the fork gave us are tracked as ever, in the oldest generation
-    transport.forget_context_after_fork()
+    if cfg.pipe is None:  # (transport.context() checks the pid anyway; a pipe worker saves the call)
+        transport.forget_context_after_fork()
     for end in cfg.close_in_child:
-        end.close()  # nobody but the daemon may hold them (see dmp.wire.pipechan)
+        os.close(end.detach())  # nobody but the daemon may hold them (dmp.wire.pipechan); close()'s calls cost pages
     cfg.close_in_child = ()
     # The parent's handlers (a node's graceful-stop handler, say) are not ours:
     # SIGTERM ends a worker at once. (_signal's own functions: signal's wrappers
@@ -194,8 +195,10 @@ class WorkerLoop:
         try:
             while not self.stopping:
                 if not self.queue:
-                    self.clear_slot()
-                    self.flush()
+                    if self.slot_busy:
+                        self.clear_slot()
+                    if self.out_items:
+                        self.flush()
                     if max_tasks and self.done >= max_tasks:
                         return
                     if not self.peer.poll(IDLE_POLL_SECONDS):

@@ -127,22 +127,25 @@ class WorkerPipe:
 
     def receive(self) -> tuple[protocol.Message, list[Any]] | None:
         """The next message, or None if none is whole yet. EOF arrives once, as a Bye."""
-        if not self.inbox and not self.eof:
-            self._read()
         if self.inbox:
             return self.inbox.popleft()
-        return None
+        if self.eof:
+            return None
+        reader = self.reader
+        if reader.buf or reader.big is not None or reader.ready:
+            self._read()  # the rest of a message that came in pieces
+        else:
+            got = self._read_whole()
+            if got is not None:
+                return got
+        return self.inbox.popleft() if self.inbox else None
 
     def tick(self) -> None:
         """Nothing is timed on a pipe: no heartbeats, no re-Hello."""
 
     def _read(self) -> None:
-        reader = self.reader
-        if not reader.buf and reader.big is None and not reader.ready:
-            self._read_whole()
-            return
         try:
-            n = reader.recv_from(self.sock, READ_BYTES, socket.MSG_DONTWAIT)
+            n = self.reader.recv_from(self.sock, READ_BYTES, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
         except direct.DirectError as exc:
@@ -155,25 +158,24 @@ class WorkerPipe:
             return
         self._parse()
 
-    def _read_whole(self) -> None:
+    def _read_whole(self) -> tuple[protocol.Message, list[Any]] | None:
         """A read with nothing held back: a Dispatch that came alone and whole (a
-        pool's first task, most of a busy worker's) is decoded by decode_dispatch;
-        anything else goes to the reader, as ever."""
+        pool's first task, most of a busy worker's) is decoded by decode_dispatch
+        and returned; anything else goes to the reader and the inbox, as ever."""
         try:
             data = self.sock.recv(READ_BYTES, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
-            return
+            return None
         except OSError:
             data = b""
         if not data:
             self._end("the pool's manager closed the pipe")
-            return
+            return None
         got = decode_dispatch(data)
-        if got is not None:
-            self.inbox.append(got)
-            return
-        self.reader.feed(data)
-        self._parse()
+        if got is None:
+            self.reader.feed(data)
+            self._parse()
+        return got
 
     def _parse(self) -> None:
         try:
