@@ -36,7 +36,7 @@ from dmp.node.forward import Forward
 from dmp.node.slot import SLOT
 from dmp.wire import protocol, transport
 from dmp.wire.peer import PeerLoop
-from dmp.wire.pipechan import WorkerPipe
+from dmp.wire.pipechan import WorkerPipe, close_inherited
 
 # Outcomes wait at most this long (or this many) in the worker before being
 # sent, while more tasks are queued; an idle worker sends at once. Batching
@@ -107,8 +107,7 @@ def worker_main(cfg: WorkerConfig) -> None:
         gc.unfreeze()  # the objects the fork gave us are tracked as ever, in the oldest generation
     if cfg.pipe is None:  # (transport.context() checks the pid anyway; a pipe worker saves the call)
         transport.forget_context_after_fork()
-    for end in cfg.close_in_child:
-        os.close(end.detach())  # nobody but the daemon may hold them (dmp.wire.pipechan); close()'s calls cost pages
+    close_inherited(cfg.close_in_child)  # nobody but the daemon may hold them (see dmp.wire.pipechan)
     cfg.close_in_child = ()
     # The parent's handlers (a node's graceful-stop handler, say) are not ours:
     # SIGTERM ends a worker at once. (_signal's own functions: signal's wrappers

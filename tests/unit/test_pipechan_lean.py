@@ -4,6 +4,7 @@ send_done writes the very bytes send(TaskDone) writes. Over real socketpairs."""
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +13,7 @@ import msgpack
 import pytest
 
 from dmp.wire import direct, protocol
-from dmp.wire.pipechan import WorkerPipe, decode_dispatch
+from dmp.wire.pipechan import WorkerPipe, close_inherited, decode_dispatch
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -158,3 +159,19 @@ def test_send_done_writes_what_send_taskdone_writes(pipe: Any, items: Any, frame
     while len(got) < len(want):
         got += daemon.recv(1 << 20)
     assert got == want
+
+
+def test_close_inherited_closes_open_ends_and_skips_closed_ones() -> None:
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    c.close()
+    fd = a.fileno()
+    try:
+        close_inherited((a, c))
+        assert a.fileno() == -1 and c.fileno() == -1
+        with pytest.raises(OSError):
+            os.fstat(fd)
+        assert b.recv(1) == b""  # the other end sees EOF: nothing else held it
+    finally:
+        for s in (a, b, c, d):
+            s.close()
