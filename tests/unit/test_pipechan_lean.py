@@ -175,3 +175,31 @@ def test_close_inherited_closes_open_ends_and_skips_closed_ones() -> None:
     finally:
         for s in (a, b, c, d):
             s.close()
+
+
+_TAKEN: list[bool] = []
+
+
+def _spied_decode(data: bytes) -> Any:
+    got = decode_dispatch(data)
+    _TAKEN.append(got is not None)
+    return got
+
+
+def _taken(x: int) -> tuple[int, list[bool]]:
+    return x * x, list(_TAKEN)
+
+
+def test_a_pools_dispatches_take_the_short_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Dispatches a local pool really sends (apply, map with a runner) are read by decode_dispatch:
+    if their shape ever stopped fitting it, the short path would silently never be taken. (Only the
+    first message to a fresh worker is sure to come alone in its read; later ones may share one.)"""
+    import dmp
+    from dmp.wire import pipechan
+
+    monkeypatch.setattr(pipechan, "decode_dispatch", _spied_decode)  # inherited by the forked workers
+    with dmp.Pool(1) as pool:
+        assert pool.apply(_taken, (7,)) == (49, [True])
+        results = pool.map(_taken, range(3), chunksize=1)
+    assert [r[0] for r in results] == [0, 1, 4]
+    assert any(results[-1][1][1:]), "no Dispatch of the map took the short path"
