@@ -15,6 +15,12 @@ payload frames), framed as on the direct route (``dmp.wire.direct``:
 each way between two processes, where the ZeroMQ route crosses four
 threads (each side's I/O thread too).
 
+A Dispatch that came alone and whole in one read is decoded by
+``decode_dispatch`` and a TaskDone of small frames written by
+``WorkerPipe.send_done``: the same objects and bytes as the general path, in
+fewer calls, which a freshly forked worker pays for in page copies
+(docs/performance.md, "The worker's first task, page by page").
+
 No handshake and no signatures: the pair is created by the pool's process
 before the fork, and each end exists only in those two processes (the
 parent closes the worker's end once forked; the worker closes every parent
