@@ -30,7 +30,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module", autouse=True)
 def _functions_by_value() -> Iterator[None]:
-    """This module's functions travel by value (nodes cannot import tests/), only while its tests run."""
+    """This module's classes travel by value (the daemon's object host cannot import tests/), only while its tests run."""
     with pickled_by_value(sys.modules[__name__]):
         yield
 
