@@ -89,13 +89,16 @@ class BaseManager:
     ``address`` is a ``(host, port)`` tuple or a ZeroMQ endpoint (``tcp://host:port``,
     ``ipc://path``); ``authkey`` defaults to ``DMP_AUTHKEY``, and start() without
     either address or key makes a random key, as multiprocessing does.
+    ``curve_public_key`` (connect() under CURVE): the :attr:`curve_public_key`
+    of a manager another program started.
     """
 
     _registry: dict[str, Registration] = {}
 
     def __init__(self, address: Any = None, authkey: bytes | str | None = None, serializer: str = "pickle",
-                 ctx: Any = None, *, shutdown_timeout: float = 1.0) -> None:
+                 ctx: Any = None, *, shutdown_timeout: float = 1.0, curve_public_key: bytes | str | None = None) -> None:
         self._address = _bind_address(address) if address is not None else None
+        self._curve_public = _curve_key(curve_public_key)
         self._authkey = _config.authkey_from(authkey)
         if serializer not in ("pickle", "xmlrpclib"):
             raise ValueError(f"unknown serializer {serializer!r}: dmp's managers take 'pickle' or 'xmlrpclib'")
@@ -112,6 +115,20 @@ class BaseManager:
     def address(self) -> str | None:
         """Where the manager listens: a ZeroMQ endpoint string, or None before ``start()`` picked one."""
         return self._address
+
+    @property
+    def curve_public_key(self) -> str | None:
+        """The CURVE public key (40 characters of Z85) this manager serves with; None without CURVE.
+
+        Under CURVE (``DMP_CURVE``) a manager that start() forks has no cluster
+        secret and serves with a key pair of its own: another process reaches it
+        with ``BaseManager(address, authkey, curve_public_key=...)``.connect().
+        A connected manager's is the one given, else the cluster's (``server.key``).
+        """
+        public = self._curve_public
+        if public is None and self._state == State.STARTED and transport.curve_enabled():
+            public = transport.curve_public_key()
+        return public.decode() if public is not None else None
 
     def get_server(self) -> Server:
         """A :class:`Server` for this manager's address, to run in this process.
@@ -137,13 +154,25 @@ class BaseManager:
         if self._address is None:
             raise ValueError("connect() needs an address")
         address = _connect_address(self._address)
+        if self._curve_public is not None:
+            transport.remember_server_key(address, self._curve_public)
         conn = proxylink.existing(address)
-        if conn is not None and self._authkey is not None and conn.key != self._authkey:
-            # This process already talks to that manager with another key:
-            # prove ours on a connection of its own (AuthenticationError if refused).
-            proxies.Connection(address, self._authkey).close()
-        else:
-            proxies.connection(address, self._authkey)
+        try:
+            if conn is not None and self._authkey is not None and conn.key != self._authkey:
+                # This process already talks to that manager with another key:
+                # prove ours on a connection of its own (AuthenticationError if refused).
+                proxies.Connection(address, self._authkey).close()
+            else:
+                proxies.connection(address, self._authkey)
+        except ManagerUnavailableError as exc:
+            if transport.curve_enabled() and transport.server_key_for(address) is None:
+                raise ManagerUnavailableError(
+                    f"{exc}. Under CURVE (DMP_CURVE) a manager that a program started (BaseManager.start(), "
+                    "a started SyncManager) serves with a key pair of its own, not the cluster's server.key: pass its "
+                    "public key, BaseManager(address, authkey, curve_public_key=...), which that manager's "
+                    ".curve_public_key gives"
+                ) from None
+            raise
         proxies.remember_key(address, self._authkey)  # only once the manager accepted it
         self._address = address
         self._state = State.STARTED
@@ -194,6 +223,7 @@ class BaseManager:
             raise ValueError(f"the manager process could not serve {address}: {value}")
         endpoint, curve_public = value
         self._address, self._authkey, self._process = endpoint, key, process
+        self._curve_public = curve_public
         if curve_public is not None:  # under CURVE it serves with a key pair of its own
             transport.remember_server_key(endpoint, curve_public)
         proxies.remember_key(endpoint, key)
@@ -294,6 +324,14 @@ def _bind_address(address: Any) -> str:
     if isinstance(address, tuple) and len(address) == 2 and address[0] == "":
         return f"tcp://0.0.0.0:{int(address[1])}"
     return normalize_address(address)
+
+
+def _curve_key(key: bytes | str | None) -> bytes | None:
+    text = key.encode("ascii", "replace") if isinstance(key, str) else key
+    if text is not None and len(text) != 40:
+        raise ValueError("curve_public_key must be a CURVE public key in Z85, 40 characters (a started "
+                         "manager's .curve_public_key)")
+    return text
 
 
 def _connect_address(address: str) -> str:

@@ -75,3 +75,16 @@ def test_readme_remote_manager_example_runs_as_written(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_no_test_module_registers_functions_by_value_at_import() -> None:
+    """A registration made at import lasts for every later test of the process (an xdist
+    worker imports every module) and turns dmp's plain-pickle shortcuts off for all of
+    them: modules register while their own tests run (tests/byvalue.py)."""
+    offenders = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if line.startswith("cloudpickle.register_pickle_by_value(")
+    ]
+    assert offenders == []

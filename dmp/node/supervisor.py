@@ -150,6 +150,7 @@ class Supervisor:
             slot = slot_mod.new_slot()
             target: Any = worker_mod.worker_main
             cfg = self.template.for_worker(worker_id, slot)
+            cfg.parent = os.getpid()  # forked by us: gone by the time it starts, it must not serve (worker_main)
             if self.pipes is not None:
                 pipe, theirs = self.pipes.prepare(worker_id, self.template.max_tasks, PIPE_BUFFER_BYTES)
                 cfg.pipe, cfg.max_message = theirs, self.pipes.max_message

@@ -83,6 +83,7 @@ class WorkerConfig:
     max_message: int = 0  # a pipe worker's manager limit (no Welcome tells it); others learn it from the Welcome
     loop: WorkerLoop | None = None  # a forked pipe worker's loop, made before the fork (see WorkerLoop)
     gc_frozen: bool = False  # forked while its supervisor had frozen the collector's objects (Supervisor._launch)
+    parent: int = 0  # a forked worker's: the pid that forks it (0: whoever our parent is at start)
 
     def for_worker(self, worker_id: str, slot: mmap.mmap | None) -> WorkerConfig:
         """A copy of this template for one worker (what dataclasses.replace does, at a fraction of the cost)."""
@@ -114,7 +115,8 @@ def worker_main(cfg: WorkerConfig) -> None:
     # make enums, and every object a fresh fork touches costs it a page copy.)
     _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
     if cfg.heartbeat:
-        _die_with_parent()
+        if not _die_with_parent(cfg.parent):
+            return  # our node died before we asked to die with it: nobody supervises us
         _config.remember_key(cfg.address, cfg.key)  # for proxies our tasks unpickle
     if cfg.initializer is not None:
         cfg.initializer(*cfg.initargs)
@@ -153,7 +155,7 @@ class WorkerLoop:
         ready in a few pages, where making it would have copied a page for
         every object it touched."""
         self.cfg = cfg
-        self.parent = parent or os.getppid()
+        self.parent = parent or cfg.parent or os.getppid()
         # The manager does not heartbeat workers (our node answers for us, so we beat only every
         # WORKER_BEATS beats): its silence means nothing here; a refusal means Hello again, later.
         self.peer: PeerLoop | WorkerPipe
@@ -368,12 +370,15 @@ class WorkerLoop:
         self.chan.send(protocol.TaskOutput(self.current, stream, text, f"{self.cfg.node} pid={os.getpid()}"))
 
 
-def _die_with_parent() -> None:
-    """Node workers get SIGKILL when their node dies (Linux PR_SET_PDEATHSIG).
+def _die_with_parent(parent: int) -> bool:
+    """Node workers get SIGKILL when their node dies (Linux PR_SET_PDEATHSIG);
+    False if the node (pid ``parent``) is gone already.
 
     Safe for node workers: the node forks them from its main thread, which
     lives as long as the node. (Local pools are forked from any user thread,
-    so they rely on the parent-pid check instead.)
+    so they rely on the parent-pid check instead.) It covers no death before
+    it is made: a node SIGKILLed as it forks a replacement (Slurm kills a step's
+    processes one by one) would orphan us for good, hence the check after it.
     """
     try:
         import ctypes
@@ -383,6 +388,7 @@ def _die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+    return not parent or os.getppid() == parent
 
 
 def _name_the_node(exc: ImportError, node: str) -> ImportError:

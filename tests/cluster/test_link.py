@@ -12,19 +12,23 @@ import threading
 import time
 from collections.abc import Iterator
 
-import cloudpickle
 import pytest
 
 import dmp
 from dmp.client import results
 from tests import turns
+from tests.byvalue import pickled_by_value
 
 from .conftest import Cluster, start_cluster
 
 pytestmark = pytest.mark.timeout(120)
 
-# This module is not installed on the nodes: send its functions by value.
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+@pytest.fixture(scope="module", autouse=True)
+def _functions_by_value() -> Iterator[None]:
+    """This module's functions travel by value (nodes cannot import tests/), only while its tests run."""
+    with pickled_by_value(sys.modules[__name__]):
+        yield
 
 
 def square(x: int) -> int:

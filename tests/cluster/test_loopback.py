@@ -7,18 +7,24 @@ import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from typing import Any
 
 import cloudpickle
 import pytest
 
 import dmp
+from tests.byvalue import pickled_by_value
 from tests.daemons import start_cluster, unused_address, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
-# This module is not installed on the nodes: send its functions by value.
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+@pytest.fixture(scope="module", autouse=True)
+def _functions_by_value() -> Iterator[None]:
+    """This module's functions travel by value (nodes cannot import tests/), only while its tests run."""
+    with pickled_by_value(sys.modules[__name__]):
+        yield
 
 
 def where(x: int) -> tuple[int, str, int, str]:

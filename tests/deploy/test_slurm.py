@@ -94,9 +94,12 @@ def assert_no_process_left(slurm: Slurm, run_dir: Path, timeout: float = 30.0) -
     described = []
     for pid in left:
         try:
-            described.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
-        except OSError:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        except (OSError, IndexError):
             continue
+        # ppid 1: an orphan, outside the step's process tree that Slurm kills and waits for
+        described.append(f"pid {pid} (ppid {ppid}): {cmdline}")
     assert described == [], described
 
 

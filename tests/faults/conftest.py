@@ -9,18 +9,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 import pytest
 
 import dmp
+from tests.byvalue import pickled_by_value
 from tests.daemons import Daemons, start_cluster
 
-from . import tasks
+from . import limit_tasks, tasks
 
 collect_ignore = ["soak.py"]
 
-# The nodes cannot import tests/: task functions travel by value.
-cloudpickle.register_pickle_by_value(tasks)
+
+@pytest.fixture(scope="module", autouse=True)
+def _functions_by_value() -> Iterator[None]:
+    """The task functions travel by value (nodes cannot import tests/), only while this directory's tests run."""
+    with pickled_by_value(tasks, limit_tasks):
+        yield
+
 
 __all__ = ["start_cluster"]
 

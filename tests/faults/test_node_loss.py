@@ -227,3 +227,50 @@ def test_network_cut_node_is_lost_then_rejoins_and_nothing_is_doubled(tmp_path: 
         topo.close()
         for fh in logs.values():
             fh.close()
+
+
+# Run as the node: after the node's first worker, each process it forks stops
+# itself at once, before worker_main, so the test can kill the node there.
+_STOP_REPLACEMENTS = """
+import os, signal, sys
+forks = [0]
+def child():
+    if forks[0] > 1:
+        os.kill(os.getpid(), signal.SIGSTOP)
+os.register_at_fork(before=lambda: forks.__setitem__(0, forks[0] + 1), after_in_child=child)
+from dmp.cli import main
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "T"
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(90)
+def test_worker_forked_as_its_node_is_killed_does_not_outlive_it(tmp_path: Path) -> None:
+    """The node is SIGKILLed between forking a replacement and the replacement's
+    PR_SET_PDEATHSIG (what srun's "forcing job termination" did in a Slurm job:
+    the step's processes are killed one by one, the node replaces the worker
+    killed first). The replacement was an orphan serving forever; it exits."""
+    cluster = FaultCluster(tmp_path / "daemons")
+    try:
+        cluster.start_manager()
+        node = cluster.start_node("node1", 1, wrap=(sys.executable, "-c", _STOP_REPLACEMENTS))
+        cluster.wait_slots(1)
+        [first] = cluster.wait_workers("node1")
+        os.kill(first, signal.SIGKILL)
+        replacement = wait_for(
+            lambda: next((p for p in cluster.worker_pids("node1") if p != first and _stopped(p)), None),
+            30, "the node to fork a replacement",
+        )
+        node.kill()
+        node.wait(10)
+        os.kill(replacement, signal.SIGCONT)  # an orphan now, before worker_main asked to die with its node
+        wait_for(lambda: not alive(replacement), 20, f"the orphaned replacement {replacement} to exit")
+    finally:
+        cluster.stop()

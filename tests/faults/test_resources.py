@@ -11,7 +11,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import cloudpickle
 import pytest
 
 import dmp
@@ -19,8 +18,6 @@ import dmp
 from . import limit_tasks, tasks
 from .conftest import start_cluster
 from .harness import FaultCluster
-
-cloudpickle.register_pickle_by_value(limit_tasks)
 
 pytestmark = pytest.mark.timeout(120)
 

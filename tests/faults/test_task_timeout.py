@@ -10,15 +10,12 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 import pytest
 
 import dmp
 
 from . import limit_tasks, tasks
 from .harness import FaultCluster, alive, wait_for
-
-cloudpickle.register_pickle_by_value(limit_tasks)
 
 MODES = ["local", "cluster"]
 TIMEOUT = 1.0

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import cloudpickle
 import pytest
 
 import dmp
+from tests.byvalue import pickled_by_value
 
 from . import _tasks
 
-# The nodes cannot import tests/: the estimators and task functions travel by value.
-cloudpickle.register_pickle_by_value(_tasks)
+
+@pytest.fixture(scope="module", autouse=True)
+def _functions_by_value() -> Iterator[None]:
+    """The task functions travel by value (nodes cannot import tests/), only while this directory's tests run."""
+    with pickled_by_value(_tasks):
+        yield
 
 
 @pytest.fixture(scope="module")

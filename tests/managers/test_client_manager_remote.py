@@ -16,6 +16,8 @@ uses a dict proxy and a registered-type proxy. Real daemons (tests/daemons.py).
 from __future__ import annotations
 
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -159,3 +161,65 @@ def test_curve_cluster_ships_a_managers_own_key_encrypted(tmp_path: Path) -> Non
     assert lines["same"] == ["authkey", "True"]
     assert own.encode() not in sent  # it went, but encrypted
     assert bytes.fromhex(lines["keys"][2]) not in sent
+
+
+STARTER = r'''
+import sys
+from dmp.managers import SyncManager
+m = SyncManager()  # started in cluster mode (DMP_ADDRESS) under CURVE (DMP_CURVE): a key pair of its own
+m.start()
+m.dict({"from": "the starter"})  # what the other program's manager will hold too
+print(m.address, m.curve_public_key, flush=True)
+sys.stdin.readline()
+m.shutdown()
+'''
+
+CONNECTER = r'''
+import sys
+from dmp.managers import SyncManager
+from dmp.errors import ManagerUnavailableError
+address, key, public = sys.argv[1], sys.argv[2].encode(), sys.argv[3] or None
+m = SyncManager(address=address, authkey=key, curve_public_key=public)
+try:
+    m.connect()
+except ManagerUnavailableError as exc:
+    print("unavailable", exc)
+    raise SystemExit(0)
+d = m.dict()
+d["x"] = 41
+print("connected", d["x"] + 1)
+'''
+
+
+def test_curve_connect_to_a_started_manager_takes_its_public_key(tmp_path: Path) -> None:
+    """Another program connects to a manager a client started under CURVE: with the
+    started manager's ``curve_public_key`` it works; without, the error names it."""
+    keys = tmp_path / "curve"
+    cluster = Daemons(tmp_path / "logs", authkey=b"curve and key", manager_args=("--curve", str(keys)))
+    try:
+        cluster.start(nodes=0)
+        env = {**cluster.env, "DMP_CURVE": str(keys), "DMP_ADDRESS": cluster.address}
+        starter = subprocess.Popen([sys.executable, "-c", STARTER], env=env, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True)
+        try:
+            assert starter.stdout is not None and starter.stdin is not None
+            address, public = starter.stdout.readline().split()
+            assert len(public) == 40
+            args = [address, "curve and key"]
+            other = {k: v for k, v in env.items() if k != "DMP_ADDRESS"}  # any program, with the cluster's keys
+            with_key = subprocess.run([sys.executable, "-c", CONNECTER, *args, public], env=other,
+                                      capture_output=True, text=True, timeout=60)
+            without = subprocess.run([sys.executable, "-c", CONNECTER, *args, ""], env=other,
+                                     capture_output=True, text=True, timeout=60)
+            starter.stdin.write("done\n")
+            starter.stdin.close()
+            starter.wait(30)
+        finally:
+            if starter.poll() is None:
+                starter.kill()
+                starter.wait(10)
+    finally:
+        cluster.stop()
+    assert with_key.stdout.split() == ["connected", "42"], with_key.stderr
+    assert without.stdout.startswith("unavailable"), without.stdout + without.stderr
+    assert "curve_public_key" in without.stdout and "DMP_CURVE" in without.stdout, without.stdout

@@ -14,20 +14,25 @@ import textwrap
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 
-import cloudpickle
 import pytest
 import zmq
 
 import dmp
 from dmp.managers import BaseManager, SyncManager
+from tests.byvalue import pickled_by_value
 
 from .conftest import run_script, start_daemon
 
 pytestmark = pytest.mark.timeout(120)
 
-# This module is not importable by the daemon's object host: send its classes by value.
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+@pytest.fixture(scope="module", autouse=True)
+def _functions_by_value() -> Iterator[None]:
+    """This module's classes travel by value (the daemon's object host cannot import tests/), only while its tests run."""
+    with pickled_by_value(sys.modules[__name__]):
+        yield
 
 
 # --- children (forked with dmp.Process: module functions are inherited) --------------------

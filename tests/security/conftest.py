@@ -6,14 +6,19 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import cloudpickle
 import pytest
 
+from tests.byvalue import pickled_by_value
 from tests.faults import tasks
 from tests.faults.harness import FaultCluster
 
-# The nodes cannot import tests/: task functions travel by value.
-cloudpickle.register_pickle_by_value(tasks)
+
+@pytest.fixture(scope="module", autouse=True)
+def _functions_by_value() -> Iterator[None]:
+    """The task functions travel by value (nodes cannot import tests/), only while this directory's tests run."""
+    with pickled_by_value(tasks):
+        yield
+
 
 KEY = b"the key of the security suite"
 
