@@ -20,7 +20,6 @@ import collections
 import gc
 import mmap
 import os
-import signal
 import socket
 import sys
 import time
@@ -31,7 +30,7 @@ from typing import Any
 
 from dmp import _config, serialization
 from dmp.errors import MessageTooLargeError, ProtocolError
-from dmp.node import runners
+from dmp.node import forkproc, runners
 from dmp.node.forward import Forward
 from dmp.node.slot import SLOT
 from dmp.wire import protocol, transport
@@ -115,7 +114,7 @@ def worker_main(cfg: WorkerConfig) -> None:
     # make enums, and every object a fresh fork touches costs it a page copy.)
     _signal.signal(_signal.SIGTERM, _signal.SIG_DFL)
     if cfg.heartbeat:
-        if not _die_with_parent(cfg.parent):
+        if not forkproc.die_with_parent(cfg.parent):
             return  # our node died before we asked to die with it: nobody supervises us
         _config.remember_key(cfg.address, cfg.key)  # for proxies our tasks unpickle
     if cfg.initializer is not None:
@@ -368,27 +367,6 @@ class WorkerLoop:
     def output(self, stream: str, text: str) -> None:
         """Lines a task printed go to the client that submitted it."""
         self.chan.send(protocol.TaskOutput(self.current, stream, text, f"{self.cfg.node} pid={os.getpid()}"))
-
-
-def _die_with_parent(parent: int) -> bool:
-    """Node workers get SIGKILL when their node dies (Linux PR_SET_PDEATHSIG);
-    False if the node (pid ``parent``) is gone already.
-
-    Safe for node workers: the node forks them from its main thread, which
-    lives as long as the node. (Local pools are forked from any user thread,
-    so they rely on the parent-pid check instead.) It covers no death before
-    it is made: a node SIGKILLed as it forks a replacement (Slurm kills a step's
-    processes one by one) would orphan us for good, hence the check after it.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-    return not parent or os.getppid() == parent
 
 
 def _name_the_node(exc: ImportError, node: str) -> ImportError:
