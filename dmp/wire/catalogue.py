@@ -5,7 +5,7 @@ unit test keeps them in step, senders and receivers included). Who talks to whom
 
     client --DefineJob/Submit/EndJob/CancelJob/SignalJob--> manager --Dispatch/ForgetJobs--> worker
     worker --TaskDone/TaskStarted/TaskOutput--> manager --JobResults/JobTaskStarted/JobOutput--> client
-    node --WorkerExited--> manager --SignalWorker--> node
+    node --WorkerExited/WorkerSpared--> manager --SignalWorker--> node
     client --Obj*--> manager --HostCall/HostDrop--> object host --HostReady/HostReply--> manager
         (those in dmp.wire.objcatalogue)
 
@@ -256,11 +256,25 @@ class WorkerExited(Message):
 @message(23, M, NODE)
 @dataclass(slots=True)
 class SignalWorker(Message):
-    """Send ``signum`` to worker process ``worker`` (its pid)."""
+    """Send ``signum`` to worker process ``worker`` (its pid). With ``tasks``
+    (a cancel's kill: task keys), only while it runs one of them; else the
+    node answers WorkerSpared."""
 
     worker: str
     pid: int
     signum: int
+    tasks: list[int] = field(default_factory=list)
+
+
+@message(27, NODE, M)
+@dataclass(slots=True)
+class WorkerSpared(Message):
+    """The node did not kill ``worker`` (pid ``pid``) for a SignalWorker with
+    ``tasks``: it runs none of them now (``running``: its task key, -1: none)."""
+
+    worker: str
+    pid: int
+    running: int = -1
 
 
 @message(21, ("client", "status"), M)

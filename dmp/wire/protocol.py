@@ -44,6 +44,7 @@ from dmp.wire.catalogue import (
     TaskStarted,
     Welcome,
     WorkerExited,
+    WorkerSpared,
 )
 from dmp.wire.codec import (
     MAX_HEADER_BYTES,
@@ -117,6 +118,7 @@ __all__ = [
     "VersionMismatch",
     "Welcome",
     "WorkerExited",
+    "WorkerSpared",
     "count_frames",
     "decode",
     "encode",
