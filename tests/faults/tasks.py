@@ -127,15 +127,14 @@ def hog(mib: int, directory: str) -> int:
     return len(held)
 
 
-def held(directory: str, i: int, floor_s: float = 0.0) -> tuple[int, str]:
-    """Task ``i``: logs its attempt, waits until ``DIR/go-I`` exists, and takes at
-    least ``floor_s`` in all; returns (pid, node)."""
-    t0 = time.monotonic()
+def held(directory: str, i: int, linger_s: float = 0.0) -> tuple[int, str]:
+    """Task ``i``: logs its attempt, waits until ``DIR/go-I`` exists, then
+    ``linger_s`` more; returns (pid, node)."""
     log_attempt(directory, i)
     go = os.path.join(directory, f"go-{i}")
     while not os.path.exists(go):
         time.sleep(0.005)
-    time.sleep(max(0.0, floor_s - (time.monotonic() - t0)))
+    time.sleep(linger_s)
     return os.getpid(), os.environ.get("FAULT_NODE", "local")
 
 
