@@ -15,8 +15,8 @@ key replaces it, so a worker stopped in between (its results being sent) is
 killed: that costs its process, never another task's run.
 
 The caller waits until the worker is stopped: it must be scheduled to take
-the stop (median 17 µs for a sleeping worker, 0.2 ms for a busy one, up to
-tens of ms on a loaded host: docs/protocol.md).
+the stop (median 15-190 µs for a sleeping worker, 0.2 ms for a busy one, up
+to tens of ms on a loaded host: docs/protocol.md).
 
 Left open: a worker that does not stop within STOP_WAIT_S (in uninterruptible
 sleep: a hung disk, NFS) is judged by its slot without being stopped; and a
