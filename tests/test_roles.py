@@ -47,6 +47,7 @@ WRONG = [
     ("client", protocol.TaskOutput(1, "stdout", "x")),
     ("client", protocol.TaskStarted(1, 2)),
     ("client", protocol.WorkerExited("w", 1, -9)),
+    ("client", protocol.WorkerSpared("w", 1)),
     ("client", protocol.JobResults([[1, 0, 0, 0, ""]])),
     ("client", protocol.Dispatch()),
     ("client", protocol.Welcome("p", 1.0)),

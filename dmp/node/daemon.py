@@ -96,7 +96,9 @@ class NodeDaemon:
                                 log.info("joined manager %s", self.address)
                             welcomed = self._welcomed_once = True
                         elif isinstance(msg, protocol.SignalWorker):
-                            self.signal_worker(msg)
+                            spared = self.signal_worker(msg)
+                            if spared is not None:
+                                peer.send(spared)
                         elif isinstance(msg, protocol.Error) and msg.code in (protocol.ErrorCode.AUTH, protocol.ErrorCode.VERSION) and not welcomed:
                             self._refuse_key(msg.text)
                         elif isinstance(msg, protocol.Error) and msg.code != protocol.ErrorCode.UNKNOWN_PEER:
@@ -162,15 +164,23 @@ class NodeDaemon:
             return
         log.error("refused a message from the manager: %s", refused.error)
 
-    def signal_worker(self, msg: protocol.SignalWorker) -> None:
-        """Only ever signal our own worker processes, never an arbitrary pid."""
+    def signal_worker(self, msg: protocol.SignalWorker) -> protocol.WorkerSpared | None:
+        """Only ever signal our own worker processes, never an arbitrary pid. With
+        ``msg.tasks`` (a cancel) only while it runs one of them; else the WorkerSpared to answer."""
         if self.supervisor.pid_of(msg.worker) != msg.pid or msg.pid <= 0:
             log.warning("ignoring a signal for unknown worker %s pid %s", msg.worker, msg.pid)
-            return
+            return None
+        if msg.tasks:
+            running = self.supervisor.kill(msg.worker, msg.tasks, msg.signum)
+            if running is None:
+                return None
+            log.info("spared worker pid %d: it runs task %d, none of the %d cancelled there", msg.pid, running, len(msg.tasks))
+            return protocol.WorkerSpared(msg.worker, msg.pid, running)
         try:
             os.kill(msg.pid, msg.signum)
         except (ProcessLookupError, ValueError, OSError) as exc:
             log.warning("could not signal pid %d: %s", msg.pid, exc)
+        return None
 
 
 def run_node(

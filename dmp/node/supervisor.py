@@ -28,6 +28,7 @@ import select
 import signal
 import socket
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ from dmp.deaths import WorkerDeath
 from dmp.node import forkproc
 from dmp.node import slot as slot_mod
 from dmp.node import worker as worker_mod
+from dmp.node.cancelkill import is_stopped, kill_if_running
 from dmp.node.oomwatch import OomCounter
 
 _pool_counter = itertools.count(1)
@@ -86,16 +88,6 @@ def resident_bytes(pid: int) -> int:
             return int(fh.read().split()[1]) * _PAGE
     except (OSError, IndexError, ValueError):
         return 0
-
-
-def _is_stopped(pid: int) -> bool:
-    """True if the process is stopped by a signal or traced (Linux /proc)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            state = fh.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state in ("T", "t")
 
 
 class Supervisor:
@@ -325,7 +317,7 @@ class Supervisor:
         killed = []
         for handle in list(self.handles.values()):
             pid = handle.process.pid
-            if not pid or not _is_stopped(pid):
+            if not pid or not is_stopped(pid):
                 handle.stopped_since = 0.0
                 continue
             if not handle.stopped_since:
@@ -343,14 +335,25 @@ class Supervisor:
         handle = self.by_id.get(worker_id)
         return handle.process.pid if handle else 0
 
-    def kill(self, worker_id: str) -> None:
+    def kill(self, worker_id: str, tasks: Collection[int] = (), signum: int = signal.SIGKILL) -> int | None:
+        """SIGKILL worker ``worker_id``; with ``tasks`` (a cancel's task keys) send
+        ``signum`` only if it runs one of them (dmp.node.cancelkill). Returns None
+        if signalled (or unknown), else the task key it runs (-1: none), left running."""
         handle = self.by_id.get(worker_id)
-        if handle is not None and handle.process.pid:
-            handle.killed = handle.killed or "asked"
-            try:
-                os.kill(handle.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if handle is None or not handle.process.pid:
+            return None
+        pid = handle.process.pid
+        if tasks:
+            running = kill_if_running(pid, handle.slot, tasks, signum)
+            if running is None:
+                handle.killed = handle.killed or "asked"
+            return running
+        handle.killed = handle.killed or "asked"
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+        return None
 
     def stop(self, *, kill: bool, timeout: float = 5.0) -> None:
         """End every worker: SIGTERM (or SIGKILL), then reap all of them."""

@@ -1,12 +1,13 @@
 """Every message type dmp peers exchange, each meaning one thing in one direction.
 
-docs/protocol.md is this module's table (a unit test keeps the two in step,
-senders and receivers included). Who talks to whom:
+docs/protocol.md is the table of this module and dmp.wire.objcatalogue (a
+unit test keeps them in step, senders and receivers included). Who talks to whom:
 
     client --DefineJob/Submit/EndJob/CancelJob/SignalJob--> manager --Dispatch/ForgetJobs--> worker
     worker --TaskDone/TaskStarted/TaskOutput--> manager --JobResults/JobTaskStarted/JobOutput--> client
-    node --WorkerExited--> manager --SignalWorker--> node
+    node --WorkerExited/WorkerSpared--> manager --SignalWorker--> node
     client --Obj*--> manager --HostCall/HostDrop--> object host --HostReady/HostReply--> manager
+        (those in dmp.wire.objcatalogue)
 
 A worker speaks of tasks by the manager's task *key*, the manager to a client of
 its job id and task id: each side has its own types, never one whose fields
@@ -255,11 +256,25 @@ class WorkerExited(Message):
 @message(23, M, NODE)
 @dataclass(slots=True)
 class SignalWorker(Message):
-    """Send ``signum`` to worker process ``worker`` (its pid)."""
+    """Send ``signum`` to worker process ``worker`` (its pid). With ``tasks``
+    (a cancel's kill: task keys), only while it runs one of them; else the
+    node answers WorkerSpared."""
 
     worker: str
     pid: int
     signum: int
+    tasks: list[int] = field(default_factory=list)
+
+
+@message(27, NODE, M)
+@dataclass(slots=True)
+class WorkerSpared(Message):
+    """The node did not kill ``worker`` (pid ``pid``) for a SignalWorker with
+    ``tasks``: it runs none of them now (``running``: its task key, -1: none)."""
+
+    worker: str
+    pid: int
+    running: int = -1
 
 
 @message(21, ("client", "status"), M)
@@ -274,124 +289,3 @@ class StatusReply(Message):
     """The status object of ``dmp status --json``."""
 
     status: dict[str, Any] = field(default_factory=dict)
-
-
-# --- shared objects ----------------------------------------------------------
-#
-#   client --ObjCreate/ObjCall--> manager: ObjectServer
-#       reactor kinds (Queue, Lock, ...): a state machine answers, or parks the
-#       request until the change it waits for (or its deadline) comes
-#       host kind (dict, list, Namespace, registered types):
-#           manager --HostCall--> object host --HostReply--> manager
-#   manager --ObjReply--> client
-#   client --ObjCancel(ref)--> manager: the caller was interrupted; a parked
-#       request is dropped unanswered (a reply already on its way is undone
-#       by the client: see dmp/client/proxies.py)
-#
-# ``timeout`` in ObjCall: -1.0 waits forever, 0.0 does not wait, else seconds.
-
-
-@message(30, CLIENT, M)
-@dataclass(slots=True)
-class ObjCreate(Message):
-    """Make a shared object. Reply: ObjReply with its ``oid``.
-
-    ``kind`` is a reactor kind ("Queue", "Lock", ...) with plain constructor
-    ``args``, or "host" (payload: the pickled (callable or None, args, kwargs,
-    exposed, method_to_typeid) for the object host, ``typeid`` its name).
-    """
-
-    ref: int
-    kind: str
-    typeid: str = ""
-    args: list[Any] = field(default_factory=list)
-
-
-@message(31, CLIENT, M)
-@dataclass(slots=True)
-class ObjCall(Message):
-    """Call ``method`` of object ``oid``. Reply: ObjReply.
-
-    ``thread`` identifies the calling thread (lock ownership); payload: the
-    item, value or raw bytes of a reactor kind, or the pickled (args, kwargs)
-    of a host kind.
-    """
-
-    ref: int
-    oid: int
-    method: str
-    args: list[Any] = field(default_factory=list)
-    timeout: float = -1.0
-    thread: int = 0
-
-
-@message(32, M, CLIENT)
-@dataclass(slots=True)
-class ObjReply(Message):
-    """The outcome of request ``ref`` (an ``ObjStatus``); ``oid``: a new object's, or 0."""
-
-    ref: int
-    status: int
-    value: Any = None
-    oid: int = 0
-    direct: str = ""  # where this client may call that object directly (dmp.wire.direct)
-
-
-@message(33, CLIENT, M)
-@dataclass(slots=True)
-class ObjRelease(Message):
-    """This peer holds these objects no more. No reply."""
-
-    oids: list[int] = field(default_factory=list)
-
-
-@message(38, CLIENT, M)
-@dataclass(slots=True)
-class ObjCancel(Message):
-    """Nobody waits for request ``ref`` any more (its caller was interrupted). A parked
-    request is dropped unanswered; anything else (unknown, answered) is ignored. No reply."""
-
-    ref: int
-
-
-@message(34, HOST, M)
-@dataclass(slots=True)
-class HostReady(Message):
-    """This peer runs the host kinds from now on."""
-
-    pid: int = 0
-
-
-@message(35, M, HOST)
-@dataclass(slots=True)
-class HostCall(Message):
-    """Call ``method`` of ``oid`` ("__create__" with ``typeid`` to make one).
-    ``tag`` is fresh: the reply's key, and the id of the object the call
-    makes, if it makes one. Payload: the client's, untouched."""
-
-    tag: int
-    oid: int
-    method: str
-    typeid: str = ""
-
-
-@message(36, HOST, M)
-@dataclass(slots=True)
-class HostReply(Message):
-    """Outcome of ``tag`` (an ``ObjStatus``). ``made``: the typeid made under id ``tag``
-    (``value``: its exposed methods); ``retain``: objects whose proxies the host keeps."""
-
-    tag: int
-    status: int
-    value: Any = None
-    made: str = ""
-    retain: list[int] = field(default_factory=list)
-    direct: str = ""  # the host's direct-route address for the object, passed on in ObjReply
-
-
-@message(37, M, HOST)
-@dataclass(slots=True)
-class HostDrop(Message):
-    """Forget these objects (nobody holds them)."""
-
-    oids: list[int] = field(default_factory=list)

@@ -5,6 +5,7 @@ modules that hold it (docs/protocol.md is the table of it all):
 
     dmp.wire.codes       Role, Status, ErrorCode, ObjStatus, software_version()
     dmp.wire.catalogue   the message types, each meaning one thing in one direction
+                         (dmp.wire.objcatalogue: those of shared objects)
     dmp.wire.codec       PROTOCOL_VERSION, encode/decode (header), pack/unpack (payload), count_frames
     dmp.wire.signing     Signer: the HMAC over a message's frames
 
@@ -15,7 +16,7 @@ A message on the wire is a ZeroMQ multipart message:
     header              msgpack array: [PROTOCOL_VERSION, type code, sizes, field, ...]
     payload frame ...   opaque bytes (cloudpickle data and out-of-band buffers)
 
-Code outside ``dmp.wire`` imports this module, never the four behind it.
+Code outside ``dmp.wire`` imports this module, never the modules behind it.
 """
 
 from __future__ import annotations
@@ -30,18 +31,9 @@ from dmp.wire.catalogue import (
     ForgetJobs,
     Heartbeat,
     Hello,
-    HostCall,
-    HostDrop,
-    HostReady,
-    HostReply,
     JobOutput,
     JobResults,
     JobTaskStarted,
-    ObjCall,
-    ObjCancel,
-    ObjCreate,
-    ObjRelease,
-    ObjReply,
     SignalJob,
     SignalWorker,
     StatusReply,
@@ -52,6 +44,7 @@ from dmp.wire.catalogue import (
     TaskStarted,
     Welcome,
     WorkerExited,
+    WorkerSpared,
 )
 from dmp.wire.codec import (
     MAX_HEADER_BYTES,
@@ -69,6 +62,17 @@ from dmp.wire.codec import (
     unpack,
 )
 from dmp.wire.codes import ErrorCode, ObjStatus, Role, Status, software_version
+from dmp.wire.objcatalogue import (
+    HostCall,
+    HostDrop,
+    HostReady,
+    HostReply,
+    ObjCall,
+    ObjCancel,
+    ObjCreate,
+    ObjRelease,
+    ObjReply,
+)
 from dmp.wire.signing import Signer
 
 __all__ = [
@@ -114,6 +118,7 @@ __all__ = [
     "VersionMismatch",
     "Welcome",
     "WorkerExited",
+    "WorkerSpared",
     "count_frames",
     "decode",
     "encode",

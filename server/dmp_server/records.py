@@ -22,9 +22,11 @@ class Send:
 
 @dataclass(slots=True)
 class Kill:
-    """Command: kill worker ``worker`` (its task was cancelled)."""
+    """Command: kill worker ``worker`` if it runs one of ``tasks`` (keys of a
+    cancelled job's tasks; its node checks, else the worker is spared)."""
 
     worker: str
+    tasks: list[int] = field(default_factory=list)
 
 
 Command = Send | Kill
@@ -107,4 +109,4 @@ class Worker:
     tasks_left: int  # before it exits by itself (maxtasksperchild); -1: no limit
     assigned: dict[int, Task] = field(default_factory=dict)  # in dispatch order
     done: int = 0
-    doomed: bool = False  # told to die: gets no more work
+    doomed: int = 0  # Kills sent and not answered (by its death or WorkerSpared): gets no more work

@@ -6,7 +6,7 @@
           --> the handler of its type (each type means one thing, whoever sends it):
     client: Submit / DefineJob / EndJob / CancelJob / SignalJob / Obj* --> Scheduler or ObjectServer
     worker: TaskDone --> Scheduler --> JobResults; TaskOutput --> JobOutput; TaskStarted --> JobTaskStarted
-    node: WorkerExited          anyone: Heartbeat, Bye, StatusRequest (client, status)
+    node: WorkerExited, WorkerSpared  anyone: Heartbeat, Bye, StatusRequest (client, status)
     commands (Send, Kill) --> a local client's on_message, or the ROUTER
 
 :class:`Routing` is the half of dmp_server.daemon.Daemon that turns decoded
@@ -266,15 +266,19 @@ class Routing:
             if any(t.job.client == peer and t.job.job_id == msg.job for t in worker.assigned.values()):
                 self._kill_worker(worker.peer, msg.signum)
 
-    def _kill_worker(self, peer_id: str, signum: int) -> None:
-        """Signal a worker process: ourselves in local mode, through its node otherwise."""
+    def _kill_worker(self, peer_id: str, signum: int, tasks: list[int] | None = None) -> None:
+        """Signal a worker process: ourselves in local mode, through its node otherwise (``tasks``: cancels.py)."""
         if self.supervisor is not None:
-            self.supervisor.kill(_worker_id(peer_id))
+            if self.supervisor.kill(_worker_id(peer_id), tasks or ()) is not None:  # spared
+                self._carry_out(self.scheduler.spared(peer_id))
             return
         worker = self.scheduler.workers.get(peer_id)
         node = self.peers.node(worker.node) if worker is not None else None
         if worker is not None and node is not None and node.ident is not None:
-            self._send_raw(node.ident, protocol.SignalWorker(_worker_id(peer_id), worker.pid, signum))
+            self._send_raw(node.ident, protocol.SignalWorker(_worker_id(peer_id), worker.pid, signum, tasks or []))
+
+    def _worker_spared(self, peer_id: str, msg: protocol.WorkerSpared, frames: list[Any]) -> None:
+        self._carry_out(self.scheduler.spared(worker_peer(msg.worker), self.peers.by_id[peer_id].name))
 
     def _task_output(self, peer_id: str, msg: protocol.TaskOutput, frames: list[Any]) -> None:
         task = self.scheduler.tasks.get(msg.task)
@@ -321,7 +325,7 @@ class Routing:
             if isinstance(cmd, Send):
                 self._send(cmd.to, cmd.msg, cmd.frames)
             elif isinstance(cmd, Kill):
-                self._kill_worker(cmd.worker, signal.SIGKILL)
+                self._kill_worker(cmd.worker, signal.SIGKILL, cmd.tasks)
 
     def _send(self, peer_id: str, msg: protocol.Message, frames: list[Any]) -> None:
         door = self.door
@@ -361,6 +365,7 @@ _HANDLERS: dict[type[protocol.Message], Callable[[Routing, str, Any, list[Any]],
     protocol.TaskOutput: Routing._task_output,
     protocol.TaskStarted: Routing._task_started,
     protocol.WorkerExited: Routing._worker_exited,
+    protocol.WorkerSpared: Routing._worker_spared,
     protocol.Submit: Routing._submit,
     protocol.DefineJob: Routing._define_job,
     protocol.EndJob: Routing._end_job,

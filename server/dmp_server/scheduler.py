@@ -19,7 +19,8 @@ worker, so it never waits behind another task while holding them.
 
 Payload frames pass through untouched: this module never unpickles.
 Which task goes to which worker (credit, fairness, resources) is
-``placement.py``; this module keeps the books of peers, jobs and outcomes.
+``placement.py``; cancelling a job on the workers, ``cancels.py``; this module
+keeps the books of peers, jobs and outcomes.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from typing import Any
 from dmp.deaths import WorkerDeath, loss_text
 from dmp.wire import protocol
 from dmp.wire.protocol import Status
+from dmp_server.cancels import Cancels
 from dmp_server.hungry import Hungry
-from dmp_server.placement import Placement
 from dmp_server.records import Client, Command, Job, Kill, Node, Send, Task, Totals, Worker
 
 __all__ = ["Client", "Command", "Job", "Kill", "Node", "Scheduler", "Send", "Task", "Totals", "Worker"]
@@ -51,11 +52,12 @@ INITIAL_IN_FLIGHT = 2
 EWMA_ALPHA = 0.2
 
 
-class Scheduler(Placement):
+class Scheduler(Cancels):
     """Queues tasks per client, spreads them over worker credit fairly.
 
-    This half keeps the books (peers, jobs, outcomes, retries, cancels);
-    ``Placement`` (placement.py) decides which queued task goes to which worker.
+    This half keeps the books (peers, jobs, outcomes, retries); ``Cancels``
+    (cancels.py) withdraws a cancelled job's tasks and kills the workers running
+    them; ``Placement`` (placement.py) decides which queued task goes to which worker.
     """
 
     def __init__(self) -> None:
@@ -154,8 +156,9 @@ class Scheduler(Placement):
                 )
                 cmds += self._finish(task, Status.TIMEOUT, [], [text, worker.node, worker.pid, job.timeout])
                 continue
-            # A worker killed for a cancel (doomed) ran the cancelled task as far as we knew; if it
-            # ran this one (its oldest's result was still batched there), the kill was not its fault.
+            # A worker killed for a cancel (doomed) was running the cancelled task, as its node saw
+            # (cancels.py); if it ran this one all the same (the node could not stop it to look,
+            # dmp.node.cancelkill), the kill was not its fault.
             if task.key == running and not worker.doomed:
                 task.attempt += 1
                 text = loss_text(death, worker.node, worker.pid)
@@ -348,44 +351,6 @@ class Scheduler(Placement):
     def _drop(self, client: Client, job: Job) -> list[Command]:
         client.jobs.pop(job.job_id, None)
         return [Send(w, protocol.ForgetJobs([job.key])) for w in job.holders if w in self.workers]
-
-    def _cancel(self, client: Client, job: Job, *, notify: bool) -> list[Command]:
-        cmds: list[Command] = []
-        for task in job.pending:
-            self.tasks.pop(task.key, None)
-        client.queued -= len(job.pending)
-        self.queued_total -= len(job.pending)
-        job.pending.clear()
-        if job in client.active:
-            client.active.remove(job)
-            if not client.active and client in self._ready:
-                self._ready.remove(client)
-        # Only the workers the job was sent to can hold its tasks. A worker
-        # runs its tasks in dispatch order, so its oldest is the one running:
-        # it is killed only if that task is the job's; the job's tasks queued
-        # behind another job's are withdrawn (the ForgetJobs of _drop takes
-        # them off its queue; a result that comes anyway is stale, dropped).
-        for peer in job.holders:
-            worker = self.workers.get(peer)
-            doomed = [t for t in worker.assigned.values() if t.job is job] if worker is not None else []
-            if worker is None or not doomed:
-                continue
-            running = next(iter(worker.assigned.values()))
-            for t in doomed:
-                del worker.assigned[t.key]
-                self._unhold(t)
-                self.tasks.pop(t.key, None)
-                self._release(client, peer)
-            if running.job is job:
-                worker.doomed = True
-                self.hungry.discard(peer)
-                cmds.append(Kill(peer))
-            else:
-                self.hungry.touch(worker)  # its load fell: the withdrawn tasks' credit is free again
-        cmds += self._drop(client, job)
-        if notify:
-            cmds.append(Send(client.peer, protocol.JobResults([[job.job_id, -1, int(Status.CANCELLED), 0, "cancelled"]])))
-        return cmds + self.schedule()
 
     # --- status ----------------------------------------------------------------
 

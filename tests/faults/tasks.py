@@ -125,3 +125,20 @@ def hog(mib: int, directory: str) -> int:
         time.sleep(0.002)
     time.sleep(30)
     return len(held)
+
+
+def held(directory: str, i: int, linger_s: float = 0.0) -> tuple[int, str]:
+    """Task ``i``: logs its attempt, waits until ``DIR/go-I`` exists, then
+    ``linger_s`` more; returns (pid, node)."""
+    log_attempt(directory, i)
+    go = os.path.join(directory, f"go-{i}")
+    while not os.path.exists(go):
+        time.sleep(0.005)
+    time.sleep(linger_s)
+    return os.getpid(), os.environ.get("FAULT_NODE", "local")
+
+
+def release(directory: str, i: int) -> None:
+    """Let task ``i`` of :func:`held` return."""
+    with open(os.path.join(directory, f"go-{i}"), "w"):
+        pass

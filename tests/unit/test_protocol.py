@@ -48,7 +48,8 @@ SAMPLES: dict[str, protocol.Message] = {
     "TaskStarted": protocol.TaskStarted(100, 4242, "node-a"),
     "JobTaskStarted": protocol.JobTaskStarted(3, 1, 4242, "node-a"),
     "SignalJob": protocol.SignalJob(3, 15),
-    "SignalWorker": protocol.SignalWorker("node-a/1-1", 4242, 9),
+    "SignalWorker": protocol.SignalWorker("node-a/1-1", 4242, 9, [100, 103]),
+    "WorkerSpared": protocol.WorkerSpared("node-a/1-1", 4242, 101),
 }
 
 

@@ -6,6 +6,7 @@ and that other task, another client's, runs on untouched."""
 from __future__ import annotations
 
 import pytest
+from dmp_server.scheduler import Kill
 from test_scheduler import Harness, dispatched, sends_of
 
 from dmp.wire import protocol
@@ -130,3 +131,85 @@ def test_a_task_killed_by_a_cancel_it_did_not_belong_to_is_not_charged() -> None
     assert [t[0] for t in h.given["w2"]] == [b_key] and h.s.tasks[b_key].attempt == 0
     h.complete("w2")
     assert [i[:3] for i, _ in h.results_for("B")] == [[1, 1, Status.OK]]
+
+
+# --- the node decides: a Kill carries the job's keys, a worker that moved on is spared ---
+
+
+def _a_then_b(h: Harness, *, b_retries: int = 3) -> tuple[int, int]:
+    """One worker w1 given A's task, then B's behind it. Returns their keys."""
+    h.client("A")
+    h.client("B")
+    h.worker("w1", node="node-a")
+    h.job("A", 1)
+    h.job("B", 1, max_retries=b_retries)
+    h.submit("A", 1, [1])
+    h.submit("B", 1, [1])
+    (a_key, *_), (b_key, *_) = h.given["w1"]
+    return a_key, b_key
+
+
+def test_a_kill_names_the_cancelled_jobs_tasks_on_that_worker() -> None:
+    h = Harness()
+    a_key, _b_key = _a_then_b(h)
+    cmds = h.apply(h.s.cancel_job("A", 1))
+    (kill,) = [c for c in cmds if isinstance(c, Kill)]
+    assert kill.worker == "w1" and kill.tasks == [a_key]
+    assert h.s.workers["w1"].doomed == 1
+
+
+def test_a_worker_spared_by_its_node_runs_on_and_its_task_is_not_retried() -> None:
+    """The worker had finished A's task (its result still batched there) and ran B's
+    when A was cancelled: its node saw B's key in the slot and spared it. B's task
+    completes on w1, first attempt, no death counted, and w1 takes work again."""
+    h = Harness()
+    a_key, b_key = _a_then_b(h, b_retries=0)
+    h.apply(h.s.cancel_job("A", 1))
+    assert h.kills == ["w1"] and "w1" not in h.s.hungry.idle and "w1" not in h.s.hungry.open
+    h.job("B", 2)
+    h.submit("B", 2, [1])  # queued: a doomed worker takes nothing
+    assert h.s.queued() == 1
+    cmds = h.apply(h.s.spared("w1", "node-a"))
+    assert h.s.workers["w1"].doomed == 0 and h.s.queued() == 0
+    ((b2_key, *_),) = dispatched(cmds)["w1"]
+    assert h.s.tasks[b2_key].job.job_id == 2
+    # One batch: A's result (stale: dropped), B's task (first attempt), B's next.
+    assert [t[0] for t in h.given["w1"]] == [a_key, b_key, b2_key]
+    h.complete("w1")
+    assert [i[:3] for i, _ in h.results_for("B")] == [[1, 1, Status.OK], [2, 1, Status.OK]]
+    assert [i[1] for i, _ in h.results_for("A")] == [-1]  # only the CANCELLED answer
+    assert h.s.totals.retried == 0 and h.s.totals.workers_lost == 0
+    assert h.s.workers["w1"].assigned == {} and h.s.workers["w1"].done == 2
+
+
+def test_only_the_workers_own_node_may_spare_it() -> None:
+    h = Harness()
+    _a_then_b(h)
+    h.apply(h.s.cancel_job("A", 1))
+    assert h.apply(h.s.spared("w1", "node-b")) == []
+    assert h.s.workers["w1"].doomed == 1
+    assert h.apply(h.s.spared("nobody", "node-a")) == []
+
+
+def test_a_worker_stays_doomed_while_another_kill_of_it_is_unanswered() -> None:
+    """Two cancels in a row each sent a Kill: the first spared says nothing of the second."""
+    h = Harness()
+    h.client("A")
+    h.client("B")
+    h.client("C")
+    h.worker("w1", node="node-a")
+    for c in "ABC":
+        h.job(c, 1)
+    h.submit("A", 1, [1])
+    h.submit("B", 1, [1])
+    h.submit("C", 1, [1])  # queued: w1 holds two
+    h.apply(h.s.cancel_job("A", 1))
+    h.apply(h.s.cancel_job("B", 1))  # B's task is w1's oldest now
+    assert h.kills == ["w1", "w1"] and h.s.workers["w1"].doomed == 2
+    assert "w1" not in dispatched(h.apply(h.s.spared("w1", "node-a")))
+    assert h.s.workers["w1"].doomed == 1
+    # The second Kill did kill it (it ran B's task): C's task goes elsewhere, uncharged.
+    h.die("w1", running=-1)
+    h.worker("w2")
+    assert [h.s.tasks[t[0]].job.client for t in h.given["w2"]] == ["C"]
+    assert h.s.totals.retried == 0
