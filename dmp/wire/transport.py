@@ -231,7 +231,7 @@ class Channel:
     a whole message: header and every payload frame together.
     """
 
-    __slots__ = ("_held", "_native", "keys", "max_message", "peer_address", "routed", "sock")
+    __slots__ = ("_held", "_native", "keys", "max_message", "peer_address", "routed", "sock", "used")
 
     def __init__(self, sock: zmq.Socket[Any], key: bytes | None) -> None:
         self.sock = sock
@@ -241,6 +241,9 @@ class Channel:
         self._held: list[tuple[protocol.Message, Sequence[Any], int]] = []
         self.peer_address = ""  # IP of the sender of the last Hello received
         self.max_message = 0
+        # Set by every send, recv and readable: a reactor waiting on the socket's fd (which
+        # such a call may quiet with messages left to read) looks at ZMQ_EVENTS first.
+        self.used = True
 
     @property
     def signer(self) -> protocol.Signer:
@@ -275,6 +278,7 @@ class Channel:
         sign: bool = True,
     ) -> None:
         """Send ``msg``; ``sign=False`` sends it unsigned (a refusal to a stranger)."""
+        self.used = True
         self.keys.prepare(msg)
         sizes, physical = protocol.pack(frames)
         body = [protocol.encode(msg, sizes), *physical]
@@ -303,6 +307,7 @@ class Channel:
     def readable(self) -> bool:
         """True if a message is waiting. A system call: a reactor that just
         polled the socket knows already."""
+        self.used = True
         return bool(int(self.sock.get(_EVENTS)) & _POLLIN)
 
     def recv(self, flags: int = 0) -> tuple[bytes | None, protocol.Message, list[Any]]:
@@ -314,6 +319,7 @@ class Channel:
                 ``max_message``; the raw parts were consumed.
         """
         # Frame by frame: recv_multipart asks for RCVMORE (an enum) per frame.
+        self.used = True
         recv = self.sock.recv
         frame = recv(flags, copy=False)
         parts = [frame]

@@ -1,4 +1,4 @@
-"""The manager daemon: one zmq.Poller reactor, one thread at a time, no locks.
+"""The manager daemon: one reactor (one poll(2), dmp_server.waiting), one thread at a time, no locks.
 
     clients --(ROUTER)--> decode + verify --> Scheduler --> commands --> route
     workers --(ROUTER)-->      "          --> Scheduler -->    "     -->   "
@@ -29,7 +29,6 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 import zmq
-from zmq.backend import zmq_poll
 
 from dmp import _config
 from dmp.deaths import format_size
@@ -49,6 +48,7 @@ from dmp_server.peers import (
 )
 from dmp_server.routing import Routing, log, worker_peer
 from dmp_server.scheduler import Scheduler
+from dmp_server.waiting import Poller
 from dmp_server.workerpipes import WorkerPipes
 
 if TYPE_CHECKING:  # the dashboard (http.server and all it imports) only for `dmp manager --dashboard`
@@ -107,8 +107,7 @@ class Daemon(Routing):
         self.locals: dict[str, LocalClient] = {}
         self.inbox: collections.deque[tuple[str, protocol.Message, list[Any]]] = collections.deque()
         self._wake = Wakeup(self)  # other threads may poke it until we are gone
-        self._poller = zmq.Poller()
-        self._poller.register(self.chan.sock, zmq.POLLIN)
+        self._poller = Poller(self.chan)  # the socket, and the fds registered below (dmp_server.waiting)
         self._poller.register(self._wake.fd, zmq.POLLIN)
         # Calls on the reactor kinds from clients on this machine (dmp_server.door).
         self.door: Door | None = None
@@ -216,8 +215,7 @@ class Daemon(Routing):
         wait = max(0.0, wake_at - before)
         if timeout is not None and timeout < wait:
             wait = timeout
-        # zmq_poll itself: zmq.Poller.poll only wraps it in a Python call.
-        ready = dict(zmq_poll(self._poller.sockets, int(wait * 1000) + 1))
+        ready = self._poller.poll(int(wait * 1000) + 1)
         if self.chan.sock not in ready:
             self._read_all_at = before
         return ready

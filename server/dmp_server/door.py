@@ -32,6 +32,7 @@ import zmq
 from dmp.errors import ProtocolError
 from dmp.wire import direct, protocol
 from dmp.wire.protocol import ObjStatus
+from dmp_server.waiting import Poller
 
 log = logging.getLogger("dmp.manager")
 
@@ -77,7 +78,7 @@ class Door:
     def serve(
         self,
         ready: dict[Any, int],
-        poller: zmq.Poller,
+        poller: Poller,
         known: Callable[[str], bool],
         handle: Callable[[str, protocol.Message, list[Any]], None],
         call: FastCall | None = None,
@@ -106,13 +107,13 @@ class Door:
                 self._close(conn, poller)
 
     def reply(
-        self, conn: DoorConn, msg: protocol.Message, frames: list[Any], poller: zmq.Poller
+        self, conn: DoorConn, msg: protocol.Message, frames: list[Any], poller: Poller
     ) -> None:
         """Write a reply on ``conn`` without blocking (the rest waits for POLLOUT)."""
         self._write(conn, direct.encode(msg, frames), poller)
 
     def reply_ok(
-        self, conn: DoorConn, ref: int, value: Any, frames: list[Any], poller: zmq.Poller
+        self, conn: DoorConn, ref: int, value: Any, frames: list[Any], poller: Poller
     ) -> None:
         """``reply`` of ``ObjReply(ref, OK, value)``, its header made here (trailing
         defaults left off, as the protocol allows); one send when the socket takes it."""
@@ -135,7 +136,7 @@ class Door:
             return
         self._write(conn, [data], poller)
 
-    def _write(self, conn: DoorConn, buffers: list[Any], poller: zmq.Poller) -> None:
+    def _write(self, conn: DoorConn, buffers: list[Any], poller: Poller) -> None:
         sock = conn.sock
         if sock.fileno() < 0:
             return
@@ -192,7 +193,7 @@ class Door:
     def _read(
         self,
         conn: DoorConn,
-        poller: zmq.Poller,
+        poller: Poller,
         known: Callable[[str], bool],
         handle: Callable[[str, protocol.Message, list[Any]], None],
         call: FastCall | None = None,
@@ -239,14 +240,14 @@ class Door:
             return False
         return conn.sock.fileno() >= 0
 
-    def _flush(self, conn: DoorConn, poller: zmq.Poller) -> bool:
+    def _flush(self, conn: DoorConn, poller: Poller) -> bool:
         if not conn.pending.write(conn.sock):
             return False
         if not conn.pending:
             poller.register(conn.sock.fileno(), POLLIN)
         return True
 
-    def _close(self, conn: DoorConn, poller: zmq.Poller) -> None:
+    def _close(self, conn: DoorConn, poller: Poller) -> None:
         fd = conn.sock.fileno()
         if fd < 0:
             return

@@ -33,6 +33,7 @@ from dmp_server import gate, objects
 from dmp_server.door import Door
 from dmp_server.peers import Departures, LocalClient, LocalSupervisor, Peer, Peers, describe
 from dmp_server.scheduler import Command, Kill, Scheduler, Send
+from dmp_server.waiting import Poller
 from dmp_server.workerpipes import WorkerPipes
 
 log = logging.getLogger("dmp.manager")
@@ -58,7 +59,7 @@ class Routing:
     max_queued: int
     pipes: WorkerPipes | None  # local mode's worker pipes (dmp_server.workerpipes)
     door: Door | None  # the direct route for calls on the reactor kinds (dmp_server.door)
-    _poller: zmq.Poller
+    _poller: Poller
 
     def status(self) -> dict[str, Any]:
         """The ``dmp status --json`` object; dmp_server.daemon.Daemon provides it."""

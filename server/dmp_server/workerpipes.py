@@ -1,7 +1,7 @@
 """The embedded daemon's end of local mode's worker pipes (see dmp.wire.pipechan).
 
     Supervisor.spawn --add(worker id, socket, pid)--> joined (any thread that forks)
-    the reactor's next step: new pipes join its zmq.Poller beside the ROUTER and the
+    the reactor's next step: new pipes join its poll (dmp_server.waiting) beside the ROUTER and the
         sentinels, and their workers join the scheduler at once, on the Hello made here
     readable --> cut into messages --> handled as the same worker's messages over ZeroMQ
     routing._send_raw to a piped worker's identity --> written here, never blocking
@@ -30,6 +30,7 @@ import zmq
 from dmp.errors import ProtocolError
 from dmp.wire import direct, protocol
 from dmp.wire.pipechan import READ_BYTES
+from dmp_server.waiting import Poller
 
 log = logging.getLogger("dmp.manager")
 
@@ -85,7 +86,7 @@ class WorkerPipes:
         self.parent_ends.append(pipe.sock)
         self.joined.append(pipe)
 
-    def watch(self, poller: zmq.Poller) -> list[tuple[bytes, protocol.Hello]]:
+    def watch(self, poller: Poller) -> list[tuple[bytes, protocol.Hello]]:
         """Poll the pipes added since; the (identity, Hello) of each, for the daemon to join."""
         hellos = []
         while self.joined:
@@ -96,7 +97,7 @@ class WorkerPipes:
                 hellos.append((pipe.ident, pipe.hello))
         return hellos
 
-    def serve(self, ready: dict[Any, int], poller: zmq.Poller, handle: Handler) -> None:
+    def serve(self, ready: dict[Any, int], poller: Poller, handle: Handler) -> None:
         """Read and write the pipes ``ready`` names."""
         by_fd = self.by_fd
         for fd, events in ready.items():
@@ -111,7 +112,7 @@ class WorkerPipes:
             if not ok:
                 self._close(pipe, poller)
 
-    def drain(self, worker_id: str, poller: zmq.Poller, handle: Handler) -> None:
+    def drain(self, worker_id: str, poller: Poller, handle: Handler) -> None:
         """The worker died: handle what it wrote before (its last results), then close its pipe."""
         pipe = self.by_ident.get(worker_id.encode())
         if pipe is None:
@@ -122,7 +123,7 @@ class WorkerPipes:
         self._close(pipe, poller)
 
     def send(
-        self, ident: bytes, msg: protocol.Message, frames: list[Any], poller: zmq.Poller
+        self, ident: bytes, msg: protocol.Message, frames: list[Any], poller: Poller
     ) -> bool:
         """Write ``msg`` to the piped worker ``ident`` without blocking; False if it has no pipe."""
         pipe = self.by_ident.get(ident)
@@ -194,7 +195,7 @@ class WorkerPipes:
             return -1
         return 1
 
-    def _flush(self, pipe: _Pipe, poller: zmq.Poller) -> bool:
+    def _flush(self, pipe: _Pipe, poller: Poller) -> bool:
         """The socket takes more: write what waits; False if the pipe broke."""
         if not pipe.pending.write(pipe.sock):
             return False
@@ -202,7 +203,7 @@ class WorkerPipes:
             poller.register(pipe.sock.fileno(), POLLIN)
         return True
 
-    def _close(self, pipe: _Pipe, poller: zmq.Poller) -> None:
+    def _close(self, pipe: _Pipe, poller: Poller) -> None:
         fd = pipe.sock.fileno()
         if fd < 0:
             return

@@ -1,0 +1,89 @@
+"""The reactor's wait: one poll(2) over the ROUTER's ZMQ_FD and every other descriptor.
+
+    Poller.poll(timeout)
+        socket used since it was last seen empty (Channel.used)?
+            --> ZMQ_EVENTS: a message waits --> it is ready; the others are only looked at
+        poll(2) on ZMQ_FD + the wake-up fd + door listener and connections + worker pipes and sentinels
+            --> ZMQ_FD readable (commands reached the socket's mailbox) --> ZMQ_EVENTS
+            --> any other fd: its events, as zmq_poll reports a plain fd's
+
+Why not zmq_poll (zmq.Poller): for a ZeroMQ socket among the items it polls every
+descriptor without waiting, asks the socket for ZMQ_EVENTS (libzmq's fork check, a
+getpid(2), then a poll(2) of the socket's mailbox), and only then makes the poll that
+waits, and asks again when it returns. A door call (a managed Queue's put) paid those
+three extra system calls each time, while the ROUTER had nothing to say.
+
+ZMQ_FD is edge-triggered: it turns readable when commands reach the socket's mailbox,
+and any operation on the socket (a send, a recv, ZMQ_EVENTS itself) may take them and
+leave messages to read behind a descriptor that stays quiet. So after any such operation
+(Channel.used) ZMQ_EVENTS is asked before sleeping, and only then; while the socket is
+unused since it was seen empty, its descriptor alone says when to look again.
+"""
+
+from __future__ import annotations
+
+import select
+from typing import Any
+
+import zmq
+
+from dmp.wire import transport
+
+# Plain ints: zmq's flag enums cost an enum operation per test.
+POLLIN, POLLOUT, POLLPRI, POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLPRI), int(zmq.POLLERR)
+_EVENTS = int(zmq.EVENTS)
+_IN, _OUT, _PRI = select.POLLIN, select.POLLOUT, select.POLLPRI
+_OTHER = ~(_IN | _OUT | _PRI)
+
+
+class Poller:
+    """zmq.Poller's ``register`` / ``unregister`` (zmq flags) for plain descriptors, and a
+    ``poll`` that also reports ``chan``'s socket (registered here, for POLLIN). One thread."""
+
+    __slots__ = ("_poll", "_zfd", "chan", "fds", "sock")
+
+    def __init__(self, chan: transport.Channel) -> None:
+        self.chan = chan
+        self.sock = chan.sock
+        self._zfd = int(self.sock.getsockopt(zmq.FD))
+        self._poll = select.poll()
+        self._poll.register(self._zfd, _IN)
+        self.fds: dict[int, int] = {}  # fd -> zmq flags
+
+    def register(self, fd: int, flags: int) -> None:
+        """Watch ``fd`` for ``flags`` (zmq.POLLIN / POLLOUT); again: change its flags."""
+        self._poll.register(fd, (_IN if flags & POLLIN else 0) | (_OUT if flags & POLLOUT else 0))
+        self.fds[fd] = flags
+
+    def unregister(self, fd: int) -> None:
+        """Stop watching ``fd`` (KeyError if it was not watched, as zmq.Poller)."""
+        del self.fds[fd]
+        self._poll.unregister(fd)
+
+    def poll(self, timeout_ms: int) -> dict[Any, int]:
+        """Wait up to ``timeout_ms`` for any of them; {the socket or fd: zmq events}."""
+        ready: dict[Any, int] = {}
+        sock = self.sock
+        if self.chan.used and self._readable():
+            ready[sock] = POLLIN
+            timeout_ms = 0  # the rest are only looked at, as zmq_poll does
+        zfd = self._zfd
+        for fd, events in self._poll.poll(timeout_ms):
+            if fd == zfd:
+                if sock not in ready and self._readable():
+                    ready[sock] = POLLIN
+            elif events == _IN:  # the usual case
+                ready[fd] = POLLIN
+            else:  # as zmq_poll converts a plain fd's events
+                ready[fd] = (
+                    (POLLIN if events & _IN else 0)
+                    | (POLLOUT if events & _OUT else 0)
+                    | (POLLPRI if events & _PRI else 0)
+                    | (POLLERR if events & _OTHER else 0)
+                )
+        return ready
+
+    def _readable(self) -> bool:
+        """ZMQ_EVENTS: a message waits. Afterwards the fd signals the next arrival."""
+        self.chan.used = False
+        return bool(int(self.sock.get(_EVENTS)) & POLLIN)
