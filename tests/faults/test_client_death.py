@@ -126,13 +126,20 @@ def test_another_clients_map_is_unaffected_by_a_client_dying_beside_it(
             client.kill()
             client.wait(10)
             values = result.get(60)
-            status = cluster.status()
+            # The dead client goes when its silence is noticed (five seconds), which may come
+            # after the survivor's map is done: its tasks may have ended and freed their slots.
+            wait_for(lambda: _clients(cluster) <= 1, LOSS_BOUND_S, "the dead client to be dropped")
     finally:
         client.kill()
         client.wait(10)
     assert [v for v, _, _ in values] == [i * i for i in range(200)]
     assert sorted(counter.counts.values()) == [1] * 200
-    assert status is not None and len(status["clients"]) <= 1, status  # the survivor, or nobody
+
+
+def _clients(cluster: FaultCluster) -> int:
+    """Clients the manager knows (the survivor, or nobody, once the dead one is dropped)."""
+    status = cluster.status()
+    return len(status["clients"]) if status is not None else 99
 
 
 @pytest.mark.timeout(60)
