@@ -190,6 +190,7 @@ class Daemon(Routing):
         self._shutdown_peers()
         if self.door is not None:
             self.door.close()
+        self._poller.close()
         if self.pipes is not None:
             self.pipes.close()
         self.chan.close()

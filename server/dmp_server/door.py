@@ -94,6 +94,7 @@ class Door:
             sock, peer = self.joined.popleft()
             self.conns[sock.fileno()] = DoorConn(sock, peer)
             poller.register(sock.fileno(), POLLIN)
+            poller.prewake(sock.fileno())  # awake when the next call comes (dmp_server.waiting)
         for fd, events in ready.items():
             conn = self.conns.get(fd) if type(fd) is int else None
             if conn is None:

@@ -18,11 +18,22 @@ and any operation on the socket (a send, a recv, ZMQ_EVENTS itself) may take the
 leave messages to read behind a descriptor that stays quiet. So after any such operation
 (Channel.used) ZMQ_EVENTS is asked before sleeping, and only then; while the socket is
 unused since it was seen empty, its descriptor alone says when to look again.
+
+Woken early (``prewake``, the door's connections): the reactor also wakes when a client
+takes a reply off its connection, and waits again at once. A thread blocked in read(2)
+on a unix socket is woken that way by the kernel (the reader freeing the reply makes the
+writer's socket writable, and a plain read's wait takes any wake-up), so
+multiprocessing's manager thread is already awake, its CPU out of idle, when the next
+call comes; a poll(2) for POLLIN only is not, and the next call paid a cold wake-up
+(~25 us a round trip on the 2-core VM, docs/performance.md). Each such descriptor
+also sits in an epoll set for EPOLLOUT, edge-triggered (one event per reply taken),
+and the epoll's own descriptor is in the poll.
 """
 
 from __future__ import annotations
 
 import select
+import time
 from typing import Any
 
 import zmq
@@ -40,7 +51,7 @@ class Poller:
     """zmq.Poller's ``register`` / ``unregister`` (zmq flags) for plain descriptors, and a
     ``poll`` that also reports ``chan``'s socket (registered here, for POLLIN). One thread."""
 
-    __slots__ = ("_poll", "_zfd", "chan", "fds", "sock")
+    __slots__ = ("_early", "_ep", "_epfd", "_poll", "_zfd", "chan", "fds", "sock")
 
     def __init__(self, chan: transport.Channel) -> None:
         self.chan = chan
@@ -49,6 +60,9 @@ class Poller:
         self._poll = select.poll()
         self._poll.register(self._zfd, _IN)
         self.fds: dict[int, int] = {}  # fd -> zmq flags
+        self._ep: select.epoll | None = None  # prewake's descriptors, for EPOLLOUT; made by the first
+        self._epfd = -1
+        self._early: set[int] = set()
 
     def register(self, fd: int, flags: int) -> None:
         """Watch ``fd`` for ``flags`` (zmq.POLLIN / POLLOUT); again: change its flags."""
@@ -59,6 +73,27 @@ class Poller:
         """Stop watching ``fd`` (KeyError if it was not watched, as zmq.Poller)."""
         del self.fds[fd]
         self._poll.unregister(fd)
+        if fd in self._early and self._ep is not None:
+            self._early.discard(fd)
+            self._ep.unregister(fd)
+
+    def prewake(self, fd: int) -> None:
+        """Also wake (and wait again at once) when the peer takes what was written on the
+        registered socket ``fd`` (see the module's docstring); unregister ends it."""
+        if self._ep is None:
+            self._ep = select.epoll()
+            self._epfd = self._ep.fileno()
+            self._poll.register(self._epfd, _IN)
+        self._ep.register(fd, select.EPOLLOUT | select.EPOLLET)
+        self._early.add(fd)
+
+    def close(self) -> None:
+        """Close the epoll of ``prewake`` (the descriptors are their owners' to close)."""
+        self._early.clear()
+        if self._ep is not None:
+            self._poll.unregister(self._epfd)
+            self._ep.close()
+            self._ep = None
 
     def poll(self, timeout_ms: int) -> dict[Any, int]:
         """Wait up to ``timeout_ms`` for any of them; {the socket or fd: zmq events}."""
@@ -68,7 +103,12 @@ class Poller:
             ready[sock] = POLLIN
             timeout_ms = 0  # the rest are only looked at, as zmq_poll does
         zfd = self._zfd
-        for fd, events in self._poll.poll(timeout_ms):
+        if self._ep is None:
+            got = self._poll.poll(timeout_ms)
+        else:
+            start = time.monotonic()
+            got = self._woken_early(self._poll.poll(timeout_ms), start, timeout_ms)
+        for fd, events in got:
             if fd == zfd:
                 if sock not in ready and self._readable():
                     ready[sock] = POLLIN
@@ -82,6 +122,22 @@ class Poller:
                     | (POLLERR if events & _OTHER else 0)
                 )
         return ready
+
+    def _woken_early(self, got: list[tuple[int, int]], start: float, timeout_ms: int) -> list[tuple[int, int]]:
+        """``got`` without the epoll's wake-ups, waiting again while they were all it had."""
+        epfd = self._epfd
+        while True:
+            if not any(fd == epfd for fd, _ in got):
+                return got
+            assert self._ep is not None
+            self._ep.poll(0)  # take the edges: the epoll is quiet until the next reply is taken
+            got = [item for item in got if item[0] != epfd]
+            if got or timeout_ms <= 0:
+                return got
+            left = timeout_ms - int((time.monotonic() - start) * 1000)
+            if left <= 0:
+                return got
+            got = self._poll.poll(left)
 
     def _readable(self) -> bool:
         """ZMQ_EVENTS: a message waits. Afterwards the fd signals the next arrival."""

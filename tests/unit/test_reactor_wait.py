@@ -4,6 +4,7 @@ answering as zmq_poll did. Real ZeroMQ sockets (ipc://) and real descriptors."""
 from __future__ import annotations
 
 import os
+import select
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,3 +121,61 @@ def test_plain_fds_get_the_events_zmq_poll_gives(pair: tuple[transport.Channel, 
         os.close(r)
         os.close(r2)
         os.close(w2)
+
+
+# --- prewake: woken when the peer takes a reply, never reporting it -------------------------
+
+
+def _epoll_has_events(poller: Poller) -> bool:
+    fd = poller._epfd
+    return fd >= 0 and bool(select.select([fd], [], [], 0)[0])
+
+
+def test_prewake_wakes_but_reports_only_what_is_ready(pair: tuple[transport.Channel, transport.Channel]) -> None:
+    """A reply taken by the peer (write space on our end) wakes the wait, which waits again:
+    poll reports nothing for it, the edge is taken, and a real request is reported as ever."""
+    server, _ = pair
+    ours, theirs = socket.socketpair()
+    try:
+        poller = Poller(server)
+        poller.register(ours.fileno(), POLLIN)
+        poller.prewake(ours.fileno())
+        assert poller.poll(0) == {}  # the edge of registering: taken, not reported
+        assert not _epoll_has_events(poller)
+        ours.sendall(b"reply")
+        theirs.recv(100)  # the peer takes it: an EPOLLOUT edge on our end
+        assert _epoll_has_events(poller)
+        assert poller.poll(50) == {}  # woken, waited again, then timed out with nothing ready
+        assert not _epoll_has_events(poller), "the edge was left in the epoll: the next wait would spin"
+        ours.sendall(b"reply")
+        theirs.recv(100)
+        theirs.sendall(b"next call")  # an edge and a request together
+        assert poller.poll(LONG_MS) == {ours.fileno(): POLLIN}
+        assert not _epoll_has_events(poller)
+    finally:
+        ours.close()
+        theirs.close()
+        poller.close()
+
+
+def test_prewake_ends_with_unregister(pair: tuple[transport.Channel, transport.Channel]) -> None:
+    """After unregister a reply taken wakes nothing, and the fd may join again (a connection
+    the door closes is unregistered first; its fd number comes back for the next one)."""
+    server, _ = pair
+    poller = Poller(server)
+    ours, theirs = socket.socketpair()
+    try:
+        fd = ours.fileno()
+        for _ in range(2):
+            poller.register(fd, POLLIN)
+            poller.prewake(fd)  # FileExistsError if unregister had left it in the epoll
+            poller.poll(0)
+            poller.unregister(fd)
+            ours.sendall(b"reply")
+            theirs.recv(100)
+            assert not _epoll_has_events(poller), "an unregistered fd still wakes the wait"
+    finally:
+        ours.close()
+        theirs.close()
+        poller.close()
+    assert poller._ep is None
