@@ -321,15 +321,16 @@ class Channel:
         # Frame by frame: recv_multipart asks for RCVMORE (an enum) per frame.
         self.used = True
         recv = self.sock.recv
+        ident: bytes | None = None
+        if self.routed:
+            # A ROUTER puts the sender's routing id before every message, always
+            # with more to follow: taken as bytes, it needs no Frame of its own.
+            ident = recv(flags)
         frame = recv(flags, copy=False)
         parts = [frame]
         while frame.more:
             frame = recv(flags, copy=False)
             parts.append(frame)
-        ident: bytes | None = None
-        if self.routed:
-            ident = parts[0].bytes
-            parts = parts[1:]
         if len(parts) < 2:
             bad = ProtocolError(f"message has {len(parts)} frames, expected 2 or more")
             trusted = self.keys.signer.key is None  # without a key, nobody is a stranger

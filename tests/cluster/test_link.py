@@ -141,3 +141,19 @@ def test_ctrl_c_while_the_caller_serves_the_link_leaves_the_pool_working(one_nod
     # interrupt must wait until what was received is delivered, or it is lost.
     with dmp.Pool(2, address=one_node.address) as pool:
         assert turns.interrupt_maps_then_use(pool, square, rounds=10, seed=11, delay=(0.01, 0.08), check=500) > 0
+
+
+def test_a_receive_after_the_fd_signalled_finds_a_message_or_nothing(one_node) -> None:
+    # When the poll saw the socket's fd, the link receives once without asking readable()
+    # first. ZeroMQ's fd also signals for things that are no message: that recv then
+    # finds nothing (Again), which must leave the link as it was.
+    with dmp.Pool(1, address=one_node.address) as pool:
+        link = pool._link
+        assert pool.apply(square, (3,)) == 9
+        with link._io:
+            assert link._receive(True) is False  # nothing there: no exception, nothing in the inbox
+            assert not link._inbox
+            assert link._clean
+        results = [pool.apply_async(square, (i,)) for i in range(20)]
+        assert [r.get(timeout=30) for r in results] == [i * i for i in range(20)]
+        assert pool.apply(square, (4,)) == 16

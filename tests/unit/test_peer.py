@@ -216,3 +216,30 @@ def test_a_worker_beats_once_every_beat_every_of_the_managers_beats(manager_sock
         assert loop.live.beat == 2.0
     finally:
         loop.close()
+
+
+# --- a ROUTER channel reads the sender's routing id as bytes -----------------------------------
+
+
+@pytest.mark.parametrize("parts", [[b""], [b"garbage"], [b"", b"\x01", b"\x02"]])
+def test_router_channel_names_the_sender_of_good_and_malformed_messages(
+    manager_socket: tuple[str, transport.Channel], parts: list[bytes]
+) -> None:
+    address, router = manager_socket
+    raw = transport.context().socket(zmq.DEALER)
+    raw.setsockopt(zmq.ROUTING_ID, b"peer-7")
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.connect(address)
+    try:
+        raw.send_multipart(parts)  # too few frames, or a header that is not one
+        assert router.sock.poll(5000)
+        with pytest.raises(transport.Refused) as refused:
+            router.recv(transport.NOBLOCK)
+        assert refused.value.ident == b"peer-7"
+        raw.send_multipart([b"", protocol.encode(protocol.Heartbeat(), [])])  # then a good one
+        assert router.sock.poll(5000)
+        ident, msg, frames = router.recv(transport.NOBLOCK)
+        assert (ident, msg, frames) == (b"peer-7", protocol.Heartbeat(), [])
+        assert not router.readable()
+    finally:
+        raw.close()

@@ -444,3 +444,64 @@ def test_decode_of_arbitrary_msgpack_arrays_only_raises_protocol_error(
 )
 def test_pack_unpack_round_trip_property(frames: list[bytes]) -> None:
     assert _round_trip(frames) == frames
+
+
+# --- the Unpacker kept per thread (dmp.wire.codec._unpack) ----------------------------
+
+
+def _unpackb(data: bytes) -> tuple[bool, Any]:
+    """What msgpack.unpackb with the header limits makes of ``data``: (ok, object)."""
+    try:
+        return True, msgpack.unpackb(data, raw=False, strict_map_key=True, **protocol.UNPACK_LIMITS)
+    except Exception:
+        return False, None
+
+
+def _kept(data: bytes) -> tuple[bool, Any]:
+    from dmp.wire import codec
+
+    try:
+        return True, codec._unpack(data)
+    except ProtocolError:
+        return False, None
+
+
+@settings(max_examples=1000, deadline=None)
+@given(data=st.binary(max_size=64) | _plain.map(lambda v: msgpack.packb(v, use_bin_type=True)))
+def test_kept_unpacker_agrees_with_unpackb(data: bytes) -> None:
+    # Valid or not, in any order: the kept Unpacker accepts exactly what unpackb accepts, with
+    # the same object, and a refused header leaves nothing behind for the next one.
+    assert _kept(data) == _unpackb(data)
+    good = encode(SAMPLES["JobResults"], [3])
+    assert decode(good) == (SAMPLES["JobResults"], [3])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(lambda h: h[:-1], id="truncated"),
+        pytest.param(lambda h: h + b"\x90", id="a second object"),
+        pytest.param(lambda h: h + h, id="two headers"),
+        pytest.param(lambda h: b"", id="empty"),
+        pytest.param(lambda h: b"\xc1" + h, id="reserved byte"),
+    ],
+)
+def test_kept_unpacker_refuses_then_decodes_the_next_header(bad: Any) -> None:
+    good = encode(SAMPLES["Submit"], [1, 2])
+    with pytest.raises(ProtocolError, match="not valid msgpack"):
+        decode(bad(good))
+    assert decode(good) == (SAMPLES["Submit"], [1, 2])
+    assert decode(memoryview(good)) == (SAMPLES["Submit"], [1, 2])
+
+
+def test_headers_above_the_kept_unpackers_size_decode_alike() -> None:
+    from dmp.wire import codec
+
+    big = protocol.JobResults([[1, i, 0, 0, "x" * 40] for i in range(2000)])
+    header = encode(big, [])
+    assert len(header) >= codec.REUSE_BELOW
+    assert decode(header) == (big, [])
+    with pytest.raises(ProtocolError, match="not valid msgpack"):
+        decode(header + b"\x90")
+    with pytest.raises(ProtocolError, match="not valid msgpack"):
+        decode(header[:-1])
