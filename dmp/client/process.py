@@ -13,7 +13,7 @@ standard meaning.
     worker --TaskOutput--> manager --JobOutput--> client's stdout
     worker --TaskDone(exit code)--> manager --JobResults--> client  (or LOST: the signal's exit code)
     terminate()/kill() -> SignalJob -> manager -> node -> os.kill(worker pid)
-                          (not yet started: CancelJob, so it never runs)
+                          (no worker has it yet: withdrawn, so it never runs; CANCELLED)
 """
 
 from __future__ import annotations
@@ -132,6 +132,7 @@ class _ClusterPopen(Sink):
         )
         runner = serialization.dumps(runners.RunProcess.of(process_obj, grant), by_value=True)
         self._refused: str | None = None
+        self._signum = 0  # the signal terminate()/kill() asked for
         resources = getattr(process_obj, "_dmp_resources", None)
         self._job = self._session.new_job(self, runner, 0, 0.0, resources, idle_only=True)
         self._session.submit(self._job, [(0, serialization.dumps(None, by_value=True))])
@@ -166,6 +167,8 @@ class _ClusterPopen(Sink):
         elif status == Status.REFUSED:
             self._refused = str(info)
             self._finish(1)
+        elif status == Status.CANCELLED and self._signum:
+            self._finish(-self._signum)  # withdrawn before any worker ran it (_signal)
         else:
             self._finish(1)
         return True
@@ -202,13 +205,11 @@ class _ClusterPopen(Sink):
     def _signal(self, signum: int) -> None:
         if self._done.is_set():
             return
-        if not self._started.is_set():
-            # No worker announced it yet (every slot may be busy): withdraw it, so
-            # it never runs, as a signal kills a process before it gets anywhere.
-            # One a worker took meanwhile is killed with that worker.
-            self._finish(-signum)  # first: the cancel's own answer must not set the exit code
-            self._session.cancel_job(self._job)
-            return
+        # The manager decides: the worker running it gets the signal; one not given to a
+        # worker yet (every slot may be busy) is withdrawn, so it never runs, as a signal
+        # kills a process before it gets anywhere, and its CANCELLED answer means -signum.
+        # (Our JobTaskStarted may come after what the process did through other paths.)
+        self._signum = signum
         self._session.signal_job(self._job, signum)
 
     def close(self) -> None:

@@ -1,18 +1,22 @@
-"""A cancel's kill: SIGKILL a worker only while it runs one of the cancelled tasks.
+"""A cancel's kill: SIGKILL a worker unless it runs a task the cancel must spare.
 
-    manager --Kill(worker, tasks)--> node (SignalWorker with ``tasks``) / local supervisor
+    manager --Kill(worker, spare)--> node (SignalWorker with ``spare``) / local supervisor
         SIGSTOP the worker, wait until it is stopped
-        its slot (dmp.node.slot) shows one of ``tasks`` --> SIGKILL
-        else --> SIGCONT, and the manager hears WorkerSpared
+        its slot (dmp.node.slot) shows one of ``spare`` --> SIGCONT, the manager hears WorkerSpared
+        else (the cancelled task, a finished one, nothing) --> SIGKILL
 
 The manager takes a worker's oldest assigned task for the running one, but
 the worker may have finished it (its result batched, dmp.node.worker) and be
-running another job's task: that task must not die for the cancel. Reading
-the slot and then signalling would leave a window (the worker starts the
-next task between the two); a stopped worker cannot move on, so the slot it
-shows is what dies. A slot still shows a finished task until the next task's
-key replaces it, so a worker stopped in between (its results being sent) is
-killed: that costs its process, never another task's run.
+running another job's task: that task must not die for the cancel. ``spare``
+is the worker's other assigned tasks, the ones the manager gave it after the
+cancelled one: only a slot showing one of them proves the cancelled task is
+over. A slot showing nothing or an older task may mean the cancelled task
+is next, already in the worker's queue (its ForgetJobs not read yet): that
+worker is killed, which costs its process, never another task's run, and
+never lets a cancelled task run on (a cancelled Process that sleeps forever
+would hold its worker for good). Reading the slot and then signalling would
+leave a window (the worker starts the next task between the two); a stopped
+worker cannot move on, so the slot it shows is what dies.
 
 The caller waits until the worker is stopped: it must be scheduled to take
 the stop (median 15-190 µs for a sleeping worker, 0.2 ms for a busy one, up
@@ -37,20 +41,20 @@ from dmp.node.slot import read_slot
 STOP_WAIT_S = 1.0
 
 
-def kill_if_running(pid: int, slot: mmap.mmap, tasks: Collection[int], signum: int = signal.SIGKILL) -> int | None:
-    """Send ``signum`` to worker ``pid`` if the task in its ``slot`` is one of ``tasks``.
+def kill_if_running(pid: int, slot: mmap.mmap, spare: Collection[int], signum: int = signal.SIGKILL) -> int | None:
+    """Send ``signum`` to worker ``pid`` unless the task in its ``slot`` is one of ``spare``.
 
     Returns None if it was signalled (or is gone already: its reaping follows),
-    else the task key its slot shows (-1: none), the worker left running.
+    else the task key its slot shows, the worker left running.
     """
-    keys = set(tasks)
+    keys = set(spare)
     try:
         stopped_before = is_stopped(pid)
         if not stopped_before:
             os.kill(pid, signal.SIGSTOP)
             _wait_stopped(pid)
         running = read_slot(slot)
-        if running in keys:
+        if running not in keys:
             os.kill(pid, signum)
             if signum != signal.SIGKILL and not stopped_before:
                 os.kill(pid, signal.SIGCONT)  # a catchable signal reaches it once it runs again

@@ -166,15 +166,15 @@ class NodeDaemon:
 
     def signal_worker(self, msg: protocol.SignalWorker) -> protocol.WorkerSpared | None:
         """Only ever signal our own worker processes, never an arbitrary pid. With
-        ``msg.tasks`` (a cancel) only while it runs one of them; else the WorkerSpared to answer."""
+        ``msg.spare`` (a cancel) not while it runs one of them: then the WorkerSpared to answer."""
         if self.supervisor.pid_of(msg.worker) != msg.pid or msg.pid <= 0:
             log.warning("ignoring a signal for unknown worker %s pid %s", msg.worker, msg.pid)
             return None
-        if msg.tasks:
-            running = self.supervisor.kill(msg.worker, msg.tasks, msg.signum)
+        if msg.spare:
+            running = self.supervisor.kill(msg.worker, msg.spare, msg.signum)
             if running is None:
                 return None
-            log.info("spared worker pid %d: it runs task %d, none of the %d cancelled there", msg.pid, running, len(msg.tasks))
+            log.info("spared worker pid %d: it runs task %d, given it after the cancelled one", msg.pid, running)
             return protocol.WorkerSpared(msg.worker, msg.pid, running)
         try:
             os.kill(msg.pid, msg.signum)

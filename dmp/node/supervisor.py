@@ -335,16 +335,16 @@ class Supervisor:
         handle = self.by_id.get(worker_id)
         return handle.process.pid if handle else 0
 
-    def kill(self, worker_id: str, tasks: Collection[int] = (), signum: int = signal.SIGKILL) -> int | None:
-        """SIGKILL worker ``worker_id``; with ``tasks`` (a cancel's task keys) send
-        ``signum`` only if it runs one of them (dmp.node.cancelkill). Returns None
-        if signalled (or unknown), else the task key it runs (-1: none), left running."""
+    def kill(self, worker_id: str, spare: Collection[int] = (), signum: int = signal.SIGKILL) -> int | None:
+        """Send ``signum`` to worker ``worker_id``; with ``spare`` (a cancel's: the worker's
+        other tasks) not if it runs one of them (dmp.node.cancelkill). Returns None
+        if signalled (or unknown), else the task key it runs, left running."""
         handle = self.by_id.get(worker_id)
         if handle is None or not handle.process.pid:
             return None
         pid = handle.process.pid
-        if tasks:
-            running = kill_if_running(pid, handle.slot, tasks, signum)
+        if spare:
+            running = kill_if_running(pid, handle.slot, spare, signum)
             if running is None:
                 handle.killed = handle.killed or "asked"
             return running

@@ -256,14 +256,14 @@ class WorkerExited(Message):
 @message(23, M, NODE)
 @dataclass(slots=True)
 class SignalWorker(Message):
-    """Send ``signum`` to worker process ``worker`` (its pid). With ``tasks``
-    (a cancel's kill: task keys), only while it runs one of them; else the
-    node answers WorkerSpared."""
+    """Send ``signum`` to worker process ``worker`` (its pid). With ``spare``
+    (a cancel's kill: the worker's other tasks' keys), not while it runs one of
+    them: the node answers WorkerSpared instead."""
 
     worker: str
     pid: int
     signum: int
-    tasks: list[int] = field(default_factory=list)
+    spare: list[int] = field(default_factory=list)
 
 
 @message(27, NODE, M)

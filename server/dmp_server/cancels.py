@@ -3,7 +3,7 @@
     CancelJob / client gone --> Scheduler._cancel
         the job's queued tasks dropped; on each worker that holds some of them:
         its oldest is another job's --> withdrawn (ForgetJobs), the worker works on
-        its oldest is the job's     --> Kill(worker, the job's keys there), worker doomed
+        its oldest is the job's     --> Kill(worker, spare=its other tasks), worker doomed
     node / local supervisor: kills it only while its slot shows one of those keys,
         else --WorkerSpared--> Scheduler.spared: undoomed, back to work
 
@@ -41,9 +41,9 @@ class Cancels(Placement):
             if not client.active and client in self._ready:
                 self._ready.remove(client)
         # Only the workers the job was sent to can hold its tasks. A worker
-        # whose oldest task is the job's is asked to die if it runs any of the
-        # job's tasks there (the Kill carries their keys; its node decides,
-        # see spared); the job's tasks queued behind another job's are
+        # whose oldest task is the job's is asked to die unless it runs one
+        # of the tasks it was given after them (the Kill carries their keys;
+        # its node decides, see spared); the job's tasks queued behind another job's are
         # withdrawn (the ForgetJobs of _drop takes them off its queue; a
         # result that comes anyway is stale, dropped).
         for peer in job.holders:
@@ -60,13 +60,33 @@ class Cancels(Placement):
             if running.job is job:
                 worker.doomed += 1
                 self.hungry.discard(peer)
-                cmds.append(Kill(peer, [t.key for t in doomed]))
+                cmds.append(Kill(peer, list(worker.assigned)))  # its other tasks: spared if it runs one
             else:
                 self.hungry.touch(worker)  # its load fell: the withdrawn tasks' credit is free again
         cmds += self._drop(client, job)
         if notify:
             cmds.append(Send(client.peer, protocol.JobResults([[job.job_id, -1, int(Status.CANCELLED), 0, "cancelled"]])))
         return cmds + self.schedule()
+
+    def signal_job(self, peer: str, job_id: int, signum: int) -> list[Command]:
+        """Process.terminate/kill (SignalJob): ``signum`` to the worker running the job's
+        task, once that worker said TaskStarted. Before that the job is cancelled: its
+        task never runs (a worker given it is killed only if its slot shows it already
+        running, as for any cancel) and CANCELLED answers it. A worker killed before it
+        ran the task would have it requeued, uncharged, to run elsewhere; and the client
+        cannot tell itself, as its JobTaskStarted may come after what the process did
+        through other paths."""
+        client = self.clients.get(peer)
+        job = client.jobs.get(job_id) if client is not None else None
+        if client is None or job is None:
+            return []
+        held = [self.workers[p] for p in job.holders if p in self.workers]
+        running = [w.peer for w in held if any(t.job is job and t.started for t in w.assigned.values())]
+        if running:
+            return [Kill(w, [], signum) for w in running]
+        if job.pending or any(t.job is job for w in held for t in w.assigned.values()):
+            return self._cancel(client, job, notify=True)
+        return []
 
     def spared(self, peer: str, node: str | None = None) -> list[Command]:
         """Worker ``peer``'s node (``node``, if it is that worker's; None: the local

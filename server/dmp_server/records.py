@@ -4,6 +4,7 @@ tasks, nodes and workers it keeps (see dmp_server.scheduler, which owns them).
 
 from __future__ import annotations
 
+import signal
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,11 +23,13 @@ class Send:
 
 @dataclass(slots=True)
 class Kill:
-    """Command: kill worker ``worker`` if it runs one of ``tasks`` (keys of a
-    cancelled job's tasks; its node checks, else the worker is spared)."""
+    """Command: send worker ``worker`` ``signum``, unless it runs one of ``spare``
+    (a cancel's: the worker's tasks of other jobs; its node checks, and the
+    worker is spared); no ``spare``: whatever it runs."""
 
     worker: str
-    tasks: list[int] = field(default_factory=list)
+    spare: list[int] = field(default_factory=list)
+    signum: int = int(signal.SIGKILL)
 
 
 Command = Send | Kill
@@ -42,6 +45,7 @@ class Task:
     worker: str = ""
     last_loss: list[Any] = field(default_factory=list)  # [text, node, pid, exitcode, cause dict]
     held: Node | None = None  # the node whose resources it holds (given to a worker there)
+    started: bool = False  # its worker said TaskStarted (a Process's: announced tasks only)
 
 
 @dataclass(slots=True, eq=False)

@@ -17,7 +17,6 @@ owns the sockets and the loop.
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -258,25 +257,24 @@ class Routing:
     def _task_started(self, peer_id: str, msg: protocol.TaskStarted, frames: list[Any]) -> None:
         task = self.scheduler.tasks.get(msg.task)
         if task is not None:
+            task.started = True  # a signal for its job now goes to its worker (Scheduler.signal_job)
             job = task.job
             self._send(job.client, protocol.JobTaskStarted(job.job_id, task.task_id, msg.pid, msg.node), [])
 
     def _signal_job(self, peer: str, msg: protocol.SignalJob, frames: list[Any]) -> None:
-        """Process.terminate/kill in cluster mode: signal the workers running the job."""
-        for worker in list(self.scheduler.workers.values()):
-            if any(t.job.client == peer and t.job.job_id == msg.job for t in worker.assigned.values()):
-                self._kill_worker(worker.peer, msg.signum)
+        """Process.terminate/kill in cluster mode (Scheduler.signal_job)."""
+        self._carry_out(self.scheduler.signal_job(peer, msg.job, msg.signum))
 
-    def _kill_worker(self, peer_id: str, signum: int, tasks: list[int] | None = None) -> None:
-        """Signal a worker process: ourselves in local mode, through its node otherwise (``tasks``: cancels.py)."""
+    def _kill_worker(self, peer_id: str, signum: int, spare: list[int] | None = None) -> None:
+        """Signal a worker process: ourselves in local mode, through its node otherwise (``spare``: cancels.py)."""
         if self.supervisor is not None:
-            if self.supervisor.kill(_worker_id(peer_id), tasks or ()) is not None:  # spared
+            if self.supervisor.kill(_worker_id(peer_id), spare or (), signum) is not None:  # spared
                 self._carry_out(self.scheduler.spared(peer_id))
             return
         worker = self.scheduler.workers.get(peer_id)
         node = self.peers.node(worker.node) if worker is not None else None
         if worker is not None and node is not None and node.ident is not None:
-            self._send_raw(node.ident, protocol.SignalWorker(_worker_id(peer_id), worker.pid, signum, tasks or []))
+            self._send_raw(node.ident, protocol.SignalWorker(_worker_id(peer_id), worker.pid, signum, spare or []))
 
     def _worker_spared(self, peer_id: str, msg: protocol.WorkerSpared, frames: list[Any]) -> None:
         self._carry_out(self.scheduler.spared(worker_peer(msg.worker), self.peers.by_id[peer_id].name))
@@ -326,7 +324,7 @@ class Routing:
             if isinstance(cmd, Send):
                 self._send(cmd.to, cmd.msg, cmd.frames)
             elif isinstance(cmd, Kill):
-                self._kill_worker(cmd.worker, signal.SIGKILL, cmd.tasks)
+                self._kill_worker(cmd.worker, cmd.signum, cmd.spare)
 
     def _send(self, peer_id: str, msg: protocol.Message, frames: list[Any]) -> None:
         door = self.door

@@ -149,12 +149,13 @@ def _a_then_b(h: Harness, *, b_retries: int = 3) -> tuple[int, int]:
     return a_key, b_key
 
 
-def test_a_kill_names_the_cancelled_jobs_tasks_on_that_worker() -> None:
+def test_a_kill_spares_the_tasks_the_worker_was_given_after_the_cancelled_one() -> None:
+    """Only a slot showing B's task (given after A's) proves A's over; nothing, or A's, dies."""
     h = Harness()
-    a_key, _b_key = _a_then_b(h)
+    _a_key, b_key = _a_then_b(h)
     cmds = h.apply(h.s.cancel_job("A", 1))
     (kill,) = [c for c in cmds if isinstance(c, Kill)]
-    assert kill.worker == "w1" and kill.tasks == [a_key]
+    assert kill.worker == "w1" and kill.spare == [b_key]
     assert h.s.workers["w1"].doomed == 1
 
 
@@ -213,3 +214,71 @@ def test_a_worker_stays_doomed_while_another_kill_of_it_is_unanswered() -> None:
     h.worker("w2")
     assert [h.s.tasks[t[0]].job.client for t in h.given["w2"]] == ["C"]
     assert h.s.totals.retried == 0
+
+
+# --- Process.terminate/kill (SignalJob): signal the running worker, or withdraw ------------
+
+
+def test_signal_job_signals_the_worker_running_it_whatever_it_runs() -> None:
+    """The process's task runs on w1 (TaskStarted came): w1 gets the signal itself (no task
+    keys: unconditional; a process that ignores SIGTERM lives on)."""
+    h = Harness()
+    h.client("A")
+    h.worker("w1")
+    h.job("A", 1)
+    h.submit("A", 1, [0])
+    (key, *_), = h.given["w1"]
+    h.s.tasks[key].started = True  # what routing does on TaskStarted
+    cmds = h.s.signal_job("A", 1, 15)
+    assert [(c.worker, c.spare, c.signum) for c in cmds if isinstance(c, Kill)] == [("w1", [], 15)]
+    assert not sends_of(cmds, protocol.JobResults), "a process that runs must end by its worker's exit"
+    assert not h.s.workers["w1"].doomed
+
+
+def test_signal_job_withdraws_a_process_no_worker_has_yet() -> None:
+    """Every slot busy: the process's task is queued; it is withdrawn (it never runs) and
+    answered CANCELLED. The client cannot tell this case apart itself: its JobTaskStarted
+    may come after what the started process did through other paths."""
+    h = Harness()
+    h.client("A")
+    h.client("B")
+    h.worker("w1", max_tasks=0)
+    h.job("B", 1)
+    h.submit("B", 1, range(200))  # fills w1's credit
+    h.job("A", 1)
+    h.submit("A", 1, [0])
+    assert all(t.job.client == "B" for t in h.s.workers["w1"].assigned.values()), "A's task must still be queued"
+    h.apply(h.s.signal_job("A", 1, 15))
+    assert h.kills == []
+    ((item, _),) = h.results_for("A")
+    assert item[:3] == [1, -1, Status.CANCELLED]
+    assert not h.s.clients["A"].jobs or 1 not in h.s.clients["A"].jobs or not h.s.clients["A"].jobs[1].pending
+
+
+def test_signal_job_of_an_unknown_or_finished_job_does_nothing() -> None:
+    h = Harness()
+    h.client("A")
+    h.worker("w1")
+    h.job("A", 1)
+    h.submit("A", 1, [0])
+    h.complete("w1")
+    assert h.s.signal_job("A", 1, 15) == []
+    assert h.s.signal_job("A", 99, 15) == []
+    assert h.s.signal_job("nobody", 1, 15) == []
+
+
+def test_signal_job_before_the_worker_started_it_cancels_it() -> None:
+    """Given to w1 but not announced: a signal now must not let a killed worker's task be
+    requeued (uncharged) to run elsewhere; the job is cancelled: w1, with no other task to
+    spare, is killed whatever it runs, and CANCELLED answers the client."""
+    h = Harness()
+    h.client("A")
+    h.worker("w1")
+    h.job("A", 1)
+    h.submit("A", 1, [0])
+    (key, *_), = h.given["w1"]
+    cmds = h.apply(h.s.signal_job("A", 1, 15))
+    assert [(c.worker, c.spare, c.signum) for c in cmds if isinstance(c, Kill)] == [("w1", [], 9)]
+    ((item, _),) = h.results_for("A")
+    assert item[:3] == [1, -1, Status.CANCELLED]
+    assert key not in h.s.tasks, "the task must never run again"
