@@ -224,8 +224,12 @@ def _unpack(header: bytes | memoryview) -> Any:
     try:
         unpacker.feed(header)
         obj = unpacker.unpack()
-    except Exception as exc:  # msgpack raises several unrelated types
-        _unpackers.unpacker = _new_unpacker()  # it may hold part of this header: start clean
+    except BaseException as exc:  # msgpack raises several unrelated types
+        # It may hold part of this header, or all of it (a signal handler's exception,
+        # e.g. KeyboardInterrupt, between feed and unpack): start clean either way.
+        _unpackers.unpacker = _new_unpacker()
+        if not isinstance(exc, Exception):
+            raise
         if isinstance(exc, msgpack.OutOfData):
             exc = ValueError("incomplete")
         raise ProtocolError(f"header is not valid msgpack: {exc}") from None

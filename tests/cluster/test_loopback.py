@@ -307,6 +307,21 @@ def test_limits_give_clear_errors_and_spare_everyone_else() -> None:
         c.stop()
 
 
+def test_a_keyed_manager_says_why_it_refuses_a_hello() -> None:
+    """A refused Hello is answered before any session (unsigned): the client with the right
+    key reports the manager's reason, not "does it have the authkey?"."""
+    c = start_cluster(nodes=1, processes=1, authkey=b"limit key", manager_args=("--max-clients", "1"))
+    try:
+        with dmp.Pool(address=c.address, authkey=b"limit key") as pool:
+            with pytest.raises(dmp.ManagerUnavailableError, match="limit of 1 clients"):
+                dmp.Pool(address=c.address, authkey=b"limit key")
+            assert pool.apply(size_of, (b"ab",)) == 2
+        with pytest.raises(dmp.AuthenticationError):
+            dmp.Pool(address=c.address, authkey=b"another key")
+    finally:
+        c.stop()
+
+
 def test_replayed_and_forged_messages_are_refused() -> None:
     import zmq
 

@@ -494,6 +494,36 @@ def test_kept_unpacker_refuses_then_decodes_the_next_header(bad: Any) -> None:
     assert decode(memoryview(good)) == (SAMPLES["Submit"], [1, 2])
 
 
+def test_kept_unpacker_starts_clean_after_an_interrupt_between_feed_and_unpack() -> None:
+    """A signal handler's KeyboardInterrupt (Ctrl-C, a test's alarm) can come between the
+    kept Unpacker's feed and unpack: the fed header must not be what the thread's next
+    decode returns."""
+    from dmp.wire import codec
+
+    decode(encode(SAMPLES["Submit"], [1, 2]))  # this thread has its kept Unpacker
+    real = codec._unpackers.unpacker
+
+    class Interrupted:  # the kept Unpacker, whose first unpack is interrupted
+        fired = False
+
+        def tell(self) -> int:
+            return int(real.tell())
+
+        def feed(self, data: Any) -> None:
+            real.feed(data)
+
+        def unpack(self) -> Any:
+            if not self.fired:
+                self.fired = True
+                raise KeyboardInterrupt
+            return real.unpack()
+
+    codec._unpackers.unpacker = Interrupted()
+    with pytest.raises(KeyboardInterrupt):
+        decode(encode(SAMPLES["Heartbeat"], []))
+    assert decode(encode(SAMPLES["Submit"], [3])) == (SAMPLES["Submit"], [3])
+
+
 def test_headers_above_the_kept_unpackers_size_decode_alike() -> None:
     from dmp.wire import codec
 
