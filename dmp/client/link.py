@@ -67,7 +67,6 @@ class RemoteLink:
         self._turns = Turns(self._poll, self._pump, self._wake.poke, reenter=True)
         self._stop = False
         self._dead = False  # the socket is closed or about to be: nobody may use it
-        self._clean = False  # the socket was seen empty since anyone last used it
         self._failure: BaseException | None = None
         self._ready = threading.Event()
         self._live = peer.Liveness(time.monotonic())  # the beat is the manager's, from its Welcome
@@ -116,8 +115,7 @@ class RemoteLink:
             with self._io:
                 if self._dead:
                     return  # the session fails every job; nothing to send it on
-                self._clean = False
-                self._chan.send(msg, frames)
+                self._chan.send(msg, frames)  # (it marks the channel used: see _poll)
                 got = self._receive()
             if got and not self._turns.run_now(self._dispatch_inbox):
                 self._wake.poke()  # the turn's holder dispatches it (it may be a leader's reply)
@@ -149,8 +147,8 @@ class RemoteLink:
         most likely come: the first is received without asking readable()
         first (an option read costs ~9k instructions; a recv that finds
         nothing raises Again and is the same look at the socket).
-        Afterwards the socket was seen empty (``_clean``), so its fd will
-        signal the next arrival: a leader may poll it without looking first.
+        Afterwards the socket was seen empty (``Channel.used`` cleared), so its
+        fd will signal the next arrival: a leader may poll it without looking first.
         """
         chan = self._chan
         got = False
@@ -166,7 +164,7 @@ class RemoteLink:
                 break
             got = True
             self._inbox.append((msg, frames))
-        self._clean = True
+        chan.used = False
         if got:
             self._live.heard(time.monotonic())
         return got
@@ -174,7 +172,7 @@ class RemoteLink:
     def _poll(self, limit: float | None) -> int:
         """On the turn: wait up to ``limit`` for the socket or a wake-up; 0 if nothing came,
         else LOOK, with SIGNALLED if the socket's fd was among the ready."""
-        if not self._clean:
+        if self._chan.used:
             return LOOK  # someone used the socket since it was seen empty: look before sleeping
         seen = 0
         wake_fd = self._wake.fd

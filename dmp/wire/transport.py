@@ -242,7 +242,8 @@ class Channel:
         self.peer_address = ""  # IP of the sender of the last Hello received
         self.max_message = 0
         # Set by every send, recv and readable: a reactor waiting on the socket's fd (which
-        # such a call may quiet with messages left to read) looks at ZMQ_EVENTS first.
+        # such a call may quiet with messages left to read) looks at ZMQ_EVENTS first, and
+        # clears it once it saw the socket empty (dmp_server.waiting, dmp.client.link).
         self.used = True
 
     @property
