@@ -256,7 +256,7 @@ class Routing:
 
     def _task_started(self, peer_id: str, msg: protocol.TaskStarted, frames: list[Any]) -> None:
         task = self.scheduler.tasks.get(msg.task)
-        if task is not None:
+        if task is not None and task.worker == peer_id:  # only its own worker may announce it
             task.started = True  # a signal for its job now goes to its worker (Scheduler.signal_job)
             job = task.job
             self._send(job.client, protocol.JobTaskStarted(job.job_id, task.task_id, msg.pid, msg.node), [])

@@ -1,4 +1,5 @@
-"""The manager daemon's expiry of silent peers: LIVENESS beats, not counting time it was held up itself."""
+"""The manager daemon in process: its expiry of silent peers (LIVENESS beats, not counting
+time it was held up itself), and who may announce a task."""
 
 from __future__ import annotations
 
@@ -76,3 +77,22 @@ def test_the_node_index_follows_joins_and_departures(daemon: Daemon) -> None:
     assert daemon.peers.node("n") is first and daemon.peers.count(Role.NODE) == 1
     daemon._forget("a")
     assert daemon.peers.node("n") is None and daemon.peers.count(Role.NODE) == 0
+
+
+def test_only_a_tasks_own_worker_may_announce_it(daemon: Daemon) -> None:
+    """TaskStarted decides where Process.terminate's signal goes (Scheduler.signal_job), and
+    tells the client the process's pid: another worker's announcement is ignored."""
+    from dmp.wire import protocol
+
+    s = daemon.scheduler
+    s.add_client("c0")  # peer ids are hex (routing ids)
+    s.add_worker("a1", "node-a", 101, 0)
+    s.add_worker("a2", "node-a", 102, 0)
+    s.define_job("c0", 1, [b"runner"], 0)
+    s.submit("c0", 1, [(0, [b"task"])])
+    (key, task), = s.tasks.items()
+    owner, other = task.worker, ("a2" if task.worker == "a1" else "a1")
+    daemon._task_started(other, protocol.TaskStarted(key, 999, "node-a"), [])
+    assert not task.started
+    daemon._task_started(owner, protocol.TaskStarted(key, 101, "node-a"), [])
+    assert task.started
