@@ -4,8 +4,8 @@
         the job's queued tasks dropped; on each worker that holds some of them:
         its oldest is another job's --> withdrawn (ForgetJobs), the worker works on
         its oldest is the job's     --> Kill(worker, spare=its other tasks), worker doomed
-    node / local supervisor: kills it only while its slot shows one of those keys,
-        else --WorkerSpared--> Scheduler.spared: undoomed, back to work
+    node / local supervisor: its slot shows one of those keys --WorkerSpared-->
+        Scheduler.spared: undoomed, back to work; else (the job's task, an older one, none) killed
 
 A worker runs its tasks in dispatch order, so its oldest assigned task is the
 one running, as far as the manager knows. Results are batched (up to
@@ -41,11 +41,11 @@ class Cancels(Placement):
             if not client.active and client in self._ready:
                 self._ready.remove(client)
         # Only the workers the job was sent to can hold its tasks. A worker
-        # whose oldest task is the job's is asked to die unless it runs one
-        # of the tasks it was given after them (the Kill carries their keys;
-        # its node decides, see spared); the job's tasks queued behind another job's are
-        # withdrawn (the ForgetJobs of _drop takes them off its queue; a
-        # result that comes anyway is stale, dropped).
+        # whose oldest task is the job's is asked to die unless it runs one of
+        # the tasks it was given after them (the Kill carries those keys; its
+        # node decides, see spared); the job's tasks queued behind another
+        # job's are withdrawn (the ForgetJobs of _drop takes them off its
+        # queue; a result that comes anyway is stale, dropped).
         for peer in job.holders:
             worker = self.workers.get(peer)
             doomed = [t for t in worker.assigned.values() if t.job is job] if worker is not None else []
@@ -71,8 +71,8 @@ class Cancels(Placement):
     def signal_job(self, peer: str, job_id: int, signum: int) -> list[Command]:
         """Process.terminate/kill (SignalJob): ``signum`` to the worker running the job's
         task, once that worker said TaskStarted. Before that the job is cancelled: its
-        task never runs (a worker given it is killed only if its slot shows it already
-        running, as for any cancel) and CANCELLED answers it. A worker killed before it
+        task never runs (a worker given it is killed unless it runs a task it was given
+        after it, as for any cancel) and CANCELLED answers it. A worker killed before it
         ran the task would have it requeued, uncharged, to run elsewhere; and the client
         cannot tell itself, as its JobTaskStarted may come after what the process did
         through other paths."""
@@ -91,8 +91,8 @@ class Cancels(Placement):
     def spared(self, peer: str, node: str | None = None) -> list[Command]:
         """Worker ``peer``'s node (``node``, if it is that worker's; None: the local
         supervisor) did not kill it for a Kill (WorkerSpared): it had finished the
-        cancelled task (its result still batched there) and runs another, or
-        nothing. Once no other Kill of it is pending, it works on."""
+        cancelled task (its result still batched there) and runs one given it after
+        that. Once no other Kill of it is pending, it works on."""
         worker = self.workers.get(peer)
         if worker is None or not worker.doomed or (node is not None and node != worker.node):
             return []
