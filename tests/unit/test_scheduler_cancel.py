@@ -219,15 +219,21 @@ def test_a_worker_stays_doomed_while_another_kill_of_it_is_unanswered() -> None:
 # --- Process.terminate/kill (SignalJob): signal the running worker, or withdraw ------------
 
 
-def test_signal_job_signals_the_worker_running_it_whatever_it_runs() -> None:
-    """The process's task runs on w1 (TaskStarted came): w1 gets the signal itself (no task
-    keys: unconditional; a process that ignores SIGTERM lives on)."""
-    h = Harness()
+def _process_given_to_w1(h: Harness) -> int:
+    """Client A's one-task job (a cluster Process) given to worker w1; its task key."""
     h.client("A")
     h.worker("w1")
     h.job("A", 1)
     h.submit("A", 1, [0])
-    (key, *_), = h.given["w1"]
+    ((key, *_),) = h.given["w1"]
+    return key
+
+
+def test_signal_job_signals_the_worker_running_it_whatever_it_runs() -> None:
+    """The process's task runs on w1 (TaskStarted came): w1 gets the signal itself (no task
+    keys: unconditional; a process that ignores SIGTERM lives on)."""
+    h = Harness()
+    key = _process_given_to_w1(h)
     h.s.tasks[key].started = True  # what routing does on TaskStarted
     cmds = h.s.signal_job("A", 1, 15)
     assert [(c.worker, c.spare, c.signum) for c in cmds if isinstance(c, Kill)] == [("w1", [], 15)]
@@ -257,10 +263,7 @@ def test_signal_job_withdraws_a_process_no_worker_has_yet() -> None:
 
 def test_signal_job_of_an_unknown_or_finished_job_does_nothing() -> None:
     h = Harness()
-    h.client("A")
-    h.worker("w1")
-    h.job("A", 1)
-    h.submit("A", 1, [0])
+    _process_given_to_w1(h)
     h.complete("w1")
     assert h.s.signal_job("A", 1, 15) == []
     assert h.s.signal_job("A", 99, 15) == []
@@ -272,11 +275,7 @@ def test_signal_job_before_the_worker_started_it_cancels_it() -> None:
     requeued (uncharged) to run elsewhere; the job is cancelled: w1, with no other task to
     spare, is killed whatever it runs, and CANCELLED answers the client."""
     h = Harness()
-    h.client("A")
-    h.worker("w1")
-    h.job("A", 1)
-    h.submit("A", 1, [0])
-    (key, *_), = h.given["w1"]
+    key = _process_given_to_w1(h)
     cmds = h.apply(h.s.signal_job("A", 1, 15))
     assert [(c.worker, c.spare, c.signum) for c in cmds if isinstance(c, Kill)] == [("w1", [], 9)]
     ((item, _),) = h.results_for("A")
