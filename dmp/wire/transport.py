@@ -215,6 +215,9 @@ def _send_duck(sock: Any, data: Any, flags: int = 0, copy: bool = True) -> Any:
 _SNDMORE = int(zmq.SNDMORE)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+# The compiled zmq_poll: for a socket it reads ZMQ_EVENTS as Socket.get does, without
+# get's option-type lookup through the SocketOption enum (~3k instructions, not ~9k).
+_zmq_poll = zmq.backend.zmq_poll
 NOBLOCK = int(zmq.NOBLOCK)
 # What a bind or connect raises for an unusable address (the CLI turns it into exit 2).
 ZMQError = zmq.ZMQError
@@ -231,11 +234,12 @@ class Channel:
     a whole message: header and every payload frame together.
     """
 
-    __slots__ = ("_held", "_native", "keys", "max_message", "peer_address", "routed", "sock", "used")
+    __slots__ = ("_held", "_native", "_poll_in", "keys", "max_message", "peer_address", "routed", "sock", "used")
 
     def __init__(self, sock: zmq.Socket[Any], key: bytes | None) -> None:
         self.sock = sock
         self._native = isinstance(sock, zmq.backend.Socket)  # else a stand-in with a send method (tests)
+        self._poll_in = [(sock, _POLLIN)]  # readable()'s zmq_poll items
         self.routed = sock.type == zmq.ROUTER
         self.keys = handshake.Keyring(key or None, self.routed)
         self._held: list[tuple[protocol.Message, Sequence[Any], int]] = []
@@ -306,9 +310,12 @@ class Channel:
             send(sock, frame, more if i < last else flags, copy=i == 0)
 
     def readable(self) -> bool:
-        """True if a message is waiting. A system call: a reactor that just
-        polled the socket knows already."""
+        """True if a message is waiting (ZMQ_EVENTS, asked by ``zmq_poll`` with no
+        wait: the same look at the socket, which re-arms its fd as any operation
+        does). A system call: a reactor that just polled the socket knows already."""
         self.used = True
+        if self._native:
+            return bool(_zmq_poll(self._poll_in, 0))
         return bool(int(self.sock.get(_EVENTS)) & _POLLIN)
 
     def recv(self, flags: int = 0) -> tuple[bytes | None, protocol.Message, list[Any]]:

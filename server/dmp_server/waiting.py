@@ -42,7 +42,6 @@ from dmp.wire import transport
 
 # Plain ints: zmq's flag enums cost an enum operation per test.
 POLLIN, POLLOUT, POLLPRI, POLLERR = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.POLLPRI), int(zmq.POLLERR)
-_EVENTS = int(zmq.EVENTS)
 _IN, _OUT, _PRI = select.POLLIN, select.POLLOUT, select.POLLPRI
 _OTHER = ~(_IN | _OUT | _PRI)
 
@@ -141,5 +140,7 @@ class Poller:
 
     def _readable(self) -> bool:
         """ZMQ_EVENTS: a message waits. Afterwards the fd signals the next arrival."""
-        self.chan.used = False
-        return bool(int(self.sock.get(_EVENTS)) & POLLIN)
+        chan = self.chan
+        got = chan.readable()
+        chan.used = False
+        return got
