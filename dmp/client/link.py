@@ -105,7 +105,10 @@ class RemoteLink:
         """
         limit = self.welcome.max_message if self.welcome is not None else 0
         if limit and frames:
-            size = sum(f.nbytes if isinstance(f, memoryview) else len(f) for f in frames)
+            if len(frames) == 1 and type(frames[0]) is bytes:  # an apply's task: no generator
+                size = len(frames[0])
+            else:
+                size = sum(f.nbytes if isinstance(f, memoryview) else len(f) for f in frames)
             if size > limit:
                 raise MessageTooLargeError(
                     f"a {type(msg).__name__} of {size} bytes exceeds the manager's limit of {limit} "

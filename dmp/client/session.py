@@ -90,8 +90,13 @@ class Session:
             self.credit.charge(n)
         elif not self.credit.take(n, alive):
             return False
-        items = [[task_id, len(frames)] for task_id, frames in tasks]
-        frames = [f for _, fr in tasks for f in fr]
+        if n == 1:  # apply_async, a chunk of one: no comprehension (a call of its own in 3.11)
+            task_id, frames = tasks[0]
+            items = [[task_id, len(frames)]]
+            frames = list(frames)
+        else:
+            items = [[task_id, len(frames)] for task_id, frames in tasks]
+            frames = [f for _, fr in tasks for f in fr]
         try:
             self._post(protocol.Submit(job, items), frames)
         except BaseException:
