@@ -227,8 +227,8 @@ class Daemon(Routing):
             self._receive()
         if self._wake.fd in ready:
             self._wake.clear()
-        if self.door is not None:
-            self.door.serve(ready, self._poller, self._door_client, self._handle_client, self._door_call)
+        if (door := self.door) is not None and (door.joined or door.paused_at or len(ready) > 1 or self.chan.sock not in ready):
+            door.serve(ready, self._poller, self._door_client, self._handle_client, self._door_call)  # skipped when only the ROUTER is ready
         if self.pipes is not None and self.pipes.by_fd:
             self.pipes.serve(ready, self._poller, self._from_pipe)
         if self.inbox:
