@@ -113,12 +113,12 @@ def test_a_pool_whose_second_fork_fails_raises_and_leaves_nothing(monkeypatch: p
     with dmp.Pool(2) as pool:  # the process's own one-time set-up (ZeroMQ's context, imports)
         assert pool.apply(square, (2,)) == 4
     pool.join()
-    before = _fds()
+    before, children = _fds(), set(multiprocessing.active_children())
     _fork_failing_at(monkeypatch, 2)
     with pytest.raises(BlockingIOError):
         dmp.Pool(2)
     monkeypatch.undo()
-    assert multiprocessing.active_children() == []  # the worker forked first was killed and reaped
+    assert set(multiprocessing.active_children()) <= children  # the worker forked first was killed and reaped
     # ZeroMQ closes the pool's socket (its listener, its mailbox) on its own threads, soon.
     deadline = time.monotonic() + 30
     while _fds() - before:
