@@ -67,9 +67,10 @@ class LocalEngine:
         first task), on the turn, so that the thread steps back afterwards.
 
         The thread starts after the forks: its start waits for it to run, which
-        delayed the first fork (0.16 ms on an idle machine, more on a busy one);
-        after them the wait is off the critical path, the first worker being
-        still on its way to its loop (measured in docs/performance.md)."""
+        delayed the first fork (0.16 ms on an idle machine, more on a busy one),
+        and a fork right after a thread's start takes longer; after them the
+        wait is off the critical path, the first worker being still on its way
+        to its loop (measured in docs/performance.md)."""
         self._thread = threading.Thread(target=self._run, name="dmp-engine", daemon=True)
         try:
             with self.turns.held():
