@@ -125,7 +125,8 @@ class Daemon(Routing):
             supervisor.pipes = self.pipes
         self._watched: set[int] = set()
         self._next_tick = time.monotonic() + heartbeat_s
-        self._check_at = 0.0  # next look for local workers past their task_timeout
+        # Next look for local workers past their task_timeout or the memory limit: no worker runs a task yet.
+        self._check_at = time.monotonic() + _config.DEADLINE_CHECK_S
         self._due: float | None = None  # the shared objects' next deadline, as of the last poll
         self._stopping = False
         self.closed = False
