@@ -65,11 +65,6 @@ def by_reference(func: Any) -> bool:
     return True
 
 
-def none_by_value() -> bool:
-    """True if no module is registered to travel by value (and this cloudpickle says so)."""
-    return BY_VALUE_MODULES is not None and not BY_VALUE_MODULES
-
-
 def register_by_value(module: types.ModuleType) -> None:
     """cloudpickle pickles ``module``'s functions and classes by value from now on."""
     cloudpickle.register_pickle_by_value(module)

@@ -119,7 +119,8 @@ def _pickle(obj: Any, by_value: bool) -> list[Any]:
     return [data, *buffers]
 
 
-_cloud_module: types.ModuleType | None = None  # dmp._cloud, once imported
+# dmp._cloud once imported: hot paths read ``_cloud_module or _cloud()`` (no call once loaded).
+_cloud_module: Any = None
 
 
 def _cloud() -> Any:
@@ -134,13 +135,7 @@ def _cloud() -> Any:
 
 def _cloud_dumps(obj: Any, take: Any) -> bytes:
     """cloudpickle's pickle of ``obj`` (dmp._cloud.dumps)."""
-    return _cloud().dumps(obj, take)  # type: ignore[no-any-return]
-
-
-def _none_by_value() -> bool:
-    """True if no module is registered to travel by value (:func:`send_by_value`, or
-    cloudpickle's own register_pickle_by_value): none can be before cloudpickle is loaded."""
-    return "cloudpickle" not in sys.modules or bool(_cloud().none_by_value())
+    return (_cloud_module or _cloud()).dumps(obj, take)  # type: ignore[no-any-return]
 
 
 # Exact types whose pickle is the same by value and by reference, and never
@@ -193,7 +188,7 @@ def _call_by_reference(task: tuple[Any, Any, Any], by_value: bool) -> list[Any] 
     is importable (cloudpickle would write the very same references; its judgement
     loads cloudpickle). None if not, or if plain pickle refused (a lambda, a closure,
     a function its name no longer leads to): cloudpickle takes over."""
-    if by_value and not _cloud().by_reference(task[0]):
+    if by_value and not (_cloud_module or _cloud()).by_reference(task[0]):
         return None
     try:
         return [pickle.dumps(task, protocol=5)]
@@ -230,7 +225,13 @@ def dumps_quick(obj: Any) -> list[Any]:
     big buffer inside would travel out of band). Anything else is pickled
     again by :func:`dumps`, so only large payloads pay twice.
     """
-    if _none_by_value():
+    cloud = _cloud_module
+    if cloud is None and "cloudpickle" in sys.modules:
+        cloud = _cloud()  # loaded by the program itself: what it registered counts
+    # Modules registered to travel by value (send_by_value, or cloudpickle's own
+    # register_pickle_by_value): none while cloudpickle is not loaded.
+    modules = () if cloud is None else cloud.BY_VALUE_MODULES
+    if modules is not None and not modules:
         try:
             data = pickle.dumps(obj, protocol=5)
         except (pickle.PicklingError, AttributeError, TypeError):
