@@ -26,6 +26,7 @@ import types
 from collections.abc import Iterable
 from typing import Any
 
+from dmp import _lazy
 from dmp.errors import RemoteError, RemoteTraceback
 
 # Below this many bytes a buffer is cheaper to copy into the pickle than to
@@ -124,12 +125,11 @@ _cloud_module: Any = None
 
 
 def _cloud() -> Any:
-    """dmp._cloud (cloudpickle and what dmp adds to it), imported on the first call."""
+    """dmp._cloud (cloudpickle and what dmp adds to it), imported on the first call
+    (dmp._lazy: no fork of this process meanwhile)."""
     global _cloud_module
     if _cloud_module is None:
-        from dmp import _cloud as module
-
-        _cloud_module = module
+        _cloud_module = _lazy.load("dmp._cloud")
     return _cloud_module
 
 

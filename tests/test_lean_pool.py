@@ -105,3 +105,40 @@ def test_a_module_registered_with_cloudpickle_before_dmp_loads_it_still_travels_
     (tmp_path / "by_value.py").write_text(BY_VALUE)
     run = subprocess.run([sys.executable, "by_value.py"], capture_output=True, text=True, timeout=50, cwd=tmp_path)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
+
+
+SLOW_MODULE = '''
+import builtins, time
+builtins.slow_import_started.set()
+time.sleep(0.5)
+VALUE = 1
+'''
+
+FORK_DURING_IMPORT = '''
+import builtins, os, signal, threading
+from dmp import _lazy
+
+builtins.slow_import_started = threading.Event()
+loader = threading.Thread(target=_lazy.load, args=("slow",))
+loader.start()
+builtins.slow_import_started.wait()
+pid = os.fork()  # while the other thread imports: waits for it (dmp._lazy)
+if pid == 0:
+    signal.alarm(20)  # a half-imported module would make the import below wait forever
+    import slow
+    os._exit(0 if slow.VALUE == 1 else 3)
+_, status = os.waitpid(pid, 0)
+loader.join()
+print(os.waitstatus_to_exitcode(status))
+'''
+
+
+def test_a_fork_while_another_thread_imports_on_first_use_waits_for_the_import(tmp_path: Path) -> None:
+    """What a pool's replacement worker, forked while the caller's thread loads cloudpickle
+    for its first lambda, would otherwise inherit: a half-imported module it can never import."""
+    (tmp_path / "slow.py").write_text(SLOW_MODULE)
+    (tmp_path / "fork_during_import.py").write_text(FORK_DURING_IMPORT)
+    run = subprocess.run([sys.executable, "fork_during_import.py"], capture_output=True, text=True, timeout=50,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "0"  # not -14: the child's import did not hang until its alarm

@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from dmp import _lazy
+
 # Frames this large enter the MAC as their SHA-256 digest.
 DIGEST_ABOVE = 64 * 1024
 # Digests remembered: at most this many frames, and no more bytes of frames
@@ -34,7 +36,7 @@ _hmac: Any = None  # the hmac module, imported by the first Signer with a key
 
 def _sha256(frame: Any) -> Any:
     """hashlib's SHA-256 of a large frame: the payload pass (tests count its calls)."""
-    import hashlib  # once imported, a look-up in sys.modules: ~0.1 µs against tens of µs for the hash
+    import hashlib  # imported with hmac already (_import_hmac); tens of µs for the hash
 
     return hashlib.sha256(frame)
 
@@ -120,6 +122,4 @@ class Signer:
 
 def _import_hmac() -> None:
     global _hmac
-    import hmac
-
-    _hmac = hmac
+    _hmac = _lazy.load("hmac")  # with hashlib: no fork of this process meanwhile (see dmp._lazy)
