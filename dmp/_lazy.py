@@ -16,8 +16,10 @@ import importlib
 import os
 from types import ModuleType
 
-_loading = _thread.allocate_lock()
-# The child's copy is held by the forking thread: released there as in the parent.
+# Reentrant: a fork from this very thread while it imports (a signal handler's)
+# goes ahead rather than wait for itself. The child's copy is held by the
+# forking thread, the one thread it has: released there as in the parent.
+_loading = _thread.RLock()
 os.register_at_fork(before=_loading.acquire, after_in_parent=_loading.release, after_in_child=_loading.release)
 
 
