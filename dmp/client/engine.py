@@ -16,7 +16,6 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-import uuid
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -47,7 +46,7 @@ class LocalEngine:
     ) -> None:
         from dmp_server.daemon import Daemon
 
-        endpoint = f"ipc://@dmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        endpoint = f"ipc://@dmp-{os.getpid()}-{os.urandom(6).hex()}"
         template = WorkerConfig(
             address=endpoint, node="local", initializer=initializer, initargs=initargs, max_tasks=max_tasks
         )
@@ -205,7 +204,7 @@ def for_pool(
                              "(dmp worker --worker-memory-limit)")
         init = None
         if initializer is not None or maxtasksperchild is not None:
-            init = runners.PoolInit(uuid.uuid4().hex, initializer, initargs, maxtasksperchild or 0)
+            init = runners.PoolInit(os.urandom(16).hex(), initializer, initargs, maxtasksperchild or 0)
         # Pool(k): the manager runs this pool's tasks on at most k workers at once.
         cluster = ClusterEngine(address=target.address, authkey=target.authkey, max_workers=processes or 0)
         return cluster, init, processes or max(1, cluster.slots)

@@ -23,7 +23,6 @@ import gc
 import itertools
 import multiprocessing
 import os
-import secrets
 import select
 import signal
 import socket
@@ -134,7 +133,7 @@ class Supervisor:
     def _prepare(self) -> _Spawn:
         n = next(self._serial)
         # The routing identity: unguessable, so nobody can take it first.
-        worker_id = f"{self.node}/{self._tag}-{n}-{secrets.token_hex(8)}"
+        worker_id = f"{self.node}/{self._tag}-{n}-{os.urandom(8).hex()}"
         pipe: Any = None
         theirs: socket.socket | None = None
         cfg: worker_mod.WorkerConfig | None = None
