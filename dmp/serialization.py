@@ -11,22 +11,22 @@ import everything the parent could) and falls back to cloudpickle for what
 plain pickle refuses (lambdas, closures); cluster mode uses cloudpickle so
 that ``__main__`` travels by value (small plain data, and a call of an
 importable function on it, go through plain pickle: cloudpickle would write
-the same bytes).
+the same bytes). cloudpickle is imported on first use (dmp._cloud): a local
+pool that never needs it never loads it.
 """
 
 from __future__ import annotations
 
-import io
 import linecache
 import pickle
 import re
+import sys
 import traceback
 import types
 from collections.abc import Iterable
 from typing import Any
 
-import cloudpickle
-
+from dmp import _lazy
 from dmp.errors import RemoteError, RemoteTraceback
 
 # Below this many bytes a buffer is cheaper to copy into the pickle than to
@@ -101,6 +101,7 @@ def _wrap_large(obj: Any, depth: int = 2) -> Any:
 
 
 def _pickle(obj: Any, by_value: bool) -> list[Any]:
+    """Frames of ``obj``: plain pickle first unless ``by_value``, cloudpickle for what it refuses."""
     buffers: list[Any] = []
 
     def take(buf: pickle.PickleBuffer) -> bool:
@@ -119,26 +120,22 @@ def _pickle(obj: Any, by_value: bool) -> list[Any]:
     return [data, *buffers]
 
 
-class _Pickler(cloudpickle.CloudPickler):  # type: ignore[misc]
-    """cloudpickle, but functions sent by value keep their file name.
+# dmp._cloud once imported: hot paths read ``_cloud_module or _cloud()`` (no call once loaded).
+_cloud_module: Any = None
 
-    cloudpickle writes every code object's file as ``<dynamic-code>`` (so
-    its payloads are byte-for-byte reproducible); a remote traceback then
-    cannot say where a task's frames come from. dmp sends the real name, and
-    the caller's side fills in the source lines (:func:`with_local_source`).
-    """
 
-    def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is types.CodeType:
-            rebuild, args = cloudpickle.cloudpickle._code_reduce(obj)
-            return rebuild, tuple(obj.co_filename if a == "<dynamic-code>" else a for a in args)
-        return super().reducer_override(obj)
+def _cloud() -> Any:
+    """dmp._cloud (cloudpickle and what dmp adds to it), imported on the first call
+    (dmp._lazy: no fork of this process meanwhile)."""
+    global _cloud_module
+    if _cloud_module is None:
+        _cloud_module = _lazy.load("dmp._cloud")
+    return _cloud_module
 
 
 def _cloud_dumps(obj: Any, take: Any) -> bytes:
-    out = io.BytesIO()
-    _Pickler(out, protocol=5, buffer_callback=take).dump(obj)
-    return out.getvalue()
+    """cloudpickle's pickle of ``obj`` (dmp._cloud.dumps)."""
+    return (_cloud_module or _cloud()).dumps(obj, take)  # type: ignore[no-any-return]
 
 
 # Exact types whose pickle is the same by value and by reference, and never
@@ -170,32 +167,6 @@ def _plain(obj: Any, depth: int = 3) -> bool:
     return True
 
 
-# Functions cloudpickle pickles by reference (importable, module-level, not
-# in ``__main__``), as cloudpickle judged them once: the judgement costs more
-# than pickling a small call. Only such functions are held (their module
-# holds them anyway); at most this many.
-_BY_REFERENCE: dict[Any, None] = {}
-_BY_REFERENCE_MAX = 4096
-
-# cloudpickle's modules registered to travel by value (send_by_value); None if
-# this cloudpickle keeps them elsewhere: then dumps_quick and _by_reference
-# never take their shortcuts.
-_BY_VALUE_MODULES: Any = getattr(getattr(cloudpickle, "cloudpickle", None), "_PICKLE_BY_VALUE_MODULES", None)
-
-
-def _by_reference(func: Any) -> bool:
-    """Whether cloudpickle would pickle ``func`` by reference, i.e. plain pickle's way."""
-    if type(func) is not types.FunctionType or _BY_VALUE_MODULES is None or _BY_VALUE_MODULES:
-        return False  # a module registered by value: cloudpickle decides, every time
-    if func in _BY_REFERENCE:
-        return True
-    if not cloudpickle.cloudpickle._should_pickle_by_reference(func):
-        return False
-    if len(_BY_REFERENCE) < _BY_REFERENCE_MAX:
-        _BY_REFERENCE[func] = None
-    return True
-
-
 def dumps(obj: Any, *, by_value: bool = True) -> list[Any]:
     """Pickle ``obj`` into frames.
 
@@ -205,18 +176,19 @@ def dumps(obj: Any, *, by_value: bool = True) -> list[Any]:
     if _plain(obj):
         return [pickle.dumps(obj, protocol=5)]
     if type(obj) is tuple and len(obj) == 3 and _plain(obj[1]) and _plain(obj[2]):
-        frames = _call_by_reference(obj)  # an apply's task
-        if frames is not None:
-            return frames
+        frames = _call_by_reference(obj, by_value)  # an apply's task
+        # None: plain pickle refused, or is not wanted; cloudpickle at once (by_value=True).
+        return frames if frames is not None else _pickle(obj, True)
     return _pickle(_wrap_large(obj), by_value)
 
 
-def _call_by_reference(task: tuple[Any, Any, Any]) -> list[Any] | None:
+def _call_by_reference(task: tuple[Any, Any, Any], by_value: bool) -> list[Any] | None:
     """Plain pickle's frames of a call ``(func, args, kwds)`` whose arguments are small
-    plain data, if ``func`` is importable: cloudpickle would write the very same
-    references. None if not, or if plain pickle refused (the name does not lead
-    to this function): cloudpickle takes over."""
-    if not _by_reference(task[0]):
+    plain data: in local mode (not ``by_value``) whatever ``func`` is, else if ``func``
+    is importable (cloudpickle would write the very same references; its judgement
+    loads cloudpickle). None if not, or if plain pickle refused (a lambda, a closure,
+    a function its name no longer leads to): cloudpickle takes over."""
+    if by_value and not (_cloud_module or _cloud()).by_reference(task[0]):
         return None
     try:
         return [pickle.dumps(task, protocol=5)]
@@ -237,8 +209,8 @@ def dumps_call(func: Any, args: tuple[Any, ...], kwds: dict[str, Any], *, by_val
     """
     task = (func, args, kwds)
     if _plain(args) and (not kwds or _plain(kwds)):
-        frames = _call_by_reference(task)
-        return frames if frames is not None else _pickle(task, by_value)
+        frames = _call_by_reference(task, by_value)
+        return frames if frames is not None else _pickle(task, True)
     return _pickle(_wrap_large(task), by_value)
 
 
@@ -253,7 +225,13 @@ def dumps_quick(obj: Any) -> list[Any]:
     big buffer inside would travel out of band). Anything else is pickled
     again by :func:`dumps`, so only large payloads pay twice.
     """
-    if _BY_VALUE_MODULES is not None and not _BY_VALUE_MODULES:
+    cloud = _cloud_module
+    if cloud is None and "cloudpickle" in sys.modules:
+        cloud = _cloud()  # loaded by the program itself: what it registered counts
+    # Modules registered to travel by value (send_by_value, or cloudpickle's own
+    # register_pickle_by_value): none while cloudpickle is not loaded.
+    modules = () if cloud is None else cloud.BY_VALUE_MODULES
+    if modules is not None and not modules:
         try:
             data = pickle.dumps(obj, protocol=5)
         except (pickle.PicklingError, AttributeError, TypeError):
@@ -328,7 +306,8 @@ def with_local_source(tb: str) -> str:
 
 
 def send_by_value(modules: Iterable[Any]) -> None:
-    """Pickle these modules' functions and classes by value (for nodes that lack them).
+    """Pickle these modules' functions and classes by value (for nodes that lack them);
+    no module, no cloudpickle loaded.
 
     Raises TypeError for something that is neither a module nor a module name.
     """
@@ -339,4 +318,4 @@ def send_by_value(modules: Iterable[Any]) -> None:
             module = importlib.import_module(module)
         if not isinstance(module, types.ModuleType):
             raise TypeError(f"modules= takes modules or module names, not {module!r}")
-        cloudpickle.register_pickle_by_value(module)
+        _cloud().register_by_value(module)

@@ -3,7 +3,7 @@
 A module registered at import (``cloudpickle.register_pickle_by_value`` at
 module level) stays registered for every later test of that process, and
 with any module registered dmp's plain-pickle shortcuts are off
-(``dmp.serialization._by_reference``, ``dumps_quick``): those tests would not
+(``dmp._cloud.by_reference``, ``dmp.serialization.dumps_quick``): those tests would not
 test what users run. So the registration is a module-scoped fixture.
 """
 

@@ -57,6 +57,23 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, every: float = 
         time.sleep(every)
 
 
+def forget_address(address: str) -> None:
+    """A manager just came up on a port the kernel picked: what this process
+    remembers of an earlier manager at that address (a test before, in this
+    pytest worker, whose daemon had the same port) is stale: its authkey and
+    CURVE key, which the client would otherwise use and be refused with (dmp
+    never downgrades a remembered key), and its connection."""
+    from dmp import _config
+    from dmp.client import proxylink
+    from dmp.wire import transport
+
+    proxylink.forget(address)
+    proxylink._keys.pop(address, None)
+    with _config._lock:
+        _config._known_keys.pop(address, None)
+    transport._server_keys.pop(address, None)
+
+
 def children(pid: int) -> list[int]:
     """Direct children of ``pid`` (empty once it is gone)."""
     try:
@@ -179,10 +196,13 @@ class Daemons:
                 raise AssertionError(f"the manager exited with {proc.returncode}:\n{self.logs()}")
             return None
 
+        fresh = self.address is None
         try:
             self.address = wait_for(listening, timeout, "the manager to listen")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{self.logs()}") from None
+        if fresh:
+            forget_address(self.address)
         return proc
 
     def start_node(

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 import dmp
-from tests.daemons import Daemons, alive, children, kill_leftovers, start_cluster, wait_for
+from tests.daemons import (
+    Daemons,
+    alive,
+    children,
+    forget_address,
+    kill_leftovers,
+    start_cluster,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,3 +70,30 @@ def test_the_session_sweep_kills_daemons_nobody_stopped(tmp_path: Path) -> None:
     assert swept == [manager.pid]
     assert manager.poll() is not None
     d.stop()  # nothing left to do, and no error
+
+
+def test_a_port_reused_by_a_fresh_manager_forgets_the_earlier_managers_key(tmp_path: Path) -> None:
+    """The pytest worker remembers the key a manager at an address accepted; a
+    later test's keyless manager that the kernel gives the same port must not
+    meet that key. Without the harness's reset the client keeps the key (dmp
+    never falls back to no key, which a squatter would exploit) and is refused
+    with the error CI once saw in tests/managers/test_door.py."""
+    keyed = Daemons(tmp_path / "keyed", authkey=b"an-earlier-tests-key").start(nodes=0)
+    address = keyed.address
+    try:
+        q = dmp.Manager(address=address, authkey=b"an-earlier-tests-key").Queue()
+        q.put(1)
+        assert q.get(timeout=10) == 1
+    finally:
+        keyed.stop()
+    keyless = Daemons(tmp_path / "keyless", address=address)  # the same port, on purpose
+    try:
+        keyless.start(nodes=0)
+        with pytest.raises(dmp.AuthenticationError, match=r"not signed.*accepted earlier in this process"):
+            dmp.Manager(address=address).Queue()
+        forget_address(address)  # what start() does for a manager that bound port 0
+        q = dmp.Manager(address=address).Queue()
+        q.put(2)
+        assert q.get(timeout=10) == 2
+    finally:
+        keyless.stop()

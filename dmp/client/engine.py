@@ -16,7 +16,6 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-import uuid
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -47,7 +46,7 @@ class LocalEngine:
     ) -> None:
         from dmp_server.daemon import Daemon
 
-        endpoint = f"ipc://@dmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        endpoint = f"ipc://@dmp-{os.getpid()}-{os.urandom(6).hex()}"
         template = WorkerConfig(
             address=endpoint, node="local", initializer=initializer, initargs=initargs, max_tasks=max_tasks
         )
@@ -61,19 +60,21 @@ class LocalEngine:
         _live.add(self)
 
     def start(self) -> None:
-        """Start the engine thread and fork the workers: last, once the pool has
-        defined its jobs (every page the process writes after a fork is copied,
-        and the workers need nothing more from it before their first task).
+        """Fork the workers, then start the engine thread. The forks come last,
+        once the pool has defined its jobs (every page the process writes after
+        a fork is copied, and the workers need nothing more from it before their
+        first task), on the turn, so that the thread steps back afterwards.
 
-        The thread starts before the forks (a thread start waits for the new
-        thread to run, which takes long once the workers hold the CPUs), and
-        the forks are made on the turn, so it does not step the reactor while
-        the supervisor adds the workers."""
+        The thread starts after the forks: its start waits for it to run, which
+        delayed the first fork (0.16 ms on an idle machine, more on a busy one),
+        and a fork right after a thread's start takes longer; after them the
+        wait is off the critical path, the first worker being still on its way
+        to its loop (measured in docs/performance.md)."""
         self._thread = threading.Thread(target=self._run, name="dmp-engine", daemon=True)
         try:
             with self.turns.held():
-                self._thread.start()
                 self.supervisor.start()
+            self._thread.start()
         except BaseException:
             self.stop(kill=True)
             raise
@@ -203,7 +204,7 @@ def for_pool(
                              "(dmp worker --worker-memory-limit)")
         init = None
         if initializer is not None or maxtasksperchild is not None:
-            init = runners.PoolInit(uuid.uuid4().hex, initializer, initargs, maxtasksperchild or 0)
+            init = runners.PoolInit(os.urandom(16).hex(), initializer, initargs, maxtasksperchild or 0)
         # Pool(k): the manager runs this pool's tasks on at most k workers at once.
         cluster = ClusterEngine(address=target.address, authkey=target.authkey, max_workers=processes or 0)
         return cluster, init, processes or max(1, cluster.slots)

@@ -24,8 +24,7 @@ import pickle
 import threading
 from typing import Any
 
-import cloudpickle
-
+from dmp import _lazy
 from dmp.client import proxylink
 from dmp.errors import ManagerUnavailableError
 from dmp.wire import protocol
@@ -176,6 +175,8 @@ class PipeConnection:
             OSError: the connection is closed or read-only.
             BrokenPipeError: every handle of the other end is closed.
         """
+        cloudpickle = _lazy.load("cloudpickle")  # on first use, as in dmp.serialization
+
         handle = self._check_writable()
         self._call("send", [handle], [cloudpickle.dumps(obj, protocol=5)])
 

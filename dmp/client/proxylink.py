@@ -284,6 +284,9 @@ def connection(address: str, key: bytes | None = None, *, timeout: float = _conf
                 conn = Connection(address, key if key is not None else key_for(address), timeout)
             except AuthenticationError as exc:
                 why = mgrkeys.why_refused(address)
+                if why is None and key is None and address in _keys:
+                    why = (f"the key used is the one a manager at {address} accepted earlier in this process "
+                           "(pass authkey= to connect with another)")
                 if why is None:
                     raise
                 raise AuthenticationError(f"{exc}: {why}") from None

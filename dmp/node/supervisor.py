@@ -23,7 +23,6 @@ import gc
 import itertools
 import multiprocessing
 import os
-import secrets
 import select
 import signal
 import socket
@@ -134,7 +133,7 @@ class Supervisor:
     def _prepare(self) -> _Spawn:
         n = next(self._serial)
         # The routing identity: unguessable, so nobody can take it first.
-        worker_id = f"{self.node}/{self._tag}-{n}-{secrets.token_hex(8)}"
+        worker_id = f"{self.node}/{self._tag}-{n}-{os.urandom(8).hex()}"
         pipe: Any = None
         theirs: socket.socket | None = None
         cfg: worker_mod.WorkerConfig | None = None
@@ -187,21 +186,22 @@ class Supervisor:
                 s.cfg.gc_frozen = frozen
         if frozen:
             gc.freeze()
-        started = 0
         try:
-            for s in spawns:
-                s.handle.process.start()
-                started += 1
+            if self.method == "fork":
+                forkproc.start_all([s.handle.process for s in spawns])
+            else:
+                for s in spawns:
+                    s.handle.process.start()
         finally:
             if frozen:
                 gc.unfreeze()
             _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
             ids = []
-            for i, s in enumerate(spawns):
+            for s in spawns:
                 handle = s.handle
                 if s.theirs is not None:
                     s.theirs.close()  # the worker's alone now: a worker forked later must not inherit it
-                if i >= started:
+                if handle.process.pid is None:  # not started
                     if s.pipe is not None:
                         s.pipe.sock.close()
                     handle.slot.close()

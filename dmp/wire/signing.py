@@ -12,14 +12,17 @@ frame and then forwards that same received frame object in another
 session, hashes each large payload once per hop instead of twice. Frames
 this process made itself are never remembered: a buffer its owner may
 change between two sends is hashed each time.
+
+hashlib and hmac (with OpenSSL's libcrypto) are imported on first use, by a
+Signer with a key: a process that has none (a local pool) never loads them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Sequence
 from typing import Any
+
+from dmp import _lazy
 
 # Frames this large enter the MAC as their SHA-256 digest.
 DIGEST_ABOVE = 64 * 1024
@@ -28,8 +31,14 @@ DIGEST_ABOVE = 64 * 1024
 DIGESTS_KEPT = 16
 DIGEST_BYTES_KEPT = 256 * 1024 * 1024
 
-_sha256 = hashlib.sha256  # the payload pass (tests count its calls)
-_hmac_digest = hmac.digest  # one-shot HMAC, computed in C
+_hmac: Any = None  # the hmac module, imported by the first Signer with a key
+
+
+def _sha256(frame: Any) -> Any:
+    """hashlib's SHA-256 of a large frame: the payload pass (tests count its calls)."""
+    import hashlib  # imported with hmac already (_import_hmac); tens of µs for the hash
+
+    return hashlib.sha256(frame)
 
 
 class Signer:
@@ -39,6 +48,8 @@ class Signer:
 
     def __init__(self, key: bytes | None, *, remember: bool = False) -> None:
         self.key = key or None
+        if self.key is not None and _hmac is None:
+            _import_hmac()
         self.remember = remember
         # id(frame) -> (frame, its length, its SHA-256): the frame is held, so the id stays its own.
         self._digests: dict[int, tuple[Any, int, bytes]] = {}
@@ -55,7 +66,7 @@ class Signer:
         if self.key is None:
             return True
         fresh: list[tuple[Any, int, bytes]] = []
-        if not hmac.compare_digest(bytes(signature), self._mac(frames, context, fresh)):
+        if not _hmac.compare_digest(bytes(signature), self._mac(frames, context, fresh)):
             return False
         if self.remember:
             for frame, n, value in fresh:
@@ -79,7 +90,8 @@ class Signer:
             n = frame.nbytes if isinstance(frame, memoryview) else len(frame)
             parts.append(n.to_bytes(8, "little"))
             parts.append(self.digest(frame, n, fresh) if n >= DIGEST_ABOVE else frame)
-        return _hmac_digest(key, b"".join(parts), "sha256")
+        # One-shot HMAC, computed in C.
+        return _hmac.digest(key, b"".join(parts), "sha256")  # type: ignore[no-any-return]
 
     def digest(
         self, frame: Any, n: int, fresh: list[tuple[Any, int, bytes]] | None = None
@@ -92,7 +104,7 @@ class Signer:
                 del self._digests[id(frame)]
                 self._digest_bytes -= n
             return known[2]
-        value = _sha256(frame).digest()
+        value: bytes = _sha256(frame).digest()
         if fresh is not None:
             fresh.append((frame, n, value))
         return value
@@ -106,3 +118,8 @@ class Signer:
         while len(digests) > DIGESTS_KEPT or self._digest_bytes > DIGEST_BYTES_KEPT:
             _, size, _ = digests.pop(next(iter(digests)))
             self._digest_bytes -= size
+
+
+def _import_hmac() -> None:
+    global _hmac
+    _hmac = _lazy.load("hmac")  # with hashlib: no fork of this process meanwhile (see dmp._lazy)

@@ -25,7 +25,6 @@ import functools
 import logging
 import os
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -96,7 +95,7 @@ class Daemon(Routing):
         # tcp:// (each hop of a dict call is then cheaper; nothing else uses it).
         self.host_endpoint = self.endpoints[0] if self.endpoints else ""
         if self.host_endpoint.startswith("tcp://"):
-            router.bind(f"ipc://@dmp-objhost-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+            router.bind(f"ipc://@dmp-objhost-{os.getpid()}-{os.urandom(6).hex()}")
             self.host_endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         # Shared objects; a dict, list or registered type starts the object host beside us.
         launcher = hostproc.SubprocessLauncher(self.host_endpoint, key, self.endpoints[0]) if self.endpoints else None
@@ -125,7 +124,8 @@ class Daemon(Routing):
             supervisor.pipes = self.pipes
         self._watched: set[int] = set()
         self._next_tick = time.monotonic() + heartbeat_s
-        self._check_at = 0.0  # next look for local workers past their task_timeout
+        # Next look for local workers past their task_timeout or the memory limit: no worker runs a task yet.
+        self._check_at = time.monotonic() + _config.DEADLINE_CHECK_S
         self._due: float | None = None  # the shared objects' next deadline, as of the last poll
         self._stopping = False
         self.closed = False

@@ -10,8 +10,6 @@ it, so a poison value is refused alone.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import math
 from typing import Any
@@ -69,6 +67,9 @@ class Refusals:
 
 def trim_memory() -> None:
     """Hand memory freed after a flood back to the system (glibc keeps it otherwise)."""
+    import ctypes  # only after a flood: a daemon (or a local pool) that never sees one never loads it
+    import ctypes.util
+
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name)

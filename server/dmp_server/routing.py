@@ -206,7 +206,8 @@ class Routing:
             self._carry_out(self.scheduler.add_node(msg.name, resources))
         # Nodes and clients at INFO; a worker process or a status probe at DEBUG.
         level = logging.INFO if msg.role in (Role.NODE, Role.CLIENT) else logging.DEBUG
-        log.log(level, "%s joined (pid %s)", self._who(peer_id), msg.pid)
+        if log.isEnabledFor(level):
+            log.log(level, "%s joined (pid %s)", self._who(peer_id), msg.pid)
 
     def _handle_client(self, peer: str, msg: protocol.Message, frames: list[Any]) -> None:
         """A message of client ``peer``: remote, or in this process (local mode)."""

@@ -95,32 +95,43 @@ class Poller:
             self._ep = None
 
     def poll(self, timeout_ms: int) -> dict[Any, int]:
-        """Wait up to ``timeout_ms`` for any of them; {the socket or fd: zmq events}."""
+        """Wait up to ``timeout_ms`` (< 0: no limit) for any of them; {the socket or fd: zmq events}.
+
+        As zmq_poll, it waits on when the socket's descriptor fired for commands
+        that brought no message (a peer's pipe activated, say): the reactor's
+        wait ends for something to do or for its timer, never for nothing."""
         ready: dict[Any, int] = {}
         sock = self.sock
         if self.chan.used and self._readable():
             ready[sock] = POLLIN
             timeout_ms = 0  # the rest are only looked at, as zmq_poll does
         zfd = self._zfd
-        if self._ep is None:
-            got = self._poll.poll(timeout_ms)
-        else:
-            start = time.monotonic()
-            got = self._woken_early(self._poll.poll(timeout_ms), start, timeout_ms)
-        for fd, events in got:
-            if fd == zfd:
-                if sock not in ready and self._readable():
-                    ready[sock] = POLLIN
-            elif events == _IN:  # the usual case
-                ready[fd] = POLLIN
-            else:  # as zmq_poll converts a plain fd's events
-                ready[fd] = (
-                    (POLLIN if events & _IN else 0)
-                    | (POLLOUT if events & _OUT else 0)
-                    | (POLLPRI if events & _PRI else 0)
-                    | (POLLERR if events & _OTHER else 0)
-                )
-        return ready
+        start = time.monotonic() if timeout_ms > 0 or self._ep is not None else 0.0
+        wait = timeout_ms
+        while True:
+            if self._ep is None:
+                got = self._poll.poll(wait)
+            else:
+                got = self._woken_early(self._poll.poll(wait), start, timeout_ms)
+            for fd, events in got:
+                if fd == zfd:
+                    if sock not in ready and self._readable():
+                        ready[sock] = POLLIN
+                elif events == _IN:  # the usual case
+                    ready[fd] = POLLIN
+                else:  # as zmq_poll converts a plain fd's events
+                    ready[fd] = (
+                        (POLLIN if events & _IN else 0)
+                        | (POLLOUT if events & _OUT else 0)
+                        | (POLLPRI if events & _PRI else 0)
+                        | (POLLERR if events & _OTHER else 0)
+                    )
+            if ready or not got or timeout_ms == 0:
+                return ready
+            if timeout_ms > 0:
+                wait = timeout_ms - int((time.monotonic() - start) * 1000)
+                if wait <= 0:
+                    return ready
 
     def _woken_early(self, got: list[tuple[int, int]], start: float, timeout_ms: int) -> list[tuple[int, int]]:
         """``got`` without the epoll's wake-ups, waiting again while they were all it had."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -179,3 +180,27 @@ def test_prewake_ends_with_unregister(pair: tuple[transport.Channel, transport.C
         theirs.close()
         poller.close()
     assert poller._ep is None
+
+
+def test_a_wake_up_that_brings_no_message_does_not_end_the_wait(
+    pair: tuple[transport.Channel, transport.Channel],
+) -> None:
+    """A peer connecting sends the ROUTER's mailbox commands but no message: its
+    descriptor fires, ZMQ_EVENTS says nothing to read, and the wait goes on (as
+    zmq_poll's does) until the message comes. It returned {} at once before, and
+    the one-poll waits of these tests then failed now and then under load."""
+    server, client = pair
+    poller = Poller(server)
+    assert poller.poll(0) == {}
+    late = zmq.Context.instance().socket(zmq.DEALER)
+    sender = threading.Timer(0.5, lambda: client.send(protocol.Heartbeat()))
+    try:
+        late.connect(server.sock.getsockopt_string(zmq.LAST_ENDPOINT))  # commands, no message
+        sender.start()
+        ready = _wait_for_socket(poller, server.sock)
+        assert ready == {server.sock: POLLIN}
+        assert server.recv(transport.NOBLOCK)[1] == protocol.Heartbeat()
+    finally:
+        sender.cancel()
+        sender.join()
+        late.close(linger=0)

@@ -281,3 +281,27 @@ def test_signal_job_before_the_worker_started_it_cancels_it() -> None:
     ((item, _),) = h.results_for("A")
     assert item[:3] == [1, -1, Status.CANCELLED]
     assert key not in h.s.tasks, "the task must never run again"
+
+
+def test_a_process_never_waits_behind_another_task_so_its_cancel_kills_or_drops_it() -> None:
+    """Why a terminated Process cannot run on: its task (idle_only) goes only to an idle
+    worker, alone, never behind another job's task (whose worker a cancel would spare).
+    Terminated before its TaskStarted, it is dropped from the queue, or its worker is
+    killed whatever it runs (no spare)."""
+    h = Harness()
+    h.client("A")
+    h.client("B")
+    h.worker("w1")
+    h.job("B", 1)
+    h.submit("B", 1, [1])
+    for job in (1, 2):
+        assert h.apply(h.s.define_job("A", job, [b"process"], 0, idle_only=True)) == []
+        h.submit("A", job, [0])
+    assert [h.s.tasks[t[0]].job.client for t in h.given["w1"]] == ["B"], "a Process queued behind B's task"
+    h.apply(h.s.signal_job("A", 1, 15))  # queued: dropped
+    assert h.kills == [] and [i[:3] for i, _ in h.results_for("A")] == [[1, -1, Status.CANCELLED]]
+    h.complete("w1")
+    ((key, *_),) = h.given["w1"]
+    assert h.s.tasks[key].job.job_id == 2 and list(h.s.workers["w1"].assigned) == [key]
+    kills = [(c.worker, c.spare, c.signum) for c in h.apply(h.s.signal_job("A", 2, 15)) if isinstance(c, Kill)]
+    assert kills == [("w1", [], 9)]

@@ -97,20 +97,40 @@ def test_a_call_of_an_importable_function_pickles_exactly_as_cloudpickle_would()
 
 
 def test_a_call_of_an_importable_function_builds_no_cloudpickler(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dmp import serialization
+    from dmp import _cloud
 
     def no_pickler(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("cloudpickle's Pickler was built")
 
     # No module registered by value (another suite's conftest may register one in this process).
-    monkeypatch.setattr(serialization, "_BY_VALUE_MODULES", set())
-    monkeypatch.setattr(serialization, "_Pickler", no_pickler)
+    monkeypatch.setattr(_cloud, "BY_VALUE_MODULES", set())
+    monkeypatch.setattr(_cloud, "Pickler", no_pickler)
     assert loads(_wire(dumps((_square, (7,), {"unused": None}))))[0] is _square
     assert loads(_wire(dumps_call(_square, (7,), {"unused": None})))[0] is _square
     with pytest.raises(AssertionError, match="Pickler was built"):
         dumps((lambda x: x, (7,), {}))
     with pytest.raises(AssertionError, match="Pickler was built"):
         dumps_call(lambda x: x, (7,), {})
+
+
+def test_a_local_call_is_plain_pickle_whatever_cloudpickle_would_judge(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local mode (by_value=False): plain pickle first, never cloudpickle's judgement (which
+    would load it); cloudpickle only for what plain pickle refuses."""
+    from dmp import _cloud
+
+    def no_pickler(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("cloudpickle's Pickler was built")
+
+    monkeypatch.setattr(_cloud, "Pickler", no_pickler)
+    monkeypatch.setattr(_cloud, "BY_VALUE_MODULES", {__name__})  # would turn the cluster's shortcut off
+    plain = [pickle.dumps((_square, (7,), {}), protocol=5)]
+    assert dumps((_square, (7,), {}), by_value=False) == plain
+    assert dumps_call(_square, (7,), {}, by_value=False) == plain
+    monkeypatch.undo()
+    fn, args, _ = loads(_wire(dumps_call(lambda x: x + 1, (1,), {}, by_value=False)))
+    assert fn(*args) == 2
+    fn, args, _ = loads(_wire(dumps((lambda x: x - 1, (1,), {}), by_value=False)))
+    assert fn(*args) == 0
 
 
 def test_a_call_of_a_function_defined_in_a_test_module_or_main_still_travels_right() -> None:

@@ -22,7 +22,7 @@ import zmq
 
 from dmp import serialization
 from dmp.errors import ProtocolError
-from dmp.wire import protocol, transport
+from dmp.wire import protocol, signing, transport
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -91,6 +91,46 @@ def test_a_large_array_is_forwarded_and_rebuilt_without_a_copy(relay: Any) -> No
     assert isinstance(_base_buffer(arr), zmq.Frame), (
         "the array was copied out of the received frame"
     )
+
+
+def test_without_a_key_the_round_trip_never_passes_over_the_payload(
+    relay: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out and back as the numpy_payload row goes, without a key: no frame is hashed,
+    no Python allocation the size of the payload, and the client's result is rebuilt,
+    writable, on the frame it received."""
+    hashed: list[int] = []
+    real_sha256 = signing._sha256
+
+    def counting(data: Any) -> Any:
+        hashed.append(len(data))
+        return real_sha256(data)
+
+    monkeypatch.setattr(signing, "_sha256", counting)
+    client, manager, worker = relay
+    data = np.random.default_rng(9).integers(0, 256, 4 * MiB, dtype=np.uint8)
+    tracemalloc.start()
+    try:
+        client.send(protocol.Submit(1, [[7, 2]]), serialization.dumps([data]))
+        _, _, got = manager.recv()
+        manager.send(protocol.Dispatch([], [[1, 1, 0, len(got)]]), got, to=b"worker")
+        del got
+        _, _, task = worker.recv()
+        result = serialization.dumps(serialization.loads(task))  # identity, pickled again
+        worker.send(protocol.TaskDone([[1, 0, 0, len(result), 0.0, None]]), result)
+        del task, result
+        _, _, done = manager.recv()
+        manager.send(protocol.JobResults([[1, 7, 0, len(done), None]]), done, to=b"client")
+        del done
+        _, _, back = client.recv()
+        (arr,) = serialization.loads(back)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert hashed == []
+    assert peak < MiB, f"the round trip allocated {peak} bytes in Python"
+    assert np.array_equal(arr, data) and arr.flags.writeable
+    assert isinstance(_base_buffer(arr), zmq.Frame)
 
 
 def test_the_pack_keeps_small_frames_and_large_ones_travel_alone(relay: Any) -> None:
