@@ -34,6 +34,19 @@ from .harness import alive, wait_for
 X_LINGER_S = 0.2
 
 
+class _Short:
+    """A wait's falsy answer that says what it saw (wait_for prints the last one)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return self.text
+
+
 def _cancel(pool: dmp.Pool, result: Any) -> int:
     """Cancel the job of ``result`` (a map_async) as a client's CancelJob does; its job id."""
     session = pool._session  # type: ignore[attr-defined]
@@ -122,13 +135,22 @@ def test_cluster_cancel_spares_a_worker_that_moved_on_to_another_clients_task(tm
         cluster.wait_slots(1)
         (worker_pid,) = cluster.wait_workers("node1")
 
-        def on_workers(n: int) -> bool:
+        def on_workers(n: int) -> bool | _Short:
             status = cluster.status()
-            return status is not None and status["queued"] == 0 and sum(c["running"] for c in status["clients"]) == n
+            if status is not None and status["queued"] == 0 and sum(c["running"] for c in status["clients"]) == n:
+                return True
+            if status is None:
+                return False
+            return _Short(f"{status['queued']} queued, running {[c['running'] for c in status['clients']]}")
 
         with dmp.Pool(address=cluster.address) as b:
             for _ in range(8):  # X's (and B's) job known short: the worker may hold three tasks
                 b.apply(tasks.square, (0,))
+            # An apply's result is one sample of the manager's mean run time: on a loaded host
+            # one preempted square could leave the mean long enough to allow only two. A map's
+            # results come in batches (one mean each), and bring it back down.
+            for _ in range(3):
+                b.map(tasks.square, range(100), chunksize=1)
             rx = b.apply_async(tasks.held, (str(d), 0, X_LINGER_S))
             wait_for(lambda: tasks.attempts(str(d), 0), 30, "X to start")
             a = dmp.Pool(address=cluster.address)
