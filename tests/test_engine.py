@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 import dmp
 from dmp.wire import protocol
+from tests.daemons import alive
 from tests.rawpeer import raw_dealer, reply
 
 
@@ -142,3 +144,24 @@ def test_os_exit_zero_mid_task_is_a_death_not_a_clean_exit(pool, tmp_path) -> No
     with pytest.raises(dmp.WorkerLostError) as info:
         pool.apply(always_exit_zero)
     assert info.value.exitcode == 0
+
+
+def test_a_pool_ended_before_its_engine_thread_ran_ends_whole() -> None:
+    """Pool() does not wait for its engine thread to run (dmp.client.engine._start_soon):
+    a pool terminated, or closed and joined, at once still ends every worker and its
+    thread, and one used at once works without that thread having run."""
+    for i in range(20):
+        pool = dmp.Pool(1)
+        workers = [p.pid for p in pool._pool]  # type: ignore[attr-defined]
+        assert len(workers) == 1
+        if i % 2:
+            pool.terminate()
+        else:
+            assert pool.apply(os.getpid) != os.getpid()
+            pool.close()
+        pool.join()
+        assert not any(alive(pid) for pid in workers), "a worker outlived its pool"
+    engines = [t for t in threading.enumerate() if t.name == "dmp-engine"]
+    for t in engines:
+        t.join(10)
+    assert not any(t.is_alive() for t in engines), "an engine thread outlived its pool"

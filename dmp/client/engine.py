@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -56,6 +57,7 @@ class LocalEngine:
         self.session = session_mod.Session()
         self.session.link = session_mod.LocalLink(self.daemon, self.turns, self.session)
         self._thread: threading.Thread | None = None
+        self._launched = False  # the thread was started (it may not have run yet)
         self._done = False
         _live.add(self)
 
@@ -65,16 +67,18 @@ class LocalEngine:
         a fork is copied, and the workers need nothing more from it before their
         first task), on the turn, so that the thread steps back afterwards.
 
-        The thread starts after the forks: its start waits for it to run, which
-        delayed the first fork (0.16 ms on an idle machine, more on a busy one),
-        and a fork right after a thread's start takes longer; after them the
-        wait is off the critical path, the first worker being still on its way
-        to its loop (measured in docs/performance.md)."""
+        The thread starts after the forks, and ``Pool()`` does not wait for it
+        to run (``_start_soon``): ``Thread.start``'s wait delayed the first
+        fork when made before them, and the pool's first call when made after
+        them (the new thread waits for a CPU the workers hold); a call needs no
+        engine thread, the caller steps the reactor itself (measured in
+        docs/performance.md)."""
         self._thread = threading.Thread(target=self._run, name="dmp-engine", daemon=True)
         try:
             with self.turns.held():
                 self.supervisor.start()
-            self._thread.start()
+            _start_soon(self._thread)
+            self._launched = True
         except BaseException:
             self.stop(kill=True)
             raise
@@ -98,7 +102,7 @@ class LocalEngine:
         self._done = True
         self.supervisor.respawn = False
         self.turns.stop()
-        if self._thread is None or self._thread.ident is None:  # never started
+        if self._thread is None or not self._launched:  # never started
             self._thread = None
             self.turns.close(self.daemon.close)
             self.session.fail_all(ProcessError("the pool's engine stopped before the task finished"))
@@ -106,13 +110,35 @@ class LocalEngine:
         # cannot wait for the reactor to end: it ends once the callback returns.
         thread = self._thread
         if thread is not None and threading.current_thread() is not thread and not self.turns.runs_here():
-            thread.join(timeout)
+            if thread._started.wait(timeout):  # type: ignore[attr-defined]  # (it may not have run yet)
+                thread.join(timeout)
             if not thread.is_alive():
                 # Let go of it now, not when the pool's reference cycles are collected:
                 # every later fork in this process resets each Thread object still alive.
                 self._thread = None
         self.supervisor.stop(kill=kill, timeout=timeout)
         _live.discard(self)
+
+
+def _start_soon(thread: threading.Thread) -> None:
+    """``thread.start()`` without waiting until the thread runs: on 3.11 and
+    3.12, ``Thread.start``'s own steps but its last (a wait on the thread's
+    ``_started``, which ``join`` and ``is_alive`` still honour); elsewhere
+    ``thread.start()`` itself."""
+    limbo: Any = getattr(threading, "_limbo", None)
+    lock: Any = getattr(threading, "_active_limbo_lock", None)
+    start_new: Any = getattr(threading, "_start_new_thread", None)
+    if sys.version_info >= (3, 13) or limbo is None or lock is None or start_new is None:
+        thread.start()
+        return
+    with lock:
+        limbo[thread] = thread
+    try:
+        start_new(thread._bootstrap, ())  # type: ignore[attr-defined]
+    except BaseException:
+        with lock:
+            limbo.pop(thread, None)
+        raise
 
 
 class ClusterEngine:
