@@ -165,3 +165,32 @@ def test_a_pool_ended_before_its_engine_thread_ran_ends_whole() -> None:
     for t in engines:
         t.join(10)
     assert not any(t.is_alive() for t in engines), "an engine thread outlived its pool"
+
+
+def _pools_in_turn(n: int, errors: list[BaseException]) -> None:
+    try:
+        for i in range(n):
+            pool = dmp.Pool(2)
+            if i % 2:
+                pool.terminate()
+            else:
+                assert pool.map(abs, range(-5, 5)) == [abs(x) for x in range(-5, 5)]
+                pool.close()
+            pool.join()
+    except BaseException as exc:  # the test reads them
+        errors.append(exc)
+
+
+def test_pools_started_and_ended_in_several_threads_at_once() -> None:
+    """Each Pool start runs multiprocessing's _cleanup(), whose waitpid may reap
+    another thread's pool's workers as that pool ends: its stop() then found no
+    exit code and SIGKILLed a pid no longer its own (ProcessLookupError, or a
+    reused pid). It now signals only a worker whose sentinel says it runs."""
+    errors: list[BaseException] = []
+    threads = [threading.Thread(target=_pools_in_turn, args=(40, errors)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a thread's pools did not end"
+    assert errors == []

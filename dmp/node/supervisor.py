@@ -370,7 +370,12 @@ class Supervisor:
         deadline = time.monotonic() + timeout  # one deadline for all, not one each
         for fd, handle in list(self.handles.items()):
             handle.process.join(max(0.0, deadline - time.monotonic()))
-            if handle.process.exitcode is None:
-                os.kill(handle.process.pid, signal.SIGKILL)
+            # No exit code may mean another thread's multiprocessing._cleanup() won the
+            # waitpid (a pool started there): the pid is then no longer ours to signal.
+            if handle.process.exitcode is None and not select.select([fd], [], [], 0)[0]:
+                try:
+                    os.kill(handle.process.pid, signal.SIGKILL)  # still running: still its pid
+                except ProcessLookupError:
+                    pass
                 handle.process.join(5.0)
             self.reap(fd)
