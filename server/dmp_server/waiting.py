@@ -93,30 +93,32 @@ class Poller:
             self._poll.unregister(self._epfd)
             self._ep.close()
             self._ep = None
+            self._epfd = -1
 
     def poll(self, timeout_ms: int) -> dict[Any, int]:
         """Wait up to ``timeout_ms`` (< 0: no limit) for any of them; {the socket or fd: zmq events}.
 
         As zmq_poll, it waits on when the socket's descriptor fired for commands
-        that brought no message (a peer's pipe activated, say): the reactor's
-        wait ends for something to do or for its timer, never for nothing."""
+        that brought no message (a peer's pipe activated, say), and after an
+        early wake-up (``prewake``): the reactor's wait ends for something to do
+        or for its timer, never for nothing."""
         ready: dict[Any, int] = {}
         sock = self.sock
         if self.chan.used and self._readable():
             ready[sock] = POLLIN
             timeout_ms = 0  # the rest are only looked at, as zmq_poll does
-        zfd = self._zfd
-        start = time.monotonic() if timeout_ms > 0 or self._ep is not None else 0.0
+        zfd, epfd = self._zfd, self._epfd
+        start = time.monotonic() if timeout_ms > 0 else 0.0
         wait = timeout_ms
         while True:
-            if self._ep is None:
-                got = self._poll.poll(wait)
-            else:
-                got = self._woken_early(self._poll.poll(wait), start, timeout_ms)
+            got = self._poll.poll(wait)
             for fd, events in got:
                 if fd == zfd:
                     if sock not in ready and self._readable():
                         ready[sock] = POLLIN
+                elif fd == epfd:
+                    assert self._ep is not None
+                    self._ep.poll(0)  # take the edges: the epoll is quiet until the next reply is taken
                 elif events == _IN:  # the usual case
                     ready[fd] = POLLIN
                 else:  # as zmq_poll converts a plain fd's events
@@ -132,22 +134,6 @@ class Poller:
                 wait = timeout_ms - int((time.monotonic() - start) * 1000)
                 if wait <= 0:
                     return ready
-
-    def _woken_early(self, got: list[tuple[int, int]], start: float, timeout_ms: int) -> list[tuple[int, int]]:
-        """``got`` without the epoll's wake-ups, waiting again while they were all it had."""
-        epfd = self._epfd
-        while True:
-            if not any(fd == epfd for fd, _ in got):
-                return got
-            assert self._ep is not None
-            self._ep.poll(0)  # take the edges: the epoll is quiet until the next reply is taken
-            got = [item for item in got if item[0] != epfd]
-            if got or timeout_ms <= 0:
-                return got
-            left = timeout_ms - int((time.monotonic() - start) * 1000)
-            if left <= 0:
-                return got
-            got = self._poll.poll(left)
 
     def _readable(self) -> bool:
         """ZMQ_EVENTS: a message waits. Afterwards the fd signals the next arrival."""
