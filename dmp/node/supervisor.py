@@ -89,6 +89,23 @@ def resident_bytes(pid: int) -> int:
         return 0
 
 
+def _signal_running(sentinel: int, handle: _Handle, sig: int) -> bool:
+    """Send ``sig`` to the worker of ``handle`` if it still runs; whether it was sent.
+
+    No exit code may also mean that another thread's multiprocessing._cleanup()
+    (a pool started there) won the waitpid: the pid is then no longer the
+    worker's to signal. Its ``sentinel`` tells: readable once it exited, while
+    a running child's pid cannot have been reaped."""
+    pid = handle.process.pid
+    if not pid or handle.process.exitcode is not None or select.select([sentinel], [], [], 0)[0]:
+        return False
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 class Supervisor:
     """Keeps ``count`` worker processes alive until told to stop."""
 
@@ -359,23 +376,12 @@ class Supervisor:
         """End every worker: SIGTERM (or SIGKILL), then reap all of them."""
         self.respawn = False
         sig = signal.SIGKILL if kill else signal.SIGTERM
-        for handle in list(self.handles.values()):
-            pid = handle.process.pid
+        for fd, handle in list(self.handles.items()):
             handle.killed = handle.killed or "asked"
-            if pid and handle.process.exitcode is None:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
+            _signal_running(fd, handle, sig)
         deadline = time.monotonic() + timeout  # one deadline for all, not one each
         for fd, handle in list(self.handles.items()):
             handle.process.join(max(0.0, deadline - time.monotonic()))
-            # No exit code may mean another thread's multiprocessing._cleanup() won the
-            # waitpid (a pool started there): the pid is then no longer ours to signal.
-            if handle.process.exitcode is None and not select.select([fd], [], [], 0)[0]:
-                try:
-                    os.kill(handle.process.pid, signal.SIGKILL)  # still running: still its pid
-                except ProcessLookupError:
-                    pass
+            if _signal_running(fd, handle, signal.SIGKILL):
                 handle.process.join(5.0)
             self.reap(fd)
