@@ -56,8 +56,7 @@ class LocalEngine:
         self.turns = Turns(self.daemon.poll, self.daemon.handle, self.daemon.wake, reenter=False)
         self.session = session_mod.Session()
         self.session.link = session_mod.LocalLink(self.daemon, self.turns, self.session)
-        self._thread: threading.Thread | None = None
-        self._launched = False  # the thread was started (it may not have run yet)
+        self._thread: threading.Thread | None = None  # once started
         self._done = False
         _live.add(self)
 
@@ -73,12 +72,12 @@ class LocalEngine:
         them (the new thread waits for a CPU the workers hold); a call needs no
         engine thread, the caller steps the reactor itself (measured in
         docs/performance.md)."""
-        self._thread = threading.Thread(target=self._run, name="dmp-engine", daemon=True)
+        thread = threading.Thread(target=self._run, name="dmp-engine", daemon=True)
         try:
             with self.turns.held():
                 self.supervisor.start()
-            _start_soon(self._thread)
-            self._launched = True
+            _start_soon(thread)
+            self._thread = thread  # started (it may not have run yet)
         except BaseException:
             self.stop(kill=True)
             raise
@@ -102,8 +101,7 @@ class LocalEngine:
         self._done = True
         self.supervisor.respawn = False
         self.turns.stop()
-        if self._thread is None or not self._launched:  # never started
-            self._thread = None
+        if self._thread is None:  # never started
             self.turns.close(self.daemon.close)
             self.session.fail_all(ProcessError("the pool's engine stopped before the task finished"))
         # A callback on the reactor's turn (terminate() from a callback, say)
