@@ -118,7 +118,6 @@ class Supervisor:
         ``memory_limit``: bytes of resident memory a busy worker may use (0: no limit)."""
         self.template = template
         self.method = method
-        self._ctx: Any = multiprocessing.get_context(method)
         name_prefix = name_prefix or f"{'ForkServer' if method == 'forkserver' else method.capitalize()}PoolWorker"
         self.node = template.node
         self.count = count
@@ -171,7 +170,7 @@ class Supervisor:
             slot = slot_mod.FdSlot()
             args = (cloudpickle.dumps(self.template.for_worker(worker_id, None)), slot)
             target = worker_mod.spawned_main
-        process = forkproc.ForkProcess if self.method == "fork" else self._ctx.Process
+        process = forkproc.ForkProcess if self.method == "fork" else multiprocessing.get_context(self.method).Process
         proc = process(target=target, args=args, name=f"{self.name_prefix}-{n}", daemon=True)
         return _Spawn(_Handle(worker_id, proc, slot), cfg, pipe, theirs)
 
