@@ -1,11 +1,12 @@
-"""A local pool forks its first workers with the collector's objects frozen
-(dmp.node.supervisor, Supervisor._launch) and unfreezes them on both sides:
-nothing stays frozen, the program's garbage is still collected, and a
+"""A local pool's first workers freeze the collector's objects as they start
+and unfreeze them (dmp.node.supervisor, Supervisor._launch): nothing stays
+frozen, the program's garbage is still collected (the pools' own too), and a
 program that froze objects itself keeps them frozen."""
 
 from __future__ import annotations
 
 import gc
+import os
 import weakref
 from typing import Any
 
@@ -62,3 +63,18 @@ def test_objects_the_program_froze_stay_frozen_in_the_pool_and_its_workers() -> 
             assert count > 0  # the worker did not unfreeze the program's objects
     finally:
         gc.unfreeze()
+
+
+def test_pools_started_one_after_another_do_not_keep_their_fds() -> None:
+    # Frozen and unfrozen in the pool's process, each pool's objects went to the
+    # oldest generation and were never collected: an eventfd kept per pool.
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    with dmp.Pool(2) as pool:
+        pool.apply(abs, (-1,))
+    before = open_fds()
+    for _ in range(150):
+        with dmp.Pool(2) as pool:
+            assert pool.apply(abs, (-1,)) == 1
+    assert open_fds() < before + 75

@@ -170,7 +170,8 @@ class Supervisor:
             slot = slot_mod.FdSlot()
             args = (cloudpickle.dumps(self.template.for_worker(worker_id, None)), slot)
             target = worker_mod.spawned_main
-        process = forkproc.ForkProcess if self.method == "fork" else multiprocessing.get_context(self.method).Process
+        ctx: Any = multiprocessing.get_context(self.method) if self.method != "fork" else None
+        process = forkproc.ForkProcess if ctx is None else ctx.Process
         proc = process(target=target, args=args, name=f"{self.name_prefix}-{n}", daemon=True)
         return _Spawn(_Handle(worker_id, proc, slot), cfg, pipe, theirs)
 
@@ -217,6 +218,8 @@ class Supervisor:
                 handle = s.handle
                 if s.theirs is not None:
                     s.theirs.close()  # the worker's alone now: a worker forked later must not inherit it
+                if s.cfg is not None:
+                    s.cfg.loop = None  # the worker's (a reference cycle here: cfg <-> its loop)
                 if handle.process.pid is None:  # not started
                     if s.pipe is not None:
                         s.pipe.sock.close()
