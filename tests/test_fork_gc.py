@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 import weakref
 from typing import Any
 
@@ -78,3 +79,32 @@ def test_pools_started_one_after_another_do_not_keep_their_fds() -> None:
         with dmp.Pool(2) as pool:
             assert pool.apply(abs, (-1,)) == 1
     assert open_fds() < before + 75
+
+
+def test_a_pool_dropped_running_ends_its_workers_once_its_result_is_in() -> None:
+    # With the collector off, only reference counting can free it (and it
+    # then says so, as multiprocessing's does); its reference cycles kept it,
+    # and its workers, until a collection.
+    gc.disable()
+    try:
+        pool = dmp.Pool(2)
+        pids = [w.pid for w in pool._pool]
+        result = pool.apply_async(abs, (-3,))
+        del pool
+        with pytest.warns(ResourceWarning, match="unclosed running"):
+            assert result.get(timeout=60) == 3
+            del result  # (the thread that completed it may be the engine's: it terminates the pool)
+            deadline = time.monotonic() + 60
+            while any(_exists(pid) for pid in pids):  # reaped by terminate()
+                assert time.monotonic() < deadline, "the dropped pool's workers are still there"
+                time.sleep(0.02)
+    finally:
+        gc.enable()
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # (a zombie, not reaped yet, still exists)
+    except ProcessLookupError:
+        return False
+    return True
