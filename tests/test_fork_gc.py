@@ -1,7 +1,8 @@
 """A local pool's first workers freeze the collector's objects as they start
 and unfreeze them (dmp.node.supervisor, Supervisor._launch): nothing stays
-frozen, the program's garbage is still collected (the pools' own too), and a
-program that froze objects itself keeps them frozen."""
+frozen, the program's garbage is still collected, by young collections too,
+a dropped pool needs no collection at all, and a program that froze objects
+itself keeps them frozen."""
 
 from __future__ import annotations
 
@@ -51,6 +52,24 @@ def test_cyclic_garbage_made_before_a_pool_is_still_collected() -> None:
         assert pool.apply(gc_view)[0] == 0
         gc.collect()  # a frozen object would survive this
         assert gone() is None
+
+
+def test_cyclic_garbage_made_before_a_pool_is_freed_by_a_young_collection() -> None:
+    # Frozen and unfrozen in the pool's process, it went to the oldest generation.
+    gc.collect()
+    threshold = gc.get_threshold()
+    gc.set_threshold(1_000_000)  # no collection of the collector's own until the pool has started
+    try:
+        a = Node()
+        a.other = a
+        gone = weakref.ref(a)
+        del a
+        with dmp.Pool(2) as pool:
+            assert pool.apply(abs, (-1,)) == 1
+            gc.collect(1)  # the young generations only
+            assert gone() is None
+    finally:
+        gc.set_threshold(*threshold)
 
 
 def test_objects_the_program_froze_stay_frozen_in_the_pool_and_its_workers() -> None:

@@ -190,28 +190,32 @@ class Supervisor:
         # (worker_main unblocks it); the mask is inherited through fork and exec.
         # (_signal's own functions: signal's wrappers make enums of every signal number.)
         mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, (_signal.SIGTERM,))
-        # A pool's first workers are forked with the collector's objects frozen
-        # (unless the program froze some itself): its next young collections,
-        # here and in the workers, then walk none of them, and so write (copy)
-        # none of their pages. gc.unfreeze puts them back, in the oldest
-        # generation, on both sides of the fork. Not for replacements: with
-        # maxtasksperchild they come often, and each would age the program's
-        # young garbage at once (docs/performance.md).
-        frozen = freeze and self.method == "fork" and gc.get_freeze_count() == 0
+        # A pool's first workers freeze the collector's objects first thing and
+        # unfreeze them in worker_main, which puts them in the oldest generation:
+        # their young collections then walk (write, copy) none of what the fork
+        # gave them. The collector is off over the forks, so that none runs
+        # before. (Not if the program froze objects or turned the collector off
+        # itself; replacements are forked without it.) Frozen and unfrozen in
+        # this process too, as was done, every young object here, the program's
+        # garbage and the pool's, went to the oldest generation, and a full
+        # collection was all that could free it: a program starting pools in a
+        # loop, with little else to make young collections run (gc.freeze()
+        # resets their count), kept all its cycles (docs/performance.md).
+        frozen = freeze and self.method == "fork" and gc.get_freeze_count() == 0 and gc.isenabled()
         for s in spawns:
             if s.cfg is not None:
                 s.cfg.gc_frozen = frozen
         if frozen:
-            gc.freeze()
+            gc.disable()
         try:
             if self.method == "fork":
-                forkproc.start_all([s.handle.process for s in spawns])
+                forkproc.start_all([s.handle.process for s in spawns], freeze=frozen)
             else:
                 for s in spawns:
                     s.handle.process.start()
         finally:
             if frozen:
-                gc.unfreeze()
+                gc.enable()
             _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
             ids = []
             for s in spawns:
