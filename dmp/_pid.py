@@ -4,6 +4,12 @@
 (``os.register_at_fork``), which is how multiprocessing's fork start method,
 dmp's workers and object hosts are made: hot paths compare it with the pid
 they saw when they made a connection, to notice a forked child.
+
+This is dmp's one Python at-fork handler (``dmp._lazy``'s are builtin
+methods): the rest of its per-process state (the Ctrl-C guard, the door
+connections, the ZeroMQ context) is kept with the pid it is for and reset
+where it is used. Each Python function a forked child runs costs it a page
+copy or two, and a pool's first worker is its first result's critical path.
 """
 
 from __future__ import annotations

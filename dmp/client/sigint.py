@@ -14,16 +14,24 @@ Python runs signal handlers in the main thread only, so only the main
 thread counts. The handler is installed the first time it is needed, and
 only over Python's default one (a handler of the user's is left alone); it
 behaves exactly like the default outside a critical step.
+
+A forked child starts with a depth of 0, nothing pending, and its own main
+thread (the one that forked): reset on its first step, where ``_pid.here``
+(set at every fork) differs from the pid this state was kept for. No
+at-fork handler of its own: each Python function a fresh child runs costs
+it a page copy or two (docs/performance.md).
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from types import FrameType, TracebackType
 
+from dmp import _pid
+
 _main = threading.main_thread().ident
+_owner = _pid.here  # the process _main, _depth and _pending are about
 _depth = 0
 _pending = False
 _installed = False
@@ -54,6 +62,8 @@ class _Critical:
 
     def __enter__(self) -> None:
         global _depth
+        if _owner != _pid.here:
+            _after_fork()
         if threading.get_ident() == _main:
             if not _installed:
                 _install()
@@ -61,6 +71,8 @@ class _Critical:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         global _depth, _pending
+        if _owner != _pid.here:
+            _after_fork()
         if threading.get_ident() != _main:
             return
         # Never below 0: a SIGINT taken on the first bytecodes of an
@@ -108,8 +120,6 @@ interruptible = _Interruptible()
 
 
 def _after_fork() -> None:
-    global _main, _depth, _pending
-    _main, _depth, _pending = threading.main_thread().ident, 0, False
-
-
-os.register_at_fork(after_in_child=_after_fork)
+    """In a forked child, on its first step: the state starts afresh, as in a new process."""
+    global _main, _depth, _pending, _owner
+    _main, _depth, _pending, _owner = threading.main_thread().ident, 0, False, _pid.here
