@@ -33,6 +33,7 @@ by fork) keep the ZeroMQ route. The manager closing its end is EOF here, a
 
 from __future__ import annotations
 
+import _socket
 import collections
 import os
 import select
@@ -53,6 +54,7 @@ _DISPATCH = protocol.Dispatch.TYPE
 _TASK_DONE = protocol.TaskDone.TYPE
 _JUST_INT = frozenset({int})
 _UNPACK = dict(raw=False, strict_map_key=True, **protocol.UNPACK_LIMITS)
+_detach = _socket.socket.detach
 
 
 class WorkerPipe:
@@ -201,10 +203,11 @@ class WorkerPipe:
 
 def close_inherited(ends: tuple[socket.socket, ...]) -> None:
     """In a forked worker: close the daemon's ends of the pipes it inherited. By
-    ``os.close`` of ``detach()``: ``socket.close``'s own Python calls would cost a
-    fresh worker a page copy or two each."""
+    ``os.close`` of what ``_socket.socket.detach`` gives (not ``socket.close``, nor
+    ``socket.socket.detach``, whose Python calls would cost a fresh worker a page
+    copy or two each)."""
     for end in ends:
-        fd = end.detach()
+        fd = _detach(end)
         if fd >= 0:
             os.close(fd)
 
