@@ -55,6 +55,9 @@ _TASK_DONE = protocol.TaskDone.TYPE
 _JUST_INT = frozenset({int})
 _UNPACK = dict(raw=False, strict_map_key=True, **protocol.UNPACK_LIMITS)
 _detach = _socket.socket.detach
+_DONTWAIT = int(socket.MSG_DONTWAIT)  # (an int: the flag is an enum, one more object to touch)
+_DISPATCH_CLASS = protocol.Dispatch
+_new = object.__new__
 
 
 class WorkerPipe:
@@ -143,10 +146,25 @@ class WorkerPipe:
         reader = self.reader
         if reader.buf or reader.big is not None or reader.ready:
             self._read()  # the rest of a message that came in pieces
+            return self.inbox.popleft() if self.inbox else None
+        # A read with nothing held back: a Dispatch that came alone and whole (a pool's
+        # first task, most of a busy worker's) is decoded by decode_dispatch and returned;
+        # anything else goes to the reader and the inbox, as ever. (Here, not in a method
+        # of its own: a fresh worker copies a page or two for each function it runs.)
+        try:
+            data = self.sock.recv(READ_BYTES, _DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            self._end("the pool's manager closed the pipe")
         else:
-            got = self._read_whole()
+            got = decode_dispatch(data)
             if got is not None:
                 return got
+            reader.feed(data)
+            self._parse()
         return self.inbox.popleft() if self.inbox else None
 
     def tick(self) -> None:
@@ -166,25 +184,6 @@ class WorkerPipe:
             self._end("the pool's manager closed the pipe")
             return
         self._parse()
-
-    def _read_whole(self) -> tuple[protocol.Message, list[Any]] | None:
-        """A read with nothing held back: a Dispatch that came alone and whole (a
-        pool's first task, most of a busy worker's) is decoded by decode_dispatch
-        and returned; anything else goes to the reader and the inbox, as ever."""
-        try:
-            data = self.sock.recv(READ_BYTES, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError:
-            data = b""
-        if not data:
-            self._end("the pool's manager closed the pipe")
-            return None
-        got = decode_dispatch(data)
-        if got is None:
-            self.reader.feed(data)
-            self._parse()
-        return got
 
     def _parse(self) -> None:
         try:
@@ -253,4 +252,6 @@ def decode_dispatch(data: bytes) -> tuple[protocol.Dispatch, list[memoryview]] |
     for n in sizes:
         frames.append(view[off : off + n])
         off += n
-    return protocol.Dispatch(jobs, tasks), frames
+    msg = _new(_DISPATCH_CLASS)  # Dispatch(jobs, tasks), without its __init__'s Python call
+    msg.jobs, msg.tasks = jobs, tasks
+    return msg, frames
