@@ -16,22 +16,23 @@ only over Python's default one (a handler of the user's is left alone); it
 behaves exactly like the default outside a critical step.
 
 A forked child starts with a depth of 0, nothing pending, and its own main
-thread (the one that forked): reset on its first step, where ``_pid.here``
-(set at every fork) differs from the pid this state was kept for. No
-at-fork handler of its own: each Python function a fresh child runs costs
-it a page copy or two (docs/performance.md).
+thread (the one that forked): reset on its first step, which finds
+``_unforked`` empty. Its at-fork handler is that list's builtin ``clear``:
+no Python runs at the fork (each Python function a fresh child runs costs
+it a page copy or two, and a pool's workers are forked children).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from types import FrameType, TracebackType
 
-from dmp import _pid
-
 _main = threading.main_thread().ident
-_owner = _pid.here  # the process _main, _depth and _pending are about
+# Emptied in every forked child: _main, _depth and _pending are its parent's until its first step.
+_unforked = [True]
+os.register_at_fork(after_in_child=_unforked.clear)
 _depth = 0
 _pending = False
 _installed = False
@@ -62,7 +63,7 @@ class _Critical:
 
     def __enter__(self) -> None:
         global _depth
-        if _owner != _pid.here:
+        if not _unforked:
             _after_fork()
         if threading.get_ident() == _main:
             if not _installed:
@@ -71,7 +72,7 @@ class _Critical:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         global _depth, _pending
-        if _owner != _pid.here:
+        if not _unforked:
             _after_fork()
         if threading.get_ident() != _main:
             return
@@ -120,6 +121,12 @@ interruptible = _Interruptible()
 
 
 def _after_fork() -> None:
-    """In a forked child, on its first step: the state starts afresh, as in a new process."""
-    global _main, _depth, _pending, _owner
-    _main, _depth, _pending, _owner = threading.main_thread().ident, 0, False, _pid.here
+    """In a forked child, on its main thread's first step: the state starts afresh, as in
+    a new process. (Only there: that thread alone counts, and two threads must not both
+    reset it. Another thread's ident is never the parent's main thread's, which is what
+    ``_main`` says until then.)"""
+    global _main, _depth, _pending
+    main = threading.main_thread().ident
+    if threading.get_ident() == main:
+        _main, _depth, _pending = main, 0, False
+        _unforked.append(True)
