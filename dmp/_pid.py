@@ -4,6 +4,13 @@
 (``os.register_at_fork``), which is how multiprocessing's fork start method,
 dmp's workers and object hosts are made: hot paths compare it with the pid
 they saw when they made a connection, to notice a forked child.
+
+This is dmp's one Python at-fork handler, and a local pool's process does
+not import this module (``dmp._lazy``'s and ``dmp.client.sigint``'s handlers
+are builtin methods): the rest of dmp's per-process state (the door
+connections, the ZeroMQ context) is kept with the pid it is for and reset
+where it is used. Each Python function a forked child runs costs it a page
+copy or two, and a pool's workers are forked children.
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ failed (a manager gone silent), so a call never waits forever.
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 import msgpack
 
+from dmp import _pid
 from dmp.client import directlink
 from dmp.errors import ManagerUnavailableError
 from dmp.wire import direct, protocol
@@ -136,15 +136,17 @@ def _send_cancel(sock: socket.socket, ref: int) -> None:
 
 class _Open(threading.local):
     """This thread's door connections already in use, by manager address:
-    (connection, its Welcome, socket, reader)."""
+    (connection, its Welcome, socket, reader), and the process they are for.
+    A forked child (only the forking thread lives on in it) starts with none:
+    ``call`` drops the parent's on its first use there (no at-fork handler: a
+    fresh child pays a page copy or two for each Python function it runs)."""
 
     def __init__(self) -> None:
+        self.pid = _pid.here
         self.by_address: dict[str, tuple[Any, protocol.Welcome, socket.socket, direct.Reader]] = {}
 
 
 _open = _Open()
-# A forked child starts with none (only the forking thread lives on in it).
-os.register_at_fork(after_in_child=lambda: _open.by_address.clear())
 
 _PREFIX = direct.PREFIX_STRUCT
 _HEAD = _PREFIX.size
@@ -186,6 +188,9 @@ def call(
     Raises:
         ManagerUnavailableError: the manager went away during the call.
     """
+    if _open.pid != _pid.here:  # a forked child: the parent's doors are not ours
+        _open.by_address.clear()
+        _open.pid = _pid.here
     entry = _open.by_address.get(address)
     if entry is None:
         entry = _door(address)

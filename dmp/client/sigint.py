@@ -14,6 +14,12 @@ Python runs signal handlers in the main thread only, so only the main
 thread counts. The handler is installed the first time it is needed, and
 only over Python's default one (a handler of the user's is left alone); it
 behaves exactly like the default outside a critical step.
+
+A forked child starts with a depth of 0, nothing pending, and its own main
+thread (the one that forked): reset on its first step, which finds
+``_unforked`` empty. Its at-fork handler is that list's builtin ``clear``:
+no Python runs at the fork (each Python function a fresh child runs costs
+it a page copy or two, and a pool's workers are forked children).
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ import threading
 from types import FrameType, TracebackType
 
 _main = threading.main_thread().ident
+# Emptied in every forked child: _main, _depth and _pending are its parent's until its first step.
+_unforked = [True]
+os.register_at_fork(after_in_child=_unforked.clear)
 _depth = 0
 _pending = False
 _installed = False
@@ -54,6 +63,8 @@ class _Critical:
 
     def __enter__(self) -> None:
         global _depth
+        if not _unforked:
+            _after_fork()
         if threading.get_ident() == _main:
             if not _installed:
                 _install()
@@ -61,6 +72,8 @@ class _Critical:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         global _depth, _pending
+        if not _unforked:
+            _after_fork()
         if threading.get_ident() != _main:
             return
         # Never below 0: a SIGINT taken on the first bytecodes of an
@@ -108,8 +121,12 @@ interruptible = _Interruptible()
 
 
 def _after_fork() -> None:
+    """In a forked child, on its main thread's first step: the state starts afresh, as in
+    a new process. (Only there: that thread alone counts, and two threads must not both
+    reset it. Another thread's ident is never the parent's main thread's, which is what
+    ``_main`` says until then.)"""
     global _main, _depth, _pending
-    _main, _depth, _pending = threading.main_thread().ident, 0, False
-
-
-os.register_at_fork(after_in_child=_after_fork)
+    main = threading.main_thread().ident
+    if threading.get_ident() == main:
+        _main, _depth, _pending = main, 0, False
+        _unforked.append(True)

@@ -57,6 +57,9 @@ DRAIN_SECONDS = 0.005
 IDLE_POLL_SECONDS = 1.0
 # Exit status of a worker or node the manager refused (wrong or missing key, other version).
 EXIT_REFUSED = 3
+# The runner of every job sent without one (a local pool's apply job): one object, not a
+# LazyRunner made and asked per job (a fresh worker copies a page or two for each function it runs).
+_NO_RUNNER = runners.LazyRunner([])
 
 @dataclass(slots=True)
 class WorkerConfig:
@@ -244,7 +247,7 @@ class WorkerLoop:
         if isinstance(msg, protocol.Dispatch):
             pos = 0
             for job_key, nframes, timeout in msg.jobs:
-                self.runners[job_key] = runners.LazyRunner(frames[pos : pos + nframes])
+                self.runners[job_key] = runners.LazyRunner(frames[pos : pos + nframes]) if nframes else _NO_RUNNER
                 if timeout:
                     self.timeouts[job_key] = float(timeout)
                 pos += nframes
@@ -301,9 +304,10 @@ class WorkerLoop:
             if runner is None:
                 raise ProtocolError(f"task {key} names job {job_key} that this worker was never sent")
             task = serialization.loads(frames)
-            fn = runner.get()
-            if fn is None:  # a local pool's apply job: no runner to send
-                result = runners.call(task)
+            fn = None if runner is _NO_RUNNER else runner.get()
+            if fn is None:  # a local pool's apply job: no runner to send (runners.call, inline)
+                func, args, kwds = task
+                result = func(*args, **kwds)
             else:
                 if fn.announce:
                     self.chan.send(protocol.TaskStarted(key, os.getpid(), self.cfg.node))

@@ -33,6 +33,7 @@ by fork) keep the ZeroMQ route. The manager closing its end is EOF here, a
 
 from __future__ import annotations
 
+import _socket
 import collections
 import os
 import select
@@ -53,6 +54,10 @@ _DISPATCH = protocol.Dispatch.TYPE
 _TASK_DONE = protocol.TaskDone.TYPE
 _JUST_INT = frozenset({int})
 _UNPACK = dict(raw=False, strict_map_key=True, **protocol.UNPACK_LIMITS)
+_detach = _socket.socket.detach
+_DONTWAIT = int(socket.MSG_DONTWAIT)  # (an int: the flag is an enum, one more object to touch)
+_DISPATCH_CLASS = protocol.Dispatch
+_new = object.__new__
 
 
 class WorkerPipe:
@@ -141,10 +146,25 @@ class WorkerPipe:
         reader = self.reader
         if reader.buf or reader.big is not None or reader.ready:
             self._read()  # the rest of a message that came in pieces
+            return self.inbox.popleft() if self.inbox else None
+        # A read with nothing held back: a Dispatch that came alone and whole (a pool's
+        # first task, most of a busy worker's) is decoded by decode_dispatch and returned;
+        # anything else goes to the reader and the inbox, as ever. (Here, not in a method
+        # of its own: a fresh worker copies a page or two for each function it runs.)
+        try:
+            data = self.sock.recv(READ_BYTES, _DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            self._end("the pool's manager closed the pipe")
         else:
-            got = self._read_whole()
+            got = decode_dispatch(data)
             if got is not None:
                 return got
+            reader.feed(data)
+            self._parse()
         return self.inbox.popleft() if self.inbox else None
 
     def tick(self) -> None:
@@ -165,25 +185,6 @@ class WorkerPipe:
             return
         self._parse()
 
-    def _read_whole(self) -> tuple[protocol.Message, list[Any]] | None:
-        """A read with nothing held back: a Dispatch that came alone and whole (a
-        pool's first task, most of a busy worker's) is decoded by decode_dispatch
-        and returned; anything else goes to the reader and the inbox, as ever."""
-        try:
-            data = self.sock.recv(READ_BYTES, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError:
-            data = b""
-        if not data:
-            self._end("the pool's manager closed the pipe")
-            return None
-        got = decode_dispatch(data)
-        if got is None:
-            self.reader.feed(data)
-            self._parse()
-        return got
-
     def _parse(self) -> None:
         try:
             while (whole := self.reader.next()) is not None:
@@ -201,10 +202,11 @@ class WorkerPipe:
 
 def close_inherited(ends: tuple[socket.socket, ...]) -> None:
     """In a forked worker: close the daemon's ends of the pipes it inherited. By
-    ``os.close`` of ``detach()``: ``socket.close``'s own Python calls would cost a
-    fresh worker a page copy or two each."""
+    ``os.close`` of what ``_socket.socket.detach`` gives (not ``socket.close``, nor
+    ``socket.socket.detach``, whose Python calls would cost a fresh worker a page
+    copy or two each)."""
     for end in ends:
-        fd = end.detach()
+        fd = _detach(end)
         if fd >= 0:
             os.close(fd)
 
@@ -250,4 +252,6 @@ def decode_dispatch(data: bytes) -> tuple[protocol.Dispatch, list[memoryview]] |
     for n in sizes:
         frames.append(view[off : off + n])
         off += n
-    return protocol.Dispatch(jobs, tasks), frames
+    msg = _new(_DISPATCH_CLASS)  # Dispatch(jobs, tasks), without its __init__'s Python call
+    msg.jobs, msg.tasks = jobs, tasks
+    return msg, frames

@@ -255,3 +255,26 @@ def test_a_connection_given_up_is_not_kept_for_door_calls(daemon: Daemon) -> Non
         assert f"{new.link.welcome.direct}#{new.link.welcome.peer_id}" in directlink._local.socks
     finally:
         other.close()
+
+
+def test_a_forked_child_calls_through_a_door_of_its_own(daemon: Daemon) -> None:
+    """The child of a fork drops this thread's doors on its first call (no at-fork
+    handler does it): a door socket shared with the parent would mix their replies."""
+    from dmp.client import doorlink
+
+    q = dmp.Manager(address=daemon.address).Queue()
+    q.put(1)  # the short path: this thread's door to the manager, kept in doorlink._open
+    ours = doorlink._open.by_address[daemon.address]
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            q.put(2)
+            theirs = doorlink._open.by_address.get(daemon.address)
+            code = 2 if theirs is not None and theirs[2] is ours[2] else 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert doorlink._open.by_address[daemon.address] is ours
+    assert q.get(timeout=10) == 1 and q.get(timeout=10) == 2
