@@ -16,6 +16,7 @@ import collections
 import itertools
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -27,6 +28,15 @@ from dmp.errors import MessageTooLargeError
 
 # The pool's states, as its lifecycle sets them and the feeder reads them.
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
+
+
+def state_of(pool: Any) -> Callable[[], str]:
+    """What reads ``pool._state`` for its feeder, without keeping ``pool`` alive
+    (TERMINATE once it is gone): the pool holds its feeder, so a closure on the
+    pool was a reference cycle, and a dropped pool (its daemon, sockets and
+    fds) waited for the collector (docs/performance.md)."""
+    ref = weakref.ref(pool)
+    return lambda: getattr(ref(), "_state", TERMINATE)
 
 # Tasks pickled before they are handed to the engine in one message; a batch
 # also goes out once its first task has waited FEED_FLUSH_S, or once it holds

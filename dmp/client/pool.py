@@ -21,7 +21,7 @@ from typing import Any
 
 from dmp import _config, serialization
 from dmp.client import progress as bars
-from dmp.client.feeder import CLOSE, RUN, TERMINATE, Feeder, chunks
+from dmp.client.feeder import CLOSE, RUN, TERMINATE, Feeder, chunks, state_of
 from dmp.client.results import (
     ApplyResult,
     IMapIterator,
@@ -107,7 +107,7 @@ class Pool:
         self._apply_job = self._session.new_job(self._apply, apply_runner, max_retries, self._timeout, self._resources)
         if self._init is not None and initializer is not None:  # no node worker starts for this pool
             start_up(self._session, apply_runner, min(self._processes, self._engine.slots or 1), self._resources)
-        self._feeder = Feeder(self._session, self._by_value, lambda: self._state)
+        self._feeder = Feeder(self._session, self._by_value, state_of(self))  # (no reference cycle)
         self._engine.start()  # a local pool forks its workers only now (dmp.client.engine.LocalEngine.start)
 
     # --- bookkeeping -------------------------------------------------------------------

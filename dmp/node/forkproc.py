@@ -22,6 +22,7 @@ after the last, since every page written between two forks is copied twice.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from collections.abc import Sequence
@@ -75,8 +76,10 @@ class ForkProcess(_MpForkProcess):
         return Popen(process_obj)
 
 
-def start_all(procs: Sequence[Any]) -> None:
+def start_all(procs: Sequence[Any], *, freeze: bool = False) -> None:
     """``p.start()`` for each of ``procs`` (:class:`ForkProcess` es), with nothing but the forks in between.
+    ``freeze`` (the caller turned the collector off): each child's first acts
+    are ``gc.freeze()`` and ``gc.enable()`` (see Supervisor._launch).
 
     Each child closes every pipe end made here but its own two (a sibling
     holding a worker's sentinel end open would hide that worker's death;
@@ -102,6 +105,9 @@ def start_all(procs: Sequence[Any]) -> None:
             if pid == 0:
                 code = 1
                 try:
+                    if freeze:
+                        gc.freeze()
+                        gc.enable()
                     for fd in every:
                         if fd != child_w and fd != child_r:
                             os.close(fd)

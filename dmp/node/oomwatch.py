@@ -66,23 +66,37 @@ def candidates(cgroup_text: str, mountinfo_text: str) -> list[str]:
 
 def read_count(path: str) -> int | None:
     """The ``oom_kill`` line of a memory.events / memory.oom_control file, None if absent."""
-    try:
-        with open(path) as fh:
-            for line in fh:
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":
-                    return int(value)
-    except (OSError, ValueError):
-        return None
+    for line in _read(path).splitlines():
+        key, _, value = line.partition(b" ")
+        if key == b"oom_kill":
+            try:
+                return int(value)
+            except ValueError:
+                return None
     return None
 
 
-def _read_proc(name: str) -> str:
+def _read(path: str) -> bytes:
+    """The whole file, b"" if unreadable: with os.read, not a text file's layers
+    of objects (a pool reads two files before its first fork, where each object
+    made may cost a page copy; docs/performance.md)."""
     try:
-        with open(f"/proc/self/{name}") as fh:
-            return fh.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return ""
+        return b""
+    chunks = []
+    try:
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _read_proc(name: str) -> str:
+    return _read(f"/proc/self/{name}").decode(errors="replace")
 
 
 # (/proc/self/cgroup, the count file it led to): mountinfo is read and parsed

@@ -118,7 +118,6 @@ class Supervisor:
         ``memory_limit``: bytes of resident memory a busy worker may use (0: no limit)."""
         self.template = template
         self.method = method
-        self._ctx: Any = multiprocessing.get_context(method)
         name_prefix = name_prefix or f"{'ForkServer' if method == 'forkserver' else method.capitalize()}PoolWorker"
         self.node = template.node
         self.count = count
@@ -171,7 +170,8 @@ class Supervisor:
             slot = slot_mod.FdSlot()
             args = (cloudpickle.dumps(self.template.for_worker(worker_id, None)), slot)
             target = worker_mod.spawned_main
-        process = forkproc.ForkProcess if self.method == "fork" else self._ctx.Process
+        ctx: Any = multiprocessing.get_context(self.method) if self.method != "fork" else None
+        process = forkproc.ForkProcess if ctx is None else ctx.Process
         proc = process(target=target, args=args, name=f"{self.name_prefix}-{n}", daemon=True)
         return _Spawn(_Handle(worker_id, proc, slot), cfg, pipe, theirs)
 
@@ -190,34 +190,40 @@ class Supervisor:
         # (worker_main unblocks it); the mask is inherited through fork and exec.
         # (_signal's own functions: signal's wrappers make enums of every signal number.)
         mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, (_signal.SIGTERM,))
-        # A pool's first workers are forked with the collector's objects frozen
-        # (unless the program froze some itself): its next young collections,
-        # here and in the workers, then walk none of them, and so write (copy)
-        # none of their pages. gc.unfreeze puts them back, in the oldest
-        # generation, on both sides of the fork. Not for replacements: with
-        # maxtasksperchild they come often, and each would age the program's
-        # young garbage at once (docs/performance.md).
-        frozen = freeze and self.method == "fork" and gc.get_freeze_count() == 0
+        # A pool's first workers freeze the collector's objects first thing and
+        # unfreeze them in worker_main, which puts them in the oldest generation:
+        # their young collections then walk (write, copy) none of what the fork
+        # gave them. The collector is off over the forks, so that none runs
+        # before. (Not if the program froze objects or turned the collector off
+        # itself; replacements are forked without it.) Frozen and unfrozen in
+        # this process too, as was done, every young object here, the program's
+        # garbage and the pool's, went to the oldest generation, and a full
+        # collection was all that could free it: a program starting pools in a
+        # loop, with little else to make young collections run (gc.freeze()
+        # resets their count), kept all its cycles (docs/performance.md).
+        frozen = freeze and self.method == "fork" and gc.get_freeze_count() == 0 and gc.isenabled()
         for s in spawns:
             if s.cfg is not None:
                 s.cfg.gc_frozen = frozen
         if frozen:
-            gc.freeze()
+            gc.disable()
         try:
             if self.method == "fork":
-                forkproc.start_all([s.handle.process for s in spawns])
+                forkproc.start_all([s.handle.process for s in spawns], freeze=frozen)
             else:
                 for s in spawns:
                     s.handle.process.start()
         finally:
             if frozen:
-                gc.unfreeze()
+                gc.enable()
             _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
             ids = []
             for s in spawns:
                 handle = s.handle
                 if s.theirs is not None:
                     s.theirs.close()  # the worker's alone now: a worker forked later must not inherit it
+                if s.cfg is not None:
+                    s.cfg.loop = None  # the worker's (a reference cycle here: cfg <-> its loop)
                 if handle.process.pid is None:  # not started
                     if s.pipe is not None:
                         s.pipe.sock.close()

@@ -84,7 +84,7 @@ class WorkerConfig:
     close_in_child: tuple[socket.socket, ...] = ()  # the daemon's ends of the pipes, to close once forked
     max_message: int = 0  # a pipe worker's manager limit (no Welcome tells it); others learn it from the Welcome
     loop: WorkerLoop | None = None  # a forked pipe worker's loop, made before the fork (see WorkerLoop)
-    gc_frozen: bool = False  # forked while its supervisor had frozen the collector's objects (Supervisor._launch)
+    gc_frozen: bool = False  # froze the collector's objects as it was forked (forkproc.start_all, Supervisor._launch)
     parent: int = 0  # a forked worker's: the pid that forks it (0: whoever our parent is at start)
 
     def for_worker(self, worker_id: str, slot: mmap.mmap | None) -> WorkerConfig:

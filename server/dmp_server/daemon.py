@@ -110,13 +110,13 @@ class Daemon(Routing):
         self._poller.register(self._wake.fd, zmq.POLLIN)
         # Calls on the reactor kinds from clients on this machine (dmp_server.door).
         self.door: Door | None = None
-        self._door_call: FastCall = functools.partial(doorcall.serve, self)  # the door's short path
         if _config.direct_route() and self.endpoints and supervisor is None:  # not in a local Pool
             try:
                 self.door = Door(key, self._wake.poke)
                 self._poller.register(self.door.fd, zmq.POLLIN)
             except OSError:
                 self.door = None
+        self._door_call: FastCall | None = functools.partial(doorcall.serve, self) if self.door else None
         # Local mode's forked workers talk over pipes made before the fork (dmp_server.workerpipes).
         self.pipes: WorkerPipes | None = None
         if supervisor is not None and key is None and supervisor.method == "fork":
@@ -195,6 +195,7 @@ class Daemon(Routing):
             self.pipes.close()
         self.chan.close()
         self.closed = True
+        self.locals.clear()  # in-process clients hold us (a reference cycle that kept a dropped pool's fds)
 
     def step(self, timeout: float | None) -> None:
         """Poll until the next timer or ``timeout`` seconds, handle what is ready, run due timers."""

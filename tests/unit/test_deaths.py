@@ -182,3 +182,12 @@ def test_locate_parses_mountinfo_again_only_when_the_cgroup_changes(
     assert counter.used == 2 and counter.explains_sigkill() is False
     (tmp_path / "b" / "memory.events").write_text("oom 1\noom_kill 3\n")
     assert counter.explains_sigkill() is True
+
+
+def test_files_are_read_whole_with_os_read(tmp_path: Path) -> None:
+    # /proc/self/mountinfo passes 64 KiB on hosts with many mounts: read to its end.
+    mountinfo = tmp_path / "mountinfo"
+    text = "".join(f"{i} 1 0:{i} / /mnt/m{i} rw - tmpfs tmpfs rw\n" for i in range(3000))
+    mountinfo.write_text(text)
+    assert len(text) > 65536 and oomwatch._read(str(mountinfo)) == text.encode()
+    assert oomwatch._read(str(tmp_path / "absent")) == b""
