@@ -57,6 +57,8 @@ class RemoteLink:
         *, max_workers: int = 0,
     ) -> None:
         self.session = session
+        # Its count of outcomes due (a pool's Session); None (a proxy's Connection): always due.
+        self._credit = getattr(session, "credit", None)
         self.max_workers = max_workers
         self.address = address
         self.key = key
@@ -143,7 +145,7 @@ class RemoteLink:
 
     # --- the socket ------------------------------------------------------------------------
 
-    def _receive(self, signalled: bool = False) -> bool:
+    def _receive(self, signalled: bool = False, one: bool = False) -> bool:
         """Under ``_io``: move everything readable into the inbox; True if anything came.
 
         ``signalled``: the poll just saw the socket's fd, so a message has
@@ -152,6 +154,8 @@ class RemoteLink:
         nothing raises Again and is the same look at the socket).
         Afterwards the socket was seen empty (``Channel.used`` cleared), so its
         fd will signal the next arrival: a leader may poll it without looking first.
+        ``one``: stop after the first message, the socket not seen empty
+        (``Channel.used`` stays set: whoever polls next looks first).
         """
         chan = self._chan
         got = False
@@ -167,6 +171,9 @@ class RemoteLink:
                 break
             got = True
             self._inbox.append((msg, frames))
+            if one:
+                self._live.heard(time.monotonic())
+                return True
         chan.used = False
         if got:
             self._live.heard(time.monotonic())
@@ -188,14 +195,25 @@ class RemoteLink:
         return seen
 
     def _pump(self, ready: int = LOOK) -> None:
-        """On the turn: receive what is readable and dispatch the inbox."""
+        """On the turn: receive what is readable and dispatch the inbox (a signalled
+        socket's first message first)."""
         if not ready:
             return
+        signalled = bool(ready & SIGNALLED)
         with self._io:
             if self._dead:
                 return
-            self._receive(bool(ready & SIGNALLED))
+            took_one = self._receive(signalled, one=signalled) and signalled
         self._dispatch_inbox()
+        if took_one and (self._credit is None or self._credit.outstanding):
+            # More outcomes are due: look for the rest now, as always. With none due (an
+            # apply's result just delivered) the look waits: the caller returns first, and
+            # the next post() or poll looks (the socket stays marked used).
+            with self._io:
+                if self._dead:
+                    return
+                self._receive()
+            self._dispatch_inbox()
 
     def _dispatch_inbox(self) -> None:
         """On the turn: hand inbox messages on in arrival order (a callback's own wait may go on)."""

@@ -44,8 +44,7 @@ class Routing:
     chan: transport.Channel
     key: bytes | None
     refusals: gate.Refusals
-    # Peers whose Hello was answered but who have not proved the key yet:
-    # ident -> (Hello, address, when). They hold no slot and no name.
+    # Peers whose Hello was answered, the key not proved yet: ident -> (Hello, address, when); no slot, no name.
     _joining: dict[bytes, tuple[protocol.Hello, str, float]]
     scheduler: Scheduler
     objects: objects.ObjectServer
@@ -111,7 +110,11 @@ class Routing:
         if protocol.count_frames(msg.items, 3, width=6) != len(frames):
             raise ProtocolError("TaskDone items do not match their frames")
         gate.check_results(msg.items)
-        self._carry_out(self.scheduler.results(peer_id, msg.items, frames))
+        sends = self.scheduler.take_results(peer_id, msg.items, frames)  # checked: they leave before the books
+        try:
+            self._carry_out(sends)
+        finally:
+            self._carry_out(self.scheduler.settle())
 
     def _worker_exited(self, peer_id: str, msg: protocol.WorkerExited, frames: list[Any]) -> None:
         cause = WorkerDeath.from_wire(msg.cause, msg.exitcode)
@@ -168,8 +171,7 @@ class Routing:
     def _refusal(self, msg: protocol.Hello) -> str:
         """Why a peer may not join now ("" if it may)."""
         if msg.role == Role.WORKER and self.supervisor is None and self.peers.node(msg.node) is None:
-            # A worker of a node we do not know: its node is not (yet, or no
-            # longer) joined. An orphan of a dead node must not become a slot.
+            # A worker of a node not (yet, or no longer) joined: an orphan of a dead node must not become a slot.
             return f"node {msg.node!r} has not joined"
         if msg.role == Role.CLIENT and self.peers.count(Role.CLIENT) >= self.max_clients:
             log.warning("refused client %s from %s: at the limit of %d clients", msg.name, msg.host, self.max_clients)
@@ -350,8 +352,7 @@ class Routing:
         try:
             self.chan.send(msg, frames or [], to=ident, flags=transport.NOBLOCK)
         except zmq.ZMQError as exc:
-            # EHOSTUNREACH: the peer is gone; EAGAIN: it stopped reading. Either
-            # way this message cannot go now; liveness checks will drop the peer.
+            # EHOSTUNREACH: the peer is gone; EAGAIN: it stopped reading. Liveness checks will drop it.
             log.debug("could not send %s to %s: %s", type(msg).__name__, self._who(ident.hex()), exc)
 
     def _who(self, peer_id: str | None) -> str:

@@ -75,6 +75,8 @@ class Scheduler(Cancels):
         self.in_flight = INITIAL_IN_FLIGHT  # tasks a worker may hold, from est_run_s
         self.tasks_done = 0
         self.totals = Totals()
+        # What take_results took and settle has still to book: (worker, [(task, status, run_s)], items).
+        self._unsettled: tuple[Worker, list[tuple[Task, int, float]], int] | None = None
 
     # --- peers ------------------------------------------------------------
 
@@ -264,16 +266,31 @@ class Scheduler(Cancels):
     # --- worker reports ------------------------------------------------------------
 
     def results(self, peer: str, items: list[list[Any]], frames: list[Any]) -> list[Command]:
-        """Outcomes from a worker; stale ones (lost incarnation, old attempt) are dropped."""
+        """Outcomes from a worker, both halves at once: :meth:`take_results`'s
+        JobResults, then :meth:`settle`'s commands (the order they are sent in)."""
+        sends = self.take_results(peer, items, frames)
+        return sends + self.settle()
+
+    def take_results(self, peer: str, items: list[list[Any]], frames: list[Any]) -> list[Command]:
+        """The first half of a worker's outcomes: the JobResults for their clients.
+
+        Every check is made here: a stale outcome (its worker gone, an old
+        attempt, a task withdrawn by a cancel) or one of a job its client no
+        longer has is dropped, and each accepted task is taken off its worker,
+        so a duplicate is stale at once. The books (counts, the worker's
+        credit, the run time estimate, a finished job forgotten, the next
+        Dispatch) are kept by :meth:`settle`, which must follow before
+        anything else reaches the scheduler: the reactor sends these first,
+        so the result's next hop is not behind the bookkeeping.
+        """
+        assert self._unsettled is None, "settle() the last take_results() first"
         worker = self.workers.get(peer)
         if worker is None:
             return []
         out: dict[str, tuple[list[list[Any]], list[Any]]] = {}
+        taken: list[tuple[Task, int, float]] = []
         pos = 0
-        cmds: list[Command] = []
-        run_total = 0.0
-        assigned, clients, totals = worker.assigned, self.clients, self.totals
-        done = 0
+        assigned, clients = worker.assigned, self.clients
         for key, attempt, status, nframes, run_s, info in items:
             start = pos
             pos += nframes
@@ -281,13 +298,36 @@ class Scheduler(Cancels):
             if task is None or task.attempt != attempt:
                 continue  # late result of a task that was given to someone else
             del assigned[key]
+            taken.append((task, status, run_s))
+            job = task.job
+            client = clients.get(job.client)
+            if client is not None and job.job_id in client.jobs:
+                batch = out.get(client.peer)
+                if batch is None:
+                    batch = out[client.peer] = ([], [])
+                batch[0].append([job.job_id, task.task_id, status, nframes, info])
+                batch[1].extend(frames[start:pos])
+        self._unsettled = (worker, taken, len(items))
+        return [Send(to, protocol.JobResults(its), frs) for to, (its, frs) in out.items()]
+
+    def settle(self) -> list[Command]:
+        """The second half of the last :meth:`take_results`: its books, and what they let go out next."""
+        unsettled = self._unsettled
+        if unsettled is None:
+            return []
+        self._unsettled = None
+        worker, taken, n_items = unsettled
+        peer = worker.peer
+        cmds: list[Command] = []
+        run_total = 0.0
+        clients, totals = self.clients, self.totals
+        for task, status, run_s in taken:
             if task.held is not None:
                 self._unhold(task)
-            done += 1
             run_total += float(run_s)
             job = task.job
             client = clients.get(job.client)
-            self.tasks.pop(key, None)
+            self.tasks.pop(task.key, None)
             job.outstanding -= 1
             job.timed = True
             failed = status != Status.OK  # as _count, inline: this loop runs once per task
@@ -298,29 +338,21 @@ class Scheduler(Cancels):
             self._release(client, peer)
             client.done += 1
             client.failed += failed
-            if job.job_id in client.jobs:
-                batch = out.get(client.peer)
-                if batch is None:
-                    batch = out[client.peer] = ([], [])
-                batch[0].append([job.job_id, task.task_id, status, nframes, info])
-                batch[1].extend(frames[start:pos])
-                if job.ended and job.outstanding <= 0:
-                    cmds += self._drop(client, job)  # as _maybe_forget
+            if job.ended and job.outstanding <= 0 and job.job_id in client.jobs:
+                cmds += self._drop(client, job)  # as _maybe_forget
+        done = len(taken)
         worker.done += done
         self.tasks_done += done
         self.hungry.touch(worker)
-        if items:
-            mean = run_total / len(items)
+        if n_items:
+            mean = run_total / n_items
             est = self.est_run_s
             est = mean if est is None else est + EWMA_ALPHA * (mean - est)
             self.est_run_s = est
             self.in_flight = max(1, min(MAX_IN_FLIGHT, math.ceil(PREFETCH_SECONDS / max(est, 1e-7))))
-        sends: list[Command] = [Send(to, protocol.JobResults(its), frs) for to, (its, frs) in out.items()]
-        if cmds:
-            sends += cmds
         if self._ready:
-            sends += self.schedule()
-        return sends
+            cmds += self.schedule()
+        return cmds
 
     # --- bookkeeping ---------------------------------------------------------------
 

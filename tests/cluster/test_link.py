@@ -15,7 +15,9 @@ from collections.abc import Iterator
 import pytest
 
 import dmp
+from dmp.client import link as link_mod
 from dmp.client import results
+from dmp.wire import transport
 from tests import turns
 from tests.byvalue import pickled_by_value
 
@@ -157,3 +159,53 @@ def test_a_receive_after_the_fd_signalled_finds_a_message_or_nothing(one_node) -
         results = [pool.apply_async(square, (i,)) for i in range(20)]
         assert [r.get(timeout=30) for r in results] == [i * i for i in range(20)]
         assert pool.apply(square, (4,)) == 16
+
+
+def test_the_look_after_an_apply_s_result_waits_and_nothing_is_left_behind(one_node, monkeypatch) -> None:
+    # With nothing else outstanding, the result is delivered and the pump ends without
+    # looking for more (no readable()): the socket stays marked used, so the next post()
+    # or poll looks first. Counted per pump, whichever thread runs it.
+    pumps: list[tuple[int, int]] = []  # (readable() calls, outcomes due at its end) per signalled pump
+    looks = threading.local()
+    real_pump, real_readable = link_mod.RemoteLink._pump, transport.Channel.readable
+
+    def pump(self, ready=link_mod.LOOK):  # type: ignore[no-untyped-def]
+        looks.n = 0
+        try:
+            return real_pump(self, ready)
+        finally:
+            if ready & link_mod.SIGNALLED:
+                pumps.append((looks.n, self.session.credit.outstanding))
+            looks.n = None
+
+    def readable(self):  # type: ignore[no-untyped-def]
+        if getattr(looks, "n", None) is not None:
+            looks.n += 1
+        return real_readable(self)
+
+    monkeypatch.setattr(link_mod.RemoteLink, "_pump", pump)
+    monkeypatch.setattr(transport.Channel, "readable", readable)
+    with dmp.Pool(2, address=one_node.address) as pool:
+        for i in range(50):
+            assert pool.apply(square, (i,)) == i * i
+        idle = [n for n, due in pumps if due == 0]
+        assert idle and not any(idle), pumps  # such pumps happened, and none looked
+        # Results due together still all arrive: the first one's look is made at once.
+        got: list[int] = []
+        done = threading.Event()
+
+        def collect(value: int) -> None:
+            got.append(value)
+            if len(got) == 40:
+                done.set()
+
+        first = pool.apply_async(square, (0,))
+        for i in range(1, 41):
+            pool.apply_async(square, (i,), callback=collect)
+        assert first.get(timeout=30) == 0
+        assert done.wait(30) and sorted(got) == [i * i for i in range(1, 41)]
+        # A result with nobody waiting, after a deferred look: the link's thread delivers it.
+        assert pool.apply(square, (5,)) == 25
+        late = threading.Event()
+        pool.apply_async(square, (6,), callback=lambda v: late.set())
+        assert late.wait(30)
