@@ -17,6 +17,7 @@ ENV_AUTHKEY = "DMP_AUTHKEY"
 ENV_CURVE = "DMP_CURVE"
 ENV_DIRECT = "DMP_DIRECT_ROUTE"
 ENV_LOG_LEVEL = "DMP_LOG_LEVEL"
+ENV_SPIN = "DMP_SPIN_US"
 ENV_TOKEN = "DMP_TOKEN"
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -25,6 +26,31 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 def direct_route() -> bool:
     """Whether an object host offers the direct route (DMP_DIRECT_ROUTE=0 turns it off)."""
     return os.environ.get(ENV_DIRECT, "1").strip() not in ("0", "false", "no", "off")
+
+# A caller waiting on its one outstanding cluster result looks for it this many
+# microseconds before it sleeps (dmp.client.link; docs/performance.md).
+SPIN_US = 300
+
+
+def spin_seconds() -> float:
+    """How long a caller waiting on its one outstanding result looks for it
+    before it sleeps (DMP_SPIN_US, microseconds; 0 turns it off). By default
+    SPIN_US, or 0 in a process that may run on one CPU only (its look would
+    hold the CPU the reply needs, if the reply's sender is on this host).
+
+    Raises:
+        ValueError: DMP_SPIN_US is not a number of microseconds from 0 to 1000000.
+    """
+    raw = os.environ.get(ENV_SPIN, "").strip()
+    if not raw:
+        return SPIN_US / 1e6 if len(os.sched_getaffinity(0)) > 1 else 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_SPIN}={raw!r} is not a number of microseconds") from None
+    if not 0 <= value <= 1e6:
+        raise ValueError(f"{ENV_SPIN}={raw!r} must be between 0 and 1000000 microseconds")
+    return value / 1e6
 
 # Seconds between heartbeats, both ways, between the manager and each peer,
 # unless the manager says otherwise (dmp manager --heartbeat-s, sent to every

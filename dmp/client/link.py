@@ -66,7 +66,8 @@ class RemoteLink:
         self._io = threading.Lock()  # the socket and channel
         self._inbox: collections.deque[tuple[protocol.Message, list[Any]]] = collections.deque()
         self._wake = Wakeup(self)  # whoever holds the turn
-        self._turns = Turns(self._poll, self._pump, self._wake.poke, reenter=True)
+        self._spin_s = _config.spin_seconds()
+        self._turns = Turns(self._poll, self._pump, self._wake.poke, reenter=True, first_poll=self._lead_poll)
         self._stop = False
         self._dead = False  # the socket is closed or about to be: nobody may use it
         self._failure: BaseException | None = None
@@ -184,9 +185,31 @@ class RemoteLink:
         else LOOK, with SIGNALLED if the socket's fd was among the ready."""
         if self._chan.used:
             return LOOK  # someone used the socket since it was seen empty: look before sleeping
+        return self._seen(self._poller.poll(None if limit is None else limit * 1000))
+
+    def _lead_poll(self, limit: float | None) -> int:
+        """A waiting caller's first poll: when it waits on the one outcome due (an
+        apply's ``get()``), it looks without sleeping for up to ``DMP_SPIN_US``
+        first. Its core then does not go idle before the reply: on a VM, waking
+        an idle core costs tens of µs, and a round trip crosses four of them
+        (docs/performance.md). Any other wait sleeps at once."""
+        credit = self._credit
+        if not self._spin_s or self._chan.used or credit is None or credit.outstanding != 1:
+            return self._poll(limit)
+        clock = time.perf_counter
+        start = clock()
+        end = start + (self._spin_s if limit is None else min(self._spin_s, limit))
+        poll, yield_cpu = self._poller.poll, os.sched_yield
+        while not (ready := poll(0)):
+            if clock() >= end:
+                return self._poll(None if limit is None else max(0.0, limit - (clock() - start)))
+            yield_cpu()  # anything else runnable on this core goes first
+        return self._seen(ready)
+
+    def _seen(self, ready: list[tuple[int, int]]) -> int:
         seen = 0
         wake_fd = self._wake.fd
-        for fd, _ in self._poller.poll(None if limit is None else limit * 1000):
+        for fd, _ in ready:
             if fd == wake_fd:
                 self._wake.clear()
                 seen |= LOOK

@@ -42,6 +42,9 @@ class Turns:
     keeps stepping itself (the client link) rather than blocking (the
     embedded daemon, whose handlers are not reentrant; multiprocessing's
     result thread blocks too).
+    ``first_poll``: what a leading caller polls with first in each wait (the
+    client link's look before it sleeps); ``poll`` after that, and always in
+    the serving thread.
     """
 
     def __init__(
@@ -51,8 +54,10 @@ class Turns:
         wake: Callable[[], None],
         *,
         reenter: bool,
+        first_poll: Callable[[float | None], Any] | None = None,
     ) -> None:
         self._poll = poll
+        self._first_poll = first_poll or poll
         self._handle = handle
         self._wake = wake
         self._reenter = reenter
@@ -120,13 +125,14 @@ class Turns:
     def _lead(self, done: Callable[[], bool], deadline: float | None) -> None:
         # Always inside a critical section already (wait()'s, or the step running the callback
         # that waits): each step needs only its interruptible poll, not a critical of its own.
-        poll, handle = self._poll, self._handle
+        poll, handle = self._first_poll, self._handle
         while not done() and not self.stopped:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return
             with interruptible:
                 ready = poll(LEAD_SLICE_S if left is None else min(LEAD_SLICE_S, left))
+            poll = self._poll
             handle(ready)
 
     def _take_turn(self) -> bool:
