@@ -19,19 +19,9 @@ from dmp_server.scheduler import Command, Kill, Scheduler, Send
 
 from dmp.wire import protocol
 from dmp.wire.protocol import Status
+from tests.unit._scheduler_shapes import shape
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _shape(cmds: list[Command]) -> list[Any]:
-    out: list[Any] = []
-    for c in cmds:
-        if isinstance(c, Kill):
-            out.append(("kill", c.worker))
-        else:
-            assert isinstance(c, Send)
-            out.append(("send", c.to, type(c.msg).__name__, repr(c.msg), [bytes(f) for f in c.frames]))
-    return out
 
 
 def _books(s: Scheduler) -> Any:
@@ -66,7 +56,7 @@ class Twin:
     def call(self, name: str, *args: Any) -> list[Command]:
         a = getattr(self.fast, name)(*args) or []
         b = getattr(self.slow, name)(*args) or []
-        assert _shape(a) == _shape(b), name
+        assert shape(a) == shape(b), name
         assert _books(self.fast) == _books(self.slow), name
         return a
 

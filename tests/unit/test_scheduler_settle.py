@@ -22,6 +22,7 @@ from dmp_server.scheduler import Command, Kill, Scheduler, Send
 
 from dmp.wire import protocol
 from dmp.wire.protocol import Status
+from tests.unit._scheduler_shapes import shape
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -86,17 +87,6 @@ def _results_before_the_split(s: Scheduler, peer: str, items: list[list[Any]], f
     return sends
 
 
-def _shape(cmds: list[Command]) -> list[Any]:
-    out: list[Any] = []
-    for c in cmds:
-        if isinstance(c, Kill):
-            out.append(("kill", c.worker, list(c.spare), c.signum))
-        else:
-            assert isinstance(c, Send)
-            out.append(("send", c.to, type(c.msg).__name__, repr(c.msg), [bytes(f) for f in c.frames]))
-    return out
-
-
 def _books(s: Scheduler) -> Any:
     return (
         s.queued_total,
@@ -135,7 +125,7 @@ class Twin:
         else:
             a = getattr(self.old, name)(*args) or []
             b = getattr(self.new, name)(*args) or []
-        assert _shape(a) == _shape(b), name
+        assert shape(a) == shape(b), name
         assert _books(self.old) == _books(self.new), name
         return b
 
