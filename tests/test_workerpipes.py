@@ -240,3 +240,61 @@ def test_small_messages_the_socket_will_not_take_wait_in_order() -> None:
     assert not pipe.pending
     pipes.close()
     theirs.close()
+
+
+def slow_pid() -> int:
+    time.sleep(0.2)
+    return os.getpid()
+
+
+def test_a_replacement_pipe_on_a_dead_workers_sentinel_number_is_still_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's sentinel is closed when it is reaped, and the replacement's pipe may
+    get its number from the kernel (forced here: the new pipe's end is moved onto it).
+    The reactor must forget the sentinel at once: left registered until its next poll,
+    that poll unregistered the number, by then the new pipe's if a caller had joined the
+    pipe first, and the replacement's results were never read (closing its pipe then
+    raised KeyError)."""
+    from dmp_server import daemon as daemon_mod
+    from dmp_server import workerpipes
+
+    from dmp.node import supervisor as supervisor_mod
+
+    reaped: list[int] = []
+    stale: list[int] = []
+    reap, prepare = supervisor_mod.Supervisor.reap, workerpipes.WorkerPipes.prepare
+    worker_died = daemon_mod.Daemon._worker_died
+
+    def reap_and_note(self: Any, fd: int) -> Any:
+        exited = reap(self, fd)
+        if exited is not None:
+            reaped.append(fd)
+        return exited
+
+    def prepare_on_that_number(self: Any, *args: Any, **kwds: Any) -> Any:
+        pipe, theirs = prepare(self, *args, **kwds)
+        number = reaped.pop() if reaped else -1
+        if number >= 0 and number != pipe.sock.fileno():  # (else the kernel gave it that number itself)
+            os.dup2(pipe.sock.fileno(), number)  # (the number is free: the sentinel is closed)
+            moved = pipe.sock.__class__(fileno=number)
+            moved.setblocking(False)
+            pipe.sock.close()
+            pipe.sock = moved
+        return pipe, theirs
+
+    def worker_died_and_check(self: Any, fd: int) -> None:
+        worker_died(self, fd)
+        if fd in self._watched:
+            stale.append(fd)  # still watched as a sentinel, its number now the new pipe's
+
+    monkeypatch.setattr(supervisor_mod.Supervisor, "reap", reap_and_note)
+    monkeypatch.setattr(workerpipes.WorkerPipes, "prepare", prepare_on_that_number)
+    monkeypatch.setattr(daemon_mod.Daemon, "_worker_died", worker_died_and_check)
+    with dmp.Pool(1, maxtasksperchild=1) as pool:
+        pids = []
+        for _ in range(3):
+            result = pool.apply_async(slow_pid)
+            with pool._engine.turns.held():  # nobody steps: the TaskDone and the exit come due together
+                time.sleep(0.6)
+            pids.append(result.get(10))
+        assert len(set(pids)) == 3
+    assert not stale, f"reaped sentinels still watched: {stale}"

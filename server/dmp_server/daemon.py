@@ -326,9 +326,9 @@ class Daemon(Routing):
     def _worker_died(self, fd: int) -> None:
         if self.supervisor is None:
             return
-        exited = self.supervisor.reap(fd)
-        if exited is None:
+        if (exited := self.supervisor.reap(fd)) is None:
             return
+        self._watched = self.supervisor.watch(self._poller, self._watched)  # (a new pipe may get fd's number now)
         # TaskDone it sent just before exiting may still be in the socket, or its pipe.
         if self.pipes is not None:
             self.pipes.drain(exited.worker, self._poller, self._from_pipe)
