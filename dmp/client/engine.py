@@ -47,12 +47,19 @@ class LocalEngine:
     ) -> None:
         from dmp_server.daemon import Daemon
 
-        endpoint = f"ipc://@dmp-{os.getpid()}-{os.urandom(6).hex()}"
+        # Nobody else may reach this pool's manager: an abstract unix socket has no
+        # permissions, and any local user can find its name (/proc/net/unix). Forked
+        # workers talk over pipes made before the fork (dmp_server.workerpipes): nothing
+        # listens. Spawned ones connect to an endpoint with a key of this pool's own, which
+        # reaches them only in their config, through their private start-up pipe.
+        forked = method == "fork"
+        endpoint = "" if forked else f"ipc://@dmp-{os.getpid()}-{os.urandom(6).hex()}"
+        key = None if forked else os.urandom(32)
         template = WorkerConfig(
-            address=endpoint, node="local", initializer=initializer, initargs=initargs, max_tasks=max_tasks
+            address=endpoint, node="local", key=key, initializer=initializer, initargs=initargs, max_tasks=max_tasks
         )
         self.supervisor = Supervisor(template, count=processes, method=method, memory_limit=memory_limit)
-        self.daemon = Daemon(bind=[endpoint], supervisor=self.supervisor)
+        self.daemon = Daemon(bind=[endpoint] if endpoint else [], key=key, supervisor=self.supervisor)
         self.turns = Turns(self.daemon.poll, self.daemon.handle, self.daemon.wake, reenter=False)
         self.session = session_mod.Session()
         self.session.link = session_mod.LocalLink(self.daemon, self.turns, self.session)
